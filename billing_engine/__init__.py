@@ -1,0 +1,1 @@
+"""gpuacct-billing: prices usage read from Prometheus and debits a Decimal ledger (issue 4)."""

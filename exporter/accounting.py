@@ -1,0 +1,122 @@
+"""One sampling cycle's usage: CPU seconds per job from /proc, GPU seconds per job from NVML.
+
+CPU: each live process adds what its utime+stime grew by since the last cycle. A process that
+exits between two cycles takes its last moments with it, but its parent's cutime+cstime grows by
+the child's whole total when it reaps it; that growth, less what was already counted for the
+vanished child, is credited to the child's job. Children never seen (short-lived) count for
+the parent's job.
+
+GPU: each GPU unit's time since the last cycle is shared among the distinct jobs holding it
+(split 1/k, full, or by GPU memory). Processes nobody is billed for still take their share.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from exporter.counters import Cursor, JobInfo, JobKey, UsageState
+from exporter.gpu import GpuUnit
+from exporter.procs import CLOCK_TICKS, ProcSample
+
+
+@dataclass(frozen=True)
+class GpuHolder:
+    """One process on one GPU unit, attributed."""
+
+    unit: GpuUnit
+    pid: int
+    user: str
+    job: str
+    used_memory_bytes: int | None
+    sm_ratio: float | None
+
+
+def account_cpu(state: UsageState, procs: list[ProcSample], now: float, boot_time: float) -> None:
+    live = {p.key: p for p in procs}
+    by_pid = {p.pid: p for p in procs}
+
+    # Vanished processes, by the live parent that reaped them (the parent started first).
+    reaped: dict[tuple[int, int], list[tuple[JobKey, int]]] = defaultdict(list)
+    for key, gone in state.cursors.items():
+        parent = by_pid.get(gone.ppid)
+        if key not in live and parent is not None and parent.start_ticks <= key[1]:
+            reaped[parent.key].append(((gone.user, gone.job), gone.cpu_ticks + gone.child_ticks))
+
+    cursors: dict[tuple[int, int], Cursor] = {}
+    for p in procs:
+        job: JobKey = (p.identity.user, p.identity.job)
+        cur = state.cursors.get(p.key)
+        if cur is not None:
+            base_cpu, base_child = cur.cpu_ticks, cur.child_ticks
+        elif boot_time + p.start_ticks / CLOCK_TICKS >= state.last_sample:
+            base_cpu = base_child = 0  # started since the last cycle: all of it is new
+        else:
+            base_cpu, base_child = p.cpu_ticks, p.child_ticks  # older than our records: baseline
+        children = max(0, p.child_ticks - base_child)
+        credits = reaped.pop(p.key, [])
+        state.add_cpu(job, max(0, p.cpu_ticks - base_cpu) / CLOCK_TICKS, now)
+        if credits:
+            tail = children - sum(total for _, total in credits)
+            if tail > 0:
+                state.add_cpu(credits[0][0], tail / CLOCK_TICKS, now)
+        else:
+            state.add_cpu(job, children / CLOCK_TICKS, now)
+        cursors[p.key] = Cursor(p.cpu_ticks, p.child_ticks, p.ppid, *job)
+    state.cursors = cursors
+
+
+def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample],
+                unbilled_pids: set[int]) -> list[GpuHolder]:
+    """GPU processes with their user and job; unbilled ones have user "" and pids NVML reports
+    but /proc no longer has (exited in between) are left out."""
+    by_pid = {p.pid: p for p in procs}
+    holders = []
+    for unit in units:
+        for gp in unit.processes:
+            proc = by_pid.get(gp.pid)
+            if proc is not None:
+                user, job = proc.identity.user, proc.identity.job
+            elif gp.pid in unbilled_pids:
+                user, job = "", f"pid-{gp.pid}"
+            else:
+                continue
+            holders.append(GpuHolder(unit, gp.pid, user, job, gp.used_memory_bytes, gp.sm_ratio))
+    return holders
+
+
+def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, policy: str,
+                now: float) -> None:
+    by_unit: dict[str, list[GpuHolder]] = defaultdict(list)
+    for holder in holders:
+        by_unit[holder.unit.uuid].append(holder)
+    for unit_holders in by_unit.values():
+        unit = unit_holders[0].unit
+        memory: dict[JobKey, int] = defaultdict(int)
+        for h in unit_holders:
+            memory[(h.user, h.job)] += h.used_memory_bytes or 0
+        total = sum(memory.values())
+        for (user, job), used in memory.items():
+            if policy == "full":
+                share = 1.0
+            elif policy == "memory" and total > 0:
+                share = used / total
+            else:
+                share = 1.0 / len(memory)
+            if user:
+                key = (user, job, unit.label, unit.uuid, unit.model)
+                state.add_gpu(key, seconds * share, now)
+
+
+def update_jobs(state: UsageState, procs: list[ProcSample], now: float) -> None:
+    """Name each live job after its earliest non-shell process and mark it seen."""
+    best: dict[JobKey, ProcSample] = {}
+    for p in procs:
+        key = (p.identity.user, p.identity.job)
+        known = best.get(key)
+        rank = (p.identity.is_shell, p.start_ticks)
+        if known is None or rank < (known.identity.is_shell, known.start_ticks):
+            best[key] = p
+    for key, p in best.items():
+        state.jobs[key] = JobInfo(p.identity.name, p.identity.job_source, now)

@@ -1,0 +1,63 @@
+"""gpuacct-exporter: meter GPU and CPU use per Unix user and job on this node."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from exporter.backends import open_backend
+from exporter.collector import build_registry
+from exporter.gpu import GpuUnavailable
+from exporter.http import serve
+from exporter.sampler import Sampler
+from gpuacct.cli_common import (
+    add_config_argument,
+    add_listen_argument,
+    load_or_exit,
+    parse_listen_address,
+    setup_logging,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuacct-exporter", description=__doc__)
+    add_config_argument(parser)
+    add_listen_argument(parser, "/metrics")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+
+    settings = load_or_exit(args.config).exporter
+    log = setup_logging("gpuacct-exporter", args.verbose)
+    host, port = parse_listen_address(args.listen_address or settings.listen_address)
+
+    try:
+        backend = open_backend(settings.nvml)
+    except GpuUnavailable as exc:
+        print(f"gpuacct-exporter: {exc}", file=sys.stderr)
+        return 2
+    sampler = Sampler(settings, backend)
+    sampler.cycle()  # the first scrape already has data
+    try:
+        server = serve(host, port, build_registry(lambda: sampler.snapshot))
+    except OSError as exc:
+        print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    log.info("serving /metrics on %s:%d, sampling every %gs, state in %s",
+             host, port, settings.interval_seconds, settings.state_file)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sampler.run(stop)
+    server.shutdown()
+    if backend is not None:
+        backend.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,114 @@
+"""The billing counters and their persistence: values only ever grow, and survive restarts.
+
+The state file is rewritten atomically (temp file, fsync, rename) after every sampling cycle, so
+`kill -9` loses at most one cycle's increments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JobKey = tuple[str, str]  # user, job
+GpuKey = tuple[str, str, str, str, str]  # user, job, gpu, gpu_uuid, gpu_model
+STATE_VERSION = 1
+
+
+@dataclass
+class Counter:
+    value: float
+    created: float  # unix time the series began: Prometheus' `_created`
+
+
+@dataclass
+class JobInfo:
+    name: str
+    source: str
+    last_seen: float  # unix time the job last had a live process
+
+
+@dataclass
+class Cursor:
+    """How much CPU time of one live process has already been counted."""
+
+    cpu_ticks: int
+    child_ticks: int
+    ppid: int
+    user: str
+    job: str
+
+
+@dataclass
+class UsageState:
+    gpu: dict[GpuKey, Counter] = field(default_factory=dict)
+    cpu: dict[JobKey, Counter] = field(default_factory=dict)
+    jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
+    cursors: dict[tuple[int, int], Cursor] = field(default_factory=dict)
+    last_sample: float = 0.0  # unix time of the last cycle
+    boot_id: str = ""
+
+    def add_gpu(self, key: GpuKey, seconds: float, now: float) -> None:
+        self.gpu.setdefault(key, Counter(0.0, now)).value += seconds
+
+    def add_cpu(self, key: JobKey, seconds: float, now: float) -> None:
+        self.cpu.setdefault(key, Counter(0.0, now)).value += seconds
+
+    def expire(self, now: float, retention: float) -> None:
+        """Forget jobs gone longer than the retention (their last increment has been scraped)."""
+        gone = {key for key, info in self.jobs.items() if now - info.last_seen > retention}
+        for key in gone:
+            del self.jobs[key]
+            self.cpu.pop(key, None)
+        for gpu_key in [k for k in self.gpu if k[:2] in gone]:
+            del self.gpu[gpu_key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "last_sample": self.last_sample,
+            "boot_id": self.boot_id,
+            "gpu": [[*key, c.value, c.created] for key, c in self.gpu.items()],
+            "cpu": [[*key, c.value, c.created] for key, c in self.cpu.items()],
+            "jobs": [[*key, asdict(info)] for key, info in self.jobs.items()],
+            "cursors": [[*key, asdict(cur)] for key, cur in self.cursors.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UsageState:
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unknown state version {data.get('version')!r}")
+        return cls(
+            gpu={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data["gpu"]},
+            cpu={(u, j): Counter(v, c) for u, j, v, c in data["cpu"]},
+            jobs={(u, j): JobInfo(**info) for u, j, info in data["jobs"]},
+            cursors={(pid, start): Cursor(**cur) for pid, start, cur in data["cursors"]},
+            last_sample=float(data["last_sample"]),
+            boot_id=str(data["boot_id"]),
+        )
+
+
+def load_state(path: Path) -> UsageState | None:
+    """The persisted counters, or None (logged) when there are none or they are unreadable."""
+    try:
+        return UsageState.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("state file %s unusable (%s); starting counters afresh", path, exc)
+        return None
+
+
+def save_state(path: Path, state: UsageState) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(state.to_json(), f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,62 @@
+"""What the exporter knows about GPUs, independent of where it came from (NVML, fake, demo).
+
+A value NVML could not give (not supported, not available) is None and is never exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class GpuUnavailable(Exception):
+    """No GPU library or driver: the exporter runs CPU-only."""
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    used_memory_bytes: int | None = None
+    sm_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class GpuUnit:
+    """What a process can hold and a job is billed for: a whole GPU or one MIG instance."""
+
+    label: str  # "0", or "0/mig1" for MIG device 1 of GPU 0
+    uuid: str
+    model: str
+    processes: tuple[GpuProcess, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    uuid: str
+    model: str
+    lost: bool = False
+    utilization_ratio: float | None = None
+    memory_utilization_ratio: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    temperature_celsius: float | None = None
+    power_watts: float | None = None
+    ecc_corrected_total: int | None = None
+    ecc_uncorrected_total: int | None = None
+    xid_errors: tuple[int, ...] = ()  # XIDs that arrived since the previous reading
+    units: tuple[GpuUnit, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    driver_version: str | None
+    devices: tuple[GpuDevice, ...]
+
+
+class GpuBackend(Protocol):
+    """A source of GPU readings; `read()` raises GpuUnavailable when nothing can be read."""
+
+    def read(self) -> GpuReading: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,54 @@
+"""The exporter's HTTP side: /metrics and a landing page, on a threading WSGI server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import CollectorRegistry
+
+_LANDING = b"""<!doctype html><html><head><title>gpuacct exporter</title></head><body>
+<h1>gpuacct exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>"""
+
+StartResponse = Callable[..., Any]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _DualStackServer(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def make_app(registry: CollectorRegistry) -> WsgiApp:
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [_LANDING]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: try /metrics\n"]
+
+    return app
+
+
+def serve(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
+    """Start serving in a daemon thread; raises OSError if the address cannot be bound."""
+    server_class = _DualStackServer if ":" in host else ThreadingWSGIServer
+    server = make_server(host, port, make_app(registry), server_class, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

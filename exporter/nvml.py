@@ -1,0 +1,185 @@
+"""The only module that imports `pynvml` (NVIDIA's nvidia-ml-py); everything else sees `GpuBackend`.
+
+`NvmlBackend` takes the library as an argument: the real `pynvml` in production, the
+data-driven `FakeNvml` in tests and demos, which raises pynvml's own error classes via `error()`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pynvml
+
+from exporter.gpu import GpuDevice, GpuProcess, GpuReading, GpuUnavailable, GpuUnit
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NVMLError = pynvml.NVMLError
+GPU_IS_LOST = pynvml.NVML_ERROR_GPU_IS_LOST
+_LOST_CODES = {pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_UNKNOWN}
+
+
+def error(name: str) -> Exception:
+    """pynvml's own exception for a code name such as "GPU_IS_LOST" (what the fake raises)."""
+    code = getattr(pynvml, f"NVML_ERROR_{name}")
+    exc: Exception = pynvml.NVMLError(code)  # NVMLError maps the code to its subclass
+    return exc
+
+
+def check_distribution() -> str | None:
+    """A warning if `pynvml` is not NVIDIA's nvidia-ml-py (the old `pynvml` wrapper, say)."""
+    providers = importlib.metadata.packages_distributions().get("pynvml", [])
+    if "nvidia-ml-py" in providers:
+        return None
+    return f"module pynvml comes from {providers or 'an unknown source'}, not nvidia-ml-py"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Lost(Exception):
+    pass
+
+
+class NvmlBackend:
+    def __init__(self, lib: Any = pynvml) -> None:
+        self.lib = lib
+        try:
+            lib.nvmlInit()
+        except NVMLError as exc:
+            raise GpuUnavailable(f"NVML could not start: {exc}") from None
+        self._last_util_ts: dict[str, int] = {}
+        self._uuids: dict[int, str] = {}
+        self._events: Any = None
+        self._event_devices: dict[Any, int] = {}
+        self._register_xid_events()
+
+    def close(self) -> None:
+        self._query(self.lib.nvmlShutdown)
+
+    def _query(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """A value, or None when NVML cannot give it; a lost GPU raises _Lost."""
+        try:
+            return fn(*args)
+        except NVMLError as exc:
+            if exc.value in _LOST_CODES:
+                raise _Lost from None
+            return None
+
+    def _register_xid_events(self) -> None:
+        try:
+            self._events = self.lib.nvmlEventSetCreate()
+            for index in range(self.lib.nvmlDeviceGetCount()):
+                handle = self.lib.nvmlDeviceGetHandleByIndex(index)
+                self.lib.nvmlDeviceRegisterEvents(
+                    handle, pynvml.nvmlEventTypeXidCriticalError, self._events
+                )
+                self._event_devices[self.lib.nvmlDeviceGetUUID(handle)] = index
+        except NVMLError as exc:
+            log.info("XID events not available: %s", exc)
+
+    def _drain_xids(self) -> dict[int, list[int]]:
+        xids: dict[int, list[int]] = {}
+        if self._events is None:
+            return xids
+        for _ in range(1000):
+            try:
+                event = self.lib.nvmlEventSetWait_v2(self._events, 0)
+            except NVMLError:  # NVML_ERROR_TIMEOUT: nothing pending
+                break
+            uuid = _text(self.lib.nvmlDeviceGetUUID(event.device))
+            if uuid in self._event_devices:
+                xids.setdefault(self._event_devices[uuid], []).append(int(event.eventData))
+        return xids
+
+    def read(self) -> GpuReading:
+        lib = self.lib
+        try:
+            count = lib.nvmlDeviceGetCount()
+        except NVMLError as exc:
+            raise GpuUnavailable(f"NVML cannot count devices: {exc}") from None
+        driver = self._query(lib.nvmlSystemGetDriverVersion)
+        xids = self._drain_xids()
+        devices = tuple(self._read_device(i, xids.get(i, [])) for i in range(count))
+        return GpuReading(_text(driver) if driver is not None else None, devices)
+
+    def _read_device(self, index: int, xids: list[int]) -> GpuDevice:
+        lib = self.lib
+        try:
+            handle = lib.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(lib.nvmlDeviceGetUUID(handle))
+            self._uuids[index] = uuid
+            model = _text(lib.nvmlDeviceGetName(handle))
+            util = self._query(lib.nvmlDeviceGetUtilizationRates, handle)
+            memory = self._query(lib.nvmlDeviceGetMemoryInfo, handle)
+            temp = self._query(lib.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
+            power_mw = self._query(lib.nvmlDeviceGetPowerUsage, handle)
+            ecc = [
+                self._query(lib.nvmlDeviceGetTotalEccErrors, handle, kind, pynvml.NVML_VOLATILE_ECC)
+                for kind in (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+                             pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
+            ]
+            units = self._units(handle, index, uuid, model)
+        except (_Lost, NVMLError) as exc:
+            # A handle that cannot be had or a GPU that fell off the bus: say so, keep the rest.
+            log.warning("GPU %d unreadable: %s", index, exc or "GPU is lost")
+            uuid = self._uuids.get(index, "")
+            return GpuDevice(index, uuid, "", lost=True, xid_errors=tuple(xids))
+        return GpuDevice(
+            index=index,
+            uuid=uuid,
+            model=model,
+            utilization_ratio=util.gpu / 100 if util is not None else None,
+            memory_utilization_ratio=util.memory / 100 if util is not None else None,
+            memory_used_bytes=int(memory.used) if memory is not None else None,
+            memory_total_bytes=int(memory.total) if memory is not None else None,
+            temperature_celsius=float(temp) if temp is not None else None,
+            power_watts=power_mw / 1000 if power_mw is not None else None,
+            ecc_corrected_total=ecc[0],
+            ecc_uncorrected_total=ecc[1],
+            xid_errors=tuple(xids),
+            units=units,
+        )
+
+    def _units(self, handle: Any, index: int, uuid: str, model: str) -> tuple[GpuUnit, ...]:
+        lib = self.lib
+        mode = self._query(lib.nvmlDeviceGetMigMode, handle)
+        if not mode or mode[0] != pynvml.NVML_DEVICE_MIG_ENABLE:
+            return (GpuUnit(str(index), uuid, model, self._processes(handle, uuid)),)
+        units = []
+        for mig_index in range(self._query(lib.nvmlDeviceGetMaxMigDeviceCount, handle) or 0):
+            mig = self._query(lib.nvmlDeviceGetMigDeviceHandleByIndex, handle, mig_index)
+            if mig is None:  # an empty slot answers NOT_FOUND
+                continue
+            mig_uuid = _text(lib.nvmlDeviceGetUUID(mig))
+            mig_model = _text(self._query(lib.nvmlDeviceGetName, mig) or f"{model} MIG")
+            units.append(GpuUnit(f"{index}/mig{mig_index}", mig_uuid, mig_model,
+                                 self._processes(mig, mig_uuid)))
+        return tuple(units)
+
+    def _processes(self, handle: Any, uuid: str) -> tuple[GpuProcess, ...]:
+        memory: dict[int, int | None] = {}
+        for fn in (self.lib.nvmlDeviceGetComputeRunningProcesses,
+                   self.lib.nvmlDeviceGetGraphicsRunningProcesses):
+            for proc in self._query(fn, handle) or []:
+                # usedGpuMemory is None when NVML cannot tell; a pid listed as both compute
+                # and graphics keeps the larger figure.
+                sizes = [m for m in (memory.get(proc.pid), proc.usedGpuMemory) if m is not None]
+                memory[proc.pid] = max(sizes) if sizes else None
+        sm = self._sm_ratios(handle, uuid)
+        return tuple(GpuProcess(pid, mem, sm.get(pid)) for pid, mem in memory.items())
+
+    def _sm_ratios(self, handle: Any, uuid: str) -> dict[int, float]:
+        """SM utilisation per pid since the previous reading of this GPU (NOT_FOUND: no samples)."""
+        samples = self._query(self.lib.nvmlDeviceGetProcessUtilization, handle,
+                              self._last_util_ts.get(uuid, 0)) or []
+        ratios: dict[int, float] = {}
+        for sample in samples:
+            self._last_util_ts[uuid] = max(self._last_util_ts.get(uuid, 0), int(sample.timeStamp))
+            ratios[sample.pid] = max(ratios.get(sample.pid, 0.0), sample.smUtil / 100)
+        return ratios

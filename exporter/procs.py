@@ -1,0 +1,152 @@
+"""The process table from /proc: what changes each cycle, and what never changes per process.
+
+Per cycle only `/proc/<pid>/stat` is read (one read gives CPU times, parent, session and RSS).
+What never changes for a (pid, start time) pair — real uid, environment, command line, cgroup —
+is read once and cached; a pid that is reused gets a new start time and so a new entry.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from dataclasses import dataclass
+
+from exporter.jobs import SHELLS, container_id, env_job, job_name, parse_environ
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcIdentity:
+    """What never changes for one process."""
+
+    uid: int
+    user: str
+    job: str
+    job_source: str  # env, container or session
+    name: str
+    is_shell: bool
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    pid: int
+    start_ticks: int  # since boot: with pid, the process' identity
+    ppid: int
+    cpu_ticks: int  # utime + stime of every thread
+    child_ticks: int  # cutime + cstime: reaped children
+    rss_bytes: int
+    identity: ProcIdentity
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.pid, self.start_ticks)
+
+
+class UserNames:
+    """uid to login name, `uid_<n>` when the uid has no passwd entry; misses retried later."""
+
+    def __init__(self, retry_seconds: float = 60.0) -> None:
+        self._known: dict[int, str] = {}
+        self._missing: dict[int, float] = {}
+        self._retry = retry_seconds
+
+    def __call__(self, uid: int) -> str:
+        if uid in self._known:
+            return self._known[uid]
+        if time.monotonic() - self._missing.get(uid, -1e9) < self._retry:
+            return f"uid_{uid}"
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            self._missing[uid] = time.monotonic()
+            return f"uid_{uid}"
+        self._known[uid] = name
+        return name
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_stat(raw: bytes) -> tuple[str, list[bytes]]:
+    """comm and the fields after it; comm may itself hold spaces and parentheses."""
+    open_paren, close_paren = raw.index(b"("), raw.rindex(b")")
+    return raw[open_paren + 1:close_paren].decode(errors="replace"), raw[close_paren + 2:].split()
+
+
+def real_uid(status: bytes) -> int:
+    for line in status.splitlines():
+        if line.startswith(b"Uid:"):
+            return int(line.split()[1])
+    raise ValueError("no Uid line in status")
+
+
+class ProcessTable:
+    def __init__(self, min_uid: int, job_sources: list[str], job_env_vars: list[str],
+                 proc_root: str = "/proc") -> None:
+        self.min_uid = min_uid
+        self.job_sources = job_sources
+        self.job_env_vars = job_env_vars
+        self.root = proc_root
+        self.user_names = UserNames()
+        self._identities: dict[tuple[int, int], ProcIdentity | None] = {}
+        # Alive but billed to nobody (root, system users): they still take a share of a GPU.
+        self.unbilled_pids: set[int] = set()
+
+    def scan(self) -> list[ProcSample]:
+        """Every billable process now; those that vanish mid-read are simply absent."""
+        samples = []
+        seen = set()
+        self.unbilled_pids = set()
+        for entry in os.scandir(self.root):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                comm, f = parse_stat(_read(f"{self.root}/{pid}/stat"))
+                start = int(f[19])
+                key = (pid, start)
+                seen.add(key)
+                if key not in self._identities:
+                    self._identities[key] = self._identify(pid, int(f[3]), comm)
+                identity = self._identities[key]
+            except (OSError, ValueError, IndexError):
+                continue  # gone, or a /proc entry we cannot parse: not ours to bill
+            if identity is None:
+                self.unbilled_pids.add(pid)
+                continue
+            samples.append(ProcSample(
+                pid=pid, start_ticks=start, ppid=int(f[1]),
+                cpu_ticks=int(f[11]) + int(f[12]), child_ticks=int(f[13]) + int(f[14]),
+                rss_bytes=int(f[21]) * PAGE_SIZE, identity=identity,
+            ))
+        for key in self._identities.keys() - seen:
+            del self._identities[key]
+        return samples
+
+    def _identify(self, pid: int, session: int, comm: str) -> ProcIdentity | None:
+        """None for processes nobody is billed for (below min_uid, kernel threads)."""
+        base = f"{self.root}/{pid}"
+        uid = real_uid(_read(f"{base}/status"))
+        if uid < self.min_uid:
+            return None
+        argv = [a.decode(errors="replace") for a in _read(f"{base}/cmdline").split(b"\0") if a]
+        job, source = None, "session"
+        for kind in self.job_sources:
+            if kind == "env":
+                job = env_job(parse_environ(_read(f"{base}/environ")), self.job_env_vars)
+            elif kind == "container":
+                job = container_id(_read(f"{base}/cgroup").decode(errors="replace"))
+            else:
+                job = f"sid-{session}"
+            if job:
+                source = kind
+                break
+        return ProcIdentity(
+            uid=uid, user=self.user_names(uid), job=job or f"sid-{session}",
+            job_source=source, name=job_name(argv, comm), is_shell=comm in SHELLS,
+        )

@@ -1,0 +1,142 @@
+"""The sampler: at a fixed interval, read GPUs and processes, update the counters, persist them,
+and publish an immutable snapshot that /metrics renders (so scrapes never change anything)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from exporter.accounting import GpuHolder, account_cpu, account_gpu, gpu_holders, update_jobs
+from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
+from exporter.gpu import GpuBackend, GpuReading, GpuUnavailable
+from exporter.procs import ProcessTable
+from gpuacct.config import ExporterSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float = 0.0
+    duration_seconds: float = 0.0
+    gpu_seconds: dict[GpuKey, Counter] = field(default_factory=dict)
+    cpu_seconds: dict[JobKey, Counter] = field(default_factory=dict)
+    jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
+    job_memory_bytes: dict[JobKey, int] = field(default_factory=dict)
+    job_processes: dict[JobKey, int] = field(default_factory=dict)
+    holders: tuple[GpuHolder, ...] = ()
+    gpus: GpuReading | None = None
+    xid_errors: dict[tuple[int, str, int], Counter] = field(default_factory=dict)
+    collectors: dict[str, tuple[bool, float]] = field(default_factory=dict)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Sampler:
+    def __init__(self, settings: ExporterSettings, gpus: GpuBackend | None,
+                 proc_root: str = "/proc") -> None:
+        self.settings = settings
+        self.gpus = gpus
+        self.table = ProcessTable(settings.min_uid, list(settings.job_sources),
+                                  list(settings.job_env_vars), proc_root)
+        self.boot_time = psutil.boot_time()
+        self.state = load_state(settings.state_file) or UsageState(last_sample=time.time())
+        if self.state.boot_id != _boot_id():  # pids and ticks of another boot mean nothing now
+            self.state.cursors = {}
+            self.state.boot_id = _boot_id()
+        self.snapshot = Snapshot()
+        self._last_mono: float | None = None
+        self._xids: dict[tuple[int, str, int], Counter] = {}
+
+    def cycle(self) -> Snapshot:
+        started, now, mono = time.perf_counter(), time.time(), time.monotonic()
+        collectors: dict[str, tuple[bool, float]] = {}
+
+        reading = None
+        if self.gpus is not None:
+            t = time.perf_counter()
+            try:
+                reading = self.gpus.read()
+            except GpuUnavailable:
+                pass
+            except Exception:  # a broken backend must not stop CPU metering
+                log.exception("GPU reading failed")
+            collectors["nvml"] = (reading is not None, time.perf_counter() - t)
+
+        t = time.perf_counter()
+        procs = self.table.scan()  # after NVML, so a pid NVML saw and /proc lost is just absent
+        collectors["proc"] = (True, time.perf_counter() - t)
+
+        units = [u for d in (reading.devices if reading else ()) for u in d.units]
+        holders = gpu_holders(units, procs, self.table.unbilled_pids)
+        elapsed = mono - self._last_mono if self._last_mono is not None else 0.0
+        self._last_mono = mono
+
+        state = self.state
+        account_cpu(state, procs, now, self.boot_time)
+        account_gpu(state, holders, elapsed, self.settings.gpu_share, now)
+        update_jobs(state, procs, now)
+        state.expire(now, self.settings.retention_seconds)
+        state.last_sample = now
+        self._count_xids(reading, now)
+
+        t = time.perf_counter()
+        try:
+            save_state(self.settings.state_file, state)
+            collectors["state"] = (True, time.perf_counter() - t)
+        except OSError as exc:
+            log.error("cannot save state to %s: %s", self.settings.state_file, exc)
+            collectors["state"] = (False, time.perf_counter() - t)
+
+        memory: dict[JobKey, int] = defaultdict(int)
+        count: dict[JobKey, int] = defaultdict(int)
+        for p in procs:
+            memory[(p.identity.user, p.identity.job)] += p.rss_bytes
+            count[(p.identity.user, p.identity.job)] += 1
+        self.snapshot = Snapshot(
+            taken_at=now,
+            duration_seconds=time.perf_counter() - started,
+            gpu_seconds={k: Counter(c.value, c.created) for k, c in state.gpu.items()},
+            cpu_seconds={k: Counter(c.value, c.created) for k, c in state.cpu.items()},
+            jobs=dict(state.jobs),
+            job_memory_bytes=dict(memory),
+            job_processes=dict(count),
+            holders=tuple(h for h in holders if h.user),
+            gpus=reading,
+            xid_errors={k: Counter(c.value, c.created) for k, c in self._xids.items()},
+            collectors=collectors,
+        )
+        return self.snapshot
+
+    def _count_xids(self, reading: GpuReading | None, now: float) -> None:
+        for device in reading.devices if reading else ():
+            for xid in device.xid_errors:
+                key = (device.index, device.uuid, xid)
+                self._xids.setdefault(key, Counter(0.0, now)).value += 1
+
+    def run(self, stop: threading.Event) -> None:
+        """Cycle at a fixed rate until `stop` is set; a slow cycle skips, never bunches up."""
+        interval = self.settings.interval_seconds
+        deadline = time.monotonic()
+        while True:
+            deadline += interval
+            now = time.monotonic()
+            if deadline < now:
+                deadline = now + interval - (now - deadline) % interval
+            if stop.wait(deadline - now):
+                return
+            try:
+                self.cycle()
+            except Exception:
+                log.exception("sampling cycle failed")

@@ -1,0 +1,187 @@
+"""The one YAML config file: a validated section per service.
+
+`load_settings()` reads `--config FILE`, else `$GPUACCT_CONFIG`, else runs on defaults. Any
+problem raises `ConfigError`, whose message has one line per problem naming the key path, the
+bad value and what was expected, so a service can print it and exit before doing anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    Tag,
+    ValidationError,
+)
+
+from gpuacct.secrets import Secret
+
+CONFIG_ENV = "GPUACCT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() is one line per problem."""
+
+
+def split_listen_address(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` to (host, port); an empty host means every address."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+def _check_listen_address(value: str) -> str:
+    split_listen_address(value)
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen_address)]
+Port = Annotated[int, Field(gt=0, lt=65536)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NvmlSettings(Section):
+    # auto: NVIDIA's driver if present, else CPU-only. fake: GPUs described by `fake_file`
+    # (tests). demo: clearly labelled simulated GPUs for `gpuacct-stack --demo`. off: CPU-only.
+    backend: Literal["auto", "fake", "demo", "off"] = "auto"
+    fake_file: Path | None = None
+
+
+class ExporterSettings(Section):
+    listen_address: ListenAddress = "0.0.0.0:9835"
+    interval_seconds: PositiveFloat = 5.0
+    min_uid: Annotated[int, Field(ge=0)] = 1000
+    job_sources: list[Literal["env", "container", "session"]] = ["env", "container", "session"]
+    job_env_vars: list[str] = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID", "GPUACCT_JOB"]
+    # How k jobs on one GPU share its time: split (1/k each), full (each the whole time),
+    # memory (in proportion to each job's GPU memory).
+    gpu_share: Literal["split", "full", "memory"] = "split"
+    retention_seconds: NonNegativeFloat = 900.0
+    state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
+    nvml: NvmlSettings = NvmlSettings()
+
+
+class InfluxV1Settings(Section):
+    version: Literal[1] = 1
+    url: str = "http://127.0.0.1:18086"
+    database: str = "gpuacct"
+    username: str | None = None
+    password: Secret | None = None
+
+
+class InfluxV2Settings(Section):
+    version: Literal[2]
+    url: str
+    org: str
+    bucket: str
+    token: Secret
+
+
+def _influx_version(raw: Any) -> str:
+    version = raw.get("version", 1) if isinstance(raw, Mapping) else getattr(raw, "version", 1)
+    return "@v2" if version == 2 else "@v1"
+
+
+InfluxSettings = Annotated[
+    Annotated[InfluxV1Settings, Tag("@v1")] | Annotated[InfluxV2Settings, Tag("@v2")],
+    Discriminator(_influx_version),
+]
+
+
+class AuthSettings(Section):
+    """Shared secrets; each is a literal, {env: NAME} or {file: PATH}."""
+
+    node_hmac_key: Secret | None = None
+    webhook_token: Secret | None = None
+    admin_password_hash: Secret | None = None
+
+
+class StackSettings(Section):
+    state_dir: Path = Path("/var/lib/gpuacct/stack")
+    host: str = "127.0.0.1"
+    prometheus_port: Port = 19090
+    alertmanager_port: Port = 19093
+    influxdb_port: Port = 18086
+    exporter_port: Port = 19835
+    scrape_interval_seconds: PositiveFloat = 15.0
+    prometheus_binary: str = "prometheus"
+    alertmanager_binary: str = "prometheus-alertmanager"
+    influxd_binary: str = "influxd"
+
+
+class Settings(Section):
+    exporter: ExporterSettings = ExporterSettings()
+    influxdb: InfluxSettings = InfluxV1Settings()
+    auth: AuthSettings = AuthSettings()
+    stack: StackSettings = StackSettings()
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith("@"):  # union tags are not keys
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    where = _key_path(error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"{where}: missing, a value is required"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {error['input']!r} is not valid: {msg}"
+
+
+def settings_from_mapping(data: Any, source: str = "config") -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            "\n".join(f"{source}: {_describe(e)}" for e in exc.errors(include_url=False))
+        ) from None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings from `path`, else `$GPUACCT_CONFIG`, else the defaults."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV) or None
+    if chosen is None:
+        return Settings()
+    source = str(chosen)
+    try:
+        text = Path(chosen).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    return settings_from_mapping(data, source)

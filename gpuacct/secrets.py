@@ -1,0 +1,33 @@
+"""Secrets in the config: a literal, `{env: NAME}` or `{file: PATH}`, resolved at load time.
+
+Resolving at load time means a missing variable or unreadable file fails start-up with the key's
+path, like any other bad value, and the value then lives only in a `SecretStr` (never logged).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, SecretStr
+
+
+def resolve_secret(raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        return raw
+    if set(raw) == {"env"}:
+        name = str(raw["env"])
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if set(raw) == {"file"}:
+        path = Path(str(raw["file"]))
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    raise ValueError("expected a string, {env: NAME} or {file: PATH}")
+
+
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]

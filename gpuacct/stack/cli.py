@@ -1,0 +1,122 @@
+"""gpuacct-stack: run every part of gpuacct on this machine until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.config import CONFIG_ENV, Settings
+from gpuacct.stack import configs, servers
+from gpuacct.stack.process import ManagedProcess, ServerError
+
+
+class Stack:
+    """The parts, started in dependency order and stopped in reverse."""
+
+    def __init__(self, settings: Settings, state_dir: Path, config_file: Path | None, demo: bool):
+        self.settings = settings
+        self.stack = settings.stack
+        self.state_dir = state_dir
+        self.config_file = config_file
+        self.demo = demo
+        self.parts: list[tuple[ManagedProcess, str]] = []
+
+    def _started(self, proc: ManagedProcess, url: str) -> None:
+        self.parts.append((proc, url))
+        print(f"  {proc.name:<14} {url}", flush=True)
+
+    def start(self) -> None:
+        s, d, host = self.stack, self.state_dir, self.stack.host
+        print(f"gpuacct-stack: state and logs in {d}", flush=True)
+
+        influx = servers.start_influxdb(d / "influxdb", s.influxdb_port, s.influxd_binary, host)
+        self._started(influx, f"http://{host}:{s.influxdb_port}/")
+        database = getattr(self.settings.influxdb, "database", "gpuacct")
+        servers.influx_query(
+            f"http://{host}:{s.influxdb_port}", f'CREATE DATABASE "{database}"', method="POST"
+        )
+
+        am = servers.start_alertmanager(
+            d / "alertmanager", s.alertmanager_port, configs.alertmanager_config(),
+            s.alertmanager_binary, host,
+        )
+        self._started(am, f"http://{host}:{s.alertmanager_port}/")
+
+        exporter = self._start_exporter()
+        self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
+
+        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"])
+        prom = servers.start_prometheus(
+            d / "prometheus", s.prometheus_port, prom_config, s.prometheus_binary, host
+        )
+        self._started(prom, f"http://{host}:{s.prometheus_port}/")
+
+    def _start_exporter(self) -> ManagedProcess:
+        s, d = self.stack, self.state_dir
+        overrides: dict[str, object] = {
+            "exporter": {
+                "listen_address": f"{s.host}:{s.exporter_port}",
+                "state_file": str(d / "exporter" / "state.json"),
+                **({"nvml": {"backend": "demo"}} if self.demo else {}),
+            }
+        }
+        config_out = d / "exporter" / "gpuacct.yaml"
+        config = configs.service_config(self.config_file, overrides, config_out)
+        argv = [sys.executable, "-m", "exporter", "--config", str(config)]
+        proc = ManagedProcess(
+            "exporter", argv, d / "exporter" / "exporter.log",
+            f"http://{s.host}:{s.exporter_port}/metrics",
+        )
+        return proc.start().wait_ready()
+
+    def first_dead(self) -> ManagedProcess | None:
+        return next((proc for proc, _ in self.parts if not proc.running()), None)
+
+    def stop(self) -> None:
+        for proc, _ in reversed(self.parts):
+            proc.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuacct-stack", description=__doc__)
+    add_config_argument(parser)
+    parser.add_argument("--state-dir", type=Path, help="where configs, data and logs live")
+    parser.add_argument("--demo", action="store_true",
+                        help="add clearly labelled simulated GPUs when no NVIDIA driver is present")
+    args = parser.parse_args(argv)
+
+    config_path = args.config or os.environ.get(CONFIG_ENV) or None
+    settings = load_or_exit(config_path)
+    state_dir = (args.state_dir or settings.stack.state_dir).resolve()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    stack = Stack(settings, state_dir, Path(config_path) if config_path else None, args.demo)
+    try:
+        stack.start()
+        print("gpuacct-stack: running; Ctrl-C stops everything", flush=True)
+        while not stopping.wait(1.0):
+            dead = stack.first_dead()
+            if dead is not None:
+                print(f"gpuacct-stack: {dead.name} stopped unexpectedly\n{dead.log_tail()}",
+                      file=sys.stderr)
+                return 1
+        return 0
+    except ServerError as exc:
+        print(f"gpuacct-stack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("gpuacct-stack: stopping", flush=True)
+        stack.stop()
+

@@ -1,0 +1,60 @@
+"""The configs `gpuacct-stack` generates for the servers and services it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpuacct.config import StackSettings
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+def prometheus_config(stack: StackSettings, exporter_targets: list[str]) -> dict[str, Any]:
+    host = stack.host
+    interval = _duration(stack.scrape_interval_seconds)
+    alertmanager = f"{host}:{stack.alertmanager_port}"
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "scrape_configs": [
+            {
+                "job_name": "prometheus",
+                "static_configs": [{"targets": [f"{host}:{stack.prometheus_port}"]}],
+            },
+            {"job_name": "gpuacct-exporter", "static_configs": [{"targets": exporter_targets}]},
+        ],
+    }
+
+
+def alertmanager_config() -> dict[str, Any]:
+    # Receivers for enforcement and operators arrive with the rules (issue 5).
+    return {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def service_config(user_config: Path | None, overrides: dict[str, Any], out: Path) -> Path:
+    """The operator's own YAML (secret references untouched) with the stack's overrides on top.
+
+    Written 0600: a literal secret in the operator's file stays as private as it was there.
+    """
+    raw: dict[str, Any] = {}
+    if user_config is not None:
+        raw = yaml.safe_load(user_config.read_text(encoding="utf-8")) or {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.touch(mode=0o600)
+    out.write_text(yaml.safe_dump(_merge(raw, overrides), sort_keys=False), encoding="utf-8")
+    return out

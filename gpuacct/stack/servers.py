@@ -1,0 +1,118 @@
+"""Prometheus, Alertmanager and InfluxDB 1.x from Debian's packages, each in its own directory.
+
+Each `start_*` writes the server's config under `workdir`, starts it on loopback, and returns a
+`ManagedProcess` that is ready (its readiness endpoint answered) or raises `ServerError`.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from gpuacct.stack.process import ManagedProcess, free_port
+
+HOST = "127.0.0.1"
+
+
+def start_prometheus(
+    workdir: Path,
+    port: int,
+    config: dict[str, object],
+    binary: str = "prometheus",
+    host: str = HOST,
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={host}:{port}",
+        "--web.enable-lifecycle",
+    ]
+    proc = ManagedProcess(
+        "prometheus", argv, workdir / "prometheus.log", f"http://{host}:{port}/-/ready"
+    )
+    return proc.start().wait_ready(timeout)
+
+
+def start_alertmanager(
+    workdir: Path,
+    port: int,
+    config: dict[str, object],
+    binary: str = "prometheus-alertmanager",
+    host: str = HOST,
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "alertmanager.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address={host}:{port}",
+        "--cluster.listen-address=",  # a single instance: no gossip port to collide on
+    ]
+    proc = ManagedProcess(
+        "alertmanager", argv, workdir / "alertmanager.log", f"http://{host}:{port}/-/ready"
+    )
+    return proc.start().wait_ready(timeout)
+
+
+def influxdb_config(workdir: Path, port: int, rpc_port: int, host: str = HOST) -> str:
+    return f"""\
+reporting-disabled = true
+bind-address = "{host}:{rpc_port}"
+
+[meta]
+  dir = "{workdir / 'meta'}"
+
+[data]
+  dir = "{workdir / 'data'}"
+  wal-dir = "{workdir / 'wal'}"
+  query-log-enabled = false
+
+[http]
+  bind-address = "{host}:{port}"
+  log-enabled = false
+
+[monitor]
+  store-enabled = false
+"""
+
+
+def start_influxdb(
+    workdir: Path,
+    port: int,
+    binary: str = "influxd",
+    host: str = HOST,
+    rpc_port: int | None = None,
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "influxdb.conf"
+    config_file.write_text(
+        influxdb_config(workdir, port, rpc_port or free_port(host), host), encoding="utf-8"
+    )
+    argv = [binary, "-config", str(config_file)]
+    proc = ManagedProcess("influxdb", argv, workdir / "influxdb.log", f"http://{host}:{port}/ping")
+    return proc.start().wait_ready(timeout)
+
+
+def influx_query(url: str, query: str, database: str | None = None, method: str = "GET") -> bytes:
+    """One InfluxQL statement through InfluxDB 1.x's /query; returns the JSON body."""
+    params = {"q": query} | ({"db": database} if database else {})
+    encoded = urllib.parse.urlencode(params)
+    if method == "POST":
+        request = urllib.request.Request(f"{url}/query", data=encoded.encode(), method="POST")
+    else:
+        request = urllib.request.Request(f"{url}/query?{encoded}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body: bytes = response.read()
+        return body
