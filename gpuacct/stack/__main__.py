@@ -1,0 +1,5 @@
+import sys
+
+from gpuacct.stack.cli import main
+
+sys.exit(main())

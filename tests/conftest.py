@@ -1,0 +1,26 @@
+"""Shared fixtures: real servers, real users and processes, fake GPUs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fixtures.servers import (  # noqa: F401 (fixtures)
+    RUNNING,
+    influxdb,
+    start_alertmanager,
+    start_prometheus,
+)
+from tests.fixtures.users import processes, test_users  # noqa: F401 (fixtures)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    """A failing test's report ends with the log tail of every server it had running."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for proc in RUNNING:
+            report.sections.append((f"{proc.name} log ({proc.log_path})", proc.log_tail()))

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuacct.config import ConfigError, Settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gpuacct.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_no_file_runs_on_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUACCT_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings == Settings()
+    assert settings.exporter.interval_seconds == 5.0
+    assert settings.exporter.min_uid == 1000
+
+
+def test_config_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUACCT_CONFIG", str(write(tmp_path, "exporter:\n  min_uid: 2000\n")))
+    assert load_settings().exporter.min_uid == 2000
+
+
+def test_empty_file_is_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "")) == Settings()
+
+
+def test_wrong_type_names_key_value_and_expectation(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "exporter:\n  interval_seconds: often\n")
+    assert message.count("\n") == 0
+    assert "exporter.interval_seconds" in message
+    assert "'often'" in message
+    assert "valid number" in message
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "exporter:\n  intervall_seconds: 5\n")
+    assert message == f"{tmp_path}/gpuacct.yaml: exporter.intervall_seconds: unknown key"
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    assert "exportr: unknown key" in error_of(tmp_path, "exportr: {}\n")
+
+
+def test_missing_required_value(tmp_path: Path) -> None:
+    text = "influxdb:\n  version: 2\n  url: http://x:8086\n  bucket: b\n  token: t\n"
+    message = error_of(tmp_path, text)
+    assert message == f"{tmp_path}/gpuacct.yaml: influxdb.org: missing, a value is required"
+
+
+def test_list_items_are_named_by_index(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "exporter:\n  job_sources: [env, slurm]\n")
+    assert "exporter.job_sources[1]: 'slurm' is not valid" in message
+    assert "'env', 'container' or 'session'" in message
+
+
+def test_out_of_range(tmp_path: Path) -> None:
+    assert "stack.prometheus_port: 70000 is not valid" in error_of(
+        tmp_path, "stack:\n  prometheus_port: 70000\n")
+
+
+def test_bad_listen_address(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "exporter:\n  listen_address: localhost\n")
+    assert "exporter.listen_address: 'localhost' is not valid: expected HOST:PORT" in message
+
+
+def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "exporter:\n  min_uid: 1000\n bad: [\n")
+    assert "not valid YAML at line" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    assert "expected a mapping" in error_of(tmp_path, "- a\n- b\n")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_secrets_from_literal_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text("from-file\n")
+    monkeypatch.setenv("GPUACCT_TEST_TOKEN", "from-env")
+    settings = load_settings(write(tmp_path, (
+        "auth:\n"
+        f"  node_hmac_key: {{file: {key_file}}}\n"
+        "  webhook_token: {env: GPUACCT_TEST_TOKEN}\n"
+        "  admin_password_hash: literal\n")))
+    auth = settings.auth
+    assert auth.node_hmac_key is not None and auth.webhook_token is not None
+    assert auth.node_hmac_key.get_secret_value() == "from-file"
+    assert auth.webhook_token.get_secret_value() == "from-env"
+    assert "from-env" not in repr(settings)  # secrets never show up in logs
+
+
+def test_secret_from_unset_env_fails_with_key(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPUACCT_NOT_SET", raising=False)
+    message = error_of(tmp_path, "auth:\n  webhook_token: {env: GPUACCT_NOT_SET}\n")
+    assert "auth.webhook_token" in message
+    assert "GPUACCT_NOT_SET is not set" in message
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    example = Path(__file__).parents[2] / "gpuacct.example.yaml"
+    settings = load_settings(example)
+    assert settings.exporter.interval_seconds == 5.0
+    text = example.read_text()
+    for section, model in Settings.model_fields.items():
+        assert f"{section}:" in text
+        sub = getattr(settings, section)
+        for key in type(sub).model_fields:
+            assert f"{key}:" in text, f"{section}.{key} undocumented in gpuacct.example.yaml"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("exporter:\n  min_uid: -1\n", "exporter.min_uid"),
+    ("exporter:\n  bogus: 1\n", "exporter.bogus"),
+    ("influxdb:\n  version: 2\n", "influxdb.url"),
+])
+def test_service_refuses_bad_config_in_one_line(tmp_path: Path, text: str, key: str) -> None:
+    """Start-up fails with exit 2, a line per problem naming the key, and no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config", str(write(tmp_path, text))],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert key in result.stderr.splitlines()[0]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("gpuacct: config error: ")

@@ -1,0 +1,75 @@
+"""gpuacct-stack brings every part up on loopback, and Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gpuacct.stack.process import free_port
+from tests.fixtures.servers import promql, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    config = tmp_path / "gpuacct.yaml"
+    config.write_text(
+        "stack:\n"
+        f"  prometheus_port: {free_port()}\n  alertmanager_port: {free_port()}\n"
+        f"  influxdb_port: {free_port()}\n  exporter_port: {free_port()}\n"
+        "  scrape_interval_seconds: 1\n"
+        "exporter:\n  interval_seconds: 1\n")
+    log = tmp_path / "stack.out"
+    with log.open("w") as out:
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "gpuacct.stack", "--config", str(config),
+             "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
+                 timeout=90, what="the stack")
+        text = log.read_text()
+        assert stack.poll() is None, text
+        urls = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)$", text, re.M))
+        assert set(urls) == {"influxdb", "alertmanager", "exporter", "prometheus"}, text
+        for name, url in urls.items():
+            probe = url + ("ping" if name == "influxdb" else "")
+            with urllib.request.urlopen(probe, timeout=5) as response:
+                assert response.status < 300, name
+        for name in ("influxdb", "alertmanager", "exporter", "prometheus"):
+            assert (tmp_path / "state" / name).is_dir()
+        # Prometheus scrapes the exporter it was started with.
+        prom = urls["prometheus"].rstrip("/")
+        up = wait_for(lambda: promql(prom, 'up{job="gpuacct-exporter"} == 1'), timeout=30,
+                      what="the exporter scraped")
+        assert up
+
+        children = psutil.Process(stack.pid).children(recursive=True)
+        assert len(children) >= 4
+        stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert stack.wait(timeout=60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], f"left behind: {alive}"
+    finally:
+        if stack.poll() is None:
+            os.kill(stack.pid, signal.SIGKILL)
+
+
+def test_stack_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "gpuacct.yaml"
+    config.write_text("stack:\n  prometheus_port: lots\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "gpuacct.stack", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "stack.prometheus_port: 'lots' is not valid" in result.stderr
+    assert time.monotonic() - started < 30
