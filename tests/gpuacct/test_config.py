@@ -120,7 +120,7 @@ def test_example_config_is_valid_and_complete() -> None:
     settings = load_settings(example)
     assert settings.exporter.interval_seconds == 5.0
     text = example.read_text()
-    for section, model in Settings.model_fields.items():
+    for section, _model in Settings.model_fields.items():
         assert f"{section}:" in text
         sub = getattr(settings, section)
         for key in type(sub).model_fields:

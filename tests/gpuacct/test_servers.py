@@ -42,7 +42,7 @@ def test_prometheus_scrapes_a_target_and_answers_promql(
     registry = CollectorRegistry()
     Gauge("gpuacct_fixture_answer", "A value to read back.", registry=registry).set(42)
     port = free_port()
-    server, thread = start_http_server(port, "127.0.0.1", registry)
+    server, _thread = start_http_server(port, "127.0.0.1", registry)
     try:
         prom = start_prometheus([{"job_name": "small",
                                   "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
@@ -59,8 +59,8 @@ class _Receiver(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
-        _Receiver.received.append(
-            {"auth": self.headers.get("Authorization"), "body": json.loads(self.rfile.read(length))})
+        body = json.loads(self.rfile.read(length))
+        _Receiver.received.append({"auth": self.headers.get("Authorization"), "body": body})
         self.send_response(200)
         self.end_headers()
 

@@ -56,7 +56,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert len(children) >= 4
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert stack.wait(timeout=60) == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], f"left behind: {alive}"
     finally:
         if stack.poll() is None:
