@@ -137,12 +137,7 @@ class ProcessTable:
         argv = [a.decode(errors="replace") for a in _read(f"{base}/cmdline").split(b"\0") if a]
         job, source = None, "session"
         for kind in self.job_sources:
-            if kind == "env":
-                job = env_job(parse_environ(_read(f"{base}/environ")), self.job_env_vars)
-            elif kind == "container":
-                job = container_id(_read(f"{base}/cgroup").decode(errors="replace"))
-            else:
-                job = f"sid-{session}"
+            job = self._job_from(kind, base, session)
             if job:
                 source = kind
                 break
@@ -150,3 +145,14 @@ class ProcessTable:
             uid=uid, user=self.user_names(uid), job=job or f"sid-{session}",
             job_source=source, name=job_name(argv, comm), is_shell=comm in SHELLS,
         )
+
+    def _job_from(self, kind: str, base: str, session: int) -> str | None:
+        """The job as one source sees it; an unreadable file means that source has no answer."""
+        try:
+            if kind == "env":
+                return env_job(parse_environ(_read(f"{base}/environ")), self.job_env_vars)
+            if kind == "container":
+                return container_id(_read(f"{base}/cgroup").decode(errors="replace"))
+        except OSError:
+            return None
+        return f"sid-{session}"

@@ -1,0 +1,49 @@
+"""Exporter fixtures: a sampler over fake GPUs, and helpers to read its registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.collector import build_registry
+from exporter.fake_nvml import FakeNvml
+from exporter.nvml import NvmlBackend
+from exporter.sampler import Sampler
+from gpuacct.config import ExporterSettings
+from tests.fixtures.gpus import FakeGpus
+
+
+class Node:
+    """A sampler with its registry, as the exporter process has them."""
+
+    def __init__(self, settings: ExporterSettings, gpus: FakeGpus | None) -> None:
+        self.gpus = gpus
+        self.sampler = Sampler(settings, NvmlBackend(FakeNvml(gpus)) if gpus else None)
+        self.registry: CollectorRegistry = build_registry(lambda: self.sampler.snapshot)
+
+    def cycle(self, times: int = 1, pause: float = 0.0) -> None:
+        for _ in range(times):
+            if pause:
+                time.sleep(pause)
+            self.sampler.cycle()
+
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        return self.registry.get_sample_value(metric, labels)
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        return [(s.labels, s.value) for metric in self.registry.collect()
+                for s in metric.samples if s.name == name]
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Callable[..., Node]:
+    def make(gpus: FakeGpus | None = None, **settings: Any) -> Node:
+        settings.setdefault("state_file", tmp_path / "state.json")
+        return Node(ExporterSettings(**settings), gpus)
+
+    return make

@@ -1,0 +1,270 @@
+"""Real processes of real test users, reported by the fake NVML on fake GPUs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.exporter.conftest import Node
+from tests.fixtures.gpus import A100, RTX3090, FakeGpus, device
+from tests.fixtures.users import SCRIPTS, Processes, UnixUser, wait_until_exec
+
+pytestmark = pytest.mark.root
+Users = dict[str, UnixUser]
+
+
+def gpu_seconds(node: Node, user: str, job: str, gpu: str = "0") -> float:
+    for labels, value in node.samples("gpuacct_job_gpu_seconds_total"):
+        if (labels["user"], labels["job"], labels["gpu"]) == (user, job, gpu):
+            return value
+    raise AssertionError(f"no gpu seconds for {user}/{job} on {gpu}: "
+                         f"{node.samples('gpuacct_job_gpu_seconds_total')}")
+
+
+def test_env_var_job_with_name_gpu_uuid_and_model(
+        make_node: Callable[..., Node], processes: Processes, test_users: Users) -> None:
+    alice = test_users["alice"]
+    gpus = FakeGpus([device(0), device(1, name=RTX3090)])
+    node = make_node(gpus)
+    proc = processes.python(alice, "idle.py", env={"SLURM_JOB_ID": "4711", "GPUACCT_JOB": "x"})
+    wait_until_exec(proc, "idle.py")
+    gpus.put(1, proc.pid, used_memory=3 << 30, sm_util=70)
+    node.cycle(2, pause=0.2)
+    labels = {"user": alice.name, "job": "4711", "gpu": "1",
+              "gpu_uuid": device(1)["uuid"], "gpu_model": RTX3090}
+    assert node.value("gpuacct_job_gpu_seconds_total", **labels) == pytest.approx(0.2, abs=0.1)
+    assert node.value("gpuacct_job_info", user=alice.name, job="4711", name="idle.py",
+                      source="env") == 1
+    process_labels = {"gpu": "1", "gpu_uuid": device(1)["uuid"], "pid": str(proc.pid),
+                      "user": alice.name, "job": "4711"}
+    assert node.value("gpuacct_gpu_process_memory_bytes", **process_labels) == 3 << 30
+    assert node.value("gpuacct_gpu_process_sm_utilization_ratio", **process_labels) == 0.7
+    assert node.value("gpuacct_job_processes", user=alice.name, job="4711") == 1
+    assert node.value("gpuacct_job_memory_bytes", user=alice.name, job="4711") > 1 << 20
+
+
+@pytest.fixture
+def container_cgroup() -> Iterator[tuple[Path, str]]:
+    """A cgroup named like one of docker's, in a real hierarchy (v1 pids, else v2)."""
+    container = "c0ffee" + "1234567890" * 5 + "abcdef01"
+    root = next(p for p in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+                if (p / "cgroup.procs").exists())
+    group = root / "docker" / container
+    group.mkdir(parents=True)
+    yield group, f"docker-{container[:12]}"
+    for pid in (group / "cgroup.procs").read_text().split():
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.2)
+    group.rmdir()
+    (root / "docker").rmdir()
+
+
+def test_container_job_from_cgroup(make_node: Callable[..., Node], processes: Processes,
+                                   test_users: Users, container_cgroup: tuple[Path, str]) -> None:
+    group, job = container_cgroup
+    bob = test_users["bob"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    # Paused before exec (as a runtime does), moved into the container's cgroup, then run.
+    proc = processes.run(bob, ["/bin/sh", "-c", f"kill -STOP $$; exec /usr/bin/python3 "
+                                                 f"{SCRIPTS / 'idle.py'}"])
+    psutil.Process(proc.pid).status()
+    time.sleep(0.2)
+    (group / "cgroup.procs").write_text(str(proc.pid))
+    os.kill(proc.pid, signal.SIGCONT)
+    wait_until_exec(proc, "idle.py")
+    gpus.put(0, proc.pid)
+    node.cycle(2, pause=0.2)
+    assert gpu_seconds(node, bob.name, job) > 0
+    assert node.value("gpuacct_job_info", user=bob.name, job=job, name="idle.py",
+                      source="container") == 1
+
+
+def test_session_fallback_when_no_job_is_named(
+        make_node: Callable[..., Node], processes: Processes, test_users: Users) -> None:
+    carol = test_users["carol"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    shell = processes.run(carol, ["/bin/sh", "-c", f"/usr/bin/python3 {SCRIPTS / 'idle.py'}"])
+    worker = None
+    deadline = time.monotonic() + 10
+    while worker is None and time.monotonic() < deadline:
+        kids = psutil.Process(shell.pid).children()
+        worker = kids[0] if kids and "idle.py" in " ".join(kids[0].cmdline()) else None
+    assert worker is not None
+    gpus.put(0, worker.pid)
+    node.cycle(2, pause=0.2)
+    job = f"sid-{shell.pid}"  # the session leader's pid
+    assert gpu_seconds(node, carol.name, job) > 0
+    # The job is named after its program, not the shell that started it.
+    assert node.value("gpuacct_job_info", user=carol.name, job=job, name="idle.py",
+                      source="session") == 1
+    assert node.value("gpuacct_job_processes", user=carol.name, job=job) == 2
+
+
+def test_process_of_an_unknown_uid(make_node: Callable[..., Node], processes: Processes) -> None:
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    proc = processes.python(54321, "idle.py", env={"GPUACCT_JOB": "ghost"})
+    wait_until_exec(proc, "idle.py")
+    gpus.put(0, proc.pid)
+    node.cycle(2, pause=0.2)
+    assert gpu_seconds(node, "uid_54321", "ghost") > 0
+
+
+def test_two_jobs_share_one_gpu_half_each(
+        make_node: Callable[..., Node], processes: Processes, test_users: Users) -> None:
+    alice, bob = test_users["alice"], test_users["bob"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    a2 = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})  # same job: counted once
+    b = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "b"})
+    for p in (a, a2, b):
+        wait_until_exec(p, "idle.py")
+        gpus.put(0, p.pid)
+    node.cycle()
+    started = time.monotonic()
+    node.cycle(3, pause=0.3)
+    elapsed = node.sampler._last_mono - started  # type: ignore[operator]
+    assert elapsed > 0
+    total = time.monotonic() - started
+    ga, gb = gpu_seconds(node, alice.name, "a"), gpu_seconds(node, bob.name, "b")
+    assert ga == pytest.approx(gb)
+    assert ga + gb == pytest.approx(total, abs=0.05)
+
+
+@pytest.mark.parametrize("policy, expected_a", [("full", 1.0), ("memory", 0.75)])
+def test_sharing_policies(make_node: Callable[..., Node], processes: Processes,
+                          test_users: Users, policy: str, expected_a: float) -> None:
+    alice, bob = test_users["alice"], test_users["bob"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus, gpu_share=policy)
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    b = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "b"})
+    for p, memory in ((a, 3 << 30), (b, 1 << 30)):
+        wait_until_exec(p, "idle.py")
+        gpus.put(0, p.pid, used_memory=memory)
+    node.cycle()
+    t0 = node.sampler._last_mono
+    node.cycle(2, pause=0.3)
+    elapsed = node.sampler._last_mono - t0  # type: ignore[operator]
+    assert gpu_seconds(node, alice.name, "a") == pytest.approx(expected_a * elapsed)
+    b_share = 1.0 if policy == "full" else 0.25
+    assert gpu_seconds(node, bob.name, "b") == pytest.approx(b_share * elapsed)
+
+
+def test_pid_gone_between_nvml_and_proc(
+        make_node: Callable[..., Node], processes: Processes, test_users: Users) -> None:
+    alice = test_users["alice"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    gone = processes.python(test_users["bob"], "idle.py")
+    wait_until_exec(a, "idle.py")
+    gone.kill()
+    gone.wait()  # reaped: NVML still lists it, /proc no longer has it
+    gpus.put(0, a.pid)
+    gpus.put(0, gone.pid)
+    node.cycle()
+    t0 = node.sampler._last_mono
+    node.cycle(pause=0.3)
+    elapsed = node.sampler._last_mono - t0  # type: ignore[operator]
+    assert gpu_seconds(node, alice.name, "a") == pytest.approx(elapsed)  # not shared with a ghost
+    assert all(labels["user"] == alice.name
+               for labels, _ in node.samples("gpuacct_job_gpu_seconds_total"))
+
+
+def test_unbilled_process_still_takes_its_share(
+        make_node: Callable[..., Node], processes: Processes, test_users: Users) -> None:
+    alice = test_users["alice"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    root_job = processes.python(0, "idle.py")
+    for p in (a, root_job):
+        wait_until_exec(p, "idle.py")
+        gpus.put(0, p.pid)
+    node.cycle()
+    t0 = node.sampler._last_mono
+    node.cycle(pause=0.3)
+    elapsed = node.sampler._last_mono - t0  # type: ignore[operator]
+    assert gpu_seconds(node, alice.name, "a") == pytest.approx(elapsed / 2)
+    assert {labels["user"] for labels, _ in node.samples("gpuacct_job_gpu_seconds_total")} == {
+        alice.name}
+
+
+def test_one_gpu_lost(make_node: Callable[..., Node], processes: Processes,
+                      test_users: Users) -> None:
+    alice = test_users["alice"]
+    gpus = FakeGpus([device(0), device(1)])
+    node = make_node(gpus)
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    wait_until_exec(a, "idle.py")
+    gpus.put(1, a.pid)
+    gpus.set(0, lost=True)
+    node.cycle(2, pause=0.2)
+    assert node.value("gpuacct_gpu_up", gpu="0", gpu_uuid="") == 0
+    assert node.value("gpuacct_gpu_up", gpu="1", gpu_uuid=device(1)["uuid"]) == 1
+    assert node.value("gpuacct_exporter_collector_success", collector="nvml") == 1
+    assert gpu_seconds(node, alice.name, "a", gpu="1") > 0
+    assert node.value("gpuacct_gpu_temperature_celsius", gpu="0", gpu_uuid="") is None
+
+
+def test_mig_device(make_node: Callable[..., Node], processes: Processes,
+                    test_users: Users) -> None:
+    alice = test_users["alice"]
+    mig = [{"uuid": "MIG-1111", "name": f"{A100} MIG 1g.10gb", "processes": []}]
+    gpus = FakeGpus([device(0, mig=mig)])
+    node = make_node(gpus)
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    wait_until_exec(a, "idle.py")
+    gpus.put(0, a.pid, mig=0)
+    node.cycle(2, pause=0.2)
+    assert node.value("gpuacct_job_gpu_seconds_total", user=alice.name, job="a", gpu="0/mig0",
+                      gpu_uuid="MIG-1111", gpu_model=f"{A100} MIG 1g.10gb") > 0
+    assert node.value("gpuacct_gpu_info", gpu="0/mig0", gpu_uuid="MIG-1111",
+                      gpu_model=f"{A100} MIG 1g.10gb", driver_version="550.54.15",
+                      parent_uuid=device(0)["uuid"]) == 1
+
+
+def test_process_in_a_pid_namespace(make_node: Callable[..., Node], processes: Processes,
+                                    test_users: Users) -> None:
+    alice = test_users["alice"]
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    outer = processes.run(0, [
+        "unshare", "--pid", "--fork", "--mount-proc", "setpriv", f"--reuid={alice.uid}",
+        f"--regid={alice.gid}", "--clear-groups", "/usr/bin/python3", str(SCRIPTS / "idle.py")],
+        env={"GPUACCT_JOB": "ns"})
+    inner = None
+    deadline = time.monotonic() + 10
+    while inner is None and time.monotonic() < deadline:
+        inner = next((p for p in psutil.Process(outer.pid).children(recursive=True)
+                      if "idle.py" in " ".join(p.cmdline())), None)
+    assert inner is not None
+    nspid = Path(f"/proc/{inner.pid}/status").read_text().split("NSpid:")[1].split("\n")[0]
+    assert nspid.split() == [str(inner.pid), "1"]  # pid 1 inside its own namespace
+    gpus.put(0, inner.pid)  # NVML reports host pids
+    node.cycle(2, pause=0.2)
+    assert gpu_seconds(node, alice.name, "ns") > 0
+
+
+def test_processes_below_min_uid_are_not_billed(make_node: Callable[..., Node],
+                                                processes: Processes) -> None:
+    gpus = FakeGpus([device(0)])
+    node = make_node(gpus)
+    daemon = processes.python(999, "idle.py", env={"GPUACCT_JOB": "sys"})
+    wait_until_exec(daemon, "idle.py")
+    gpus.put(0, daemon.pid)
+    node.cycle(2, pause=0.2)
+    assert node.samples("gpuacct_job_gpu_seconds_total") == []
+    assert not any(labels["job"] == "sys" for labels, _ in node.samples("gpuacct_job_info"))
+    subprocess.run(["true"], check=True)
