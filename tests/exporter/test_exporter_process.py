@@ -1,0 +1,176 @@
+"""gpuacct-exporter run as a process: no config, no driver, restarts, retention, Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.exporter import Exporter, promtool_check_metrics
+from tests.fixtures.gpus import RTX3090, FakeGpus, device
+from tests.fixtures.servers import Server, promql, wait_for
+from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+
+pytestmark = [pytest.mark.root, pytest.mark.integration]
+Users = dict[str, UnixUser]
+
+
+def values(text: str, metric: str, /) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == metric}
+
+
+def value_for(text: str, metric: str, /, **match: str) -> float | None:
+    for labels, value in values(text, metric).items():
+        if match.items() <= dict(labels).items():
+            return value
+    return None
+
+
+def test_no_config_no_driver_serves_cpu_metrics_and_promtool_is_clean(
+        start_exporter: Callable[..., Exporter], processes: Processes,
+        test_users: Users) -> None:
+    alice = test_users["alice"]
+    busy = processes.python(alice, "train.py", "30", env={"GPUACCT_JOB": "cpu-only"})
+    wait_until_exec(busy, "train.py")
+    default_state = Path("/var/lib/gpuacct/exporter-state.json")
+    existed = default_state.exists()
+    try:
+        exporter = start_exporter(None)  # no --config: every default
+        text = wait_for(lambda: (t := exporter.scrape()) and
+                        (value_for(t, "gpuacct_job_cpu_seconds_total", job="cpu-only") or 0) > 0.5
+                        and t, timeout=20, what="CPU seconds")
+    finally:
+        if not existed:
+            default_state.unlink(missing_ok=True)
+    check = promtool_check_metrics(text)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    assert value_for(text, "gpuacct_exporter_collector_success", collector="nvml") == 0
+    assert value_for(text, "gpuacct_exporter_collector_success", collector="proc") == 1
+    assert value_for(text, "gpuacct_job_info", user=alice.name, job="cpu-only",
+                     name="train.py") == 1
+    assert "gpuacct_job_gpu_seconds_total{" not in text
+    assert "NaN" not in text
+    log = exporter.process.log_path.read_text()
+    assert log.count("no NVIDIA GPU available") == 1
+
+
+def test_fake_gpus_metrics_pass_promtool(start_exporter: Callable[..., Exporter],
+                                         processes: Processes, test_users: Users,
+                                         tmp_path: Path) -> None:
+    gpus = FakeGpus([device(0), device(1, name=RTX3090, xid_events=[79])],
+                    path=tmp_path / "gpus.json")
+    a = processes.python(test_users["alice"], "idle.py", env={"GPUACCT_JOB": "a"})
+    wait_until_exec(a, "idle.py")
+    gpus.put(0, a.pid)
+    exporter = start_exporter({"exporter": {
+        "interval_seconds": 0.2, "state_file": str(tmp_path / "state.json"),
+        "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
+    text = wait_for(lambda: (t := exporter.scrape()) and "gpuacct_job_gpu_seconds_total{" in t
+                    and t, timeout=10, what="GPU seconds")
+    check = promtool_check_metrics(text)
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+    assert value_for(text, "gpuacct_gpu_xid_errors_total", gpu="1", xid="79") == 1
+    assert value_for(text, "gpuacct_gpu_power_watts", gpu="0") == 60.0
+
+
+def test_kill_9_and_restart_continue_the_counters(
+        start_exporter: Callable[..., Exporter], processes: Processes, test_users: Users,
+        tmp_path: Path) -> None:
+    interval = 0.5
+    gpus = FakeGpus([device(0)], path=tmp_path / "gpus.json")
+    busy = processes.python(test_users["alice"], "train.py", "60", env={"GPUACCT_JOB": "long"})
+    wait_until_exec(busy, "train.py")
+    gpus.put(0, busy.pid)
+    exporter = start_exporter({"exporter": {
+        "interval_seconds": interval, "state_file": str(tmp_path / "state.json"),
+        "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
+
+    def gpu(text: str) -> float:
+        return value_for(text, "gpuacct_job_gpu_seconds_total", job="long") or 0.0
+
+    before = wait_for(lambda: (t := exporter.scrape()) and gpu(t) > 2 and t, timeout=20,
+                      what="2 GPU-seconds")
+    assert exporter.scrape() == exporter.scrape() or gpu(exporter.scrape()) >= gpu(before)
+    os.kill(exporter.process.pid, signal.SIGKILL)
+    exporter.process.popen.wait()  # type: ignore[union-attr]
+    killed_at = time.monotonic()
+    persisted = json.loads((tmp_path / "state.json").read_text())
+    exporter.restart()
+    after = exporter.scrape()
+    assert gpu(after) >= gpu(before)
+    created = "gpuacct_job_gpu_seconds_created"
+    assert value_for(after, created, job="long") == value_for(before, created, job="long")
+    cpu_before = value_for(before, "gpuacct_job_cpu_seconds_total", job="long") or 0
+    assert (value_for(after, "gpuacct_job_cpu_seconds_total", job="long") or 0) >= cpu_before
+    # At most one interval was lost: what was persisted is within one interval of the kill.
+    assert persisted["last_sample"] > time.time() - (time.monotonic() - killed_at) - 2 * interval
+    later = wait_for(lambda: (t := exporter.scrape()) and gpu(t) > gpu(after) + 1 and t,
+                     timeout=10, what="the counter to go on growing")
+    assert gpu(later) > gpu(after)
+
+
+def test_finished_job_stays_for_its_retention_then_goes(
+        start_exporter: Callable[..., Exporter], processes: Processes, test_users: Users,
+        tmp_path: Path) -> None:
+    retention = 3.0
+    gpus = FakeGpus([device(0)], path=tmp_path / "gpus.json")
+    job = processes.python(test_users["bob"], "idle.py", env={"GPUACCT_JOB": "short"})
+    wait_until_exec(job, "idle.py")
+    gpus.put(0, job.pid)
+    exporter = start_exporter({"exporter": {
+        "interval_seconds": 0.2, "retention_seconds": retention,
+        "state_file": str(tmp_path / "state.json"),
+        "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
+    wait_for(lambda: "short" in exporter.scrape(), timeout=10, what="the job")
+    job.kill()
+    job.wait()
+    gpus.remove(job.pid)
+    ended = time.monotonic()
+    time.sleep(retention / 2)
+    text = exporter.scrape()
+    assert value_for(text, "gpuacct_job_gpu_seconds_total", job="short") is not None
+    assert value_for(text, "gpuacct_job_cpu_seconds_total", job="short") is not None
+    assert value_for(text, "gpuacct_job_processes", job="short") is None  # nothing live
+    wait_for(lambda: "short" not in exporter.scrape(), timeout=retention + 5, what="expiry")
+    # Retention runs from the last sample that saw the job alive, at most one interval early.
+    assert time.monotonic() - ended >= retention - 0.2
+
+
+def test_prometheus_reads_each_users_gpu_seconds_and_two_scrapers_double_nothing(
+        start_exporter: Callable[..., Exporter], start_prometheus: Callable[..., Server],
+        processes: Processes, test_users: Users, tmp_path: Path) -> None:
+    alice, bob = test_users["alice"], test_users["bob"]
+    gpus = FakeGpus([device(0), device(1, name=RTX3090)], path=tmp_path / "gpus.json")
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    b = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "b"})
+    for gpu, proc in ((0, a), (1, b)):
+        wait_until_exec(proc, "idle.py")
+        gpus.put(gpu, proc.pid)
+    exporter = start_exporter({"exporter": {
+        "interval_seconds": 0.5, "state_file": str(tmp_path / "state.json"),
+        "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
+    scrape = [{"job_name": "gpuacct-exporter",
+               "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}]
+    replicas = [start_prometheus(scrape, interval="500ms") for _ in range(2)]
+    time.sleep(4)
+    gpus.remove(a.pid)
+    gpus.remove(b.pid)
+    time.sleep(1.5)  # the counters stop; let both replicas scrape the final values
+    truth = exporter.scrape()
+    query = "sum by (user) (gpuacct_job_gpu_seconds_total)"
+    for prom in replicas:
+        result = wait_for(lambda p=prom: len(promql(p.url, query)) == 2 and promql(p.url, query),
+                          timeout=10, what="both users in PromQL")
+        by_user = {r["metric"]["user"]: float(r["value"][1]) for r in result}
+        assert by_user == pytest.approx({
+            alice.name: value_for(truth, "gpuacct_job_gpu_seconds_total", user=alice.name),
+            bob.name: value_for(truth, "gpuacct_job_gpu_seconds_total", user=bob.name)})
+        assert by_user[alice.name] > 2
