@@ -33,7 +33,7 @@ class GpuHolder:
     sm_ratio: float | None
 
 
-def account_cpu(state: UsageState, procs: list[ProcSample], now: float, boot_time: float) -> None:
+def account_cpu(state: UsageState, procs: list[ProcSample], now: float) -> None:
     live = {p.key: p for p in procs}
     by_pid = {p.pid: p for p in procs}
 
@@ -50,7 +50,7 @@ def account_cpu(state: UsageState, procs: list[ProcSample], now: float, boot_tim
         cur = state.cursors.get(p.key)
         if cur is not None:
             base_cpu, base_child = cur.cpu_ticks, cur.child_ticks
-        elif boot_time + p.start_ticks / CLOCK_TICKS >= state.last_sample:
+        elif p.start_ticks / CLOCK_TICKS >= state.last_uptime:
             base_cpu = base_child = 0  # started since the last cycle: all of it is new
         else:
             base_cpu, base_child = p.cpu_ticks, p.child_ticks  # older than our records: baseline

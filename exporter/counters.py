@@ -51,6 +51,9 @@ class UsageState:
     jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
     cursors: dict[tuple[int, int], Cursor] = field(default_factory=dict)
     last_sample: float = 0.0  # unix time of the last cycle
+    # Seconds since boot when the last scan began: a process that started later is new and
+    # all its CPU time counts; one that started earlier but was never seen is only baselined.
+    last_uptime: float = 0.0
     boot_id: str = ""
 
     def add_gpu(self, key: GpuKey, seconds: float, now: float) -> None:
@@ -72,6 +75,7 @@ class UsageState:
         return {
             "version": STATE_VERSION,
             "last_sample": self.last_sample,
+            "last_uptime": self.last_uptime,
             "boot_id": self.boot_id,
             "gpu": [[*key, c.value, c.created] for key, c in self.gpu.items()],
             "cpu": [[*key, c.value, c.created] for key, c in self.cpu.items()],
@@ -89,6 +93,7 @@ class UsageState:
             jobs={(u, j): JobInfo(**info) for u, j, info in data["jobs"]},
             cursors={(pid, start): Cursor(**cur) for pid, start, cur in data["cursors"]},
             last_sample=float(data["last_sample"]),
+            last_uptime=float(data["last_uptime"]),
             boot_id=str(data["boot_id"]),
         )
 

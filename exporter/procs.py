@@ -72,6 +72,11 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+def uptime_seconds(proc_root: str = "/proc") -> float:
+    """Seconds since boot, on the clock that process start times in /proc/<pid>/stat use."""
+    return float(_read(f"{proc_root}/uptime").split()[0])
+
+
 def parse_stat(raw: bytes) -> tuple[str, list[bytes]]:
     """comm and the fields after it; comm may itself hold spaces and parentheses."""
     open_paren, close_paren = raw.index(b"("), raw.rindex(b")")

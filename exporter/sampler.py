@@ -10,12 +10,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from exporter.accounting import GpuHolder, account_cpu, account_gpu, gpu_holders, update_jobs
 from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
 from exporter.gpu import GpuBackend, GpuReading, GpuUnavailable
-from exporter.procs import ProcessTable
+from exporter.procs import ProcessTable, uptime_seconds
 from gpuacct.config import ExporterSettings
 
 log = logging.getLogger(__name__)
@@ -50,10 +48,15 @@ class Sampler:
         self.gpus = gpus
         self.table = ProcessTable(settings.min_uid, list(settings.job_sources),
                                   list(settings.job_env_vars), proc_root)
-        self.boot_time = psutil.boot_time()
-        self.state = load_state(settings.state_file) or UsageState(last_sample=time.time())
-        if self.state.boot_id != _boot_id():  # pids and ticks of another boot mean nothing now
+        self.proc_root = proc_root
+        # No state yet: what runs now predates us and is only baselined.
+        self.state = load_state(settings.state_file) or UsageState(
+            last_sample=time.time(), last_uptime=uptime_seconds(proc_root), boot_id=_boot_id())
+        if self.state.boot_id != _boot_id():
+            # Rebooted: pids and ticks of the old boot mean nothing, and every process now
+            # started after our last sample, so all of its time is new.
             self.state.cursors = {}
+            self.state.last_uptime = 0.0
             self.state.boot_id = _boot_id()
         self.snapshot = Snapshot()
         self._last_mono: float | None = None
@@ -75,6 +78,7 @@ class Sampler:
             collectors["nvml"] = (reading is not None, time.perf_counter() - t)
 
         t = time.perf_counter()
+        uptime = uptime_seconds(self.proc_root)
         procs = self.table.scan()  # after NVML, so a pid NVML saw and /proc lost is just absent
         collectors["proc"] = (True, time.perf_counter() - t)
 
@@ -84,11 +88,11 @@ class Sampler:
         self._last_mono = mono
 
         state = self.state
-        account_cpu(state, procs, now, self.boot_time)
+        account_cpu(state, procs, now)
         account_gpu(state, holders, elapsed, self.settings.gpu_share, now)
         update_jobs(state, procs, now)
         state.expire(now, self.settings.retention_seconds)
-        state.last_sample = now
+        state.last_sample, state.last_uptime = now, uptime
         self._count_xids(reading, now)
 
         t = time.perf_counter()

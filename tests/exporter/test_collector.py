@@ -1,0 +1,67 @@
+"""The exposition, exact: values through the registry, and a golden file compared whole."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from exporter.accounting import GpuHolder
+from exporter.collector import build_registry
+from exporter.counters import Counter, JobInfo
+from exporter.gpu import GpuDevice, GpuProcess, GpuReading, GpuUnit
+from exporter.sampler import Snapshot
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
+UUID0 = "GPU-00000000-aaaa-bbbb-cccc-000000000000"
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+def snapshot() -> Snapshot:
+    unit = GpuUnit("0", UUID0, A100, (GpuProcess(4300, 4 << 30, 0.5),))
+    return Snapshot(
+        taken_at=1_763_800_000.0,
+        duration_seconds=0.025,
+        gpu_seconds={("alice", "sid-4242", "0", UUID0, A100): Counter(125.5, 1_763_790_000.0)},
+        cpu_seconds={("alice", "sid-4242"): Counter(311.42, 1_763_790_000.0),
+                     ("bob", "exp7"): Counter(2.0, 1_763_795_000.0)},
+        jobs={("alice", "sid-4242"): JobInfo("train.py", "session", 1_763_800_000.0),
+              ("bob", "exp7"): JobInfo("sim", "env", 1_763_800_000.0)},
+        job_memory_bytes={("alice", "sid-4242"): 2 << 30, ("bob", "exp7"): 1 << 20},
+        job_processes={("alice", "sid-4242"): 3, ("bob", "exp7"): 1},
+        holders=(GpuHolder(unit, 4300, "alice", "sid-4242", 4 << 30, 0.5),),
+        gpus=GpuReading("550.54.15", (
+            GpuDevice(0, UUID0, A100, utilization_ratio=0.37, memory_utilization_ratio=0.1,
+                      memory_used_bytes=4 << 30, memory_total_bytes=80 << 30,
+                      temperature_celsius=55.0, power_watts=210.5, ecc_corrected_total=0,
+                      ecc_uncorrected_total=0, units=(unit,)),
+            GpuDevice(1, "GPU-lost", "", lost=True),
+            # supports nothing optional: no samples at all for those, never NaN or 0
+            GpuDevice(2, "GPU-bare", "Tesla K80", units=(GpuUnit("2", "GPU-bare", "Tesla K80"),)),
+        )),
+        xid_errors={(0, UUID0, 79): Counter(1.0, 1_763_799_000.0)},
+        collectors={"nvml": (True, 0.004), "proc": (True, 0.02), "state": (True, 0.001)},
+    )
+
+
+def test_values_through_the_registry() -> None:
+    registry = build_registry(snapshot)
+    get = registry.get_sample_value
+    job = {"user": "alice", "job": "sid-4242"}
+    gpu_labels = {**job, "gpu": "0", "gpu_uuid": UUID0, "gpu_model": A100}
+    assert get("gpuacct_job_gpu_seconds_total", gpu_labels) == 125.5
+    assert get("gpuacct_job_gpu_seconds_created", gpu_labels) == 1_763_790_000.0
+    assert get("gpuacct_job_cpu_seconds_total", job) == 311.42
+    assert get("gpuacct_gpu_up", {"gpu": "1", "gpu_uuid": "GPU-lost"}) == 0
+    assert get("gpuacct_gpu_power_watts", {"gpu": "2", "gpu_uuid": "GPU-bare"}) is None
+    assert get("gpuacct_gpu_info", {"gpu": "2", "gpu_uuid": "GPU-bare", "gpu_model": "Tesla K80",
+                                    "driver_version": "550.54.15", "parent_uuid": ""}) == 1
+
+
+def test_golden_exposition() -> None:
+    text = generate_latest(build_registry(snapshot)).decode()
+    if os.environ.get("GPUACCT_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+    assert "NaN" not in text
