@@ -72,7 +72,7 @@ def test_gpu_and_cpu_seconds_match_the_truth(
         for at, kind, (job, user, gpu, start, stop_at) in events:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
             now = time.monotonic() - t0
-            for g, jobs in on_gpu.items():  # occupancy since the last event, split 1/k
+            for jobs in on_gpu.values():  # occupancy since the last event, split 1/k
                 for j in jobs:
                     truth[j] += (now - last) / len(jobs)
             last = now
@@ -95,7 +95,7 @@ def test_gpu_and_cpu_seconds_match_the_truth(
 
     assert time.monotonic() - t0 >= 60
     print()
-    for job, user, gpu, *_ in SCHEDULE:
+    for job, user, *_ in SCHEDULE:
         name = test_users[user].name
         measured_gpu = sum(v for labels, v in node.samples("gpuacct_job_gpu_seconds_total")
                            if labels["job"] == job)
