@@ -1,0 +1,188 @@
+"""Benchmark: gpuacct-exporter against prometheus-process-exporter on the same 1,000 processes.
+
+Spawns 1,000 real processes of 4 test users in 50 jobs, puts 64 of them on 8 fake GPUs, then
+measures, in the same run:
+  - one sampling cycle's CPU time (gpuacct; in-process, warm) against one scrape's CPU time of
+    prometheus-process-exporter grouping by user (CPU of its process per scrape);
+  - /metrics latency (p50, p99) of both, served by their own processes;
+  - resident memory of both processes.
+Run as root: .venv/bin/python bench/exporter_bench.py   (needs prometheus-process-exporter)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporter.fake_nvml import FakeNvml, file_source  # noqa: E402
+from exporter.nvml import NvmlBackend  # noqa: E402
+from exporter.sampler import Sampler  # noqa: E402
+from gpuacct.config import ExporterSettings  # noqa: E402
+from gpuacct.stack.process import ManagedProcess, free_port  # noqa: E402
+
+USERS = [f"gab-u{i}" for i in range(4)]
+PROCESSES, JOBS, GPUS, GPU_PROCESSES = 1000, 50, 8, 64
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def latencies(url: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def p(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+
+
+def spawn(users: list[pwd.struct_passwd]) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(PROCESSES):
+        u = users[i % len(users)]
+        procs.append(subprocess.Popen(
+            ["sleep", "3600"], user=u.pw_uid, group=u.pw_gid, extra_groups=[],
+            env={"GPUACCT_JOB": f"job-{i % JOBS}"}, stdin=subprocess.DEVNULL))
+    return procs
+
+
+def fake_gpus(pids: list[int], path: Path) -> None:
+    devices = []
+    for g in range(GPUS):
+        mine = pids[g::GPUS][: GPU_PROCESSES // GPUS]
+        devices.append({
+            "uuid": f"GPU-bench-{g:04d}", "name": "NVIDIA A100-SXM4-80GB",
+            "memory_total": 80 << 30, "memory_used": len(mine) << 30, "utilization": 90,
+            "memory_utilization": 40, "temperature": 60, "power_mw": 300_000,
+            "ecc": {"corrected": 0, "uncorrected": 0},
+            "processes": [{"pid": pid, "used_memory": 1 << 30, "sm_util": 40} for pid in mine]})
+    path.write_text(json.dumps({"driver_version": "550.54.15", "devices": devices}))
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("run as root: the benchmark creates users and reads their /proc", file=sys.stderr)
+        return 2
+    peer = shutil.which("prometheus-process-exporter")
+    if peer is None:
+        print("apt-get install prometheus-process-exporter first", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="gpuacct-bench-"))
+    for name in USERS:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                       capture_output=True, check=False)
+    users = [pwd.getpwnam(n) for n in USERS]
+    procs = spawn(users)
+    servers: list[ManagedProcess] = []
+    try:
+        time.sleep(1)
+        gpu_file = work / "gpus.json"
+        fake_gpus([pr.pid for pr in procs], gpu_file)
+        total = sum(1 for d in os.listdir("/proc") if d.isdigit())
+        print(f"{PROCESSES} benchmark processes ({total} in /proc), {JOBS} jobs, "
+              f"{GPUS} fake GPUs with {GPU_PROCESSES} GPU processes")
+
+        # gpuacct: one sampling cycle's CPU time, in-process.
+        settings = ExporterSettings(state_file=work / "state.json")
+        sampler = Sampler(settings, NvmlBackend(FakeNvml(file_source(gpu_file))))
+        t = time.process_time()
+        sampler.cycle()
+        cold = time.process_time() - t
+        cycles = []
+        for _ in range(30):
+            t = time.process_time()
+            sampler.cycle()
+            cycles.append(time.process_time() - t)
+        ours = statistics.median(cycles)
+
+        # gpuacct-exporter as a process: /metrics latency and RSS.
+        port = free_port()
+        config = work / "gpuacct.yaml"
+        config.write_text(
+            f"exporter:\n  state_file: {work / 'state2.json'}\n"
+            f"  nvml: {{backend: fake, fake_file: {gpu_file}}}\n")
+        exporter = ManagedProcess(
+            "exporter", [sys.executable, "-m", "exporter", "--config", str(config),
+                         "--web.listen-address", f"127.0.0.1:{port}"],
+            work / "exporter.log", f"http://127.0.0.1:{port}/metrics")
+        servers.append(exporter.start().wait_ready())
+        time.sleep(6)  # a second cycle: identities are cached, as in steady state
+        our_lat = latencies(f"http://127.0.0.1:{port}/metrics", 300)
+        our_rss = rss_mb(exporter.pid)
+
+        # prometheus-process-exporter grouping by user, default options and a lean variant.
+        peer_config = work / "process-exporter.yml"
+        peer_config.write_text('process_names:\n  - name: "{{.Username}}"\n    cmdline: [".+"]\n')
+        results = {}
+        for label, extra in (("default", []), ("lean", ["-gather-smaps=false", "-threads=false"])):
+            peer_port = free_port()
+            proc = ManagedProcess(
+                f"process-exporter-{label}",
+                [peer, "-config.path", str(peer_config),
+                 "-web.listen-address", f"127.0.0.1:{peer_port}", *extra],
+                work / f"pe-{label}.log", f"http://127.0.0.1:{peer_port}/metrics")
+            servers.append(proc.start().wait_ready())
+            url = f"http://127.0.0.1:{peer_port}/metrics"
+            latencies(url, 2)  # its first scrape also reads what never changes
+            before = cpu_seconds(proc.pid)
+            n = 20
+            lat = latencies(url, n)
+            results[label] = ((cpu_seconds(proc.pid) - before) / n, lat, rss_mb(proc.pid))
+
+        print()
+        print(f"{'':34} {'CPU/cycle or scrape':>20} {'p50 /metrics':>13} {'p99 /metrics':>13}"
+              f" {'RSS':>8}")
+        print(f"{'gpuacct-exporter (sampling cycle)':34} {ours * 1000:17.1f} ms"
+              f" {p(our_lat, .5) * 1000:10.1f} ms {p(our_lat, .99) * 1000:10.1f} ms"
+              f" {our_rss:5.0f} MB")
+        for label, (cpu, lat, rss) in results.items():
+            print(f"{'process-exporter by user, ' + label:34} {cpu * 1000:17.1f} ms"
+                  f" {p(lat, .5) * 1000:10.1f} ms {p(lat, .99) * 1000:10.1f} ms {rss:5.0f} MB")
+        print()
+        print(f"gpuacct cold first cycle (reads identities once): {cold * 1000:.1f} ms")
+        for label, (cpu, _, _) in results.items():
+            print(f"ratio gpuacct cycle CPU / process-exporter ({label}) scrape CPU: "
+                  f"{ours / cpu:.3f}  (target <= 0.2)")
+        print(f"gpuacct /metrics p99: {p(our_lat, .99) * 1000:.1f} ms (target < 50 ms); "
+              f"RSS {our_rss:.0f} MB (target < 80 MB)")
+        return 0
+    finally:
+        for server in servers:
+            server.stop()
+        for pr in procs:
+            pr.kill()
+        for pr in procs:
+            pr.wait()
+        for name in USERS:
+            subprocess.run(["userdel", name], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
