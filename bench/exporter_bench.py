@@ -23,13 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from exporter.fake_nvml import FakeNvml, file_source  # noqa: E402
-from exporter.nvml import NvmlBackend  # noqa: E402
-from exporter.sampler import Sampler  # noqa: E402
-from gpuacct.config import ExporterSettings  # noqa: E402
-from gpuacct.stack.process import ManagedProcess, free_port  # noqa: E402
+from exporter.fake_nvml import FakeNvml, file_source
+from exporter.nvml import NvmlBackend
+from exporter.sampler import Sampler
+from gpuacct.config import ExporterSettings
+from gpuacct.stack.process import ManagedProcess, free_port
 
 USERS = [f"gab-u{i}" for i in range(4)]
 PROCESSES, JOBS, GPUS, GPU_PROCESSES = 1000, 50, 8, 64
@@ -85,6 +83,71 @@ def fake_gpus(pids: list[int], path: Path) -> None:
     path.write_text(json.dumps({"driver_version": "550.54.15", "devices": devices}))
 
 
+def measure_gpuacct(work: Path, gpu_file: Path, servers: list[ManagedProcess]
+                    ) -> tuple[float, float, list[float], float]:
+    """Warm cycle CPU (median of 30), cold first cycle CPU, /metrics latencies, RSS in MB."""
+    settings = ExporterSettings(state_file=work / "state.json")
+    sampler = Sampler(settings, NvmlBackend(FakeNvml(file_source(gpu_file))))
+    t = time.process_time()
+    sampler.cycle()
+    cold = time.process_time() - t
+    cycles = []
+    for _ in range(30):
+        t = time.process_time()
+        sampler.cycle()
+        cycles.append(time.process_time() - t)
+
+    port = free_port()
+    config = work / "gpuacct.yaml"
+    config.write_text(f"exporter:\n  state_file: {work / 'state2.json'}\n"
+                      f"  nvml: {{backend: fake, fake_file: {gpu_file}}}\n")
+    exporter = ManagedProcess(
+        "exporter", [sys.executable, "-m", "exporter", "--config", str(config),
+                     "--web.listen-address", f"127.0.0.1:{port}"],
+        work / "exporter.log", f"http://127.0.0.1:{port}/metrics")
+    servers.append(exporter.start().wait_ready())
+    time.sleep(6)  # a second cycle: identities are cached, as in steady state
+    lat = latencies(f"http://127.0.0.1:{port}/metrics", 300)
+    return statistics.median(cycles), cold, lat, rss_mb(exporter.pid)
+
+
+def measure_peer(peer: str, work: Path, label: str, extra: list[str],
+                 servers: list[ManagedProcess]) -> tuple[float, list[float], float]:
+    """process-exporter grouping by user: CPU per scrape, latencies, RSS in MB."""
+    config = work / "process-exporter.yml"
+    config.write_text('process_names:\n  - name: "{{.Username}}"\n    cmdline: [".+"]\n')
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    proc = ManagedProcess(f"process-exporter-{label}",
+                          [peer, "-config.path", str(config),
+                           "-web.listen-address", f"127.0.0.1:{port}", *extra],
+                          work / f"pe-{label}.log", url)
+    servers.append(proc.start().wait_ready())
+    latencies(url, 2)  # its first scrape also reads what never changes
+    before = cpu_seconds(proc.pid)
+    lat = latencies(url, 20)
+    return (cpu_seconds(proc.pid) - before) / 20, lat, rss_mb(proc.pid)
+
+
+def report(ours: float, cold: float, our_lat: list[float], our_rss: float,
+           peers: dict[str, tuple[float, list[float], float]]) -> None:
+    print()
+    print(f"{'':34} {'CPU/cycle or scrape':>20} {'p50 /metrics':>13} {'p99 /metrics':>13}"
+          f" {'RSS':>8}")
+    rows = [("gpuacct-exporter (sampling cycle)", ours, our_lat, our_rss)]
+    rows += [(f"process-exporter by user, {k}", *v) for k, v in peers.items()]
+    for name, cpu, lat, rss in rows:
+        print(f"{name:34} {cpu * 1000:17.1f} ms {p(lat, .5) * 1000:10.1f} ms"
+              f" {p(lat, .99) * 1000:10.1f} ms {rss:5.0f} MB")
+    print()
+    print(f"gpuacct cold first cycle (reads identities once): {cold * 1000:.1f} ms")
+    for label, (cpu, _, _) in peers.items():
+        print(f"ratio gpuacct cycle CPU / process-exporter ({label}) scrape CPU: "
+              f"{ours / cpu:.3f}  (target <= 0.2)")
+    print(f"gpuacct /metrics p99: {p(our_lat, .99) * 1000:.1f} ms (target < 50 ms); "
+          f"RSS {our_rss:.0f} MB (target < 80 MB)")
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("run as root: the benchmark creates users and reads their /proc", file=sys.stderr)
@@ -97,8 +160,7 @@ def main() -> int:
     for name in USERS:
         subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
                        capture_output=True, check=False)
-    users = [pwd.getpwnam(n) for n in USERS]
-    procs = spawn(users)
+    procs = spawn([pwd.getpwnam(n) for n in USERS])
     servers: list[ManagedProcess] = []
     try:
         time.sleep(1)
@@ -107,70 +169,11 @@ def main() -> int:
         total = sum(1 for d in os.listdir("/proc") if d.isdigit())
         print(f"{PROCESSES} benchmark processes ({total} in /proc), {JOBS} jobs, "
               f"{GPUS} fake GPUs with {GPU_PROCESSES} GPU processes")
-
-        # gpuacct: one sampling cycle's CPU time, in-process.
-        settings = ExporterSettings(state_file=work / "state.json")
-        sampler = Sampler(settings, NvmlBackend(FakeNvml(file_source(gpu_file))))
-        t = time.process_time()
-        sampler.cycle()
-        cold = time.process_time() - t
-        cycles = []
-        for _ in range(30):
-            t = time.process_time()
-            sampler.cycle()
-            cycles.append(time.process_time() - t)
-        ours = statistics.median(cycles)
-
-        # gpuacct-exporter as a process: /metrics latency and RSS.
-        port = free_port()
-        config = work / "gpuacct.yaml"
-        config.write_text(
-            f"exporter:\n  state_file: {work / 'state2.json'}\n"
-            f"  nvml: {{backend: fake, fake_file: {gpu_file}}}\n")
-        exporter = ManagedProcess(
-            "exporter", [sys.executable, "-m", "exporter", "--config", str(config),
-                         "--web.listen-address", f"127.0.0.1:{port}"],
-            work / "exporter.log", f"http://127.0.0.1:{port}/metrics")
-        servers.append(exporter.start().wait_ready())
-        time.sleep(6)  # a second cycle: identities are cached, as in steady state
-        our_lat = latencies(f"http://127.0.0.1:{port}/metrics", 300)
-        our_rss = rss_mb(exporter.pid)
-
-        # prometheus-process-exporter grouping by user, default options and a lean variant.
-        peer_config = work / "process-exporter.yml"
-        peer_config.write_text('process_names:\n  - name: "{{.Username}}"\n    cmdline: [".+"]\n')
-        results = {}
-        for label, extra in (("default", []), ("lean", ["-gather-smaps=false", "-threads=false"])):
-            peer_port = free_port()
-            proc = ManagedProcess(
-                f"process-exporter-{label}",
-                [peer, "-config.path", str(peer_config),
-                 "-web.listen-address", f"127.0.0.1:{peer_port}", *extra],
-                work / f"pe-{label}.log", f"http://127.0.0.1:{peer_port}/metrics")
-            servers.append(proc.start().wait_ready())
-            url = f"http://127.0.0.1:{peer_port}/metrics"
-            latencies(url, 2)  # its first scrape also reads what never changes
-            before = cpu_seconds(proc.pid)
-            n = 20
-            lat = latencies(url, n)
-            results[label] = ((cpu_seconds(proc.pid) - before) / n, lat, rss_mb(proc.pid))
-
-        print()
-        print(f"{'':34} {'CPU/cycle or scrape':>20} {'p50 /metrics':>13} {'p99 /metrics':>13}"
-              f" {'RSS':>8}")
-        print(f"{'gpuacct-exporter (sampling cycle)':34} {ours * 1000:17.1f} ms"
-              f" {p(our_lat, .5) * 1000:10.1f} ms {p(our_lat, .99) * 1000:10.1f} ms"
-              f" {our_rss:5.0f} MB")
-        for label, (cpu, lat, rss) in results.items():
-            print(f"{'process-exporter by user, ' + label:34} {cpu * 1000:17.1f} ms"
-                  f" {p(lat, .5) * 1000:10.1f} ms {p(lat, .99) * 1000:10.1f} ms {rss:5.0f} MB")
-        print()
-        print(f"gpuacct cold first cycle (reads identities once): {cold * 1000:.1f} ms")
-        for label, (cpu, _, _) in results.items():
-            print(f"ratio gpuacct cycle CPU / process-exporter ({label}) scrape CPU: "
-                  f"{ours / cpu:.3f}  (target <= 0.2)")
-        print(f"gpuacct /metrics p99: {p(our_lat, .99) * 1000:.1f} ms (target < 50 ms); "
-              f"RSS {our_rss:.0f} MB (target < 80 MB)")
+        ours, cold, our_lat, our_rss = measure_gpuacct(work, gpu_file, servers)
+        peers = {label: measure_peer(peer, work, label, extra, servers)
+                 for label, extra in (("default", []),
+                                      ("lean", ["-gather-smaps=false", "-threads=false"]))}
+        report(ours, cold, our_lat, our_rss, peers)
         return 0
     finally:
         for server in servers:

@@ -174,3 +174,23 @@ def test_prometheus_reads_each_users_gpu_seconds_and_two_scrapers_double_nothing
             alice.name: value_for(truth, "gpuacct_job_gpu_seconds_total", user=alice.name),
             bob.name: value_for(truth, "gpuacct_job_gpu_seconds_total", user=bob.name)})
         assert by_user[alice.name] > 2
+
+
+def test_demo_mode_shows_labelled_simulated_gpus(
+        start_exporter: Callable[..., Exporter], processes: Processes, test_users: Users,
+        tmp_path: Path) -> None:
+    carol = test_users["carol"]
+    job = processes.python(carol, "idle.py", env={"GPUACCT_DEMO_GPU": "1", "GPUACCT_JOB": "demo"})
+    wait_until_exec(job, "idle.py")
+    exporter = start_exporter({"exporter": {
+        "interval_seconds": 0.2, "state_file": str(tmp_path / "state.json"),
+        "nvml": {"backend": "demo"}}})
+    text = wait_for(lambda: (t := exporter.scrape())
+                    and (value_for(t, "gpuacct_job_gpu_seconds_total", job="demo") or 0) > 0
+                    and t, timeout=10, what="demo GPU seconds")
+    models = {dict(labels)["gpu_model"] for labels in values(text, "gpuacct_gpu_info")}
+    assert models == {"Simulated NVIDIA A100-SXM4-80GB (gpuacct demo)",
+                      "Simulated NVIDIA GeForce RTX 3090 (gpuacct demo)"}
+    assert value_for(text, "gpuacct_job_gpu_seconds_total", user=carol.name, job="demo",
+                     gpu="1", gpu_model="Simulated NVIDIA GeForce RTX 3090 (gpuacct demo)")
+    assert "DEMO MODE" in exporter.process.log_path.read_text()
