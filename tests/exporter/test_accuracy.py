@@ -15,12 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import Popen
 
-import psutil
 import pytest
 
 from tests.exporter.conftest import Node
 from tests.fixtures.gpus import RTX3090, FakeGpus, device
-from tests.fixtures.users import SCRIPTS, Processes, UnixUser
+from tests.fixtures.users import SCRIPTS, Processes, UnixUser, find_descendant
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -40,13 +39,7 @@ def busy_job(processes: Processes, user: UnixUser, job: str, seconds: float,
     shell = processes.run(user, ["/bin/sh", "-c",
                                  f"/usr/bin/python3 {SCRIPTS / 'train.py'} {seconds} {out}; "
                                  "exec sleep 3600"], env={"GPUACCT_JOB": job})
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for child in psutil.Process(shell.pid).children():
-            if "train.py" in " ".join(child.cmdline()):
-                return shell, child.pid
-        time.sleep(0.01)
-    raise AssertionError("busy program did not start")
+    return shell, find_descendant(shell.pid, "train.py").pid
 
 
 def test_gpu_and_cpu_seconds_match_the_truth(

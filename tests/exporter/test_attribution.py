@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import Popen
+from typing import Any
 
 import psutil
 import pytest
 
 from tests.exporter.conftest import Node
 from tests.fixtures.gpus import A100, RTX3090, FakeGpus, device
-from tests.fixtures.users import SCRIPTS, Processes, UnixUser, wait_until_exec
+from tests.fixtures.users import SCRIPTS, Processes, UnixUser, find_descendant, wait_until_exec
 
 pytestmark = pytest.mark.root
 Users = dict[str, UnixUser]
@@ -26,6 +27,15 @@ def gpu_seconds(node: Node, user: str, job: str, gpu: str = "0") -> float:
             return value
     raise AssertionError(f"no gpu seconds for {user}/{job} on {gpu}: "
                          f"{node.samples('gpuacct_job_gpu_seconds_total')}")
+
+
+def gpu_job(processes: Processes, gpus: FakeGpus, user: UnixUser | int, job: str, gpu: int = 0,
+            **put: Any) -> Popen[bytes]:
+    """A user's idle program in job `job`, listed by the fake NVML on `gpu`."""
+    proc = processes.python(user, "idle.py", env={"GPUACCT_JOB": job})
+    wait_until_exec(proc, "idle.py")
+    gpus.put(gpu, proc.pid, **put)
+    return proc
 
 
 def test_env_var_job_with_name_gpu_uuid_and_model(
@@ -93,12 +103,7 @@ def test_session_fallback_when_no_job_is_named(
     gpus = FakeGpus([device(0)])
     node = make_node(gpus)
     shell = processes.run(carol, ["/bin/sh", "-c", f"/usr/bin/python3 {SCRIPTS / 'idle.py'}"])
-    worker = None
-    deadline = time.monotonic() + 10
-    while worker is None and time.monotonic() < deadline:
-        kids = psutil.Process(shell.pid).children()
-        worker = kids[0] if kids and "idle.py" in " ".join(kids[0].cmdline()) else None
-    assert worker is not None
+    worker = find_descendant(shell.pid, "idle.py")
     gpus.put(0, worker.pid)
     node.cycle(2, pause=0.2)
     job = f"sid-{shell.pid}"  # the session leader's pid
@@ -112,9 +117,7 @@ def test_session_fallback_when_no_job_is_named(
 def test_process_of_an_unknown_uid(make_node: Callable[..., Node], processes: Processes) -> None:
     gpus = FakeGpus([device(0)])
     node = make_node(gpus)
-    proc = processes.python(54321, "idle.py", env={"GPUACCT_JOB": "ghost"})
-    wait_until_exec(proc, "idle.py")
-    gpus.put(0, proc.pid)
+    gpu_job(processes, gpus, 54321, "ghost")
     node.cycle(2, pause=0.2)
     assert gpu_seconds(node, "uid_54321", "ghost") > 0
 
@@ -124,12 +127,9 @@ def test_two_jobs_share_one_gpu_half_each(
     alice, bob = test_users["alice"], test_users["bob"]
     gpus = FakeGpus([device(0)])
     node = make_node(gpus)
-    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
-    a2 = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})  # same job: counted once
-    b = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "b"})
-    for p in (a, a2, b):
-        wait_until_exec(p, "idle.py")
-        gpus.put(0, p.pid)
+    gpu_job(processes, gpus, alice, "a")
+    gpu_job(processes, gpus, alice, "a")  # a second process of the same job: counted once
+    gpu_job(processes, gpus, bob, "b")
     node.cycle()
     started = time.monotonic()
     node.cycle(3, pause=0.3)
@@ -147,11 +147,8 @@ def test_sharing_policies(make_node: Callable[..., Node], processes: Processes,
     alice, bob = test_users["alice"], test_users["bob"]
     gpus = FakeGpus([device(0)])
     node = make_node(gpus, gpu_share=policy)
-    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
-    b = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "b"})
-    for p, memory in ((a, 3 << 30), (b, 1 << 30)):
-        wait_until_exec(p, "idle.py")
-        gpus.put(0, p.pid, used_memory=memory)
+    gpu_job(processes, gpus, alice, "a", used_memory=3 << 30)
+    gpu_job(processes, gpus, bob, "b", used_memory=1 << 30)
     node.cycle()
     t0 = node.sampler._last_mono
     node.cycle(2, pause=0.3)
@@ -206,9 +203,7 @@ def test_one_gpu_lost(make_node: Callable[..., Node], processes: Processes,
     alice = test_users["alice"]
     gpus = FakeGpus([device(0), device(1)])
     node = make_node(gpus)
-    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
-    wait_until_exec(a, "idle.py")
-    gpus.put(1, a.pid)
+    gpu_job(processes, gpus, alice, "a", gpu=1)
     gpus.set(0, lost=True)
     node.cycle(2, pause=0.2)
     assert node.value("gpuacct_gpu_up", gpu="0", gpu_uuid="") == 0
@@ -224,9 +219,7 @@ def test_mig_device(make_node: Callable[..., Node], processes: Processes,
     mig = [{"uuid": "MIG-1111", "name": f"{A100} MIG 1g.10gb", "processes": []}]
     gpus = FakeGpus([device(0, mig=mig)])
     node = make_node(gpus)
-    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
-    wait_until_exec(a, "idle.py")
-    gpus.put(0, a.pid, mig=0)
+    gpu_job(processes, gpus, alice, "a", mig=0)
     node.cycle(2, pause=0.2)
     assert node.value("gpuacct_job_gpu_seconds_total", user=alice.name, job="a", gpu="0/mig0",
                       gpu_uuid="MIG-1111", gpu_model=f"{A100} MIG 1g.10gb") > 0
@@ -244,12 +237,7 @@ def test_process_in_a_pid_namespace(make_node: Callable[..., Node], processes: P
         "unshare", "--pid", "--fork", "--mount-proc", "setpriv", f"--reuid={alice.uid}",
         f"--regid={alice.gid}", "--clear-groups", "/usr/bin/python3", str(SCRIPTS / "idle.py")],
         env={"GPUACCT_JOB": "ns"})
-    inner = None
-    deadline = time.monotonic() + 10
-    while inner is None and time.monotonic() < deadline:
-        inner = next((p for p in psutil.Process(outer.pid).children(recursive=True)
-                      if "idle.py" in " ".join(p.cmdline())), None)
-    assert inner is not None
+    inner = find_descendant(outer.pid, "idle.py")
     nspid = Path(f"/proc/{inner.pid}/status").read_text().split("NSpid:")[1].split("\n")[0]
     assert nspid.split() == [str(inner.pid), "1"]  # pid 1 inside its own namespace
     gpus.put(0, inner.pid)  # NVML reports host pids
@@ -261,10 +249,7 @@ def test_processes_below_min_uid_are_not_billed(make_node: Callable[..., Node],
                                                 processes: Processes) -> None:
     gpus = FakeGpus([device(0)])
     node = make_node(gpus)
-    daemon = processes.python(999, "idle.py", env={"GPUACCT_JOB": "sys"})
-    wait_until_exec(daemon, "idle.py")
-    gpus.put(0, daemon.pid)
+    gpu_job(processes, gpus, 999, "sys")
     node.cycle(2, pause=0.2)
     assert node.samples("gpuacct_job_gpu_seconds_total") == []
     assert not any(labels["job"] == "sys" for labels, _ in node.samples("gpuacct_job_info"))
-    subprocess.run(["true"], check=True)
