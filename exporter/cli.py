@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
-from types import FrameType
 
 from exporter.backends import open_backend
 from exporter.collector import build_registry
 from exporter.gpu import GpuUnavailable
-from exporter.http import serve
 from exporter.sampler import Sampler
 from gpuacct.cli_common import (
     add_config_argument,
@@ -19,7 +15,9 @@ from gpuacct.cli_common import (
     load_or_exit,
     parse_listen_address,
     setup_logging,
+    stop_on_signals,
 )
+from gpuacct.metrics_http import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,21 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(settings, backend)
     sampler.cycle()  # the first scrape already has data
     try:
-        server = serve(host, port, build_registry(lambda: sampler.snapshot))
+        server = serve(host, port, build_registry(lambda: sampler.snapshot), "gpuacct exporter")
     except OSError as exc:
         print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
     log.info("serving /metrics on %s:%d, sampling every %gs, state in %s",
              host, port, settings.interval_seconds, settings.state_file)
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    sampler.run(stop)
+    sampler.run(stop_on_signals())
     server.shutdown()
     if backend is not None:
         backend.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+from types import FrameType
 
 from gpuacct.config import ConfigError, Settings, load_settings, split_listen_address
 
@@ -49,3 +52,15 @@ def setup_logging(service: str, verbose: bool = False) -> logging.Logger:
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
     return logging.getLogger(service)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, for a service's main loop to end on."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

@@ -8,7 +8,10 @@ bad value and what was expected, so a service can print it and exit before doing
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -78,6 +81,71 @@ class ExporterSettings(Section):
     nvml: NvmlSettings = NvmlSettings()
 
 
+Money = Annotated[Decimal, Field(allow_inf_nan=False)]
+Price = Annotated[Decimal, Field(allow_inf_nan=False, ge=0)]
+
+
+def _check_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
+class GpuPrice(Section):
+    pattern: Annotated[str, AfterValidator(_check_pattern)]  # searched in the GPU model, any case
+    per_minute: Price
+
+
+class PriceVersion(Section):
+    """Prices in force from `effective` on; a window is priced by the version at its start."""
+
+    effective: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    gpu: list[GpuPrice] = [
+        GpuPrice(pattern="A100", per_minute=Decimal("0.50")),
+        GpuPrice(pattern="RTX 4090", per_minute=Decimal("0.30")),
+        GpuPrice(pattern="RTX 3090", per_minute=Decimal("0.20")),
+        GpuPrice(pattern="V100", per_minute=Decimal("0.40")),
+    ]
+    other_gpu_per_minute: Price = Decimal("0.10")
+    cpu_per_core_minute: Price = Decimal("0.01")
+
+
+class Thresholds(Section):
+    """Balances below these put an account in the tier: warning, limited, exhausted."""
+
+    warning: Money = Decimal(100)
+    limited: Money = Decimal(10)
+    exhausted: Money = Decimal(0)
+
+
+class ThresholdOverride(Section):
+    warning: Money | None = None
+    limited: Money | None = None
+    exhausted: Money | None = None
+
+
+class BillingSettings(Section):
+    listen_address: ListenAddress = "0.0.0.0:9836"
+    prometheus_url: str = "http://127.0.0.1:19090"
+    ledger: Path = Path("/var/lib/gpuacct/ledger.sqlite3")
+    window_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    # A window is billed this long after it ends: at least two scrape intervals, so every
+    # node's sample at the window's end has arrived.
+    settle_seconds: NonNegativeFloat = 30.0
+    max_backfill_seconds: PositiveFloat = 86400.0
+    query_timeout_seconds: PositiveFloat = 10.0
+    lease_seconds: PositiveFloat = 30.0
+    opening_balance: Money = Decimal(100)
+    trial_mode: bool = False  # record usage and cost, debit nothing
+    amount_decimals: Annotated[int, Field(ge=0, le=6)] = 2
+    max_amount: Annotated[Decimal, Field(allow_inf_nan=False, gt=0)] = Decimal(1_000_000)
+    prices: list[PriceVersion] = [PriceVersion()]
+    thresholds: Thresholds = Thresholds()
+    user_thresholds: dict[str, ThresholdOverride] = {}
+
+
 class InfluxV1Settings(Section):
     version: Literal[1] = 1
     url: str = "http://127.0.0.1:18086"
@@ -120,6 +188,7 @@ class StackSettings(Section):
     alertmanager_port: Port = 19093
     influxdb_port: Port = 18086
     exporter_port: Port = 19835
+    billing_port: Port = 19836
     scrape_interval_seconds: PositiveFloat = 15.0
     prometheus_binary: str = "prometheus"
     alertmanager_binary: str = "prometheus-alertmanager"
@@ -128,6 +197,7 @@ class StackSettings(Section):
 
 class Settings(Section):
     exporter: ExporterSettings = ExporterSettings()
+    billing: BillingSettings = BillingSettings()
     influxdb: InfluxSettings = InfluxV1Settings()
     auth: AuthSettings = AuthSettings()
     stack: StackSettings = StackSettings()

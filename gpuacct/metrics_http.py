@@ -1,4 +1,4 @@
-"""The exporter's HTTP side: /metrics and a landing page, on a threading WSGI server."""
+"""/metrics and a landing page on a threading WSGI server, for every gpuacct service."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import CollectorRegistry
 
-_LANDING = b"""<!doctype html><html><head><title>gpuacct exporter</title></head><body>
-<h1>gpuacct exporter</h1><p><a href="/metrics">Metrics</a></p></body></html>"""
+_LANDING = """<!doctype html><html><head><title>{title}</title></head><body>
+<h1>{title}</h1><p><a href="/metrics">Metrics</a></p></body></html>"""
 
 StartResponse = Callable[..., Any]
 
@@ -30,8 +30,9 @@ class _DualStackServer(ThreadingWSGIServer):
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def make_app(registry: CollectorRegistry) -> WsgiApp:
+def make_app(registry: CollectorRegistry, title: str) -> WsgiApp:
     metrics = make_wsgi_app(registry)
+    landing = _LANDING.format(title=title).encode()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -39,16 +40,18 @@ def make_app(registry: CollectorRegistry) -> WsgiApp:
             return metrics(environ, start_response)  # type: ignore[no-any-return]
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-            return [_LANDING]
+            return [landing]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: try /metrics\n"]
 
     return app
 
 
-def serve(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
+def serve(host: str, port: int, registry: CollectorRegistry,
+          title: str) -> ThreadingWSGIServer:
     """Start serving in a daemon thread; raises OSError if the address cannot be bound."""
     server_class = _DualStackServer if ":" in host else ThreadingWSGIServer
-    server = make_server(host, port, make_app(registry), server_class, handler_class=_QuietHandler)
+    server = make_server(host, port, make_app(registry, title), server_class,
+                         handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -1,0 +1,145 @@
+"""gpuacct-billing: bill usage from Prometheus into the ledger, and operate on the ledger.
+
+  gpuacct-billing run                          bill every minute; /metrics on --web.listen-address
+  gpuacct-billing balances                     every account, its balance and tier
+  gpuacct-billing recharge USER AMOUNT [--reason TEXT] [--key KEY]
+  gpuacct-billing adjust USER AMOUNT --reason TEXT [--key KEY]
+  gpuacct-billing export {usage,transactions} --from DATE --to DATE [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from billing_engine import export
+from billing_engine.engine import Engine
+from billing_engine.influx import make_sink
+from billing_engine.ledger import Ledger, LedgerError
+from billing_engine.metrics import build_registry, thresholds
+from billing_engine.money import parse_amount
+from billing_engine.promql import Prometheus
+from gpuacct.cli_common import (
+    add_config_argument,
+    add_listen_argument,
+    load_or_exit,
+    parse_listen_address,
+    setup_logging,
+    stop_on_signals,
+)
+from gpuacct.config import BillingSettings, Settings
+from gpuacct.metrics_http import serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuacct-billing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="bill continuously and serve /metrics")
+    add_listen_argument(run, "/metrics")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub.add_parser("balances", help="every account with its balance and tier")
+    for name, text in (("recharge", "add money to an account"),
+                       ("adjust", "correct a balance up or down, with a reason")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("user")
+        cmd.add_argument("amount")
+        cmd.add_argument("--reason", required=name == "adjust", default="",
+                         help="why (kept in the ledger)")
+        cmd.add_argument("--key", help="idempotency key: the same key is never applied twice")
+    exp = sub.add_parser("export", help="CSV of usage lines or transactions in a date range")
+    exp.add_argument("what", choices=("usage", "transactions"))
+    exp.add_argument("--from", dest="start", required=True, metavar="DATE",
+                     help="first day or time (UTC), e.g. 2026-11-01")
+    exp.add_argument("--to", dest="end", required=True, metavar="DATE",
+                     help="end, exclusive (UTC), e.g. 2026-12-01")
+    exp.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    return parser
+
+
+def _open_ledger(settings: BillingSettings) -> Ledger:
+    if not settings.ledger.exists():
+        raise SystemExit(f"gpuacct-billing: no ledger at {settings.ledger} "
+                         "(start `gpuacct-billing run` first, or check billing.ledger)")
+    return Ledger(settings.ledger)
+
+
+def run(settings: Settings, listen: str | None, verbose: bool) -> int:
+    billing = settings.billing
+    log = setup_logging("gpuacct-billing", verbose)
+    host, port = parse_listen_address(listen or billing.listen_address)
+    ledger = Ledger(billing.ledger)
+    engine = Engine(billing, ledger, Prometheus(billing.prometheus_url,
+                                                billing.query_timeout_seconds),
+                    make_sink(settings.influxdb))
+    try:
+        server = serve(host, port, build_registry(billing, engine), "gpuacct billing")
+    except OSError as exc:
+        print(f"gpuacct-billing: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    log.info("billing %ss windows from %s into %s%s; /metrics on %s:%d",
+             billing.window_seconds, billing.prometheus_url, billing.ledger,
+             " (TRIAL MODE: nothing is debited)" if billing.trial_mode else "", host, port)
+    engine.run(stop_on_signals())
+    server.shutdown()
+    ledger.close()
+    log.info("stopped")
+    return 0
+
+
+def balances(billing: BillingSettings) -> int:
+    ledger = _open_ledger(billing)
+    print(f"{'user':<24} {'balance':>16}  tier")
+    for user, balance in ledger.balances().items():
+        limits = thresholds(billing, user)
+        tier = next((t for t in ("exhausted", "limited", "warning") if balance < limits[t]),
+                    "normal")
+        print(f"{user:<24} {balance:>16}  {tier}")
+    return 0
+
+
+def post(billing: BillingSettings, kind: str, user: str, amount_text: str, reason: str,
+         key: str | None) -> int:
+    try:
+        amount = parse_amount(amount_text, billing.amount_decimals, billing.max_amount,
+                              negative_allowed=kind == "adjustment")
+    except ValueError as exc:
+        print(f"gpuacct-billing: {kind} refused: {exc}", file=sys.stderr)
+        return 2
+    if kind == "adjustment" and not reason.strip():
+        print("gpuacct-billing: adjustment refused: a reason is required", file=sys.stderr)
+        return 2
+    ledger = _open_ledger(billing)
+    try:
+        with ledger.transaction() as db:
+            balance = ledger.post(db, user, kind, amount, time.time(),
+                                  key or f"{kind}:{uuid.uuid4()}", reason.strip())
+    except LedgerError as exc:
+        print(f"gpuacct-billing: {kind} refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"{user}: {kind} {amount:+} -> balance {balance}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = load_or_exit(args.config)
+    command = args.command or "run"
+    if command == "run":
+        return run(settings, getattr(args, "listen_address", None),
+                   getattr(args, "verbose", False))
+    if command == "balances":
+        return balances(settings.billing)
+    if command in ("recharge", "adjust"):
+        kind = "recharge" if command == "recharge" else "adjustment"
+        return post(settings.billing, kind, args.user, args.amount, args.reason, args.key)
+    try:
+        return export.write(_open_ledger(settings.billing), args.what, args.start, args.end,
+                            args.output)
+    except ValueError as exc:
+        print(f"gpuacct-billing: export refused: {exc}", file=sys.stderr)
+        return 2

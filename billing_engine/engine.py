@@ -1,0 +1,240 @@
+"""The billing engine: bills each settled window once, in order, from counter differences.
+
+At a window's end T one instant query reads every usage counter (and its `_created` time).
+Each series is billed `value - cursor` (a drop is a reset: `value`), and its cursor moves to
+`value`. A series never seen before is billed in full if it was created after billing began,
+else only baselined. A node or Prometheus that was away simply shows a larger difference in the
+first window that sees it again: late, never lost, never twice. Money is Decimal throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from billing_engine.influx import InfluxSink, InfluxUnavailable, to_line
+from billing_engine.ledger import Ledger, UsageLine
+from billing_engine.pricing import PriceBook
+from billing_engine.promql import Prometheus, PrometheusUnavailable, Sample
+from gpuacct.config import BillingSettings
+
+log = logging.getLogger(__name__)
+
+QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_(total|created)"}'
+OUTBOX_BATCH = 5000
+
+
+class LeaseLost(Exception):
+    """Another engine holds the ledger now; this one stops billing."""
+
+
+def series_key(labels: dict[str, str]) -> str:
+    """The series' identity: its family and every label but the metric name."""
+    family = "gpu" if "_gpu_" in labels["__name__"] else "cpu"
+    return family + json.dumps(sorted((k, v) for k, v in labels.items() if k != "__name__"),
+                               separators=(",", ":"))
+
+
+def _job(labels: dict[str, str]) -> str:
+    # Prometheus renames a target's own `job` label to `exported_job` unless honor_labels.
+    return labels.get("exported_job", labels.get("job", ""))
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Engine:
+    def __init__(self, settings: BillingSettings, ledger: Ledger, prometheus: Prometheus,
+                 sink: InfluxSink | None, holder: str | None = None) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.prometheus = prometheus
+        self.sink = sink
+        self.prices = PriceBook(settings.prices)
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.last_tick_seconds = 0.0
+        self.last_tick_ok = True
+        self.influx_ok = True
+
+    def due_window(self, now: float) -> int:
+        """The end of the latest window that has settled by `now`."""
+        w = self.settings.window_seconds
+        return int((now - self.settings.settle_seconds) // w * w)
+
+    def tick(self, now: float | None = None) -> int:
+        """Bill every settled window not yet billed, then drain the outbox; windows billed."""
+        started = time.perf_counter()
+        now = time.time() if now is None else now
+        try:
+            if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
+                return 0
+            billed = self._bill_due(now)
+            self.drain_outbox()
+            self.last_tick_ok = True
+            return billed
+        except Exception:
+            self.last_tick_ok = False
+            raise
+        finally:
+            self.last_tick_seconds = time.perf_counter() - started
+
+    def _bill_due(self, now: float) -> int:
+        w = self.settings.window_seconds
+        start = self.ledger.meta("billing_start")
+        if start is None:
+            self._begin(self.due_window(now))
+            return 0
+        due = self.due_window(now)
+        first = (self.ledger.last_window() or int(start)) + w
+        oldest = due - int(self.settings.max_backfill_seconds // w) * w
+        if first < oldest:
+            log.warning("billing was away since %s: windows before %s are not billed one by one; "
+                        "their usage is billed in the window ending %s", iso(first - w),
+                        iso(oldest), iso(oldest))
+            first = oldest
+        windows = range(first, due + 1, w)
+        previous = self.ledger.last_window() or int(start)
+        for n, end in enumerate(windows, 1):
+            self.bill_window(end, previous)
+            previous = end
+            if len(windows) > 1 and (n % 60 == 0 or n == len(windows)):
+                log.info("caught up %d of %d windows (to %s)", n, len(windows), iso(end))
+            if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
+                raise LeaseLost("the billing lease went to another engine")
+        return len(windows)
+
+    def _begin(self, t0: int) -> None:
+        """First run: what the counters hold at t0 predates gpuacct and is not billed."""
+        totals, _ = self._read(t0)
+        with self.ledger.transaction() as db:
+            if self.ledger.meta("billing_start") is not None:
+                return
+            db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?)",
+                           [(key, str(s.value), t0) for key, s in totals.items()])
+            self.ledger.set_meta(db, "billing_start", str(t0))
+        log.info("billing begins at %s with %d series baselined", iso(t0), len(totals))
+
+    def _read(self, at: int) -> tuple[dict[str, Sample], dict[str, Decimal]]:
+        totals: dict[str, Sample] = {}
+        created: dict[str, Decimal] = {}
+        for sample in self.prometheus.instant(QUERY, at):
+            key = series_key(sample.labels)
+            if sample.labels["__name__"].endswith("_created"):
+                created[key] = sample.value
+            else:
+                totals[key] = sample
+        return totals, created
+
+    def bill_window(self, end: int, previous: int) -> None:
+        """Bill the usage that the counters gained between the window `previous` and `end`."""
+        start = Decimal(self.ledger.meta("billing_start") or end)
+        totals, created = self._read(end)
+        cursors = self.ledger.cursors()
+
+        usage: dict[tuple[str, str, str, str], list[Decimal]] = defaultdict(
+            lambda: [Decimal(0), Decimal(0)])
+        moved = []
+        for key, sample in totals.items():
+            cursor = cursors.get(key)
+            if cursor is None:
+                born = created.get(key)
+                delta = sample.value if born is not None and born >= start else Decimal(0)
+            elif sample.value >= cursor:
+                delta = sample.value - cursor
+            else:
+                delta = sample.value  # the counter was reset
+            if sample.value != cursor:
+                moved.append((key, str(sample.value), end))
+            if delta:
+                labels = sample.labels
+                is_gpu = key.startswith("gpu")
+                line = (labels.get("user", ""), _job(labels), labels.get("instance", ""),
+                        labels.get("gpu_model", "") if is_gpu else "")
+                usage[line][0 if is_gpu else 1] += delta
+
+        version = self.prices.version_at(end - self.settings.window_seconds)
+        lines = [UsageLine(user, job, node, model, gpu, cpu,
+                           self.prices.cost(version, model, gpu, cpu))
+                 for (user, job, node, model), (gpu, cpu) in sorted(usage.items())]
+        self._commit(end, previous, lines, moved, self.prices.starts[version])
+
+    def _commit(self, end: int, previous: int, lines: list[UsageLine],
+                moved: list[tuple[str, str, int]], price_effective: float) -> None:
+        now = time.time()
+        charges: dict[str, Decimal] = defaultdict(Decimal)
+        for line in lines:
+            charges[line.user] += line.cost
+        with self.ledger.transaction() as db:
+            if not self.ledger.holds_lease(db, self.holder):
+                raise LeaseLost("the billing lease went to another engine")
+            if db.execute("SELECT 1 FROM windows WHERE window_end = ?", (end,)).fetchone():
+                return  # billed already (never twice)
+            known = {u for (u,) in db.execute("SELECT user FROM accounts")}
+            for user in sorted(charges.keys() - known):
+                self.ledger.open_account(db, user, self.settings.opening_balance, now)
+            db.executemany(
+                "INSERT INTO usage_lines (window_end, user, job, node, gpu_model, gpu_seconds, "
+                "cpu_core_seconds, cost, price_effective) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
+                  str(ln.cpu_core_seconds), str(ln.cost), price_effective) for ln in lines])
+            total = sum(charges.values(), Decimal(0))
+            if not self.settings.trial_mode:
+                for user, cost in sorted(charges.items()):
+                    if cost:
+                        self.ledger.post(db, user, "charge", -cost, now, f"charge:{end}:{user}",
+                                         f"usage in the window ending {iso(end)}", end)
+                charged = Decimal(self.ledger.meta("charged_total") or 0) + total
+                self.ledger.set_meta(db, "charged_total", str(charged))
+            db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?) "
+                           "ON CONFLICT (series) DO UPDATE SET value = excluded.value, "
+                           "window_end = excluded.window_end", moved)
+            db.executemany("INSERT INTO outbox (line) VALUES (?)",
+                           [(to_line(ln, end),) for ln in lines])
+            db.execute("INSERT INTO windows (window_end, window_start, billed_at, lines, cost) "
+                       "VALUES (?, ?, ?, ?, ?)", (end, previous, now, len(lines), str(total)))
+
+    def drain_outbox(self) -> None:
+        if self.sink is None:
+            return
+        while batch := self.ledger.outbox_batch(OUTBOX_BATCH):
+            try:
+                self.sink.write([line for _, line in batch])
+            except InfluxUnavailable as exc:
+                if self.influx_ok:
+                    log.warning("%s; %d points wait in the outbox", exc,
+                                self.ledger.outbox_backlog())
+                self.influx_ok = False
+                return
+            self.ledger.outbox_done(batch[-1][0])
+            if not self.influx_ok:
+                log.info("InfluxDB is back; outbox drained to %d", self.ledger.outbox_backlog())
+            self.influx_ok = True
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set; a failure is logged once per outage and retried."""
+        poll = max(0.2, min(5.0, self.settings.window_seconds / 4))
+        failing = ""
+        while not stop.is_set():
+            try:
+                self.tick()
+                if failing:
+                    log.info("billing resumed")
+                failing = ""
+            except (PrometheusUnavailable, LeaseLost) as exc:
+                if str(exc) != failing:
+                    log.warning("cannot bill now: %s", exc)
+                failing = str(exc)
+            except Exception:
+                log.exception("billing tick failed")
+                failing = "error"
+            stop.wait(poll)
+        self.ledger.release_lease(self.holder)

@@ -1,0 +1,87 @@
+"""Cost points to InfluxDB: 1.x through /write?db= (Debian's package), 2.x through its write API."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Protocol
+
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
+
+from billing_engine.ledger import UsageLine
+from billing_engine.pricing import MICRO
+from gpuacct.config import InfluxV1Settings, InfluxV2Settings
+
+MEASUREMENT = "gpuacct_usage"
+
+
+class InfluxUnavailable(Exception):
+    """The write did not go through; the outbox keeps the points for the next try."""
+
+
+def to_line(line: UsageLine, window_end: int) -> str:
+    point = Point(MEASUREMENT).tag("user", line.user).tag("job", line.job).tag("node", line.node)
+    if line.gpu_model:  # CPU-only lines carry no gpu_model tag (InfluxDB refuses empty tags)
+        point = point.tag("gpu_model", line.gpu_model)
+    point = (point.field("gpu_seconds", float(line.gpu_seconds))
+             .field("cpu_core_seconds", float(line.cpu_core_seconds))
+             .field("cost", float(line.cost))
+             .field("cost_micros", int(line.cost / MICRO))
+             .time(window_end, WritePrecision.S))
+    text: str = point.to_line_protocol(precision=WritePrecision.S)
+    return text
+
+
+class InfluxSink(Protocol):
+    def write(self, lines: list[str]) -> None: ...
+
+
+class InfluxV1:
+    def __init__(self, settings: InfluxV1Settings, timeout: float = 10.0) -> None:
+        params = {"db": settings.database, "precision": "s"}
+        if settings.username:
+            params["u"] = settings.username
+        if settings.password:
+            params["p"] = settings.password.get_secret_value()
+        self.url = f"{settings.url.rstrip('/')}/write?{urllib.parse.urlencode(params)}"
+        self.timeout = timeout
+
+    def write(self, lines: list[str]) -> None:
+        request = urllib.request.Request(self.url, data="\n".join(lines).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout):
+                pass
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace").strip()
+            raise InfluxUnavailable(f"InfluxDB refused the write ({exc.code}): {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise InfluxUnavailable(f"InfluxDB unreachable: {exc}") from None
+
+
+class InfluxV2:
+    """InfluxDB 2.x through influxdb-client's synchronous write API (no 2.x server is packaged
+    for Debian bookworm, so the tests exercise 1.x)."""
+
+    def __init__(self, settings: InfluxV2Settings, timeout: float = 10.0) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.client = InfluxDBClient(url=settings.url, token=settings.token.get_secret_value(),
+                                     org=settings.org, timeout=int(timeout * 1000))
+        self.api = self.client.write_api(write_options=SYNCHRONOUS)
+        self.bucket = settings.bucket
+
+    def write(self, lines: list[str]) -> None:
+        try:
+            self.api.write(bucket=self.bucket, record=lines,
+                           write_precision=WritePrecision.S)  # type: ignore[arg-type]
+        except Exception as exc:  # the client raises its own and urllib3's errors
+            raise InfluxUnavailable(f"InfluxDB 2.x write failed: {exc}") from None
+
+
+def make_sink(settings: InfluxV1Settings | InfluxV2Settings) -> InfluxSink:
+    if isinstance(settings, InfluxV2Settings):
+        return InfluxV2(settings)
+    return InfluxV1(settings)

@@ -1,0 +1,200 @@
+"""The ledger: SQLite in WAL mode, money as exact decimal text, every change in one transaction.
+
+Balances change only together with a transaction row (opening, charge, recharge, adjustment,
+refund) carrying a unique idempotency key, so `balance = sum of its account's transactions`
+holds after any crash. A window is billed in one SQLite transaction: its usage lines, charges,
+cursors, outbox rows and its `windows` row commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    user TEXT PRIMARY KEY,
+    balance TEXT NOT NULL,
+    opened_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES accounts(user),
+    kind TEXT NOT NULL CHECK (kind IN ('opening', 'charge', 'recharge', 'adjustment', 'refund')),
+    amount TEXT NOT NULL,
+    balance_after TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    window_end INTEGER,
+    idempotency_key TEXT NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS transactions_user_at ON transactions (user, at);
+CREATE TABLE IF NOT EXISTS usage_lines (
+    window_end INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    job TEXT NOT NULL,
+    node TEXT NOT NULL,
+    gpu_model TEXT NOT NULL,
+    gpu_seconds TEXT NOT NULL,
+    cpu_core_seconds TEXT NOT NULL,
+    cost TEXT NOT NULL,
+    price_effective REAL NOT NULL,
+    PRIMARY KEY (window_end, user, job, node, gpu_model)
+);
+CREATE INDEX IF NOT EXISTS usage_lines_user ON usage_lines (user, window_end);
+CREATE TABLE IF NOT EXISTS cursors (
+    series TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    window_end INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS windows (
+    window_end INTEGER PRIMARY KEY,
+    window_start INTEGER NOT NULL,  -- the previous window's end: usage since then is in it
+    billed_at REAL NOT NULL,
+    lines INTEGER NOT NULL,
+    cost TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
+
+class LedgerError(Exception):
+    """A change the ledger refuses (unknown user, a key already used); nothing was written."""
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    user: str
+    job: str
+    node: str
+    gpu_model: str
+    gpu_seconds: Decimal
+    cpu_core_seconds: Decimal
+    cost: Decimal
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: one writer at a time, and everything or nothing."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- meta
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # -- the billing lease: one engine bills at a time
+    def acquire_lease(self, holder: str, seconds: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            db.execute("INSERT INTO lease (id, holder, expires) VALUES (1, ?, ?) "
+                       "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+                       "expires = excluded.expires", (holder, now + seconds))
+            return True
+
+    def holds_lease(self, db: sqlite3.Connection, holder: str) -> bool:
+        row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
+        return row is not None and row[0] == holder and row[1] > time.time()
+
+    def release_lease(self, holder: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM lease WHERE id = 1 AND holder = ?", (holder,))
+
+    # -- windows and cursors
+    def last_window(self) -> int | None:
+        row = self.db.execute("SELECT MAX(window_end) FROM windows").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def cursors(self) -> dict[str, Decimal]:
+        return {series: Decimal(value)
+                for series, value in self.db.execute("SELECT series, value FROM cursors")}
+
+    # -- accounts and transactions
+    def balance(self, user: str) -> Decimal | None:
+        row = self.db.execute("SELECT balance FROM accounts WHERE user = ?", (user,)).fetchone()
+        return None if row is None else Decimal(row[0])
+
+    def balances(self) -> dict[str, Decimal]:
+        return {user: Decimal(b)
+                for user, b in self.db.execute("SELECT user, balance FROM accounts ORDER BY user")}
+
+    def open_account(self, db: sqlite3.Connection, user: str, opening: Decimal,
+                     at: float) -> None:
+        db.execute("INSERT INTO accounts (user, balance, opened_at) VALUES (?, ?, ?)",
+                   (user, str(opening), at))
+        db.execute("INSERT INTO transactions (user, kind, amount, balance_after, at, reason, "
+                   "idempotency_key) VALUES (?, 'opening', ?, ?, ?, 'opening balance', ?)",
+                   (user, str(opening), str(opening), at, f"opening:{user}"))
+
+    def post(self, db: sqlite3.Connection, user: str, kind: str, amount: Decimal, at: float,
+             key: str, reason: str = "", window_end: int | None = None) -> Decimal:
+        """Add `amount` (negative for a charge) to the balance, with its transaction row."""
+        row = db.execute("SELECT balance FROM accounts WHERE user = ?", (user,)).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown user {user!r}: no account in the ledger")
+        if db.execute("SELECT 1 FROM transactions WHERE idempotency_key = ?", (key,)).fetchone():
+            raise LedgerError(f"idempotency key {key!r} was already used")
+        balance = Decimal(row[0]) + amount
+        db.execute("UPDATE accounts SET balance = ? WHERE user = ?", (str(balance), user))
+        db.execute("INSERT INTO transactions (user, kind, amount, balance_after, at, reason, "
+                   "window_end, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (user, kind, str(amount), str(balance), at, reason, window_end, key))
+        return balance
+
+    def invariant_violations(self) -> list[str]:
+        """Accounts whose balance is not the sum of their transactions (should be none)."""
+        sums: dict[str, Decimal] = {}
+        for user, amount in self.db.execute("SELECT user, amount FROM transactions"):
+            sums[user] = sums.get(user, Decimal(0)) + Decimal(amount)
+        return [f"{user}: balance {balance} but transactions sum to {sums.get(user)}"
+                for user, balance in self.balances().items() if sums.get(user) != balance]
+
+    # -- outbox
+    def outbox_batch(self, limit: int) -> list[tuple[int, str]]:
+        return [(int(i), str(line)) for i, line in self.db.execute(
+            "SELECT id, line FROM outbox ORDER BY id LIMIT ?", (limit,))]
+
+    def outbox_done(self, last_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+
+    def outbox_backlog(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])

@@ -1,0 +1,27 @@
+"""Amounts typed by people (CLI, web forms): exact decimals, or a message saying what is wrong."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+
+def parse_amount(text: str, decimals: int, maximum: Decimal, *,
+                 negative_allowed: bool) -> Decimal:
+    """The amount as a Decimal; ValueError with a message for a person otherwise."""
+    raw = text.strip()
+    try:
+        amount = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not amount.is_finite():
+        raise ValueError(f"{text!r} is not a finite number")
+    if amount == 0:
+        raise ValueError("the amount must not be zero")
+    if amount < 0 and not negative_allowed:
+        raise ValueError(f"{text!r} is negative: a recharge adds money (use adjust to take "
+                         "money away)")
+    if abs(amount) > maximum:
+        raise ValueError(f"{text!r} is larger than the largest amount allowed ({maximum})")
+    if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
+        raise ValueError(f"{text!r} has more than {decimals} decimal places")
+    return amount

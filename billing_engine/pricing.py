@@ -1,0 +1,41 @@
+"""Prices: versions with an effective time; GPU price by the first pattern matching the model."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from datetime import UTC
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from gpuacct.config import PriceVersion
+
+MICRO = Decimal("0.000001")
+
+
+class PriceBook:
+    def __init__(self, versions: list[PriceVersion]) -> None:
+        if not versions:
+            raise ValueError("at least one price version is needed")
+        self.versions = sorted(versions, key=lambda v: v.effective)
+        self.starts = [v.effective.replace(tzinfo=v.effective.tzinfo or UTC).timestamp()
+                       for v in self.versions]
+        self._patterns = [[(re.compile(g.pattern, re.I), g.per_minute) for g in v.gpu]
+                          for v in self.versions]
+
+    def version_at(self, at: float) -> int:
+        """Index of the version in force at `at` (the earliest if `at` precedes them all)."""
+        return max(0, bisect.bisect_right(self.starts, at) - 1)
+
+    def gpu_per_minute(self, version: int, model: str) -> Decimal:
+        for pattern, price in self._patterns[version]:
+            if pattern.search(model):
+                return price
+        return self.versions[version].other_gpu_per_minute
+
+    def cost(self, version: int, model: str, gpu_seconds: Decimal,
+             cpu_core_seconds: Decimal) -> Decimal:
+        """Exact cost, rounded once to micro-units (half to even)."""
+        v = self.versions[version]
+        gpu = gpu_seconds * self.gpu_per_minute(version, model) if gpu_seconds else Decimal(0)
+        raw = (gpu + cpu_core_seconds * v.cpu_per_core_minute) / 60
+        return raw.quantize(MICRO, rounding=ROUND_HALF_EVEN)

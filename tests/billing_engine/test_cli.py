@@ -1,0 +1,169 @@
+"""gpuacct-billing's operator commands, run as a person would, on a real ledger file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from billing_engine.ledger import Ledger, UsageLine
+
+
+@pytest.fixture
+def ledger_config(tmp_path: Path) -> tuple[Path, Path]:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    with ledger.transaction() as db:
+        ledger.open_account(db, "alice", Decimal(100), 1_700_000_000.0)
+        ledger.open_account(db, "bob", Decimal(100), 1_700_000_000.0)
+    ledger.close()
+    config = tmp_path / "gpuacct.yaml"
+    config.write_text(f"billing:\n  ledger: {path}\n")
+    return config, path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "billing_engine", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def snapshot(path: Path) -> list[tuple[object, ...]]:
+    ledger = Ledger(path)
+    try:
+        return [*ledger.db.execute("SELECT * FROM accounts ORDER BY user"),
+                *ledger.db.execute("SELECT * FROM transactions ORDER BY id")]
+    finally:
+        ledger.close()
+
+
+def test_recharge_then_adjust(ledger_config: tuple[Path, Path]) -> None:
+    config, path = ledger_config
+    result = cli(config, "recharge", "alice", "50.25", "--reason", "grant 7")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "alice: recharge +50.25 -> balance 150.25"
+    result = cli(config, "adjust", "alice", "-0.25", "--reason", "rounding")
+    assert result.returncode == 0, result.stderr
+    ledger = Ledger(path)
+    assert ledger.balance("alice") == Decimal("150.00")
+    kinds = [r[0] for r in ledger.db.execute(
+        "SELECT kind FROM transactions WHERE user = 'alice' ORDER BY id")]
+    assert kinds == ["opening", "recharge", "adjustment"]
+    assert ledger.invariant_violations() == []
+    balances = cli(config, "balances").stdout
+    assert "alice" in balances and "150.00" in balances and "normal" in balances
+
+
+@pytest.mark.parametrize("amount, message", [
+    ("-10", "is negative"), ("0", "must not be zero"), ("NaN", "not a finite number"),
+    ("inf", "not a finite number"), ("lots", "is not a number"),
+    ("1.001", "more than 2 decimal places"), ("1e12", "larger than the largest amount"),
+])
+def test_bad_recharge_is_refused_and_nothing_written(ledger_config: tuple[Path, Path],
+                                                      amount: str, message: str) -> None:
+    config, path = ledger_config
+    before = snapshot(path)
+    result = cli(config, "recharge", "alice", amount)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.startswith("gpuacct-billing: recharge refused: ")
+    assert "Traceback" not in result.stderr
+    assert snapshot(path) == before
+
+
+def test_unknown_user_is_refused(ledger_config: tuple[Path, Path]) -> None:
+    config, path = ledger_config
+    before = snapshot(path)
+    result = cli(config, "recharge", "mallory", "10")
+    assert result.returncode == 2
+    assert "unknown user 'mallory'" in result.stderr
+    assert snapshot(path) == before
+
+
+def test_adjust_needs_a_reason(ledger_config: tuple[Path, Path]) -> None:
+    config, path = ledger_config
+    before = snapshot(path)
+    result = cli(config, "adjust", "bob", "5", "--reason", "  ")
+    assert result.returncode == 2 and "a reason is required" in result.stderr
+    assert snapshot(path) == before
+
+
+def test_the_same_key_is_applied_once(ledger_config: tuple[Path, Path]) -> None:
+    config, path = ledger_config
+    assert cli(config, "recharge", "bob", "10", "--key", "invoice-17").returncode == 0
+    result = cli(config, "recharge", "bob", "10", "--key", "invoice-17")
+    assert result.returncode == 2 and "already used" in result.stderr
+    assert Ledger(path).balance("bob") == Decimal(110)
+
+
+def test_no_ledger_yet(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"billing:\n  ledger: {tmp_path / 'none.sqlite3'}\n")
+    result = cli(config, "balances")
+    assert result.returncode == 1 and "no ledger at" in result.stderr
+
+
+def ts(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
+
+
+def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
+                                           tmp_path: Path) -> None:
+    config, path = ledger_config
+    ledger = Ledger(path)
+    lines = {
+        "2026-10-31T23:59:00": UsageLine("alice", "too-early", "n1", "A100", Decimal(1),
+                                         Decimal(0), Decimal("0.008333")),
+        "2026-11-01T00:00:00": UsageLine("alice", "実験-1", "n1", "NVIDIA A100-SXM4-80GB",
+                                         Decimal("59.999999871"), Decimal("12.34"),
+                                         Decimal("0.502057")),
+        "2026-11-30T23:59:00": UsageLine("bob", "sid-4", "n2", "", Decimal(0),
+                                         Decimal("0.01"), Decimal("0.000002")),
+        "2026-12-01T00:00:00": UsageLine("bob", "too-late", "n2", "", Decimal(0), Decimal(1),
+                                         Decimal("0.000167")),
+    }
+    with ledger.transaction() as db:
+        for end_text, ln in lines.items():
+            end = ts(end_text)
+            db.execute("INSERT INTO windows VALUES (?, ?, ?, 1, ?)",
+                       (end, end - 60, end, str(ln.cost)))
+            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                       (end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
+                        str(ln.cpu_core_seconds), str(ln.cost)))
+    out = tmp_path / "usage.csv"
+    result = cli(config, "export", "usage", "--from", "2026-11-01", "--to", "2026-12-01",
+                 "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(out.read_bytes().decode("utf-8"))))
+    assert rows == [
+        ["window_start", "window_end", "user", "job", "node", "gpu_model", "gpu_seconds",
+         "cpu_core_seconds", "cost"],
+        ["2026-10-31T23:59:00Z", "2026-11-01T00:00:00Z", "alice", "実験-1", "n1",
+         "NVIDIA A100-SXM4-80GB", "59.999999871", "12.34", "0.502057"],
+        ["2026-11-30T23:58:00Z", "2026-11-30T23:59:00Z", "bob", "sid-4", "n2", "", "0", "0.01",
+         "0.000002"],
+    ]
+    transactions = cli(config, "export", "transactions", "--from", "2023-01-01",
+                       "--to", "2024-01-01")
+    assert transactions.returncode == 0
+    rows = list(csv.reader(io.StringIO(transactions.stdout)))
+    assert rows[0] == ["id", "at", "user", "kind", "amount", "balance_after", "reason",
+                       "window_end"]
+    assert [r[2:6] for r in rows[1:]] == [["alice", "opening", "100", "100"],
+                                           ["bob", "opening", "100", "100"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from", "yesterday", "--to", "2026-12-01"], "'yesterday' is not a date"),
+    (["--from", "2026-12-01", "--to", "2026-11-01"], "is not after"),
+])
+def test_bad_export_ranges(ledger_config: tuple[Path, Path], args: list[str],
+                           message: str) -> None:
+    config, _ = ledger_config
+    result = cli(config, "export", "usage", *args)
+    assert result.returncode == 2 and message in result.stderr

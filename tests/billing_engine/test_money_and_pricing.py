@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from billing_engine.engine import series_key
+from billing_engine.money import parse_amount
+from billing_engine.pricing import PriceBook
+from gpuacct.config import GpuPrice, PriceVersion
+
+D = Decimal
+
+
+@pytest.mark.parametrize("text, message", [
+    ("-5", "is negative"),
+    ("0", "must not be zero"),
+    ("0.00", "must not be zero"),
+    ("NaN", "not a finite number"),
+    ("sNaN", "not a finite number"),
+    ("Infinity", "not a finite number"),
+    ("-inf", "not a finite number"),
+    ("ten", "is not a number"),
+    ("1,5", "is not a number"),
+    ("", "is not a number"),
+    ("10.005", "more than 2 decimal places"),
+    ("1e9", "larger than the largest amount allowed"),
+    ("99999999999999999999999999999999999", "larger than the largest amount allowed"),
+])
+def test_bad_recharge_amounts(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_amount(text, 2, D(1_000_000), negative_allowed=False)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("50", D("50")), (" 12.5 ", D("12.5")), ("1.50", D("1.50")), ("1E+2", D("100")),
+])
+def test_good_amounts(text: str, expected: Decimal) -> None:
+    assert parse_amount(text, 2, D(1_000_000), negative_allowed=False) == expected
+
+
+def test_adjustments_may_be_negative() -> None:
+    assert parse_amount("-12.25", 2, D(1000), negative_allowed=True) == D("-12.25")
+
+
+def book() -> PriceBook:
+    return PriceBook([
+        PriceVersion(),
+        PriceVersion(effective=datetime(2026, 12, 1, tzinfo=UTC),
+                     gpu=[GpuPrice(pattern="a100", per_minute=D("0.60"))],
+                     other_gpu_per_minute=D("0.15"), cpu_per_core_minute=D("0.02")),
+    ])
+
+
+def test_first_matching_pattern_any_case_and_the_default() -> None:
+    prices = book()
+    v = prices.version_at(datetime(2026, 11, 22, tzinfo=UTC).timestamp())
+    assert prices.gpu_per_minute(v, "NVIDIA A100-SXM4-80GB") == D("0.50")
+    assert prices.gpu_per_minute(v, "NVIDIA GeForce RTX 4090") == D("0.30")
+    assert prices.gpu_per_minute(v, "NVIDIA GeForce RTX 3090") == D("0.20")
+    assert prices.gpu_per_minute(v, "Tesla V100-PCIE-32GB") == D("0.40")
+    assert prices.gpu_per_minute(v, "NVIDIA H100 80GB HBM3") == D("0.10")
+
+
+def test_version_in_force_at_the_time() -> None:
+    prices = book()
+    before = datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp()
+    after = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert prices.gpu_per_minute(prices.version_at(before), "A100") == D("0.50")
+    assert prices.gpu_per_minute(prices.version_at(after), "A100") == D("0.60")
+    assert prices.gpu_per_minute(prices.version_at(after), "H100") == D("0.15")
+
+
+def test_cost_is_exact_and_rounded_once_to_micro_units() -> None:
+    prices = book()
+    v = prices.version_at(0)
+    # 90 GPU-seconds on an A100 at 0.50/min and 30 core-seconds at 0.01/min
+    assert prices.cost(v, "A100", D(90), D(30)) == D("0.755000")
+    assert prices.cost(v, "A100", D("0.000001"), D(0)) == D("0.000000")  # half to even
+    assert prices.cost(v, "", D(0), D("1.5")) == D("0.000250")
+
+
+def test_series_key_ignores_the_metric_name_and_sorts_labels() -> None:
+    a = series_key({"__name__": "gpuacct_job_gpu_seconds_total", "user": "u", "job": "j"})
+    b = series_key({"job": "j", "user": "u", "__name__": "gpuacct_job_gpu_seconds_created"})
+    assert a == b and a.startswith("gpu")
+    assert series_key({"__name__": "gpuacct_job_cpu_seconds_total"}).startswith("cpu")
