@@ -1,0 +1,168 @@
+"""The billing engine against the real Prometheus and InfluxDB, the exporter on fake GPUs, and
+real processes of real users; windows of 2 seconds."""
+
+from __future__ import annotations
+
+import time
+from decimal import ROUND_HALF_EVEN, Decimal
+from subprocess import Popen
+
+import pytest
+
+from billing_engine.ledger import Ledger
+from tests.billing_engine.conftest import WINDOW, Rig, running
+from tests.fixtures.gpus import A100, RTX3090
+from tests.fixtures.servers import wait_for
+from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+Users = dict[str, UnixUser]
+PRICE = {A100: Decimal("0.50"), RTX3090: Decimal("0.20"), "": Decimal(0)}
+CPU_PRICE = Decimal("0.01")
+
+
+def start_job(rig: Rig, processes: Processes, user: UnixUser, job: str,
+              gpu: int | None) -> Popen[bytes]:
+    proc = processes.python(user, "train.py", "120", env={"GPUACCT_JOB": job})
+    wait_until_exec(proc, "train.py")
+    if gpu is not None:
+        rig.gpus.put(gpu, proc.pid)
+    return proc
+
+
+def stop_job(rig: Rig, proc: Popen[bytes]) -> None:
+    rig.gpus.remove(proc.pid)
+    proc.kill()
+    proc.wait()
+
+
+def check_ledger(rig: Rig, opening: Decimal = Decimal(100), debited: bool = True) -> Ledger:
+    """Every cost is usage times the price; balances follow; windows contiguous, once each."""
+    ledger = Ledger(rig.ledger_path)
+    costs: dict[str, Decimal] = {}
+    for user, model, gpu, cpu, cost in ledger.db.execute(
+            "SELECT user, gpu_model, gpu_seconds, cpu_core_seconds, cost FROM usage_lines"):
+        expected = ((Decimal(gpu) * PRICE[model] + Decimal(cpu) * CPU_PRICE) / 60).quantize(
+            Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+        assert Decimal(cost) == expected, (user, model, gpu, cpu, cost)
+        costs[user] = costs.get(user, Decimal(0)) + Decimal(cost)
+    for user, balance in ledger.balances().items():
+        assert balance == opening - (costs.get(user, Decimal(0)) if debited else 0), user
+    assert ledger.invariant_violations() == []
+    ends = [r[0] for r in ledger.db.execute("SELECT window_end FROM windows ORDER BY window_end")]
+    start = int(ledger.meta("billing_start") or 0)
+    assert ends == list(range(start + WINDOW, start + WINDOW * (len(ends) + 1), WINDOW))
+    starts = [r[0] for r in ledger.db.execute(
+        "SELECT window_start FROM windows ORDER BY window_end")]
+    assert starts == [start, *ends[:-1]]
+    return ledger
+
+
+def test_ten_windows_of_jobs_starting_and_stopping_are_billed_exactly(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    alice, bob = test_users["alice"], test_users["bob"]
+    with running(rig.engine()):
+        a = start_job(rig, processes, alice, "a", gpu=0)
+        time.sleep(4)
+        b = start_job(rig, processes, bob, "b", gpu=1)
+        time.sleep(6)
+        a2 = start_job(rig, processes, alice, "a2", gpu=0)  # shares GPU 0 with a
+        cpu_only = start_job(rig, processes, bob, "cpu", gpu=None)
+        time.sleep(4)
+        stop_job(rig, b)
+        time.sleep(4)
+        stop_job(rig, a)
+        stop_job(rig, cpu_only)
+        time.sleep(4)
+        stop_job(rig, a2)
+        truth = rig.wait_until_billed()
+    assert {(u, j) for u, j, _ in truth} >= {(alice.name, "a"), (bob.name, "b"),
+                                              (alice.name, "a2"), (bob.name, "cpu")}
+    assert truth[(alice.name, "a", A100)][0] > 10
+    assert truth[(bob.name, "cpu", "")][1] > 2
+    ledger = check_ledger(rig)
+    assert ledger.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
+    backlog = ledger.outbox_backlog()
+    assert backlog == 0
+    micros = {u: int(sum(Decimal(c) for (c,) in ledger.db.execute(
+        "SELECT cost FROM usage_lines WHERE user = ?", (u,))) * 1_000_000)
+        for u in (alice.name, bob.name)}
+    assert {u: v for u, v in rig.influx_sums().items() if u in micros} == micros
+
+
+def test_prometheus_away_for_three_windows_is_billed_late_and_exact(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    alice = test_users["alice"]
+    with running(rig.engine()) as engine:
+        job = start_job(rig, processes, alice, "through-outage", gpu=0)
+        time.sleep(3)
+        rig.prometheus.process.stop()
+        stopped = time.time()
+        time.sleep(3 * WINDOW + 0.5)
+        assert not engine.last_tick_ok  # it tried and could not bill
+        rig.prometheus.process.start().wait_ready()
+        time.sleep(3)
+        stop_job(rig, job)
+        rig.wait_until_billed()
+    ledger = check_ledger(rig)
+    late = ledger.db.execute("SELECT COUNT(*) FROM windows WHERE window_end > ? AND "
+                             "billed_at > ? + 3 * ?", (stopped, stopped, WINDOW)).fetchone()[0]
+    assert late >= 3  # the windows of the outage were billed after it, in order
+
+
+def test_exporter_restart_bills_nothing_twice(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    bob = test_users["bob"]
+    with running(rig.engine()):
+        job = start_job(rig, processes, bob, "restarted", gpu=1)
+        time.sleep(4)
+        rig.exporter.process.stop()
+        time.sleep(WINDOW)
+        rig.exporter.restart()
+        time.sleep(4)
+        stop_job(rig, job)
+        truth = rig.wait_until_billed()
+    assert truth[(bob.name, "restarted", RTX3090)][0] > 6
+    check_ledger(rig)
+
+
+def test_influxdb_away_billing_goes_on_and_the_outbox_drains(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    carol = test_users["carol"]
+    with running(rig.engine()) as engine:
+        job = start_job(rig, processes, carol, "influx-outage", gpu=0)
+        time.sleep(2)
+        rig.influxdb.process.stop()
+        ledger = Ledger(rig.ledger_path)
+        windows_before = ledger.last_window() or 0
+        wait_for(lambda: ledger.outbox_backlog() > 0 and not engine.influx_ok, timeout=10,
+                 what="points waiting in the outbox")
+        time.sleep(2 * WINDOW)
+        assert (ledger.last_window() or 0) >= windows_before + 2 * WINDOW  # billing went on
+        rig.influxdb.process.start().wait_ready()
+        stop_job(rig, job)
+        rig.wait_until_billed()
+        wait_for(lambda: ledger.outbox_backlog() == 0, timeout=15, what="the outbox to drain")
+    assert engine.influx_ok
+    check_ledger(rig)
+    micros = int(sum(Decimal(c) for (c,) in ledger.db.execute(
+        "SELECT cost FROM usage_lines WHERE user = ?", (carol.name,))) * 1_000_000)
+    assert micros > 0
+    assert rig.influx_sums()[carol.name] == micros
+
+
+def test_trial_mode_records_usage_and_cost_but_debits_nothing(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    alice = test_users["alice"]
+    with running(rig.engine(trial_mode=True)):
+        job = start_job(rig, processes, alice, "trial", gpu=0)
+        time.sleep(5)
+        stop_job(rig, job)
+        rig.wait_until_billed()
+    ledger = check_ledger(rig, debited=False)
+    assert ledger.balance(alice.name) == Decimal(100)
+    assert ledger.db.execute("SELECT COUNT(*) FROM transactions WHERE kind = 'charge'"
+                             ).fetchone()[0] == 0
+    cost = sum(Decimal(c) for (c,) in ledger.db.execute(
+        "SELECT cost FROM usage_lines WHERE user = ?", (alice.name,)))
+    assert cost > Decimal("0.02")
