@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.config import CONFIG_ENV, Settings
@@ -48,7 +49,13 @@ class Stack:
         )
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
 
-        exporter = self._start_exporter()
+        exporter = self._start_service("exporter", "exporter", [], s.exporter_port, {
+            "exporter": {
+                "listen_address": f"{host}:{s.exporter_port}",
+                "state_file": str(d / "exporter" / "state.json"),
+                **({"nvml": {"backend": "demo"}} if self.demo else {}),
+            }
+        })
         self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
 
         prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"])
@@ -57,22 +64,23 @@ class Stack:
         )
         self._started(prom, f"http://{host}:{s.prometheus_port}/")
 
-    def _start_exporter(self) -> ManagedProcess:
-        s, d = self.stack, self.state_dir
-        overrides: dict[str, object] = {
-            "exporter": {
-                "listen_address": f"{s.host}:{s.exporter_port}",
-                "state_file": str(d / "exporter" / "state.json"),
-                **({"nvml": {"backend": "demo"}} if self.demo else {}),
-            }
-        }
-        config_out = d / "exporter" / "gpuacct.yaml"
-        config = configs.service_config(self.config_file, overrides, config_out)
-        argv = [sys.executable, "-m", "exporter", "--config", str(config)]
-        proc = ManagedProcess(
-            "exporter", argv, d / "exporter" / "exporter.log",
-            f"http://{s.host}:{s.exporter_port}/metrics",
-        )
+        billing = self._start_service("billing", "billing_engine", ["run"], s.billing_port, {
+            "billing": {"listen_address": f"{host}:{s.billing_port}",
+                        "prometheus_url": f"http://{host}:{s.prometheus_port}",
+                        "ledger": str(d / "billing" / "ledger.sqlite3")},
+            "influxdb": {"version": 1, "url": f"http://{host}:{s.influxdb_port}",
+                         "database": database},
+        })
+        self._started(billing, f"http://{host}:{s.billing_port}/metrics")
+
+    def _start_service(self, name: str, module: str, args: list[str], port: int,
+                       overrides: dict[str, Any]) -> ManagedProcess:
+        """A gpuacct service with the operator's config plus the stack's overrides."""
+        workdir = self.state_dir / name
+        config = configs.service_config(self.config_file, overrides, workdir / "gpuacct.yaml")
+        argv = [sys.executable, "-m", module, "--config", str(config), *args]
+        proc = ManagedProcess(name, argv, workdir / f"{name}.log",
+                              f"http://{self.stack.host}:{port}/metrics")
         return proc.start().wait_ready()
 
     def first_dead(self) -> ManagedProcess | None:

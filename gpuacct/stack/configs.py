@@ -15,6 +15,8 @@ def _duration(seconds: float) -> str:
 
 
 def prometheus_config(stack: StackSettings, exporter_targets: list[str]) -> dict[str, Any]:
+    """Scrape configs for every part; the exporter's own `job` label (the user's job) is kept
+    by honor_labels, as the billing engine and the rules expect."""
     host = stack.host
     interval = _duration(stack.scrape_interval_seconds)
     alertmanager = f"{host}:{stack.alertmanager_port}"
@@ -26,7 +28,10 @@ def prometheus_config(stack: StackSettings, exporter_targets: list[str]) -> dict
                 "job_name": "prometheus",
                 "static_configs": [{"targets": [f"{host}:{stack.prometheus_port}"]}],
             },
-            {"job_name": "gpuacct-exporter", "static_configs": [{"targets": exporter_targets}]},
+            {"job_name": "gpuacct-exporter", "honor_labels": True,
+             "static_configs": [{"targets": exporter_targets}]},
+            {"job_name": "gpuacct-billing",
+             "static_configs": [{"targets": [f"{host}:{stack.billing_port}"]}]},
         ],
     }
 

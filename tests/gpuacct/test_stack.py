@@ -26,6 +26,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         "stack:\n"
         f"  prometheus_port: {free_port()}\n  alertmanager_port: {free_port()}\n"
         f"  influxdb_port: {free_port()}\n  exporter_port: {free_port()}\n"
+        f"  billing_port: {free_port()}\n"
         "  scrape_interval_seconds: 1\n"
         "exporter:\n  interval_seconds: 1\n")
     log = tmp_path / "stack.out"
@@ -39,21 +40,24 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         text = log.read_text()
         assert stack.poll() is None, text
         urls = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)$", text, re.M))
-        assert set(urls) == {"influxdb", "alertmanager", "exporter", "prometheus"}, text
+        assert set(urls) == {"influxdb", "alertmanager", "exporter", "prometheus", "billing"}, text
         for name, url in urls.items():
             probe = url + ("ping" if name == "influxdb" else "")
             with urllib.request.urlopen(probe, timeout=5) as response:
                 assert response.status < 300, name
-        for name in ("influxdb", "alertmanager", "exporter", "prometheus"):
+        for name in ("influxdb", "alertmanager", "exporter", "prometheus", "billing"):
             assert (tmp_path / "state" / name).is_dir()
         # Prometheus scrapes the exporter it was started with.
         prom = urls["prometheus"].rstrip("/")
         up = wait_for(lambda: promql(prom, 'up{job="gpuacct-exporter"} == 1'), timeout=30,
                       what="the exporter scraped")
         assert up
+        wait_for(lambda: promql(prom, 'up{job="gpuacct-billing"} == 1'), timeout=30,
+                 what="the billing engine scraped")
+        assert (tmp_path / "state" / "billing" / "ledger.sqlite3").exists()
 
         children = psutil.Process(stack.pid).children(recursive=True)
-        assert len(children) >= 4
+        assert len(children) >= 5
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert stack.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
