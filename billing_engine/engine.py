@@ -9,7 +9,6 @@ first window that sees it again: late, never lost, never twice. Money is Decimal
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -28,7 +27,8 @@ from gpuacct.config import BillingSettings
 
 log = logging.getLogger(__name__)
 
-QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_(total|created)"}'
+QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_total"}'
+CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_created"}'
 OUTBOX_BATCH = 5000
 
 
@@ -37,10 +37,13 @@ class LeaseLost(Exception):
 
 
 def series_key(labels: dict[str, str]) -> str:
-    """The series' identity: its family and every label but the metric name."""
+    """The series' identity: its family and every label but the metric name.
+
+    Label names cannot hold "=" and the unit separator cannot occur in Prometheus' JSON
+    output unescaped, so the key is unambiguous."""
     family = "gpu" if "_gpu_" in labels["__name__"] else "cpu"
-    return family + json.dumps(sorted((k, v) for k, v in labels.items() if k != "__name__"),
-                               separators=(",", ":"))
+    return family + "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items())
+                                 if k != "__name__")
 
 
 def _job(labels: dict[str, str]) -> str:
@@ -50,6 +53,22 @@ def _job(labels: dict[str, str]) -> str:
 
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lines(gpu: dict[tuple[str, str, str, str], Decimal], cpu: dict[tuple[str, str, str], Decimal]
+           ) -> list[tuple[tuple[str, str, str, str], tuple[Decimal, Decimal]]]:
+    """One usage line per (user, job, node, gpu_model). A job's CPU time goes on the line of
+    the GPU model it used most in the window (its cost does not depend on which), or on a
+    line of its own, with no model, if it used no GPU."""
+    lines = {key: [seconds, Decimal(0)] for key, seconds in gpu.items()}
+    by_job: dict[tuple[str, str, str], tuple[str, str, str, str]] = {}
+    for key, seconds in sorted(gpu.items()):
+        best = by_job.get(key[:3])
+        if best is None or seconds > gpu[best]:
+            by_job[key[:3]] = key
+    for job, seconds in cpu.items():
+        lines.setdefault(by_job.get(job, (*job, "")), [Decimal(0), Decimal(0)])[1] += seconds
+    return [(key, (g, c)) for key, (g, c) in sorted(lines.items())]
 
 
 class Engine:
@@ -114,7 +133,7 @@ class Engine:
 
     def _begin(self, t0: int) -> None:
         """First run: what the counters hold at t0 predates gpuacct and is not billed."""
-        totals, _ = self._read(t0)
+        totals = self._read(QUERY, t0)
         with self.ledger.transaction() as db:
             if self.ledger.meta("billing_start") is not None:
                 return
@@ -123,25 +142,20 @@ class Engine:
             self.ledger.set_meta(db, "billing_start", str(t0))
         log.info("billing begins at %s with %d series baselined", iso(t0), len(totals))
 
-    def _read(self, at: int) -> tuple[dict[str, Sample], dict[str, Decimal]]:
-        totals: dict[str, Sample] = {}
-        created: dict[str, Decimal] = {}
-        for sample in self.prometheus.instant(QUERY, at):
-            key = series_key(sample.labels)
-            if sample.labels["__name__"].endswith("_created"):
-                created[key] = sample.value
-            else:
-                totals[key] = sample
-        return totals, created
+    def _read(self, query: str, at: int) -> dict[str, Sample]:
+        return {series_key(s.labels): s for s in self.prometheus.instant(query, at)}
 
     def bill_window(self, end: int, previous: int) -> None:
         """Bill the usage that the counters gained between the window `previous` and `end`."""
         start = Decimal(self.ledger.meta("billing_start") or end)
-        totals, created = self._read(end)
+        totals = self._read(QUERY, end)
         cursors = self.ledger.cursors()
+        # When each new series began; in steady state every series has a cursor already.
+        created = ({k: s.value for k, s in self._read(CREATED_QUERY, end).items()}
+                   if totals.keys() - cursors.keys() else {})
 
-        usage: dict[tuple[str, str, str, str], list[Decimal]] = defaultdict(
-            lambda: [Decimal(0), Decimal(0)])
+        gpu_usage: dict[tuple[str, str, str, str], Decimal] = defaultdict(Decimal)
+        cpu_usage: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
         moved = []
         for key, sample in totals.items():
             cursor = cursors.get(key)
@@ -156,15 +170,15 @@ class Engine:
                 moved.append((key, str(sample.value), end))
             if delta:
                 labels = sample.labels
-                is_gpu = key.startswith("gpu")
-                line = (labels.get("user", ""), _job(labels), labels.get("instance", ""),
-                        labels.get("gpu_model", "") if is_gpu else "")
-                usage[line][0 if is_gpu else 1] += delta
-
+                job = (labels.get("user", ""), _job(labels), labels.get("instance", ""))
+                if key.startswith("gpu"):
+                    gpu_usage[(*job, labels.get("gpu_model", ""))] += delta
+                else:
+                    cpu_usage[job] += delta
         version = self.prices.version_at(end - self.settings.window_seconds)
         lines = [UsageLine(user, job, node, model, gpu, cpu,
                            self.prices.cost(version, model, gpu, cpu))
-                 for (user, job, node, model), (gpu, cpu) in sorted(usage.items())]
+                 for (user, job, node, model), (gpu, cpu) in _lines(gpu_usage, cpu_usage)]
         self._commit(end, previous, lines, moved, self.prices.starts[version])
 
     def _commit(self, end: int, previous: int, lines: list[UsageLine],

@@ -1,0 +1,117 @@
+"""Benchmark: one billing window end to end for 10,000 series, beside the raw query time.
+
+Backfills a real Prometheus (promtool tsdb create-blocks-from openmetrics) with 10,000
+(user, job, node, gpu_model) GPU-seconds series and the 10,000 CPU-seconds series of the same
+jobs, each with its `_created` series, at a window's start and end. Then, in the same run:
+  - the raw query: the engine's instant query fetched over HTTP (bytes only, no parsing);
+  - one window billed end to end: query and parse, differences, pricing, the ledger commit
+    (usage lines, charges, cursors, outbox) and the InfluxDB write of every point.
+Run: .venv/bin/python bench/billing_bench.py   (needs Debian's prometheus and influxdb)
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from billing_engine.engine import QUERY, Engine
+from billing_engine.influx import InfluxV1
+from billing_engine.ledger import Ledger
+from billing_engine.promql import Prometheus
+from gpuacct.config import BillingSettings, InfluxV1Settings
+from gpuacct.stack import servers
+from gpuacct.stack.process import ManagedProcess, free_port
+
+SERIES = 10_000
+USERS, NODES = 500, 20
+MODELS = ["NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090",
+          "Tesla V100-SXM2-32GB", "NVIDIA H100 80GB HBM3"]
+WINDOW = 60
+
+
+def openmetrics(path: Path, end: int) -> None:
+    start, born = end - WINDOW, end - 3600
+    with path.open("w") as f:
+        for family, unit in (("gpu", "gpu"), ("cpu", "cpu")):
+            f.write(f"# TYPE gpuacct_job_{family}_seconds counter\n")
+            for i in range(SERIES):
+                labels = (f'user="user{i % USERS:03d}",job="job{i}",'
+                          f'instance="node{i % NODES:02d}:9835"')
+                if unit == "gpu":
+                    labels += (f',gpu="{i % 8}",gpu_uuid="GPU-{i:08d}",'
+                               f'gpu_model="{MODELS[i % len(MODELS)]}"')
+                for t, value in ((start, 1000.0 + i), (end, 1000.0 + i + 45.5 + i % 7 / 3)):
+                    f.write(f"gpuacct_job_{family}_seconds_total{{{labels}}} {value} {t}\n")
+                    f.write(f"gpuacct_job_{family}_seconds_created{{{labels}}} {born} {t}\n")
+        f.write("# EOF\n")
+
+
+def raw_query_seconds(url: str, at: int) -> float:
+    params = urllib.parse.urlencode({"query": QUERY, "time": str(at)})
+    t = time.perf_counter()
+    with urllib.request.urlopen(f"{url}/api/v1/query?{params}", timeout=60) as response:
+        response.read()
+    return time.perf_counter() - t
+
+
+def one_window(work: Path, n: int, prom_url: str, influx_url: str, end: int) -> float:
+    settings = BillingSettings(ledger=work / f"ledger{n}.sqlite3", prometheus_url=prom_url,
+                               window_seconds=WINDOW, query_timeout_seconds=60)
+    ledger = Ledger(settings.ledger)
+    engine = Engine(settings, ledger, Prometheus(prom_url, 60),
+                    InfluxV1(InfluxV1Settings(url=influx_url, database=f"bench{n}")))
+    servers.influx_query(influx_url, f'CREATE DATABASE "bench{n}"', method="POST")
+    assert ledger.acquire_lease(engine.holder, 600)
+    engine._begin(end - WINDOW)  # cursors at the window's start, as after the previous window
+    t = time.perf_counter()
+    engine.bill_window(end, end - WINDOW)
+    engine.drain_outbox()
+    elapsed = time.perf_counter() - t
+    lines = ledger.db.execute("SELECT COUNT(*) FROM usage_lines").fetchone()[0]
+    assert lines == SERIES and ledger.outbox_backlog() == 0, (lines, ledger.outbox_backlog())
+    ledger.close()
+    return elapsed
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="gpuacct-billing-bench-"))
+    end = int(time.time() - 3 * 3600) // WINDOW * WINDOW  # older than Prometheus' head block
+    procs: list[ManagedProcess] = []
+    try:
+        openmetrics(work / "data.om", end)
+        subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics",
+                        str(work / "data.om"), str(work / "prometheus" / "data")],
+                       check=True, capture_output=True)
+        prom_port, influx_port = free_port(), free_port()
+        procs.append(servers.start_prometheus(work / "prometheus", prom_port,
+                                              {"global": {"scrape_interval": "15s"}}))
+        procs.append(servers.start_influxdb(work / "influxdb", influx_port))
+        prom_url, influx_url = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{influx_port}"
+        found = len(Prometheus(prom_url, 60).instant(QUERY, end))
+        print(f"{found} counter series at the window's end ({SERIES} GPU-seconds and {SERIES} "
+              f"CPU-seconds, each with a _created series), {USERS} users, {NODES} nodes")
+        raw_query_seconds(prom_url, end)  # warm Prometheus' caches, as every minute would
+        raw = statistics.median(raw_query_seconds(prom_url, end) for _ in range(5))
+        runs = [one_window(work, n, prom_url, influx_url, end) for n in range(3)]
+        total = statistics.median(runs)
+        print(f"raw Prometheus query (HTTP, same query and data): {raw * 1000:8.0f} ms")
+        print(f"one window billed end to end:                     {total * 1000:8.0f} ms "
+              f"(runs: {', '.join(f'{r * 1000:.0f}' for r in runs)} ms; target < 2000 ms)")
+        print(f"engine's own share (end to end - raw query):      {(total - raw) * 1000:8.0f} ms"
+              f"  = {(total - raw) / raw:.2f} x the query time (target <= 1)")
+        return 0
+    finally:
+        for proc in procs:
+            proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
