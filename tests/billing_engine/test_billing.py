@@ -166,3 +166,18 @@ def test_trial_mode_records_usage_and_cost_but_debits_nothing(
     cost = sum(Decimal(c) for (c,) in ledger.db.execute(
         "SELECT cost FROM usage_lines WHERE user = ?", (alice.name,)))
     assert cost > Decimal("0.02")
+
+
+def test_catch_up_after_an_absence_is_bounded_by_max_backfill(rig: Rig) -> None:
+    engine = rig.engine(max_backfill_seconds=5 * WINDOW)
+    ledger = engine.ledger
+    now = time.time()
+    long_ago = engine.due_window(now) - 50 * WINDOW
+    with ledger.transaction() as db:
+        ledger.set_meta(db, "billing_start", str(long_ago))
+    assert engine.tick(now) == 6  # the newest five window lengths, one by one, and no more
+    ends = [r[0] for r in ledger.db.execute("SELECT window_end FROM windows ORDER BY 1")]
+    assert ends[-1] == engine.due_window(now)
+    assert len(ends) == 6 and ends == list(range(ends[0], ends[-1] + WINDOW, WINDOW))
+    starts = ledger.db.execute("SELECT window_start FROM windows ORDER BY window_end").fetchall()
+    assert starts[0][0] == long_ago  # the first covers the whole absence: usage is late, not lost
