@@ -36,6 +36,12 @@ def stop_job(rig: Rig, proc: Popen[bytes]) -> None:
     proc.wait()
 
 
+def cost_micros(ledger: Ledger, user: str) -> int:
+    """What the ledger says a user's usage cost, in micro-units (InfluxDB's cost_micros)."""
+    return int(sum(Decimal(c) for (c,) in ledger.db.execute(
+        "SELECT cost FROM usage_lines WHERE user = ?", (user,))) * 1_000_000)
+
+
 def check_ledger(rig: Rig, opening: Decimal = Decimal(100), debited: bool = True) -> Ledger:
     """Every cost is usage times the price; balances follow; windows contiguous, once each."""
     ledger = Ledger(rig.ledger_path)
@@ -82,11 +88,8 @@ def test_ten_windows_of_jobs_starting_and_stopping_are_billed_exactly(
     assert truth[(bob.name, "cpu", "")][1] > 2
     ledger = check_ledger(rig)
     assert ledger.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
-    backlog = ledger.outbox_backlog()
-    assert backlog == 0
-    micros = {u: int(sum(Decimal(c) for (c,) in ledger.db.execute(
-        "SELECT cost FROM usage_lines WHERE user = ?", (u,))) * 1_000_000)
-        for u in (alice.name, bob.name)}
+    assert ledger.outbox_backlog() == 0
+    micros = {u: cost_micros(ledger, u) for u in (alice.name, bob.name)}
     assert {u: v for u, v in rig.influx_sums().items() if u in micros} == micros
 
 
@@ -145,8 +148,7 @@ def test_influxdb_away_billing_goes_on_and_the_outbox_drains(
         wait_for(lambda: ledger.outbox_backlog() == 0, timeout=15, what="the outbox to drain")
     assert engine.influx_ok
     check_ledger(rig)
-    micros = int(sum(Decimal(c) for (c,) in ledger.db.execute(
-        "SELECT cost FROM usage_lines WHERE user = ?", (carol.name,))) * 1_000_000)
+    micros = cost_micros(ledger, carol.name)
     assert micros > 0
     assert rig.influx_sums()[carol.name] == micros
 
