@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
     user TEXT PRIMARY KEY,
     balance TEXT NOT NULL,
+    charged TEXT NOT NULL DEFAULT '0',  -- every charge ever, for the burn-rate metric
     opened_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS transactions (
@@ -174,6 +175,10 @@ class Ledger:
             raise LedgerError(f"idempotency key {key!r} was already used")
         balance = Decimal(row[0]) + amount
         db.execute("UPDATE accounts SET balance = ? WHERE user = ?", (str(balance), user))
+        if kind == "charge":
+            charged = Decimal(db.execute("SELECT charged FROM accounts WHERE user = ?",
+                                         (user,)).fetchone()[0]) - amount
+            db.execute("UPDATE accounts SET charged = ? WHERE user = ?", (str(charged), user))
         db.execute("INSERT INTO transactions (user, kind, amount, balance_after, at, reason, "
                    "window_end, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (user, kind, str(amount), str(balance), at, reason, window_end, key))

@@ -37,11 +37,12 @@ class BillingCollector(Collector):
         self.settings = settings
         self.engine = engine
 
-    def _read(self) -> tuple[list[tuple[str, str]], int | None, int, str, int]:
+    def _read(self) -> tuple[list[tuple[str, str, str]], int | None, int, str, int]:
         uri = f"file:{Path(self.settings.ledger).resolve()}?mode=ro"
         db = sqlite3.connect(uri, uri=True, timeout=5.0)
         try:
-            balances = db.execute("SELECT user, balance FROM accounts ORDER BY user").fetchall()
+            balances = db.execute("SELECT user, balance, charged FROM accounts ORDER BY user"
+                                  ).fetchall()
             last = db.execute("SELECT MAX(window_end) FROM windows").fetchone()[0]
             backlog = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
             row = db.execute("SELECT value FROM meta WHERE key = 'charged_total'").fetchone()
@@ -65,11 +66,15 @@ class BillingCollector(Collector):
         threshold = GaugeMetricFamily(
             "gpuacct_account_threshold", "Balance below which an account enters the tier.",
             labels=["user", "tier"])
-        for user, amount in balances:
+        charged_by_user = CounterMetricFamily(
+            "gpuacct_account_charged", "Money charged to an account for usage, ever.",
+            labels=["user"])
+        for user, amount, charged_so_far in balances:
             balance.add_metric([user], float(Decimal(amount)))
+            charged_by_user.add_metric([user], float(Decimal(charged_so_far)))
             for tier, value in thresholds(self.settings, user).items():
                 threshold.add_metric([user, tier], float(value))
-        yield from (balance, threshold)
+        yield from (balance, threshold, charged_by_user)
         if last is not None:
             yield GaugeMetricFamily("gpuacct_billing_last_window_end_timestamp_seconds",
                                     "End of the latest billed window.", value=last)

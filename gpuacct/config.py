@@ -189,6 +189,8 @@ class StackSettings(Section):
     influxdb_port: Port = 18086
     exporter_port: Port = 19835
     billing_port: Port = 19836
+    enforcer_port: Port = 19837  # where Alertmanager delivers enforcement alerts
+    rules_dir: Path | None = None  # default: the rules/ folder beside the gpuacct package
     scrape_interval_seconds: PositiveFloat = 15.0
     prometheus_binary: str = "prometheus"
     alertmanager_binary: str = "prometheus-alertmanager"

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from gpuacct import alerting
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.config import CONFIG_ENV, Settings
 from gpuacct.stack import configs, servers
@@ -43,10 +44,12 @@ class Stack:
             f"http://{host}:{s.influxdb_port}", f'CREATE DATABASE "{database}"', method="POST"
         )
 
+        rules_dir = s.rules_dir or alerting.RULES_DIR
+        am_config = alerting.render_alertmanager(
+            rules_dir / "alertmanager.yml", f"http://{host}:{s.enforcer_port}/v1/alerts",
+            alerting.webhook_token_file(d / "webhook-token"), os.environ)
         am = servers.start_alertmanager(
-            d / "alertmanager", s.alertmanager_port, configs.alertmanager_config(),
-            s.alertmanager_binary, host,
-        )
+            d / "alertmanager", s.alertmanager_port, am_config, s.alertmanager_binary, host)
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
 
         exporter = self._start_service("exporter", "exporter", [], s.exporter_port, {
@@ -58,7 +61,8 @@ class Stack:
         })
         self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
 
-        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"])
+        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"],
+                                                alerting.rule_files(rules_dir))
         prom = servers.start_prometheus(
             d / "prometheus", s.prometheus_port, prom_config, s.prometheus_binary, host
         )

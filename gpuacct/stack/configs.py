@@ -14,15 +14,17 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def prometheus_config(stack: StackSettings, exporter_targets: list[str]) -> dict[str, Any]:
-    """Scrape configs for every part; the exporter's own `job` label (the user's job) is kept
-    by honor_labels, as the billing engine and the rules expect."""
+def prometheus_config(stack: StackSettings, exporter_targets: list[str],
+                      rule_files: list[Path]) -> dict[str, Any]:
+    """Scrape configs for every part and gpuacct's rules; the exporter's own `job` label (the
+    user's job) is kept by honor_labels, as the billing engine and the rules expect."""
     host = stack.host
     interval = _duration(stack.scrape_interval_seconds)
     alertmanager = f"{host}:{stack.alertmanager_port}"
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [
             {
                 "job_name": "prometheus",
@@ -34,11 +36,6 @@ def prometheus_config(stack: StackSettings, exporter_targets: list[str]) -> dict
              "static_configs": [{"targets": [f"{host}:{stack.billing_port}"]}]},
         ],
     }
-
-
-def alertmanager_config() -> dict[str, Any]:
-    # Receivers for enforcement and operators arrive with the rules (issue 5).
-    return {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
