@@ -44,7 +44,8 @@ def test_every_rule_file_has_a_test_file() -> None:
 
 
 def test_promtool_unit_tests_pass() -> None:
-    result = subprocess.run(["promtool", "test", "rules", *map(str, sorted(TESTS.glob("*.test.yml")))],
+    files = [str(p) for p in sorted(TESTS.glob("*.test.yml"))]
+    result = subprocess.run(["promtool", "test", "rules", *files],
                             capture_output=True, text=True, cwd=TESTS)
     assert result.returncode == 0, result.stdout + result.stderr
 
