@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,4 +47,44 @@ def render_alertmanager(template: Path, enforcer_url: str, token_file: Path,
                              ("auth_password", "GPUACCT_SMTP_PASSWORD")):
                 if env.get(var):
                     email[key] = env[var]
+    return config
+
+
+_DURATION = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+_IS_DURATION = re.compile(r"^(\d+(ms|y|w|d|h|m|s))+$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+            "w": 604_800_000, "y": 31_536_000_000}
+_TIMING_KEYS = {"for", "keep_firing_for", "group_wait", "group_interval", "repeat_interval"}
+_RANGE = re.compile(r"\[(\w+)(?::(\w*))?\]")
+
+
+def _compress(duration: str, factor: float) -> str:
+    ms = sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(duration))
+    return f"{max(1, round(ms / factor))}ms"
+
+
+def _compress_range(match: re.Match[str], factor: float) -> str:
+    """`[10m]` or a subquery's `[1h:1m]`; a default resolution (`[1h:]`) stays default."""
+    window, step = match.group(1), match.group(2)
+    if step is None:
+        return f"[{_compress(window, factor)}]"
+    return f"[{_compress(window, factor)}:{_compress(step, factor) if step else ''}]"
+
+
+def compress_time(config: Any, factor: float) -> Any:
+    """The one transformation used to run the real rules and Alertmanager config faster (tests,
+    demos): every `for`, `keep_firing_for`, `group_wait`, `group_interval`, `repeat_interval`
+    and every range `[10m]` inside an `expr` is divided by `factor`. Nothing else changes."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key in _TIMING_KEYS and isinstance(value, str) and _IS_DURATION.match(value):
+                out[key] = _compress(value, factor)
+            elif key == "expr" and isinstance(value, str):
+                out[key] = _RANGE.sub(lambda m: _compress_range(m, factor), value)
+            else:
+                out[key] = compress_time(value, factor)
+        return out
+    if isinstance(config, list):
+        return [compress_time(item, factor) for item in config]
     return config

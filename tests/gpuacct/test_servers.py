@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from gpuacct.stack.process import free_port
 from gpuacct.stack.servers import influx_query
-from tests.fixtures.servers import Server, promql, wait_for
+from tests.fixtures.servers import Server, Webhooks, promql, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,33 +52,10 @@ def test_prometheus_scrapes_a_target_and_answers_promql(
         server.shutdown()
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        body = json.loads(self.rfile.read(length))
-        _Receiver.received.append({"auth": self.headers.get("Authorization"), "body": body})
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    _Receiver.received = []
-    httpd = HTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", _Receiver.received
-    httpd.shutdown()
-
-
 def test_alertmanager_delivers_a_posted_alert_to_a_webhook(
         start_alertmanager: Callable[[dict[str, Any]], Server],
-        webhook_receiver: tuple[str, list[dict[str, Any]]]) -> None:
-    url, received = webhook_receiver
+        webhook_receiver: Webhooks) -> None:
+    url, received = webhook_receiver.url, webhook_receiver.received
     am = start_alertmanager({
         "route": {"receiver": "hook", "group_by": ["alertname"], "group_wait": "100ms"},
         "receivers": [{"name": "hook", "webhook_configs": [{
