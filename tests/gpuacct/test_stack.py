@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -55,6 +56,14 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         wait_for(lambda: promql(prom, 'up{job="gpuacct-billing"} == 1'), timeout=30,
                  what="the billing engine scraped")
         assert (tmp_path / "state" / "billing" / "ledger.sqlite3").exists()
+        # The rules are loaded, and Alertmanager routes enforcement to the enforcer's port.
+        with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=5) as response:
+            groups = {g["name"] for g in json.load(response)["data"]["groups"]}
+        assert groups == {"gpuacct-enforcement", "gpuacct-operations", "gpuacct-recording"}
+        with urllib.request.urlopen(f"{urls['alertmanager']}api/v2/status", timeout=5) as r:
+            am_config = json.load(r)["config"]["original"]
+        assert "receiver: enforcer" in am_config and "/v1/alerts" in am_config
+        assert (tmp_path / "state" / "webhook-token").stat().st_mode & 0o077 == 0
 
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 5
