@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from gpuacct import alerting
-from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
 from gpuacct.config import CONFIG_ENV, Settings
 from gpuacct.stack import configs, servers
 from gpuacct.stack.process import ManagedProcess, ServerError
@@ -106,13 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     config_path = args.config or os.environ.get(CONFIG_ENV) or None
     settings = load_or_exit(config_path)
     state_dir = (args.state_dir or settings.stack.state_dir).resolve()
-    stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stopping = stop_on_signals()
 
     stack = Stack(settings, state_dir, Path(config_path) if config_path else None, args.demo)
     try:
