@@ -175,7 +175,7 @@ class Engine:
                     gpu_usage[(*job, labels.get("gpu_model", ""))] += delta
                 else:
                     cpu_usage[job] += delta
-        version = self.prices.version_at(end - self.settings.window_seconds)
+        version = self.prices.version_at(previous)  # the price in force at the window's start
         lines = [UsageLine(user, job, node, model, gpu, cpu,
                            self.prices.cost(version, model, gpu, cpu))
                  for (user, job, node, model), (gpu, cpu) in _lines(gpu_usage, cpu_usage)]
