@@ -2,7 +2,10 @@
 
 Per cycle only `/proc/<pid>/stat` is read (one read gives CPU times, parent, session and RSS).
 What never changes for a (pid, start time) pair — real uid, environment, command line, cgroup —
-is read once and cached; a pid that is reused gets a new start time and so a new entry.
+is read once and cached; a pid that is reused gets a new start time and so a new entry. An exec
+keeps pid and start time but replaces environment and command line, so the cache also keys on
+what an exec changes in the same stat line (comm and the argument and environment addresses):
+a process caught between fork and exec is identified again once it runs its program.
 """
 
 from __future__ import annotations
@@ -98,7 +101,9 @@ class ProcessTable:
         self.job_env_vars = job_env_vars
         self.root = proc_root
         self.user_names = UserNames()
-        self._identities: dict[tuple[int, int], ProcIdentity | None] = {}
+        # (pid, start) -> (what an exec changes, identity)
+        self._identities: dict[tuple[int, int], tuple[tuple[object, ...], ProcIdentity | None]]
+        self._identities = {}
         # Alive but billed to nobody (root, system users): they still take a share of a GPU.
         self.unbilled_pids: set[int] = set()
 
@@ -116,9 +121,12 @@ class ProcessTable:
                 start = int(f[19])
                 key = (pid, start)
                 seen.add(key)
-                if key not in self._identities:
-                    self._identities[key] = self._identify(pid, int(f[3]), comm)
-                identity = self._identities[key]
+                image = (comm, *f[45:49])  # arg_start, arg_end, env_start, env_end
+                cached = self._identities.get(key)
+                if cached is None or cached[0] != image:
+                    cached = (image, self._identify(pid, int(f[3]), comm))
+                    self._identities[key] = cached
+                identity = cached[1]
             except (OSError, ValueError, IndexError):
                 continue  # gone, or a /proc entry we cannot parse: not ours to bill
             if identity is None:

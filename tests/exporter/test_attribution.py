@@ -13,8 +13,10 @@ from typing import Any
 import psutil
 import pytest
 
+from exporter.procs import ProcessTable
 from tests.exporter.conftest import Node
 from tests.fixtures.gpus import A100, RTX3090, FakeGpus, device
+from tests.fixtures.servers import wait_for
 from tests.fixtures.users import SCRIPTS, Processes, UnixUser, find_descendant, wait_until_exec
 
 pytestmark = pytest.mark.root
@@ -36,6 +38,20 @@ def gpu_job(processes: Processes, gpus: FakeGpus, user: UnixUser | int, job: str
     wait_until_exec(proc, "idle.py")
     gpus.put(gpu, proc.pid, **put)
     return proc
+
+
+def test_a_process_seen_before_its_exec_gets_its_job_from_the_program_it_runs(
+        processes: Processes, test_users: Users) -> None:
+    table = ProcessTable(1000, ["env", "session"], ["GPUACCT_JOB"])
+    # A wrapper that execs the program later: until then, its own environment and command line.
+    proc = processes.run(test_users["bob"], ["/bin/sh", "-c", "sleep 0.5; GPUACCT_JOB=after-exec"
+                                             f" exec /usr/bin/python3 {SCRIPTS / 'idle.py'}"])
+    time.sleep(0.2)
+    before = {s.pid: s.identity for s in table.scan()}
+    assert before[proc.pid].job.startswith("sid-")
+    wait_for(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "python3")
+    after = {s.pid: s.identity for s in table.scan()}
+    assert (after[proc.pid].job, after[proc.pid].name) == ("after-exec", "idle.py")
 
 
 def test_env_var_job_with_name_gpu_uuid_and_model(

@@ -9,10 +9,12 @@ from exporter.procs import CLOCK_TICKS, PAGE_SIZE, ProcessTable, parse_stat
 
 def stat_line(pid: int, comm: str, ppid: int = 1, session: int = 100, utime: int = 50,
               stime: int = 25, cutime: int = 0, cstime: int = 0, start: int = 1000,
-              rss: int = 256) -> str:
+              rss: int = 256, image: int = 0) -> str:
     fields = ["S", ppid, pid, session, 0, -1, 4194304, 0, 0, 0, 0, utime, stime, cutime, cstime,
               20, 0, 1, 0, start, 123456, rss]
-    return f"{pid} ({comm}) " + " ".join(map(str, fields)) + " 0" * 30 + "\n"
+    tail = [0] * 30
+    tail[23:27] = [image] * 4  # arg_start, arg_end, env_start, env_end: an exec moves them
+    return f"{pid} ({comm}) " + " ".join(map(str, fields + tail)) + "\n"
 
 
 def make_proc(root: Path, pid: int, uid: int, comm: str = "python3",
@@ -88,6 +90,18 @@ def test_identity_is_read_once_per_pid_and_start_time(tmp_path: Path) -> None:
     assert t.scan()[0].identity.job == "first"  # not re-read for the same process
     (tmp_path / "30" / "stat").write_text(stat_line(30, "python3", start=900))
     assert t.scan()[0].identity.job == "changed"  # pid reused: a new process
+
+
+def test_identity_is_read_again_after_an_exec(tmp_path: Path) -> None:
+    # Caught between fork and exec: the parent's environment and command line.
+    make_proc(tmp_path, 31, 1000, comm="bash", argv=("bash",), env="HOME=/\0", image=1)
+    t = table(tmp_path)
+    assert t.scan()[0].identity.job == "sid-100"
+    (tmp_path / "31" / "environ").write_text("GPUACCT_JOB=exp9\0")
+    (tmp_path / "31" / "cmdline").write_bytes(b"python3\0train.py\0")
+    (tmp_path / "31" / "stat").write_text(stat_line(31, "python3", image=7))
+    identity = t.scan()[0].identity
+    assert (identity.job, identity.name) == ("exp9", "train.py")
 
 
 def test_container_job_when_no_env_var(tmp_path: Path) -> None:
