@@ -27,8 +27,8 @@ from pathlib import Path
 from billing_engine.engine import QUERY, Engine
 from billing_engine.influx import InfluxV1
 from billing_engine.ledger import Ledger
-from billing_engine.promql import Prometheus
 from gpuacct.config import BillingSettings, InfluxV1Settings
+from gpuacct.promql import Prometheus
 from gpuacct.stack import servers
 from gpuacct.stack.process import ManagedProcess, free_port
 

@@ -21,7 +21,6 @@ from billing_engine.influx import make_sink
 from billing_engine.ledger import Ledger, LedgerError
 from billing_engine.metrics import build_registry, thresholds
 from billing_engine.money import parse_amount
-from billing_engine.promql import Prometheus
 from gpuacct.cli_common import (
     add_config_argument,
     add_listen_argument,
@@ -32,6 +31,7 @@ from gpuacct.cli_common import (
 )
 from gpuacct.config import BillingSettings, Settings
 from gpuacct.metrics_http import serve
+from gpuacct.promql import Prometheus
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,8 +22,8 @@ from decimal import Decimal
 from billing_engine.influx import InfluxSink, InfluxUnavailable, to_line
 from billing_engine.ledger import Ledger, UsageLine
 from billing_engine.pricing import PriceBook
-from billing_engine.promql import Prometheus, PrometheusUnavailable, Sample
 from gpuacct.config import BillingSettings
+from gpuacct.promql import Prometheus, PrometheusUnavailable, Sample
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import sys
 
 from exporter.backends import open_backend
 from exporter.collector import build_registry
+from exporter.enforcement import start_enforcement
 from exporter.gpu import GpuUnavailable
 from exporter.sampler import Sampler
 from gpuacct.cli_common import (
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
 
-    settings = load_or_exit(args.config).exporter
+    all_settings = load_or_exit(args.config)
+    settings = all_settings.exporter
     log = setup_logging("gpuacct-exporter", args.verbose)
     host, port = parse_listen_address(args.listen_address or settings.listen_address)
 
@@ -38,15 +40,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sampler = Sampler(settings, backend)
     sampler.cycle()  # the first scrape already has data
+    registry = build_registry(lambda: sampler.snapshot)
+    enforcement = start_enforcement(all_settings, lambda: sampler.snapshot)
+    if enforcement:
+        registry.register(enforcement.actuator)
     try:
-        server = serve(host, port, build_registry(lambda: sampler.snapshot), "gpuacct exporter")
+        server = serve(host, port, registry, "gpuacct exporter",
+                       enforcement.routes if enforcement else None)
     except OSError as exc:
         print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
     log.info("serving /metrics on %s:%d, sampling every %gs, state in %s",
              host, port, settings.interval_seconds, settings.state_file)
 
-    sampler.run(stop_on_signals())
+    stop = stop_on_signals()
+    if enforcement:
+        enforcement.start(stop)
+    sampler.run(stop, enforcement.actuator.cycle if enforcement else None)
     server.shutdown()
     if backend is not None:
         backend.close()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gpuacct.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,4 @@ def load_state(path: Path) -> UsageState | None:
 
 
 def save_state(path: Path, state: UsageState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(state.to_json(), f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(state.to_json(), separators=(",", ":")).encode())

@@ -7,13 +7,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.accounting import GpuHolder, account_cpu, account_gpu, gpu_holders, update_jobs
 from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
 from exporter.gpu import GpuBackend, GpuReading, GpuUnavailable
-from exporter.procs import ProcessTable, uptime_seconds
+from exporter.procs import ProcessTable, ProcSample, uptime_seconds
 from gpuacct.config import ExporterSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class Snapshot:
     job_memory_bytes: dict[JobKey, int] = field(default_factory=dict)
     job_processes: dict[JobKey, int] = field(default_factory=dict)
     holders: tuple[GpuHolder, ...] = ()
+    procs: tuple[ProcSample, ...] = ()  # billable processes, for the actuator
     gpus: GpuReading | None = None
     xid_errors: dict[tuple[int, str, int], Counter] = field(default_factory=dict)
     collectors: dict[str, tuple[bool, float]] = field(default_factory=dict)
@@ -117,6 +119,7 @@ class Sampler:
             job_memory_bytes=dict(memory),
             job_processes=dict(count),
             holders=tuple(h for h in holders if h.user),
+            procs=tuple(procs),
             gpus=reading,
             xid_errors={k: Counter(c.value, c.created) for k, c in self._xids.items()},
             collectors=collectors,
@@ -129,8 +132,10 @@ class Sampler:
                 key = (device.index, device.uuid, xid)
                 self._xids.setdefault(key, Counter(0.0, now)).value += 1
 
-    def run(self, stop: threading.Event) -> None:
-        """Cycle at a fixed rate until `stop` is set; a slow cycle skips, never bunches up."""
+    def run(self, stop: threading.Event,
+            after: Callable[[Snapshot], None] | None = None) -> None:
+        """Cycle at a fixed rate until `stop` is set; a slow cycle skips, never bunches up.
+        `after` (the actuator) sees every snapshot as soon as it is taken."""
         interval = self.settings.interval_seconds
         deadline = time.monotonic()
         while True:
@@ -141,6 +146,12 @@ class Sampler:
             if stop.wait(deadline - now):
                 return
             try:
-                self.cycle()
+                snapshot = self.cycle()
             except Exception:
                 log.exception("sampling cycle failed")
+                continue
+            if after is not None:
+                try:
+                    after(snapshot)
+                except Exception:
+                    log.exception("enforcement after the sampling cycle failed")

@@ -67,6 +67,23 @@ class NvmlSettings(Section):
     fake_file: Path | None = None
 
 
+class ActuatorSettings(Section):
+    """The node side of enforcement, inside gpuacct-exporter (needs `auth.node_hmac_key`)."""
+
+    enabled: bool = True
+    node_name: str | None = None  # default: this host's name
+    enforcer_url: str | None = None  # pull the policy from here; none: wait for pushes
+    pull_interval_seconds: PositiveFloat = 60.0
+    kill_grace_seconds: NonNegativeFloat = 30.0  # SIGTERM, then SIGKILL after this
+    protected_users: list[str] = []  # never signalled or throttled, whatever the policy says
+    dry_run: bool = False  # log what would be done, do nothing
+    # How CPU is limited: auto picks systemd, else cgroup v2, else cgroup v1.
+    cpu_limiter: Literal["auto", "systemd", "cgroup2", "cgroup1", "off"] = "auto"
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    hook_dir: Path = Path("/run/gpuacct/users")  # one file per user for the login hook
+    state_file: Path = Path("/var/lib/gpuacct/actuator-state.json")
+
+
 class ExporterSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9835"
     interval_seconds: PositiveFloat = 5.0
@@ -79,6 +96,7 @@ class ExporterSettings(Section):
     retention_seconds: NonNegativeFloat = 900.0
     state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
     nvml: NvmlSettings = NvmlSettings()
+    actuator: ActuatorSettings = ActuatorSettings()
 
 
 Money = Annotated[Decimal, Field(allow_inf_nan=False)]
@@ -179,6 +197,25 @@ class AuthSettings(Section):
     node_hmac_key: Secret | None = None
     webhook_token: Secret | None = None
     admin_password_hash: Secret | None = None
+    max_clock_skew_seconds: PositiveFloat = 30.0  # signed node requests older than this fail
+
+
+class EnforcerSettings(Section):
+    listen_address: ListenAddress = "0.0.0.0:9837"
+    database: Path = Path("/var/lib/gpuacct/enforcer.sqlite3")  # desired state and audit log
+    nodes: list[str] = []  # node base URLs (http://node:9835); empty: ask Prometheus
+    prometheus_url: str = "http://127.0.0.1:19090"
+    exporter_job: str = "gpuacct-exporter"  # the scrape job whose targets are the nodes
+    discovery_interval_seconds: PositiveFloat = 30.0
+    push_timeout_seconds: PositiveFloat = 5.0
+    max_backoff_seconds: PositiveFloat = 30.0
+
+
+class ClientSettings(Section):
+    """gpuacct-balance, run by users on a node."""
+
+    prometheus_url: str = "http://127.0.0.1:19090"
+    timeout_seconds: PositiveFloat = 2.0
 
 
 class StackSettings(Section):
@@ -201,6 +238,8 @@ class Settings(Section):
     exporter: ExporterSettings = ExporterSettings()
     billing: BillingSettings = BillingSettings()
     influxdb: InfluxSettings = InfluxV1Settings()
+    enforcer: EnforcerSettings = EnforcerSettings()
+    client: ClientSettings = ClientSettings()
     auth: AuthSettings = AuthSettings()
     stack: StackSettings = StackSettings()
 
@@ -215,7 +254,8 @@ def _key_path(loc: Sequence[int | str]) -> str:
     return path or "(top level)"
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as `key.path: what is wrong` (config files and HTTP bodies alike)."""
     where = _key_path(error["loc"])
     kind = error["type"]
     if kind == "missing":
@@ -235,7 +275,7 @@ def settings_from_mapping(data: Any, source: str = "config") -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            "\n".join(f"{source}: {_describe(e)}" for e in exc.errors(include_url=False))
+            "\n".join(f"{source}: {describe_error(e)}" for e in exc.errors(include_url=False))
         ) from None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -30,14 +30,19 @@ class _DualStackServer(ThreadingWSGIServer):
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def make_app(registry: CollectorRegistry, title: str) -> WsgiApp:
+def make_app(registry: CollectorRegistry, title: str,
+             routes: Mapping[str, WsgiApp] | None = None) -> WsgiApp:
+    """/metrics, a landing page, and `routes` (path to app)."""
     metrics = make_wsgi_app(registry)
+    routes = dict(routes or {})
     landing = _LANDING.format(title=title).encode()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             return metrics(environ, start_response)  # type: ignore[no-any-return]
+        if path in routes:
+            return routes[path](environ, start_response)
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]
@@ -47,11 +52,11 @@ def make_app(registry: CollectorRegistry, title: str) -> WsgiApp:
     return app
 
 
-def serve(host: str, port: int, registry: CollectorRegistry,
-          title: str) -> ThreadingWSGIServer:
+def serve(host: str, port: int, registry: CollectorRegistry, title: str,
+          routes: Mapping[str, WsgiApp] | None = None) -> ThreadingWSGIServer:
     """Start serving in a daemon thread; raises OSError if the address cannot be bound."""
     server_class = _DualStackServer if ":" in host else ThreadingWSGIServer
-    server = make_server(host, port, make_app(registry, title), server_class,
+    server = make_server(host, port, make_app(registry, title, routes), server_class,
                          handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.ledger import Ledger
-from billing_engine.promql import Prometheus
 from gpuacct.config import Settings, settings_from_mapping
+from gpuacct.promql import Prometheus
 from gpuacct.stack.servers import influx_query
 from tests.fixtures.exporter import Exporter
 from tests.fixtures.gpus import RTX3090, FakeGpus, device

@@ -1,0 +1,111 @@
+"""The enforcer's HTTP API.
+
+- `POST /v1/alerts`: Alertmanager's webhook (bearer token); 400 with the problem named for a bad
+  payload, 401 without the token, 200 once the delivery is stored (pushing happens after).
+- `POST /v1/sync`: a node's signed pull; it reports its actions and gets the signed policy.
+- `GET /v1/policy`, `GET /v1/audit`: the desired state and the audit log (bearer token).
+- `GET /metrics` (open, like every exporter), `GET /-/healthy`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from enforcer.nodes import Pusher
+from enforcer.payload import Notification
+from enforcer.store import Store
+from gpuacct.config import describe_error
+from gpuacct.policy import SyncRequest
+from gpuacct.signing import SignatureError, Verifier, sign
+
+log = logging.getLogger(__name__)
+SYNC_PATH = "/v1/sync"
+
+
+def _problems(exc: RequestValidationError | ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [p for p in error["loc"] if p != "body"]
+        lines.append(describe_error({**error, "loc": loc}) if error["type"] != "json_invalid"
+                     else f"body is not valid JSON: {error.get('ctx', {}).get('error', '')}")
+    return "; ".join(lines)
+
+
+def create_app(store: Store, pusher: Pusher, webhook_token: str, node_key: bytes,
+               verifier: Verifier, registry: CollectorRegistry) -> FastAPI:
+    app = FastAPI(title="gpuacct-enforcer", version="1",
+                  description="Alertmanager's webhook in, the enforcement policy out to nodes.")
+    received = Counter("gpuacct_enforcer_alerts_received", "Alerts in webhook deliveries.",
+                       ["outcome"], registry=registry)
+    for outcome in ("new", "duplicate", "refused"):
+        received.labels(outcome)
+    version = Gauge("gpuacct_enforcer_policy_version", "Version of the desired policy.",
+                    registry=registry)
+    version.set_function(lambda: store.policy.version)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        received.labels("refused").inc()
+        return JSONResponse({"error": f"bad payload: {_problems(exc)}"}, status_code=400)
+
+    def bearer(authorization: Annotated[str, Header()] = "") -> None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(),
+                                                                  webhook_token.encode()):
+            raise HTTPException(401, "a bearer token is required (auth.webhook_token)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    authorized = [Depends(bearer)]
+
+    @app.post("/v1/alerts", dependencies=authorized)
+    def alerts(notification: Notification) -> dict[str, int]:
+        result = store.receive(notification)
+        received.labels("new").inc(result.new)
+        received.labels("duplicate").inc(result.duplicate)
+        if result.changed:
+            log.info("policy %d: %s", result.version, store.policy.users)
+            pusher.policy_changed()
+        return {"new": result.new, "duplicate": result.duplicate, "version": result.version}
+
+    @app.post(SYNC_PATH, include_in_schema=False)
+    async def sync(request: Request) -> Response:
+        body = await request.body()
+        try:
+            verifier.verify("POST", SYNC_PATH, dict(request.headers), body)
+        except SignatureError as exc:
+            raise HTTPException(401, f"refused: {exc}") from None
+        try:
+            report = SyncRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(400, f"bad sync request: {_problems(exc)}") from None
+        store.record_actions(report.node, report.actions)
+        answer = store.dump_policy()
+        return Response(answer, media_type="application/json",
+                        headers=sign(node_key, "RESPONSE", SYNC_PATH, answer))
+
+    @app.get("/v1/policy", dependencies=authorized)
+    def policy() -> Response:
+        return Response(store.dump_policy(), media_type="application/json")
+
+    @app.get("/v1/audit", dependencies=authorized)
+    def audit(user: str | None = None, limit: int = 1000) -> list[dict[str, object]]:
+        return [vars(e) for e in store.audit(user, max(1, min(limit, 100_000)))]
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/-/healthy", include_in_schema=False)
+    def healthy() -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    return app

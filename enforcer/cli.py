@@ -1,0 +1,97 @@
+"""gpuacct-enforcer: turn Alertmanager's enforcement alerts into a policy every node applies.
+
+  gpuacct-enforcer run      take webhooks on --web.listen-address, push the policy to the nodes
+  gpuacct-enforcer policy   the desired policy now, per user
+  gpuacct-enforcer audit [--user USER] [--limit N]   what was decided and what each node did
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from enforcer.app import create_app
+from enforcer.nodes import Pusher
+from enforcer.store import Store
+from gpuacct.cli_common import (
+    add_config_argument,
+    add_listen_argument,
+    load_or_exit,
+    parse_listen_address,
+    setup_logging,
+)
+from gpuacct.config import Settings
+from gpuacct.signing import Verifier
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuacct-enforcer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="serve the webhook and push the policy")
+    add_listen_argument(run, "the webhook and /metrics")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub.add_parser("policy", help="the desired policy, as JSON")
+    audit = sub.add_parser("audit", help="the audit log, oldest first")
+    audit.add_argument("--user")
+    audit.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+def _secrets(settings: Settings) -> tuple[str, bytes]:
+    auth = settings.auth
+    missing = [name for name, value in (("auth.webhook_token", auth.webhook_token),
+                                        ("auth.node_hmac_key", auth.node_hmac_key)) if not value]
+    if missing or not auth.webhook_token or not auth.node_hmac_key:
+        raise SystemExit(f"gpuacct-enforcer: {' and '.join(missing)} must be set: "
+                         "nothing may change a node's state without them")
+    return (auth.webhook_token.get_secret_value(),
+            auth.node_hmac_key.get_secret_value().encode())
+
+
+def run(settings: Settings, listen: str | None, verbose: bool) -> int:
+    token, key = _secrets(settings)
+    log = setup_logging("gpuacct-enforcer", verbose)
+    host, port = parse_listen_address(listen or settings.enforcer.listen_address)
+    store = Store(settings.enforcer.database)
+    verifier = Verifier(key, settings.auth.max_clock_skew_seconds)
+    registry = CollectorRegistry(auto_describe=False)
+    pusher = Pusher(store, key, verifier, settings.enforcer, registry)
+    app = create_app(store, pusher, token, key, verifier, registry)
+    pusher.start()
+    log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
+             store.policy.version, settings.enforcer.database)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    server.run()
+    pusher.stop()
+    store.close()
+    log.info("stopped")
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = load_or_exit(args.config)
+    if args.command == "run":
+        return run(settings, args.listen_address, args.verbose)
+    if args.command in ("policy", "audit"):
+        if not settings.enforcer.database.exists():
+            print(f"gpuacct-enforcer: no state at {settings.enforcer.database}", file=sys.stderr)
+            return 1
+        store = Store(settings.enforcer.database)
+        if args.command == "policy":
+            print(json.dumps(json.loads(store.dump_policy()), indent=2))
+        for e in store.audit(args.user, args.limit) if args.command == "audit" else ():
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+            print(f"{stamp}  {e.node:<24} {e.user:<16} {e.action:<10} {e.result:<9} "
+                  f"{e.alert}  {e.detail}")
+        return 0
+    _parser().print_help()
+    return 2

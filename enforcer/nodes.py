@@ -1,0 +1,152 @@
+"""Which nodes there are, and pushing the full policy to each of them.
+
+Every node has a worker thread that pushes whenever the policy's version is ahead of what the
+node acknowledged, retrying with exponential backoff; nodes also pull on their own, so one
+that was away converges either way. What a node reports having done goes to the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from enforcer.store import Store
+from gpuacct.config import EnforcerSettings
+from gpuacct.policy import PushResult
+from gpuacct.signed_http import ExchangeError, exchange
+from gpuacct.signing import Verifier
+
+log = logging.getLogger(__name__)
+POLICY_PATH = "/v1/policy"
+
+
+def discover(prometheus_url: str, job: str, timeout: float = 5.0) -> list[str]:
+    """Base URLs of the active scrape targets of `job`, from Prometheus' target API."""
+    url = f"{prometheus_url.rstrip('/')}/api/v1/targets?state=active"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        targets = json.load(response)["data"]["activeTargets"]
+    nodes = set()
+    for target in targets:
+        if target.get("scrapePool") == job or target.get("labels", {}).get("job") == job:
+            parts = urllib.parse.urlsplit(target["scrapeUrl"])
+            nodes.add(f"{parts.scheme}://{parts.netloc}")
+    return sorted(nodes)
+
+
+class PushMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.failures = Counter("gpuacct_enforcer_push_failures", "Failed pushes of the policy.",
+                                ["node"], registry=registry)
+        self.reachable = Gauge("gpuacct_enforcer_node_reachable",
+                               "1 if the node took the last push, 0 if it failed.", ["node"],
+                               registry=registry)
+        self.acked = Gauge("gpuacct_enforcer_node_policy_version",
+                           "Policy version the node last acknowledged.", ["node"],
+                           registry=registry)
+
+
+class NodeWorker:
+    def __init__(self, url: str, store: Store, key: bytes, verifier: Verifier,
+                 settings: EnforcerSettings, metrics: PushMetrics) -> None:
+        self.url = url
+        self.acked = -1
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self._store, self._key, self._verifier = store, key, verifier
+        self._settings, self._metrics = settings, metrics
+        self._thread = threading.Thread(target=self._run, name=f"push {url}", daemon=True)
+        for m in (metrics.failures, metrics.reachable, metrics.acked):
+            m.labels(url)  # a node never pushed to yet still has its series
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self.stop.is_set():
+            self.wake.clear()
+            policy = self._store.policy
+            if self.acked >= policy.version:
+                self.wake.wait(60.0)
+                continue
+            try:
+                self.push(policy.model_dump_json().encode())
+                backoff = 0.5
+            except ExchangeError as exc:
+                log.warning("push of policy %d failed, retry in %.1fs: %s", policy.version,
+                            backoff, exc)
+                self._metrics.failures.labels(self.url).inc()
+                self._metrics.reachable.labels(self.url).set(0)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self._settings.max_backoff_seconds)
+
+    def push(self, body: bytes) -> None:
+        answer = exchange(self.url, "PUT", POLICY_PATH, body, self._key, self._verifier,
+                          self._settings.push_timeout_seconds)
+        try:
+            result = PushResult.model_validate_json(answer)
+        except ValueError as exc:
+            raise ExchangeError(f"{self.url}: unreadable answer: {exc}") from None
+        self._store.record_actions(result.node, result.actions)
+        self.acked = result.version
+        self._metrics.reachable.labels(self.url).set(1)
+        self._metrics.acked.labels(self.url).set(result.version)
+
+
+class Pusher:
+    """A worker per node; the node list is fixed by config or refreshed from Prometheus."""
+
+    def __init__(self, store: Store, key: bytes, verifier: Verifier, settings: EnforcerSettings,
+                 registry: CollectorRegistry,
+                 discover_nodes: Callable[[], list[str]] | None = None) -> None:
+        self._store, self._key, self._verifier, self._settings = store, key, verifier, settings
+        self._metrics = PushMetrics(registry)
+        self._discover = discover_nodes or (lambda: discover(settings.prometheus_url,
+                                                             settings.exporter_job))
+        self.workers: dict[str, NodeWorker] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._settings.nodes:
+            self._set_nodes(self._settings.nodes)
+        else:
+            threading.Thread(target=self._discovery_loop, name="discovery", daemon=True).start()
+
+    def _discovery_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._set_nodes(self._discover())
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("cannot list nodes from Prometheus: %s", exc)
+            self._stop.wait(self._settings.discovery_interval_seconds)
+
+    def _set_nodes(self, urls: list[str]) -> None:
+        with self._lock:
+            for url in self.workers.keys() - set(urls):
+                log.info("node %s is gone", url)
+                self.workers.pop(url).stop.set()
+            for url in set(urls) - self.workers.keys():
+                log.info("node %s", url)
+                worker = NodeWorker(url, self._store, self._key, self._verifier,
+                                    self._settings, self._metrics)
+                self.workers[url] = worker
+                worker.start()
+
+    def policy_changed(self) -> None:
+        with self._lock:
+            for worker in self.workers.values():
+                worker.wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for worker in self.workers.values():
+                worker.stop.set()
+                worker.wake.set()

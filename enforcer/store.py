@@ -1,0 +1,158 @@
+"""The enforcer's memory, in SQLite: firing alerts, deliveries seen, the desired policy with its
+version, and the audit log. One webhook delivery is one transaction.
+
+A delivery is identified by (fingerprint, startsAt, status): seen before, it changes nothing,
+so Alertmanager's retries and repeats are harmless. A resolved alert removes the firing one of
+the same fingerprint and start, even if it arrives first.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from enforcer.payload import Notification
+from gpuacct.policy import NodeAction, NodePolicy, Reason, UserPolicy, combine
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL, status TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (fingerprint, starts_at, status)
+);
+CREATE TABLE IF NOT EXISTS firing (
+    fingerprint TEXT PRIMARY KEY, starts_at TEXT NOT NULL, user TEXT NOT NULL,
+    reason TEXT NOT NULL  -- gpuacct.policy.Reason as JSON
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    user TEXT NOT NULL,
+    alert TEXT NOT NULL,
+    action TEXT NOT NULL,
+    node TEXT NOT NULL,  -- 'enforcer' for changes of the desired state
+    result TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    report_id TEXT UNIQUE  -- a node's action id: a report delivered twice is audited once
+);
+"""
+
+
+@dataclass(frozen=True)
+class Received:
+    new: int
+    duplicate: int
+    version: int
+    changed: bool
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: float
+    user: str
+    alert: str
+    action: str
+    node: str
+    result: str
+    detail: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self.policy = self._load_policy()
+
+    def _load_policy(self) -> NodePolicy:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'policy'").fetchone()
+        return NodePolicy.model_validate_json(row[0]) if row else NodePolicy()
+
+    def receive(self, notification: Notification, now: float | None = None) -> Received:
+        """Apply one delivery; the policy's version goes up only if the policy changed."""
+        now = time.time() if now is None else now
+        new = duplicate = 0
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for alert in notification.alerts:
+                    key = (alert.fingerprint, alert.startsAt.isoformat(), alert.status)
+                    inserted = self.db.execute(
+                        "INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?)", (*key, now))
+                    if not inserted.rowcount:
+                        duplicate += 1
+                        continue
+                    new += 1
+                    reason = alert.reason()
+                    if alert.status == "firing":
+                        if self._resolved(key[0], key[1]):
+                            continue  # its resolution overtook it
+                        self.db.execute(
+                            "INSERT OR REPLACE INTO firing VALUES (?, ?, ?, ?)",
+                            (key[0], key[1], alert.user, reason.model_dump_json()))
+                    else:
+                        self.db.execute("DELETE FROM firing WHERE fingerprint = ? AND "
+                                        "starts_at <= ?", key[:2])
+                    self._audit(now, alert.user, reason.alert, reason.action, "enforcer",
+                                alert.status, reason.summary)
+                policy = NodePolicy(version=self.policy.version, users=self._desired())
+                changed = policy.users != self.policy.users
+                if changed:
+                    # Milliseconds, so a new version is higher than any before even if this
+                    # database was lost and started afresh (nodes take only newer versions).
+                    policy = policy.model_copy(update={"version": max(
+                        policy.version + 1, int(now * 1000))})
+                    self.db.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)",
+                                    (policy.model_dump_json(),))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.policy = policy
+        return Received(new, duplicate, policy.version, changed)
+
+    def _resolved(self, fingerprint: str, starts_at: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM deliveries WHERE fingerprint = ? AND starts_at = ? AND "
+            "status = 'resolved'", (fingerprint, starts_at)).fetchone() is not None
+
+    def _desired(self) -> dict[str, UserPolicy]:
+        reasons: dict[str, list[Reason]] = defaultdict(list)
+        for user, raw in self.db.execute("SELECT user, reason FROM firing"):
+            reasons[user].append(Reason.model_validate_json(raw))
+        return {user: combine(rs) for user, rs in sorted(reasons.items())}
+
+    def _audit(self, at: float, user: str, alert: str, action: str, node: str, result: str,
+               detail: str, report_id: str | None = None) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO audit (at, user, alert, action, node, result, detail, "
+            "report_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, user, alert, action, node, result, detail, report_id))
+
+    def record_actions(self, node: str, actions: Iterable[NodeAction]) -> None:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            for a in actions:
+                self._audit(a.at, a.user, a.alert, a.action, node, a.result, a.detail, a.id)
+            self.db.execute("COMMIT")
+
+    def audit(self, user: str | None = None, limit: int = 1000) -> list[AuditEntry]:
+        rows = self.db.execute(
+            "SELECT at, user, alert, action, node, result, detail FROM audit "
+            "WHERE ? IS NULL OR user = ? ORDER BY id DESC LIMIT ?", (user, user, limit))
+        return [AuditEntry(*r) for r in rows][::-1]
+
+    def dump_policy(self) -> bytes:
+        return self.policy.model_dump_json().encode()
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,155 @@
+"""gpuacct-balance: your GPU balance, tier, what is enforced on you and why, and how long the
+money lasts at your current spending.
+
+  gpuacct-balance              the full picture
+  gpuacct-balance --greeting   one or two lines for the login hook; silent when all is well
+  gpuacct-balance --json       the same as JSON
+  gpuacct-balance --print-hook the /etc/profile.d hook, to install it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+from exporter.hookfile import read_hook
+from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.promql import Prometheus, PrometheusUnavailable
+
+TIERS = ("exhausted", "limited", "warning")  # most severe first
+
+
+@dataclass
+class Status:
+    user: str
+    balance: str | None = None
+    tier: str | None = None
+    thresholds: dict[str, str] = field(default_factory=dict)
+    cost_per_hour: str | None = None
+    seconds_left: float | None = None
+    enforcement: dict[str, Any] | None = None
+    problem: str | None = None  # why the numbers are missing
+
+
+def _one(prometheus: Prometheus, query: str) -> list[tuple[dict[str, str], Decimal]]:
+    return [(s.labels, s.value) for s in prometheus.instant(query, time.time())]
+
+
+def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None) -> Status:
+    status = Status(user=user, enforcement=enforcement)
+    selector = f'{{user="{user}"}}'
+    try:
+        balance = _one(prometheus, f"min(gpuacct_account_balance{selector})")
+        tiers = _one(prometheus, f"max by (tier) (gpuacct_account_threshold{selector})")
+        rate = _one(prometheus, f"max(user:gpuacct_cost_per_hour:rate1h{selector})")
+        left = _one(prometheus, f"min(user:gpuacct_seconds_until_exhausted:rate1h{selector})")
+    except PrometheusUnavailable as exc:
+        status.problem = f"balance unknown: {exc}"
+        return status
+    if not balance:
+        status.problem = "no account yet: it opens with your first billed minute"
+        return status
+    value = balance[0][1]
+    status.balance = f"{value:.2f}"
+    status.thresholds = {labels["tier"]: f"{v:.2f}" for labels, v in tiers}
+    status.tier = next((t for t in TIERS if t in status.thresholds
+                        and value < Decimal(status.thresholds[t])), "ok")
+    status.cost_per_hour = f"{rate[0][1]:.2f}" if rate else "0.00"
+    status.seconds_left = float(left[0][1]) if left else None
+    return status
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
+
+
+def _enforced(enforcement: dict[str, Any] | None) -> list[str]:
+    if not enforcement:
+        return []
+    lines = []
+    if enforcement.get("kill"):
+        lines.append("your GPU processes are being stopped")
+    elif enforcement.get("block"):
+        lines.append("new GPU work is blocked (what was running goes on)")
+    if enforcement.get("cpu_quota_percent"):
+        lines.append(f"CPU limited to {enforcement['cpu_quota_percent']}% of one core")
+    if enforcement.get("dry_run") and lines:
+        lines = [f"{line} [dry run: not enforced]" for line in lines]
+    return lines
+
+
+def render(status: Status) -> str:
+    out = [f"gpuacct balance for {status.user}"]
+    if status.balance is None:
+        out.append(f"  balance      {status.problem}")
+    else:
+        limits = ", ".join(f"{t} below {status.thresholds[t]}" for t in reversed(TIERS)
+                           if t in status.thresholds)
+        out.append(f"  balance      {status.balance}  (tier: {status.tier}; {limits})")
+        spending = f"  spending     {status.cost_per_hour} an hour over the last hour"
+        if status.seconds_left is not None:
+            spending += f"; at that rate it runs out in {_duration(status.seconds_left)}"
+        out.append(spending)
+    enforced = _enforced(status.enforcement)
+    out.append(f"  enforced     {'; '.join(enforced) if enforced else 'nothing'}")
+    for reason in (status.enforcement or {}).get("reasons", []):
+        out.append(f"  why          {reason.get('summary') or reason.get('alert')}")
+    return "\n".join(out)
+
+
+def greeting(status: Status) -> str:
+    """Silent when all is well; otherwise what the user should know at login."""
+    enforced = _enforced(status.enforcement)
+    if status.tier in (None, "ok") and not enforced:
+        return ""
+    head = f"gpuacct: balance {status.balance}" if status.balance else "gpuacct:"
+    if status.tier and status.tier != "ok":
+        head += f" ({status.tier})"
+    if status.seconds_left is not None:
+        head += f", runs out in about {_duration(status.seconds_left)}"
+    lines = [head + (f": {'; '.join(enforced)}" if enforced else ". Please recharge soon.")]
+    lines += [f"  {r.get('summary')}" for r in (status.enforcement or {}).get("reasons", [])
+              if r.get("summary")][:3]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuacct-balance", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--greeting", action="store_true", help="short, for the login hook")
+    mode.add_argument("--json", action="store_true", help="machine-readable")
+    mode.add_argument("--print-hook", action="store_true", help="print the profile.d hook")
+    parser.add_argument("--user", help="another user's balance (root only)")
+    args = parser.parse_args(argv)
+    if args.print_hook:
+        print(resources.files("exporter").joinpath("profile.d/gpuacct.sh").read_text(), end="")
+        return 0
+    me = pwd.getpwuid(os.getuid()).pw_name
+    if args.user and args.user != me and os.getuid() != 0:
+        print("gpuacct-balance: only root may look at another user's balance", file=sys.stderr)
+        return 2
+    settings = load_or_exit(args.config)
+    user = args.user or me
+    prometheus = Prometheus(settings.client.prometheus_url, settings.client.timeout_seconds)
+    status = gather(user, prometheus, read_hook(settings.exporter.actuator.hook_dir, user))
+    if args.json:
+        print(json.dumps(asdict(status), indent=2))
+    elif args.greeting:
+        text = greeting(status)
+        if text:
+            print(text)
+    else:
+        print(render(status))
+    return 0

@@ -1,0 +1,59 @@
+"""Wiring the node's enforcement together: the actuator, its endpoint and the pull loop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporter.actuator import Actuator
+from exporter.policy_sync import POLICY_PATH, PolicyEndpoint, Puller
+from exporter.sampler import Snapshot
+from exporter.signals import Signaller
+from exporter.throttle import detect
+from gpuacct.config import Settings
+from gpuacct.metrics_http import WsgiApp
+from gpuacct.signing import Verifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Enforcement:
+    actuator: Actuator
+    routes: dict[str, WsgiApp]
+    puller: Puller | None
+
+    def start(self, stop: threading.Event) -> None:
+        if self.puller:
+            self.puller.start(stop)
+
+
+def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enforcement | None:
+    """The node's enforcement, or None (logged) when it is off or has no key to trust."""
+    actuator_settings = settings.exporter.actuator
+    if not actuator_settings.enabled:
+        log.info("enforcement is off (exporter.actuator.enabled)")
+        return None
+    if settings.auth.node_hmac_key is None:
+        log.warning("enforcement is off: auth.node_hmac_key is not set, so no policy can be "
+                    "trusted")
+        return None
+    key = settings.auth.node_hmac_key.get_secret_value().encode()
+    verifier = Verifier(key, settings.auth.max_clock_skew_seconds)
+    limiter = detect(actuator_settings.cpu_limiter, actuator_settings.cgroup_root)
+    signaller = Signaller(settings.exporter.min_uid, actuator_settings.protected_users,
+                          actuator_settings.dry_run)
+    node = actuator_settings.node_name or socket.gethostname()
+    actuator = Actuator(actuator_settings, node, signaller, limiter, latest)
+    puller = None
+    if actuator_settings.enforcer_url:
+        puller = Puller(actuator, actuator_settings.enforcer_url, key, verifier,
+                        actuator_settings.pull_interval_seconds)
+    log.info("enforcement on as node %s: CPU limiter %s%s, policy %s", node,
+             limiter.name if limiter else "none", ", DRY RUN" if actuator_settings.dry_run
+             else "", f"pulled from {actuator_settings.enforcer_url}" if puller
+             else "pushed only")
+    return Enforcement(actuator, {POLICY_PATH: PolicyEndpoint(actuator, key, verifier)}, puller)

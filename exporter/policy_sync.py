@@ -1,0 +1,99 @@
+"""How the policy reaches the node: pushed by the enforcer to `PUT /v1/policy`, and pulled from
+the enforcer's `/v1/sync` on start and every `pull_interval_seconds`. Both directions are
+signed (gpuacct.signing); an unsigned or altered request is refused with 401 and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from exporter.actuator import Actuator
+from gpuacct.metrics_http import StartResponse
+from gpuacct.policy import NodePolicy, PushResult, SyncRequest
+from gpuacct.signed_http import ExchangeError, exchange
+from gpuacct.signing import SignatureError, Verifier, sign
+
+log = logging.getLogger(__name__)
+POLICY_PATH = "/v1/policy"
+SYNC_PATH = "/v1/sync"
+MAX_BODY = 4 << 20
+
+
+class PolicyEndpoint:
+    """WSGI app for `PUT /v1/policy`."""
+
+    def __init__(self, actuator: Actuator, key: bytes, verifier: Verifier) -> None:
+        self.actuator, self.key, self.verifier = actuator, key, verifier
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def answer(status: str, message: str) -> list[bytes]:
+            start_response(status, [("Content-Type", "application/json")])
+            return [json.dumps({"error": message}).encode()]
+
+        if environ["REQUEST_METHOD"] != "PUT":
+            return answer("405 Method Not Allowed", "use PUT with a signed policy")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return answer("400 Bad Request", "Content-Length is not a number")
+        if length > MAX_BODY:
+            return answer("413 Content Too Large", f"a policy is at most {MAX_BODY} bytes")
+        body = environ["wsgi.input"].read(length)
+        headers = {k[5:].replace("_", "-"): v for k, v in environ.items()
+                   if k.startswith("HTTP_")}
+        try:
+            self.verifier.verify("PUT", POLICY_PATH, headers, body)
+        except SignatureError as exc:
+            log.warning("refused a policy push from %s: %s", environ.get("REMOTE_ADDR"), exc)
+            return answer("401 Unauthorized", f"refused: {exc}")
+        try:
+            policy = NodePolicy.model_validate_json(body)
+        except ValidationError as exc:
+            return answer("400 Bad Request", f"not a policy: {exc.errors()[0]['msg']}")
+        self.actuator.apply(policy)
+        result = PushResult(node=self.actuator.node, version=self.actuator.state.version,
+                            actions=tuple(self.actuator.take_reports()))
+        data = result.model_dump_json().encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  *sign(self.key, "RESPONSE", POLICY_PATH, data).items()])
+        return [data]
+
+
+class Puller:
+    """Pulls the policy (and delivers the reports) until stopped."""
+
+    def __init__(self, actuator: Actuator, enforcer_url: str, key: bytes, verifier: Verifier,
+                 interval: float, timeout: float = 10.0) -> None:
+        self.actuator, self.url, self.key, self.verifier = actuator, enforcer_url, key, verifier
+        self.interval, self.timeout = interval, timeout
+
+    def sync(self) -> bool:
+        reports = self.actuator.take_reports()
+        request = SyncRequest(node=self.actuator.node,
+                              version=max(self.actuator.state.version, 0), actions=tuple(reports))
+        try:
+            answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
+                              self.key, self.verifier, self.timeout)
+            policy = NodePolicy.model_validate_json(answer)
+        except (ExchangeError, ValidationError) as exc:
+            self.actuator.return_reports(reports)
+            log.warning("cannot pull the policy from %s: %s", self.url, exc)
+            return False
+        if self.actuator.apply(policy):
+            log.info("pulled policy %d", policy.version)
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.sync() and self.actuator.reports:
+                self.sync()  # what the pulled policy made us do, to the audit log now
+            stop.wait(self.interval)
+
+    def start(self, stop: threading.Event) -> None:
+        threading.Thread(target=self.run, args=(stop,), name="policy pull", daemon=True).start()

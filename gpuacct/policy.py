@@ -1,0 +1,83 @@
+"""The enforcement policy: what the enforcer wants every node to do, per user.
+
+The contract between `gpuacct-enforcer` and the actuator in `gpuacct-exporter`. A user's policy
+combines their firing alerts, each dimension at its most restrictive: blocked if any alert
+blocks, the lowest CPU quota of any throttle, kill if any alert kills. Kill implies block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Action = Literal["notify", "block", "throttle", "kill"]
+ACTIONS: tuple[Action, ...] = ("notify", "block", "throttle", "kill")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reason(Model):
+    """One firing alert behind a user's policy, as the user is told about it."""
+
+    alert: str
+    action: Action
+    summary: str = ""
+    description: str = ""
+    cpu_quota_percent: int | None = None
+
+
+class UserPolicy(Model):
+    block: bool = False
+    cpu_quota_percent: int | None = Field(default=None, ge=1)  # of one CPU, like systemd's
+    kill: bool = False
+    reasons: tuple[Reason, ...] = ()
+
+
+class NodePolicy(Model):
+    """The full desired state; a higher version replaces a lower one whole."""
+
+    version: int = Field(default=0, ge=0)
+    users: dict[str, UserPolicy] = {}
+
+
+class NodeAction(Model):
+    """Something a node did (or would have done, in dry-run), reported back for the audit."""
+
+    id: str  # unique, so a report delivered twice is audited once
+    at: float
+    user: str
+    action: str  # block, unblock, throttle, unthrottle, kill, terminate, notify, ...
+    result: str  # ok, dry_run, refused, gone, failed, unsupported
+    detail: str = ""
+    alert: str = ""
+
+
+class SyncRequest(Model):
+    """A node asks for the policy and reports what it did since it last reported."""
+
+    node: str
+    version: int = Field(ge=0)
+    actions: tuple[NodeAction, ...] = ()
+
+
+class PushResult(Model):
+    """A node's answer to a pushed policy."""
+
+    node: str
+    version: int
+    actions: tuple[NodeAction, ...] = ()
+
+
+def combine(reasons: Iterable[Reason]) -> UserPolicy:
+    """One user's policy from the reasons (firing alerts) that apply to them."""
+    ordered = tuple(sorted(set(reasons), key=lambda r: (ACTIONS.index(r.action), r.alert)))
+    quotas = [r.cpu_quota_percent for r in ordered
+              if r.action == "throttle" and r.cpu_quota_percent is not None]
+    kill = any(r.action == "kill" for r in ordered)
+    return UserPolicy(block=kill or any(r.action == "block" for r in ordered),
+                      cpu_quota_percent=min(quotas) if quotas else None,
+                      kill=kill, reasons=ordered)
