@@ -72,10 +72,11 @@ class Actuator:
     def __init__(self, settings: ActuatorSettings, node: str, signaller: Signaller,
                  limiter: CpuLimiter | None, latest: Callable[[], Snapshot],
                  tell: Callable[[int, str], int] = tell_user,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 uid_of: Callable[[str], int | None] = _uid) -> None:
         self.settings, self.node = settings, node
         self.signaller, self.limiter = signaller, limiter
-        self._latest, self._tell, self._clock = latest, tell, clock
+        self._latest, self._tell, self._clock, self._uid_of = latest, tell, clock, uid_of
         self._lock = threading.RLock()
         self.state = self._load()
         self.reports: list[NodeAction] = []
@@ -137,7 +138,7 @@ class Actuator:
             return True
 
     def _apply_user(self, user: str, wanted: UserPolicy, snapshot: Snapshot) -> None:
-        uid = _uid(user)
+        uid = self._uid_of(user)
         if uid is None:
             self.state.users.pop(user, None)
             return  # no such user here: nothing of theirs runs on this node
@@ -150,8 +151,8 @@ class Actuator:
         told = {r.alert for r in applied.policy.reasons}
         for reason in wanted.reasons:
             if reason.alert not in told:
-                self._notify(uid, user, f"{reason.summary}\n{reason.description}".strip(),
-                             reason.alert)
+                text = f"{reason.summary}\n{reason.description}".strip() or reason.alert
+                self._notify(uid, user, text, reason.alert)
         mine = [p for p in snapshot.procs if p.identity.uid == uid]
         if wanted.block and applied.block_since is None:
             applied.block_since = now
@@ -230,8 +231,9 @@ class Actuator:
                         alert = self._alert(applied.policy, "kill", "block")
                         self._stop(user, fresh, alert, "new GPU work is blocked")
                 mine = [p for p in snapshot.procs if p.identity.uid == applied.uid]
-                if applied.quota and self.limiter and self.limiter.name != "systemd" and any(
-                        p.key not in applied.limited for p in mine):
+                if (applied.quota and self.limiter and self.limiter.name != "systemd"
+                        and not self.settings.dry_run
+                        and any(p.key not in applied.limited for p in mine)):
                     try:
                         self.limiter.limit(applied.uid, applied.quota, [p.pid for p in mine])
                         applied.limited = {p.key for p in mine}

@@ -30,10 +30,12 @@ class Target:
 
 
 def read_identity(pid: int, proc_root: str = "/proc") -> tuple[int, int] | None:
-    """(start ticks, real uid) of a live pid, None if it is gone."""
+    """(start ticks, real uid) of a live pid, None if it is gone (or a zombie: dead already)."""
     try:
         with open(f"{proc_root}/{pid}/stat", "rb") as f:
             _, fields = parse_stat(f.read())
+        if fields[0] == b"Z":
+            return None
         with open(f"{proc_root}/{pid}/status", "rb") as f:
             return int(fields[19]), real_uid(f.read())
     except (OSError, ValueError, IndexError):
@@ -49,24 +51,27 @@ def _user_name(uid: int) -> str | None:
 
 class Signaller:
     """Sends signals after the safety checks; `open_pid`, `identity` and `deliver` are the
-    kernel's (pidfd_open, /proc, pidfd_send_signal) unless a test supplies its own."""
+    kernel's (pidfd_open, /proc, pidfd_send_signal) and `user_name` the passwd database's,
+    unless a test supplies its own."""
 
     def __init__(self, min_uid: int, protected_users: Iterable[str], dry_run: bool,
                  open_pid: Callable[[int], int] = os.pidfd_open,
                  identity: Callable[[int], tuple[int, int] | None] = read_identity,
                  deliver: Callable[[int, int], None] = signal.pidfd_send_signal,
-                 close: Callable[[int], None] = os.close) -> None:
+                 close: Callable[[int], None] = os.close,
+                 user_name: Callable[[int], str | None] = _user_name) -> None:
         self.min_uid = max(min_uid, 1)  # root is never a target, whatever min_uid says
         self.protected = frozenset(protected_users)
         self.dry_run = dry_run
         self._open, self._identity, self._deliver, self._close = (open_pid, identity, deliver,
                                                                  close)
+        self._user_name = user_name
 
     def refusal(self, uid: int) -> str | None:
         """Why processes of `uid` may never be signalled or throttled, or None."""
         if uid < self.min_uid:
             return f"uid {uid} is below min_uid {self.min_uid}"
-        name = _user_name(uid)
+        name = self._user_name(uid)
         if name in self.protected:
             return f"{name} is a protected user"
         return None
