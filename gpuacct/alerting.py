@@ -17,8 +17,8 @@ def rule_files(rules_dir: Path = RULES_DIR) -> list[Path]:
     return sorted(rules_dir.glob("*.rules.yml"))
 
 
-def webhook_token_file(path: Path) -> Path:
-    """The bearer token Alertmanager presents to the enforcer: made once, kept 0600."""
+def secret_file(path: Path) -> Path:
+    """A random shared secret (webhook token, node key) in a file: made once, kept 0600."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)

@@ -42,19 +42,34 @@ class Stack:
         )
 
         rules_dir = s.rules_dir or alerting.RULES_DIR
+        token = alerting.secret_file(d / "webhook-token")
+        node_key = alerting.secret_file(d / "node-key")
         am_config = alerting.render_alertmanager(
             rules_dir / "alertmanager.yml", f"http://{host}:{s.enforcer_port}/v1/alerts",
-            alerting.webhook_token_file(d / "webhook-token"), os.environ)
+            token, os.environ)
         am = servers.start_alertmanager(
             d / "alertmanager", s.alertmanager_port, am_config, s.alertmanager_binary, host)
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
+
+        # The enforcer before the node, so the node's first pull finds it.
+        auth = {"webhook_token": {"file": str(token)}, "node_hmac_key": {"file": str(node_key)}}
+        enforcer = self._start_service("enforcer", "enforcer", ["run"], s.enforcer_port, {
+            "enforcer": {"listen_address": f"{host}:{s.enforcer_port}",
+                         "database": str(d / "enforcer" / "enforcer.sqlite3"),
+                         "nodes": [f"http://{host}:{s.exporter_port}"]},
+            "auth": auth,
+        })
+        self._started(enforcer, f"http://{host}:{s.enforcer_port}/docs")
 
         exporter = self._start_service("exporter", "exporter", [], s.exporter_port, {
             "exporter": {
                 "listen_address": f"{host}:{s.exporter_port}",
                 "state_file": str(d / "exporter" / "state.json"),
+                "actuator": {"enforcer_url": f"http://{host}:{s.enforcer_port}",
+                             "state_file": str(d / "exporter" / "actuator.json")},
                 **({"nvml": {"backend": "demo"}} if self.demo else {}),
-            }
+            },
+            "auth": {"node_hmac_key": {"file": str(node_key)}},
         })
         self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
 

@@ -34,6 +34,8 @@ def prometheus_config(stack: StackSettings, exporter_targets: list[str],
              "static_configs": [{"targets": exporter_targets}]},
             {"job_name": "gpuacct-billing",
              "static_configs": [{"targets": [f"{host}:{stack.billing_port}"]}]},
+            {"job_name": "gpuacct-enforcer",
+             "static_configs": [{"targets": [f"{host}:{stack.enforcer_port}"]}]},
         ],
     }
 

@@ -17,19 +17,23 @@ import pytest
 
 from gpuacct.stack.process import free_port
 from tests.fixtures.servers import promql, wait_for
+from tests.fixtures.users import UnixUser
 
 pytestmark = pytest.mark.integration
 
 
-def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+def test_stack_starts_everything_and_ctrl_c_stops_it(
+        tmp_path: Path, test_users: dict[str, UnixUser]) -> None:
+    alice = test_users["alice"].name
     config = tmp_path / "gpuacct.yaml"
     config.write_text(
         "stack:\n"
         f"  prometheus_port: {free_port()}\n  alertmanager_port: {free_port()}\n"
         f"  influxdb_port: {free_port()}\n  exporter_port: {free_port()}\n"
-        f"  billing_port: {free_port()}\n"
+        f"  billing_port: {free_port()}\n  enforcer_port: {free_port()}\n"
         "  scrape_interval_seconds: 1\n"
-        "exporter:\n  interval_seconds: 1\n")
+        "exporter:\n  interval_seconds: 1\n"
+        f"  actuator:\n    hook_dir: {tmp_path / 'hooks'}\n")
     log = tmp_path / "stack.out"
     with log.open("w") as out:
         stack = subprocess.Popen(
@@ -41,12 +45,14 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         text = log.read_text()
         assert stack.poll() is None, text
         urls = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)$", text, re.M))
-        assert set(urls) == {"influxdb", "alertmanager", "exporter", "prometheus", "billing"}, text
+        assert set(urls) == {"influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
+                             "billing"}, text
         for name, url in urls.items():
             probe = url + ("ping" if name == "influxdb" else "")
             with urllib.request.urlopen(probe, timeout=5) as response:
                 assert response.status < 300, name
-        for name in ("influxdb", "alertmanager", "exporter", "prometheus", "billing"):
+        for name in ("influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
+                     "billing"):
             assert (tmp_path / "state" / name).is_dir()
         # Prometheus scrapes the exporter it was started with.
         prom = urls["prometheus"].rstrip("/")
@@ -64,9 +70,22 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             am_config = json.load(r)["config"]["original"]
         assert "receiver: enforcer" in am_config and "/v1/alerts" in am_config
         assert (tmp_path / "state" / "webhook-token").stat().st_mode & 0o077 == 0
+        assert (tmp_path / "state" / "node-key").stat().st_mode & 0o077 == 0
+        wait_for(lambda: promql(prom, 'up{job="gpuacct-enforcer"} == 1'), timeout=30,
+                 what="the enforcer scraped")
+
+        # An enforcement alert goes Alertmanager -> enforcer -> the node's actuator.
+        alert = [{"labels": {"alertname": "GpuacctBalanceLow", "user": alice, "action": "notify",
+                             "severity": "warning"}, "annotations": {"summary": "low"}}]
+        urllib.request.urlopen(urllib.request.Request(
+            f"{urls['alertmanager']}api/v2/alerts", data=json.dumps(alert).encode(),
+            headers={"Content-Type": "application/json"}), timeout=5).close()
+        hook = tmp_path / "hooks" / f"{alice}.json"
+        wait_for(hook.exists, timeout=30, what="the notice on the node")
+        assert json.loads(hook.read_text())["reasons"][0]["alert"] == "GpuacctBalanceLow"
 
         children = psutil.Process(stack.pid).children(recursive=True)
-        assert len(children) >= 5
+        assert len(children) >= 6
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert stack.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
