@@ -123,10 +123,11 @@ def post(url: str, body: dict[str, Any]) -> None:
 
 
 def notification(n: int, status: str) -> dict[str, Any]:
+    starts = f"2026-11-22T10:{n // 60:02d}:{n % 60:02d}Z"
     return {"version": "4", "status": status, "alerts": [{
-        "status": status, "fingerprint": f"bench{n:04d}", "startsAt": f"2026-11-22T10:{n // 60:02d}:"
-        f"{n % 60:02d}Z", "labels": {"alertname": "GpuacctBalanceExhaustedKillGpu",
-                                     "user": USER, "action": "kill"},
+        "status": status, "fingerprint": f"bench{n:04d}", "startsAt": starts,
+        "labels": {"alertname": "GpuacctBalanceExhaustedKillGpu", "user": USER,
+                   "action": "kill"},
         "annotations": {"summary": "benchmark"}}]}
 
 
