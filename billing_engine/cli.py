@@ -22,10 +22,9 @@ from billing_engine.ledger import Ledger, LedgerError
 from billing_engine.metrics import build_registry, thresholds
 from billing_engine.money import parse_amount
 from gpuacct.cli_common import (
-    add_config_argument,
-    add_listen_argument,
     load_or_exit,
     parse_listen_address,
+    service_parser,
     setup_logging,
     stop_on_signals,
 )
@@ -35,13 +34,8 @@ from gpuacct.promql import Prometheus
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuacct-billing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_argument(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="bill continuously and serve /metrics")
-    add_listen_argument(run, "/metrics")
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser, sub = service_parser("gpuacct-billing", __doc__,
+                                 "bill continuously and serve /metrics", "/metrics")
     sub.add_parser("balances", help="every account with its balance and tier")
     for name, text in (("recharge", "add money to an account"),
                        ("adjust", "correct a balance up or down, with a reason")):

@@ -18,25 +18,14 @@ from prometheus_client import CollectorRegistry
 from enforcer.app import create_app
 from enforcer.nodes import Pusher
 from enforcer.store import Store
-from gpuacct.cli_common import (
-    add_config_argument,
-    add_listen_argument,
-    load_or_exit,
-    parse_listen_address,
-    setup_logging,
-)
+from gpuacct.cli_common import load_or_exit, parse_listen_address, service_parser, setup_logging
 from gpuacct.config import Settings
 from gpuacct.signing import Verifier
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuacct-enforcer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_argument(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="serve the webhook and push the policy")
-    add_listen_argument(run, "the webhook and /metrics")
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser, sub = service_parser("gpuacct-enforcer", __doc__, "serve the webhook and push the "
+                                 "policy", "the webhook and /metrics")
     sub.add_parser("policy", help="the desired policy, as JSON")
     audit = sub.add_parser("audit", help="the audit log, oldest first")
     audit.add_argument("--user")

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 from gpuacct.config import ConfigError, Settings, load_settings, split_listen_address
 
@@ -27,6 +28,20 @@ def add_listen_argument(parser: argparse.ArgumentParser, what: str) -> None:
         metavar="HOST:PORT",
         help=f"address to serve {what} on (overrides the config file)",
     )
+
+
+def service_parser(prog: str, doc: str | None, run_help: str,
+                   serves: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A service's parser: --config, and a `run` subcommand with --web.listen-address and -v;
+    returns the parser and its subparsers for the service's other commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help=run_help)
+    add_listen_argument(run, serves)
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser, sub
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
