@@ -53,9 +53,10 @@ def create_app(store: Store, pusher: Pusher, webhook_token: str, node_key: bytes
     version.set_function(lambda: store.policy.version)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        received.labels("refused").inc()
-        return JSONResponse({"error": f"bad payload: {_problems(exc)}"}, status_code=400)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path == "/v1/alerts":
+            received.labels("refused").inc()
+        return JSONResponse({"error": f"bad request: {_problems(exc)}"}, status_code=400)
 
     def bearer(authorization: Annotated[str, Header()] = "") -> None:
         scheme, _, token = authorization.partition(" ")

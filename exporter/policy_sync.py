@@ -42,6 +42,8 @@ class PolicyEndpoint:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return answer("400 Bad Request", "Content-Length is not a number")
+        if length < 0:
+            return answer("400 Bad Request", "Content-Length is negative")
         if length > MAX_BODY:
             return answer("413 Content Too Large", f"a policy is at most {MAX_BODY} bytes")
         body = environ["wsgi.input"].read(length)

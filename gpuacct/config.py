@@ -263,7 +263,10 @@ def describe_error(error: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{where}: unknown key"
     msg = str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}: {error['input']!r} is not valid: {msg}"
+    if isinstance(error["input"], Mapping | list):  # a whole section: the message says what
+        return f"{where}: {msg}"
+    shown = repr(error["input"])
+    return f"{where}: {shown if len(shown) <= 80 else shown[:77] + '...'} is not valid: {msg}"
 
 
 def settings_from_mapping(data: Any, source: str = "config") -> Settings:

@@ -4,10 +4,14 @@ behind it: bad payloads, tokens, duplicates, restarts, a node that was away."""
 from __future__ import annotations
 
 import time
+import urllib.request
+from collections.abc import Callable
 
 import pytest
 
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
+from tests.fixtures.exporter import promtool_check_metrics
+from tests.fixtures.servers import Server, promql, wait_for
 from tests.fixtures.users import UnixUser
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -105,3 +109,30 @@ def test_restart_keeps_state_and_audit_and_a_returning_node_pulls_the_policy(
     assert away.hook(bob)["cpu_quota_percent"] == 50  # type: ignore[index]
     # What the node did reaches the audit log with its next pull.
     wait_until(lambda: any(e["node"] == "away" for e in enforcer.audit(bob)), timeout=10)
+
+
+def test_nodes_discovered_from_prometheus_get_the_policy_and_export_it(
+        cluster: Cluster, test_users: Users, start_prometheus: Callable[..., Server]) -> None:
+    bob = test_users["bob"].name
+    node = cluster.node("discovered")
+    prometheus = start_prometheus([{"job_name": "gpuacct-exporter", "honor_labels": True,
+                                    "static_configs": [{"targets": [
+                                        f"127.0.0.1:{node.exporter.port}"]}]}])
+    wait_for(lambda: promql(prometheus.url, 'up{job="gpuacct-exporter"} == 1'))
+    enforcer = cluster.enforcer([], prometheus_url=prometheus.url,
+                                discovery_interval_seconds=1)
+    enforcer.post_alerts(notification(alert(bob, "block", "Block"),
+                                      alert(bob, "throttle", "Throttle", quota=50)))
+    wait_until(lambda: node.hook(bob))
+    text = node.exporter.scrape()
+    assert f'gpuacct_node_user_blocked{{user="{bob}"}} 1.0' in text
+    assert f'gpuacct_node_user_cpu_quota_ratio{{user="{bob}"}} 0.5' in text
+    assert 'gpuacct_enforcement_actions_total{action="block",result="ok"} 1.0' in text
+    assert 'gpuacct_enforcement_actions_total{action="throttle",result="unsupported"} 1.0' in text
+    checked = promtool_check_metrics(text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with urllib.request.urlopen(f"{enforcer.url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    node_url = f"http://127.0.0.1:{node.exporter.port}"
+    assert f'gpuacct_enforcer_node_reachable{{node="{node_url}"}} 1.0' in metrics
+    assert promtool_check_metrics(metrics).returncode == 0
