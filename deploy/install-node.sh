@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Install gpuacct on a GPU node: a virtualenv under /opt/gpuacct, /etc/gpuacct/gpuacct.yaml,
+# the systemd unit for gpuacct-exporter, gpuacct-balance on users' PATH and the login greeting.
+#
+#   deploy/install-node.sh --enforcer-url http://control:9837 --key-file node-key
+#
+# Options:
+#   --enforcer-url URL  where the node pulls its enforcement policy (gpuacct-enforcer)
+#   --key-file FILE     the shared HMAC key (auth.node_hmac_key), copied to /etc/gpuacct/node-key
+#   --prometheus-url U  for gpuacct-balance (default http://127.0.0.1:19090)
+#   --dry-run-enforcement  only log and report what enforcement would do
+#   --root DIR          install below DIR instead of / (packaging, tests); implies --no-start
+#   --no-start          do not enable and start the service
+# Run it again to upgrade: the virtualenv is updated, an existing config is kept.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+root="" enforcer="" key="" prometheus="http://127.0.0.1:19090" start=1 dry_run=false
+while [ $# -gt 0 ]; do
+    case $1 in
+        --enforcer-url) enforcer=$2; shift 2 ;;
+        --key-file) key=$2; shift 2 ;;
+        --prometheus-url) prometheus=$2; shift 2 ;;
+        --dry-run-enforcement) dry_run=true; shift ;;
+        --root) root=$(realpath -m "$2"); start=0; shift 2 ;;
+        --no-start) start=0; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "install-node.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "install-node.sh: run as root" >&2; exit 2; }
+if [ -n "$key" ] && [ ! -r "$key" ]; then
+    echo "install-node.sh: cannot read the key file $key" >&2; exit 2
+fi
+
+opt=$root/opt/gpuacct etc=$root/etc/gpuacct
+echo "==> virtualenv in $opt"
+python3 -m venv "$opt"
+"$opt/bin/pip" install --quiet --upgrade pip
+"$opt/bin/pip" install --quiet --upgrade "$here"
+
+mkdir -p "$etc"
+if [ -n "$key" ]; then
+    install -m 0600 "$key" "$etc/node-key"
+fi
+if [ ! -e "$etc/gpuacct.yaml" ]; then
+    echo "==> $etc/gpuacct.yaml"
+    # World-readable, so users' gpuacct-balance can read it: the secret stays in node-key.
+    install -m 0644 /dev/null "$etc/gpuacct.yaml"
+    {
+        echo "# gpuacct on this node; every key: gpuacct.example.yaml in the repository"
+        echo "exporter:"
+        echo "  listen_address: \"0.0.0.0:9835\""
+        echo "  actuator:"
+        echo "    dry_run: $dry_run"
+        [ -n "$enforcer" ] && echo "    enforcer_url: \"$enforcer\""
+        echo "client:"
+        echo "  prometheus_url: \"$prometheus\""
+        if [ -n "$key" ] || [ -e "$etc/node-key" ]; then
+            echo "auth:"
+            echo "  node_hmac_key: {file: /etc/gpuacct/node-key}"
+        fi
+    } >"$etc/gpuacct.yaml"
+else
+    echo "==> keeping $etc/gpuacct.yaml"
+fi
+# Validate it (below --root, the key file is looked for where it was installed).
+"$opt/bin/python" - "$etc/gpuacct.yaml" "$etc" <<'PY' || exit 2
+import sys, yaml
+from gpuacct.config import ConfigError, settings_from_mapping
+text = open(sys.argv[1], encoding="utf-8").read().replace("/etc/gpuacct/", sys.argv[2] + "/")
+try:
+    settings_from_mapping(yaml.safe_load(text), sys.argv[1])
+except ConfigError as exc:
+    sys.exit(f"install-node.sh: config error: {exc}")
+PY
+
+echo "==> gpuacct-balance, the login greeting, the systemd unit"
+mkdir -p "$root/usr/local/bin" "$root/etc/profile.d" "$root/etc/systemd/system"
+ln -sfn /opt/gpuacct/bin/gpuacct-balance "$root/usr/local/bin/gpuacct-balance"
+"$opt/bin/gpuacct-balance" --print-hook >"$root/etc/profile.d/gpuacct.sh"
+chmod 0644 "$root/etc/profile.d/gpuacct.sh"
+install -m 0644 "$here/deploy/systemd/gpuacct-exporter.service" \
+    "$root/etc/systemd/system/gpuacct-exporter.service"
+
+if [ "$start" = 1 ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        systemctl enable --now gpuacct-exporter.service
+        systemctl --no-pager status gpuacct-exporter.service | head -5
+    else
+        echo "systemd is not running here: start /opt/gpuacct/bin/gpuacct-exporter yourself"
+    fi
+fi
+echo "==> done: metrics on :9835/metrics; users can run gpuacct-balance"

@@ -1,0 +1,73 @@
+"""deploy/install-node.sh into a scratch root, and the systemd unit it installs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).parents[2]
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def verify_unit(unit: Path, tmp_path: Path, executable: Path) -> str:
+    """systemd-analyze's complaints about the unit, with ExecStart pointed at `executable`."""
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace("/opt/gpuacct/bin/gpuacct-exporter",
+                                             str(executable)))
+    done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                          text=True, timeout=60)
+    return (done.stdout + done.stderr).strip()
+
+
+def test_the_unit_file_is_clean(tmp_path: Path) -> None:
+    unit = REPO / "deploy" / "systemd" / "gpuacct-exporter.service"
+    assert verify_unit(unit, tmp_path, Path("/bin/true")) == ""
+
+
+def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    key = tmp_path / "key"
+    key.write_text("a-node-key\n")
+    argv = [str(REPO / "deploy" / "install-node.sh"), "--root", str(root),
+            "--enforcer-url", "http://control:9837", "--key-file", str(key)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    bin_dir = root / "opt" / "gpuacct" / "bin"
+    for script in ("gpuacct-exporter", "gpuacct-balance"):
+        assert subprocess.run([str(bin_dir / script), "--help"], capture_output=True,
+                              timeout=60).returncode == 0, script
+    config = root / "etc" / "gpuacct" / "gpuacct.yaml"
+    data = yaml.safe_load(config.read_text())
+    assert data["exporter"]["actuator"] == {"dry_run": False,
+                                            "enforcer_url": "http://control:9837"}
+    assert data["auth"] == {"node_hmac_key": {"file": "/etc/gpuacct/node-key"}}
+    assert config.stat().st_mode & 0o777 == 0o644  # users' gpuacct-balance reads it
+    node_key = root / "etc" / "gpuacct" / "node-key"
+    assert node_key.read_text() == "a-node-key\n" and node_key.stat().st_mode & 0o777 == 0o600
+    hook = root / "etc" / "profile.d" / "gpuacct.sh"
+    printed = subprocess.run([str(bin_dir / "gpuacct-balance"), "--print-hook"],
+                             capture_output=True, text=True, timeout=60).stdout
+    assert hook.read_text() == printed and "--greeting" in printed
+    assert (root / "usr" / "local" / "bin" / "gpuacct-balance").readlink() == Path(
+        "/opt/gpuacct/bin/gpuacct-balance")
+    unit = root / "etc" / "systemd" / "system" / "gpuacct-exporter.service"
+    assert verify_unit(unit, tmp_path, bin_dir / "gpuacct-exporter") == ""
+
+    # Again, as an upgrade: the operator's config is kept.
+    config.write_text(config.read_text() + "# edited by the operator\n")
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "keeping" in again.stdout
+    assert config.read_text().endswith("# edited by the operator\n")
+
+
+def test_install_node_refuses_an_unreadable_key(tmp_path: Path) -> None:
+    done = subprocess.run([str(REPO / "deploy" / "install-node.sh"), "--root",
+                           str(tmp_path / "root"), "--key-file", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "cannot read the key file" in done.stderr
