@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,17 +27,17 @@ def parse_time(text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def rows(ledger: Ledger, what: str, start: float, end: float) -> list[list[str]]:
+def rows(db: sqlite3.Connection, what: str, start: float, end: float) -> list[list[str]]:
     """Usage lines of windows ending in [start, end), or transactions made in it."""
     if what == "usage":
-        found = ledger.db.execute(
+        found = db.execute(
             "SELECT w.window_start, u.window_end, u.user, u.job, u.node, u.gpu_model, "
             "u.gpu_seconds, u.cpu_core_seconds, u.cost "
             "FROM usage_lines u JOIN windows w USING (window_end) "
             "WHERE u.window_end >= ? AND u.window_end < ? "
             "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))
         return [[iso(r[0]), iso(r[1]), *r[2:]] for r in found]
-    found = ledger.db.execute(
+    found = db.execute(
         "SELECT id, at, user, kind, amount, balance_after, reason, window_end FROM transactions "
         "WHERE at >= ? AND at < ? ORDER BY id", (start, end))
     return [[str(r[0]), iso(r[1]), *r[2:7], iso(r[7]) if r[7] is not None else ""]
@@ -54,7 +55,7 @@ def write(ledger: Ledger, what: str, start_text: str, end_text: str,
     start, end = parse_time(start_text), parse_time(end_text)
     if end <= start:
         raise ValueError(f"--to {end_text} is not after --from {start_text}")
-    data = rows(ledger, what, start, end)
+    data = rows(ledger.db, what, start, end)
     if output is None:
         write_csv(sys.stdout, what, data)
     else:

@@ -211,6 +211,21 @@ class EnforcerSettings(Section):
     max_backoff_seconds: PositiveFloat = 30.0
 
 
+class WebSettings(Section):
+    """gpuacct-web: reads the billing ledger (billing.ledger), posts recharges into it."""
+
+    listen_address: ListenAddress = "0.0.0.0:9838"
+    prometheus_url: str = "http://127.0.0.1:19090"  # burn rates
+    enforcer_url: str | None = None  # what is enforced and why (with auth.webhook_token)
+    session_secret: Secret | None = None  # signs session cookies; none: new on every start
+    # Users reach their own page through a reverse proxy that authenticates them and sets
+    # `user_header`; the header is believed only from these addresses.
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    user_header: str = "X-Remote-User"
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 50
+    login_failures_per_minute: Annotated[int, Field(ge=1)] = 5
+
+
 class ClientSettings(Section):
     """gpuacct-balance, run by users on a node."""
 
@@ -227,6 +242,7 @@ class StackSettings(Section):
     exporter_port: Port = 19835
     billing_port: Port = 19836
     enforcer_port: Port = 19837  # where Alertmanager delivers enforcement alerts
+    web_port: Port = 19838
     rules_dir: Path | None = None  # default: the rules/ folder beside the gpuacct package
     scrape_interval_seconds: PositiveFloat = 15.0
     prometheus_binary: str = "prometheus"
@@ -239,6 +255,7 @@ class Settings(Section):
     billing: BillingSettings = BillingSettings()
     influxdb: InfluxSettings = InfluxV1Settings()
     enforcer: EnforcerSettings = EnforcerSettings()
+    web: WebSettings = WebSettings()
     client: ClientSettings = ClientSettings()
     auth: AuthSettings = AuthSettings()
     stack: StackSettings = StackSettings()

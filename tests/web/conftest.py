@@ -1,0 +1,92 @@
+"""gpuacct-web as its own process over a ledger with accounts, usage and transactions."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from billing_engine.ledger import Ledger
+from gpuacct.stack.process import ManagedProcess, free_port
+from tests.fixtures.servers import RUNNING
+from web.auth import hash_password
+
+PASSWORD = "correct horse battery"
+NOW = time.time()
+
+
+def fill_ledger(path: Path, users: int = 3, windows: int = 5) -> None:
+    """Accounts alice, bob, carol... with `windows` billed minutes of usage each."""
+    ledger = Ledger(path)
+    names = ["alice", "bob", "carol", *[f"user{i:04d}" for i in range(3, users)]][:users]
+    with ledger.transaction() as db:
+        for name in names:
+            ledger.open_account(db, name, Decimal(100), NOW - 86400 * 3)
+        for w in range(windows):
+            end = int(NOW // 60 * 60) - 60 * (windows - w)
+            db.execute("INSERT INTO windows VALUES (?, ?, ?, ?, ?)",
+                       (end, end - 60, NOW, len(names), "0"))
+            for i, name in enumerate(names):
+                cost = Decimal("0.123457") * (i + 1)
+                db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (end, name, f"job-{i % 7}", "gpu01:9835",
+                            "NVIDIA A100-SXM4-80GB" if i % 2 == 0 else "NVIDIA GeForce RTX 3090",
+                            "60", "12.5", str(cost), 0.0))
+                ledger.post(db, name, "charge", -cost, float(end), f"charge:{end}:{name}")
+    ledger.close()
+
+
+@dataclass
+class Web:
+    process: ManagedProcess
+    url: str
+    ledger: Path
+
+    def admin(self) -> tuple[requests.Session, str]:
+        """A logged-in administrator's session and its CSRF token."""
+        session = requests.Session()
+        page = session.get(f"{self.url}/login", timeout=10).text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        answer = session.post(f"{self.url}/login", data={"password": PASSWORD, "csrf": csrf},
+                              timeout=10)
+        assert answer.status_code == 200 and answer.url.endswith("/admin"), answer.text
+        token = re.search(r'name="csrf" value="([^"]+)"', answer.text).group(1)  # type: ignore[union-attr]
+        return session, token
+
+    def balance(self, user: str) -> Decimal:
+        return Ledger(self.ledger).balance(user) or Decimal(0)
+
+
+@pytest.fixture
+def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
+    started: list[ManagedProcess] = []
+
+    def start(users: int = 3, windows: int = 5, **web: object) -> Web:
+        ledger = tmp_path / "ledger.sqlite3"
+        fill_ledger(ledger, users, windows)
+        port = free_port()
+        config = tmp_path / "gpuacct.yaml"
+        config.write_text(yaml.safe_dump({
+            "billing": {"ledger": str(ledger)},
+            "web": {"session_secret": "s3cret-for-tests", **web},
+            "auth": {"admin_password_hash": hash_password(PASSWORD)}}))
+        proc = ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config),
+                                      "run", "--web.listen-address", f"127.0.0.1:{port}"],
+                              tmp_path / "web.log", f"http://127.0.0.1:{port}/-/healthy")
+        started.append(proc)
+        RUNNING.append(proc)
+        return Web(proc.start().wait_ready(), f"http://127.0.0.1:{port}", ledger)
+
+    yield start
+    for proc in started:
+        proc.stop()
+        if proc in RUNNING:
+            RUNNING.remove(proc)

@@ -1,0 +1,108 @@
+"""The JSON API under /api/v1: the pages' data, for scripts, gpuacct-balance and the hook.
+Same rules as the pages: administrators see everything, a user only their own account; a
+change needs an administrator's session and its CSRF token in `X-CSRF-Token`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from web.actions import Refused, post_money
+from web.deps import Admin, Ctx, Who, check_csrf, may_see
+from web.queries import AccountRow
+
+router = APIRouter(prefix="/api/v1", tags=["accounts"])
+UserName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
+
+
+class Account(BaseModel):
+    user: str
+    balance: Decimal
+    tier: str
+    cost_24h: Decimal
+    charged: Decimal
+    opened_at: float
+
+    @classmethod
+    def of(cls, row: AccountRow) -> Account:
+        return cls(**vars(row))
+
+
+class TransactionOut(BaseModel):
+    id: int
+    at: float
+    kind: str
+    amount: Decimal
+    balance_after: Decimal
+    reason: str
+
+
+class Transactions(BaseModel):
+    total: int
+    page: int
+    items: list[TransactionOut]
+
+
+class MoneyIn(BaseModel):
+    amount: str = Field(max_length=64, description="a decimal number, e.g. 25.00")
+    reason: str = Field(default="", max_length=500)
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class Balance(BaseModel):
+    user: str
+    balance: Decimal
+
+
+def _account(ctx: Ctx, user: str) -> AccountRow:
+    account = ctx.view.account(user)
+    if account is None:
+        raise HTTPException(404, f"there is no account {user!r}")
+    return account
+
+
+@router.get("/accounts")
+def accounts(ctx: Ctx, who: Admin) -> list[Account]:
+    return [Account.of(a) for a in ctx.view.overview()]
+
+
+@router.get("/accounts/{user}")
+def account(ctx: Ctx, who: Who, user: str) -> Account:
+    may_see(who, user)
+    return Account.of(_account(ctx, user))
+
+
+@router.get("/accounts/{user}/transactions")
+def transactions(ctx: Ctx, who: Who, user: str,
+                 page: Annotated[int, Query(ge=0, le=100_000)] = 0) -> Transactions:
+    may_see(who, user)
+    _account(ctx, user)
+    items, total = ctx.view.transactions(user, page, ctx.settings.web.page_size)
+    return Transactions(total=total, page=page,
+                        items=[TransactionOut(**vars(t)) for t in items])
+
+
+def _post(ctx: Ctx, who: Admin, user: str, kind: str, body: MoneyIn,
+          csrf: str | None) -> Balance:
+    check_csrf(who, csrf)
+    _account(ctx, user)
+    try:
+        balance = post_money(ctx, user, kind, body.amount, body.reason, body.idempotency_key)
+    except Refused as exc:
+        raise HTTPException(400, f"{kind} refused: {exc}") from None
+    return Balance(user=user, balance=balance)
+
+
+@router.post("/accounts/{user}/recharge")
+def recharge(ctx: Ctx, who: Admin, user: str, body: MoneyIn,
+             x_csrf_token: Annotated[str | None, Header()] = None) -> Balance:
+    return _post(ctx, who, user, "recharge", body, x_csrf_token)
+
+
+@router.post("/accounts/{user}/adjust")
+def adjust(ctx: Ctx, who: Admin, user: str, body: MoneyIn,
+           x_csrf_token: Annotated[str | None, Header()] = None) -> Balance:
+    return _post(ctx, who, user, "adjustment", body, x_csrf_token)

@@ -1,0 +1,69 @@
+"""The web application, built from settings by a factory (tests build their own)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from billing_engine.ledger import Ledger
+from gpuacct.config import Settings, describe_error
+from web import api, pages
+from web.auth import LoginLimiter, Sessions
+from web.deps import Context
+from web.queries import LedgerView
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    ledger_path = settings.billing.ledger
+    secret = settings.web.session_secret
+    admin_hash = settings.auth.admin_password_hash
+    app = FastAPI(title="gpuacct", version="1", docs_url="/api/docs",
+                  openapi_url="/api/v1/openapi.json", redoc_url=None,
+                  description="Balances, usage, transactions and recharges of gpuacct.")
+    app.state.ctx = Context(
+        settings=settings, view=LedgerView(ledger_path, settings.billing),
+        ledger=Ledger(ledger_path),
+        sessions=Sessions(secret.get_secret_value() if secret else secrets.token_hex(32)),
+        limiter=LoginLimiter(settings.web.login_failures_per_minute),
+        admin_hash=admin_hash.get_secret_value() if admin_hash else None)
+    app.state.templates = Jinja2Templates(directory=TEMPLATES)
+    app.include_router(pages.router)
+    app.include_router(api.router)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        return app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+            request, "error.html", {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(describe_error({**e, "loc": [p for p in e["loc"] if p not in (
+            "body", "query", "path", "header")]}) for e in exc.errors())
+        if _wants_json(request):
+            return JSONResponse({"detail": f"bad request: {problems}"}, 400)
+        return HTMLResponse(f"<p>bad request: {problems}</p>", 400)
+
+    @app.get("/-/healthy", include_in_schema=False)
+    def healthy() -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    @app.get("/static.txt", include_in_schema=False)
+    def static() -> PlainTextResponse:
+        """A fixed response: the benchmark's floor for this server."""
+        return PlainTextResponse("ok\n")
+
+    return app

@@ -1,0 +1,93 @@
+"""Who is asking: an administrator (password login, signed session cookie, CSRF token) or a
+user named by a trusted reverse proxy's header. Nobody else sees anything."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+SESSION_COOKIE = "gpuacct_session"
+SESSION_SECONDS = 12 * 3600
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    """`scrypt$n$r$p$salt$hash`, for auth.admin_password_hash (`gpuacct-web hash-password`)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    b64 = base64.b64encode
+    return (f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}$"
+            f"{b64(salt).decode()}${b64(digest).decode()}")
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.strip().split("$")
+        if kind != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+                             r=int(r), p=int(p), dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    admin: bool
+    user: str | None  # the user a trusted proxy named
+    csrf: str  # the session's CSRF token ("" without a session)
+
+    def may_see(self, user: str) -> bool:
+        return self.admin or self.user == user
+
+
+class Sessions:
+    """Session cookies signed with the configured secret: {admin, csrf}."""
+
+    def __init__(self, secret: str) -> None:
+        self._serializer = URLSafeTimedSerializer(secret, salt="gpuacct-session")
+
+    def new(self, admin: bool) -> tuple[str, str]:
+        """(cookie value, csrf token)."""
+        csrf = secrets.token_urlsafe(24)
+        return self._serializer.dumps({"admin": admin, "csrf": csrf}), csrf
+
+    def read(self, cookie: str | None) -> dict[str, object] | None:
+        if not cookie:
+            return None
+        try:
+            data = self._serializer.loads(cookie, max_age=SESSION_SECONDS)
+        except BadSignature:
+            return None
+        return data if isinstance(data, dict) else None
+
+
+class LoginLimiter:
+    """At most `per_minute` failed logins per client address in any minute."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def blocked(self, client: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            failures = self._failures[client]
+            while failures and failures[0] < now - 60:
+                failures.popleft()
+            return len(failures) >= self.per_minute
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        with self._lock:
+            self._failures[client].append(time.monotonic() if now is None else now)

@@ -1,0 +1,48 @@
+"""gpuacct-web: the balance page and JSON API.
+
+  gpuacct-web run             serve on --web.listen-address
+  gpuacct-web hash-password   read a password on standard input, print auth.admin_password_hash
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+
+import uvicorn
+
+from gpuacct.cli_common import load_or_exit, parse_listen_address, service_parser, setup_logging
+from web.app import create_app
+from web.auth import hash_password
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, sub = service_parser("gpuacct-web", __doc__, "serve the page and the API",
+                                 "the page and the API")
+    sub.add_parser("hash-password", help="make auth.admin_password_hash from a password")
+    args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        password = (getpass.getpass("password: ") if sys.stdin.isatty()
+                    else sys.stdin.readline().rstrip("\n"))
+        if len(password) < 8:
+            print("gpuacct-web: use at least 8 characters", file=sys.stderr)
+            return 2
+        print(hash_password(password))
+        return 0
+    if args.command != "run":
+        parser.print_help()
+        return 2
+    settings = load_or_exit(args.config)
+    log = setup_logging("gpuacct-web", args.verbose)
+    if not settings.billing.ledger.exists():
+        print(f"gpuacct-web: no ledger at {settings.billing.ledger} (start gpuacct-billing "
+              "first, or set billing.ledger)", file=sys.stderr)
+        return 1
+    if settings.auth.admin_password_hash is None:
+        log.warning("auth.admin_password_hash is not set: nobody can log in as administrator")
+    host, port = parse_listen_address(args.listen_address or settings.web.listen_address)
+    log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+                                           log_level="warning", access_log=False))
+    server.run()
+    return 0 if server.started else 1

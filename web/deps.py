@@ -1,0 +1,73 @@
+"""What every route needs: the settings, the ledger, who is asking."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from billing_engine.ledger import Ledger
+from gpuacct.config import Settings
+from web.auth import SESSION_COOKIE, LoginLimiter, Sessions, Viewer
+from web.queries import LedgerView
+
+
+@dataclass
+class Context:
+    settings: Settings
+    view: LedgerView
+    ledger: Ledger  # for posting recharges and adjustments
+    sessions: Sessions
+    limiter: LoginLimiter
+    admin_hash: str | None
+    write_lock: threading.Lock = field(default_factory=threading.Lock)  # one ledger writer
+
+
+def context(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[Context, Depends(context)]
+
+
+def viewer(request: Request, ctx: Ctx) -> Viewer:
+    session = ctx.sessions.read(request.cookies.get(SESSION_COOKIE)) or {}
+    user = None
+    web = ctx.settings.web
+    client = request.client.host if request.client else ""
+    if client in web.trusted_proxies:
+        user = request.headers.get(web.user_header) or None
+    return Viewer(admin=session.get("admin") is True, user=user,
+                  csrf=str(session.get("csrf", "")))
+
+
+Who = Annotated[Viewer, Depends(viewer)]
+
+
+def require_admin(who: Who) -> Viewer:
+    if not who.admin:
+        raise HTTPException(403, "administrators only: log in at /login")
+    return who
+
+
+Admin = Annotated[Viewer, Depends(require_admin)]
+
+
+def check_csrf(who: Viewer, token: str | None) -> None:
+    if not who.csrf or not token or not hmac.compare_digest(who.csrf, token):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page "
+                                 "and try again")
+
+
+def may_see(who: Viewer, user: str) -> None:
+    if not who.may_see(user):
+        raise HTTPException(403, "you may see only your own account")
+
+
+def fmt(amount: Decimal) -> str:
+    return f"{amount.quantize(Decimal('0.01')):,}"

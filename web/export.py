@@ -1,0 +1,27 @@
+"""CSV of usage lines or transactions in a date range, as `gpuacct-billing export` writes it."""
+
+from __future__ import annotations
+
+import io
+
+from fastapi import HTTPException
+from fastapi.responses import Response
+
+from billing_engine import export
+from web.deps import Context
+
+
+def csv_response(ctx: Context, what: str, start_text: str, end_text: str) -> Response:
+    if what not in ("usage", "transactions"):
+        raise HTTPException(404, "export usage.csv or transactions.csv")
+    try:
+        start, end = export.parse_time(start_text), export.parse_time(end_text)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if end <= start:
+        raise HTTPException(400, f"to={end_text} is not after from={start_text}")
+    out = io.StringIO()
+    export.write_csv(out, what, export.rows(ctx.view.db, what, start, end))
+    name = f"gpuacct-{what}-{start_text}-{end_text}.csv".replace(":", "")
+    return Response(out.getvalue().encode("utf-8"), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

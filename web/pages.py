@@ -1,0 +1,131 @@
+"""The HTML pages: login, the administrators' overview, a user's page, recharge and adjust."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from web import export
+from web.actions import Refused, post_money
+from web.auth import SESSION_COOKIE, SESSION_SECONDS, verify_password
+from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see
+from web.queries import AccountRow
+
+router = APIRouter(include_in_schema=False)
+SORTS = {"user": lambda a: a.user, "balance": lambda a: a.balance,
+         "cost_24h": lambda a: a.cost_24h, "tier": lambda a: a.tier}
+
+
+def templates(request: Request) -> Jinja2Templates:
+    t: Jinja2Templates = request.app.state.templates
+    return t
+
+
+def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
+    return templates(request).TemplateResponse(request, name, {"fmt": fmt, **values},
+                                               status_code=status)
+
+
+@router.get("/")
+def home(who: Who) -> RedirectResponse:
+    target = "/admin" if who.admin else f"/users/{who.user}" if who.user else "/login"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/login")
+def login_form(request: Request, ctx: Ctx) -> HTMLResponse:
+    cookie, csrf = ctx.sessions.new(admin=False)
+    response = render(request, "login.html", csrf=csrf, error=None)
+    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/login")
+def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()] = "",
+          csrf: Annotated[str, Form()] = "") -> Response:
+    check_csrf(who, csrf)
+    client = request.client.host if request.client else ""
+    if ctx.limiter.blocked(client):
+        return render(request, "login.html", 429, csrf=who.csrf,
+                      error="too many failed logins: wait a minute")
+    if not ctx.admin_hash or not verify_password(password, ctx.admin_hash):
+        ctx.limiter.failed(client)
+        return render(request, "login.html", 401, csrf=who.csrf, error="wrong password")
+    cookie, _ = ctx.sessions.new(admin=True)  # a new session (and token) on login
+    response = RedirectResponse("/admin", status_code=303)
+    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
+                        max_age=SESSION_SECONDS)
+    return response
+
+
+@router.post("/logout")
+def logout(who: Who, csrf: Annotated[str, Form()] = "") -> RedirectResponse:
+    check_csrf(who, csrf)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/admin")
+def overview(request: Request, ctx: Ctx, who: Admin,
+             sort: Annotated[str, Query(pattern="^(user|balance|cost_24h|tier)$")] = "balance"
+             ) -> HTMLResponse:
+    accounts: list[AccountRow] = sorted(ctx.view.overview(), key=SORTS[sort])
+    return render(request, "overview.html", who=who, accounts=accounts, sort=sort)
+
+
+@router.get("/users/{user}")
+def user_page(request: Request, ctx: Ctx, who: Who, user: str,
+              page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+              message: str | None = None, error: str | None = None) -> HTMLResponse:
+    may_see(who, user)
+    account = ctx.view.account(user)
+    if account is None:
+        raise HTTPException(404, f"there is no account {user!r}")
+    size = ctx.settings.web.page_size
+    transactions, total = ctx.view.transactions(user, page, size)
+    daily = ctx.view.daily_cost(user, 30)
+    models = sorted({m for day in daily.values() for m in day})
+    peak = max((sum(day.values()) for day in daily.values()), default=0) or 1
+    return render(request, "user.html", status=400 if error else 200, who=who,
+                  account=account, transactions=transactions, total=total, page=page,
+                  pages=(total + size - 1) // size, daily=daily, models=models, peak=peak,
+                  jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400),
+                  message=message, error=error)
+
+
+def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: str, amount: str,
+            reason: str, csrf: str) -> Response:
+    check_csrf(who, csrf)
+    try:
+        balance = post_money(ctx, user, kind, amount, reason)
+    except Refused as exc:
+        if ctx.view.account(user) is None:
+            raise HTTPException(404, str(exc)) from None
+        return user_page(request, ctx, who, user, error=f"{kind} refused: {exc}")
+    return RedirectResponse(f"/users/{user}?message={kind}+of+{amount.strip()}+done,+balance+"
+                            f"{balance}", status_code=303)
+
+
+@router.post("/users/{user}/recharge")
+def recharge(request: Request, ctx: Ctx, who: Admin, user: str,
+             amount: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "",
+             csrf: Annotated[str, Form()] = "") -> Response:
+    return _change(request, ctx, who, user, "recharge", amount, reason, csrf)
+
+
+@router.post("/users/{user}/adjust")
+def adjust(request: Request, ctx: Ctx, who: Admin, user: str,
+           amount: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "",
+           csrf: Annotated[str, Form()] = "") -> Response:
+    return _change(request, ctx, who, user, "adjustment", amount, reason, csrf)
+
+
+@router.get("/admin/export/{what}.csv")
+def export_csv(ctx: Ctx, who: Admin, what: str, start: Annotated[str, Query(alias="from")],
+               end: Annotated[str, Query(alias="to")]) -> Response:
+    return export.csv_response(ctx, what, start, end)
