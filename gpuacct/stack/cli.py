@@ -13,6 +13,7 @@ from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signal
 from gpuacct.config import CONFIG_ENV, Settings
 from gpuacct.stack import configs, servers
 from gpuacct.stack.process import ManagedProcess, ServerError
+from web.auth import hash_password
 
 
 class Stack:
@@ -89,14 +90,26 @@ class Stack:
         })
         self._started(billing, f"http://{host}:{s.billing_port}/metrics")
 
+        password = alerting.secret_file(d / "admin-password")
+        web = self._start_service("web", "web", ["run"], s.web_port, {
+            "billing": {"ledger": str(d / "billing" / "ledger.sqlite3")},
+            "web": {"listen_address": f"{host}:{s.web_port}",
+                    "prometheus_url": f"http://{host}:{s.prometheus_port}",
+                    "enforcer_url": f"http://{host}:{s.enforcer_port}"},
+            "auth": {**auth, "admin_password_hash": hash_password(
+                password.read_text(encoding="utf-8").strip())},
+        }, ready_path="/-/healthy")
+        self._started(web, f"http://{host}:{s.web_port}/  (admin password in {password})")
+
     def _start_service(self, name: str, module: str, args: list[str], port: int,
-                       overrides: dict[str, Any]) -> ManagedProcess:
+                       overrides: dict[str, Any], ready_path: str = "/metrics"
+                       ) -> ManagedProcess:
         """A gpuacct service with the operator's config plus the stack's overrides."""
         workdir = self.state_dir / name
         config = configs.service_config(self.config_file, overrides, workdir / "gpuacct.yaml")
         argv = [sys.executable, "-m", module, "--config", str(config), *args]
         proc = ManagedProcess(name, argv, workdir / f"{name}.log",
-                              f"http://{self.stack.host}:{port}/metrics")
+                              f"http://{self.stack.host}:{port}{ready_path}")
         return proc.start().wait_ready()
 
     def first_dead(self) -> ManagedProcess | None:

@@ -31,6 +31,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         f"  prometheus_port: {free_port()}\n  alertmanager_port: {free_port()}\n"
         f"  influxdb_port: {free_port()}\n  exporter_port: {free_port()}\n"
         f"  billing_port: {free_port()}\n  enforcer_port: {free_port()}\n"
+        f"  web_port: {free_port()}\n"
         "  scrape_interval_seconds: 1\n"
         "exporter:\n  interval_seconds: 1\n"
         f"  actuator:\n    hook_dir: {tmp_path / 'hooks'}\n")
@@ -44,15 +45,15 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
                  timeout=90, what="the stack")
         text = log.read_text()
         assert stack.poll() is None, text
-        urls = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)$", text, re.M))
+        urls = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)", text, re.M))
         assert set(urls) == {"influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
-                             "billing"}, text
+                             "billing", "web"}, text
         for name, url in urls.items():
             probe = url + ("ping" if name == "influxdb" else "")
             with urllib.request.urlopen(probe, timeout=5) as response:
                 assert response.status < 300, name
         for name in ("influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
-                     "billing"):
+                     "billing", "web"):
             assert (tmp_path / "state" / name).is_dir()
         # Prometheus scrapes the exporter it was started with.
         prom = urls["prometheus"].rstrip("/")
@@ -85,7 +86,8 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert json.loads(hook.read_text())["reasons"][0]["alert"] == "GpuacctBalanceLow"
 
         children = psutil.Process(stack.pid).children(recursive=True)
-        assert len(children) >= 6
+        assert len(children) >= 7
+        assert (tmp_path / "state" / "admin-password").stat().st_mode & 0o077 == 0
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert stack.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
