@@ -12,38 +12,16 @@ from pydantic import BaseModel, Field
 
 from web.actions import Refused, post_money
 from web.deps import Admin, Ctx, Who, check_csrf, may_see
-from web.queries import AccountRow
+from web.queries import AccountRow, Transaction
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 UserName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
 
 
-class Account(BaseModel):
-    user: str
-    balance: Decimal
-    tier: str
-    cost_24h: Decimal
-    charged: Decimal
-    opened_at: float
-
-    @classmethod
-    def of(cls, row: AccountRow) -> Account:
-        return cls(**vars(row))
-
-
-class TransactionOut(BaseModel):
-    id: int
-    at: float
-    kind: str
-    amount: Decimal
-    balance_after: Decimal
-    reason: str
-
-
 class Transactions(BaseModel):
     total: int
     page: int
-    items: list[TransactionOut]
+    items: list[Transaction]
 
 
 class MoneyIn(BaseModel):
@@ -65,14 +43,14 @@ def _account(ctx: Ctx, user: str) -> AccountRow:
 
 
 @router.get("/accounts")
-def accounts(ctx: Ctx, who: Admin) -> list[Account]:
-    return [Account.of(a) for a in ctx.view.overview()]
+def accounts(ctx: Ctx, who: Admin) -> list[AccountRow]:
+    return ctx.view.overview()
 
 
 @router.get("/accounts/{user}")
-def account(ctx: Ctx, who: Who, user: str) -> Account:
+def account(ctx: Ctx, who: Who, user: str) -> AccountRow:
     may_see(who, user)
-    return Account.of(_account(ctx, user))
+    return _account(ctx, user)
 
 
 @router.get("/accounts/{user}/transactions")
@@ -81,8 +59,7 @@ def transactions(ctx: Ctx, who: Who, user: str,
     may_see(who, user)
     _account(ctx, user)
     items, total = ctx.view.transactions(user, page, ctx.settings.web.page_size)
-    return Transactions(total=total, page=page,
-                        items=[TransactionOut(**vars(t)) for t in items])
+    return Transactions(total=total, page=page, items=items)
 
 
 def _post(ctx: Ctx, who: Admin, user: str, kind: str, body: MoneyIn,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from billing_engine.metrics import thresholds
 from gpuacct.config import BillingSettings
 
@@ -23,8 +25,7 @@ def money(micros: int | None) -> Decimal:
     return Decimal(micros or 0).scaleb(-6)
 
 
-@dataclass(frozen=True)
-class AccountRow:
+class AccountRow(BaseModel, frozen=True):
     user: str
     balance: Decimal
     tier: str
@@ -33,8 +34,7 @@ class AccountRow:
     opened_at: float
 
 
-@dataclass(frozen=True)
-class Transaction:
+class Transaction(BaseModel, frozen=True):
     id: int
     at: float
     kind: str
@@ -91,8 +91,10 @@ class LedgerView:
         cost = dict(self.db.execute(
             f"SELECT user, SUM({MICROS.format('cost')}) FROM usage_lines "
             "WHERE window_end >= ? GROUP BY user", (since,)).fetchall())
-        rows = [AccountRow(user, Decimal(balance), tier(self.settings, user, Decimal(balance)),
-                           money(cost.get(user)), Decimal(charged), opened)
+        rows = [AccountRow(user=user, balance=Decimal(balance),
+                           tier=tier(self.settings, user, Decimal(balance)),
+                           cost_24h=money(cost.get(user)), charged=Decimal(charged),
+                           opened_at=opened)
                 for user, balance, charged, opened in self.db.execute(
                     "SELECT user, balance, charged, opened_at FROM accounts ORDER BY user")]
         self._overview = (version, rows)
@@ -107,7 +109,8 @@ class LedgerView:
         rows = self.db.execute(
             "SELECT id, at, kind, amount, balance_after, reason FROM transactions "
             "WHERE user = ? ORDER BY id DESC LIMIT ? OFFSET ?", (user, size, page * size))
-        return [Transaction(i, at, kind, Decimal(a), Decimal(b), reason)
+        return [Transaction(id=i, at=at, kind=kind, amount=Decimal(a),
+                            balance_after=Decimal(b), reason=reason)
                 for i, at, kind, a, b, reason in rows], total
 
     def usage_by_job(self, user: str, since: float) -> list[JobUsage]:
