@@ -24,11 +24,10 @@ from enforcer.nodes import Pusher
 from enforcer.payload import Notification
 from enforcer.store import Store
 from gpuacct.config import describe_error
-from gpuacct.policy import SyncRequest
+from gpuacct.policy import SYNC_PATH, SyncRequest
 from gpuacct.signing import SignatureError, Verifier, sign
 
 log = logging.getLogger(__name__)
-SYNC_PATH = "/v1/sync"
 
 
 def _problems(exc: RequestValidationError | ValidationError) -> str:

@@ -18,12 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from enforcer.store import Store
 from gpuacct.config import EnforcerSettings
-from gpuacct.policy import PushResult
+from gpuacct.policy import POLICY_PATH, PushResult
 from gpuacct.signed_http import ExchangeError, exchange
 from gpuacct.signing import Verifier
 
 log = logging.getLogger(__name__)
-POLICY_PATH = "/v1/policy"
 
 
 def discover(prometheus_url: str, job: str, timeout: float = 5.0) -> list[str]:

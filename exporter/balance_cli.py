@@ -22,9 +22,8 @@ from typing import Any
 
 from exporter.hookfile import read_hook
 from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.config import SEVERITY, tier_of
 from gpuacct.promql import Prometheus, PrometheusUnavailable
-
-TIERS = ("exhausted", "limited", "warning")  # most severe first
 
 
 @dataclass
@@ -60,8 +59,7 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
     value = balance[0][1]
     status.balance = f"{value:.2f}"
     status.thresholds = {labels["tier"]: f"{v:.2f}" for labels, v in tiers}
-    status.tier = next((t for t in TIERS if t in status.thresholds
-                        and value < Decimal(status.thresholds[t])), "ok")
+    status.tier = tier_of(value, {labels["tier"]: v for labels, v in tiers})
     status.cost_per_hour = f"{rate[0][1]:.2f}" if rate else "0.00"
     status.seconds_left = float(left[0][1]) if left else None
     return status
@@ -93,7 +91,7 @@ def render(status: Status) -> str:
     if status.balance is None:
         out.append(f"  balance      {status.problem}")
     else:
-        limits = ", ".join(f"{t} below {status.thresholds[t]}" for t in reversed(TIERS)
+        limits = ", ".join(f"{t} below {status.thresholds[t]}" for t in reversed(SEVERITY)
                            if t in status.thresholds)
         out.append(f"  balance      {status.balance}  (tier: {status.tier}; {limits})")
         spending = f"  spending     {status.cost_per_hour} an hour over the last hour"

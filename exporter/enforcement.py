@@ -9,12 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.actuator import Actuator
-from exporter.policy_sync import POLICY_PATH, PolicyEndpoint, Puller
+from exporter.policy_sync import PolicyEndpoint, Puller
 from exporter.sampler import Snapshot
 from exporter.signals import Signaller
 from exporter.throttle import detect
 from gpuacct.config import Settings
 from gpuacct.metrics_http import WsgiApp
+from gpuacct.policy import POLICY_PATH
 from gpuacct.signing import Verifier
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,11 @@ from pydantic import ValidationError
 
 from exporter.actuator import Actuator
 from gpuacct.metrics_http import StartResponse
-from gpuacct.policy import NodePolicy, PushResult, SyncRequest
+from gpuacct.policy import POLICY_PATH, SYNC_PATH, NodePolicy, PushResult, SyncRequest
 from gpuacct.signed_http import ExchangeError, exchange
 from gpuacct.signing import SignatureError, Verifier, sign
 
 log = logging.getLogger(__name__)
-POLICY_PATH = "/v1/policy"
-SYNC_PATH = "/v1/sync"
 MAX_BODY = 4 << 20
 
 

@@ -138,6 +138,14 @@ class Thresholds(Section):
     exhausted: Money = Decimal(0)
 
 
+SEVERITY = ("exhausted", "limited", "warning")  # tiers, most severe first
+
+
+def tier_of(balance: Decimal, limits: Mapping[str, Decimal]) -> str:
+    """The most severe tier whose threshold the balance is below, else "ok"."""
+    return next((t for t in SEVERITY if t in limits and balance < limits[t]), "ok")
+
+
 class ThresholdOverride(Section):
     warning: Money | None = None
     limited: Money | None = None

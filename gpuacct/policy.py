@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+POLICY_PATH = "/v1/policy"  # on the node: the enforcer PUTs the policy here
+SYNC_PATH = "/v1/sync"  # on the enforcer: a node POSTs its reports, gets the policy back
+
 Action = Literal["notify", "block", "throttle", "kill"]
 ACTIONS: tuple[Action, ...] = ("notify", "block", "throttle", "kill")
 

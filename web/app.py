@@ -61,9 +61,4 @@ def create_app(settings: Settings) -> FastAPI:
     def healthy() -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    @app.get("/static.txt", include_in_schema=False)
-    def static() -> PlainTextResponse:
-        """A fixed response: the benchmark's floor for this server."""
-        return PlainTextResponse("ok\n")
-
     return app

@@ -15,10 +15,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from billing_engine.metrics import thresholds
-from gpuacct.config import BillingSettings
+from gpuacct.config import BillingSettings, tier_of
 
 MICROS = "CAST(ROUND(CAST({} AS REAL) * 1000000) AS INTEGER)"
-TIERS = ("exhausted", "limited", "warning")
 
 
 def money(micros: int | None) -> Decimal:
@@ -54,8 +53,7 @@ class JobUsage:
 
 
 def tier(settings: BillingSettings, user: str, balance: Decimal) -> str:
-    limits = thresholds(settings, user)
-    return next((t for t in TIERS if balance < limits[t]), "ok")
+    return tier_of(balance, thresholds(settings, user))
 
 
 class LedgerView:
