@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Proves the NVML path on a real NVIDIA GPU: a CUDA process of an ordinary user shows up in
 # gpuacct-exporter's /metrics with its user, job, GPU memory, and the GPU's model and UUID.
+# Then enforcement on the same GPU: with the user blocked, a new CUDA process is stopped once
+# NVML shows it; with the user to be killed, a running one is stopped (SIGTERM, then SIGKILL).
 # Run as root from the repository root on a machine with a GPU, PyTorch and gpuacct's deps.
 #   OUT=/tmp/gpu-check PYTHON=python3 tools/real_gpu_check.sh
 set -euo pipefail
@@ -22,13 +24,22 @@ while time.time() < end:
     a = (a @ a).clamp_(-1, 1)
     torch.cuda.synchronize()
 EOF
-printf 'exporter:\n  interval_seconds: 1\n  state_file: %s/state.json\n' "$work" >"$work/gpuacct.yaml"
+key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+cat >"$work/gpuacct.yaml" <<YAML
+auth: {node_hmac_key: "$key"}
+exporter:
+  interval_seconds: 1
+  state_file: $work/state.json
+  actuator: {node_name: gpu-check, kill_grace_seconds: 5, cpu_limiter: "off",
+             hook_dir: $work/hooks, state_file: $work/actuator.json}
+YAML
 
 scrape() { "$PY" -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$PORT/metrics').read().decode())"; }
 
 "$PY" -m exporter --config "$work/gpuacct.yaml" --web.listen-address "127.0.0.1:$PORT" \
     >"$OUT/exporter.log" 2>&1 &
 exporter=$!
+trap 'kill "$exporter" 2>/dev/null || true' EXIT  # also when a step fails
 started=$(date +%s.%N)
 setpriv --reuid="$user" --regid="$user" --clear-groups \
     env GPUACCT_JOB=gpu-check HOME="$work" "$PY" "$work/train.py" 30 &
@@ -61,6 +72,50 @@ t = time.perf_counter()
 import subprocess; subprocess.run(["nvidia-smi"], capture_output=True)
 print(f"one nvidia-smi call: {(time.perf_counter()-t)*1000:.0f} ms")
 EOF
+# Enforcement on the real GPU: push signed policies to the exporter as the enforcer would.
+push() {  # push block|kill|none for $user; prints what the node reports back
+    "$PY" - "$1" <<PY
+import sys, time
+from gpuacct.policy import POLICY_PATH, NodePolicy, PushResult, Reason, UserPolicy
+from gpuacct.signed_http import exchange
+from gpuacct.signing import Verifier
+wanted = {
+    "block": UserPolicy(block=True, reasons=(Reason(alert="GpuacctBalanceLimited", action="block"),)),
+    "kill": UserPolicy(block=True, kill=True,
+                       reasons=(Reason(alert="GpuacctBalanceExhausted", action="kill"),)),
+}.get(sys.argv[1])
+body = NodePolicy(version=time.time_ns() // 1000,
+                  users={"$user": wanted} if wanted else {}).model_dump_json().encode()
+key = "$key".encode()
+answer = exchange("http://127.0.0.1:$PORT", "PUT", POLICY_PATH, body, key, Verifier(key), 5)
+for a in PushResult.model_validate_json(answer).actions:
+    print(f"  node reports: {a.action} {a.result} {a.detail}")
+PY
+}
+run_job() {  # run a CUDA job as $user; say how it ended and after how long
+    local launched code=0
+    launched=$(date +%s.%N)
+    setpriv --reuid="$user" --regid="$user" --clear-groups \
+        env GPUACCT_JOB="$1" HOME="$work" "$PY" "$work/train.py" 60 >/dev/null 2>&1 || code=$?
+    echo "  job $1 ended with exit status $code after" \
+        "$("$PY" -c "print(round($(date +%s.%N) - $launched, 1))") s (60 s unless stopped)"
+}
+{
+    echo "== block: $user may not start new GPU work"
+    push block
+    run_job blocked-job
+    push block  # collects the node's reports
+    echo "== kill: $user's running GPU work is stopped"
+    push none
+    run_job killed-job &
+    job=$!
+    sleep 15  # CUDA is up and NVML shows the process
+    push kill
+    wait "$job"
+    sleep 2
+    push none
+} 2>&1 | tee "$OUT/enforcement.txt"
+
 kill "$exporter"; wait "$exporter" || true
 grep -E '^gpuacct_(job_gpu_seconds_total|gpu_process_memory_bytes|gpu_process_sm|gpu_info|job_info|gpu_memory_used|gpu_temperature|gpu_power|exporter_collector_success)' \
     "$OUT/metrics-during.txt" "$OUT/metrics-after.txt" || true
