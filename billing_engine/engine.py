@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from billing_engine.influx import InfluxSink, InfluxUnavailable, to_line
 from billing_engine.ledger import Ledger, UsageLine
-from billing_engine.pricing import PriceBook
+from billing_engine.pricing import PriceBook, merge_versions
 from gpuacct.config import BillingSettings
 from gpuacct.promql import Prometheus, PrometheusUnavailable, Sample
 
@@ -96,6 +96,8 @@ class Engine:
         try:
             if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
                 return 0
+            self.prices = PriceBook(merge_versions(
+                self.settings.prices, [v for v, _, _ in self.ledger.price_versions()]))
             billed = self._bill_due(now)
             self.drain_outbox()
             self.last_tick_ok = True

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from gpuacct.config import PriceVersion
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -62,6 +64,12 @@ CREATE TABLE IF NOT EXISTS windows (
     cost TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS price_versions (  -- added from the web page; the config has the rest
+    effective REAL PRIMARY KEY,
+    version TEXT NOT NULL,  -- a PriceVersion as JSON, money as exact decimal text
+    created_at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS lease (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     holder TEXT NOT NULL,
@@ -191,6 +199,27 @@ class Ledger:
             sums[user] = sums.get(user, Decimal(0)) + Decimal(amount)
         return [f"{user}: balance {balance} but transactions sum to {sums.get(user)}"
                 for user, balance in self.balances().items() if sums.get(user) != balance]
+
+    # -- prices
+    def price_versions(self) -> list[tuple[PriceVersion, float, str]]:
+        """(version, created_at, reason) of every version added here, oldest first."""
+        return [(PriceVersion.model_validate_json(text), created, reason)
+                for text, created, reason in self.db.execute(
+                    "SELECT version, created_at, reason FROM price_versions ORDER BY effective")]
+
+    def add_price_version(self, db: sqlite3.Connection, version: PriceVersion, now: float,
+                          reason: str) -> None:
+        """Only from now on: a window already billed, or being billed, keeps its price."""
+        effective = version.starts()
+        last = db.execute("SELECT MAX(window_end) FROM windows").fetchone()[0]
+        if effective < now or (last is not None and effective < last):
+            raise LedgerError("prices cannot change the past: the effective time must be now "
+                              "or later")
+        if db.execute("SELECT 1 FROM price_versions WHERE effective = ?",
+                      (effective,)).fetchone():
+            raise LedgerError("a price version with this effective time exists already")
+        db.execute("INSERT INTO price_versions (effective, version, created_at, reason) "
+                   "VALUES (?, ?, ?, ?)", (effective, version.model_dump_json(), now, reason))
 
     # -- outbox
     def outbox_batch(self, limit: int) -> list[tuple[int, str]]:

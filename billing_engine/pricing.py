@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from datetime import UTC
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from gpuacct.config import PriceVersion
@@ -12,13 +11,20 @@ from gpuacct.config import PriceVersion
 MICRO = Decimal("0.000001")
 
 
+def merge_versions(configured: list[PriceVersion],
+                   added: list[PriceVersion]) -> list[PriceVersion]:
+    """The config's versions and those added in the ledger; an added one replaces a configured
+    one with the same effective time."""
+    return sorted({v.starts(): v for v in [*configured, *added]}.values(),
+                  key=PriceVersion.starts)
+
+
 class PriceBook:
     def __init__(self, versions: list[PriceVersion]) -> None:
         if not versions:
             raise ValueError("at least one price version is needed")
-        self.versions = sorted(versions, key=lambda v: v.effective)
-        self.starts = [v.effective.replace(tzinfo=v.effective.tzinfo or UTC).timestamp()
-                       for v in self.versions]
+        self.versions = sorted(versions, key=PriceVersion.starts)
+        self.starts = [v.starts() for v in self.versions]
         self._patterns = [[(re.compile(g.pattern, re.I), g.per_minute) for g in v.gpu]
                           for v in self.versions]
 

@@ -24,6 +24,7 @@ from exporter.hookfile import read_hook
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.config import SEVERITY, tier_of
 from gpuacct.promql import Prometheus, PrometheusUnavailable
+from gpuacct.wording import duration, enforced
 
 
 @dataclass
@@ -65,27 +66,6 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
     return status
 
 
-def _duration(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
-    return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
-
-
-def _enforced(enforcement: dict[str, Any] | None) -> list[str]:
-    if not enforcement:
-        return []
-    lines = []
-    if enforcement.get("kill"):
-        lines.append("your GPU processes are being stopped")
-    elif enforcement.get("block"):
-        lines.append("new GPU work is blocked (what was running goes on)")
-    if enforcement.get("cpu_quota_percent"):
-        lines.append(f"CPU limited to {enforcement['cpu_quota_percent']}% of one core")
-    if enforcement.get("dry_run") and lines:
-        lines = [f"{line} [dry run: not enforced]" for line in lines]
-    return lines
-
-
 def render(status: Status) -> str:
     out = [f"gpuacct balance for {status.user}"]
     if status.balance is None:
@@ -96,10 +76,10 @@ def render(status: Status) -> str:
         out.append(f"  balance      {status.balance}  (tier: {status.tier}; {limits})")
         spending = f"  spending     {status.cost_per_hour} an hour over the last hour"
         if status.seconds_left is not None:
-            spending += f"; at that rate it runs out in {_duration(status.seconds_left)}"
+            spending += f"; at that rate it runs out in {duration(status.seconds_left)}"
         out.append(spending)
-    enforced = _enforced(status.enforcement)
-    out.append(f"  enforced     {'; '.join(enforced) if enforced else 'nothing'}")
+    what = enforced(status.enforcement)
+    out.append(f"  enforced     {'; '.join(what) if what else 'nothing'}")
     for reason in (status.enforcement or {}).get("reasons", []):
         out.append(f"  why          {reason.get('summary') or reason.get('alert')}")
     return "\n".join(out)
@@ -107,15 +87,15 @@ def render(status: Status) -> str:
 
 def greeting(status: Status) -> str:
     """Silent when all is well; otherwise what the user should know at login."""
-    enforced = _enforced(status.enforcement)
-    if status.tier in (None, "ok") and not enforced:
+    what = enforced(status.enforcement)
+    if status.tier in (None, "ok") and not what:
         return ""
     head = f"gpuacct: balance {status.balance}" if status.balance else "gpuacct:"
     if status.tier and status.tier != "ok":
         head += f" ({status.tier})"
     if status.seconds_left is not None:
-        head += f", runs out in about {_duration(status.seconds_left)}"
-    lines = [head + (f": {'; '.join(enforced)}" if enforced else ". Please recharge soon.")]
+        head += f", runs out in about {duration(status.seconds_left)}"
+    lines = [head + (f": {'; '.join(what)}" if what else ". Please recharge soon.")]
     lines += [f"  {r.get('summary')}" for r in (status.enforcement or {}).get("reasons", [])
               if r.get("summary")][:3]
     return "\n".join(lines)

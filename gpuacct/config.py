@@ -129,6 +129,10 @@ class PriceVersion(Section):
     other_gpu_per_minute: Price = Decimal("0.10")
     cpu_per_core_minute: Price = Decimal("0.01")
 
+    def starts(self) -> float:
+        """`effective` as a Unix time; a time written without a zone is UTC."""
+        return self.effective.replace(tzinfo=self.effective.tzinfo or UTC).timestamp()
+
 
 class Thresholds(Section):
     """Balances below these put an account in the tier: warning, limited, exhausted."""

@@ -4,12 +4,14 @@ real processes of real users; windows of 2 seconds."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from subprocess import Popen
 
 import pytest
 
 from billing_engine.ledger import Ledger
+from gpuacct.config import GpuPrice, PriceVersion
 from tests.billing_engine.conftest import WINDOW, Rig, running
 from tests.fixtures.gpus import A100, RTX3090
 from tests.fixtures.servers import wait_for
@@ -183,3 +185,32 @@ def test_catch_up_after_an_absence_is_bounded_by_max_backfill(rig: Rig) -> None:
     assert len(ends) == 6 and ends == list(range(ends[0], ends[-1] + WINDOW, WINDOW))
     starts = ledger.db.execute("SELECT window_start FROM windows ORDER BY window_end").fetchall()
     assert starts[0][0] == long_ago  # the first covers the whole absence: usage is late, not lost
+
+
+def test_a_price_version_added_to_the_ledger_prices_the_windows_from_its_time(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    alice = test_users["alice"]
+    new_price = Decimal("6.00")
+    with running(rig.engine()):
+        job = start_job(rig, processes, alice, "repriced", gpu=0)
+        time.sleep(2 * WINDOW)
+        effective = float(int(time.time()) + 2 * WINDOW)
+        with (ledger := Ledger(rig.ledger_path)).transaction() as db:
+            ledger.add_price_version(db, PriceVersion(
+                effective=datetime.fromtimestamp(effective, UTC),
+                gpu=[GpuPrice(pattern="A100", per_minute=new_price)]), time.time(), "test")
+        time.sleep(4 * WINDOW)
+        stop_job(rig, job)
+        rig.wait_until_billed()
+    lines = ledger.db.execute(
+        "SELECT w.window_start, u.gpu_seconds, u.cpu_core_seconds, u.cost, u.price_effective "
+        "FROM usage_lines u "
+        "JOIN windows w USING (window_end) WHERE u.user = ? AND u.gpu_model = ?",
+        (alice.name, A100)).fetchall()
+    repriced = [line for line in lines if line[0] >= effective]
+    assert repriced and len(repriced) < len(lines)
+    for start, gpu, cpu, cost, price_effective in lines:
+        price = new_price if start >= effective else PRICE[A100]
+        assert price_effective == (effective if start >= effective else 0), start
+        assert Decimal(cost) == ((Decimal(gpu) * price + Decimal(cpu) * CPU_PRICE) / 60).quantize(
+            Decimal("0.000001"), rounding=ROUND_HALF_EVEN)

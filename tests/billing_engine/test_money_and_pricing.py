@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from billing_engine.engine import series_key
+from billing_engine.ledger import Ledger, LedgerError
 from billing_engine.money import parse_amount
-from billing_engine.pricing import PriceBook
+from billing_engine.pricing import PriceBook, merge_versions
 from gpuacct.config import GpuPrice, PriceVersion
 
 D = Decimal
@@ -86,3 +88,34 @@ def test_series_key_ignores_the_metric_name_and_sorts_labels() -> None:
     b = series_key({"job": "j", "user": "u", "__name__": "gpuacct_job_gpu_seconds_created"})
     assert a == b and a.startswith("gpu")
     assert series_key({"__name__": "gpuacct_job_cpu_seconds_total"}).startswith("cpu")
+
+
+def test_an_added_version_replaces_a_configured_one_with_the_same_effective_time() -> None:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    configured = [PriceVersion(), PriceVersion(effective=start, cpu_per_core_minute=D("0.02"))]
+    added = [PriceVersion(effective=start.replace(tzinfo=None), cpu_per_core_minute=D("0.03"))]
+    merged = merge_versions(configured, added)
+    assert [v.cpu_per_core_minute for v in merged] == [D("0.01"), D("0.03")]
+
+
+def test_the_ledger_takes_price_versions_only_from_now_on(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC).timestamp()
+    with ledger.transaction() as db:
+        db.execute("INSERT INTO windows VALUES (?, ?, ?, 0, '0')", (now + 60, now, now))
+    cases = [(now - 1, "cannot change the past"), (now + 30, "cannot change the past")]
+    for effective, message in cases:
+        with pytest.raises(LedgerError, match=message), ledger.transaction() as db:
+            ledger.add_price_version(db, at(effective), now, "")
+    with ledger.transaction() as db:
+        ledger.add_price_version(db, at(now + 60), now, "new A100 price")
+    with pytest.raises(LedgerError, match="exists already"), ledger.transaction() as db:
+        ledger.add_price_version(db, at(now + 60), now, "")
+    [(version, created, reason)] = ledger.price_versions()
+    assert (version.starts(), created, reason) == (now + 60, now, "new A100 price")
+    assert version.gpu[0].per_minute == D("0.75")
+
+
+def at(effective: float) -> PriceVersion:
+    return PriceVersion(effective=datetime.fromtimestamp(effective, UTC),
+                        gpu=[GpuPrice(pattern="A100", per_minute=D("0.75"))])

@@ -1,0 +1,29 @@
+"""How a user is told what is enforced on them and how long their money lasts: the same words
+in gpuacct-balance, the login greeting and the web page."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
+
+
+def enforced(policy: Mapping[str, Any] | None) -> list[str]:
+    """What a user policy (a UserPolicy's fields, or a node's hook file) does, in words."""
+    if not policy:
+        return []
+    lines = []
+    if policy.get("kill"):
+        lines.append("your GPU processes are being stopped")
+    elif policy.get("block"):
+        lines.append("new GPU work is blocked (what was running goes on)")
+    if policy.get("cpu_quota_percent"):
+        lines.append(f"CPU limited to {policy['cpu_quota_percent']}% of one core")
+    if policy.get("dry_run") and lines:
+        lines = [f"{line} [dry run: not enforced]" for line in lines]
+    return lines

@@ -1,0 +1,145 @@
+"""What the ledger does not know: burn rates and nodes from Prometheus, what is enforced from
+the enforcer. Each answer is kept a few seconds, so a busy overview asks once, not per request;
+a part that cannot be reached is shown as unknown, with why, never as an error page."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Generic, TypeVar
+
+from pydantic import ValidationError
+
+from gpuacct.config import Settings
+from gpuacct.policy import NodePolicy, UserPolicy
+from gpuacct.promql import Prometheus, PrometheusUnavailable
+
+T = TypeVar("T")
+TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Burn:
+    per_hour: Decimal
+    seconds_left: float | None  # None: not spending, or no estimate yet
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    gpu: str
+    model: str
+    utilization: float | None
+    users: dict[str, int]  # user -> GPU memory bytes held
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    instance: str
+    up: bool
+    gpus: list[GpuRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    value: T
+    problem: str | None = None  # why the value is empty, when it is
+
+
+class Live:
+    def __init__(self, settings: Settings, ttl_seconds: float = 15.0) -> None:
+        web = settings.web
+        self.prometheus = Prometheus(web.prometheus_url, TIMEOUT_SECONDS)
+        self.exporter_job = settings.enforcer.exporter_job
+        self.enforcer_url = web.enforcer_url
+        token = settings.auth.webhook_token
+        self.token = token.get_secret_value() if token else None
+        self.ttl = ttl_seconds
+        self._cache: dict[str, tuple[float, Answer[object]]] = {}
+        self._lock = threading.Lock()
+
+    def _cached(self, name: str, fetch: Callable[[], Answer[T]]) -> Answer[T]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]  # type: ignore[return-value]
+        answer = fetch()
+        with self._lock:
+            self._cache[name] = (now + self.ttl, answer)  # type: ignore[assignment]
+        return answer
+
+    def _query(self, query: str) -> list[tuple[dict[str, str], float]]:
+        return [(s.labels, float(s.value)) for s in self.prometheus.instant(query, time.time())]
+
+    # -- burn rate and time left (the recording rules)
+    def burn(self) -> Answer[dict[str, Burn]]:
+        return self._cached("burn", self._fetch_burn)
+
+    def _fetch_burn(self) -> Answer[dict[str, Burn]]:
+        try:
+            rates = self._query("max by (user) (user:gpuacct_cost_per_hour:rate1h)")
+            left = dict((labels.get("user", ""), v) for labels, v in self._query(
+                "min by (user) (user:gpuacct_seconds_until_exhausted:rate1h)"))
+        except PrometheusUnavailable as exc:
+            return Answer({}, f"burn rates unknown: {exc}")
+        burns = {}
+        for labels, rate in rates:
+            user = labels.get("user", "")
+            seconds = left.get(user)
+            if math.isfinite(rate):
+                burns[user] = Burn(Decimal(str(rate)).quantize(Decimal("0.01")),
+                                   seconds if seconds is not None and math.isfinite(seconds)
+                                   else None)
+        return Answer(burns)
+
+    # -- what the enforcer wants done, per user
+    def enforcement(self) -> Answer[dict[str, UserPolicy]]:
+        return self._cached("enforcement", self._fetch_enforcement)
+
+    def _fetch_enforcement(self) -> Answer[dict[str, UserPolicy]]:
+        if not self.enforcer_url:
+            return Answer({}, "enforcement unknown: web.enforcer_url is not set")
+        url = self.enforcer_url.rstrip("/") + "/v1/policy"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+                policy = NodePolicy.model_validate_json(response.read())
+        except (urllib.error.URLError, OSError) as exc:
+            return Answer({}, f"enforcement unknown: {url}: {exc}")
+        except ValidationError as exc:
+            return Answer({}, f"enforcement unknown: {url} answered something else: "
+                              f"{exc.errors()[0]['msg']}")
+        return Answer(dict(policy.users))
+
+    # -- nodes: up, their GPUs, who is on them
+    def nodes(self) -> Answer[list[NodeRow]]:
+        return self._cached("nodes", self._fetch_nodes)
+
+    def _fetch_nodes(self) -> Answer[list[NodeRow]]:
+        job = f'job="{self.exporter_job}"'
+        try:
+            up = self._query(f"up{{{job}}}")
+            info = self._query(f"gpuacct_gpu_info{{{job}}}")
+            util = self._query(f"gpuacct_gpu_utilization_ratio{{{job}}}")
+            held = self._query(f"sum by (instance, gpu, user) "
+                               f"(gpuacct_gpu_process_memory_bytes{{{job}}})")
+        except PrometheusUnavailable as exc:
+            return Answer([], f"nodes unknown: {exc}")
+        utilization = {(l["instance"], l.get("gpu", "")): v for l, v in util}  # noqa: E741
+        users: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        for labels, value in held:
+            users[(labels["instance"], labels.get("gpu", ""))][labels.get("user", "?")] = int(value)
+        gpus: dict[str, list[GpuRow]] = defaultdict(list)
+        for labels, _ in sorted(info, key=lambda s: (s[0]["instance"], s[0].get("gpu", ""))):
+            key = (labels["instance"], labels.get("gpu", ""))
+            gpus[key[0]].append(GpuRow(key[1], labels.get("gpu_model", ""),
+                                       utilization.get(key), dict(sorted(users[key].items()))))
+        return Answer([NodeRow(labels["instance"], value == 1, gpus[labels["instance"]])
+                       for labels, value in sorted(up, key=lambda s: s[0]["instance"])])
