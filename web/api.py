@@ -10,9 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from web import prices
 from web.actions import Refused, post_money
 from web.deps import Admin, Ctx, Who, check_csrf, may_see
-from web.queries import AccountRow, Transaction
+from web.live import NodeRow
+from web.prices import PriceEntry, PriceIn
+from web.queries import Transaction
+from web.status import AccountStatus
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 UserName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
@@ -35,20 +39,20 @@ class Balance(BaseModel):
     balance: Decimal
 
 
-def _account(ctx: Ctx, user: str) -> AccountRow:
-    account = ctx.view.account(user)
+def _account(ctx: Ctx, user: str) -> AccountStatus:
+    account = ctx.accounts.get(user)
     if account is None:
         raise HTTPException(404, f"there is no account {user!r}")
     return account
 
 
 @router.get("/accounts")
-def accounts(ctx: Ctx, who: Admin) -> list[AccountRow]:
-    return ctx.view.overview()
+def accounts(ctx: Ctx, who: Admin) -> list[AccountStatus]:
+    return ctx.accounts.overview().accounts
 
 
 @router.get("/accounts/{user}")
-def account(ctx: Ctx, who: Who, user: str) -> AccountRow:
+def account(ctx: Ctx, who: Who, user: str) -> AccountStatus:
     may_see(who, user)
     return _account(ctx, user)
 
@@ -83,3 +87,28 @@ def recharge(ctx: Ctx, who: Admin, user: str, body: MoneyIn,
 def adjust(ctx: Ctx, who: Admin, user: str, body: MoneyIn,
            x_csrf_token: Annotated[str | None, Header()] = None) -> Balance:
     return _post(ctx, who, user, "adjustment", body, x_csrf_token)
+
+
+@router.get("/prices", tags=["prices"])
+def price_history(ctx: Ctx, who: Admin) -> list[PriceEntry]:
+    return prices.history(ctx)
+
+
+@router.post("/prices", tags=["prices"], status_code=201)
+def add_prices(ctx: Ctx, who: Admin, body: PriceIn,
+               x_csrf_token: Annotated[str | None, Header()] = None) -> list[PriceEntry]:
+    """A new price version, in force from `effective` (not before now); the new history."""
+    check_csrf(who, x_csrf_token)
+    try:
+        prices.add(ctx, body.model_dump())
+    except Refused as exc:
+        raise HTTPException(400, f"new prices refused: {exc}") from None
+    return prices.history(ctx)
+
+
+@router.get("/nodes", tags=["nodes"])
+def nodes(ctx: Ctx, who: Admin) -> list[NodeRow]:
+    answer = ctx.live.nodes()
+    if answer.problem:
+        raise HTTPException(503, answer.problem)
+    return answer.value

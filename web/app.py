@@ -15,7 +15,9 @@ from gpuacct.config import Settings, describe_error
 from web import api, pages
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
+from web.live import Live
 from web.queries import LedgerView
+from web.status import Accounts
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -31,8 +33,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="gpuacct", version="1", docs_url="/api/docs",
                   openapi_url="/api/v1/openapi.json", redoc_url=None,
                   description="Balances, usage, transactions and recharges of gpuacct.")
+    view, live = LedgerView(ledger_path, settings.billing), Live(settings)
     app.state.ctx = Context(
-        settings=settings, view=LedgerView(ledger_path, settings.billing),
+        settings=settings, view=view, live=live, accounts=Accounts(view, live),
         ledger=Ledger(ledger_path),
         sessions=Sessions(secret.get_secret_value() if secret else secrets.token_hex(32)),
         limiter=LoginLimiter(settings.web.login_failures_per_minute),

@@ -13,13 +13,17 @@ from fastapi import Depends, HTTPException, Request
 from billing_engine.ledger import Ledger
 from gpuacct.config import Settings
 from web.auth import SESSION_COOKIE, LoginLimiter, Sessions, Viewer
+from web.live import Live
 from web.queries import LedgerView
+from web.status import Accounts
 
 
 @dataclass
 class Context:
     settings: Settings
     view: LedgerView
+    live: Live
+    accounts: Accounts
     ledger: Ledger  # for posting recharges and adjustments
     sessions: Sessions
     limiter: LoginLimiter

@@ -11,11 +11,11 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gpuacct.config import Settings
 from gpuacct.policy import NodePolicy, UserPolicy
@@ -31,19 +31,17 @@ class Burn:
     seconds_left: float | None  # None: not spending, or no estimate yet
 
 
-@dataclass(frozen=True)
-class GpuRow:
+class GpuRow(BaseModel, frozen=True):
     gpu: str
     model: str
     utilization: float | None
     users: dict[str, int]  # user -> GPU memory bytes held
 
 
-@dataclass(frozen=True)
-class NodeRow:
+class NodeRow(BaseModel, frozen=True):
     instance: str
     up: bool
-    gpus: list[GpuRow] = field(default_factory=list)
+    gpus: list[GpuRow] = []
 
 
 @dataclass(frozen=True)
@@ -123,13 +121,12 @@ class Live:
         return self._cached("nodes", self._fetch_nodes)
 
     def _fetch_nodes(self) -> Answer[list[NodeRow]]:
-        job = f'job="{self.exporter_job}"'
         try:
-            up = self._query(f"up{{{job}}}")
-            info = self._query(f"gpuacct_gpu_info{{{job}}}")
-            util = self._query(f"gpuacct_gpu_utilization_ratio{{{job}}}")
-            held = self._query(f"sum by (instance, gpu, user) "
-                               f"(gpuacct_gpu_process_memory_bytes{{{job}}})")
+            up = self._query(f'up{{job="{self.exporter_job}"}}')
+            # Not by job: with honor_labels, a process's gpuacct job is its `job` label.
+            info = self._query("gpuacct_gpu_info")
+            util = self._query("gpuacct_gpu_utilization_ratio")
+            held = self._query("sum by (instance, gpu, user) (gpuacct_gpu_process_memory_bytes)")
         except PrometheusUnavailable as exc:
             return Answer([], f"nodes unknown: {exc}")
         utilization = {(l["instance"], l.get("gpu", "")): v for l, v in util}  # noqa: E741
@@ -139,7 +136,9 @@ class Live:
         gpus: dict[str, list[GpuRow]] = defaultdict(list)
         for labels, _ in sorted(info, key=lambda s: (s[0]["instance"], s[0].get("gpu", ""))):
             key = (labels["instance"], labels.get("gpu", ""))
-            gpus[key[0]].append(GpuRow(key[1], labels.get("gpu_model", ""),
-                                       utilization.get(key), dict(sorted(users[key].items()))))
-        return Answer([NodeRow(labels["instance"], value == 1, gpus[labels["instance"]])
+            gpus[key[0]].append(GpuRow(gpu=key[1], model=labels.get("gpu_model", ""),
+                                       utilization=utilization.get(key),
+                                       users=dict(sorted(users[key].items()))))
+        return Answer([NodeRow(instance=labels["instance"], up=value == 1,
+                               gpus=gpus[labels["instance"]])
                        for labels, value in sorted(up, key=lambda s: s[0]["instance"])])

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from web import export
+from gpuacct.config import SEVERITY
+from gpuacct.wording import duration, enforced
+from web import export, prices
 from web.actions import Refused, post_money
 from web.auth import SESSION_COOKIE, SESSION_SECONDS, verify_password
 from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see
-from web.queries import AccountRow
+from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
-SORTS = {"user": lambda a: a.user, "balance": lambda a: a.balance,
-         "cost_24h": lambda a: a.cost_24h, "tier": lambda a: a.tier}
+SEVERITY_ORDER = {tier: i for i, tier in enumerate(SEVERITY)}
+# Lowest balances first; the biggest spenders first.
+SORTS: dict[str, Callable[[AccountStatus], Any]] = {
+    "user": lambda a: a.user, "balance": lambda a: a.balance,
+    "cost_24h": lambda a: -a.cost_24h, "tier": lambda a: SEVERITY_ORDER.get(a.tier, 9),
+    "burn": lambda a: -(a.cost_per_hour or 0)}
 
 
 def templates(request: Request) -> Jinja2Templates:
@@ -26,8 +33,9 @@ def templates(request: Request) -> Jinja2Templates:
 
 
 def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return templates(request).TemplateResponse(request, name, {"fmt": fmt, **values},
-                                               status_code=status)
+    return templates(request).TemplateResponse(
+        request, name, {"fmt": fmt, "enforced": enforced, "duration": duration, **values},
+        status_code=status)
 
 
 @router.get("/")
@@ -72,10 +80,11 @@ def logout(who: Who, csrf: Annotated[str, Form()] = "") -> RedirectResponse:
 
 @router.get("/admin")
 def overview(request: Request, ctx: Ctx, who: Admin,
-             sort: Annotated[str, Query(pattern="^(user|balance|cost_24h|tier)$")] = "balance"
+             sort: Annotated[str, Query(pattern="^(user|balance|cost_24h|tier|burn)$")] = "balance"
              ) -> HTMLResponse:
-    accounts: list[AccountRow] = sorted(ctx.view.overview(), key=SORTS[sort])
-    return render(request, "overview.html", who=who, accounts=accounts, sort=sort)
+    overview = ctx.accounts.overview()
+    return render(request, "overview.html", who=who, sort=sort, problems=overview.problems,
+                  accounts=sorted(overview.accounts, key=SORTS[sort]))
 
 
 @router.get("/users/{user}")
@@ -83,7 +92,7 @@ def user_page(request: Request, ctx: Ctx, who: Who, user: str,
               page: Annotated[int, Query(ge=0, le=100_000)] = 0,
               message: str | None = None, error: str | None = None) -> HTMLResponse:
     may_see(who, user)
-    account = ctx.view.account(user)
+    account = ctx.accounts.get(user)
     if account is None:
         raise HTTPException(404, f"there is no account {user!r}")
     size = ctx.settings.web.page_size
@@ -95,7 +104,7 @@ def user_page(request: Request, ctx: Ctx, who: Who, user: str,
                   account=account, transactions=transactions, total=total, page=page,
                   pages=(total + size - 1) // size, daily=daily, models=models, peak=peak,
                   jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400),
-                  message=message, error=error)
+                  message=message, error=error, problems=ctx.accounts.overview().problems)
 
 
 def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: str, amount: str,
@@ -129,3 +138,34 @@ def adjust(request: Request, ctx: Ctx, who: Admin, user: str,
 def export_csv(ctx: Ctx, who: Admin, what: str, start: Annotated[str, Query(alias="from")],
                end: Annotated[str, Query(alias="to")]) -> Response:
     return export.csv_response(ctx, what, start, end)
+
+
+@router.get("/admin/prices")
+def prices_page(request: Request, ctx: Ctx, who: Admin, message: str | None = None,
+                error: str | None = None, form: dict[str, str] | None = None) -> HTMLResponse:
+    return render(request, "prices.html", status=400 if error else 200, who=who,
+                  history=prices.history(ctx), message=message, error=error, form=form or {})
+
+
+@router.post("/admin/prices")
+def add_prices(request: Request, ctx: Ctx, who: Admin, effective: Annotated[str, Form()] = "",
+               gpu: Annotated[str, Form()] = "", other_gpu_per_minute: Annotated[str, Form()] = "",
+               cpu_per_core_minute: Annotated[str, Form()] = "",
+               reason: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = ""
+               ) -> Response:
+    check_csrf(who, csrf)
+    form = {"effective": effective, "gpu": gpu, "other_gpu_per_minute": other_gpu_per_minute,
+            "cpu_per_core_minute": cpu_per_core_minute, "reason": reason}
+    try:
+        version = prices.add(ctx, {**form, "effective": effective.strip() or None,
+                                   "gpu": prices.parse_gpu_lines(gpu)})
+    except Refused as exc:
+        return prices_page(request, ctx, who, error=f"new prices refused: {exc}", form=form)
+    return RedirectResponse(f"/admin/prices?message=new+prices+in+force+from+"
+                            f"{version.effective:%Y-%m-%d+%H:%M:%S}+UTC", status_code=303)
+
+
+@router.get("/admin/nodes")
+def nodes_page(request: Request, ctx: Ctx, who: Admin) -> HTMLResponse:
+    nodes = ctx.live.nodes()
+    return render(request, "nodes.html", who=who, nodes=nodes.value, problem=nodes.problem)

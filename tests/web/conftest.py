@@ -69,7 +69,8 @@ class Web:
 def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     started: list[ManagedProcess] = []
 
-    def start(users: int = 3, windows: int = 5, **web: object) -> Web:
+    def start(users: int = 3, windows: int = 5, auth: dict[str, str] | None = None,
+              **web: object) -> Web:
         ledger = tmp_path / "ledger.sqlite3"
         fill_ledger(ledger, users, windows)
         port = free_port()
@@ -77,7 +78,7 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
         config.write_text(yaml.safe_dump({
             "billing": {"ledger": str(ledger)},
             "web": {"session_secret": "s3cret-for-tests", **web},
-            "auth": {"admin_password_hash": hash_password(PASSWORD)}}))
+            "auth": {"admin_password_hash": hash_password(PASSWORD), **(auth or {})}}))
         proc = ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config),
                                       "run", "--web.listen-address", f"127.0.0.1:{port}"],
                               tmp_path / "web.log", f"http://127.0.0.1:{port}/-/healthy")

@@ -1,0 +1,107 @@
+"""What the page takes from the other parts: burn rates and nodes from a real Prometheus, what
+is enforced from a real gpuacct-enforcer, the nodes' GPUs from a real exporter on fake GPUs
+with a real process of a test user on one of them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from tests.fixtures.enforcement import TOKEN, Cluster, alert, notification
+from tests.fixtures.servers import Server, promql, wait_for
+from tests.fixtures.users import Processes, UnixUser
+from tests.web.conftest import Web
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+# The recording rules' results for alice, as Prometheus would have them (the rules themselves
+# are tested in tests/rules against the billing engine's metrics).
+RULES = """\
+user:gpuacct_cost_per_hour:rate1h{user="alice"} 3.5
+user:gpuacct_seconds_until_exhausted:rate1h{user="alice"} 9000
+"""
+
+
+@pytest.fixture
+def rule_results() -> Iterator[str]:
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(RULES.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_pages_show_enforcement_burn_rate_and_who_is_on_which_gpu(
+        start_web: Callable[..., Web], cluster: Cluster, rule_results: str,
+        start_prometheus: Callable[..., Server], processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    node = cluster.node("gpu01")
+    holder = processes.python(test_users["alice"], "idle.py")
+    node.gpus.put(0, holder.pid, used_memory=3 << 30)
+    enforcer = cluster.enforcer([node])
+    status, _ = enforcer.post_alerts(notification(
+        alert("alice", "throttle", "GpuacctBalanceLimited", quota=50),
+        alert("alice", "block", "GpuacctBalanceLimitedBlock")))
+    assert status == 200
+    prometheus = start_prometheus([
+        {"job_name": "gpuacct-exporter", "honor_labels": True,
+         "static_configs": [{"targets": [f"127.0.0.1:{node.exporter.port}"]}]},
+        {"job_name": "rules", "honor_labels": True,
+         "static_configs": [{"targets": [rule_results]}]}], interval="500ms")
+    wait_for(lambda: promql(prometheus.url, "gpuacct_gpu_process_memory_bytes")
+             and promql(prometheus.url, "user:gpuacct_cost_per_hour:rate1h"))
+    web = start_web(prometheus_url=prometheus.url, enforcer_url=enforcer.url,
+                    auth={"webhook_token": TOKEN})
+    session, _ = web.admin()
+
+    page = session.get(f"{web.url}/users/alice", timeout=10).text
+    assert "Spending 3.50 an hour over the last hour" in page
+    assert "runs out in 2h 30m" in page
+    assert "new GPU work is blocked (what was running goes on)" in page
+    assert "CPU limited to 50% of one core" in page
+    assert "alice: GpuacctBalanceLimited: because GpuacctBalanceLimited" in page
+    overview = session.get(f"{web.url}/admin?sort=burn", timeout=10).text
+    assert overview.index('href="/users/alice"') < overview.index('href="/users/bob"')
+    assert "GPU blocked CPU 50%" in overview
+    bob = session.get(f"{web.url}/users/bob", timeout=10).text
+    assert "Spending 0.00 an hour" in bob and "<p>nothing</p>" in bob
+
+    api = session.get(f"{web.url}/api/v1/accounts/alice", timeout=10).json()
+    assert (api["cost_per_hour"], api["seconds_left"]) == ("3.50", 9000.0)
+    assert api["enforcement"]["block"] and api["enforcement"]["cpu_quota_percent"] == 50
+
+    nodes = session.get(f"{web.url}/admin/nodes", timeout=10).text
+    assert f"127.0.0.1:{node.exporter.port}" in nodes and ">up<" in nodes
+    assert f"{test_users['alice'].name}</a> (3.0 GiB)" in nodes
+    [row] = session.get(f"{web.url}/api/v1/nodes", timeout=10).json()
+    assert row["up"] and [g["users"] for g in row["gpus"]] == [
+        {test_users["alice"].name: 3 << 30}, {}]
+
+
+def test_parts_that_cannot_be_reached_are_named_not_an_error(
+        start_web: Callable[..., Web]) -> None:
+    web = start_web(prometheus_url="http://127.0.0.1:9", enforcer_url="http://127.0.0.1:9",
+                    auth={"webhook_token": TOKEN})
+    session, _ = web.admin()
+    for path in ("/admin", "/users/alice", "/admin/nodes"):
+        answer = session.get(f"{web.url}{path}", timeout=10)
+        assert answer.status_code == 200, path
+        assert "unknown: http://127.0.0.1:9" in answer.text, path
+    assert session.get(f"{web.url}/api/v1/nodes", timeout=10).status_code == 503
+    account = requests.get(f"{web.url}/api/v1/accounts/alice", timeout=10,
+                           headers={"X-Remote-User": "alice"}).json()
+    assert account["cost_per_hour"] is None and account["enforcement"] is None
