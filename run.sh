@@ -6,11 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv prometheus prometheus-alertmanager influxdb util-linux passwd procps)
+# Only for the tests and benchmarks: the browser the page is tested in, and the HTTP load tool.
+TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk)
 VENV=.venv
 
 install_debian_packages() {
     local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
@@ -43,12 +45,12 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     stack)
-        install_debian_packages
+        install_debian_packages "${APT_PACKAGES[@]}"
         install_venv ""
         exec "$VENV/bin/gpuacct-stack" "$@"
         ;;
     test)
-        install_debian_packages
+        install_debian_packages "${APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}"
         install_venv "[test]"
         echo "==> ruff check"; "$VENV/bin/ruff" check .
         echo "==> mypy"; "$VENV/bin/mypy"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated
@@ -75,3 +76,8 @@ def may_see(who: Viewer, user: str) -> None:
 
 def fmt(amount: Decimal) -> str:
     return f"{amount.quantize(Decimal('0.01')):,}"
+
+
+def when(at: float) -> str:
+    """A Unix time as the pages show it (UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))

@@ -15,7 +15,7 @@ from gpuacct.wording import duration, enforced
 from web import export, prices
 from web.actions import Refused, post_money
 from web.auth import SESSION_COOKIE, SESSION_SECONDS, verify_password
-from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see
+from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see, when
 from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
@@ -34,7 +34,8 @@ def templates(request: Request) -> Jinja2Templates:
 
 def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
     return templates(request).TemplateResponse(
-        request, name, {"fmt": fmt, "enforced": enforced, "duration": duration, **values},
+        request, name, {"fmt": fmt, "when": when, "enforced": enforced, "duration": duration,
+                        **values},
         status_code=status)
 
 
@@ -117,7 +118,7 @@ def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: str, amount
             raise HTTPException(404, str(exc)) from None
         return user_page(request, ctx, who, user, error=f"{kind} refused: {exc}")
     return RedirectResponse(f"/users/{user}?message={kind}+of+{amount.strip()}+done,+balance+"
-                            f"{balance}", status_code=303)
+                            f"{fmt(balance).replace(',', '')}", status_code=303)
 
 
 @router.post("/users/{user}/recharge")

@@ -1,0 +1,72 @@
+"""The page in a real browser (Debian's Chromium through Playwright): an administrator logs in,
+opens the overview and a user, recharges, and sees the new balance and the transaction; a user
+sees their own page and is refused another's. Screenshots go to $GPUACCT_SCREENSHOTS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+
+from tests.web.conftest import PASSWORD, Web
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = Path(os.environ.get("GPUACCT_SCREENSHOTS", "/tmp/gpuacct-screenshots"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+def test_admin_recharges_a_user_in_the_browser(start_web: Callable[..., Web],
+                                                browser: Browser) -> None:
+    web = start_web(users=12)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{web.url}/admin")
+    expect(page.get_by_text("administrators only")).to_be_visible()
+    page.goto(f"{web.url}/login")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{web.url}/admin")
+    expect(page.locator("#accounts tbody tr")).to_have_count(12)
+    page.screenshot(path=SCREENSHOTS / "overview.png", full_page=True)
+
+    page.get_by_role("link", name="alice", exact=True).click()
+    expect(page).to_have_url(f"{web.url}/users/alice")
+    before = page.locator("#balance").inner_text()
+    page.get_by_label("Recharge").fill("25.50")
+    page.locator("form[action$='/recharge'] input[name=reason]").fill("grant 42")
+    page.get_by_role("button", name="Recharge").click()
+    expect(page.get_by_role("status")).to_contain_text("recharge of 25.50 done")
+    assert before == "99.38"  # 100 - 5 windows of 0.123457
+    expect(page.locator("#balance")).to_have_text("124.88")
+    newest = page.locator("#transactions tbody tr").first
+    expect(newest).to_contain_text("recharge")
+    expect(newest).to_contain_text("25.50")
+    expect(newest).to_contain_text("grant 42")
+    page.screenshot(path=SCREENSHOTS / "user.png", full_page=True)
+
+
+def test_a_user_sees_their_own_page_and_not_another(start_web: Callable[..., Web],
+                                                      browser: Browser) -> None:
+    web = start_web()
+    context = browser.new_context(extra_http_headers={"X-Remote-User": "bob"})
+    page = context.new_page()
+    page.goto(f"{web.url}/")
+    expect(page).to_have_url(f"{web.url}/users/bob")
+    expect(page.get_by_role("heading", name="bob")).to_be_visible()
+    expect(page.get_by_role("button", name="Recharge")).to_have_count(0)
+    answer = page.goto(f"{web.url}/users/alice")
+    assert answer is not None and answer.status == 403
+    expect(page.get_by_role("alert")).to_have_text("you may see only your own account")
+    context.close()
