@@ -106,9 +106,12 @@ def add_prices(ctx: Ctx, who: Admin, body: PriceIn,
     return prices.history(ctx)
 
 
+class Nodes(BaseModel):
+    nodes: list[NodeRow]
+    problem: str | None = Field(description="why `nodes` is empty: Prometheus was not reached")
+
+
 @router.get("/nodes", tags=["nodes"])
-def nodes(ctx: Ctx, who: Admin) -> list[NodeRow]:
+def nodes(ctx: Ctx, who: Admin) -> Nodes:
     answer = ctx.live.nodes()
-    if answer.problem:
-        raise HTTPException(503, answer.problem)
-    return answer.value
+    return Nodes(nodes=answer.value, problem=answer.problem)

@@ -15,6 +15,7 @@ from gpuacct.config import Settings, describe_error
 from web import api, pages
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
+from web.fragments import Fragments
 from web.live import Live
 from web.queries import LedgerView
 from web.status import Accounts
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
     view, live = LedgerView(ledger_path, settings.billing), Live(settings)
     app.state.ctx = Context(
         settings=settings, view=view, live=live, accounts=Accounts(view, live),
+        fragments=Fragments(),
         ledger=Ledger(ledger_path),
         sessions=Sessions(secret.get_secret_value() if secret else secrets.token_hex(32)),
         limiter=LoginLimiter(settings.web.login_failures_per_minute),

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from billing_engine.ledger import Ledger
 from gpuacct.config import Settings
 from web.auth import SESSION_COOKIE, LoginLimiter, Sessions, Viewer
+from web.fragments import Fragments
 from web.live import Live
 from web.queries import LedgerView
 from web.status import Accounts
@@ -25,6 +26,7 @@ class Context:
     view: LedgerView
     live: Live
     accounts: Accounts
+    fragments: Fragments
     ledger: Ledger  # for posting recharges and adjustments
     sessions: Sessions
     limiter: LoginLimiter

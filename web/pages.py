@@ -32,11 +32,16 @@ def templates(request: Request) -> Jinja2Templates:
     return t
 
 
+HELPERS = {"fmt": fmt, "when": when, "enforced": enforced, "duration": duration}
+
+
 def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return templates(request).TemplateResponse(
-        request, name, {"fmt": fmt, "when": when, "enforced": enforced, "duration": duration,
-                        **values},
-        status_code=status)
+    return templates(request).TemplateResponse(request, name, {**HELPERS, **values},
+                                               status_code=status)
+
+
+def fragment(request: Request, name: str, **values: Any) -> str:
+    return templates(request).get_template(name).render(**HELPERS, **values)
 
 
 @router.get("/")
@@ -84,8 +89,10 @@ def overview(request: Request, ctx: Ctx, who: Admin,
              sort: Annotated[str, Query(pattern="^(user|balance|cost_24h|tier|burn)$")] = "balance"
              ) -> HTMLResponse:
     overview = ctx.accounts.overview()
+    table = ctx.fragments.get(("overview", overview.version, sort), lambda: fragment(
+        request, "_accounts_table.html", accounts=sorted(overview.accounts, key=SORTS[sort])))
     return render(request, "overview.html", who=who, sort=sort, problems=overview.problems,
-                  accounts=sorted(overview.accounts, key=SORTS[sort]))
+                  accounts=overview.accounts, table=table)
 
 
 @router.get("/users/{user}")
@@ -96,16 +103,23 @@ def user_page(request: Request, ctx: Ctx, who: Who, user: str,
     account = ctx.accounts.get(user)
     if account is None:
         raise HTTPException(404, f"there is no account {user!r}")
+    history = ctx.fragments.get(("history", ctx.view.version(), user, page),
+                                lambda: _history(request, ctx, user, page))
+    return render(request, "user.html", status=400 if error else 200, who=who,
+                  account=account, history=history, message=message, error=error,
+                  problems=ctx.accounts.overview().problems)
+
+
+def _history(request: Request, ctx: Ctx, user: str, page: int) -> str:
+    """Cost per day, usage by job and one page of transactions."""
     size = ctx.settings.web.page_size
     transactions, total = ctx.view.transactions(user, page, size)
     daily = ctx.view.daily_cost(user, 30)
     models = sorted({m for day in daily.values() for m in day})
     peak = max((sum(day.values()) for day in daily.values()), default=0) or 1
-    return render(request, "user.html", status=400 if error else 200, who=who,
-                  account=account, transactions=transactions, total=total, page=page,
-                  pages=(total + size - 1) // size, daily=daily, models=models, peak=peak,
-                  jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400),
-                  message=message, error=error, problems=ctx.accounts.overview().problems)
+    return fragment(request, "_user_history.html", transactions=transactions, total=total,
+                    page=page, pages=(total + size - 1) // size, daily=daily, models=models,
+                    peak=peak, jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400))
 
 
 def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: str, amount: str,

@@ -73,7 +73,7 @@ class LedgerView:
             self._local.db = db
         return db
 
-    def _version(self) -> tuple[object, ...]:
+    def version(self) -> tuple[object, ...]:
         """Changes whenever a window is billed or money is posted."""
         return tuple(self.db.execute(
             "SELECT (SELECT MAX(window_end) FROM windows), (SELECT MAX(id) FROM transactions)"
@@ -81,7 +81,7 @@ class LedgerView:
 
     def overview(self, now: float | None = None) -> list[AccountRow]:
         """Every account; cached until the ledger changes (it changes once a minute)."""
-        version = self._version()
+        version = self.version()
         cached = self._overview
         if cached is not None and cached[0] == version and now is None:
             return cached[1]

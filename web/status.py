@@ -21,6 +21,7 @@ class AccountStatus(AccountRow, frozen=True):
 class Overview:
     accounts: list[AccountStatus]
     problems: list[str]  # what could not be asked, so the page can say what it lacks
+    version: int  # a new number whenever anything in it changed
 
 
 class Accounts:
@@ -37,7 +38,8 @@ class Accounts:
         if built is not None and all(a is b for a, b in zip(built[0], inputs, strict=True)):
             return built[1]
         overview = Overview([_status(row, burn, enforcement) for row in rows],
-                            [a.problem for a in (burn, enforcement) if a.problem])
+                            [a.problem for a in (burn, enforcement) if a.problem],
+                            built[1].version + 1 if built else 1)
         self._built = (inputs, overview)
         return overview
 
