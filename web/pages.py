@@ -14,7 +14,7 @@ from gpuacct.config import SEVERITY
 from gpuacct.wording import duration, enforced
 from web import export, prices
 from web.actions import Refused, post_money
-from web.auth import SESSION_COOKIE, SESSION_SECONDS, verify_password
+from web.auth import SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
 from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see, when
 from web.status import AccountStatus
 
@@ -98,7 +98,12 @@ def overview(request: Request, ctx: Ctx, who: Admin,
 @router.get("/users/{user}")
 def user_page(request: Request, ctx: Ctx, who: Who, user: str,
               page: Annotated[int, Query(ge=0, le=100_000)] = 0,
-              message: str | None = None, error: str | None = None) -> HTMLResponse:
+              message: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    return _user_page(request, ctx, who, user, page, message)
+
+
+def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0,
+               message: str | None = None, error: str | None = None) -> HTMLResponse:
     may_see(who, user)
     account = ctx.accounts.get(user)
     if account is None:
@@ -130,7 +135,7 @@ def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: str, amount
     except Refused as exc:
         if ctx.view.account(user) is None:
             raise HTTPException(404, str(exc)) from None
-        return user_page(request, ctx, who, user, error=f"{kind} refused: {exc}")
+        return _user_page(request, ctx, who, user, error=f"{kind} refused: {exc}")
     return RedirectResponse(f"/users/{user}?message={kind}+of+{amount.strip()}+done,+balance+"
                             f"{fmt(balance).replace(',', '')}", status_code=303)
 
@@ -156,8 +161,13 @@ def export_csv(ctx: Ctx, who: Admin, what: str, start: Annotated[str, Query(alia
 
 
 @router.get("/admin/prices")
-def prices_page(request: Request, ctx: Ctx, who: Admin, message: str | None = None,
-                error: str | None = None, form: dict[str, str] | None = None) -> HTMLResponse:
+def prices_page(request: Request, ctx: Ctx, who: Admin,
+                message: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    return _prices_page(request, ctx, who, message)
+
+
+def _prices_page(request: Request, ctx: Ctx, who: Viewer, message: str | None = None,
+                 error: str | None = None, form: dict[str, str] | None = None) -> HTMLResponse:
     return render(request, "prices.html", status=400 if error else 200, who=who,
                   history=prices.history(ctx), message=message, error=error, form=form or {})
 
@@ -175,7 +185,7 @@ def add_prices(request: Request, ctx: Ctx, who: Admin, effective: Annotated[str,
         version = prices.add(ctx, {**form, "effective": effective.strip() or None,
                                    "gpu": prices.parse_gpu_lines(gpu)})
     except Refused as exc:
-        return prices_page(request, ctx, who, error=f"new prices refused: {exc}", form=form)
+        return _prices_page(request, ctx, who, error=f"new prices refused: {exc}", form=form)
     return RedirectResponse(f"/admin/prices?message=new+prices+in+force+from+"
                             f"{version.effective:%Y-%m-%d+%H:%M:%S}+UTC", status_code=303)
 
