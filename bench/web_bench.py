@@ -5,8 +5,8 @@ with its charge), served by one `gpuacct-web` process. `wrk` loads, in turn, the
 health answer (`/-/healthy`: the same server and framework doing no work, the baseline), the
 administrators' overview of all 1,000 accounts and one user's page, each as a logged-in
 administrator, then the pages of random users (mostly not yet rendered, so the ledger
-queries and the rendering are measured too). Targets (issue 7): overview p99 < 100 ms at >= 300 requests/s, user page p99
-< 50 ms.
+queries and the rendering are measured too). Targets (issue 7): overview p99 < 100 ms at
+>= 300 requests/s, user page p99 < 50 ms.
 Run: .venv/bin/python bench/web_bench.py   (needs `wrk`: apt-get install wrk)
 """
 
