@@ -104,6 +104,9 @@ class Live:
     def _fetch_enforcement(self) -> Answer[dict[str, UserPolicy]]:
         if not self.enforcer_url:
             return Answer({}, "enforcement unknown: web.enforcer_url is not set")
+        if not self.token:
+            return Answer({}, "enforcement unknown: auth.webhook_token is not set (the "
+                              "enforcer shows its policy only with it)")
         url = self.enforcer_url.rstrip("/") + "/v1/policy"
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         try:

@@ -106,3 +106,10 @@ def test_parts_that_cannot_be_reached_are_named_not_an_error(
     account = requests.get(f"{web.url}/api/v1/accounts/alice", timeout=10,
                            headers={"X-Remote-User": "alice"}).json()
     assert account["cost_per_hour"] is None and account["enforcement"] is None
+
+
+def test_an_enforcer_without_the_token_to_ask_it_is_named(start_web: Callable[..., Web]) -> None:
+    web = start_web(enforcer_url="http://127.0.0.1:9")
+    session, _ = web.admin()
+    page = session.get(f"{web.url}/users/alice", timeout=10).text
+    assert "enforcement unknown: auth.webhook_token is not set" in page
