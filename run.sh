@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv prometheus prometheus-alertmanager influxdb util-linux passwd procps)
-# Only for the tests and benchmarks: the browser the page is tested in, and the HTTP load tool.
-TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk)
+# Only for the tests and benchmarks: the browser the page is tested in, the HTTP load tool, and
+# a Compose parser for compose/ (without Docker itself: no container is started).
+TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk docker-compose)
 VENV=.venv
 
 install_debian_packages() {

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes the secrets compose.yaml needs, once: random values in ./secrets (a 0700 folder; the
+# files are 0644 so the containers' unprivileged users can read the copies mounted into them)
+# and Grafana's admin password and the project name in ./.env (0600). Existing values are kept, so it is safe to
+# run again. Usage: ./make-secrets.sh [DIR]   (DIR: where compose.yaml is; default: here)
+set -euo pipefail
+dir=${1:-$(dirname "$0")}
+umask 077
+mkdir -p "$dir/secrets"
+chmod 0700 "$dir/secrets"
+
+random() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | cut -c1-40; }
+
+made=()
+for name in webhook-token node-key influxdb-password influxdb-token web-admin-password \
+            web-session-secret; do
+    file="$dir/secrets/$name"
+    if [ ! -s "$file" ]; then
+        random >"$file"
+        made+=("$name")
+    fi
+    chmod 0644 "$file"
+done
+grep -q '^COMPOSE_PROJECT_NAME=' "$dir/.env" 2>/dev/null || echo "COMPOSE_PROJECT_NAME=gpuacct" >>"$dir/.env"
+if ! grep -q '^GRAFANA_ADMIN_PASSWORD=' "$dir/.env" 2>/dev/null; then
+    echo "GRAFANA_ADMIN_PASSWORD=$(random)" >>"$dir/.env"
+    made+=(grafana-admin-password)
+fi
+chmod 0600 "$dir/.env"
+
+if [ ${#made[@]} -eq 0 ]; then
+    echo "secrets: all present in $dir/secrets and $dir/.env, none changed"
+else
+    echo "secrets made: ${made[*]}"
+fi
+echo "web admin password:     $dir/secrets/web-admin-password"
+echo "Grafana admin password: GRAFANA_ADMIN_PASSWORD in $dir/.env"
+echo "node key for each node: $dir/secrets/node-key (deploy/install-node.sh --key-file)"
