@@ -5,6 +5,7 @@
   gpuacct-billing recharge USER AMOUNT [--reason TEXT] [--key KEY]
   gpuacct-billing adjust USER AMOUNT --reason TEXT [--key KEY]
   gpuacct-billing export {usage,transactions} --from DATE --to DATE [--output FILE]
+  gpuacct-billing backup FILE                  a consistent copy of the ledger, safe while running
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--to", dest="end", required=True, metavar="DATE",
                      help="end, exclusive (UTC), e.g. 2026-12-01")
     exp.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    backup = sub.add_parser("backup", help="a consistent copy of the ledger, safe while running")
+    backup.add_argument("file", type=Path, help="the new file (an existing one is refused)")
     return parser
 
 
@@ -119,6 +122,19 @@ def post(billing: BillingSettings, kind: str, user: str, amount_text: str, reaso
     return 0
 
 
+def backup(billing: BillingSettings, dest: Path) -> int:
+    ledger = _open_ledger(billing)
+    try:
+        ledger.backup(dest)
+    except LedgerError as exc:
+        print(f"gpuacct-billing: backup refused: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        ledger.close()
+    print(f"ledger {billing.ledger} copied to {dest} ({dest.stat().st_size} bytes)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_or_exit(args.config)
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                    getattr(args, "verbose", False))
     if command == "balances":
         return balances(settings.billing)
+    if command == "backup":
+        return backup(settings.billing, args.file)
     if command in ("recharge", "adjust"):
         kind = "recharge" if command == "recharge" else "adjustment"
         return post(settings.billing, kind, args.user, args.amount, args.reason, args.key)

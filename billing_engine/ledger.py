@@ -107,6 +107,29 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    def backup(self, dest: Path) -> None:
+        """A consistent copy while the engine keeps billing (SQLite's online backup), checked
+        whole before it is renamed into place: `dest` is either complete or absent."""
+        if dest.exists():
+            raise LedgerError(f"{dest} exists; choose a new file")
+        partial = dest.with_name(f".{dest.name}.partial")
+        try:
+            copy = sqlite3.connect(partial)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot write {dest}: {exc}") from None
+        try:
+            self.db.backup(copy)
+            (result,) = copy.execute("PRAGMA integrity_check").fetchone()
+            if result != "ok":
+                raise LedgerError(f"the copy failed SQLite's integrity check: {result}")
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        except BaseException:
+            copy.close()
+            partial.unlink(missing_ok=True)
+            raise
+        copy.close()
+        partial.rename(dest)
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: one writer at a time, and everything or nothing."""

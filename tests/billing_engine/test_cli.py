@@ -167,3 +167,26 @@ def test_bad_export_ranges(ledger_config: tuple[Path, Path], args: list[str],
     config, _ = ledger_config
     result = cli(config, "export", "usage", *args)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_backup_is_a_whole_copy_and_never_overwrites(ledger_config: tuple[Path, Path]) -> None:
+    config, path = ledger_config
+    assert cli(config, "recharge", "alice", "12.50").returncode == 0
+    writer = Ledger(path)  # a billing engine in the middle of a window: backup still works
+    writer.db.execute("BEGIN IMMEDIATE")
+    copy = path.with_name("backup.sqlite3")
+    try:
+        done = cli(config, "backup", str(copy))
+    finally:
+        writer.db.execute("ROLLBACK")
+        writer.close()
+    assert done.returncode == 0, done.stderr
+    assert f"copied to {copy}" in done.stdout
+    assert snapshot(copy) == snapshot(path)
+    assert Ledger(copy).invariant_violations() == []
+    again = cli(config, "backup", str(copy))
+    assert again.returncode == 2
+    assert again.stderr == f"gpuacct-billing: backup refused: {copy} exists; choose a new file\n"
+    nowhere = cli(config, "backup", str(path.parent / "no-such-dir" / "b.sqlite3"))
+    assert nowhere.returncode == 2 and "backup refused: cannot write" in nowhere.stderr
+    assert not list(path.parent.glob(".*.partial"))

@@ -57,12 +57,27 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     unit = root / "etc" / "systemd" / "system" / "gpuacct-exporter.service"
     assert verify_unit(unit, tmp_path, bin_dir / "gpuacct-exporter") == ""
 
-    # Again, as an upgrade: the operator's config is kept.
+    # Again, as an upgrade: the operator's config is kept, and nothing else changes either.
     config.write_text(config.read_text() + "# edited by the operator\n")
+    before = installed_files(root)
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "keeping" in again.stdout
     assert config.read_text().endswith("# edited by the operator\n")
+    assert installed_files(root) == before
+    assert subprocess.run([str(bin_dir / "gpuacct-exporter"), "--help"],
+                          capture_output=True, timeout=60).returncode == 0
+
+
+def installed_files(root: Path) -> dict[str, tuple[int, str]]:
+    """Mode and content (or link target) of everything installed outside the virtualenv."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_relative_to(root / "opt") or (path.is_dir() and not path.is_symlink()):
+            continue
+        content = str(path.readlink()) if path.is_symlink() else path.read_text()
+        found[str(path.relative_to(root))] = (path.lstat().st_mode, content)
+    return found
 
 
 def test_install_node_refuses_an_unreadable_key(tmp_path: Path) -> None:

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from gpuacct.config import ConfigError, Settings, load_settings
+from gpuacct.config import ConfigError, InfluxV2Settings, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -115,16 +119,27 @@ def test_secret_from_unset_env_fails_with_key(tmp_path: Path,
     assert "GPUACCT_NOT_SET is not set" in message
 
 
-def test_example_config_is_valid_and_complete() -> None:
+def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every key path of a settings model, nested sections and list items included."""
+    for name, field in model.model_fields.items():
+        yield f"{prefix}{name}"
+        for kind in (field.annotation, *typing.get_args(field.annotation)):
+            for inner in (kind, *typing.get_args(kind)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    yield from _keys(inner, f"{prefix}{name}.")
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
     example = Path(__file__).parents[2] / "gpuacct.example.yaml"
     settings = load_settings(example)
     assert settings.exporter.interval_seconds == 5.0
     text = example.read_text()
-    for section, _model in Settings.model_fields.items():
-        assert f"{section}:" in text
-        sub = getattr(settings, section)
-        for key in type(sub).model_fields:
-            assert f"{key}:" in text, f"{section}.{key} undocumented in gpuacct.example.yaml"
+    keys = list(_keys(Settings)) + [f"influxdb.{k}" for k in InfluxV2Settings.model_fields]
+    assert "billing.prices.gpu.pattern" in keys and "exporter.actuator.kill_grace_seconds" in keys
+    for key in keys:
+        name = key.rsplit(".", 1)[-1]  # as a block key, a commented one, or in a flow mapping
+        assert re.search(rf"(^\s*(- )?#? ?|[{{,] ?){name}:", text, re.M), (
+            f"{key} undocumented in gpuacct.example.yaml")
 
 
 @pytest.mark.parametrize("text, key", [
