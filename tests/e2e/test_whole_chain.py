@@ -1,0 +1,295 @@
+"""The whole chain on one machine, with time compressed through configuration only: alice's GPU
+job on an expensive model drains her balance; she is warned, blocked and throttled, and her GPU
+processes are killed; an administrator recharges her in the browser; everything lifts. Bob, on
+a cheap model, is untouched. At the end the ledger, InfluxDB and the exporter agree exactly.
+
+Real: Prometheus with gpuacct's rule files and Alertmanager with its config (both with every
+duration divided by FACTOR, gpuacct.alerting.compress_time), InfluxDB, gpuacct-exporter
+enforcing on this machine (fake NVML listing real processes of the test users), gpuacct-billing,
+gpuacct-enforcer, gpuacct-web, and Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+import pytest
+import yaml
+from playwright.sync_api import expect, sync_playwright
+
+from gpuacct.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
+from gpuacct.stack.process import ManagedProcess, free_port
+from gpuacct.stack.servers import influx_query
+from tests.billing_engine.conftest import Rig
+from tests.fixtures import dashboards
+from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode
+from tests.fixtures.gpus import A100, RTX3090, device
+from tests.fixtures.servers import RUNNING, Server
+from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+from web.auth import hash_password
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.root]
+
+FACTOR = 60  # rules and Alertmanager: 10m -> 10s, 5m -> 5s, group_wait 5s -> 83ms
+EVALUATION = 1  # seconds between Prometheus' rule evaluations (and scrapes)
+OPENING = Decimal(30)
+THRESHOLDS = {"warning": Decimal(20), "limited": Decimal(10), "exhausted": Decimal(0)}
+PRICE = {A100: Decimal(60), RTX3090: Decimal("0.60")}  # per GPU-minute: alice 1 a second
+CPU_PRICE = Decimal("0.01")
+PASSWORD = "e2e-admin-password"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@dataclass
+class Chain:
+    node: EnforcingNode
+    prometheus: Server
+    rig: Rig
+    enforcer_audit: Callable[[str], list[dict[str, Any]]]
+    web_url: str
+    started: float
+
+    def crossed(self, user: str, tier: str) -> float:
+        """When Prometheus first saw the user's balance below the tier's threshold."""
+        query = f'gpuacct_account_balance{{user="{user}"}}[10m]'
+        url = f"{self.prometheus.url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            [series] = json.load(response)["data"]["result"]
+        return next(float(t) for t, v in series["values"] if Decimal(v) < THRESHOLDS[tier])
+
+    def node_metric(self, name: str, user: str) -> float | None:
+        prefix = f'{name}{{user="{user}"}} '
+        return next((float(line.removeprefix(prefix)) for line in
+                     self.node.exporter.scrape().splitlines() if line.startswith(prefix)), None)
+
+
+def wait(check: Callable[[], Any], what: str, timeout: float = 60.0) -> float:
+    """Poll every 50 ms; the time it first held."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+    return time.time()
+
+
+def step(chain: Chain, text: str, at: float, since: float | None = None,
+         crossing: str = "") -> None:
+    elapsed = f"{at - since:6.2f} s after {crossing}" if since is not None else ""
+    print(f"[{at - chain.started:6.1f} s] {text:<58} {elapsed}")
+
+
+@pytest.fixture
+def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
+          start_alertmanager: Callable[[dict[str, Any]], Server], influxdb: Server,
+          test_users: dict[str, UnixUser], tmp_path: Path) -> Iterator[Chain]:
+    node = cluster.node("gpu01", devices=[device(0, name=A100), device(1, name=RTX3090)],
+                        cpu_limiter="auto", kill_grace_seconds=2)
+    enforcer = cluster.enforcer([node])
+
+    token = tmp_path / "webhook-token"
+    token.write_text(TOKEN)
+    alertmanager = start_alertmanager(compress_time(render_alertmanager(
+        RULES_DIR / "alertmanager.yml", f"{enforcer.url}/v1/alerts", token, {}), FACTOR))
+    rules = []
+    for path in rule_files():
+        fast = tmp_path / path.name
+        fast.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()), FACTOR)))
+        rules.append(str(fast))
+    billing_port = free_port()
+    prometheus = start_prometheus([
+        {"job_name": "gpuacct-exporter", "honor_labels": True,
+         "static_configs": [{"targets": [f"127.0.0.1:{node.exporter.port}"]}]},
+        {"job_name": "gpuacct-billing",
+         "static_configs": [{"targets": [f"127.0.0.1:{billing_port}"]}]},
+        {"job_name": "gpuacct-enforcer",
+         "static_configs": [{"targets": [f"127.0.0.1:{enforcer.port}"]}]},
+    ], interval=f"{EVALUATION}s", extra={
+        "rule_files": rules,
+        "alerting": {"alertmanagers": [{"static_configs": [
+            {"targets": [alertmanager.url.removeprefix("http://")]}]}]}})
+
+    influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
+    ledger = tmp_path / "ledger.sqlite3"
+    config = {
+        "billing": {"ledger": str(ledger), "prometheus_url": prometheus.url,
+                    "window_seconds": 2, "settle_seconds": 1.2, "lease_seconds": 2,
+                    "opening_balance": str(OPENING),
+                    "thresholds": {k: str(v) for k, v in THRESHOLDS.items()},
+                    "prices": [{"gpu": [{"pattern": "A100", "per_minute": str(PRICE[A100])},
+                                        {"pattern": "RTX 3090",
+                                         "per_minute": str(PRICE[RTX3090])}],
+                                "cpu_per_core_minute": str(CPU_PRICE)}]},
+        "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"},
+        "web": {"prometheus_url": prometheus.url, "enforcer_url": enforcer.url,
+                "session_secret": "e2e-session-secret"},
+        "auth": {"webhook_token": TOKEN, "admin_password_hash": hash_password(PASSWORD)},
+    }
+    config_path = tmp_path / "gpuacct.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    web_port = free_port()
+    services = [
+        ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
+                                   str(config_path), "run", "--web.listen-address",
+                                   f"127.0.0.1:{billing_port}"],
+                       tmp_path / "billing.log", f"http://127.0.0.1:{billing_port}/metrics"),
+        ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config_path), "run",
+                               "--web.listen-address", f"127.0.0.1:{web_port}"],
+                       tmp_path / "web.log", f"http://127.0.0.1:{web_port}/-/healthy"),
+    ]
+    for service in services:
+        RUNNING.append(service)
+        service.start().wait_ready()
+    rig = Rig(node.gpus, node.exporter, prometheus, influxdb, config, config_path,
+              {u.name for u in test_users.values()})
+    try:
+        yield Chain(node, prometheus, rig, enforcer.audit, f"http://127.0.0.1:{web_port}",
+                    time.time())
+    finally:
+        for service in services:
+            service.stop()
+            RUNNING.remove(service)
+
+
+def gpu_job(chain: Chain, processes: Processes, user: UnixUser, job: str, gpu: int) -> Popen[bytes]:
+    proc = processes.python(user, "train.py", "600", env={"GPUACCT_JOB": job})
+    wait_until_exec(proc, "train.py")
+    chain.node.gpus.put(gpu, proc.pid)
+    return proc
+
+
+def recharge_in_the_browser(web_url: str, user: str, amount: str) -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page()
+        page.goto(f"{web_url}/login")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(f"{web_url}/admin")
+        page.goto(f"{web_url}/users/{user}")
+        page.get_by_label("Recharge").fill(amount)
+        page.locator("form[action$='/recharge'] input[name=reason]").fill("e2e top-up")
+        page.get_by_role("button", name="Recharge").click()
+        expect(page.get_by_role("status")).to_contain_text(f"recharge of {amount} done")
+        browser.close()
+
+
+def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
+        chain: Chain, processes: Processes, test_users: dict[str, UnixUser]) -> None:
+    alice, bob = test_users["alice"].name, test_users["bob"].name
+    print()
+    old = gpu_job(chain, processes, test_users["alice"], "big-model", gpu=0)
+    bobs = gpu_job(chain, processes, test_users["bob"], "small-model", gpu=1)
+    step(chain, "alice runs on an A100, bob on an RTX 3090", time.time())
+
+    def policy() -> dict[str, Any]:
+        return chain.node.hook(alice) or {}
+
+    # Warning: told, nothing restricted.
+    at = wait(lambda: any(r["action"] == "notify" for r in policy().get("reasons", [])),
+              "alice's notification")
+    assert not policy()["block"] and policy()["cpu_quota_percent"] is None
+    step(chain, "warning: alice is notified (hook file)", at, chain.crossed(alice, "warning"),
+         "crossing warning")
+
+    # Limited: no new GPU work, CPU quota 50%, running work goes on.
+    at = wait(lambda: policy().get("block"), "alice's block")
+    crossing = chain.crossed(alice, "limited")
+    step(chain, "limited: new GPU work blocked", at, crossing, "crossing limited")
+    assert at - crossing <= 2 * EVALUATION, "the block took longer than two evaluations"
+    at = wait(lambda: chain.node_metric("gpuacct_node_user_cpu_quota_ratio", alice) == 0.5,
+              "alice's CPU quota of 50%")
+    step(chain, "limited: CPU quota 50% applied", at, crossing, "crossing limited")
+    new = gpu_job(chain, processes, test_users["alice"], "another", gpu=0)
+    at = wait(lambda: new.poll() is not None, "alice's new GPU process to be stopped", 10)
+    assert new.returncode == 0 and old.poll() is None  # train.py exits 0 on SIGTERM
+    chain.node.gpus.remove(new.pid)
+    step(chain, "limited: her new GPU process is stopped (SIGTERM)", at, crossing,
+         "crossing limited")
+
+    # Exhausted: CPU quota 10%, told the kill is coming; after the rule's `for`, killed.
+    at = wait(lambda: chain.node_metric("gpuacct_node_user_cpu_quota_ratio", alice) == 0.1,
+              "alice's CPU quota of 10%")
+    crossing = chain.crossed(alice, "exhausted")
+    step(chain, "exhausted: CPU quota 10%", at, crossing, "crossing exhausted")
+    assert any(r["alert"] == "GpuacctBalanceExhaustedKillNotice" for r in policy()["reasons"])
+    at = wait(lambda: old.poll() is not None, "alice's running GPU process to be killed", 60)
+    assert old.returncode == 0  # SIGTERM (train.py exits 0 on it), long before its 600 s
+    chain.node.gpus.remove(old.pid)
+    step(chain, "exhausted for 10 min (10 s): running GPU process killed", at, crossing,
+         "crossing exhausted")
+    assert at - crossing >= 600 / FACTOR
+
+    # An administrator recharges her in the browser; everything lifts.
+    recharge_in_the_browser(chain.web_url, alice, "100.00")
+    recharged = time.time()
+    step(chain, "admin recharges alice 100.00 on the web page", recharged)
+    at = wait(lambda: chain.node.hook(alice) is None, "alice's restrictions to lift", 30)
+    assert chain.node_metric("gpuacct_node_user_blocked", alice) in (None, 0.0)
+    assert chain.node_metric("gpuacct_node_user_cpu_quota_ratio", alice) is None
+    step(chain, "alerts resolved: block and quota lifted", at, recharged, "the recharge")
+    again = gpu_job(chain, processes, test_users["alice"], "resumed", gpu=0)
+    time.sleep(3)  # a dozen sampling cycles: it is not stopped
+    assert again.poll() is None
+    step(chain, "a new GPU process of hers runs", time.time())
+
+    # Bob was never touched.
+    assert bobs.poll() is None
+    assert chain.node.hook(bob) is None
+    assert chain.enforcer_audit(bob) == []
+
+    # The story in the enforcer's audit, in order.
+    story = [(e["node"], e["action"]) for e in chain.enforcer_audit(alice)]
+    print("audit:", story)
+    on_node = [action for where, action in story if where == "gpu01"]
+    first = {action: on_node.index(action) for action in (
+        "notify", "block", "throttle", "terminate", "kill", "unblock", "unthrottle")}
+    assert first["notify"] < min(first["block"], first["throttle"]), story
+    assert max(first["block"], first["throttle"]) < first["terminate"] < first["kill"], story
+    assert first["kill"] < min(first["unblock"], first["unthrottle"]), story
+
+    # Every Grafana panel has data.
+    missing = dashboards.panels_without_data(chain.prometheus.url, chain.rig.influxdb.url,
+                                             "gpuacct", {"user": alice, "instance": ".+"})
+    assert missing == [], missing
+
+    # The numbers agree: exporter = ledger (usage), ledger = InfluxDB (cost), bob = usage x price.
+    for proc in (again, bobs):
+        chain.node.gpus.remove(proc.pid)
+        proc.kill()
+        proc.wait()
+    truth = chain.rig.wait_until_billed(timeout=60)
+    assert {k[0] for k in truth} == {alice, bob}
+    ledger = sqlite_rows(chain.rig.ledger_path, "SELECT user, gpu_model, gpu_seconds, "
+                         "cpu_core_seconds, cost FROM usage_lines")
+    costs: dict[str, Decimal] = {}
+    for user, model, gpu, cpu, cost in ledger:
+        price = PRICE[model] if model else Decimal(0)
+        expected = ((Decimal(gpu) * price + Decimal(cpu) * CPU_PRICE) / 60).quantize(
+            Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+        assert Decimal(cost) == expected
+        costs[user] = costs.get(user, Decimal(0)) + Decimal(cost)
+    influx = wait(lambda: chain.rig.influx_sums() == {
+        u: int(c * 1_000_000) for u, c in costs.items()}, "InfluxDB to hold every cost", 30)
+    balances = dict(sqlite_rows(chain.rig.ledger_path, "SELECT user, balance FROM accounts"))
+    assert Decimal(balances[bob]) == OPENING - costs[bob]
+    assert Decimal(balances[alice]) == OPENING + 100 - costs[alice]
+    step(chain, f"totals agree: alice {costs[alice]}, bob {costs[bob]}", influx)
+
+
+def sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(db.execute(query))
+    finally:
+        db.close()
