@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gpuacct import alerting
 from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
 from gpuacct.config import CONFIG_ENV, Settings
 from gpuacct.stack import configs, servers
+from gpuacct.stack import demo as demo_story
 from gpuacct.stack.process import ManagedProcess, ServerError
 from web.auth import hash_password
 
@@ -21,10 +24,13 @@ class Stack:
 
     def __init__(self, settings: Settings, state_dir: Path, config_file: Path | None, demo: bool):
         self.settings = settings
-        self.stack = settings.stack
+        # The demo compresses time: scrapes and rule evaluations every second.
+        self.stack = (settings.stack.model_copy(update={"scrape_interval_seconds": 1.0})
+                      if demo else settings.stack)
         self.state_dir = state_dir
         self.config_file = config_file
         self.demo = demo
+        self.story: demo_story.Story | None = None
         self.parts: list[tuple[ManagedProcess, str]] = []
 
     def _started(self, proc: ManagedProcess, url: str) -> None:
@@ -48,6 +54,10 @@ class Stack:
         am_config = alerting.render_alertmanager(
             rules_dir / "alertmanager.yml", f"http://{host}:{s.enforcer_port}/v1/alerts",
             token, os.environ)
+        rule_files = alerting.rule_files(rules_dir)
+        if self.demo:  # the one transformation the tests use: every duration / FACTOR
+            am_config = alerting.compress_time(am_config, demo_story.FACTOR)
+            rule_files = [self._compressed(path) for path in rule_files]
         am = servers.start_alertmanager(
             d / "alertmanager", s.alertmanager_port, am_config, s.alertmanager_binary, host)
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
@@ -68,14 +78,12 @@ class Stack:
                 "state_file": str(d / "exporter" / "state.json"),
                 "actuator": {"enforcer_url": f"http://{host}:{s.enforcer_port}",
                              "state_file": str(d / "exporter" / "actuator.json")},
-                **({"nvml": {"backend": "demo"}} if self.demo else {}),
             },
             "auth": {"node_hmac_key": {"file": str(node_key)}},
         })
         self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
 
-        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"],
-                                                alerting.rule_files(rules_dir))
+        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"], rule_files)
         prom = servers.start_prometheus(
             d / "prometheus", s.prometheus_port, prom_config, s.prometheus_binary, host
         )
@@ -100,12 +108,28 @@ class Stack:
                 password.read_text(encoding="utf-8").strip())},
         }, ready_path="/-/healthy")
         self._started(web, f"http://{host}:{s.web_port}/  (admin password in {password})")
+        if self.demo:
+            self.story = demo_story.Story(d / "billing" / "ledger.sqlite3",
+                                          self.settings.exporter.actuator.hook_dir,
+                                          lambda text: print(f"demo: {text}", flush=True))
+            self.story.start()
+
+    def _compressed(self, rule_file: Path) -> Path:
+        out = self.state_dir / "rules" / rule_file.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rules = yaml.safe_load(rule_file.read_text(encoding="utf-8"))
+        out.write_text(yaml.safe_dump(alerting.compress_time(rules, demo_story.FACTOR)),
+                       encoding="utf-8")
+        return out
 
     def _start_service(self, name: str, module: str, args: list[str], port: int,
                        overrides: dict[str, Any], ready_path: str = "/metrics"
                        ) -> ManagedProcess:
         """A gpuacct service with the operator's config plus the stack's overrides."""
         workdir = self.state_dir / name
+        if self.demo:
+            overrides = configs.merge(
+                demo_story.overrides(self.stack.scrape_interval_seconds), overrides)
         config = configs.service_config(self.config_file, overrides, workdir / "gpuacct.yaml")
         argv = [sys.executable, "-m", module, "--config", str(config), *args]
         proc = ManagedProcess(name, argv, workdir / f"{name}.log",
@@ -116,6 +140,8 @@ class Stack:
         return next((proc for proc, _ in self.parts if not proc.running()), None)
 
     def stop(self) -> None:
+        if self.story is not None:
+            self.story.stop()
         for proc, _ in reversed(self.parts):
             proc.stop()
 
@@ -125,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_argument(parser)
     parser.add_argument("--state-dir", type=Path, help="where configs, data and logs live")
     parser.add_argument("--demo", action="store_true",
-                        help="add clearly labelled simulated GPUs when no NVIDIA driver is present")
+                        help="play the end-to-end story on clearly labelled simulated GPUs: "
+                             "two demo users, time compressed; watch it on the web page")
     args = parser.parse_args(argv)
 
     config_path = args.config or os.environ.get(CONFIG_ENV) or None

@@ -40,11 +40,12 @@ def prometheus_config(stack: StackSettings, exporter_targets: list[str],
     }
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`, mapping by mapping."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -60,5 +61,5 @@ def service_config(user_config: Path | None, overrides: dict[str, Any], out: Pat
         raw = yaml.safe_load(user_config.read_text(encoding="utf-8")) or {}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.touch(mode=0o600)
-    out.write_text(yaml.safe_dump(_merge(raw, overrides), sort_keys=False), encoding="utf-8")
+    out.write_text(yaml.safe_dump(merge(raw, overrides), sort_keys=False), encoding="utf-8")
     return out

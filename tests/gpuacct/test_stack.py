@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
+from gpuacct.stack import demo
 from gpuacct.stack.process import free_port
 from tests.fixtures.servers import promql, wait_for
 from tests.fixtures.users import UnixUser
@@ -22,9 +25,8 @@ from tests.fixtures.users import UnixUser
 pytestmark = pytest.mark.integration
 
 
-def test_stack_starts_everything_and_ctrl_c_stops_it(
-        tmp_path: Path, test_users: dict[str, UnixUser]) -> None:
-    alice = test_users["alice"].name
+def stack_config(tmp_path: Path) -> Path:
+    """Free ports, quick scrapes, hook files in the test's directory."""
     config = tmp_path / "gpuacct.yaml"
     config.write_text(
         "stack:\n"
@@ -35,6 +37,13 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         "  scrape_interval_seconds: 1\n"
         "exporter:\n  interval_seconds: 1\n"
         f"  actuator:\n    hook_dir: {tmp_path / 'hooks'}\n")
+    return config
+
+
+def test_stack_starts_everything_and_ctrl_c_stops_it(
+        tmp_path: Path, test_users: dict[str, UnixUser]) -> None:
+    alice = test_users["alice"].name
+    config = stack_config(tmp_path)
     log = tmp_path / "stack.out"
     with log.open("w") as out:
         stack = subprocess.Popen(
@@ -107,3 +116,57 @@ def test_stack_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
     assert "stack.prometheus_port: 'lots' is not valid" in result.stderr
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.root
+def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
+        tmp_path: Path) -> None:
+    config = stack_config(tmp_path)
+    started = time.monotonic()
+    log = tmp_path / "stack.out"
+    with log.open("w") as out:
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "gpuacct.stack", "--demo", "--config", str(config),
+             "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
+                 timeout=90, what="the stack")
+        assert stack.poll() is None, log.read_text()
+        web = re.search(r"^\s+web\s+(http://\S+)/", log.read_text(), re.M).group(1)  # type: ignore[union-attr]
+        session = requests.Session()
+        login = session.get(f"{web}/login", timeout=10).text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', login).group(1)  # type: ignore[union-attr]
+        password = (tmp_path / "state" / "admin-password").read_text().strip()
+        assert session.post(f"{web}/login", data={"password": password, "csrf": csrf},
+                            timeout=10).url.endswith("/admin")
+
+        def page() -> str:
+            return session.get(f"{web}/users/{demo.ALICE}", timeout=10).text
+
+        wait_for(lambda: "new GPU work is blocked" in page(),
+                 timeout=max(1.0, 120 - (time.monotonic() - started)),
+                 what="the web page to show alice blocked")
+        print(f"the web page shows {demo.ALICE} blocked {time.monotonic() - started:.0f} s "
+              "after the stack started")
+        assert "Simulated NVIDIA A100" in session.get(f"{web}/admin/nodes", timeout=10).text
+        wait_for(lambda: "restriction lifted" in log.read_text(), timeout=120,
+                 what="the rest of the story")
+        story = [line for line in log.read_text().splitlines() if line.startswith("demo: ")]
+        print("\n".join(story))
+        assert [s.split()[1:3] for s in story] == [
+            [demo.ALICE, "trains"], [demo.ALICE, "is"], [demo.ALICE, "is"],
+            [demo.ALICE, "started"], [demo.ALICE, "stayed"], ["the", "demo"], ["the", "alerts"]]
+        assert f"{demo.BOB} is still training" in story[-1]
+        assert "new GPU work is blocked" not in page()
+
+        stack.send_signal(signal.SIGTERM)
+        assert stack.wait(timeout=60) == 0
+        for name in (demo.ALICE, demo.BOB):  # the demo's users are gone with it
+            with pytest.raises(KeyError):
+                pwd.getpwnam(name)
+    finally:
+        if stack.poll() is None:
+            os.kill(stack.pid, signal.SIGKILL)
+            for name in (demo.ALICE, demo.BOB):
+                subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+                subprocess.run(["userdel", name], check=False, capture_output=True)
