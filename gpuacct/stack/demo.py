@@ -97,7 +97,7 @@ class Story(threading.Thread):
         first = self._train(ALICE, 0, "alice-pretrain")
         self.say(f"{ALICE} trains on simulated GPU 0 (an A100 at 30.00 a GPU-minute), "
                  f"{BOB} on simulated GPU 1 (an RTX 3090 at 0.30); both start with 30.00")
-        if not self._until(lambda: any(r["action"] == "notify"
+        if not self._until(lambda: any(r["alert"] == "GpuacctBalanceLow"
                                        for r in self._hook().get("reasons", []))):
             return
         self.say(f"{ALICE} is below the warning threshold (20): she is notified")
