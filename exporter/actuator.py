@@ -307,7 +307,7 @@ class Actuator:
         with self._lock:
             for user, applied in sorted(self.state.users.items()):
                 blocked.add_metric([user], float(applied.block_since is not None))
-                if applied.quota:
+                if applied.quota and self.limiter is not None:  # else nothing was limited
                     quota.add_metric([user], applied.quota / 100)
             for (action, result), n in sorted(self.counts.items()):
                 actions.add_metric([action, result], n)

@@ -225,6 +225,21 @@ def test_protected_users_are_never_touched(rig: Callable[..., Rig], processes: P
     assert r.results("policy") == ["refused"]
 
 
+def quota_ratios(r: Rig) -> dict[str, float]:
+    return {s.labels["user"]: s.value for family in r.actuator.collect() for s in family.samples
+            if s.name == "gpuacct_node_user_cpu_quota_ratio"}
+
+
+def test_a_quota_no_limiter_could_apply_is_not_reported_as_in_force(
+        rig: Callable[..., Rig], test_users: Users) -> None:
+    bob = test_users["bob"]
+    r = rig()  # a node with no CPU limiter (cpu_limiter: off, or none found)
+    r.cycle()
+    r.apply(**{bob.name: UserPolicy(cpu_quota_percent=50)})
+    assert r.results("throttle") == ["unsupported"]
+    assert quota_ratios(r) == {}
+
+
 def cpu_share(pids: list[int], seconds: float = 3.0) -> float:
     """CPUs the processes used together over `seconds`."""
     procs = [psutil.Process(p) for p in pids]
@@ -242,6 +257,7 @@ def test_throttle_on_the_real_cgroup_v1_cpu_controller(
     r.cycle()
     assert cpu_share([busy.pid], 1.0) > 0.8
     r.apply(**{bob.name: UserPolicy(cpu_quota_percent=50)})
+    assert quota_ratios(r) == {bob.name: 0.5}
     group = Path(f"/sys/fs/cgroup/cpu/gpuacct/user-{bob.uid}")
     assert str(busy.pid) in (group / "cgroup.procs").read_text().split()
     share = cpu_share([busy.pid])

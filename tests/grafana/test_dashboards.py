@@ -18,7 +18,7 @@ from gpuacct.alerting import rule_files
 from gpuacct.stack.process import ManagedProcess, free_port
 from gpuacct.stack.servers import influx_query
 from tests.fixtures import dashboards
-from tests.fixtures.enforcement import Cluster, alert, notification
+from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.gpus import RTX3090, device
 from tests.fixtures.servers import RUNNING, Server
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
@@ -94,7 +94,8 @@ def test_every_panel_query_returns_data_from_the_real_servers(
         cluster: Cluster, start_prometheus: Callable[..., Server], influxdb: Server,
         processes: Processes, test_users: dict[str, UnixUser], tmp_path: Path) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
-    node = cluster.node("gpu01", devices=[device(0), device(1, name=RTX3090)])
+    node = cluster.node("gpu01", devices=[device(0), device(1, name=RTX3090)],
+                        cpu_limiter="auto")  # this machine's cgroups: the quota is real
     for user, job, gpu in ((alice, "train-a", 0), (bob, "train-b", 1)):
         proc = processes.python(user, "train.py", "300", env={"GPUACCT_JOB": job})
         wait_until_exec(proc, "train.py")
@@ -143,6 +144,13 @@ def test_every_panel_query_returns_data_from_the_real_servers(
         broken = dashboards.Query("test", "test", "prometheus", "sum(", instant=True)
         with pytest.raises(AssertionError, match="Prometheus refused it"):
             dashboards.returns_data(broken, prometheus.url, influxdb.url, "gpuacct", {})
+        # Lift alice's quota again (it moved her process into a cgroup of its own).
+        status, _ = enforcer.post_alerts(notification(
+            alert(alice.name, "block", "GpuacctBalanceLimitedBlockGpu", status="resolved"),
+            alert(alice.name, "throttle", "GpuacctBalanceLimitedThrottleCpu", quota=50,
+                  status="resolved")))
+        assert status == 200
+        wait_until(lambda: node.hook(alice.name) is None)
     finally:
         billing.stop()
         RUNNING.remove(billing)
