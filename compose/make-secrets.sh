@@ -9,7 +9,9 @@ umask 077
 mkdir -p "$dir/secrets"
 chmod 0700 "$dir/secrets"
 
-random() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | cut -c1-40; }
+# 40 letters and digits: 512 random bytes hold about 124 of them (no pipe is cut short, which
+# `set -o pipefail` would take for a failure).
+random() { local s; s=$(head -c 512 /dev/urandom | LC_ALL=C tr -dc 'A-Za-z0-9'); echo "${s:0:40}"; }
 
 made=()
 for name in webhook-token node-key influxdb-password influxdb-token web-admin-password \

@@ -219,7 +219,8 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     step(chain, "limited: CPU quota 50% applied", at, crossing, "crossing limited")
     new = gpu_job(chain, processes, test_users["alice"], "another", gpu=0)
     at = wait(lambda: new.poll() is not None, "alice's new GPU process to be stopped", 10)
-    assert new.returncode == 0 and old.poll() is None  # train.py exits 0 on SIGTERM
+    # SIGTERM: train.py exits 0 on it, or dies of it if it came before its handler was set.
+    assert new.returncode in (0, -15) and old.poll() is None
     chain.node.gpus.remove(new.pid)
     step(chain, "limited: her new GPU process is stopped (SIGTERM)", at, crossing,
          "crossing limited")
