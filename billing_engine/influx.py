@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.parse
 import urllib.request
+from decimal import Decimal
 from typing import Protocol
 
 from influxdb_client.client.write.point import Point
@@ -21,17 +22,60 @@ class InfluxUnavailable(Exception):
     """The write did not go through; the outbox keeps the points for the next try."""
 
 
-def to_line(line: UsageLine, window_end: int) -> str:
+# influxdb-client's escapes for tag keys and values (its _ESCAPE_KEY), here because that is private.
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t",
+                              "\r": r"\r"})
+_PREFIX_CACHE = 200_000
+
+
+def _tag_value(value: str) -> str:
+    text = value.translate(_TAG_ESCAPES)
+    return text + " " if text.endswith("\\") else text
+
+
+def _number(value: Decimal) -> str:
+    text = str(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def to_point(line: UsageLine, window_end: int) -> Point:
+    """The usage line as an influxdb-client Point: the definition of what is written."""
     point = Point(MEASUREMENT).tag("user", line.user).tag("job", line.job).tag("node", line.node)
     if line.gpu_model:  # CPU-only lines carry no gpu_model tag (InfluxDB refuses empty tags)
         point = point.tag("gpu_model", line.gpu_model)
-    point = (point.field("gpu_seconds", float(line.gpu_seconds))
+    whole: Point = (point.field("gpu_seconds", float(line.gpu_seconds))
              .field("cpu_core_seconds", float(line.cpu_core_seconds))
              .field("cost", float(line.cost))
              .field("cost_micros", int(line.cost / MICRO))
              .time(window_end, WritePrecision.S))
-    text: str = point.to_line_protocol(precision=WritePrecision.S)
-    return text
+    return whole
+
+
+class LineFormatter:
+    """`to_point(...).to_line_protocol()`, byte for byte (a test holds it to that), at a tenth
+    of the cost: 10,000 lines a minute through Point took longer than the query that found
+    them. A tag set is escaped once and remembered, as the same jobs recur every window."""
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, str, str, str], str] = {}
+
+    def _prefix(self, line: UsageLine) -> str:
+        key = (line.user, line.job, line.node, line.gpu_model)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if len(self._prefixes) >= _PREFIX_CACHE:
+                self._prefixes.clear()
+            tags = sorted((k, _tag_value(v)) for k, v in zip(
+                ("user", "job", "node", "gpu_model"), key, strict=True) if v)
+            prefix = MEASUREMENT + "".join(f",{k}={v}" for k, v in tags) + " "
+            self._prefixes[key] = prefix
+        return prefix
+
+    def line(self, line: UsageLine, window_end: int) -> str:
+        return (f"{self._prefix(line)}cost={_number(line.cost)},"
+                f"cost_micros={int(line.cost / MICRO)}i,"
+                f"cpu_core_seconds={_number(line.cpu_core_seconds)},"
+                f"gpu_seconds={_number(line.gpu_seconds)} {window_end}")
 
 
 class InfluxSink(Protocol):

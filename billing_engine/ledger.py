@@ -3,7 +3,7 @@
 Balances change only together with a transaction row (opening, charge, recharge, adjustment,
 refund) carrying a unique idempotency key, so `balance = sum of its account's transactions`
 holds after any crash. A window is billed in one SQLite transaction: its usage lines, charges,
-cursors, outbox rows and its `windows` row commit together or not at all.
+cursors, its outbox row and its `windows` row commit together or not at all.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 from gpuacct.config import PriceVersion
 
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS cursors (
     series TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     window_end INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
     window_end INTEGER PRIMARY KEY,
     window_start INTEGER NOT NULL,  -- the previous window's end: usage since then is in it
@@ -63,7 +63,10 @@ CREATE TABLE IF NOT EXISTS windows (
     lines INTEGER NOT NULL,
     cost TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+-- Windows whose usage lines InfluxDB has not yet acknowledged; the points are made from them.
+CREATE TABLE IF NOT EXISTS influx_outbox (
+    window_end INTEGER PRIMARY KEY REFERENCES windows(window_end)
+);
 CREATE TABLE IF NOT EXISTS price_versions (  -- added from the web page; the config has the rest
     effective REAL PRIMARY KEY,
     version TEXT NOT NULL,  -- a PriceVersion as JSON, money as exact decimal text
@@ -82,8 +85,7 @@ class LedgerError(Exception):
     """A change the ledger refuses (unknown user, a key already used); nothing was written."""
 
 
-@dataclass(frozen=True)
-class UsageLine:
+class UsageLine(NamedTuple):  # a tuple: a window makes thousands
     user: str
     job: str
     node: str
@@ -215,6 +217,27 @@ class Ledger:
                    (user, kind, str(amount), str(balance), at, reason, window_end, key))
         return balance
 
+    def charge_window(self, db: sqlite3.Connection, charges: dict[str, Decimal], at: float,
+                      end: int, reason: str) -> None:
+        """A window's charges, one per user, as `post` would make them, in a few statements
+        rather than six per user. A key used before fails the UNIQUE constraint: nothing is
+        written."""
+        accounts = {user: (Decimal(balance), Decimal(charged)) for user, balance, charged
+                    in db.execute("SELECT user, balance, charged FROM accounts")}
+        updates, rows = [], []
+        for user, cost in sorted(charges.items()):
+            if user not in accounts:
+                raise LedgerError(f"unknown user {user!r}: no account in the ledger")
+            balance, charged = accounts[user]
+            balance -= cost
+            updates.append((str(balance), str(charged + cost), user))
+            rows.append((user, str(-cost), str(balance), at, reason, end,
+                         f"charge:{end}:{user}"))
+        db.executemany("UPDATE accounts SET balance = ?, charged = ? WHERE user = ?", updates)
+        db.executemany("INSERT INTO transactions (user, kind, amount, balance_after, at, reason, "
+                       "window_end, idempotency_key) VALUES (?, 'charge', ?, ?, ?, ?, ?, ?)",
+                       rows)
+
     def invariant_violations(self) -> list[str]:
         """Accounts whose balance is not the sum of their transactions (should be none)."""
         sums: dict[str, Decimal] = {}
@@ -244,14 +267,26 @@ class Ledger:
         db.execute("INSERT INTO price_versions (effective, version, created_at, reason) "
                    "VALUES (?, ?, ?, ?)", (effective, version.model_dump_json(), now, reason))
 
-    # -- outbox
-    def outbox_batch(self, limit: int) -> list[tuple[int, str]]:
-        return [(int(i), str(line)) for i, line in self.db.execute(
-            "SELECT id, line FROM outbox ORDER BY id LIMIT ?", (limit,))]
+    # -- outbox: windows whose points InfluxDB has not acknowledged, oldest first
+    def outbox_windows(self) -> list[int]:
+        return [int(end) for (end,) in self.db.execute(
+            "SELECT window_end FROM influx_outbox ORDER BY window_end")]
 
-    def outbox_done(self, last_id: int) -> None:
+    def window_lines(self, end: int) -> list[UsageLine]:
+        return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost))
+                for user, job, node, model, gpu, cpu, cost in self.db.execute(
+                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost "
+                    "FROM usage_lines WHERE window_end = ?", (end,))]
+
+    def outbox_done(self, end: int) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+            db.execute("DELETE FROM influx_outbox WHERE window_end = ?", (end,))
 
     def outbox_backlog(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        """Points waiting for InfluxDB."""
+        return outbox_backlog(self.db)
+
+
+def outbox_backlog(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COALESCE(SUM(lines), 0) FROM influx_outbox "
+                          "JOIN windows USING (window_end)").fetchone()[0])

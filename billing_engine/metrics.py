@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from billing_engine.engine import Engine
+from billing_engine.ledger import outbox_backlog
 from gpuacct.config import BillingSettings
 
 TIERS = ("warning", "limited", "exhausted")
@@ -44,7 +45,7 @@ class BillingCollector(Collector):
             balances = db.execute("SELECT user, balance, charged FROM accounts ORDER BY user"
                                   ).fetchall()
             last = db.execute("SELECT MAX(window_end) FROM windows").fetchone()[0]
-            backlog = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            backlog = outbox_backlog(db)
             row = db.execute("SELECT value FROM meta WHERE key = 'charged_total'").fetchone()
             windows = db.execute("SELECT COUNT(*) FROM windows").fetchone()[0]
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from gpuacct.config import PriceVersion
@@ -41,7 +42,19 @@ class PriceBook:
     def cost(self, version: int, model: str, gpu_seconds: Decimal,
              cpu_core_seconds: Decimal) -> Decimal:
         """Exact cost, rounded once to micro-units (half to even)."""
-        v = self.versions[version]
-        gpu = gpu_seconds * self.gpu_per_minute(version, model) if gpu_seconds else Decimal(0)
-        raw = (gpu + cpu_core_seconds * v.cpu_per_core_minute) / 60
-        return raw.quantize(MICRO, rounding=ROUND_HALF_EVEN)
+        return self.coster(version)(model, gpu_seconds, cpu_core_seconds)
+
+    def coster(self, version: int) -> Callable[[str, Decimal, Decimal], Decimal]:
+        """`cost` at one version, each model's price looked up once (a window has thousands
+        of lines and a handful of models)."""
+        per_minute: dict[str, Decimal] = {}
+        cpu_per_minute = self.versions[version].cpu_per_core_minute
+
+        def cost(model: str, gpu_seconds: Decimal, cpu_core_seconds: Decimal) -> Decimal:
+            price = per_minute.get(model)
+            if price is None:
+                price = per_minute[model] = self.gpu_per_minute(version, model)
+            raw = (gpu_seconds * price + cpu_core_seconds * cpu_per_minute) / 60
+            return raw.quantize(MICRO, rounding=ROUND_HALF_EVEN)
+
+        return cost

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
+
+import orjson
 
 
 class PrometheusUnavailable(Exception):
     """Prometheus did not answer, or answered with an error: try the window again later."""
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(NamedTuple):  # a tuple: the engine makes 20,000 a minute
     labels: dict[str, str]
     value: Decimal
 
@@ -30,9 +30,10 @@ class Prometheus:
         try:
             with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}",
                                         timeout=self.timeout) as response:
-                body = json.load(response)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+                body = orjson.loads(response.read())
+        except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
             raise PrometheusUnavailable(f"{self.url}: {exc}") from None
-        if body.get("status") != "success":
-            raise PrometheusUnavailable(f"{self.url}: {body.get('error', body)}")
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error", body) if isinstance(body, dict) else body
+            raise PrometheusUnavailable(f"{self.url}: {error}")
         return [Sample(r["metric"], Decimal(r["value"][1])) for r in body["data"]["result"]]

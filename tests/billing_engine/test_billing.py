@@ -214,3 +214,30 @@ def test_a_price_version_added_to_the_ledger_prices_the_windows_from_its_time(
         assert price_effective == (effective if start >= effective else 0), start
         assert Decimal(cost) == ((Decimal(gpu) * price + Decimal(cpu) * CPU_PRICE) / 60).quantize(
             Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
+
+
+def windows_billed(rig: Rig) -> int:
+    ledger = Ledger(rig.ledger_path)
+    try:
+        return int(ledger.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0])
+    finally:
+        ledger.close()
+
+
+def test_an_engine_back_after_another_billed_reads_the_cursors_again(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    """An engine keeps the cursors between windows. Once another engine has billed some, that
+    copy is stale; used, it would bill the other engine's windows a second time."""
+    carol = test_users["carol"]
+    first, second = rig.engine(), rig.engine()
+    job = start_job(rig, processes, carol, "handed-over", gpu=0)
+    for engine in (first, second, first):
+        with running(engine):
+            before = windows_billed(rig)
+            wait_for(lambda: windows_billed(rig) >= before + 2, timeout=20,  # noqa: B023
+                     what="two windows billed")
+    stop_job(rig, job)
+    with running(first):
+        truth = rig.wait_until_billed()
+    assert truth[(carol.name, "handed-over", A100)][0] > 2
+    check_ledger(rig)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.engine import series_key
 from billing_engine.ledger import Ledger, LedgerError
 from billing_engine.money import parse_amount
 from billing_engine.pricing import PriceBook, merge_versions
+from billing_engine.series import series_key
 from gpuacct.config import GpuPrice, PriceVersion
 
 D = Decimal

@@ -1,0 +1,51 @@
+"""What a counter series is to the ledger: its cursor's key and the usage line it adds to."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+LineKey = tuple[str, ...]  # (user, job, node, gpu_model) for GPU series, (user, job, node) for CPU
+
+
+class Series(NamedTuple):
+    key: str  # the cursor's key: the family and every label but the metric name
+    gpu: bool  # GPU-seconds, else CPU core-seconds
+    line: LineKey
+
+
+def series_key(labels: dict[str, str]) -> str:
+    """The series' identity: its family and every label but the metric name.
+
+    Label names cannot hold "=" and the unit separator cannot occur in Prometheus' JSON
+    output unescaped, so the key is unambiguous."""
+    family = "gpu" if "_gpu_" in labels["__name__"] else "cpu"
+    return family + "\x1f".join([f"{k}={v}" for k, v in sorted(labels.items())
+                                  if k != "__name__"])
+
+
+def identify(labels: dict[str, str]) -> Series:
+    key = series_key(labels)
+    # Prometheus renames a target's own `job` label to `exported_job` unless honor_labels.
+    job = (labels.get("user", ""), labels.get("exported_job", labels.get("job", "")),
+           labels.get("instance", ""))
+    if key.startswith("gpu"):
+        return Series(key, True, (*job, labels.get("gpu_model", "")))
+    return Series(key, False, job)
+
+
+class SeriesCache:
+    """`identify`, remembered by the labels as Prometheus sends them: the same series come
+    back every minute, and sorting and joining 20,000 label sets took a tenth of a window."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._known: dict[tuple[tuple[str, str], ...], Series] = {}
+
+    def __call__(self, labels: dict[str, str]) -> Series:
+        raw = tuple(labels.items())
+        series = self._known.get(raw)
+        if series is None:
+            if len(self._known) >= self.limit:
+                self._known.clear()
+            series = self._known[raw] = identify(labels)
+        return series
