@@ -105,6 +105,23 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._migrate_outbox()
+
+    def _migrate_outbox(self) -> None:
+        """Ledgers from before 2026-11-22 kept each point's text in `outbox`; the windows those
+        points belong to (the line's last field is the window's end) go to `influx_outbox`,
+        whose points are made from the usage lines: nothing waiting is lost."""
+        old = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        if not self.db.execute(old).fetchone():
+            return
+        with self.transaction() as db:
+            if not db.execute(old).fetchone():
+                return  # another process moved it meanwhile
+            ends = {int(line.rsplit(" ", 1)[1])
+                    for (line,) in db.execute("SELECT line FROM outbox")}
+            db.executemany("INSERT OR IGNORE INTO influx_outbox (window_end) VALUES (?)",
+                           [(end,) for end in sorted(ends)])
+            db.execute("DROP TABLE outbox")
 
     def close(self) -> None:
         self.db.close()
