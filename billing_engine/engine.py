@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from billing_engine.influx import InfluxSink, InfluxUnavailable, LineFormatter
 from billing_engine.ledger import Ledger, UsageLine
 from billing_engine.pricing import PriceBook, merge_versions
-from billing_engine.series import LineKey, SeriesCache
+from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.config import BillingSettings
 from gpuacct.promql import Prometheus, PrometheusUnavailable
 
@@ -162,8 +162,22 @@ class Engine:
             self.ledger.set_meta(db, "billing_start", str(t0))
         log.info("billing begins at %s with %d series baselined", iso(t0), len(totals))
 
+    def _counters(self, query: str, at: int) -> list[tuple[Series, Decimal]]:
+        """Every series the query finds at `at`, with its value. A value that no counter can
+        hold (NaN, infinite, negative) is left out, its cursor kept, and said once a window:
+        one odd series must not stop billing for everyone."""
+        samples = self.prometheus.instant(query, at)
+        counters = [(self.series(s.labels), s.value) for s in samples
+                    if s.value.is_finite() and not s.value.is_signed()]
+        if len(counters) < len(samples):
+            odd = [s for s in samples if not s.value.is_finite() or s.value.is_signed()]
+            log.warning("%d series at %s are not billed: their value is not a finite, "
+                        "non-negative number (first: %s = %s)", len(odd), iso(at),
+                        odd[0].labels, odd[0].value)
+        return counters
+
     def _read(self, query: str, at: int) -> dict[str, Decimal]:
-        return {self.series(s.labels).key: s.value for s in self.prometheus.instant(query, at)}
+        return {series.key: value for series, value in self._counters(query, at)}
 
     def _cursor_cache(self) -> tuple[dict[str, Decimal], int | None]:
         last = self.ledger.last_window()
@@ -175,7 +189,7 @@ class Engine:
     def bill_window(self, end: int, previous: int) -> None:
         """Bill the usage that the counters gained between the window `previous` and `end`."""
         start = Decimal(self.ledger.meta("billing_start") or end)
-        totals = [(self.series(s.labels), s.value) for s in self.prometheus.instant(QUERY, end)]
+        totals = self._counters(QUERY, end)
         cursors, after = self._cursor_cache()
         # When each new series began; in steady state every series has a cursor already.
         created = (self._read(CREATED_QUERY, end)
