@@ -76,13 +76,21 @@ def test_odd_values_are_left_out_and_the_rest_is_billed(
     ledger = Ledger(settings.ledger)
     engine = Engine(settings, ledger, Prometheus(prometheus.url), None)
 
+    def settled_since(t: float) -> None:
+        """Until the latest settled window ends after `t`."""
+        wait_for(lambda: engine.due_window(time.time()) >= t, timeout=10)
+
     def bill_after(values: dict[str, str]) -> None:
         state.values.update(values)
-        time.sleep(4)  # scraped, and two windows settled
+        time.sleep(1.0)  # two scrapes
+        settled_since(time.time())
         engine.tick()
         assert engine.last_tick_ok
 
-    engine.tick()  # billing begins: what the counters hold now is not billed
+    # Billing begins where Prometheus has all four series: what they hold then is not billed.
+    wait_for(lambda: len(promql(prometheus.url, "gpuacct_job_gpu_seconds_total",
+                                engine.due_window(time.time()))) == 4)
+    engine.tick()
     bill_after({"good": "25"})
     assert billed(ledger) == {"good": Decimal(15)}
     bill_after({"nan": "7", "good": "30"})  # first seen finite: baselined, as a new series
