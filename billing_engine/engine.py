@@ -166,11 +166,13 @@ class Engine:
         """Every series the query finds at `at`, with its value. A value that no counter can
         hold (NaN, infinite, negative) is left out, its cursor kept, and said once a window:
         one odd series must not stop billing for everyone."""
-        samples = self.prometheus.instant(query, at)
-        counters = [(self.series(s.labels), s.value) for s in samples
-                    if s.value.is_finite() and not s.value.is_signed()]
-        if len(counters) < len(samples):
-            odd = [s for s in samples if not s.value.is_finite() or s.value.is_signed()]
+        counters, odd = [], []
+        for s in self.prometheus.instant(query, at):
+            if s.value.is_finite() and not s.value.is_signed():
+                counters.append((self.series(s.labels), s.value))
+            else:
+                odd.append(s)
+        if odd:
             log.warning("%d series at %s are not billed: their value is not a finite, "
                         "non-negative number (first: %s = %s)", len(odd), iso(at),
                         odd[0].labels, odd[0].value)

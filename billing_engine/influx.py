@@ -44,10 +44,10 @@ def to_point(line: UsageLine, window_end: int) -> Point:
     if line.gpu_model:  # CPU-only lines carry no gpu_model tag (InfluxDB refuses empty tags)
         point = point.tag("gpu_model", line.gpu_model)
     whole: Point = (point.field("gpu_seconds", float(line.gpu_seconds))
-             .field("cpu_core_seconds", float(line.cpu_core_seconds))
-             .field("cost", float(line.cost))
-             .field("cost_micros", int(line.cost / MICRO))
-             .time(window_end, WritePrecision.S))
+                    .field("cpu_core_seconds", float(line.cpu_core_seconds))
+                    .field("cost", float(line.cost))
+                    .field("cost_micros", int(line.cost / MICRO))
+                    .time(window_end, WritePrecision.S))
     return whole
 
 

@@ -35,7 +35,7 @@ from tests.billing_engine.conftest import Rig
 from tests.fixtures import dashboards
 from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode
 from tests.fixtures.gpus import A100, RTX3090, device
-from tests.fixtures.servers import RUNNING, Server
+from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 from web.auth import hash_password
 
@@ -109,17 +109,12 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
         fast.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()), FACTOR)))
         rules.append(str(fast))
     billing_port = free_port()
-    prometheus = start_prometheus([
-        {"job_name": "gpuacct-exporter", "honor_labels": True,
-         "static_configs": [{"targets": [f"127.0.0.1:{node.exporter.port}"]}]},
-        {"job_name": "gpuacct-billing",
-         "static_configs": [{"targets": [f"127.0.0.1:{billing_port}"]}]},
-        {"job_name": "gpuacct-enforcer",
-         "static_configs": [{"targets": [f"127.0.0.1:{enforcer.port}"]}]},
-    ], interval=f"{EVALUATION}s", extra={
-        "rule_files": rules,
-        "alerting": {"alertmanagers": [{"static_configs": [
-            {"targets": [alertmanager.url.removeprefix("http://")]}]}]}})
+    prometheus = start_prometheus(
+        gpuacct_scrape_configs(node.exporter.port, billing_port, enforcer.port),
+        interval=f"{EVALUATION}s", extra={
+            "rule_files": rules,
+            "alerting": {"alertmanagers": [{"static_configs": [
+                {"targets": [alertmanager.url.removeprefix("http://")]}]}]}})
 
     influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
     ledger = tmp_path / "ledger.sqlite3"

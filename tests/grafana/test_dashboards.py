@@ -20,7 +20,7 @@ from gpuacct.stack.servers import influx_query
 from tests.fixtures import dashboards
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.gpus import RTX3090, device
-from tests.fixtures.servers import RUNNING, Server
+from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
 ROOT = dashboards.ROOT
@@ -103,14 +103,9 @@ def test_every_panel_query_returns_data_from_the_real_servers(
     enforcer = cluster.enforcer([node])
 
     billing_port = free_port()
-    prometheus = start_prometheus([
-        {"job_name": "gpuacct-exporter", "honor_labels": True,
-         "static_configs": [{"targets": [f"127.0.0.1:{node.exporter.port}"]}]},
-        {"job_name": "gpuacct-billing",
-         "static_configs": [{"targets": [f"127.0.0.1:{billing_port}"]}]},
-        {"job_name": "gpuacct-enforcer",
-         "static_configs": [{"targets": [f"127.0.0.1:{enforcer.port}"]}]},
-    ], interval="500ms", extra={"rule_files": [str(p) for p in rule_files()]})
+    prometheus = start_prometheus(
+        gpuacct_scrape_configs(node.exporter.port, billing_port, enforcer.port),
+        interval="500ms", extra={"rule_files": [str(p) for p in rule_files()]})
     influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
     config = tmp_path / "billing.yaml"
     config.write_text(yaml.safe_dump({
