@@ -157,8 +157,7 @@ class Engine:
         with self.ledger.transaction() as db:
             if self.ledger.meta("billing_start") is not None:
                 return
-            db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?)",
-                           [(key, str(value), t0) for key, value in totals.items()])
+            self.ledger.move_cursors(db, totals, t0)
             self.ledger.set_meta(db, "billing_start", str(t0))
         log.info("billing begins at %s with %d series baselined", iso(t0), len(totals))
 
@@ -240,21 +239,14 @@ class Engine:
             known = {u for (u,) in db.execute("SELECT user FROM accounts")}
             for user in sorted(charges.keys() - known):
                 self.ledger.open_account(db, user, self.settings.opening_balance, now)
-            db.executemany(
-                "INSERT INTO usage_lines (window_end, user, job, node, gpu_model, gpu_seconds, "
-                "cpu_core_seconds, cost, price_effective) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
-                  str(ln.cpu_core_seconds), str(ln.cost), price_effective) for ln in lines])
+            self.ledger.add_usage_lines(db, end, lines, price_effective)
             total = sum(charges.values(), Decimal(0))
             if not self.settings.trial_mode:
                 self.ledger.charge_window(db, {u: c for u, c in charges.items() if c}, now, end,
                                           f"usage in the window ending {iso(end)}")
                 charged = Decimal(self.ledger.meta("charged_total") or 0) + total
                 self.ledger.set_meta(db, "charged_total", str(charged))
-            db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?) "
-                           "ON CONFLICT (series) DO UPDATE SET value = excluded.value, "
-                           "window_end = excluded.window_end",
-                           [(key, str(value), end) for key, value in moved.items()])
+            self.ledger.move_cursors(db, moved, end)
             db.execute("INSERT INTO windows (window_end, window_start, billed_at, lines, cost) "
                        "VALUES (?, ?, ?, ?, ?)", (end, previous, now, len(lines), str(total)))
             if lines:

@@ -198,6 +198,28 @@ class Ledger:
         return {series: Decimal(value)
                 for series, value in self.db.execute("SELECT series, value FROM cursors")}
 
+    def move_cursors(self, db: sqlite3.Connection, values: dict[str, Decimal], end: int) -> None:
+        """Each series' cursor to its value at the window's end `end`."""
+        db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?) "
+                       "ON CONFLICT (series) DO UPDATE SET value = excluded.value, "
+                       "window_end = excluded.window_end",
+                       [(key, str(value), end) for key, value in values.items()])
+
+    # -- usage lines
+    def add_usage_lines(self, db: sqlite3.Connection, end: int, lines: list[UsageLine],
+                        price_effective: float) -> None:
+        db.executemany(
+            "INSERT INTO usage_lines (window_end, user, job, node, gpu_model, gpu_seconds, "
+            "cpu_core_seconds, cost, price_effective) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
+              str(ln.cpu_core_seconds), str(ln.cost), price_effective) for ln in lines])
+
+    def window_lines(self, end: int) -> list[UsageLine]:
+        return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost))
+                for user, job, node, model, gpu, cpu, cost in self.db.execute(
+                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost "
+                    "FROM usage_lines WHERE window_end = ?", (end,))]
+
     # -- accounts and transactions
     def balance(self, user: str) -> Decimal | None:
         row = self.db.execute("SELECT balance FROM accounts WHERE user = ?", (user,)).fetchone()
@@ -288,12 +310,6 @@ class Ledger:
     def outbox_windows(self) -> list[int]:
         return [int(end) for (end,) in self.db.execute(
             "SELECT window_end FROM influx_outbox ORDER BY window_end")]
-
-    def window_lines(self, end: int) -> list[UsageLine]:
-        return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost))
-                for user, job, node, model, gpu, cpu, cost in self.db.execute(
-                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost "
-                    "FROM usage_lines WHERE window_end = ?", (end,))]
 
     def outbox_done(self, end: int) -> None:
         with self.transaction() as db:

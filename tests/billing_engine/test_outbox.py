@@ -18,8 +18,7 @@ LINES = [UsageLine("alice", "train", "n1:9835", "NVIDIA A100-SXM4-80GB", Decimal
 def bill(ledger: Ledger, end: int, lines: list[UsageLine]) -> None:
     with ledger.transaction() as db:
         db.execute("INSERT INTO windows VALUES (?, ?, 0, ?, '0')", (end, end - 60, len(lines)))
-        db.executemany("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                       [(end, *ln[:4], *map(str, ln[4:])) for ln in lines])
+        ledger.add_usage_lines(db, end, lines, 0)
 
 
 def test_backlog_counts_points_and_lines_come_back_exact(tmp_path: Path) -> None:
