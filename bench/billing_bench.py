@@ -11,12 +11,16 @@ the first. Then, in the same run:
   - the second window, likewise: the steady state, as every minute after a job's first.
 Each window also shows its two writes alone, the ledger commit and the InfluxDB write, beside
 the raw query: what the engine's share cannot go below without giving up the durable ledger.
+A second peer, the stack's floor, uses none of the engine's code: it parses the query's JSON,
+inserts 10,000 rows into the smallest durable SQLite table (integer key, no index) and writes
+the window's 10,000 points to InfluxDB: what any engine on this stack must do for a window.
 Run: .venv/bin/python bench/billing_bench.py   (needs Debian's prometheus and influxdb)
 """
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -24,12 +28,15 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
+
 from billing_engine.engine import QUERY, Engine
-from billing_engine.influx import InfluxV1
-from billing_engine.ledger import Ledger
+from billing_engine.influx import InfluxV1, LineFormatter
+from billing_engine.ledger import Ledger, UsageLine
 from gpuacct.config import BillingSettings, InfluxV1Settings
 from gpuacct.promql import Prometheus
 from gpuacct.stack import servers
@@ -61,12 +68,50 @@ def openmetrics(path: Path, end: int) -> None:
         f.write("# EOF\n")
 
 
-def raw_query_seconds(url: str, at: int) -> float:
+def raw_query(url: str, at: int) -> tuple[bytes, float]:
+    """The engine's query, fetched over HTTP: its bytes and the seconds it took."""
     params = urllib.parse.urlencode({"query": QUERY, "time": str(at)})
     t = time.perf_counter()
     with urllib.request.urlopen(f"{url}/api/v1/query?{params}", timeout=60) as response:
-        response.read()
-    return time.perf_counter() - t
+        body = response.read()
+    return body, time.perf_counter() - t
+
+
+class Floor(NamedTuple):
+    first: float  # points new to InfluxDB
+    steady: float  # the same points again, as every minute after a job's first
+
+
+def stack_floor(work: Path, n: int, prom_url: str, influx_url: str, end: int) -> Floor:
+    """A window's unavoidable work with none of the engine's code: parse the answer, insert
+    one row per usage line durably (WAL, synchronous=FULL, as the ledger) and write one point
+    per usage line to InfluxDB, twice (new series, then known ones). Everything else is built
+    before the clock starts."""
+    body, _ = raw_query(prom_url, end)
+    rows = [(end, i, "45.5", "46.5", "0.388333") for i in range(SERIES)]
+    usage = Decimal("45.5"), Decimal("46.5"), Decimal("0.388333")
+    points = [LineFormatter().line(UsageLine(f"user{i % USERS:03d}", f"job{i}",
+                                             f"node{i % NODES:02d}:9835", MODELS[i % len(MODELS)],
+                                             *usage), end) for i in range(SERIES)]
+    db = sqlite3.connect(work / f"floor{n}.sqlite3", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE usage (window_end INTEGER, line INTEGER, gpu_seconds TEXT, "
+               "cpu_core_seconds TEXT, cost TEXT, PRIMARY KEY (window_end, line)) WITHOUT ROWID")
+    sink = InfluxV1(InfluxV1Settings(url=influx_url, database=f"floor{n}"), timeout=60)
+    servers.influx_query(influx_url, f'CREATE DATABASE "floor{n}"', method="POST")
+    times = []
+    for window_end in (end - WINDOW, end):
+        t = time.perf_counter()
+        orjson.loads(body)
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO usage VALUES (?, ?, ?, ?, ?)",
+                       [(window_end, *row[1:]) for row in rows])
+        db.execute("COMMIT")
+        sink.write(points)  # the same series and time both times: the second overwrites
+        times.append(time.perf_counter() - t)
+    db.close()
+    return Floor(*times)
 
 
 class TimedSink(InfluxV1):
@@ -141,13 +186,14 @@ def main() -> int:
         found = len(Prometheus(prom_url, 60).instant(QUERY, end))
         print(f"{found} counter series at the window's end ({SERIES} GPU-seconds and {SERIES} "
               f"CPU-seconds, each with a _created series), {USERS} users, {NODES} nodes")
-        raw_query_seconds(prom_url, end)  # warm Prometheus' caches, as every minute would
+        raw_query(prom_url, end)  # warm Prometheus' caches, as every minute would
         # This machine's speed drifts from minute to minute, so each run is set beside the raw
         # query timed just before it, and the ratios are what is compared.
-        raws, runs = [], []
+        raws, runs, floors = [], [], []
         for n in range(RUNS):
-            raws.append(statistics.median(raw_query_seconds(prom_url, end) for _ in range(3)))
+            raws.append(statistics.median(raw_query(prom_url, end)[1] for _ in range(3)))
             runs.append(two_windows(work, n, prom_url, influx_url, end))
+            floors.append(stack_floor(work, n, prom_url, influx_url, end))
         print(f"raw Prometheus query (HTTP, same query and data), per run: "
               f"{', '.join(f'{r * 1000:.0f}' for r in raws)} ms")
         for label, index in (("first window (all series new)", 0),
@@ -169,6 +215,10 @@ def main() -> int:
                   f"{statistics.median(r.commit for r in window) * 1000:.0f} ms; with the "
                   f"InfluxDB write, the two writes alone / raw query: median "
                   f"{statistics.median(floor):.2f} (runs: {', '.join(f'{x:.2f}' for x in floor)})")
+            stack = [f[index] / q for f, q in zip(floors, raws, strict=True)]
+            print(f"  the stack's floor (no engine code: parse, {SERIES} durable SQLite rows, "
+                  f"{SERIES} InfluxDB points) / raw query: median {statistics.median(stack):.2f} "
+                  f"(runs: {', '.join(f'{x:.2f}' for x in stack)})")
         return 0
     finally:
         for proc in procs:
