@@ -34,10 +34,10 @@ install_debian_packages() {
 install_venv() {
     local extra=$1 stamp="$VENV/.installed-$1"
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        echo "==> pip install -e .$extra into $VENV"
-        "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e ".$extra"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+        echo "==> pip install -e .$extra into $VENV (versions from constraints.txt)"
+        "$VENV/bin/python" -m pip install -q -c constraints.txt --upgrade pip
+        "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".$extra"
         touch "$stamp"
     fi
 }

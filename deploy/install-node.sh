@@ -35,8 +35,8 @@ fi
 opt=$root/opt/gpuacct etc=$root/etc/gpuacct
 echo "==> virtualenv in $opt"
 python3 -m venv "$opt"
-"$opt/bin/pip" install --quiet --upgrade pip
-"$opt/bin/pip" install --quiet --upgrade "$here"
+"$opt/bin/pip" install --quiet -c "$here/constraints.txt" --upgrade pip
+"$opt/bin/pip" install --quiet -c "$here/constraints.txt" --upgrade "$here"
 
 mkdir -p "$etc"
 if [ -n "$key" ]; then

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,11 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
         "/opt/gpuacct/bin/gpuacct-balance")
     unit = root / "etc" / "systemd" / "system" / "gpuacct-exporter.service"
     assert verify_unit(unit, tmp_path, bin_dir / "gpuacct-exporter") == ""
+    # The node runs the versions the tests ran, not whatever PyPI has today.
+    frozen = pins(subprocess.run([str(bin_dir / "pip"), "freeze"], capture_output=True,
+                                 text=True, timeout=60).stdout)
+    assert "prometheus-client" in frozen  # gpuacct itself is listed by its path, not pinned
+    assert frozen.items() <= pins((REPO / "constraints.txt").read_text()).items()
 
     # Again, as an upgrade: the operator's config is kept, and nothing else changes either.
     config.write_text(config.read_text() + "# edited by the operator\n")
@@ -67,6 +74,30 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     assert installed_files(root) == before
     assert subprocess.run([str(bin_dir / "gpuacct-exporter"), "--help"],
                           capture_output=True, timeout=60).returncode == 0
+
+
+def pins(text: str) -> dict[str, str]:
+    """`name==version` lines (pip freeze, a constraints file) by normalised name."""
+    found = {}
+    for line in text.splitlines():
+        name, sep, version = line.partition("==")
+        if sep and not line.startswith("#"):
+            found[normalised(name)] = version.strip()
+    return found
+
+
+def normalised(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_dependency_is_pinned() -> None:
+    """A dependency added to pyproject.toml without a version in constraints.txt would install
+    whatever is newest; `./run.sh` and install-node.sh would then run untested code."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    names = {normalised(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in declared}
+    assert names - pins((REPO / "constraints.txt").read_text()).keys() == set()
 
 
 def installed_files(root: Path) -> dict[str, tuple[int, str]]:
