@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).parents[2]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -77,18 +78,13 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
 
 
 def pins(text: str) -> dict[str, str]:
-    """`name==version` lines (pip freeze, a constraints file) by normalised name."""
+    """`name==version` lines (pip freeze, a constraints file) by canonical name."""
     found = {}
     for line in text.splitlines():
         name, sep, version = line.partition("==")
         if sep and not line.startswith("#"):
-            found[normalised(name)] = version.strip()
+            found[canonicalize_name(name)] = version.strip()
     return found
-
-
-def normalised(name: str) -> str:
-    """A distribution's name as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_every_dependency_is_pinned() -> None:
@@ -96,7 +92,7 @@ def test_every_dependency_is_pinned() -> None:
     whatever is newest; `./run.sh` and install-node.sh would then run untested code."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = [*project["dependencies"], *project["optional-dependencies"]["test"]]
-    names = {normalised(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in declared}
+    names = {canonicalize_name(Requirement(spec).name) for spec in declared}
     assert names - pins((REPO / "constraints.txt").read_text()).keys() == set()
 
 
