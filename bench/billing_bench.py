@@ -203,7 +203,7 @@ def main() -> int:
             totals = [r.total for r in window]
             share = [(t - q) / q for t, q in zip(totals, raws, strict=True)]
             rest = [(r.total - q - r.write) / q for r, q in zip(window, raws, strict=True)]
-            floor = [(r.write + r.commit) / q for r, q in zip(window, raws, strict=True)]
+            writes = [(r.write + r.commit) / q for r, q in zip(window, raws, strict=True)]
             print(f"{label}, end to end: median {statistics.median(totals) * 1000:.0f} ms (runs: "
                   f"{', '.join(f'{t * 1000:.0f}' for t in totals)} ms; target < 2000 ms)")
             print(f"  engine share (end to end - raw query) / raw query: median "
@@ -215,7 +215,8 @@ def main() -> int:
             print(f"  the ledger commit (SQLite, synchronous=FULL): median "
                   f"{statistics.median(r.commit for r in window) * 1000:.0f} ms; with the "
                   f"InfluxDB write, the two writes alone / raw query: median "
-                  f"{statistics.median(floor):.2f} (runs: {', '.join(f'{x:.2f}' for x in floor)})")
+                  f"{statistics.median(writes):.2f} "
+                  f"(runs: {', '.join(f'{x:.2f}' for x in writes)})")
             stack = [f[index] / q for f, q in zip(floors, raws, strict=True)]
             print(f"  the stack's floor (no engine code: parse, {SERIES} durable SQLite rows, "
                   f"{SERIES} InfluxDB points) / raw query: median {statistics.median(stack):.2f} "
