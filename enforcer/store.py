@@ -8,7 +8,6 @@ the same fingerprint and start, even if it arrives first.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -17,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enforcer.payload import Notification
+from gpuacct import sqlite
 from gpuacct.policy import NodeAction, NodePolicy, Reason, UserPolicy, combine
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
     fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL, status TEXT NOT NULL,
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS audit (
     report_id TEXT UNIQUE  -- a node's action id: a report delivered twice is audited once
 );
 """
+MIGRATIONS = [sqlite.statements(SCHEMA_V1)]
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,8 @@ class AuditEntry:
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = sqlite.connect(path)
+        sqlite.migrate(self.db, MIGRATIONS, f"enforcer store {path}")
         self._lock = threading.Lock()
         self.policy = self._load_policy()
 
@@ -82,8 +80,7 @@ class Store:
         now = time.time() if now is None else now
         new = duplicate = 0
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with sqlite.transaction(self.db):
                 for alert in notification.alerts:
                     key = (alert.fingerprint, alert.startsAt.isoformat(), alert.status)
                     inserted = self.db.execute(
@@ -113,10 +110,6 @@ class Store:
                         policy.version + 1, int(now * 1000))})
                     self.db.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)",
                                     (policy.model_dump_json(),))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             self.policy = policy
         return Received(new, duplicate, policy.version, changed)
 
@@ -139,11 +132,10 @@ class Store:
             (at, user, alert, action, node, result, detail, report_id))
 
     def record_actions(self, node: str, actions: Iterable[NodeAction]) -> None:
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
+        """All of a node's reports or none (a failure half-way writes nothing)."""
+        with self._lock, sqlite.transaction(self.db):
             for a in actions:
                 self._audit(a.at, a.user, a.alert, a.action, node, a.result, a.detail, a.id)
-            self.db.execute("COMMIT")
 
     def audit(self, user: str | None = None, limit: int = 1000) -> list[AuditEntry]:
         rows = self.db.execute(
