@@ -11,6 +11,8 @@ COPY exporter ./exporter
 COPY billing_engine ./billing_engine
 COPY enforcer ./enforcer
 COPY web ./web
+COPY stack ./stack
+COPY rules ./rules
 RUN pip install -c constraints.txt . \
  && useradd --system --uid 10001 --home-dir /var/lib/gpuacct --shell /usr/sbin/nologin gpuacct \
  && install -d -o gpuacct -g gpuacct -m 0750 /var/lib/gpuacct \

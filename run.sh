@@ -55,6 +55,7 @@ case "$cmd" in
         install_venv "[test]"
         echo "==> ruff check"; "$VENV/bin/ruff" check .
         echo "==> mypy"; "$VENV/bin/mypy"
+        echo "==> lint-imports (the import contract in pyproject.toml)"; "$VENV/bin/lint-imports"
         echo "==> pytest"
         set +e
         "$VENV/bin/python" -m pytest "$@"

@@ -31,7 +31,7 @@ import yaml
 
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
 from gpuacct.signing import sign
-from gpuacct.stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, free_port
 
 NODES, ROUNDS = 10, 30
 USER = "gpuacct-bench"

@@ -27,7 +27,7 @@ from exporter.fake_nvml import FakeNvml, file_source
 from exporter.nvml import NvmlBackend
 from exporter.sampler import Sampler
 from gpuacct.config import ExporterSettings
-from gpuacct.stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, free_port
 
 USERS = [f"gab-u{i}" for i in range(4)]
 PROCESSES, JOBS, GPUS, GPU_PROCESSES = 1000, 50, 8, 64

@@ -24,8 +24,8 @@ from pathlib import Path
 import requests
 import yaml
 
-from billing_engine.ledger import Ledger
-from gpuacct.stack.process import ManagedProcess, free_port
+from billing_engine.ledger import Ledger, UsageLine, WindowBill
+from stack.process import ManagedProcess, free_port
 from web.auth import hash_password
 
 ACCOUNTS, WINDOWS = 1000, 100
@@ -38,28 +38,19 @@ def fill(path: Path) -> None:
     ledger = Ledger(path)
     now = int(time.time()) // 60 * 60
     users = [f"user{i:04d}" for i in range(ACCOUNTS)]
-    balance = dict.fromkeys(users, Decimal(100))
-    with ledger.transaction() as db:
+    assert ledger.acquire_lease("bench", 3600)
+    with ledger.batch():
         for user in users:
-            ledger.open_account(db, user, Decimal(100), now - 30 * 86400)
-        lines, charges = [], []
+            ledger.open_account(user, Decimal(100), now - 30 * 86400)
         for w in range(WINDOWS):
             end = now - 60 * (WINDOWS - w)
-            db.execute("INSERT INTO windows VALUES (?, ?, ?, ?, '0')", (end, end - 60, end,
-                                                                        ACCOUNTS))
-            for i, user in enumerate(users):
-                cost = Decimal(i % 97 + 1) * Decimal("0.001234")
-                balance[user] -= cost
-                lines.append((end, user, f"job-{i % 13}", f"gpu{i % 40:02d}:9835",
-                              MODELS[i % 3], "60", "30", str(cost), 0.0))
-                charges.append((user, str(-cost), str(balance[user]), float(end),
-                                f"charge:{end}:{user}", end))
-        db.executemany("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", lines)
-        db.executemany("INSERT INTO transactions (user, kind, amount, balance_after, at, "
-                       "idempotency_key, window_end) VALUES (?, 'charge', ?, ?, ?, ?, ?)",
-                       charges)
-        db.executemany("UPDATE accounts SET balance = ? WHERE user = ?",
-                       [(str(b), u) for u, b in balance.items()])
+            lines = [UsageLine(user, f"job-{i % 13}", f"gpu{i % 40:02d}:9835", MODELS[i % 3],
+                               Decimal(60), Decimal(30), Decimal(i % 97 + 1) * Decimal("0.001234"))
+                     for i, user in enumerate(users)]
+            assert ledger.commit_window(WindowBill(
+                end=end, previous=end - 60, expected_last=ledger.last_window(), lines=lines,
+                cursors={}, price_effective=0.0, holder="bench", opening_balance=Decimal(100),
+                trial_mode=False, reason=f"usage in the window ending {end}"))
     ledger.close()
 
 

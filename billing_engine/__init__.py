@@ -1,1 +1,1 @@
-"""gpuacct-billing: prices usage read from Prometheus and debits a Decimal ledger (issue 4)."""
+"""gpuacct-billing: prices usage read from Prometheus and debits a Decimal ledger."""

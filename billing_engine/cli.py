@@ -16,12 +16,18 @@ import time
 import uuid
 from pathlib import Path
 
-from billing_engine import export
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
-from billing_engine.ledger import Ledger, LedgerError
-from billing_engine.metrics import build_registry, thresholds
-from billing_engine.money import parse_amount
+from billing_engine.ledger import (
+    Ledger,
+    LedgerError,
+    Posting,
+    SchemaError,
+    SqliteLedgerReader,
+    export,
+    open_reader,
+)
+from billing_engine.metrics import build_registry
 from gpuacct.cli_common import (
     load_or_exit,
     parse_listen_address,
@@ -31,7 +37,9 @@ from gpuacct.cli_common import (
 )
 from gpuacct.config import BillingSettings, Settings
 from gpuacct.metrics_http import serve
+from gpuacct.money import parse_amount
 from gpuacct.promql import Prometheus
+from gpuacct.tiers import account_tier
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,14 +70,27 @@ def _open_ledger(settings: BillingSettings) -> Ledger:
     if not settings.ledger.exists():
         raise SystemExit(f"gpuacct-billing: no ledger at {settings.ledger} "
                          "(start `gpuacct-billing run` first, or check billing.ledger)")
-    return Ledger(settings.ledger)
+    try:
+        return Ledger(settings.ledger)
+    except SchemaError as exc:
+        raise SystemExit(f"gpuacct-billing: {exc}") from None
+
+
+def _open_reader(settings: BillingSettings) -> SqliteLedgerReader:
+    """Read-only; a ledger of an older schema is migrated first, as any writer would."""
+    _open_ledger(settings).close()
+    return open_reader(settings.ledger)
 
 
 def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     billing = settings.billing
     log = setup_logging("gpuacct-billing", verbose)
     host, port = parse_listen_address(listen or billing.listen_address)
-    ledger = Ledger(billing.ledger)
+    try:
+        ledger = Ledger(billing.ledger)
+    except SchemaError as exc:
+        print(f"gpuacct-billing: {exc}", file=sys.stderr)
+        return 1
     engine = Engine(billing, ledger, Prometheus(billing.prometheus_url,
                                                 billing.query_timeout_seconds),
                     make_sink(settings.influxdb))
@@ -89,17 +110,14 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
 
 
 def balances(billing: BillingSettings) -> int:
-    ledger = _open_ledger(billing)
+    ledger = _open_reader(billing)
     print(f"{'user':<24} {'balance':>16}  tier")
     for user, balance in ledger.balances().items():
-        limits = thresholds(billing, user)
-        tier = next((t for t in ("exhausted", "limited", "warning") if balance < limits[t]),
-                    "normal")
-        print(f"{user:<24} {balance:>16}  {tier}")
+        print(f"{user:<24} {balance:>16}  {account_tier(billing, user, balance)}")
     return 0
 
 
-def post(billing: BillingSettings, kind: str, user: str, amount_text: str, reason: str,
+def post(billing: BillingSettings, kind: Posting, user: str, amount_text: str, reason: str,
          key: str | None) -> int:
     try:
         amount = parse_amount(amount_text, billing.amount_decimals, billing.max_amount,
@@ -112,9 +130,8 @@ def post(billing: BillingSettings, kind: str, user: str, amount_text: str, reaso
         return 2
     ledger = _open_ledger(billing)
     try:
-        with ledger.transaction() as db:
-            balance = ledger.post(db, user, kind, amount, time.time(),
-                                  key or f"{kind}:{uuid.uuid4()}", reason.strip())
+        balance = ledger.post(user, kind, amount, time.time(), key or f"{kind}:{uuid.uuid4()}",
+                              reason.strip())
     except LedgerError as exc:
         print(f"gpuacct-billing: {kind} refused: {exc}", file=sys.stderr)
         return 2
@@ -147,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "backup":
         return backup(settings.billing, args.file)
     if command in ("recharge", "adjust"):
-        kind = "recharge" if command == "recharge" else "adjustment"
+        kind: Posting = "recharge" if command == "recharge" else "adjustment"
         return post(settings.billing, kind, args.user, args.amount, args.reason, args.key)
     try:
-        return export.write(_open_ledger(settings.billing), args.what, args.start, args.end,
+        return export.write(_open_reader(settings.billing), args.what, args.start, args.end,
                             args.output)
     except ValueError as exc:
         print(f"gpuacct-billing: export refused: {exc}", file=sys.stderr)

@@ -19,15 +19,15 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from billing_engine.influx import InfluxSink, InfluxUnavailable, LineFormatter
-from billing_engine.ledger import Ledger, UsageLine
-from billing_engine.pricing import PriceBook, merge_versions
+from billing_engine.ledger import LeaseLost, LedgerWriter, UsageLine, WindowBill, iso
+from billing_engine.pricing import PriceBook
 from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.config import BillingSettings
+from gpuacct.money import merge_versions
 from gpuacct.promql import Prometheus, PrometheusUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_total"}'
 CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_created"}'
 OUTBOX_BATCH = 5000
 _UNKNOWN = -1  # no window ends here: the cursor cache must be read from the ledger
-
-
-class LeaseLost(Exception):
-    """Another engine holds the ledger now; this one stops billing."""
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,10 +58,6 @@ def without_cyclic_gc(method: F) -> F:
     return paused  # type: ignore[return-value]
 
 
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal]
            ) -> list[tuple[LineKey, Decimal, Decimal]]:
     """(user, job, node, gpu_model), GPU-seconds, CPU core-seconds: a line per key, in order.
@@ -83,7 +75,7 @@ def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal]
 
 
 class Engine:
-    def __init__(self, settings: BillingSettings, ledger: Ledger, prometheus: Prometheus,
+    def __init__(self, settings: BillingSettings, ledger: LedgerWriter, prometheus: Prometheus,
                  sink: InfluxSink | None, holder: str | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -128,12 +120,12 @@ class Engine:
 
     def _bill_due(self, now: float) -> int:
         w = self.settings.window_seconds
-        start = self.ledger.meta("billing_start")
+        start = self.ledger.billing_start()
         if start is None:
             self._begin(self.due_window(now))
             return 0
         due = self.due_window(now)
-        first = (self.ledger.last_window() or int(start)) + w
+        first = (self.ledger.last_window() or start) + w
         oldest = due - int(self.settings.max_backfill_seconds // w) * w
         if first < oldest:
             log.warning("billing was away since %s: windows before %s are not billed one by one; "
@@ -141,7 +133,7 @@ class Engine:
                         iso(oldest), iso(oldest))
             first = oldest
         windows = range(first, due + 1, w)
-        previous = self.ledger.last_window() or int(start)
+        previous = self.ledger.last_window() or start
         for n, end in enumerate(windows, 1):
             self.bill_window(end, previous)
             previous = end
@@ -154,11 +146,8 @@ class Engine:
     def _begin(self, t0: int) -> None:
         """First run: what the counters hold at t0 predates gpuacct and is not billed."""
         totals = self._read(QUERY, t0)
-        with self.ledger.transaction() as db:
-            if self.ledger.meta("billing_start") is not None:
-                return
-            self.ledger.move_cursors(db, totals, t0)
-            self.ledger.set_meta(db, "billing_start", str(t0))
+        if not self.ledger.begin_billing(t0, totals):
+            return
         log.info("billing begins at %s with %d series baselined", iso(t0), len(totals))
 
     def _counters(self, query: str, at: int) -> list[tuple[Series, Decimal]]:
@@ -189,7 +178,7 @@ class Engine:
     @without_cyclic_gc
     def bill_window(self, end: int, previous: int) -> None:
         """Bill the usage that the counters gained between the window `previous` and `end`."""
-        start = Decimal(self.ledger.meta("billing_start") or end)
+        start = Decimal(self.ledger.billing_start() or end)
         totals = self._counters(QUERY, end)
         cursors, after = self._cursor_cache()
         # When each new series began; in steady state every series has a cursor already.
@@ -216,42 +205,17 @@ class Engine:
         cost = self.prices.coster(version)
         lines = [UsageLine(user, job, node, model, gpu, cpu, cost(model, gpu, cpu))
                  for (user, job, node, model), gpu, cpu in _lines(gpu_usage, cpu_usage)]
-        if self._commit(end, previous, after, lines, moved, self.prices.starts[version]):
+        bill = WindowBill(end=end, previous=previous, expected_last=after, lines=lines,
+                          cursors=moved, price_effective=self.prices.starts[version],
+                          holder=self.holder, opening_balance=self.settings.opening_balance,
+                          trial_mode=self.settings.trial_mode,
+                          reason=f"usage in the window ending {iso(end)}")
+        if self.ledger.commit_window(bill):
             cursors.update(moved)
             self._cursors_after = end
             self._unsent = (end, lines)
-        else:
+        else:  # billed meanwhile (never twice); the cursors read are stale
             self._cursors_after = _UNKNOWN
-
-    def _commit(self, end: int, previous: int, after: int | None, lines: list[UsageLine],
-                moved: dict[str, Decimal], price_effective: float) -> bool:
-        """Write the window; False (and nothing written) if the ledger moved on meanwhile."""
-        now = time.time()
-        charges: dict[str, Decimal] = defaultdict(Decimal)
-        for line in lines:
-            charges[line.user] += line.cost
-        with self.ledger.transaction() as db:
-            if not self.ledger.holds_lease(db, self.holder):
-                raise LeaseLost("the billing lease went to another engine")
-            last = self.ledger.last_window()
-            if last != after or (last is not None and last >= end):
-                return False  # billed meanwhile (never twice); the cursors read are stale
-            known = {u for (u,) in db.execute("SELECT user FROM accounts")}
-            for user in sorted(charges.keys() - known):
-                self.ledger.open_account(db, user, self.settings.opening_balance, now)
-            self.ledger.add_usage_lines(db, end, lines, price_effective)
-            total = sum(charges.values(), Decimal(0))
-            if not self.settings.trial_mode:
-                self.ledger.charge_window(db, {u: c for u, c in charges.items() if c}, now, end,
-                                          f"usage in the window ending {iso(end)}")
-                charged = Decimal(self.ledger.meta("charged_total") or 0) + total
-                self.ledger.set_meta(db, "charged_total", str(charged))
-            self.ledger.move_cursors(db, moved, end)
-            db.execute("INSERT INTO windows (window_end, window_start, billed_at, lines, cost) "
-                       "VALUES (?, ?, ?, ?, ?)", (end, previous, now, len(lines), str(total)))
-            if lines:
-                db.execute("INSERT INTO influx_outbox (window_end) VALUES (?)", (end,))
-        return True
 
     @without_cyclic_gc
     def drain_outbox(self) -> None:

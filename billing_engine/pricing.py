@@ -12,14 +12,6 @@ from gpuacct.config import PriceVersion
 MICRO = Decimal("0.000001")
 
 
-def merge_versions(configured: list[PriceVersion],
-                   added: list[PriceVersion]) -> list[PriceVersion]:
-    """The config's versions and those added in the ledger; an added one replaces a configured
-    one with the same effective time."""
-    return sorted({v.starts(): v for v in [*configured, *added]}.values(),
-                  key=PriceVersion.starts)
-
-
 class PriceBook:
     def __init__(self, versions: list[PriceVersion]) -> None:
         if not versions:

@@ -22,8 +22,8 @@ from typing import Any
 
 from exporter.hookfile import read_hook
 from gpuacct.cli_common import add_config_argument, load_or_exit
-from gpuacct.config import SEVERITY, tier_of
 from gpuacct.promql import Prometheus, PrometheusUnavailable
+from gpuacct.tiers import HEALTHY, SEVERITY, Tier, tier_of
 from gpuacct.wording import duration, enforced
 
 
@@ -31,7 +31,7 @@ from gpuacct.wording import duration, enforced
 class Status:
     user: str
     balance: str | None = None
-    tier: str | None = None
+    tier: Tier | None = None
     thresholds: dict[str, str] = field(default_factory=dict)
     cost_per_hour: str | None = None
     seconds_left: float | None = None
@@ -88,10 +88,10 @@ def render(status: Status) -> str:
 def greeting(status: Status) -> str:
     """Silent when all is well; otherwise what the user should know at login."""
     what = enforced(status.enforcement)
-    if status.tier in (None, "ok") and not what:
+    if status.tier in (None, HEALTHY) and not what:
         return ""
     head = f"gpuacct: balance {status.balance}" if status.balance else "gpuacct:"
-    if status.tier and status.tier != "ok":
+    if status.tier and status.tier != HEALTHY:
         head += f" ({status.tier})"
     if status.seconds_left is not None:
         head += f", runs out in about {duration(status.seconds_left)}"

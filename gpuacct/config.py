@@ -19,6 +19,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -53,6 +54,14 @@ def _check_listen_address(value: str) -> str:
 
 
 ListenAddress = Annotated[str, AfterValidator(_check_listen_address)]
+
+
+def _yaml_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as false: for a key whose choices include "off", it is."""
+    return "off" if value is False else value
+
+
+OFF = BeforeValidator(_yaml_off)
 Port = Annotated[int, Field(gt=0, lt=65536)]
 
 
@@ -63,7 +72,7 @@ class Section(BaseModel):
 class NvmlSettings(Section):
     # auto: NVIDIA's driver if present, else CPU-only. fake: GPUs described by `fake_file`
     # (tests). demo: clearly labelled simulated GPUs for `gpuacct-stack --demo`. off: CPU-only.
-    backend: Literal["auto", "fake", "demo", "off"] = "auto"
+    backend: Annotated[Literal["auto", "fake", "demo", "off"], OFF] = "auto"
     fake_file: Path | None = None
 
 
@@ -78,7 +87,7 @@ class ActuatorSettings(Section):
     protected_users: list[str] = []  # never signalled or throttled, whatever the policy says
     dry_run: bool = False  # log what would be done, do nothing
     # How CPU is limited: auto picks systemd, else cgroup v2, else cgroup v1.
-    cpu_limiter: Literal["auto", "systemd", "cgroup2", "cgroup1", "off"] = "auto"
+    cpu_limiter: Annotated[Literal["auto", "systemd", "cgroup2", "cgroup1", "off"], OFF] = "auto"
     cgroup_root: Path = Path("/sys/fs/cgroup")
     hook_dir: Path = Path("/run/gpuacct/users")  # one file per user for the login hook
     state_file: Path = Path("/var/lib/gpuacct/actuator-state.json")
@@ -140,14 +149,6 @@ class Thresholds(Section):
     warning: Money = Decimal(100)
     limited: Money = Decimal(10)
     exhausted: Money = Decimal(0)
-
-
-SEVERITY = ("exhausted", "limited", "warning")  # tiers, most severe first
-
-
-def tier_of(balance: Decimal, limits: Mapping[str, Decimal]) -> str:
-    """The most severe tier whose threshold the balance is below, else "ok"."""
-    return next((t for t in SEVERITY if t in limits and balance < limits[t]), "ok")
 
 
 class ThresholdOverride(Section):
@@ -255,7 +256,7 @@ class StackSettings(Section):
     billing_port: Port = 19836
     enforcer_port: Port = 19837  # where Alertmanager delivers enforcement alerts
     web_port: Port = 19838
-    rules_dir: Path | None = None  # default: the rules/ folder beside the gpuacct package
+    rules_dir: Path | None = None  # default: the rules shipped in the `rules` package
     scrape_interval_seconds: PositiveFloat = 15.0
     prometheus_binary: str = "prometheus"
     alertmanager_binary: str = "prometheus-alertmanager"

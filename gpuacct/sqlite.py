@@ -50,6 +50,20 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
+@contextmanager
+def read_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """Several reads that see one state of the database (a deferred transaction); inside a
+    transaction already, that one."""
+    if db.in_transaction:
+        yield
+        return
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+
+
 def statements(script: str) -> Migration:
     """A migration that runs each statement of an SQL script inside the migration's transaction
     (`executescript` would commit first)."""
@@ -101,27 +115,53 @@ def require_version(db: sqlite3.Connection, latest: int, what: str) -> None:
                           f"version {latest}: {action}")
 
 
+class BackupError(Exception):
+    """The copy could not be made; nothing was left behind."""
+
+
+def backup(db: sqlite3.Connection, dest: Path) -> None:
+    """A consistent copy of `db` while others keep writing (SQLite's online backup), checked
+    whole before it is renamed into place: `dest` is either complete or absent."""
+    if dest.exists():
+        raise BackupError(f"{dest} exists; choose a new file")
+    partial = dest.with_name(f".{dest.name}.partial")
+    try:
+        copy = sqlite3.connect(partial)
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot write {dest}: {exc}") from None
+    try:
+        db.backup(copy)
+        (result,) = copy.execute("PRAGMA integrity_check").fetchone()
+        if result != "ok":
+            raise BackupError(f"the copy failed SQLite's integrity check: {result}")
+        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    except BaseException:
+        copy.close()
+        partial.unlink(missing_ok=True)
+        raise
+    copy.close()
+    partial.rename(dest)
+
+
 class PerThread:
-    """One connection per thread (a web server's worker threads read concurrently)."""
+    """One connection per thread (a web server's worker threads read concurrently). Kept in
+    thread-local storage only: a thread's connection is closed when the thread ends, so a
+    server that runs each request in a new thread holds none for long."""
 
     def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
         self._open = opener
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
 
     def get(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._open()
             self._local.db = db
-            with self._lock:
-                self._all.append(db)
         return db
 
     def close(self) -> None:
-        with self._lock:
-            for db in self._all:
-                db.close()
-            self._all.clear()
-        self._local = threading.local()
+        """This thread's connection; the others close as their threads end."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

@@ -7,8 +7,8 @@ import time
 import uuid
 from decimal import Decimal
 
-from billing_engine.ledger import LedgerError
-from billing_engine.money import parse_amount
+from billing_engine.ledger import LedgerError, Posting, SchemaError
+from gpuacct.money import parse_amount
 from web.deps import Context
 
 
@@ -16,7 +16,7 @@ class Refused(Exception):
     """Why a change was refused; nothing was written."""
 
 
-def post_money(ctx: Context, user: str, kind: str, amount_text: str, reason: str,
+def post_money(ctx: Context, user: str, kind: Posting, amount_text: str, reason: str,
                key: str | None = None) -> Decimal:
     """The new balance; Refused (nothing changed) for a bad amount, reason or user."""
     billing = ctx.settings.billing
@@ -32,8 +32,7 @@ def post_money(ctx: Context, user: str, kind: str, amount_text: str, reason: str
     if ctx.view.account(user) is None:
         raise Refused(f"there is no account {user!r}")
     try:
-        with ctx.write_lock, ctx.ledger.transaction() as db:
-            return ctx.ledger.post(db, user, kind, amount, time.time(),
-                                   key or f"web-{kind}:{uuid.uuid4()}", reason.strip())
-    except LedgerError as exc:
+        return ctx.writer().post(user, kind, amount, time.time(),
+                                 key or f"web-{kind}:{uuid.uuid4()}", reason.strip())
+    except (LedgerError, SchemaError) as exc:
         raise Refused(str(exc)) from None

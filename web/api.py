@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from billing_engine.ledger import Posting
 from web import prices
 from web.actions import Refused, post_money
 from web.deps import Admin, Ctx, Who, check_csrf, may_see
@@ -66,7 +67,7 @@ def transactions(ctx: Ctx, who: Who, user: str,
     return Transactions(total=total, page=page, items=items)
 
 
-def _post(ctx: Ctx, who: Admin, user: str, kind: str, body: MoneyIn,
+def _post(ctx: Ctx, who: Admin, user: str, kind: Posting, body: MoneyIn,
           csrf: str | None) -> Balance:
     check_csrf(who, csrf)
     _account(ctx, user)

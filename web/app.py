@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from billing_engine.ledger import Ledger
+from billing_engine.ledger import SqliteLedgerReader
 from gpuacct.config import Settings, describe_error
 from web import api, pages
 from web.auth import LoginLimiter, Sessions
@@ -34,11 +34,11 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="gpuacct", version="1", docs_url="/api/docs",
                   openapi_url="/api/v1/openapi.json", redoc_url=None,
                   description="Balances, usage, transactions and recharges of gpuacct.")
-    view, live = LedgerView(ledger_path, settings.billing), Live(settings)
+    view = LedgerView(SqliteLedgerReader(ledger_path), settings.billing)
+    live = Live(settings)
     app.state.ctx = Context(
         settings=settings, view=view, live=live, accounts=Accounts(view, live),
         fragments=Fragments(),
-        ledger=Ledger(ledger_path),
         sessions=Sessions(secret.get_secret_value() if secret else secrets.token_hex(32)),
         limiter=LoginLimiter(settings.web.login_failures_per_minute),
         admin_hash=admin_hash.get_secret_value() if admin_hash else None)

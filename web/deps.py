@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from billing_engine.ledger import Ledger
+from billing_engine.ledger import Ledger, LedgerWriter
 from gpuacct.config import Settings
 from web.auth import SESSION_COOKIE, LoginLimiter, Sessions, Viewer
 from web.fragments import Fragments
@@ -27,11 +27,19 @@ class Context:
     live: Live
     accounts: Accounts
     fragments: Fragments
-    ledger: Ledger  # for posting recharges and adjustments
     sessions: Sessions
     limiter: LoginLimiter
     admin_hash: str | None
-    write_lock: threading.Lock = field(default_factory=threading.Lock)  # one ledger writer
+    _writer: LedgerWriter | None = None
+    _writer_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def writer(self) -> LedgerWriter:
+        """The ledger's writer, for an administrator's recharge, adjustment or price: opened
+        on first use, and never migrating (gpuacct-billing owns the schema)."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = Ledger(self.settings.billing.ledger, migrate=False)
+            return self._writer
 
 
 def context(request: Request) -> Context:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
+from typing import cast, get_args
 
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from billing_engine import export
+from billing_engine.ledger import Export, export
 from web.deps import Context
 
 
 def csv_response(ctx: Context, what: str, start_text: str, end_text: str) -> Response:
-    if what not in ("usage", "transactions"):
+    if what not in get_args(Export):
         raise HTTPException(404, "export usage.csv or transactions.csv")
+    kind = cast(Export, what)
     try:
         start, end = export.parse_time(start_text), export.parse_time(end_text)
     except ValueError as exc:
@@ -21,7 +23,7 @@ def csv_response(ctx: Context, what: str, start_text: str, end_text: str) -> Res
     if end <= start:
         raise HTTPException(400, f"to={end_text} is not after from={start_text}")
     out = io.StringIO()
-    export.write_csv(out, what, export.rows(ctx.view.db, what, start, end))
+    export.write_csv(out, kind, ctx.view.reader.export_rows(kind, start, end))
     name = f"gpuacct-{what}-{start_text}-{end_text}.csv".replace(":", "")
     return Response(out.getvalue().encode("utf-8"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

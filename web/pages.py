@@ -10,7 +10,8 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from gpuacct.config import SEVERITY
+from billing_engine.ledger import Posting
+from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
 from web import export, prices
 from web.actions import Refused, post_money
@@ -19,11 +20,10 @@ from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see, when
 from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
-SEVERITY_ORDER = {tier: i for i, tier in enumerate(SEVERITY)}
 # Lowest balances first; the biggest spenders first.
 SORTS: dict[str, Callable[[AccountStatus], Any]] = {
     "user": lambda a: a.user, "balance": lambda a: a.balance,
-    "cost_24h": lambda a: -a.cost_24h, "tier": lambda a: SEVERITY_ORDER.get(a.tier, 9),
+    "cost_24h": lambda a: -a.cost_24h, "tier": lambda a: RANK[a.tier],
     "burn": lambda a: -(a.cost_per_hour or 0)}
 
 
@@ -127,7 +127,7 @@ def _history(request: Request, ctx: Ctx, user: str, page: int) -> str:
                     peak=peak, jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400))
 
 
-def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: str, amount: str,
+def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: Posting, amount: str,
             reason: str, csrf: str) -> Response:
     check_csrf(who, csrf)
     try:

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from billing_engine.ledger import LedgerError
-from billing_engine.pricing import merge_versions
+from billing_engine.ledger import LedgerError, SchemaError
 from gpuacct.config import GpuPrice, PriceVersion, describe_error
+from gpuacct.money import merge_versions
 from web.actions import Refused
 from web.deps import Context
 
@@ -37,8 +37,7 @@ class PriceIn(BaseModel):
 
 def history(ctx: Context, now: float | None = None) -> list[PriceEntry]:
     """Every version, newest first, the one in force now marked."""
-    with ctx.write_lock:  # the writers' connection: not while one of them is in a transaction
-        stored = ctx.ledger.price_versions()
+    stored = ctx.view.reader.price_versions()
     added = {v.starts(): (reason, v) for v, _, reason in stored}
     versions = merge_versions(ctx.settings.billing.prices, [v for _, v in added.values()])
     now = time.time() if now is None else now
@@ -82,8 +81,7 @@ def add(ctx: Context, raw: dict[str, object]) -> PriceVersion:
     if any(p > limit for p in prices):
         raise Refused(f"a price above {limit} per minute is not plausible")
     try:
-        with ctx.write_lock, ctx.ledger.transaction() as db:
-            ctx.ledger.add_price_version(db, version, time.time(), wanted.reason.strip())
-    except LedgerError as exc:
+        ctx.writer().add_price_version(version, time.time(), wanted.reason.strip())
+    except (LedgerError, SchemaError) as exc:
         raise Refused(str(exc)) from None
     return version

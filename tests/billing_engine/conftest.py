@@ -22,9 +22,10 @@ from billing_engine.influx import make_sink
 from billing_engine.ledger import Ledger
 from gpuacct.config import Settings, settings_from_mapping
 from gpuacct.promql import Prometheus
-from gpuacct.stack.servers import influx_query
+from stack.servers import influx_query
 from tests.fixtures.exporter import Exporter
 from tests.fixtures.gpus import RTX3090, FakeGpus, device
+from tests.fixtures.ledger import sql
 from tests.fixtures.servers import Server, wait_for
 
 WINDOW = 2
@@ -77,7 +78,7 @@ class Rig:
         totals: dict[tuple[str, str, str], list[Decimal]] = defaultdict(
             lambda: [Decimal(0), Decimal(0)])
         try:
-            for user, job, model, gpu, cpu in ledger.db.execute(
+            for user, job, model, gpu, cpu in sql(ledger).execute(
                     "SELECT user, job, gpu_model, gpu_seconds, cpu_core_seconds FROM usage_lines"):
                 if user in self.users:
                     totals[(user, job, model)][0] += Decimal(gpu)

@@ -14,6 +14,7 @@ from billing_engine.ledger import Ledger
 from gpuacct.config import GpuPrice, PriceVersion
 from tests.billing_engine.conftest import WINDOW, Rig, running
 from tests.fixtures.gpus import A100, RTX3090
+from tests.fixtures.ledger import forge, sql
 from tests.fixtures.servers import wait_for
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
@@ -40,7 +41,7 @@ def stop_job(rig: Rig, proc: Popen[bytes]) -> None:
 
 def cost_micros(ledger: Ledger, user: str) -> int:
     """What the ledger says a user's usage cost, in micro-units (InfluxDB's cost_micros)."""
-    return int(sum(Decimal(c) for (c,) in ledger.db.execute(
+    return int(sum(Decimal(c) for (c,) in sql(ledger).execute(
         "SELECT cost FROM usage_lines WHERE user = ?", (user,))) * 1_000_000)
 
 
@@ -48,7 +49,7 @@ def check_ledger(rig: Rig, opening: Decimal = Decimal(100), debited: bool = True
     """Every cost is usage times the price; balances follow; windows contiguous, once each."""
     ledger = Ledger(rig.ledger_path)
     costs: dict[str, Decimal] = {}
-    for user, model, gpu, cpu, cost in ledger.db.execute(
+    for user, model, gpu, cpu, cost in sql(ledger).execute(
             "SELECT user, gpu_model, gpu_seconds, cpu_core_seconds, cost FROM usage_lines"):
         expected = ((Decimal(gpu) * PRICE[model] + Decimal(cpu) * CPU_PRICE) / 60).quantize(
             Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
@@ -57,10 +58,10 @@ def check_ledger(rig: Rig, opening: Decimal = Decimal(100), debited: bool = True
     for user, balance in ledger.balances().items():
         assert balance == opening - (costs.get(user, Decimal(0)) if debited else 0), user
     assert ledger.invariant_violations() == []
-    ends = [r[0] for r in ledger.db.execute("SELECT window_end FROM windows ORDER BY window_end")]
-    start = int(ledger.meta("billing_start") or 0)
+    ends = [r[0] for r in sql(ledger).execute("SELECT window_end FROM windows ORDER BY window_end")]
+    start = ledger.billing_start() or 0
     assert ends == list(range(start + WINDOW, start + WINDOW * (len(ends) + 1), WINDOW))
-    starts = [r[0] for r in ledger.db.execute(
+    starts = [r[0] for r in sql(ledger).execute(
         "SELECT window_start FROM windows ORDER BY window_end")]
     assert starts == [start, *ends[:-1]]
     return ledger
@@ -89,7 +90,7 @@ def test_ten_windows_of_jobs_starting_and_stopping_are_billed_exactly(
     assert truth[(alice.name, "a", A100)][0] > 10
     assert truth[(bob.name, "cpu", "")][1] > 2
     ledger = check_ledger(rig)
-    assert ledger.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
+    assert sql(ledger).execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
     assert ledger.outbox_backlog() == 0
     micros = {u: cost_micros(ledger, u) for u in (alice.name, bob.name)}
     assert {u: v for u, v in rig.influx_sums().items() if u in micros} == micros
@@ -110,7 +111,7 @@ def test_prometheus_away_for_three_windows_is_billed_late_and_exact(
         stop_job(rig, job)
         rig.wait_until_billed()
     ledger = check_ledger(rig)
-    late = ledger.db.execute("SELECT COUNT(*) FROM windows WHERE window_end > ? AND "
+    late = sql(ledger).execute("SELECT COUNT(*) FROM windows WHERE window_end > ? AND "
                              "billed_at > ? + 3 * ?", (stopped, stopped, WINDOW)).fetchone()[0]
     assert late >= 3  # the windows of the outage were billed after it, in order
 
@@ -165,9 +166,9 @@ def test_trial_mode_records_usage_and_cost_but_debits_nothing(
         rig.wait_until_billed()
     ledger = check_ledger(rig, debited=False)
     assert ledger.balance(alice.name) == Decimal(100)
-    assert ledger.db.execute("SELECT COUNT(*) FROM transactions WHERE kind = 'charge'"
+    assert sql(ledger).execute("SELECT COUNT(*) FROM transactions WHERE kind = 'charge'"
                              ).fetchone()[0] == 0
-    cost = sum(Decimal(c) for (c,) in ledger.db.execute(
+    cost = sum(Decimal(c) for (c,) in sql(ledger).execute(
         "SELECT cost FROM usage_lines WHERE user = ?", (alice.name,)))
     assert cost > Decimal("0.02")
 
@@ -177,13 +178,13 @@ def test_catch_up_after_an_absence_is_bounded_by_max_backfill(rig: Rig) -> None:
     ledger = engine.ledger
     now = time.time()
     long_ago = engine.due_window(now) - 50 * WINDOW
-    with ledger.transaction() as db:
-        ledger.set_meta(db, "billing_start", str(long_ago))
+    with forge(ledger) as db:  # as if billing had begun long ago and then stopped
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('billing_start', ?)", (str(long_ago),))
     assert engine.tick(now) == 6  # the newest five window lengths, one by one, and no more
-    ends = [r[0] for r in ledger.db.execute("SELECT window_end FROM windows ORDER BY 1")]
+    ends = [r[0] for r in sql(ledger).execute("SELECT window_end FROM windows ORDER BY 1")]
     assert ends[-1] == engine.due_window(now)
     assert len(ends) == 6 and ends == list(range(ends[0], ends[-1] + WINDOW, WINDOW))
-    starts = ledger.db.execute("SELECT window_start FROM windows ORDER BY window_end").fetchall()
+    starts = sql(ledger).execute("SELECT window_start FROM windows ORDER BY window_end").fetchall()
     assert starts[0][0] == long_ago  # the first covers the whole absence: usage is late, not lost
 
 
@@ -195,14 +196,13 @@ def test_a_price_version_added_to_the_ledger_prices_the_windows_from_its_time(
         job = start_job(rig, processes, alice, "repriced", gpu=0)
         time.sleep(2 * WINDOW)
         effective = float(int(time.time()) + 2 * WINDOW)
-        with (ledger := Ledger(rig.ledger_path)).transaction() as db:
-            ledger.add_price_version(db, PriceVersion(
-                effective=datetime.fromtimestamp(effective, UTC),
-                gpu=[GpuPrice(pattern="A100", per_minute=new_price)]), time.time(), "test")
+        (ledger := Ledger(rig.ledger_path)).add_price_version(PriceVersion(
+            effective=datetime.fromtimestamp(effective, UTC),
+            gpu=[GpuPrice(pattern="A100", per_minute=new_price)]), time.time(), "test")
         time.sleep(4 * WINDOW)
         stop_job(rig, job)
         rig.wait_until_billed()
-    lines = ledger.db.execute(
+    lines = sql(ledger).execute(
         "SELECT w.window_start, u.gpu_seconds, u.cpu_core_seconds, u.cost, u.price_effective "
         "FROM usage_lines u "
         "JOIN windows w USING (window_end) WHERE u.user = ? AND u.gpu_model = ?",
@@ -219,7 +219,7 @@ def test_a_price_version_added_to_the_ledger_prices_the_windows_from_its_time(
 def windows_billed(rig: Rig) -> int:
     ledger = Ledger(rig.ledger_path)
     try:
-        return int(ledger.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0])
+        return int(sql(ledger).execute("SELECT COUNT(*) FROM windows").fetchone()[0])
     finally:
         ledger.close()
 

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 
 from billing_engine.ledger import Ledger, UsageLine
+from tests.fixtures.ledger import forge, sql
 
 
 @pytest.fixture
 def ledger_config(tmp_path: Path) -> tuple[Path, Path]:
     path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(path)
-    with ledger.transaction() as db:
-        ledger.open_account(db, "alice", Decimal(100), 1_700_000_000.0)
-        ledger.open_account(db, "bob", Decimal(100), 1_700_000_000.0)
+    with ledger.batch():
+        ledger.open_account("alice", Decimal(100), 1_700_000_000.0)
+        ledger.open_account("bob", Decimal(100), 1_700_000_000.0)
     ledger.close()
     config = tmp_path / "gpuacct.yaml"
     config.write_text(f"billing:\n  ledger: {path}\n")
@@ -36,8 +37,8 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def snapshot(path: Path) -> list[tuple[object, ...]]:
     ledger = Ledger(path)
     try:
-        return [*ledger.db.execute("SELECT * FROM accounts ORDER BY user"),
-                *ledger.db.execute("SELECT * FROM transactions ORDER BY id")]
+        return [*sql(ledger).execute("SELECT * FROM accounts ORDER BY user"),
+                *sql(ledger).execute("SELECT * FROM transactions ORDER BY id")]
     finally:
         ledger.close()
 
@@ -51,12 +52,12 @@ def test_recharge_then_adjust(ledger_config: tuple[Path, Path]) -> None:
     assert result.returncode == 0, result.stderr
     ledger = Ledger(path)
     assert ledger.balance("alice") == Decimal("150.00")
-    kinds = [r[0] for r in ledger.db.execute(
+    kinds = [r[0] for r in sql(ledger).execute(
         "SELECT kind FROM transactions WHERE user = 'alice' ORDER BY id")]
     assert kinds == ["opening", "recharge", "adjustment"]
     assert ledger.invariant_violations() == []
     balances = cli(config, "balances").stdout
-    assert "alice" in balances and "150.00" in balances and "normal" in balances
+    assert "alice" in balances and "150.00" in balances and " ok" in balances
 
 
 @pytest.mark.parametrize("amount, message", [
@@ -127,7 +128,7 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
         "2026-12-01T00:00:00": UsageLine("bob", "too-late", "n2", "", Decimal(0), Decimal(1),
                                          Decimal("0.000167")),
     }
-    with ledger.transaction() as db:
+    with forge(ledger) as db:
         for end_text, ln in lines.items():
             end = ts(end_text)
             db.execute("INSERT INTO windows VALUES (?, ?, ?, 1, ?)",
@@ -172,13 +173,13 @@ def test_bad_export_ranges(ledger_config: tuple[Path, Path], args: list[str],
 def test_backup_is_a_whole_copy_and_never_overwrites(ledger_config: tuple[Path, Path]) -> None:
     config, path = ledger_config
     assert cli(config, "recharge", "alice", "12.50").returncode == 0
-    writer = Ledger(path)  # a billing engine in the middle of a window: backup still works
-    writer.db.execute("BEGIN IMMEDIATE")
+    writer = forge(path)  # a billing engine in the middle of a window: backup still works
+    writer.execute("BEGIN IMMEDIATE")
     copy = path.with_name("backup.sqlite3")
     try:
         done = cli(config, "backup", str(copy))
     finally:
-        writer.db.execute("ROLLBACK")
+        writer.execute("ROLLBACK")
         writer.close()
     assert done.returncode == 0, done.stderr
     assert f"copied to {copy}" in done.stdout

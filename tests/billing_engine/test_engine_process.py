@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from billing_engine.ledger import Ledger
-from gpuacct.stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, free_port
 from tests.billing_engine.conftest import WINDOW, Rig
 from tests.billing_engine.test_billing import check_ledger, start_job, stop_job
 from tests.fixtures.exporter import promtool_check_metrics
+from tests.fixtures.ledger import sql
 from tests.fixtures.servers import RUNNING, wait_for
 from tests.fixtures.users import Processes, UnixUser
 
@@ -45,7 +46,7 @@ def test_sigkill_at_random_moments_keeps_the_ledger_whole(
         engine.popen.wait()  # type: ignore[union-attr]
         ledger = Ledger(rig.ledger_path)  # after each kill: whole, and windows once each
         assert ledger.invariant_violations() == []
-        ends = [r[0] for r in ledger.db.execute("SELECT window_end FROM windows ORDER BY 1")]
+        ends = [r[0] for r in sql(ledger).execute("SELECT window_end FROM windows ORDER BY 1")]
         assert ends == sorted(set(ends))
         if ends:
             assert ends == list(range(ends[0], ends[-1] + WINDOW, WINDOW))
@@ -58,7 +59,7 @@ def test_sigkill_at_random_moments_keeps_the_ledger_whole(
     finally:
         engine.stop()
     ledger = check_ledger(rig)
-    assert ledger.db.execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
+    assert sql(ledger).execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
 
 
 def test_two_engines_on_one_ledger_one_bills_the_other_waits(
@@ -72,9 +73,9 @@ def test_two_engines_on_one_ledger_one_bills_the_other_waits(
     try:
         ledger = Ledger(rig.ledger_path)
         wait_for(lambda: (ledger.last_window() or 0) > 0, timeout=15, what="a billed window")
-        holder = ledger.db.execute("SELECT holder FROM lease").fetchone()[0]
+        holder = sql(ledger).execute("SELECT holder FROM lease").fetchone()[0]
         time.sleep(3 * WINDOW)
-        assert ledger.db.execute("SELECT holder FROM lease").fetchone()[0] == holder
+        assert sql(ledger).execute("SELECT holder FROM lease").fetchone()[0] == holder
         # The holder dies; the other takes over once the lease has expired.
         holder_proc = first if str(first.pid) in holder.split(":") else second
         other_proc = second if holder_proc is first else first
@@ -82,7 +83,7 @@ def test_two_engines_on_one_ledger_one_bills_the_other_waits(
         billed = ledger.last_window() or 0
         wait_for(lambda: (ledger.last_window() or 0) > billed + WINDOW, timeout=15,
                  what="the other engine to bill")
-        new_holder = ledger.db.execute("SELECT holder FROM lease").fetchone()[0]
+        new_holder = sql(ledger).execute("SELECT holder FROM lease").fetchone()[0]
         assert str(other_proc.pid) in new_holder.split(":")
         stop_job(rig, job)
         rig.wait_until_billed()
@@ -98,7 +99,7 @@ def test_two_engines_on_one_ledger_one_bills_the_other_waits(
         first.stop()
         second.stop()
     check_ledger(rig)
-    charges = Ledger(rig.ledger_path).db.execute(
+    charges = sql(rig.ledger_path).execute(
         "SELECT window_end, COUNT(*) FROM transactions WHERE kind = 'charge' "
         "GROUP BY window_end, user HAVING COUNT(*) > 1").fetchall()
     assert charges == []  # no window charged twice

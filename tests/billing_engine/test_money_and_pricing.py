@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from billing_engine.ledger import Ledger, LedgerError
-from billing_engine.money import parse_amount
-from billing_engine.pricing import PriceBook, merge_versions
+from billing_engine.pricing import PriceBook
 from billing_engine.series import series_key
 from gpuacct.config import GpuPrice, PriceVersion
+from gpuacct.money import merge_versions, parse_amount
+from tests.fixtures.ledger import forge
 
 D = Decimal
 
@@ -101,16 +102,15 @@ def test_an_added_version_replaces_a_configured_one_with_the_same_effective_time
 def test_the_ledger_takes_price_versions_only_from_now_on(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     now = datetime(2026, 11, 22, 12, tzinfo=UTC).timestamp()
-    with ledger.transaction() as db:
+    with forge(ledger) as db:
         db.execute("INSERT INTO windows VALUES (?, ?, ?, 0, '0')", (now + 60, now, now))
     cases = [(now - 1, "cannot change the past"), (now + 30, "cannot change the past")]
     for effective, message in cases:
-        with pytest.raises(LedgerError, match=message), ledger.transaction() as db:
-            ledger.add_price_version(db, at(effective), now, "")
-    with ledger.transaction() as db:
-        ledger.add_price_version(db, at(now + 60), now, "new A100 price")
-    with pytest.raises(LedgerError, match="exists already"), ledger.transaction() as db:
-        ledger.add_price_version(db, at(now + 60), now, "")
+        with pytest.raises(LedgerError, match=message):
+            ledger.add_price_version(at(effective), now, "")
+    ledger.add_price_version(at(now + 60), now, "new A100 price")
+    with pytest.raises(LedgerError, match="exists already"):
+        ledger.add_price_version(at(now + 60), now, "")
     [(version, created, reason)] = ledger.price_versions()
     assert (version.starts(), created, reason) == (now + 60, now, "new A100 price")
     assert version.gpu[0].per_minute == D("0.75")

@@ -17,6 +17,7 @@ from billing_engine.engine import Engine
 from billing_engine.ledger import Ledger
 from gpuacct.config import settings_from_mapping
 from gpuacct.promql import Prometheus
+from tests.fixtures.ledger import sql
 from tests.fixtures.servers import Server, promql, wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -58,7 +59,7 @@ def counters() -> Iterator[tuple[Counters, str]]:
 
 def billed(ledger: Ledger) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = {}
-    for user, seconds in ledger.db.execute("SELECT user, gpu_seconds FROM usage_lines"):
+    for user, seconds in sql(ledger).execute("SELECT user, gpu_seconds FROM usage_lines"):
         totals[user] = totals.get(user, Decimal(0)) + Decimal(seconds)
     return totals
 

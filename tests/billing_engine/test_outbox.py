@@ -8,7 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from billing_engine.influx import LineFormatter
-from billing_engine.ledger import Ledger, UsageLine
+from billing_engine.ledger import Ledger, UsageLine, WindowBill
+from tests.fixtures.ledger import sql
 
 LINES = [UsageLine("alice", "train", "n1:9835", "NVIDIA A100-SXM4-80GB", Decimal("60"),
                    Decimal("12.25"), Decimal("0.504083")),
@@ -16,17 +17,17 @@ LINES = [UsageLine("alice", "train", "n1:9835", "NVIDIA A100-SXM4-80GB", Decimal
 
 
 def bill(ledger: Ledger, end: int, lines: list[UsageLine]) -> None:
-    with ledger.transaction() as db:
-        db.execute("INSERT INTO windows VALUES (?, ?, 0, ?, '0')", (end, end - 60, len(lines)))
-        ledger.add_usage_lines(db, end, lines, 0)
+    assert ledger.acquire_lease("test", 60)
+    assert ledger.commit_window(WindowBill(
+        end=end, previous=end - 60, expected_last=ledger.last_window(), lines=lines, cursors={},
+        price_effective=0, holder="test", opening_balance=Decimal(100), trial_mode=False,
+        reason=f"window {end}"))
 
 
 def test_backlog_counts_points_and_lines_come_back_exact(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
-    for end in (120, 60):
+    for end in (60, 120):
         bill(ledger, end, LINES)
-        with ledger.transaction() as db:
-            db.execute("INSERT INTO influx_outbox VALUES (?)", (end,))
     assert ledger.outbox_windows() == [60, 120]
     assert ledger.outbox_backlog() == 4
     assert sorted(ledger.window_lines(60)) == sorted(LINES)
@@ -42,6 +43,8 @@ def test_an_older_ledgers_waiting_points_become_windows(tmp_path: Path) -> None:
         bill(ledger, end, LINES)
     ledger.close()
     old = sqlite3.connect(path)  # as the engine left it before the outbox held windows
+    old.execute("DROP TABLE influx_outbox")
+    old.execute("PRAGMA user_version = 0")
     old.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, line TEXT NOT NULL)")
     old.executemany("INSERT INTO outbox (line) VALUES (?)",
                     [(formatter.line(ln, end),) for end in (120, 180) for ln in LINES])
@@ -49,7 +52,7 @@ def test_an_older_ledgers_waiting_points_become_windows(tmp_path: Path) -> None:
     old.close()
     ledger = Ledger(path)
     assert ledger.outbox_windows() == [120, 180]
-    assert ledger.db.execute("SELECT name FROM sqlite_master WHERE name = 'outbox'"
+    assert sql(ledger).execute("SELECT name FROM sqlite_master WHERE name = 'outbox'"
                              ).fetchone() is None
     Ledger(path).close()  # opening again changes nothing
     assert ledger.outbox_windows() == [120, 180]

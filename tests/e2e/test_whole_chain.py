@@ -4,7 +4,7 @@ processes are killed; an administrator recharges her in the browser; everything 
 a cheap model, is untouched. At the end the ledger, InfluxDB and the exporter agree exactly.
 
 Real: Prometheus with gpuacct's rule files and Alertmanager with its config (both with every
-duration divided by FACTOR, gpuacct.alerting.compress_time), InfluxDB, gpuacct-exporter
+duration divided by FACTOR, stack.alerting.compress_time), InfluxDB, gpuacct-exporter
 enforcing on this machine (fake NVML listing real processes of the test users), gpuacct-billing,
 gpuacct-enforcer, gpuacct-web, and Chromium."""
 
@@ -28,9 +28,9 @@ import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
 
-from gpuacct.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
-from gpuacct.stack.process import ManagedProcess, free_port
-from gpuacct.stack.servers import influx_query
+from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
+from stack.process import ManagedProcess, free_port
+from stack.servers import influx_query
 from tests.billing_engine.conftest import Rig
 from tests.fixtures import dashboards
 from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gpuacct.alerting import RULES_DIR, compress_time, render_alertmanager
+from stack.alerting import RULES_DIR, compress_time, render_alertmanager
 from tests.fixtures.enforcement import TOKEN, Cluster, wait_until
 from tests.fixtures.servers import Server
 from tests.fixtures.users import UnixUser

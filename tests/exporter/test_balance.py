@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,7 +22,7 @@ from tests.fixtures.servers import Server, promql, wait_for
 from tests.fixtures.users import UnixUser
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
-BIN = Path(sys.executable).parent
+
 
 
 @pytest.fixture
@@ -63,7 +62,7 @@ def shared_dir() -> Iterator[Path]:
 
 def run_as(user: UnixUser, argv: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(argv, user=user.uid, group=user.gid, extra_groups=[], cwd="/tmp",
-                          env={"PATH": f"{BIN}:/usr/bin:/bin", "HOME": "/tmp", **env},
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", **env},
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -72,8 +71,9 @@ def run_as(user: UnixUser, argv: list[str], env: dict[str, str]) -> str:
 def test_balance_and_hook_show_the_state_and_its_reason(
         shared_dir: Path, test_users: dict[str, UnixUser],
         start_prometheus: Callable[..., Server],
-        static_metrics: Callable[[str], str]) -> None:
+        static_metrics: Callable[[str], str], installed_gpuacct: Path) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
+    balance = str(installed_gpuacct / "bin" / "gpuacct-balance")
     target = static_metrics(
         f'gpuacct_account_balance{{user="{alice.name}"}} 7.5\n'
         f'gpuacct_account_balance{{user="{bob.name}"}} 250\n'
@@ -94,9 +94,9 @@ def test_balance_and_hook_show_the_state_and_its_reason(
     config.write_text(yaml.safe_dump({"client": {"prometheus_url": prometheus.url},
                                       "exporter": {"actuator": {"hook_dir": str(hooks)}}}))
     config.chmod(0o644)
-    env = {"GPUACCT_CONFIG": str(config)}
+    env = {"GPUACCT_CONFIG": str(config), "PATH": f"{installed_gpuacct / 'bin'}:/usr/bin:/bin"}
 
-    full = run_as(alice, [str(BIN / "gpuacct-balance")], env)
+    full = run_as(alice, [balance], env)
     assert f"gpuacct balance for {alice.name}" in full
     assert "7.50  (tier: limited; warning below 100.00, limited below 10.00" in full
     assert "3.00 an hour over the last hour; at that rate it runs out in 2h 30m" in full
@@ -104,7 +104,7 @@ def test_balance_and_hook_show_the_state_and_its_reason(
     assert f"why          {alice.name} may start no new GPU work" in full
 
     hook = shared_dir / "gpuacct.sh"
-    hook.write_text(run_as(alice, [str(BIN / "gpuacct-balance"), "--print-hook"], env))
+    hook.write_text(run_as(alice, [balance, "--print-hook"], env))
     hook.chmod(0o644)
     greeting = run_as(alice, ["bash", "--norc", "-i", "-c", f". {hook}"], env)
     assert "gpuacct: balance 7.50 (limited), runs out in about 2h 30m: new GPU work is " \
@@ -113,22 +113,24 @@ def test_balance_and_hook_show_the_state_and_its_reason(
 
     # Bob: well above every threshold and nothing enforced, so the hook stays silent.
     assert run_as(bob, ["bash", "--norc", "-i", "-c", f". {hook}"], env).strip() == ""
-    assert "tier: ok" in run_as(bob, [str(BIN / "gpuacct-balance")], env)
+    assert "tier: ok" in run_as(bob, [balance], env)
     # Bob cannot read alice's hook file, nor ask for her balance.
     assert (hooks / f"{alice.name}.json").stat().st_mode & 0o077 == 0
-    denied = subprocess.run([str(BIN / "gpuacct-balance"), "--user", alice.name],
+    denied = subprocess.run([balance, "--user", alice.name],
                             user=bob.uid, group=bob.gid, extra_groups=[], env=env,
                             capture_output=True, text=True, timeout=30)
     assert denied.returncode == 2 and "only root" in denied.stderr
 
 
 def test_balance_says_so_when_prometheus_is_away(shared_dir: Path,
-                                                 test_users: dict[str, UnixUser]) -> None:
+                                                 test_users: dict[str, UnixUser],
+                                                 installed_gpuacct: Path) -> None:
+    balance = str(installed_gpuacct / "bin" / "gpuacct-balance")
     config = shared_dir / "gpuacct.yaml"
     config.write_text(yaml.safe_dump({"client": {"prometheus_url": "http://127.0.0.1:9",
                                                  "timeout_seconds": 1},
                                       "exporter": {"actuator": {"hook_dir": str(shared_dir)}}}))
     config.chmod(0o644)
-    out = run_as(test_users["carol"], [str(BIN / "gpuacct-balance")],
+    out = run_as(test_users["carol"], [balance],
                  {"GPUACCT_CONFIG": str(config)})
     assert "balance unknown" in out and "enforced     nothing" in out

@@ -142,6 +142,46 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
             f"{key} undocumented in gpuacct.example.yaml")
 
 
+CHOICE = re.compile(r"^(\s*)(\w+): (\S+)(\s+# )(.*\|.*)$")
+
+
+def _choices() -> list[tuple[str, str, str]]:
+    """(key, choice, the example with that choice written in) for every key whose comment
+    lists its choices as `a (what a does) | b | "off"`: as listed, and without quotes."""
+    example = (Path(__file__).parents[2] / "gpuacct.example.yaml").read_text().splitlines()
+    found = []
+    for n, line in enumerate(example):
+        match = CHOICE.match(line)
+        if match is None or line.lstrip().startswith("#"):
+            continue
+        indent, key, _, gap, comment = match.groups()
+        for choice in comment.split("|"):
+            listed = choice.split()[0]
+            for written in dict.fromkeys((listed, listed.strip('"'))):
+                changed = [*example[:n], f"{indent}{key}: {written}{gap}{comment}",
+                           *example[n + 1:]]
+                found.append((key, written, "\n".join(changed)))
+    return found
+
+
+@pytest.mark.parametrize("key, choice, text", _choices(),
+                         ids=[f"{k}={c}" for k, c, _ in _choices()])
+def test_every_commented_choice_of_the_example_loads(tmp_path: Path, key: str, choice: str,
+                                                     text: str) -> None:
+    """Bare `off` is a YAML boolean; a key that takes "off" takes it too."""
+    settings = load_settings(write(tmp_path, text))
+    values = {"gpu_share": settings.exporter.gpu_share,
+              "backend": settings.exporter.nvml.backend,
+              "cpu_limiter": settings.exporter.actuator.cpu_limiter}
+    assert values[key] == choice.strip('"')
+
+
+def test_the_example_lists_the_off_choices_quoted_and_they_load_bare_too() -> None:
+    choices = {(k, c) for k, c, _ in _choices()}
+    assert choices >= {("backend", '"off"'), ("backend", "off"), ("cpu_limiter", '"off"'),
+                       ("cpu_limiter", "off")}
+
+
 @pytest.mark.parametrize("text, key", [
     ("exporter:\n  min_uid: -1\n", "exporter.min_uid"),
     ("exporter:\n  bogus: 1\n", "exporter.bogus"),

@@ -12,8 +12,8 @@ import pytest
 from influxdb_client import Point, WritePrecision
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from gpuacct.stack.process import free_port
-from gpuacct.stack.servers import influx_query
+from stack.process import free_port
+from stack.servers import influx_query
 from tests.fixtures.servers import Server, Webhooks, promql, wait_for
 
 pytestmark = pytest.mark.integration

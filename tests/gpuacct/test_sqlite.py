@@ -44,7 +44,7 @@ def test_a_read_only_connection_refuses_writes(tmp_path: Path) -> None:
     path = tmp_path / "a.sqlite"
     sqlite.migrate(sqlite.connect(path), MIGRATIONS, "test db")
     reader = sqlite.connect(path, readonly=True)
-    with pytest.raises(sqlite3.OperationalError, match="readonly|read-only"):
+    with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only"):
         reader.execute("INSERT INTO t (x) VALUES (2)")
     assert reader.execute("SELECT COUNT(*) FROM t").fetchone() == (0,)
 

@@ -17,8 +17,8 @@ import psutil
 import pytest
 import requests
 
-from gpuacct.stack import demo
-from gpuacct.stack.process import free_port
+from stack import demo
+from stack.process import free_port
 from tests.fixtures.servers import promql, wait_for
 from tests.fixtures.users import UnixUser
 
@@ -41,14 +41,18 @@ def stack_config(tmp_path: Path) -> Path:
 
 
 def test_stack_starts_everything_and_ctrl_c_stops_it(
-        tmp_path: Path, test_users: dict[str, UnixUser]) -> None:
+        tmp_path: Path, test_users: dict[str, UnixUser], installed_gpuacct: Path) -> None:
+    """Run from a wheel installed into a fresh virtualenv, away from this checkout: the
+    rules and templates it needs are inside the installed packages."""
     alice = test_users["alice"].name
     config = stack_config(tmp_path)
     log = tmp_path / "stack.out"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     with log.open("w") as out:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "gpuacct.stack", "--config", str(config),
-             "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT)
+            [str(installed_gpuacct / "bin" / "gpuacct-stack"), "--config", str(config),
+             "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path, env=env)
     try:
         wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
                  timeout=90, what="the stack")
@@ -74,8 +78,11 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert (tmp_path / "state" / "billing" / "ledger.sqlite3").exists()
         # The rules are loaded, and Alertmanager routes enforcement to the enforcer's port.
         with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=5) as response:
-            groups = {g["name"] for g in json.load(response)["data"]["groups"]}
+            loaded = json.load(response)["data"]["groups"]
+        groups = {g["name"] for g in loaded}
         assert groups == {"gpuacct-enforcement", "gpuacct-operations", "gpuacct-recording"}
+        site = next((installed_gpuacct / "lib").glob("python3*/site-packages"))
+        assert {Path(g["file"]).parent for g in loaded} == {site / "rules"}, loaded
         with urllib.request.urlopen(f"{urls['alertmanager']}api/v2/status", timeout=5) as r:
             am_config = json.load(r)["config"]["original"]
         assert "receiver: enforcer" in am_config and "/v1/alerts" in am_config
@@ -110,7 +117,7 @@ def test_stack_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "gpuacct.yaml"
     config.write_text("stack:\n  prometheus_port: lots\n")
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "gpuacct.stack", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "stack", "--config", str(config)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
@@ -126,7 +133,7 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
     log = tmp_path / "stack.out"
     with log.open("w") as out:
         stack = subprocess.Popen(
-            [sys.executable, "-m", "gpuacct.stack", "--demo", "--config", str(config),
+            [sys.executable, "-m", "stack", "--demo", "--config", str(config),
              "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,

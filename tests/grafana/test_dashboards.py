@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuacct.alerting import rule_files
-from gpuacct.stack.process import ManagedProcess, free_port
-from gpuacct.stack.servers import influx_query
+from stack.alerting import rule_files
+from stack.process import ManagedProcess, free_port
+from stack.servers import influx_query
 from tests.fixtures import dashboards
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.gpus import RTX3090, device

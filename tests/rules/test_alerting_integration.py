@@ -1,7 +1,7 @@
 """The real rule files in the real Prometheus, fed by the billing engine's real /metrics, and the
 real Alertmanager delivering to a local webhook standing in for the enforcer.
 
-Durations are compressed 60-fold (minutes become seconds) by gpuacct.alerting.compress_time,
+Durations are compressed 60-fold (minutes become seconds) by stack.alerting.compress_time,
 applied to the real files; nothing else about them changes."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from billing_engine.ledger import Ledger
-from gpuacct.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
-from gpuacct.stack.process import ManagedProcess, free_port
+from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
+from stack.process import ManagedProcess, free_port
 from tests.fixtures.servers import RUNNING, Server, Webhooks, wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,9 +38,9 @@ def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
         webhook_receiver: Webhooks) -> None:
     ledger_path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(ledger_path)
-    with ledger.transaction() as db:
+    with ledger.batch():
         for user, balance in (("alice", 50), ("bob", 5), ("carol", -1), ("dan", 500)):
-            ledger.open_account(db, user, Decimal(balance), time.time())
+            ledger.open_account(user, Decimal(balance), time.time())
     ledger.close()
 
     config = tmp_path / "gpuacct.yaml"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpuacct.alerting import RULES_DIR, render_alertmanager, rule_files
+from stack.alerting import RULES_DIR, render_alertmanager, rule_files
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).parent

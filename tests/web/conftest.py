@@ -15,7 +15,8 @@ import requests
 import yaml
 
 from billing_engine.ledger import Ledger
-from gpuacct.stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, free_port
+from tests.fixtures.ledger import forge
 from tests.fixtures.servers import RUNNING
 from web.auth import hash_password
 
@@ -27,20 +28,23 @@ def fill_ledger(path: Path, users: int = 3, windows: int = 5) -> None:
     """Accounts alice, bob, carol... with `windows` billed minutes of usage each."""
     ledger = Ledger(path)
     names = ["alice", "bob", "carol", *[f"user{i:04d}" for i in range(3, users)]][:users]
-    with ledger.transaction() as db:
-        for name in names:
-            ledger.open_account(db, name, Decimal(100), NOW - 86400 * 3)
-        for w in range(windows):
-            end = int(NOW // 60 * 60) - 60 * (windows - w)
+    ends = [int(NOW // 60 * 60) - 60 * (windows - w) for w in range(windows)]
+    cost = {name: Decimal("0.123457") * (i + 1) for i, name in enumerate(names)}
+    with forge(ledger) as db:  # the windows' usage lines, as an engine billed them
+        for end in ends:
             db.execute("INSERT INTO windows VALUES (?, ?, ?, ?, ?)",
                        (end, end - 60, NOW, len(names), "0"))
-            for i, name in enumerate(names):
-                cost = Decimal("0.123457") * (i + 1)
-                db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (end, name, f"job-{i % 7}", "gpu01:9835",
-                            "NVIDIA A100-SXM4-80GB" if i % 2 == 0 else "NVIDIA GeForce RTX 3090",
-                            "60", "12.5", str(cost), 0.0))
-                ledger.post(db, name, "charge", -cost, float(end), f"charge:{end}:{name}")
+            db.executemany("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+                (end, name, f"job-{i % 7}", "gpu01:9835",
+                 "NVIDIA A100-SXM4-80GB" if i % 2 == 0 else "NVIDIA GeForce RTX 3090",
+                 "60", "12.5", str(cost[name]), 0.0) for i, name in enumerate(names)])
+    with ledger.batch():
+        for name in names:
+            ledger.open_account(name, Decimal(100), NOW - 86400 * 3)
+        for end in ends:
+            for name in names:
+                ledger.post(name, "charge", -cost[name], float(end), f"charge:{end}:{name}",
+                            window_end=end)
     ledger.close()
 
 

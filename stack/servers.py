@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from gpuacct.stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, free_port
 
 HOST = "127.0.0.1"
 

@@ -1,8 +1,11 @@
-"""Amounts typed by people (CLI, web forms): exact decimals, or a message saying what is wrong."""
+"""Amounts typed by people (CLI, web forms): exact decimals, or a message saying what is wrong;
+and the price versions in force."""
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+
+from gpuacct.config import PriceVersion
 
 
 def parse_amount(text: str, decimals: int, maximum: Decimal, *,
@@ -25,3 +28,11 @@ def parse_amount(text: str, decimals: int, maximum: Decimal, *,
     if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
         raise ValueError(f"{text!r} has more than {decimals} decimal places")
     return amount
+
+
+def merge_versions(configured: list[PriceVersion],
+                   added: list[PriceVersion]) -> list[PriceVersion]:
+    """The config's versions and those added in the ledger; an added one replaces a configured
+    one with the same effective time."""
+    return sorted({v.starts(): v for v in [*configured, *added]}.values(),
+                  key=PriceVersion.starts)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import sqlite3
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from billing_engine.engine import iso
-from billing_engine.ledger import Ledger
+from billing_engine.ledger import Export, LedgerReader
 
 USAGE_HEADER = ["window_start", "window_end", "user", "job", "node", "gpu_model",
                 "gpu_seconds", "cpu_core_seconds", "cost"]
@@ -27,35 +26,18 @@ def parse_time(text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def rows(db: sqlite3.Connection, what: str, start: float, end: float) -> list[list[str]]:
-    """Usage lines of windows ending in [start, end), or transactions made in it."""
-    if what == "usage":
-        found = db.execute(
-            "SELECT w.window_start, u.window_end, u.user, u.job, u.node, u.gpu_model, "
-            "u.gpu_seconds, u.cpu_core_seconds, u.cost "
-            "FROM usage_lines u JOIN windows w USING (window_end) "
-            "WHERE u.window_end >= ? AND u.window_end < ? "
-            "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))
-        return [[iso(r[0]), iso(r[1]), *r[2:]] for r in found]
-    found = db.execute(
-        "SELECT id, at, user, kind, amount, balance_after, reason, window_end FROM transactions "
-        "WHERE at >= ? AND at < ? ORDER BY id", (start, end))
-    return [[str(r[0]), iso(r[1]), *r[2:7], iso(r[7]) if r[7] is not None else ""]
-            for r in found]
-
-
-def write_csv(out: TextIO, what: str, data: list[list[str]]) -> None:
+def write_csv(out: TextIO, what: Export, data: Iterable[list[str]]) -> None:
     writer = csv.writer(out)
     writer.writerow(USAGE_HEADER if what == "usage" else TRANSACTIONS_HEADER)
     writer.writerows(data)
 
 
-def write(ledger: Ledger, what: str, start_text: str, end_text: str,
+def write(ledger: LedgerReader, what: Export, start_text: str, end_text: str,
           output: Path | None) -> int:
     start, end = parse_time(start_text), parse_time(end_text)
     if end <= start:
         raise ValueError(f"--to {end_text} is not after --from {start_text}")
-    data = rows(ledger.db, what, start, end)
+    data = ledger.export_rows(what, start, end)
     if output is None:
         write_csv(sys.stdout, what, data)
     else:

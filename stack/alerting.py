@@ -10,7 +10,10 @@ from typing import Any
 
 import yaml
 
-RULES_DIR = Path(__file__).resolve().parents[1] / "rules"
+from rules import RULES_DIR
+
+__all__ = ["RULES_DIR", "compress_time", "render_alertmanager", "rule_files", "secret_file"]
+
 
 
 def rule_files(rules_dir: Path = RULES_DIR) -> list[Path]:

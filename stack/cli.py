@@ -10,12 +10,11 @@ from typing import Any
 
 import yaml
 
-from gpuacct import alerting
 from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
 from gpuacct.config import CONFIG_ENV, Settings
-from gpuacct.stack import configs, servers
-from gpuacct.stack import demo as demo_story
-from gpuacct.stack.process import ManagedProcess, ServerError
+from stack import alerting, configs, servers
+from stack import demo as demo_story
+from stack.process import ManagedProcess, ServerError
 from web.auth import hash_password
 
 

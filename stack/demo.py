@@ -114,9 +114,8 @@ class Story(threading.Thread):
             return
         ledger = Ledger(self.ledger)
         try:
-            with ledger.transaction() as db:
-                balance = ledger.post(db, ALICE, "recharge", RECHARGE, time.time(),
-                                      f"demo-recharge:{time.time()}", "gpuacct demo")
+            balance = ledger.post(ALICE, "recharge", RECHARGE, time.time(),
+                                  f"demo-recharge:{time.time()}", "gpuacct demo")
         finally:
             ledger.close()
         self.say(f"the demo recharges {ALICE} by {RECHARGE}: her balance is {balance}")

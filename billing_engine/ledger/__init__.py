@@ -1,0 +1,38 @@
+"""The ledger: accounts, transactions, usage lines, cursors, windows, prices and the InfluxDB
+outbox. This package owns every SQL statement against those tables; everyone else holds a
+`LedgerReader` (read-only) or a `LedgerWriter` and gets typed rows back."""
+
+from pathlib import Path
+
+from billing_engine.ledger.protocols import Export, LedgerReader, LedgerWriter
+from billing_engine.ledger.reader import SqliteLedgerReader, iso
+from billing_engine.ledger.records import (
+    Account,
+    DailyCost,
+    JobUsage,
+    Kind,
+    LeaseLost,
+    LedgerError,
+    MetricsSnapshot,
+    Posting,
+    Transaction,
+    UsageLine,
+    WindowBill,
+)
+from billing_engine.ledger.schema import VERSION as SCHEMA_VERSION
+from billing_engine.ledger.writer import Ledger
+from gpuacct.sqlite import SchemaError
+
+__all__ = [
+    "SCHEMA_VERSION", "Account", "DailyCost", "Export", "JobUsage", "Kind", "LeaseLost",
+    "Ledger", "LedgerError", "LedgerReader", "LedgerWriter", "MetricsSnapshot", "Posting",
+    "SchemaError", "SqliteLedgerReader", "Transaction", "UsageLine", "WindowBill", "iso",
+    "open_reader",
+]
+
+
+def open_reader(path: Path) -> SqliteLedgerReader:
+    """A read-only handle on the ledger at `path` (which must exist)."""
+    if not path.exists():
+        raise LedgerError(f"no ledger at {path}")
+    return SqliteLedgerReader(path)

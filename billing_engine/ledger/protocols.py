@@ -1,0 +1,87 @@
+"""The two interfaces a ledger backend implements: what readers may ask, and what writers may
+change. Nothing outside the ledger package sees SQL or a connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal, Protocol
+
+from billing_engine.ledger.records import (
+    Account,
+    DailyCost,
+    JobUsage,
+    MetricsSnapshot,
+    Posting,
+    Transaction,
+    UsageLine,
+    WindowBill,
+)
+from gpuacct.config import PriceVersion
+
+Export = Literal["usage", "transactions"]
+
+
+class LedgerReader(Protocol):
+    def version(self) -> tuple[object, ...]:
+        """Changes whenever a window is billed or money is posted (for caches)."""
+
+    def billing_start(self) -> int | None: ...
+
+    def last_window(self) -> int | None: ...
+
+    def cursors(self) -> dict[str, Decimal]: ...
+
+    def window_lines(self, end: int) -> list[UsageLine]: ...
+
+    def outbox_windows(self) -> list[int]: ...
+
+    def outbox_backlog(self) -> int: ...
+
+    def balance(self, user: str) -> Decimal | None: ...
+
+    def balances(self) -> dict[str, Decimal]: ...
+
+    def accounts(self, cost_since: float) -> list[Account]: ...
+
+    def transactions(self, user: str, page: int, size: int) -> tuple[list[Transaction], int]: ...
+
+    def usage_by_job(self, user: str, since: float) -> list[JobUsage]: ...
+
+    def daily_cost(self, user: str, since: int) -> list[DailyCost]: ...
+
+    def export_rows(self, what: Export, start: float, end: float) -> Iterator[list[str]]: ...
+
+    def metrics_snapshot(self) -> MetricsSnapshot: ...
+
+    def price_versions(self) -> list[tuple[PriceVersion, float, str]]: ...
+
+    def invariant_violations(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class LedgerWriter(LedgerReader, Protocol):
+    def batch(self) -> AbstractContextManager[None]:
+        """Several changes in one transaction: all or none."""
+
+    def acquire_lease(self, holder: str, seconds: float, now: float | None = None) -> bool: ...
+
+    def release_lease(self, holder: str) -> None: ...
+
+    def begin_billing(self, start: int, cursors: dict[str, Decimal]) -> bool: ...
+
+    def commit_window(self, bill: WindowBill) -> bool: ...
+
+    def outbox_done(self, end: int) -> None: ...
+
+    def open_account(self, user: str, opening: Decimal, at: float) -> None: ...
+
+    def post(self, user: str, kind: Posting, amount: Decimal, at: float, key: str,
+             reason: str = "") -> Decimal: ...
+
+    def add_price_version(self, version: PriceVersion, now: float, reason: str) -> None: ...
+
+    def backup(self, dest: Path) -> None: ...

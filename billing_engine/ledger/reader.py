@@ -1,0 +1,186 @@
+"""Every read of the ledger, on read-only connections (one per thread): the web, /metrics and
+the CLIs use this, and a write through it fails.
+
+Sums of money are exact: each cost has at most six decimals, so it is summed as an integer
+number of micro-units and turned back into a Decimal here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from billing_engine.ledger import schema
+from billing_engine.ledger.protocols import Export
+from billing_engine.ledger.records import (
+    Account,
+    DailyCost,
+    JobUsage,
+    MetricsSnapshot,
+    Transaction,
+    UsageLine,
+)
+from gpuacct import sqlite
+from gpuacct.config import PriceVersion
+
+MICROS = "CAST(ROUND(CAST({} AS REAL) * 1000000) AS INTEGER)"
+DAY = 86400
+
+
+def money(micros: int | None) -> Decimal:
+    return Decimal(micros or 0).scaleb(-6)
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SqliteLedgerReader:
+    """Implements `LedgerReader` on a ledger file that gpuacct-billing keeps migrated."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._readers = sqlite.PerThread(self._open_reader)
+
+    def _open_reader(self) -> sqlite3.Connection:
+        db = sqlite.connect(self.path, readonly=True, timeout=5.0)
+        sqlite.require_version(db, schema.VERSION, f"ledger {self.path}")
+        return db
+
+    def _db(self) -> sqlite3.Connection:
+        return self._readers.get()
+
+    def close(self) -> None:
+        self._readers.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- billing state
+    def version(self) -> tuple[object, ...]:
+        return tuple(self._db().execute(
+            "SELECT (SELECT MAX(window_end) FROM windows), (SELECT MAX(id) FROM transactions)"
+        ).fetchone())
+
+    def billing_start(self) -> int | None:
+        start = self._meta("billing_start")
+        return None if start is None else int(start)
+
+    def last_window(self) -> int | None:
+        row = self._db().execute("SELECT MAX(window_end) FROM windows").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def cursors(self) -> dict[str, Decimal]:
+        return {series: Decimal(value)
+                for series, value in self._db().execute("SELECT series, value FROM cursors")}
+
+    def window_lines(self, end: int) -> list[UsageLine]:
+        return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost))
+                for user, job, node, model, gpu, cpu, cost in self._db().execute(
+                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost "
+                    "FROM usage_lines WHERE window_end = ?", (end,))]
+
+    def outbox_windows(self) -> list[int]:
+        """Windows whose points InfluxDB has not acknowledged, oldest first."""
+        return [int(end) for (end,) in self._db().execute(
+            "SELECT window_end FROM influx_outbox ORDER BY window_end")]
+
+    def outbox_backlog(self) -> int:
+        """Points waiting for InfluxDB."""
+        return int(self._db().execute("SELECT COALESCE(SUM(lines), 0) FROM influx_outbox "
+                                      "JOIN windows USING (window_end)").fetchone()[0])
+
+    # -- accounts and money
+    def balance(self, user: str) -> Decimal | None:
+        row = self._db().execute("SELECT balance FROM accounts WHERE user = ?",
+                                 (user,)).fetchone()
+        return None if row is None else Decimal(row[0])
+
+    def balances(self) -> dict[str, Decimal]:
+        return {user: Decimal(b) for user, b in self._db().execute(
+            "SELECT user, balance FROM accounts ORDER BY user")}
+
+    def accounts(self, cost_since: float) -> list[Account]:
+        db = self._db()
+        cost = dict(db.execute(
+            f"SELECT user, SUM({MICROS.format('cost')}) FROM usage_lines "
+            "WHERE window_end >= ? GROUP BY user", (cost_since,)).fetchall())
+        return [Account(user=user, balance=Decimal(balance), charged=Decimal(charged),
+                        opened_at=opened, cost_since=money(cost.get(user)))
+                for user, balance, charged, opened in db.execute(
+                    "SELECT user, balance, charged, opened_at FROM accounts ORDER BY user")]
+
+    def transactions(self, user: str, page: int, size: int) -> tuple[list[Transaction], int]:
+        db = self._db()
+        total = db.execute("SELECT COUNT(*) FROM transactions WHERE user = ?",
+                           (user,)).fetchone()[0]
+        rows = db.execute(
+            "SELECT id, at, kind, amount, balance_after, reason FROM transactions "
+            "WHERE user = ? ORDER BY id DESC LIMIT ? OFFSET ?", (user, size, page * size))
+        return [Transaction(id=i, at=at, kind=kind, amount=Decimal(a),
+                            balance_after=Decimal(b), reason=reason)
+                for i, at, kind, a, b, reason in rows], total
+
+    def usage_by_job(self, user: str, since: float) -> list[JobUsage]:
+        rows = self._db().execute(
+            "SELECT job, node, gpu_model, SUM(CAST(gpu_seconds AS REAL)), "
+            f"SUM(CAST(cpu_core_seconds AS REAL)), SUM({MICROS.format('cost')}) "
+            "FROM usage_lines WHERE user = ? AND window_end >= ? "
+            "GROUP BY job, node, gpu_model ORDER BY 6 DESC LIMIT 200", (user, since))
+        return [JobUsage(job, node, model, gpu / 3600, cpu / 3600, money(cost))
+                for job, node, model, gpu, cpu, cost in rows]
+
+    def daily_cost(self, user: str, since: int) -> list[DailyCost]:
+        """Cost per UTC day and GPU model of windows ending at `since` or later."""
+        return [DailyCost(int(day), model, money(micros)) for day, model, micros in
+                self._db().execute(
+                    f"SELECT window_end / {DAY} * {DAY}, gpu_model, "
+                    f"SUM({MICROS.format('cost')}) FROM usage_lines "
+                    "WHERE user = ? AND window_end >= ? GROUP BY 1, 2", (user, since))]
+
+    def export_rows(self, what: Export, start: float, end: float) -> Iterator[list[str]]:
+        """Usage lines of windows ending in [start, end), or transactions made in it."""
+        if what == "usage":
+            found = self._db().execute(
+                "SELECT w.window_start, u.window_end, u.user, u.job, u.node, u.gpu_model, "
+                "u.gpu_seconds, u.cpu_core_seconds, u.cost "
+                "FROM usage_lines u JOIN windows w USING (window_end) "
+                "WHERE u.window_end >= ? AND u.window_end < ? "
+                "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))
+            return ([iso(r[0]), iso(r[1]), *r[2:]] for r in found)
+        found = self._db().execute(
+            "SELECT id, at, user, kind, amount, balance_after, reason, window_end "
+            "FROM transactions WHERE at >= ? AND at < ? ORDER BY id", (start, end))
+        return ([str(r[0]), iso(r[1]), *r[2:7], iso(r[7]) if r[7] is not None else ""]
+                for r in found)
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        db = self._db()
+        with sqlite.read_transaction(db):  # one consistent view of the numbers
+            accounts = [(user, Decimal(balance), Decimal(charged)) for user, balance, charged
+                        in db.execute("SELECT user, balance, charged FROM accounts "
+                                      "ORDER BY user")]
+            last, windows = db.execute("SELECT MAX(window_end), COUNT(*) FROM windows"
+                                       ).fetchone()
+            charged = self._meta("charged_total")
+            backlog = self.outbox_backlog()
+        return MetricsSnapshot(accounts, None if last is None else int(last), backlog,
+                               Decimal(charged or 0), int(windows))
+
+    def price_versions(self) -> list[tuple[PriceVersion, float, str]]:
+        """(version, created_at, reason) of every version added here, oldest first."""
+        return [(PriceVersion.model_validate_json(text), created, reason)
+                for text, created, reason in self._db().execute(
+                    "SELECT version, created_at, reason FROM price_versions ORDER BY effective")]
+
+    def invariant_violations(self) -> list[str]:
+        """Accounts whose balance is not the sum of their transactions (should be none)."""
+        sums: dict[str, Decimal] = {}
+        for user, amount in self._db().execute("SELECT user, amount FROM transactions"):
+            sums[user] = sums.get(user, Decimal(0)) + Decimal(amount)
+        return [f"{user}: balance {balance} but transactions sum to {sums.get(user)}"
+                for user, balance in self.balances().items() if sums.get(user) != balance]

@@ -1,0 +1,91 @@
+"""What the ledger hands out and takes in: typed rows, never a connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel
+
+Kind = Literal["opening", "charge", "recharge", "adjustment", "refund"]
+Posting = Literal["recharge", "adjustment", "refund"]  # what a person may post
+
+
+class LedgerError(Exception):
+    """A change the ledger refuses (unknown user, a key already used); nothing was written."""
+
+
+class LeaseLost(LedgerError):
+    """Another engine holds the billing lease now; this one stops billing."""
+
+
+class UsageLine(NamedTuple):  # a tuple: a window makes thousands
+    user: str
+    job: str
+    node: str
+    gpu_model: str
+    gpu_seconds: Decimal
+    cpu_core_seconds: Decimal
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class WindowBill:
+    """One window, billed: everything `commit_window` writes in one transaction."""
+
+    end: int
+    previous: int  # the previous window's end: the usage since then is in this one
+    expected_last: int | None  # the last window billed when the cursors were read
+    lines: list[UsageLine]
+    cursors: dict[str, Decimal]  # each moved series' value at `end`
+    price_effective: float
+    holder: str  # the engine's billing lease
+    opening_balance: Decimal  # for accounts that first appear in this window
+    trial_mode: bool  # record usage and cost, debit nothing
+    reason: str
+
+
+class Account(BaseModel, frozen=True):
+    user: str
+    balance: Decimal
+    charged: Decimal  # every charge ever
+    opened_at: float
+    cost_since: Decimal  # usage cost of windows ending since the time asked for
+
+
+class Transaction(BaseModel, frozen=True):
+    id: int
+    at: float
+    kind: str
+    amount: Decimal
+    balance_after: Decimal
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobUsage:
+    job: str
+    node: str
+    gpu_model: str
+    gpu_hours: float
+    cpu_core_hours: float
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class DailyCost:
+    day_start: int  # Unix time of the day's start (UTC)
+    gpu_model: str  # "" for CPU-only lines
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """What the billing engine's /metrics shows, read in one go."""
+
+    accounts: list[tuple[str, Decimal, Decimal]]  # user, balance, charged
+    last_window: int | None
+    outbox_backlog: int
+    charged_total: Decimal
+    windows: int

@@ -1,5 +1,0 @@
-import sys
-
-from gpuacct.stack.cli import main
-
-sys.exit(main())
