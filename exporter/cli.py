@@ -7,6 +7,7 @@ import sys
 
 from exporter.backends import open_backend
 from exporter.collector import build_registry
+from exporter.enforce.collector import ActuatorCollector
 from exporter.enforcement import start_enforcement
 from exporter.gpu import GpuUnavailable
 from exporter.sampler import Sampler
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = build_registry(lambda: sampler.snapshot)
     enforcement = start_enforcement(all_settings, lambda: sampler.snapshot)
     if enforcement:
-        registry.register(enforcement.actuator)
+        registry.register(ActuatorCollector(enforcement.actuator))
     try:
         server = serve(host, port, registry, "gpuacct exporter",
                        enforcement.routes if enforcement else None)

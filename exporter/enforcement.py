@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.actuator import Actuator
+from exporter.enforce.actuator import Actuator
 from exporter.policy_sync import PolicyEndpoint, Puller
 from exporter.sampler import Snapshot
 from exporter.signals import Signaller

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from exporter.actuator import Actuator
+from exporter.enforce.actuator import Actuator
 from gpuacct.metrics_http import StartResponse
 from gpuacct.policy import POLICY_PATH, SYNC_PATH, NodePolicy, PushResult, SyncRequest
 from gpuacct.signed_http import ExchangeError, exchange
@@ -91,7 +91,7 @@ class Puller:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if self.sync() and self.actuator.reports:
+            if self.sync() and self.actuator.reports.queued:
                 self.sync()  # what the pulled policy made us do, to the audit log now
             stop.wait(self.interval)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from exporter.procs import parse_stat, real_uid
+from gpuacct.policy import Result
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Signaller:
             return f"{name} is a protected user"
         return None
 
-    def send(self, target: Target, sig: int) -> tuple[str, str]:
+    def send(self, target: Target, sig: int) -> tuple[Result, str]:
         """(result, detail): ok, dry_run, refused or gone."""
         what = f"{signal.Signals(sig).name} to pid {target.pid} ({target.name or '?'})"
         refused = self.refusal(target.uid)

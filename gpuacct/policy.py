@@ -17,6 +17,9 @@ SYNC_PATH = "/v1/sync"  # on the enforcer: a node POSTs its reports, gets the po
 
 Action = Literal["notify", "block", "throttle", "kill"]
 ACTIONS: tuple[Action, ...] = ("notify", "block", "throttle", "kill")
+# What became of something a node did: done, only logged (dry run), refused by the safety
+# rules, the process was gone already, it failed, or this node cannot do it.
+Result = Literal["ok", "dry_run", "refused", "gone", "failed", "unsupported"]
 
 
 class Model(BaseModel):
@@ -54,7 +57,7 @@ class NodeAction(Model):
     at: float
     user: str
     action: str  # block, unblock, throttle, unthrottle, kill, terminate, notify, ...
-    result: str  # ok, dry_run, refused, gone, failed, unsupported
+    result: Result
     detail: str = ""
     alert: str = ""
 

@@ -14,7 +14,8 @@ from typing import Any
 import psutil
 import pytest
 
-from exporter.actuator import Actuator
+from exporter.enforce.actuator import Actuator
+from exporter.enforce.collector import ActuatorCollector
 from exporter.signals import Signaller, tell_user
 from exporter.throttle import CgroupLimiter, CpuLimiter
 from gpuacct.config import ActuatorSettings
@@ -62,7 +63,7 @@ class Rig:
         self.actuator.cycle(self.node.sampler.snapshot)
 
     def results(self, action: str) -> list[str]:
-        return [r.result for r in self.actuator.reports if r.action == action]
+        return [r.result for r in self.actuator.reports.queued if r.action == action]
 
 
 @pytest.fixture
@@ -207,8 +208,8 @@ def test_dry_run_acts_on_nothing(rig: Callable[..., Rig], processes: Processes,
     assert running.poll() is None and later.poll() is None
     assert read_terminal(tty, timeout=0.5) == ""
     assert not Path(f"/sys/fs/cgroup/cpu/gpuacct/user-{alice.uid}").exists()
-    assert {x.result for x in r.actuator.reports} == {"dry_run"}
-    assert {x.action for x in r.actuator.reports} >= {"notify", "block", "kill", "terminate",
+    assert {x.result for x in r.actuator.reports.queued} == {"dry_run"}
+    assert {x.action for x in r.actuator.reports.queued} >= {"notify", "block", "kill", "terminate",
                                                       "throttle"}
 
 
@@ -226,7 +227,8 @@ def test_protected_users_are_never_touched(rig: Callable[..., Rig], processes: P
 
 
 def quota_ratios(r: Rig) -> dict[str, float]:
-    return {s.labels["user"]: s.value for family in r.actuator.collect() for s in family.samples
+    families = ActuatorCollector(r.actuator).collect()
+    return {s.labels["user"]: s.value for family in families for s in family.samples
             if s.name == "gpuacct_node_user_cpu_quota_ratio"}
 
 

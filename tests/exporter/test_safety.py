@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.accounting import GpuHolder
-from exporter.actuator import Actuator
+from exporter.enforce.actuator import Actuator
 from exporter.gpu import GpuUnit
 from exporter.procs import ProcIdentity, ProcSample
 from exporter.sampler import Snapshot

@@ -1,0 +1,1 @@
+"""Enforcement on the node: the state in force, the planner, the executor, reports, metrics."""

@@ -1,0 +1,168 @@
+"""The node's side of enforcement: plans from `exporter.enforce.plan`, carried out through the
+injected kernel calls (signals, the CPU limiter, terminals, the hook files).
+
+`apply()` takes a new policy (pushed or pulled); `cycle()` runs after every sampling cycle.
+Everything done is reported (`reports`) for the enforcer's audit log, and the state survives
+restarts (`StateFile`).
+"""
+
+from __future__ import annotations
+
+import pwd
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from exporter.enforce.plan import (
+    Kill,
+    Limit,
+    Node,
+    Notify,
+    Plan,
+    Record,
+    RemoveHook,
+    Step,
+    Stop,
+    WriteHook,
+    plan_cycle,
+    plan_grace,
+    plan_policy,
+)
+from exporter.enforce.reports import Reports
+from exporter.enforce.state import ActuatorState, StateFile, Stopping
+from exporter.hookfile import remove_hook, write_hook
+from exporter.sampler import Snapshot
+from exporter.signals import Signaller, Target, tell_user
+from exporter.throttle import CpuLimiter, LimitError
+from gpuacct.config import ActuatorSettings
+from gpuacct.policy import NodeAction, NodePolicy
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+class Actuator:
+    def __init__(self, settings: ActuatorSettings, node: str, signaller: Signaller,
+                 limiter: CpuLimiter | None, latest: Callable[[], Snapshot],
+                 tell: Callable[[int, str], int] = tell_user,
+                 clock: Callable[[], float] = time.time,
+                 uid_of: Callable[[str], int | None] = _uid) -> None:
+        self.settings, self.node = settings, node
+        self.signaller, self.limiter = signaller, limiter
+        self._latest, self._tell, self._clock, self._uid_of = latest, tell, clock, uid_of
+        self.lock = threading.RLock()  # the state: apply, cycle and the collector
+        self.store = StateFile(settings.state_file)
+        self.state = self.store.load()
+        self.reports = Reports(clock)
+        self.last_applied = 0.0
+
+    def _node(self) -> Node:
+        return Node(now=self._clock(), dry_run=self.settings.dry_run,
+                    kill_grace_seconds=self.settings.kill_grace_seconds,
+                    limiter=self.limiter.name if self.limiter else None,
+                    uid_of=self._uid_of, refusal=self.signaller.refusal)
+
+    # -- the enforcer's reports queue (see PolicySync)
+    def take_reports(self) -> list[NodeAction]:
+        return self.reports.take()
+
+    def return_reports(self, reports: list[NodeAction]) -> None:
+        self.reports.give_back(reports)
+
+    # -- deciding, then acting
+    def apply(self, policy: NodePolicy) -> bool:
+        """Act on what changed; False if the policy is not newer than the one in force."""
+        with self.lock:
+            plan = plan_policy(self.state, policy, self._latest(), self._node())
+            if plan is None:
+                return False
+            self._carry_out(plan)
+            self.last_applied = self._clock()
+            self.store.save(self.state)
+            return True
+
+    def cycle(self, snapshot: Snapshot) -> None:
+        with self.lock:
+            before = self.reports.recorded()
+            self._carry_out(plan_cycle(self.state, snapshot, self._node()))
+            self._carry_out(plan_grace(self.state, self._clock()))
+            if self.reports.recorded() != before:
+                self.store.save(self.state)
+
+    def _carry_out(self, plan: Plan) -> None:
+        self.state = plan.state
+        for step in plan.steps:
+            self._do(step, self.state)
+
+    def _do(self, step: Step, state: ActuatorState) -> None:
+        match step:
+            case Record():
+                self.reports.record(step.user, step.action, step.result, step.detail,
+                                    step.alert)
+            case Notify():
+                self._notify(step)
+            case Stop():
+                self._stop(step, state)
+            case Kill():
+                result, detail = self.signaller.send(Target(*step.stopping.target),
+                                                     signal.SIGKILL)
+                if result != "gone":
+                    self.reports.record(step.stopping.user, "kill_after_grace", result, detail,
+                                        step.stopping.alert)
+            case Limit():
+                self._limit(step, state)
+            case WriteHook():
+                write_hook(self.settings.hook_dir, step.user, step.uid, step.policy,
+                           step.dry_run, step.now)
+            case RemoveHook():
+                remove_hook(self.settings.hook_dir, step.user)
+
+    def _notify(self, step: Notify) -> None:
+        first = step.text.splitlines()[0]
+        if self.settings.dry_run:
+            self.reports.record(step.user, "notify", "dry_run", first, step.alert)
+            return
+        terminals = self._tell(step.uid, f"gpuacct: {step.text}")
+        self.reports.record(step.user, "notify", "ok", f"{terminals} terminals: {first}",
+                            step.alert)
+
+    def _stop(self, step: Stop, state: ActuatorState) -> None:
+        stopped: dict[int, list[str]] = defaultdict(list)
+        for p in step.targets:
+            target = (p.pid, p.start_ticks, p.identity.uid, p.identity.name)
+            result, detail = self.signaller.send(Target(*target), signal.SIGTERM)
+            self.reports.record(step.user, "terminate", result, detail, step.alert)
+            if result in ("ok", "dry_run") and step.track:
+                state.stopping.append(Stopping(user=step.user, target=target,
+                                               deadline=step.deadline, alert=step.alert))
+            if result == "ok":
+                stopped[p.identity.uid].append(f"{p.pid} ({p.identity.name})")
+        for uid, names in stopped.items():
+            self._tell(uid, f"gpuacct: stopping your GPU processes {', '.join(names)}: "
+                       f"{step.why}. Run gpuacct-balance for details.")
+
+    def _limit(self, step: Limit, state: ActuatorState) -> None:
+        assert self.limiter is not None  # planned only where there is one
+        action = "throttle" if step.quota or step.relimit else "unthrottle"
+        applied = state.users.get(step.user)
+        try:
+            if step.quota:
+                self.limiter.limit(step.uid, step.quota, list(step.pids))
+            else:
+                self.limiter.lift(step.uid)
+        except LimitError as exc:
+            self.reports.record(step.user, action, "failed", str(exc))
+            if applied is not None and not step.relimit:
+                applied.quota = step.previous
+            return
+        if applied is not None:
+            applied.limited = set(step.keys) if step.quota else set()
+        if not step.relimit:
+            self.reports.record(step.user, action, "ok", f"{step.quota}% of one CPU via "
+                                f"{self.limiter.name}" if step.quota else "")

@@ -1,0 +1,260 @@
+"""Deciding what enforcement does on this node, without doing it: pure functions from what is
+in force, what the enforcer wants and the latest snapshot to the new state and the steps that
+get there. `exporter.enforce.actuator` carries the steps out.
+
+A step's outcome can still change the state, and each step says how: a SIGTERM that landed is
+tracked for its SIGKILL, a CPU limit that failed leaves the old quota in force.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from exporter.enforce.state import ActuatorState, Applied, ProcKey, Stopping
+from exporter.procs import ProcSample
+from exporter.sampler import Snapshot
+from gpuacct.policy import NodePolicy, Result, UserPolicy
+
+UNLIMITED = UserPolicy()
+
+
+@dataclass(frozen=True)
+class Record:
+    """A decision to report (block, unblock, kill, refused...) that needs no kernel call."""
+
+    user: str
+    action: str
+    result: Result
+    detail: str = ""
+    alert: str = ""
+
+
+@dataclass(frozen=True)
+class Notify:
+    user: str
+    uid: int
+    text: str
+    alert: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    """SIGTERM to each target, then tell the user once why; a target that took the signal is
+    tracked for SIGKILL at `deadline` if `track`."""
+
+    user: str
+    targets: tuple[ProcSample, ...]
+    alert: str
+    why: str
+    deadline: float
+    track: bool
+
+
+@dataclass(frozen=True)
+class Kill:
+    """SIGKILL for a process whose grace ran out."""
+
+    stopping: Stopping
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Put the user's processes under `quota` percent of one CPU (None: lift the limit). A
+    change of quota that fails leaves `previous` in force; a re-limit only reports."""
+
+    user: str
+    uid: int
+    quota: int | None
+    pids: tuple[int, ...]
+    keys: frozenset[ProcKey]
+    previous: int | None
+    relimit: bool = False
+
+
+@dataclass(frozen=True)
+class WriteHook:
+    user: str
+    uid: int
+    policy: UserPolicy
+    dry_run: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class RemoveHook:
+    user: str
+
+
+Step = Record | Notify | Stop | Kill | Limit | WriteHook | RemoveHook
+
+
+@dataclass(frozen=True)
+class Node:
+    """What the planner knows of the node besides the snapshot: all of it injected."""
+
+    now: float
+    dry_run: bool
+    kill_grace_seconds: float
+    limiter: str | None  # the CPU limiter's name; None: this node has none
+    uid_of: Callable[[str], int | None]  # the passwd database
+    refusal: Callable[[int], str | None]  # why a uid is never touched (root, protected...)
+
+
+@dataclass
+class Plan:
+    state: ActuatorState
+    steps: list[Step] = field(default_factory=list)
+
+
+def plan_policy(state: ActuatorState, policy: NodePolicy, snapshot: Snapshot,
+                node: Node) -> Plan | None:
+    """What a new policy changes; None if it is not newer than the one in force."""
+    if policy.version <= state.version:
+        return None
+    plan = Plan(state.model_copy(deep=True))
+    for user in sorted(state.users.keys() | policy.users.keys()):
+        _plan_user(plan, user, policy.users.get(user, UNLIMITED), snapshot, node)
+    plan.state.version = policy.version
+    return plan
+
+
+def plan_cycle(state: ActuatorState, snapshot: Snapshot, node: Node) -> Plan:
+    """After a sampling cycle: stop GPU work a block forbids and keep new processes of
+    throttled users in their quota. Then, once these steps are done, `plan_grace`."""
+    plan = Plan(state.model_copy(deep=True))
+    new = plan.state
+    for user, applied in new.users.items():
+        if applied.block_since is not None:
+            allowed = set() if applied.kill_since is not None else applied.baseline
+            fresh = gpu_trees(new, user, snapshot, spare=allowed)
+            if fresh:
+                plan.steps.append(Stop(user, tuple(fresh), _alert(applied.policy, "kill", "block"),
+                                       "new GPU work is blocked",
+                                       node.now + node.kill_grace_seconds, track=True))
+        mine = _procs_of(snapshot, applied.uid)
+        # systemd's slice holds new processes by itself; cgroup limiters must move them in.
+        if (applied.quota and node.limiter and node.limiter != "systemd" and not node.dry_run
+                and any(p.key not in applied.limited for p in mine)):
+            plan.steps.append(Limit(user, applied.uid, applied.quota, tuple(p.pid for p in mine),
+                                    frozenset(p.key for p in mine), applied.quota,
+                                    relimit=True))
+    return plan
+
+
+def plan_grace(state: ActuatorState, now: float) -> Plan:
+    """SIGKILL for every process still being stopped whose grace is over."""
+    plan = Plan(state.model_copy(deep=True))
+    waiting = []
+    for s in plan.state.stopping:
+        if s.deadline > now:
+            waiting.append(s)
+        else:
+            plan.steps.append(Kill(s))
+    plan.state.stopping = waiting
+    return plan
+
+
+def _plan_user(plan: Plan, user: str, wanted: UserPolicy, snapshot: Snapshot,
+               node: Node) -> None:
+    state, steps = plan.state, plan.steps
+    uid = node.uid_of(user)
+    if uid is None:
+        state.users.pop(user, None)
+        return  # no such user here: nothing of theirs runs on this node
+    applied = state.users.get(user) or Applied(uid=uid)
+    result: Result = "dry_run" if node.dry_run else "ok"
+    refused = node.refusal(uid)
+    if refused and wanted != UNLIMITED:
+        steps.append(Record(user, "policy", "refused", refused))
+        wanted = UNLIMITED
+    told = {r.alert for r in applied.policy.reasons}
+    for reason in wanted.reasons:
+        if reason.alert not in told:
+            text = f"{reason.summary}\n{reason.description}".strip() or reason.alert
+            steps.append(Notify(user, uid, text, reason.alert))
+    mine = _procs_of(snapshot, uid)
+    if wanted.block and applied.block_since is None:
+        applied.block_since = node.now
+        applied.baseline = {p.key for p in mine}
+        steps.append(Record(user, "block", result, f"{len(mine)} running processes left alone",
+                            _alert(wanted, "block", "kill")))
+    elif not wanted.block and applied.block_since is not None:
+        applied.block_since, applied.baseline = None, set()
+        steps.append(Record(user, "unblock", result))
+    if wanted.kill and applied.kill_since is None:
+        applied.kill_since = node.now
+        alert = _alert(wanted, "kill")
+        targets = gpu_trees(state, user, snapshot, spare=set())
+        steps.append(Record(user, "kill", result, f"{len(targets)} GPU processes", alert))
+        # Without a block, nothing is left to kill after the grace (the user was recharged).
+        steps.append(Stop(user, tuple(targets), alert, "its account ran out",
+                          node.now + node.kill_grace_seconds, track=wanted.block))
+    elif not wanted.kill:
+        applied.kill_since = None
+    if not wanted.block:  # recharged: whatever was still to be killed may live
+        state.stopping = [s for s in state.stopping if s.user != user]
+    _plan_quota(steps, user, uid, applied, wanted.cpu_quota_percent, mine, node)
+    applied.policy = wanted
+    if wanted == UNLIMITED:
+        state.users.pop(user, None)
+        steps.append(RemoveHook(user))
+    else:
+        state.users[user] = applied
+        steps.append(WriteHook(user, uid, wanted, node.dry_run, node.now))
+
+
+def _plan_quota(steps: list[Step], user: str, uid: int, applied: Applied, quota: int | None,
+                mine: list[ProcSample], node: Node) -> None:
+    if quota == applied.quota:
+        return
+    action = "throttle" if quota else "unthrottle"
+    if node.limiter is None:
+        steps.append(Record(user, "throttle", "unsupported", "no CPU limiter on this node"))
+    elif node.dry_run:
+        steps.append(Record(user, action, "dry_run", f"{quota}%"))
+    else:
+        steps.append(Limit(user, uid, quota, tuple(p.pid for p in mine),
+                           frozenset(p.key for p in mine), applied.quota))
+    applied.quota = quota
+
+
+def gpu_trees(state: ActuatorState, user: str, snapshot: Snapshot,
+              spare: set[ProcKey]) -> list[ProcSample]:
+    """The user's GPU processes but those in `spare`, each with its descendants of the same
+    uid, that are not yet being stopped."""
+    by_pid = {p.pid: p for p in snapshot.procs}
+    children: dict[int, list[ProcSample]] = defaultdict(list)
+    for p in snapshot.procs:
+        children[p.ppid].append(p)
+    stopping = {(s.target[0], s.target[1]) for s in state.stopping}
+    found: dict[ProcKey, ProcSample] = {}
+    for holder in snapshot.holders:
+        root = by_pid.get(holder.pid)
+        if holder.user != user or root is None or root.key in spare:
+            continue
+        for p in _tree(root, children):
+            if p.key not in stopping:
+                found[p.key] = p
+    return list(found.values())
+
+
+def _tree(root: ProcSample, children: dict[int, list[ProcSample]]) -> Iterator[ProcSample]:
+    stack, seen = [root], set()
+    while stack:
+        p = stack.pop()
+        if p.key in seen:
+            continue
+        seen.add(p.key)
+        yield p
+        stack.extend(c for c in children.get(p.pid, ()) if c.identity.uid == root.identity.uid)
+
+
+def _procs_of(snapshot: Snapshot, uid: int) -> list[ProcSample]:
+    return [p for p in snapshot.procs if p.identity.uid == uid]
+
+
+def _alert(policy: UserPolicy, *actions: str) -> str:
+    return next((r.alert for r in policy.reasons if r.action in actions), "")
+
