@@ -58,7 +58,7 @@ def start_nodes(work: Path) -> list[tuple[ManagedProcess, int, Path]]:
                                       "hook_dir": str(d / "hooks"), "kill_grace_seconds": 30}},
             "auth": {"node_hmac_key": KEY}}))
         proc = ManagedProcess(f"node{i}", [sys.executable, "-m", "exporter", "--config",
-                                           str(config), "--web.listen-address",
+                                           str(config), "run", "--web.listen-address",
                                            f"127.0.0.1:{port}"], d / "exporter.log",
                               f"http://127.0.0.1:{port}/metrics")
         nodes.append((proc.start().wait_ready(), port, gpus))

@@ -102,7 +102,7 @@ def measure_gpuacct(work: Path, gpu_file: Path, servers: list[ManagedProcess]
     config.write_text(f"exporter:\n  state_file: {work / 'state2.json'}\n"
                       f"  nvml: {{backend: fake, fake_file: {gpu_file}}}\n")
     exporter = ManagedProcess(
-        "exporter", [sys.executable, "-m", "exporter", "--config", str(config),
+        "exporter", [sys.executable, "-m", "exporter", "--config", str(config), "run",
                      "--web.listen-address", f"127.0.0.1:{port}"],
         work / "exporter.log", f"http://127.0.0.1:{port}/metrics")
     servers.append(exporter.start().wait_ready())

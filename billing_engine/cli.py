@@ -29,6 +29,7 @@ from billing_engine.ledger import (
 )
 from billing_engine.metrics import build_registry
 from gpuacct.cli_common import (
+    command_or_usage,
     load_or_exit,
     parse_listen_address,
     service_parser,
@@ -153,12 +154,12 @@ def backup(billing: BillingSettings, dest: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = command_or_usage(parser, args)
     settings = load_or_exit(args.config)
-    command = args.command or "run"
     if command == "run":
-        return run(settings, getattr(args, "listen_address", None),
-                   getattr(args, "verbose", False))
+        return run(settings, args.listen_address, args.verbose)
     if command == "balances":
         return balances(settings.billing)
     if command == "backup":

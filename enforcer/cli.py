@@ -18,7 +18,13 @@ from prometheus_client import CollectorRegistry
 from enforcer.app import create_app
 from enforcer.nodes import Pusher
 from enforcer.store import Store
-from gpuacct.cli_common import load_or_exit, parse_listen_address, service_parser, setup_logging
+from gpuacct.cli_common import (
+    command_or_usage,
+    load_or_exit,
+    parse_listen_address,
+    service_parser,
+    setup_logging,
+)
 from gpuacct.config import Settings
 from gpuacct.signing import Verifier
 
@@ -66,11 +72,13 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = command_or_usage(parser, args)
     settings = load_or_exit(args.config)
-    if args.command == "run":
+    if command == "run":
         return run(settings, args.listen_address, args.verbose)
-    if args.command in ("policy", "audit"):
+    if command in ("policy", "audit"):
         if not settings.enforcer.database.exists():
             print(f"gpuacct-enforcer: no state at {settings.enforcer.database}", file=sys.stderr)
             return 1
@@ -82,5 +90,4 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stamp}  {e.node:<24} {e.user:<16} {e.action:<10} {e.result:<9} "
                   f"{e.alert}  {e.detail}")
         return 0
-    _parser().print_help()
     return 2

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_or_exit(args.config)
     user = args.user or me
     prometheus = Prometheus(settings.client.prometheus_url, settings.client.timeout_seconds)
-    status = gather(user, prometheus, read_hook(settings.exporter.actuator.hook_dir, user))
+    hook = read_hook(settings.exporter.actuator.hook_dir, user)
+    status = gather(user, prometheus, hook.model_dump(mode="json") if hook else None)
     if args.json:
         print(json.dumps(asdict(status), indent=2))
     elif args.greeting:

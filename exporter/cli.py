@@ -1,8 +1,11 @@
-"""gpuacct-exporter: meter GPU and CPU use per Unix user and job on this node."""
+"""gpuacct-exporter: meter GPU and CPU use per Unix user and job on this node.
+
+  gpuacct-exporter run [--web.listen-address HOST:PORT] [-v]   sample and serve /metrics
+  gpuacct-exporter [--web.listen-address HOST:PORT] [-v]       the same (older units' form)
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from exporter.backends import open_backend
@@ -12,10 +15,10 @@ from exporter.enforcement import start_enforcement
 from exporter.gpu import GpuUnavailable
 from exporter.sampler import Sampler
 from gpuacct.cli_common import (
-    add_config_argument,
-    add_listen_argument,
+    command_or_usage,
     load_or_exit,
     parse_listen_address,
+    service_parser,
     setup_logging,
     stop_on_signals,
 )
@@ -23,11 +26,10 @@ from gpuacct.metrics_http import serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gpuacct-exporter", description=__doc__)
-    add_config_argument(parser)
-    add_listen_argument(parser, "/metrics")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser, _ = service_parser("gpuacct-exporter", __doc__, "sample this node and serve "
+                               "/metrics", "/metrics", bare_runs=True)
     args = parser.parse_args(argv)
+    command_or_usage(parser, args, bare="run")
 
     all_settings = load_or_exit(args.config)
     settings = all_settings.exporter

@@ -6,11 +6,13 @@ The state file is rewritten atomically (temp file, fsync, rename) after every sa
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal, cast
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from typing_extensions import TypedDict  # pydantic needs it for a TypedDict before 3.12
 
 from gpuacct.files import write_atomically
 
@@ -72,43 +74,65 @@ class UsageState:
         for gpu_key in [k for k in self.gpu if k[:2] in gone]:
             del self.gpu[gpu_key]
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "last_sample": self.last_sample,
-            "last_uptime": self.last_uptime,
-            "boot_id": self.boot_id,
-            "gpu": [[*key, c.value, c.created] for key, c in self.gpu.items()],
-            "cpu": [[*key, c.value, c.created] for key, c in self.cpu.items()],
-            "jobs": [[*key, asdict(info)] for key, info in self.jobs.items()],
-            "cursors": [[*key, asdict(cur)] for key, cur in self.cursors.items()],
-        }
+    def to_file(self) -> CounterFile:
+        # Built without validation: this runs every sampling cycle, and the values are ours.
+        return CounterFile.model_construct(
+            version=STATE_VERSION, last_sample=self.last_sample, last_uptime=self.last_uptime,
+            boot_id=self.boot_id,
+            gpu=[(*key, c.value, c.created) for key, c in self.gpu.items()],
+            cpu=[(*key, c.value, c.created) for key, c in self.cpu.items()],
+            jobs=[(*key, cast(JobEntry, asdict(info))) for key, info in self.jobs.items()],
+            cursors=[(*key, cast(CursorEntry, asdict(cur))) for key, cur in self.cursors.items()])
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> UsageState:
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"unknown state version {data.get('version')!r}")
+    def from_file(cls, data: CounterFile) -> UsageState:
         return cls(
-            gpu={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data["gpu"]},
-            cpu={(u, j): Counter(v, c) for u, j, v, c in data["cpu"]},
-            jobs={(u, j): JobInfo(**info) for u, j, info in data["jobs"]},
-            cursors={(pid, start): Cursor(**cur) for pid, start, cur in data["cursors"]},
-            last_sample=float(data["last_sample"]),
-            last_uptime=float(data["last_uptime"]),
-            boot_id=str(data["boot_id"]),
-        )
+            gpu={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data.gpu},
+            cpu={(u, j): Counter(v, c) for u, j, v, c in data.cpu},
+            jobs={(u, j): JobInfo(**info) for u, j, info in data.jobs},
+            cursors={(pid, start): Cursor(**cur) for pid, start, cur in data.cursors},
+            last_sample=data.last_sample, last_uptime=data.last_uptime, boot_id=data.boot_id)
+
+
+class JobEntry(TypedDict):
+    name: str
+    source: str
+    last_seen: float
+
+
+class CursorEntry(TypedDict):
+    cpu_ticks: int
+    child_ticks: int
+    ppid: int
+    user: str
+    job: str
+
+
+class CounterFile(BaseModel):
+    """The state file: compact rows, keys first, so a node with many jobs writes little."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1]
+    last_sample: float
+    last_uptime: float
+    boot_id: str
+    gpu: list[tuple[str, str, str, str, str, float, float]]  # key, value, created
+    cpu: list[tuple[str, str, float, float]]
+    jobs: list[tuple[str, str, JobEntry]]
+    cursors: list[tuple[int, int, CursorEntry]]
 
 
 def load_state(path: Path) -> UsageState | None:
     """The persisted counters, or None (logged) when there are none or they are unreadable."""
     try:
-        return UsageState.from_json(json.loads(path.read_text(encoding="utf-8")))
+        return UsageState.from_file(CounterFile.model_validate_json(path.read_bytes()))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValidationError) as exc:
         log.error("state file %s unusable (%s); starting counters afresh", path, exc)
         return None
 
 
 def save_state(path: Path, state: UsageState) -> None:
-    write_atomically(path, json.dumps(state.to_json(), separators=(",", ":")).encode())
+    write_atomically(path, state.to_file().model_dump_json().encode())

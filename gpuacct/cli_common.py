@@ -21,27 +21,42 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_listen_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        metavar="HOST:PORT",
-        help=f"address to serve {what} on (overrides the config file)",
-    )
+def _run_arguments(parser: argparse.ArgumentParser, serves: str, default: Any) -> None:
+    parser.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                        default=default,
+                        help=f"address to serve {serves} on (overrides the config file)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging")
 
 
-def service_parser(prog: str, doc: str | None, run_help: str,
-                   serves: str) -> tuple[argparse.ArgumentParser, Any]:
-    """A service's parser: --config, and a `run` subcommand with --web.listen-address and -v;
-    returns the parser and its subparsers for the service's other commands."""
+def service_parser(prog: str, doc: str | None, run_help: str, serves: str,
+                   bare_runs: bool = False) -> tuple[argparse.ArgumentParser, Any]:
+    """Every service's command line: `PROG [--config FILE] COMMAND`, with a `run` command
+    taking --web.listen-address and -v. Returns the parser and its subparsers for the
+    service's other commands. `bare_runs`: PROG with no command runs too, its run options
+    before any command (the exporter's form in units written before it had `run`)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_argument(parser)
+    if bare_runs:
+        _run_arguments(parser, serves, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help=run_help)
-    add_listen_argument(run, serves)
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # SUPPRESS: a run option given before the command is not reset by the command's parser.
+    _run_arguments(sub.add_parser("run", help=run_help), serves,
+                   argparse.SUPPRESS if bare_runs else None)
     return parser, sub
+
+
+def command_or_usage(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     bare: str | None = None) -> str:
+    """The command given (or `bare` for none); with neither, the usage and exit status 2."""
+    command: str | None = args.command or bare
+    if command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: say what to do, e.g. `{parser.prog} run` (see --help)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return command
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:

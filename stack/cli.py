@@ -71,7 +71,7 @@ class Stack:
         })
         self._started(enforcer, f"http://{host}:{s.enforcer_port}/docs")
 
-        exporter = self._start_service("exporter", "exporter", [], s.exporter_port, {
+        exporter = self._start_service("exporter", "exporter", ["run"], s.exporter_port, {
             "exporter": {
                 "listen_address": f"{host}:{s.exporter_port}",
                 "state_file": str(d / "exporter" / "state.json"),

@@ -83,7 +83,8 @@ class Story(threading.Thread):
         return False
 
     def _hook(self) -> dict[str, Any]:
-        return read_hook(self.hook_dir, ALICE) or {}
+        hook = read_hook(self.hook_dir, ALICE)
+        return hook.model_dump(mode="json") if hook else {}
 
     # -- the story -------------------------------------------------------------------------------
     def run(self) -> None:

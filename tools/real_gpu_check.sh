@@ -36,7 +36,7 @@ YAML
 
 scrape() { "$PY" -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$PORT/metrics').read().decode())"; }
 
-"$PY" -m exporter --config "$work/gpuacct.yaml" --web.listen-address "127.0.0.1:$PORT" \
+"$PY" -m exporter --config "$work/gpuacct.yaml" run --web.listen-address "127.0.0.1:$PORT" \
     >"$OUT/exporter.log" 2>&1 &
 exporter=$!
 trap 'kill "$exporter" 2>/dev/null || true' EXIT  # also when a step fails

@@ -11,7 +11,13 @@ import sys
 
 import uvicorn
 
-from gpuacct.cli_common import load_or_exit, parse_listen_address, service_parser, setup_logging
+from gpuacct.cli_common import (
+    command_or_usage,
+    load_or_exit,
+    parse_listen_address,
+    service_parser,
+    setup_logging,
+)
 from web.app import create_app
 from web.auth import hash_password
 
@@ -21,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "the page and the API")
     sub.add_parser("hash-password", help="make auth.admin_password_hash from a password")
     args = parser.parse_args(argv)
-    if args.command == "hash-password":
+    command = command_or_usage(parser, args)
+    if command == "hash-password":
         password = (getpass.getpass("password: ") if sys.stdin.isatty()
                     else sys.stdin.readline().rstrip("\n"))
         if len(password) < 8:
@@ -29,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(hash_password(password))
         return 0
-    if args.command != "run":
-        parser.print_help()
-        return 2
     settings = load_or_exit(args.config)
     log = setup_logging("gpuacct-web", args.verbose)
     if not settings.billing.ledger.exists():
