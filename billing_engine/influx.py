@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import urllib.error
 import urllib.parse
-import urllib.request
 from decimal import Decimal
 from typing import Protocol
 
@@ -14,6 +12,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from billing_engine.ledger import UsageLine
 from billing_engine.pricing import MICRO
+from gpuacct import http
 from gpuacct.config import InfluxV1Settings, InfluxV2Settings
 
 MEASUREMENT = "gpuacct_usage"
@@ -89,15 +88,13 @@ class InfluxV1:
         self.timeout = timeout
 
     def write(self, lines: list[str]) -> None:
-        request = urllib.request.Request(self.url, data="\n".join(lines).encode(), method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout):
-                pass
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace").strip()
-            raise InfluxUnavailable(f"InfluxDB refused the write ({exc.code}): {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise InfluxUnavailable(f"InfluxDB unreachable: {exc}") from None
+            http.request("POST", self.url, self.timeout, "\n".join(lines).encode())
+        except http.HttpError as exc:
+            if exc.status is None:
+                raise InfluxUnavailable(f"InfluxDB unreachable: {exc}") from None
+            raise InfluxUnavailable(f"InfluxDB refused the write ({exc.status}): "
+                                    f"{exc.reason}") from None
 
 
 class InfluxV2:

@@ -11,12 +11,12 @@ import json
 import logging
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from enforcer.store import Store
+from gpuacct import http
 from gpuacct.config import EnforcerSettings
 from gpuacct.policy import POLICY_PATH, PushResult
 from gpuacct.signed_http import ExchangeError, exchange
@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 def discover(prometheus_url: str, job: str, timeout: float = 5.0) -> list[str]:
     """Base URLs of the active scrape targets of `job`, from Prometheus' target API."""
     url = f"{prometheus_url.rstrip('/')}/api/v1/targets?state=active"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        targets = json.load(response)["data"]["activeTargets"]
+    targets = json.loads(http.get(url, timeout))["data"]["activeTargets"]
     nodes = set()
     for target in targets:
         if target.get("scrapePool") == job or target.get("labels", {}).get("job") == job:
@@ -122,7 +121,7 @@ class Pusher:
         while not self._stop.is_set():
             try:
                 self._set_nodes(self._discover())
-            except (OSError, ValueError, KeyError) as exc:
+            except (http.HttpError, ValueError, KeyError) as exc:
                 log.warning("cannot list nodes from Prometheus: %s", exc)
             self._stop.wait(self._settings.discovery_interval_seconds)
 

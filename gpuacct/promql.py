@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import urllib.error
 import urllib.parse
-import urllib.request
 from decimal import Decimal
 from typing import NamedTuple
 
 import orjson
+
+from gpuacct import http
 
 
 class PrometheusUnavailable(Exception):
@@ -28,10 +28,8 @@ class Prometheus:
     def instant(self, query: str, at: float) -> list[Sample]:
         params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?{params}",
-                                        timeout=self.timeout) as response:
-                body = orjson.loads(response.read())
-        except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
+            body = orjson.loads(http.get(f"{self.url}/api/v1/query?{params}", self.timeout))
+        except (http.HttpError, orjson.JSONDecodeError) as exc:
             raise PrometheusUnavailable(f"{self.url}: {exc}") from None
         if not isinstance(body, dict) or body.get("status") != "success":
             error = body.get("error", body) if isinstance(body, dict) else body

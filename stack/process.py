@@ -13,10 +13,10 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from gpuacct import http
 
 _PR_SET_PDEATHSIG = 1
 
@@ -81,10 +81,9 @@ class ManagedProcess:
                 code = None if self.popen is None else self.popen.returncode
                 raise ServerError(f"{self.name} exited with status {code}\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.ready_url, timeout=2) as response:
-                    if response.status < 300:
-                        return self
-            except (urllib.error.URLError, OSError):
+                http.get(self.ready_url, timeout=2)
+                return self
+            except http.HttpError:
                 pass
             if time.monotonic() > deadline:
                 raise ServerError(

@@ -7,11 +7,11 @@ Each `start_*` writes the server's config under `workdir`, starts it on loopback
 from __future__ import annotations
 
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import yaml
 
+from gpuacct import http
 from stack.process import ManagedProcess, free_port
 
 HOST = "127.0.0.1"
@@ -110,9 +110,5 @@ def influx_query(url: str, query: str, database: str | None = None, method: str 
     params = {"q": query} | ({"db": database} if database else {})
     encoded = urllib.parse.urlencode(params)
     if method == "POST":
-        request = urllib.request.Request(f"{url}/query", data=encoded.encode(), method="POST")
-    else:
-        request = urllib.request.Request(f"{url}/query?{encoded}")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body: bytes = response.read()
-        return body
+        return http.request("POST", f"{url}/query", 10, encoded.encode()).body
+    return http.get(f"{url}/query?{encoded}", 10)

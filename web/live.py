@@ -5,10 +5,7 @@ a part that cannot be reached is shown as unknown, with why, never as an error p
 from __future__ import annotations
 
 import math
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +14,11 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from gpuacct import http
 from gpuacct.config import Settings
 from gpuacct.policy import NodePolicy, UserPolicy
 from gpuacct.promql import Prometheus, PrometheusUnavailable
+from web.cache import Memo
 
 T = TypeVar("T")
 TIMEOUT_SECONDS = 2.0
@@ -59,19 +58,10 @@ class Live:
         token = settings.auth.webhook_token
         self.token = token.get_secret_value() if token else None
         self.ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, Answer[object]]] = {}
-        self._lock = threading.Lock()
+        self._memo = Memo.ttl(ttl_seconds)
 
     def _cached(self, name: str, fetch: Callable[[], Answer[T]]) -> Answer[T]:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(name)
-        if hit is not None and hit[0] > now:
-            return hit[1]  # type: ignore[return-value]
-        answer = fetch()
-        with self._lock:
-            self._cache[name] = (now + self.ttl, answer)  # type: ignore[assignment]
-        return answer
+        return self._memo.get(name, fetch)
 
     def _query(self, query: str) -> list[tuple[dict[str, str], float]]:
         return [(s.labels, float(s.value)) for s in self.prometheus.instant(query, time.time())]
@@ -108,11 +98,10 @@ class Live:
             return Answer({}, "enforcement unknown: auth.webhook_token is not set (the "
                               "enforcer shows its policy only with it)")
         url = self.enforcer_url.rstrip("/") + "/v1/policy"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-                policy = NodePolicy.model_validate_json(response.read())
-        except (urllib.error.URLError, OSError) as exc:
+            policy = NodePolicy.model_validate_json(http.get(
+                url, TIMEOUT_SECONDS, {"Authorization": f"Bearer {self.token}"}))
+        except http.HttpError as exc:
             return Answer({}, f"enforcement unknown: {url}: {exc}")
         except ValidationError as exc:
             return Answer({}, f"enforcement unknown: {url} answered something else: "

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from billing_engine.ledger import JobUsage, LedgerReader, Transaction
 from gpuacct.config import BillingSettings
 from gpuacct.tiers import Tier, account_tier
+from web.cache import Memo
 
 __all__ = ["AccountRow", "JobUsage", "LedgerView", "Transaction"]
 DAY = 86400
@@ -30,24 +31,22 @@ class LedgerView:
     def __init__(self, reader: LedgerReader, settings: BillingSettings) -> None:
         self.reader = reader
         self.settings = settings
-        self._overview: tuple[tuple[object, ...], list[AccountRow]] | None = None
+        self._memo = Memo.lru(4)
 
     def version(self) -> tuple[object, ...]:
         return self.reader.version()
 
     def overview(self, now: float | None = None) -> list[AccountRow]:
         """Every account; cached until the ledger changes (it changes once a minute)."""
-        version = self.version()
-        cached = self._overview
-        if cached is not None and cached[0] == version and now is None:
-            return cached[1]
-        since = (time.time() if now is None else now) - DAY
-        rows = [AccountRow(user=a.user, balance=a.balance,
+        if now is not None:
+            return self._accounts(now)
+        return self._memo.get(("overview", self.version()), lambda: self._accounts(time.time()))
+
+    def _accounts(self, now: float) -> list[AccountRow]:
+        return [AccountRow(user=a.user, balance=a.balance,
                            tier=account_tier(self.settings, a.user, a.balance),
                            cost_24h=a.cost_since, charged=a.charged, opened_at=a.opened_at)
-                for a in self.reader.accounts(cost_since=since)]
-        self._overview = (version, rows)
-        return rows
+                for a in self.reader.accounts(cost_since=now - DAY)]
 
     def account(self, user: str) -> AccountRow | None:
         return next((a for a in self.overview() if a.user == user), None)

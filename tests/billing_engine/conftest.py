@@ -91,8 +91,18 @@ class Rig:
         """Once usage has stopped: the exporter's totals, when the ledger has reached them."""
         time.sleep(1.0)  # the last samples reach the exporter's counters and Prometheus
         truth = self.exporter_totals()
-        wait_for(lambda: self.ledger_totals() == truth, timeout=timeout,
-                 what=f"the ledger to reach the exporter's totals {truth}")
+        seen: list[Totals] = []
+
+        def reached() -> bool:
+            seen[:] = [self.ledger_totals()]
+            return seen[0] == truth
+        try:
+            wait_for(reached, timeout=timeout, what="the ledger to reach the exporter's totals")
+        except AssertionError as exc:
+            differ = {k: (truth.get(k), seen[0].get(k)) for k in truth.keys() | seen[0].keys()
+                      if truth.get(k) != seen[0].get(k)} if seen else {}
+            raise AssertionError(f"{exc}; (exporter, ledger) where they differ: {differ}"
+                                 ) from None
         return truth
 
     def influx_sums(self) -> dict[str, int]:
