@@ -44,8 +44,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def without_cyclic_gc(method: F) -> F:
     """Pause the cyclic garbage collector for the call. A window allocates some 200,000
     objects, all freed by reference counting; triggered by allocation counts, the collector
-    would walk the whole heap (the cursors included) over and over, for nothing. It measured
-    a fifth of a window's time."""
+    would walk the whole heap (the cursors included) over and over, for nothing (its share
+    of a window is in docs/benchmarks.md)."""
     @functools.wraps(method)
     def paused(*args: Any, **kwargs: Any) -> Any:
         if not gc.isenabled():

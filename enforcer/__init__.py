@@ -1,1 +1,1 @@
-"""gpuacct-enforcer: turns Alertmanager webhooks into per-user node policy (issue 6)."""
+"""gpuacct-enforcer: turns Alertmanager webhooks into per-user node policy."""

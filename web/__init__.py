@@ -1,1 +1,1 @@
-"""gpuacct-web: balances, history, recharge and prices, server-rendered (issue 7)."""
+"""gpuacct-web: balances, history, recharge and prices, server-rendered."""
