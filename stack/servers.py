@@ -17,6 +17,18 @@ from stack.process import ManagedProcess, free_port
 HOST = "127.0.0.1"
 
 
+def _start_configured(name: str, binary: str, workdir: Path, config: dict[str, object],
+                      flags: list[str], host: str, port: int, timeout: float) -> ManagedProcess:
+    """A Prometheus-family server: its YAML config and data in `workdir`, ready at /-/ready."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / f"{name}.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    argv = [binary, f"--config.file={config_file}", f"--web.listen-address={host}:{port}",
+            *flags]
+    proc = ManagedProcess(name, argv, workdir / f"{name}.log", f"http://{host}:{port}/-/ready")
+    return proc.start().wait_ready(timeout)
+
+
 def start_prometheus(
     workdir: Path,
     port: int,
@@ -25,20 +37,8 @@ def start_prometheus(
     host: str = HOST,
     timeout: float = 60.0,
 ) -> ManagedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    argv = [
-        binary,
-        f"--config.file={config_file}",
-        f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address={host}:{port}",
-        "--web.enable-lifecycle",
-    ]
-    proc = ManagedProcess(
-        "prometheus", argv, workdir / "prometheus.log", f"http://{host}:{port}/-/ready"
-    )
-    return proc.start().wait_ready(timeout)
+    return _start_configured("prometheus", binary, workdir, config, [
+        f"--storage.tsdb.path={workdir / 'data'}", "--web.enable-lifecycle"], host, port, timeout)
 
 
 def start_alertmanager(
@@ -49,20 +49,10 @@ def start_alertmanager(
     host: str = HOST,
     timeout: float = 60.0,
 ) -> ManagedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "alertmanager.yml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    argv = [
-        binary,
-        f"--config.file={config_file}",
+    return _start_configured("alertmanager", binary, workdir, config, [
         f"--storage.path={workdir / 'data'}",
-        f"--web.listen-address={host}:{port}",
         "--cluster.listen-address=",  # a single instance: no gossip port to collide on
-    ]
-    proc = ManagedProcess(
-        "alertmanager", argv, workdir / "alertmanager.log", f"http://{host}:{port}/-/ready"
-    )
-    return proc.start().wait_ready(timeout)
+    ], host, port, timeout)
 
 
 def influxdb_config(workdir: Path, port: int, rpc_port: int, host: str = HOST) -> str:
