@@ -8,16 +8,20 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from billing_engine.engine import Engine
-from billing_engine.ledger import LedgerReader, MetricsSnapshot, SqliteLedgerReader
+from billing_engine.ledger import (
+    LedgerReader,
+    LedgerUnavailable,
+    MetricsSnapshot,
+    SchemaError,
+    SqliteLedgerReader,
+)
 from gpuacct.config import BillingSettings
-from gpuacct.sqlite import SchemaError
 from gpuacct.tiers import thresholds
 
 
@@ -31,7 +35,7 @@ class BillingCollector(Collector):
     def _read(self) -> MetricsSnapshot | None:
         try:
             return self.ledger.metrics_snapshot()
-        except (sqlite3.Error, SchemaError):
+        except (LedgerUnavailable, SchemaError):
             return None
 
     def collect(self) -> Iterator[Metric]:

@@ -7,15 +7,12 @@ Alertmanager does not retry) and a message naming the alert and the label.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gpuacct.policy import ACTIONS, Reason
-
-USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")
+from gpuacct.policy import ACTIONS, USER_NAME, Reason
 
 
 class Alert(BaseModel):

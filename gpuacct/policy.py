@@ -7,10 +7,17 @@ blocks, the lowest CPU quota of any throttle, kill if any alert kills. Kill impl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# A Unix login name as gpuacct accepts one in a label, a path or a form (POSIX's portable
+# characters, plus the `@` and `.` of directory-service names), at most 64 characters.
+USER_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$"
+USER_NAME = re.compile(USER_NAME_PATTERN)
+UserName = Annotated[str, Field(pattern=USER_NAME_PATTERN)]
 
 POLICY_PATH = "/v1/policy"  # on the node: the enforcer PUTs the policy here
 SYNC_PATH = "/v1/sync"  # on the enforcer: a node POSTs its reports, gets the policy back

@@ -20,7 +20,6 @@ from web.queries import Transaction
 from web.status import AccountStatus
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
-UserName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
 
 
 class Transactions(BaseModel):

@@ -13,6 +13,7 @@ from billing_engine.ledger.records import (
     Kind,
     LeaseLost,
     LedgerError,
+    LedgerUnavailable,
     MetricsSnapshot,
     Posting,
     Transaction,
@@ -25,9 +26,9 @@ from gpuacct.sqlite import SchemaError
 
 __all__ = [
     "SCHEMA_VERSION", "Account", "DailyCost", "Export", "JobUsage", "Kind", "LeaseLost",
-    "Ledger", "LedgerError", "LedgerReader", "LedgerWriter", "MetricsSnapshot", "Posting",
-    "SchemaError", "SqliteLedgerReader", "Transaction", "UsageLine", "WindowBill", "iso",
-    "open_reader",
+    "Ledger", "LedgerError", "LedgerReader", "LedgerUnavailable", "LedgerWriter",
+    "MetricsSnapshot", "Posting", "SchemaError", "SqliteLedgerReader", "Transaction",
+    "UsageLine", "WindowBill", "iso", "open_reader",
 ]
 
 

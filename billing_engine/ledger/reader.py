@@ -19,6 +19,7 @@ from billing_engine.ledger.records import (
     Account,
     DailyCost,
     JobUsage,
+    LedgerUnavailable,
     MetricsSnapshot,
     Transaction,
     UsageLine,
@@ -159,6 +160,13 @@ class SqliteLedgerReader:
                 for r in found)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
+        """LedgerUnavailable (or SchemaError) when the ledger cannot be read now."""
+        try:
+            return self._metrics_snapshot()
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"ledger {self.path}: {exc}") from None
+
+    def _metrics_snapshot(self) -> MetricsSnapshot:
         db = self._db()
         with sqlite.read_transaction(db):  # one consistent view of the numbers
             accounts = [(user, Decimal(balance), Decimal(charged)) for user, balance, charged

@@ -16,6 +16,10 @@ class LedgerError(Exception):
     """A change the ledger refuses (unknown user, a key already used); nothing was written."""
 
 
+class LedgerUnavailable(LedgerError):
+    """The ledger could not be read (missing, locked, damaged): try again later."""
+
+
 class LeaseLost(LedgerError):
     """Another engine holds the billing lease now; this one stops billing."""
 

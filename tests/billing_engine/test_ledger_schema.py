@@ -19,6 +19,8 @@ from billing_engine.ledger import (
     UsageLine,
     open_reader,
 )
+from billing_engine.metrics import build_registry
+from gpuacct.config import BillingSettings
 from tests.fixtures.ledger import sql
 
 # Made by the ledger code of commit 9a45de9 (schema without a version): two accounts opened
@@ -97,3 +99,17 @@ def test_a_ledger_of_a_newer_schema_is_refused(old_ledger: Path) -> None:
 def test_no_reader_for_a_missing_ledger(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="no ledger at"):
         open_reader(tmp_path / "nothing.sqlite3")
+
+
+def test_billing_metrics_say_when_the_ledger_cannot_be_read(old_ledger: Path,
+                                                            tmp_path: Path) -> None:
+    missing = build_registry(BillingSettings(ledger=tmp_path / "nothing.sqlite3"), None)
+    assert missing.get_sample_value("gpuacct_billing_ledger_up") == 0
+    assert missing.get_sample_value("gpuacct_account_balance", {"user": "alice"}) is None
+    unmigrated = build_registry(BillingSettings(ledger=old_ledger), None)
+    assert unmigrated.get_sample_value("gpuacct_billing_ledger_up") == 0
+    Ledger(old_ledger).close()
+    assert unmigrated.get_sample_value("gpuacct_billing_ledger_up") == 1
+    assert unmigrated.get_sample_value("gpuacct_account_balance",
+                                       {"user": "alice"}) == 145.749997
+    assert unmigrated.get_sample_value("gpuacct_billing_outbox_backlog") == 2
