@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian bookworm machine, run as root:
 #   ./run.sh stack [gpuacct-stack options]   install everything, then run the whole stack
-#   ./run.sh test  [pytest options]          install everything, then lint, type-check and test
+#   ./run.sh test  [pytest options]          install everything, then lint, type-check, check the
+#                                            import contract and test
 set -euo pipefail
 cd "$(dirname "$0")"
 
