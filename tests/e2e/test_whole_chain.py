@@ -45,7 +45,9 @@ FACTOR = 60  # rules and Alertmanager: 10m -> 10s, 5m -> 5s, group_wait 5s -> 83
 EVALUATION = 1  # seconds between Prometheus' rule evaluations (and scrapes)
 OPENING = Decimal(30)
 THRESHOLDS = {"warning": Decimal(20), "limited": Decimal(10), "exhausted": Decimal(0)}
-PRICE = {A100: Decimal(60), RTX3090: Decimal("0.60")}  # per GPU-minute: alice 1 a second
+# Per GPU-minute: alice pays 1 a second; bob's 30 last him days, so not even the forecast
+# alert (balance gone within the hour) may touch him.
+PRICE = {A100: Decimal(60), RTX3090: Decimal("0.06")}
 CPU_PRICE = Decimal("0.01")
 PASSWORD = "e2e-admin-password"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
