@@ -5,6 +5,7 @@
 - `POST /v1/sync`: a node's signed pull; it reports its actions and gets the signed policy.
 - `GET /v1/policy`, `GET /v1/audit`: the desired state and the audit log (bearer token).
 - `GET /metrics` (open, like every exporter), `GET /-/healthy`.
+- The allocator's routes (enforcer.allocation_api), when it runs here.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from enforcer.allocation_api import add_allocation_routes
+from enforcer.desired import Desired
 from enforcer.nodes import Pusher
 from enforcer.payload import Notification
-from enforcer.store import Store
 from gpuacct.config import describe_error
 from gpuacct.policy import SYNC_PATH, SyncRequest
 from gpuacct.signing import SignatureError, Verifier, sign
@@ -39,8 +41,9 @@ def _problems(exc: RequestValidationError | ValidationError) -> str:
     return "; ".join(lines)
 
 
-def create_app(store: Store, pusher: Pusher, webhook_token: str, node_key: bytes,
+def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: bytes,
                verifier: Verifier, registry: CollectorRegistry) -> FastAPI:
+    store = desired.store
     app = FastAPI(title="gpuacct-enforcer", version="1",
                   description="Alertmanager's webhook in, the enforcement policy out to nodes.")
     received = Counter("gpuacct_enforcer_alerts_received", "Alerts in webhook deliveries.",
@@ -49,7 +52,7 @@ def create_app(store: Store, pusher: Pusher, webhook_token: str, node_key: bytes
         received.labels(outcome)
     version = Gauge("gpuacct_enforcer_policy_version", "Version of the desired policy.",
                     registry=registry)
-    version.set_function(lambda: store.policy.version)
+    version.set_function(lambda: desired.current().version)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,17 +91,22 @@ def create_app(store: Store, pusher: Pusher, webhook_token: str, node_key: bytes
         except ValidationError as exc:
             raise HTTPException(400, f"bad sync request: {_problems(exc)}") from None
         store.record_actions(report.node, report.actions)
-        answer = store.dump_policy()
+        if desired.allocator is not None and report.gpus is not None:
+            desired.allocator.report_gpus(report.node, report.gpus)
+        answer = desired.dump()
         return Response(answer, media_type="application/json",
                         headers=sign(node_key, "RESPONSE", SYNC_PATH, answer))
 
     @app.get("/v1/policy", dependencies=authorized)
     def policy() -> Response:
-        return Response(store.dump_policy(), media_type="application/json")
+        return Response(desired.dump(), media_type="application/json")
 
     @app.get("/v1/audit", dependencies=authorized)
     def audit(user: str | None = None, limit: int = 1000) -> list[dict[str, object]]:
         return [vars(e) for e in store.audit(user, max(1, min(limit, 100_000)))]
+
+    if desired.allocator is not None:
+        add_allocation_routes(app, desired.allocator, verifier, node_key, authorized)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import threading
 import time
 
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from allocator.service import Allocator
+from allocator.store import AllocationStore
 from enforcer.app import create_app
+from enforcer.desired import Desired
 from enforcer.nodes import Pusher
 from enforcer.store import Store
 from gpuacct.cli_common import (
@@ -55,20 +60,49 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     log = setup_logging("gpuacct-enforcer", verbose)
     host, port = parse_listen_address(listen or settings.enforcer.listen_address)
     store = Store(settings.enforcer.database)
+    database = (settings.allocator.database
+                or settings.enforcer.database.with_name("allocator.sqlite3"))
+    allocator = Allocator(AllocationStore(database), settings.allocator,
+                          restriction=lambda user: _restriction(store, user))
+    desired = Desired(store, allocator)
     verifier = Verifier(key, settings.auth.max_clock_skew_seconds)
     registry = CollectorRegistry(auto_describe=False)
-    pusher = Pusher(store, key, verifier, settings.enforcer, registry)
-    app = create_app(store, pusher, token, key, verifier, registry)
+    pusher = Pusher(desired, key, verifier, settings.enforcer, registry)
+    allocator.on_change = pusher.policy_changed
+    app = create_app(desired, pusher, token, key, verifier, registry)
     pusher.start()
+    stop = threading.Event()
+    threading.Thread(target=_tick, args=(allocator, settings.allocator.check_interval_seconds,
+                                         stop), name="allocator", daemon=True).start()
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
              store.policy.version, settings.enforcer.database)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     server.run()
+    stop.set()
     pusher.stop()
     store.close()
+    allocator.store.close()
     log.info("stopped")
     return 0 if server.started else 1
+
+
+def _restriction(store: Store, user: str) -> str | None:
+    """Why a user may not be given GPUs now: their account is blocked by an alert."""
+    policy = store.policy.users.get(user)
+    if policy is None or not policy.block:
+        return None
+    alerts = [r.summary or r.alert for r in policy.reasons if r.action in ("block", "kill")]
+    return f"new GPU work is blocked ({'; '.join(alerts)})"
+
+
+def _tick(allocator: Allocator, interval: float, stop: threading.Event) -> None:
+    log = logging.getLogger("allocator")
+    while not stop.wait(interval):
+        try:
+            allocator.tick()
+        except Exception:  # a failed tick is retried at the next; the service goes on
+            log.exception("allocator tick failed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from enforcer.store import Store
+from enforcer.desired import Desired
 from gpuacct import http
 from gpuacct.config import EnforcerSettings
 from gpuacct.policy import POLICY_PATH, PushResult
@@ -50,13 +50,13 @@ class PushMetrics:
 
 
 class NodeWorker:
-    def __init__(self, url: str, store: Store, key: bytes, verifier: Verifier,
+    def __init__(self, url: str, desired: Desired, key: bytes, verifier: Verifier,
                  settings: EnforcerSettings, metrics: PushMetrics) -> None:
         self.url = url
         self.acked = -1
         self.wake = threading.Event()
         self.stop = threading.Event()
-        self._store, self._key, self._verifier = store, key, verifier
+        self._desired, self._key, self._verifier = desired, key, verifier
         self._settings, self._metrics = settings, metrics
         self._thread = threading.Thread(target=self._run, name=f"push {url}", daemon=True)
         for m in (metrics.failures, metrics.reachable, metrics.acked):
@@ -69,7 +69,7 @@ class NodeWorker:
         backoff = 0.5
         while not self.stop.is_set():
             self.wake.clear()
-            policy = self._store.policy
+            policy = self._desired.current()
             if self.acked >= policy.version:
                 self.wake.wait(60.0)
                 continue
@@ -91,7 +91,7 @@ class NodeWorker:
             result = PushResult.model_validate_json(answer)
         except ValueError as exc:
             raise ExchangeError(f"{self.url}: unreadable answer: {exc}") from None
-        self._store.record_actions(result.node, result.actions)
+        self._desired.store.record_actions(result.node, result.actions)
         self.acked = result.version
         self._metrics.reachable.labels(self.url).set(1)
         self._metrics.acked.labels(self.url).set(result.version)
@@ -100,10 +100,11 @@ class NodeWorker:
 class Pusher:
     """A worker per node; the node list is fixed by config or refreshed from Prometheus."""
 
-    def __init__(self, store: Store, key: bytes, verifier: Verifier, settings: EnforcerSettings,
-                 registry: CollectorRegistry,
+    def __init__(self, desired: Desired, key: bytes, verifier: Verifier,
+                 settings: EnforcerSettings, registry: CollectorRegistry,
                  discover_nodes: Callable[[], list[str]] | None = None) -> None:
-        self._store, self._key, self._verifier, self._settings = store, key, verifier, settings
+        self._desired, self._key, self._verifier = desired, key, verifier
+        self._settings = settings
         self._metrics = PushMetrics(registry)
         self._discover = discover_nodes or (lambda: discover(settings.prometheus_url,
                                                              settings.exporter_job))
@@ -132,7 +133,7 @@ class Pusher:
                 self.workers.pop(url).stop.set()
             for url in set(urls) - self.workers.keys():
                 log.info("node %s", url)
-                worker = NodeWorker(url, self._store, self._key, self._verifier,
+                worker = NodeWorker(url, self._desired, self._key, self._verifier,
                                     self._settings, self._metrics)
                 self.workers[url] = worker
                 worker.start()

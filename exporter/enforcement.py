@@ -13,9 +13,10 @@ from exporter.policy_sync import PolicyEndpoint, Puller
 from exporter.sampler import Snapshot
 from exporter.signals import Signaller
 from exporter.throttle import detect
+from exporter.user_socket import Forwarder, UserSocketServer
 from gpuacct.config import Settings
 from gpuacct.metrics_http import WsgiApp
-from gpuacct.policy import POLICY_PATH
+from gpuacct.policy import POLICY_PATH, NodeGpu
 from gpuacct.signing import Verifier
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,21 @@ class Enforcement:
     actuator: Actuator
     routes: dict[str, WsgiApp]
     puller: Puller | None
+    user_socket: UserSocketServer | None = None
 
     def start(self, stop: threading.Event) -> None:
         if self.puller:
             self.puller.start(stop)
+        if self.user_socket:
+            self.user_socket.start(stop)
+
+
+def node_gpus(snapshot: Snapshot) -> tuple[NodeGpu, ...] | None:
+    """The GPUs this node can give out (None until the first reading)."""
+    if snapshot.gpus is None:
+        return None
+    return tuple(NodeGpu(index=d.index, model=d.model) for d in snapshot.gpus.devices
+                 if not d.lost)
 
 
 def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enforcement | None:
@@ -49,12 +61,21 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
                           actuator_settings.dry_run)
     node = actuator_settings.node_name or socket.gethostname()
     actuator = Actuator(actuator_settings, node, signaller, limiter, latest)
-    puller = None
-    if actuator_settings.enforcer_url:
-        puller = Puller(actuator, actuator_settings.enforcer_url, key, verifier,
-                        actuator_settings.pull_interval_seconds)
+    puller = user_socket = None
+    url = actuator_settings.enforcer_url
+    if url:
+        puller = Puller(actuator, url, key, verifier, actuator_settings.pull_interval_seconds,
+                        gpus=lambda: node_gpus(latest()))
+        if actuator_settings.user_socket is not None:
+            forwarder = Forwarder(node, url, key, verifier, lambda: node_gpus(latest()))
+            try:
+                user_socket = UserSocketServer(actuator_settings.user_socket, forwarder)
+            except OSError as exc:
+                log.warning("no gpuacct user commands here: cannot listen on %s: %s",
+                            actuator_settings.user_socket, exc.strerror)
     log.info("enforcement on as node %s: CPU limiter %s%s, policy %s", node,
              limiter.name if limiter else "none", ", DRY RUN" if actuator_settings.dry_run
              else "", f"pulled from {actuator_settings.enforcer_url}" if puller
              else "pushed only")
-    return Enforcement(actuator, {POLICY_PATH: PolicyEndpoint(actuator, key, verifier)}, puller)
+    return Enforcement(actuator, {POLICY_PATH: PolicyEndpoint(actuator, key, verifier)}, puller,
+                       user_socket)

@@ -8,14 +8,21 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
 
 from exporter.enforce.actuator import Actuator
 from gpuacct.metrics_http import StartResponse
-from gpuacct.policy import POLICY_PATH, SYNC_PATH, NodePolicy, PushResult, SyncRequest
+from gpuacct.policy import (
+    POLICY_PATH,
+    SYNC_PATH,
+    NodeGpu,
+    NodePolicy,
+    PushResult,
+    SyncRequest,
+)
 from gpuacct.signed_http import ExchangeError, exchange
 from gpuacct.signing import SignatureError, Verifier, sign
 
@@ -69,14 +76,16 @@ class Puller:
     """Pulls the policy (and delivers the reports) until stopped."""
 
     def __init__(self, actuator: Actuator, enforcer_url: str, key: bytes, verifier: Verifier,
-                 interval: float, timeout: float = 10.0) -> None:
+                 interval: float, timeout: float = 10.0,
+                 gpus: Callable[[], tuple[NodeGpu, ...] | None] = lambda: None) -> None:
         self.actuator, self.url, self.key, self.verifier = actuator, enforcer_url, key, verifier
-        self.interval, self.timeout = interval, timeout
+        self.interval, self.timeout, self.gpus = interval, timeout, gpus
 
     def sync(self) -> bool:
         reports = self.actuator.take_reports()
         request = SyncRequest(node=self.actuator.node,
-                              version=max(self.actuator.state.version, 0), actions=tuple(reports))
+                              version=max(self.actuator.state.version, 0), actions=tuple(reports),
+                              gpus=self.gpus())
         try:
             answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
                               self.key, self.verifier, self.timeout)

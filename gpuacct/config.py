@@ -90,6 +90,8 @@ class ActuatorSettings(Section):
     cpu_limiter: Annotated[Literal["auto", "systemd", "cgroup2", "cgroup1", "off"], OFF] = "auto"
     cgroup_root: Path = Path("/sys/fs/cgroup")
     hook_dir: Path = Path("/run/gpuacct/users")  # one file per user for the login hook
+    # Where users' `gpuacct` commands reach this daemon (who asks is read from the socket).
+    user_socket: Path | None = Path("/run/gpuacct/user.sock")
     state_file: Path = Path("/var/lib/gpuacct/actuator-state.json")
 
 
@@ -224,6 +226,33 @@ class EnforcerSettings(Section):
     max_backoff_seconds: PositiveFloat = 30.0
 
 
+class AllocationLimits(Section):
+    max_gpus: Annotated[int, Field(ge=1)] | None = None  # held and queued at once
+    max_seconds: PositiveFloat | None = None  # the longest reservation
+
+
+class AllocatorSettings(Section):
+    """GPU reservations and their queue, kept and served by gpuacct-enforcer."""
+
+    database: Path | None = None  # default: allocator.sqlite3 beside enforcer.database
+    # open: reservations are optional, an unreserved GPU is first come, first served.
+    # strict: a GPU process needs a reservation of its user on that GPU.
+    mode: Literal["open", "strict"] = "open"
+    grace_seconds: NonNegativeFloat = 60.0  # told, then stopped: someone else's reserved GPU
+    max_gpus: Annotated[int, Field(ge=1)] = 8  # per user, held and queued at once
+    max_seconds: PositiveFloat = 7 * 86400.0  # the longest reservation
+    user_limits: dict[str, AllocationLimits] = {}
+    expiry_notice_seconds: NonNegativeFloat = 600.0  # the holder is told this long before
+    # Released when no process of the holder used it for this long (told at half); 0: never.
+    idle_release_seconds: NonNegativeFloat = 1800.0
+    check_interval_seconds: PositiveFloat = 5.0  # expiries and idle releases are looked at
+
+    def limits(self, user: str) -> tuple[int, float]:
+        own = self.user_limits.get(user, AllocationLimits())
+        return (own.max_gpus or self.max_gpus,
+                own.max_seconds if own.max_seconds is not None else self.max_seconds)
+
+
 class WebSettings(Section):
     """gpuacct-web: reads the billing ledger (billing.ledger), posts recharges into it."""
 
@@ -268,6 +297,7 @@ class Settings(Section):
     billing: BillingSettings = BillingSettings()
     influxdb: InfluxSettings = InfluxV1Settings()
     enforcer: EnforcerSettings = EnforcerSettings()
+    allocator: AllocatorSettings = AllocatorSettings()
     web: WebSettings = WebSettings()
     client: ClientSettings = ClientSettings()
     auth: AuthSettings = AuthSettings()

@@ -50,11 +50,40 @@ class UserPolicy(Model):
     reasons: tuple[Reason, ...] = ()
 
 
+class ReservedGpu(Model):
+    """A GPU of a node reserved for `user` by reservation `id` until `ends`."""
+
+    gpu: int = Field(ge=0)
+    user: UserName
+    id: int
+    ends: float
+
+
+class Notice(Model):
+    """Something a user is told on their terminals, once, on each of `nodes`."""
+
+    id: int
+    user: UserName
+    nodes: tuple[str, ...]
+    text: str
+
+
+class Reservations(Model):
+    """The allocator's part of the desired state: what is reserved, per node name, and what
+    users are to be told about their reservations."""
+
+    mode: Literal["open", "strict"] = "open"
+    grace_seconds: float = Field(default=60.0, ge=0)
+    nodes: dict[str, tuple[ReservedGpu, ...]] = {}
+    notices: tuple[Notice, ...] = ()
+
+
 class NodePolicy(Model):
     """The full desired state; a higher version replaces a lower one whole."""
 
     version: int = Field(default=0, ge=0)
     users: dict[str, UserPolicy] = {}
+    reservations: Reservations = Reservations()
 
 
 class NodeAction(Model):
@@ -69,12 +98,19 @@ class NodeAction(Model):
     alert: str = ""
 
 
+class NodeGpu(Model):
+    index: int = Field(ge=0)
+    model: str
+
+
 class SyncRequest(Model):
-    """A node asks for the policy and reports what it did since it last reported."""
+    """A node asks for the policy, reports what it did since it last reported and which GPUs
+    it has (None: not known yet, keep what it said before)."""
 
     node: str
     version: int = Field(ge=0)
     actions: tuple[NodeAction, ...] = ()
+    gpus: tuple[NodeGpu, ...] | None = None
 
 
 class PushResult(Model):

@@ -8,7 +8,12 @@ from gpuacct.signing import SignatureError, Verifier, sign
 
 
 class ExchangeError(Exception):
-    """The peer could not be reached, refused the request, or answered unsigned."""
+    """The peer could not be reached (`status` None), refused the request (`status` and its
+    `detail`), or answered unsigned."""
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status, self.detail = status, detail
 
 
 def exchange(base_url: str, method: str, path: str, body: bytes, key: bytes,
@@ -17,7 +22,7 @@ def exchange(base_url: str, method: str, path: str, body: bytes, key: bytes,
     try:
         response = http.request(method, base_url.rstrip("/") + path, timeout, body, headers)
     except http.HttpError as exc:
-        raise ExchangeError(f"{base_url}{path}: {exc}") from None
+        raise ExchangeError(f"{base_url}{path}: {exc}", exc.status, exc.reason) from None
     answer = response.body
     try:
         verifier.verify("RESPONSE", path, response.headers, answer)

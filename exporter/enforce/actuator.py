@@ -64,7 +64,7 @@ class Actuator:
 
     def _node(self) -> Node:
         return Node(now=self._clock(), dry_run=self.settings.dry_run,
-                    kill_grace_seconds=self.settings.kill_grace_seconds,
+                    kill_grace_seconds=self.settings.kill_grace_seconds, name=self.node,
                     limiter=self.limiter.name if self.limiter else None,
                     uid_of=self._uid_of, refusal=self.signaller.refusal)
 

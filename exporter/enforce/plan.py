@@ -12,10 +12,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from exporter.enforce.state import ActuatorState, Applied, ProcKey, Stopping
+from exporter.enforce.state import ActuatorState, Applied, Intruder, ProcKey, Stopping
 from exporter.procs import ProcSample
 from exporter.sampler import Snapshot
-from gpuacct.policy import NodePolicy, Result, UserPolicy
+from gpuacct.policy import NodePolicy, Reservations, Result, UserPolicy
+from gpuacct.wording import duration
+
+RESERVATION = "reservation"  # the alert name in reports about reserved GPUs
 
 UNLIMITED = UserPolicy()
 
@@ -97,6 +100,7 @@ class Node:
     now: float
     dry_run: bool
     kill_grace_seconds: float
+    name: str  # this node's, as reservations name it
     limiter: str | None  # the CPU limiter's name; None: this node has none
     uid_of: Callable[[str], int | None]  # the passwd database
     refusal: Callable[[int], str | None]  # why a uid is never touched (root, protected...)
@@ -116,8 +120,24 @@ def plan_policy(state: ActuatorState, policy: NodePolicy, snapshot: Snapshot,
     plan = Plan(state.model_copy(deep=True))
     for user in sorted(state.users.keys() | policy.users.keys()):
         _plan_user(plan, user, policy.users.get(user, UNLIMITED), snapshot, node)
+    _plan_reservations(plan, policy.reservations, node)
     plan.state.version = policy.version
     return plan
+
+
+def _plan_reservations(plan: Plan, reservations: Reservations, node: Node) -> None:
+    """Keep this node's reservations and tell users the notices meant for this node, once."""
+    state = plan.state
+    state.mode, state.reservation_grace = reservations.mode, reservations.grace_seconds
+    state.reserved = reservations.nodes.get(node.name, ())
+    told = set(state.told)
+    for notice in reservations.notices:
+        if node.name in notice.nodes and notice.id not in told:
+            uid = node.uid_of(notice.user)
+            if uid is not None:
+                plan.steps.append(Notify(notice.user, uid, notice.text, RESERVATION))
+            told.add(notice.id)
+    state.told = sorted(told & {n.id for n in reservations.notices})
 
 
 def plan_cycle(state: ActuatorState, snapshot: Snapshot, node: Node) -> Plan:
@@ -140,7 +160,47 @@ def plan_cycle(state: ActuatorState, snapshot: Snapshot, node: Node) -> Plan:
             plan.steps.append(Limit(user, applied.uid, applied.quota, tuple(p.pid for p in mine),
                                     frozenset(p.key for p in mine), applied.quota,
                                     relimit=True))
+    _plan_intruders(plan, snapshot, node)
     return plan
+
+
+def _plan_intruders(plan: Plan, snapshot: Snapshot, node: Node) -> None:
+    """A process on a GPU reserved for someone else, or in strict mode on a GPU its user has
+    not reserved, is told why, then stopped once the grace is over."""
+    state = plan.state
+    holders = {r.gpu: r for r in state.reserved}
+    by_pid = {p.pid: p for p in snapshot.procs}
+    children: dict[int, list[ProcSample]] = defaultdict(list)
+    for p in snapshot.procs:
+        children[p.ppid].append(p)
+    stopping = {(s.target[0], s.target[1]) for s in state.stopping}
+    seen: dict[str, Intruder] = {}
+    for holder in snapshot.holders:
+        gpu = int(holder.unit.label.split("/")[0])
+        owner = holders.get(gpu)
+        if (owner.user if owner else None) == holder.user or (
+                owner is None and state.mode != "strict"):
+            continue
+        proc = by_pid.get(holder.pid)
+        uid = node.uid_of(holder.user) if proc else None
+        if proc is None or uid is None or node.refusal(uid) or proc.key in stopping:
+            continue
+        key = f"{proc.pid}:{proc.start_ticks}"
+        intruder = state.intruders.get(key) or Intruder(user=holder.user, gpu=gpu,
+                                                        since=node.now)
+        seen[key] = intruder
+        why = (f"GPU {gpu} on {node.name} is reserved by {owner.user} for "
+               f"{duration(max(owner.ends - node.now, 0))} more" if owner else
+               f"GPU {gpu} on {node.name} needs a reservation (gpuacct reserve)")
+        if key not in state.intruders:
+            plan.steps.append(Notify(holder.user, uid, f"{why}: your process {proc.pid} "
+                                     f"({proc.identity.name}) is stopped in "
+                                     f"{state.reservation_grace:g} s", RESERVATION))
+        elif node.now - intruder.since >= state.reservation_grace:
+            plan.steps.append(Stop(holder.user, tuple(_tree(proc, children)), RESERVATION,
+                                   why, node.now + node.kill_grace_seconds, track=True))
+            del seen[key]
+    state.intruders = seen
 
 
 def plan_grace(state: ActuatorState, now: float) -> Plan:

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from gpuacct.files import write_atomically
-from gpuacct.policy import UserPolicy
+from gpuacct.policy import ReservedGpu, UserPolicy
 
 log = logging.getLogger(__name__)
 ProcKey = tuple[int, int]  # (pid, start ticks): one process, never a later one with its pid
@@ -35,10 +35,25 @@ class Stopping(BaseModel):
     alert: str
 
 
+class Intruder(BaseModel):
+    """A process on a GPU reserved for someone else (or, strict, not for its user): told at
+    `since`, stopped when the grace is over."""
+
+    user: str
+    gpu: int
+    since: float
+
+
 class ActuatorState(BaseModel):
     version: int = -1
     users: dict[str, Applied] = {}
     stopping: list[Stopping] = []
+    # This node's part of the reservations: what is reserved, and how strictly.
+    mode: str = "open"
+    reservation_grace: float = 60.0
+    reserved: tuple[ReservedGpu, ...] = ()
+    intruders: dict[str, Intruder] = {}  # by "pid:start ticks"
+    told: list[int] = []  # the notices already told (their ids)
 
 
 class StateFile:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from exporter.accounting import GpuHolder
 from exporter.enforce.plan import (
+    RESERVATION,
     Kill,
     Limit,
     Node,
@@ -29,7 +30,7 @@ from exporter.enforce.state import ActuatorState, Applied, Stopping
 from exporter.gpu import GpuUnit
 from exporter.procs import ProcIdentity, ProcSample
 from exporter.sampler import Snapshot
-from gpuacct.policy import NodePolicy, Reason, UserPolicy
+from gpuacct.policy import NodePolicy, Notice, Reason, Reservations, ReservedGpu, UserPolicy
 
 NAMES = {0: "root", 999: "postgres", 1000: "ann", 1001: "ben", 1002: "cat"}
 UIDS = {name: uid for uid, name in NAMES.items()}
@@ -49,8 +50,8 @@ def refusal(protected: frozenset[str] = frozenset()) -> Callable[[int], str | No
 
 def node(now: float = NOW, dry_run: bool = False, limiter: str | None = "cgroup1",
          protected: frozenset[str] = frozenset(), grace: float = 30.0) -> Node:
-    return Node(now=now, dry_run=dry_run, kill_grace_seconds=grace, limiter=limiter,
-                uid_of=UIDS.get, refusal=refusal(protected))
+    return Node(now=now, dry_run=dry_run, kill_grace_seconds=grace, name="gpu01",
+                limiter=limiter, uid_of=UIDS.get, refusal=refusal(protected))
 
 
 def proc(pid: int, uid: int, ppid: int = 1) -> ProcSample:
@@ -67,8 +68,18 @@ def snapshot(procs: list[ProcSample], on_gpu: tuple[int, ...] = ()) -> Snapshot:
     return Snapshot(procs=tuple(procs), holders=holders)
 
 
-def policy(version: int = 1, **users: UserPolicy) -> NodePolicy:
-    return NodePolicy(version=version, users=users)
+def policy(version: int = 1, reservations: Reservations | None = None,
+           **users: UserPolicy) -> NodePolicy:
+    return NodePolicy(version=version, users=users,
+                      reservations=reservations or Reservations())
+
+
+def reserved(user: str | None, mode: str = "open", grace: float = 60.0,
+             node_name: str = "gpu01") -> Reservations:
+    """GPU 0 of `node_name` reserved for `user` for an hour (None: not reserved)."""
+    gpus = (ReservedGpu(gpu=0, user=user, id=7, ends=NOW + 3600),) if user else ()
+    return Reservations(mode=mode, grace_seconds=grace,  # type: ignore[arg-type]
+                        nodes={node_name: gpus})
 
 
 def applied(plan: Plan | None, user: str) -> Applied:
@@ -207,6 +218,61 @@ def test_the_hook_says_what_is_in_force_and_whether_it_is_a_dry_run() -> None:
     assert cleared is not None and cleared.steps[-1] == RemoveHook("ann")
 
 
+# -- reservations ---------------------------------------------------------------------------
+def test_a_process_on_a_gpu_reserved_for_another_is_told_then_stopped_after_the_grace() -> None:
+    # ann's p10 holds GPU 0 (and has a child, p11); GPU 0 is reserved for ben.
+    plan = plan_policy(ActuatorState(), policy(reservations=reserved("ben")), ANN_TRAINS,
+                       node())
+    assert plan is not None and plan.steps == []
+    told = plan_cycle(plan.state, ANN_TRAINS, node())
+    [notice] = told.steps
+    assert isinstance(notice, Notify) and notice.user == "ann" and notice.alert == RESERVATION
+    assert "reserved by ben" in notice.text and "stopped in 60 s" in notice.text
+    assert kinds(plan_cycle(told.state, ANN_TRAINS, node(now=NOW + 59))) == []
+    stop = plan_cycle(told.state, ANN_TRAINS, node(now=NOW + 60))
+    [step] = stop.steps
+    assert isinstance(step, Stop) and step.alert == RESERVATION and step.track
+    assert sorted(p.pid for p in step.targets) == [10, 11]
+
+
+@pytest.mark.parametrize(("holder", "mode", "stopped"), [
+    ("ann", "open", False), ("ann", "strict", False),  # her own reservation
+    (None, "open", False), (None, "strict", True),  # unreserved: first come, or not at all
+    ("ben", "open", True)])
+def test_open_and_strict_modes(holder: str | None, mode: str, stopped: bool) -> None:
+    plan = plan_policy(ActuatorState(), policy(reservations=reserved(holder, mode, grace=0)),
+                       ANN_TRAINS, node())
+    assert plan is not None
+    first = plan_cycle(plan.state, ANN_TRAINS, node())
+    second = plan_cycle(first.state, ANN_TRAINS, node())
+    assert any(isinstance(s, Stop) for s in second.steps) == stopped
+
+
+def test_another_nodes_reservations_and_protected_users_are_left_alone() -> None:
+    elsewhere = plan_policy(ActuatorState(), policy(reservations=reserved("ben", "strict",
+                                                                          node_name="gpu02")),
+                            ANN_TRAINS, node())
+    assert elsewhere is not None and elsewhere.state.reserved == ()
+    strict = plan_policy(ActuatorState(), policy(reservations=reserved("ben", "strict")),
+                         ANN_TRAINS, node(protected=frozenset({"ann"})))
+    assert strict is not None
+    assert plan_cycle(strict.state, ANN_TRAINS, node(protected=frozenset({"ann"}))).steps == []
+
+
+def test_notices_are_told_once_on_the_nodes_they_name() -> None:
+    notices = (Notice(id=1, user="ann", nodes=("gpu01",), text="granted"),
+               Notice(id=2, user="ben", nodes=("gpu02",), text="elsewhere"))
+    first = plan_policy(ActuatorState(), policy(1, Reservations(notices=notices)),
+                        ANN_TRAINS, node())
+    assert first is not None
+    assert [(s.user, s.text) for s in first.steps if isinstance(s, Notify)] == [
+        ("ann", "granted")]
+    again = plan_policy(first.state, policy(2, Reservations(notices=notices)), ANN_TRAINS,
+                        node())
+    assert again is not None and not any(isinstance(s, Notify) for s in again.steps)
+    assert again.state.told == [1]
+
+
 # -- the safety property, on the planner ----------------------------------------------------
 tables = st.lists(st.tuples(st.sampled_from(sorted(NAMES)), st.booleans(), st.integers(0, 5)),
                   min_size=1, max_size=20)
@@ -220,14 +286,17 @@ user_policies = st.dictionaries(st.sampled_from(sorted(UIDS)), st.builds(
           suppress_health_check=[HealthCheck.too_slow])
 @given(table=tables, first=user_policies, second=user_policies,
        protected=st.frozensets(st.sampled_from(sorted(UIDS)), max_size=2),
-       dry_run=st.booleans())
+       dry_run=st.booleans(), holder=st.sampled_from([None, *sorted(UIDS)]),
+       mode=st.sampled_from(["open", "strict"]))
 def test_no_plan_ever_targets_a_process_it_must_not(
         table: list[tuple[int, bool, int]], first: dict[str, UserPolicy],
-        second: dict[str, UserPolicy], protected: frozenset[str], dry_run: bool) -> None:
+        second: dict[str, UserPolicy], protected: frozenset[str], dry_run: bool,
+        holder: str | None, mode: str) -> None:
     """Whatever the policies and the process table: every process a plan would signal belongs
     to the user it is planned for, who may be touched, and holds a GPU or descends from a GPU
     process of that user; a blocked user's baseline is stopped only by a kill; a limit or a
-    notice goes only to users that may be touched."""
+    notice goes only to users that may be touched. With GPU 0 reserved (or not, in either mode)
+    the same holds, and a reservation's holder is never stopped for using it."""
     procs = [proc(100 + i, uid, 100 + parent if parent < i else 1)
              for i, (uid, _, parent) in enumerate(table)]
     snap = snapshot(procs, tuple(100 + i for i, (_, gpu, _) in enumerate(table) if gpu))
@@ -236,10 +305,12 @@ def test_no_plan_ever_targets_a_process_it_must_not(
     where = node(dry_run=dry_run, protected=protected, grace=0)
     state = ActuatorState()
     for version, wanted in enumerate((first, second), 1):
-        plan = plan_policy(state, policy(version, **wanted), snap, where)
+        plan = plan_policy(state, policy(version, reserved(holder, mode, grace=0), **wanted),
+                           snap, where)
         assert plan is not None
-        cycle = plan_cycle(plan.state, snap, where)
-        for step in [*plan.steps, *cycle.steps]:
+        told = plan_cycle(plan.state, snap, where)
+        cycle = plan_cycle(told.state, snap, where)  # an intruder is stopped at the second
+        for step in [*plan.steps, *told.steps, *cycle.steps]:
             if not isinstance(step, Stop | Limit | Notify):
                 continue
             uid = UIDS[step.user]
@@ -252,8 +323,11 @@ def test_no_plan_ever_targets_a_process_it_must_not(
                 while chain.pid not in gpu_pids:  # up to the GPU process it descends from
                     chain = by_pid[chain.ppid]
                     assert chain.identity.uid == uid
+            if step.alert == RESERVATION:
+                assert step.user != holder
         for step in cycle.steps:  # a block alone never stops what ran when it began
-            user = cycle.state.users[step.user] if isinstance(step, Stop) else None
+            user = (cycle.state.users[step.user] if isinstance(step, Stop)
+                    and step.alert != RESERVATION else None)
             if user is not None and user.kill_since is None:
                 assert not {p.key for p in step.targets} & user.baseline
         state = plan_grace(cycle.state, where.now).state

@@ -1,0 +1,222 @@
+"""Placement: which queued request gets which GPUs now, and when the others can expect theirs.
+
+FIFO with first fit and conservative backfill, the way Slurm's backfill scheduler plans: each
+request, in the order it arrived, gets the earliest slot on one node where enough matching GPUs
+are free for its whole duration, around the reservations held now and the slots already planned
+for the requests ahead of it. A slot that starts now is a grant; the others are estimated starts.
+A later request can start before an earlier one only in a gap that leaves every earlier slot
+where it was, so a backfilled request never delays anyone ahead of it. Held reservations count
+as busy until their end: a release only ever makes the estimates earlier.
+
+Pure: no clock, no store. `allocator.service` feeds it the inventory and the queue.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+
+FOREVER = float("inf")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    node: str
+    index: int
+    model: str
+
+
+@dataclass(frozen=True)
+class Want:
+    """A request: `count` GPUs for `seconds`, on one node, optionally of a model (a pattern
+    searched in the model name, any case), on a given node, or exactly the GPUs `gpus`."""
+
+    id: int
+    user: str
+    count: int
+    seconds: float
+    model: str | None = None
+    node: str | None = None
+    gpus: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Held:
+    """GPUs of a node that are reserved until `until`."""
+
+    node: str
+    gpus: tuple[int, ...]
+    until: float
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where and when a request runs: granted if `start` is now."""
+
+    id: int
+    node: str
+    gpus: tuple[int, ...]
+    start: float
+    end: float
+
+
+def why_never(want: Want, inventory: Iterable[Gpu]) -> str | None:
+    """Why the request can never be placed on these GPUs, however long it waits; None if it can."""
+    gpus = list(inventory)
+    if want.node is not None and not any(g.node == want.node for g in gpus):
+        return f"no node is called {want.node!r}"
+    candidates = [g for g in gpus if want.node in (None, g.node)]
+    if want.gpus is not None:
+        have = {g.index for g in candidates}
+        missing = sorted(set(want.gpus) - have)
+        if missing:
+            return (f"{want.node} has no GPU {', '.join(map(str, missing))} "
+                    f"(it has {', '.join(map(str, sorted(have)))})")
+        candidates = [g for g in candidates if g.index in want.gpus]
+    if want.model is not None:
+        pattern = re.compile(want.model, re.IGNORECASE)
+        models = sorted({g.model for g in candidates})
+        candidates = [g for g in candidates if pattern.search(g.model)]
+        if not candidates:
+            return f"no GPU matches the model {want.model!r} (there are {', '.join(models)})"
+    per_node: dict[str, int] = {}
+    for g in candidates:
+        per_node[g.node] = per_node.get(g.node, 0) + 1
+    most = max(per_node.values(), default=0)
+    if want.count > most:
+        where = f"on {want.node}" if want.node else "on any one node"
+        return f"{want.count} GPUs asked for, but at most {most} match {where}"
+    return None
+
+
+@dataclass
+class _Timeline:
+    """One GPU's busy intervals, sorted and never overlapping."""
+
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+
+    def free(self, start: float, end: float) -> bool:
+        i = bisect_right(self.starts, start)
+        if i and self.ends[i - 1] > start:
+            return False
+        return i == len(self.starts) or self.starts[i] >= end
+
+    def add(self, start: float, end: float) -> None:
+        i = bisect_right(self.starts, start)
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
+
+    def free_forever_from(self, now: float) -> float:
+        return max(self.ends[-1], now) if self.ends else now
+
+
+class Planner:
+    """The cluster's GPUs with what is held and planned on each, for one planning pass."""
+
+    def __init__(self, inventory: Iterable[Gpu], held: Iterable[Held], now: float) -> None:
+        self.now = now
+        self.nodes: dict[str, list[Gpu]] = {}
+        for gpu in sorted(inventory, key=lambda g: (g.node, g.index)):
+            self.nodes.setdefault(gpu.node, []).append(gpu)
+        self.timelines = {(g.node, g.index): _Timeline() for g in chain(*self.nodes.values())}
+        for h in held:
+            for index in h.gpus:
+                timeline = self.timelines.get((h.node, index))
+                if timeline is not None and h.until > now:
+                    timeline.add(now, h.until)
+        self._patterns: dict[str, re.Pattern[str]] = {}
+
+    def _eligible(self, want: Want, gpus: list[Gpu]) -> list[Gpu]:
+        if want.gpus is not None:
+            gpus = [g for g in gpus if g.index in want.gpus]
+        if want.model is not None:
+            pattern = self._patterns.get(want.model)
+            if pattern is None:
+                pattern = self._patterns[want.model] = re.compile(want.model, re.IGNORECASE)
+            gpus = [g for g in gpus if pattern.search(g.model)]
+        return gpus
+
+    def _earliest_on(self, want: Want, gpus: list[Gpu], before: float) -> Slot | None:
+        """The earliest slot on one node starting before `before`, first GPUs first."""
+        count = len(want.gpus) if want.gpus is not None else want.count
+        if len(gpus) < count:
+            return None
+        lines = [self.timelines[(g.node, g.index)] for g in gpus]
+        times = sorted({self.now, *(e for t in lines for e in t.ends if e > self.now)})
+        for start in times:
+            if start >= before:
+                return None
+            end = start + want.seconds
+            free = [g.index for g, t in zip(gpus, lines, strict=True) if t.free(start, end)]
+            if len(free) >= count:
+                return Slot(want.id, gpus[0].node, tuple(free[:count]), start, end)
+        return None
+
+    def place(self, want: Want) -> Slot | None:
+        """Plan one request at its earliest slot (and keep it planned); None if it never fits."""
+        candidates = []
+        for node, gpus in self.nodes.items():
+            if want.node not in (None, node):
+                continue
+            eligible = self._eligible(want, gpus)
+            count = len(want.gpus) if want.gpus is not None else want.count
+            if len(eligible) >= count:
+                # By the count-th GPU to be free for good, the request fits here for sure:
+                # an upper bound that lets most nodes be passed over without a search.
+                bound = sorted(self.timelines[(g.node, g.index)].free_forever_from(self.now)
+                               for g in eligible)[count - 1]
+                candidates.append((bound, node, eligible))
+        best: Slot | None = None
+        limit = FOREVER
+        for _bound, _node, eligible in sorted(candidates, key=lambda c: c[0]):
+            slot = self._earliest_on(want, eligible, limit)
+            if slot is not None and (best is None or slot.start < best.start):
+                best, limit = slot, slot.start
+                if slot.start <= self.now:
+                    break
+        if best is None:
+            return None
+        for index in best.gpus:
+            self.timelines[(best.node, index)].add(best.start, best.end)
+        return best
+
+
+def plan(inventory: Iterable[Gpu], held: Iterable[Held], queue: Sequence[Want],
+         now: float) -> dict[int, Slot]:
+    """A slot for every request of the queue (in queue order) that can ever fit."""
+    planner = Planner(inventory, held, now)
+    slots = {}
+    for want in queue:
+        slot = planner.place(want)
+        if slot is not None:
+            slots[want.id] = slot
+    return slots
+
+
+def first_fit_now(inventory: Iterable[Gpu], held: Iterable[Held], queue: Sequence[Want],
+                  now: float) -> dict[int, Slot]:
+    """The naive peer: grant in queue order whatever fits on the GPUs free right now, with no
+    plan for the rest (a big request at the head can be passed over for ever)."""
+    busy = {(h.node, i) for h in held if h.until > now for i in h.gpus}
+    nodes: dict[str, list[Gpu]] = {}
+    for gpu in sorted(inventory, key=lambda g: (g.node, g.index)):
+        nodes.setdefault(gpu.node, []).append(gpu)
+    granted = {}
+    for want in queue:
+        for node, gpus in nodes.items():
+            if want.node not in (None, node):
+                continue
+            free = [g.index for g in gpus if (node, g.index) not in busy
+                    and (want.gpus is None or g.index in want.gpus)
+                    and (want.model is None or re.search(want.model, g.model, re.IGNORECASE))]
+            count = len(want.gpus) if want.gpus is not None else want.count
+            if len(free) >= count:
+                granted[want.id] = Slot(want.id, node, tuple(free[:count]), now,
+                                        now + want.seconds)
+                busy.update((node, i) for i in free[:count])
+                break
+    return granted

@@ -1,0 +1,269 @@
+"""The allocator: requests in, reservations and the queue out, every step stored and audited.
+
+After every change the queue is planned again (allocator.placement); a request whose slot
+starts now is granted at once. `tick` ends what expired, warns holders before the end, and
+plans again. What users must be told is stored as notices that go out with the desired state,
+so the nodes tell them on their terminals, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from allocator.placement import Gpu, Held, Slot, Want, plan, why_never
+from allocator.store import AllocationStore, Changes, Request
+from gpuacct.allocation import Entry, Reserve, Summary
+from gpuacct.config import AllocatorSettings
+from gpuacct.policy import NodeGpu, Notice, Reservations, ReservedGpu
+from gpuacct.wording import duration
+
+log = logging.getLogger(__name__)
+NOTICE_SECONDS = 3600.0  # a notice goes out with the desired state this long
+
+
+class AllocationError(Exception):
+    """A request refused; str() is one line for the user."""
+
+
+class NotFound(AllocationError):
+    """No such request, or not the caller's."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    text: str
+    request: Request | None = None
+
+
+def clock_time(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+class Allocator:
+    def __init__(self, store: AllocationStore, settings: AllocatorSettings,
+                 restriction: Callable[[str], str | None] = lambda user: None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.settings, self.clock = store, settings, clock
+        self.restriction = restriction  # why a user may not have new GPUs now (blocked...)
+        self.on_change: Callable[[], None] = lambda: None
+        self._lock = threading.RLock()
+        self._slots: dict[int, Slot] = {}
+        with self._lock:
+            self._plan(self.clock())
+
+    # --- what nodes report -------------------------------------------------------------
+
+    def report_gpus(self, node: str, gpus: tuple[NodeGpu, ...]) -> None:
+        with self._lock:
+            now = self.clock()
+            with self.store.change(now) as c:
+                changed = c.inventory(node, gpus)
+            if changed:
+                log.info("%s has %d GPUs", node, len(gpus))
+                self._plan(now)
+
+    def inventory(self) -> list[Gpu]:
+        return [Gpu(*row) for row in self.store.inventory()]
+
+    # --- what users ask ----------------------------------------------------------------
+
+    def reserve(self, user: str, asked_on: str, ask: Reserve) -> Outcome:
+        with self._lock:
+            now = self.clock()
+            self._check(user, asked_on, ask)
+            with self.store.change(now) as c:
+                id = c.add(user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
+                           ask.gpus)
+                c.audit(id, user, user, "queued", _asked(ask))
+            self._plan(now)
+            request = self.store.request(id)
+            assert request is not None
+            return Outcome(self._describe(request, now), request)
+
+    def _check(self, user: str, asked_on: str, ask: Reserve) -> None:
+        most_gpus, longest = self.settings.limits(user)
+        if ask.seconds > longest:
+            raise AllocationError(f"{duration(ask.seconds)} is longer than the longest "
+                                  f"reservation allowed ({duration(longest)})")
+        node = ask.node if ask.node is not None or ask.gpus is None else asked_on
+        want = Want(0, user, ask.count, ask.seconds, ask.model, node, ask.gpus)
+        never = why_never(want, self.inventory())
+        if never:
+            raise AllocationError(never)
+        mine = sum(r.count for r in self.store.open_requests() if r.user == user)
+        if mine + ask.count > most_gpus:
+            raise AllocationError(f"{ask.count} more GPUs would make {mine + ask.count} held "
+                                  f"or queued; your limit is {most_gpus}")
+        why = self.restriction(user)
+        if why:
+            raise AllocationError(f"no new GPUs while {why}")
+
+    def release(self, user: str, id: int | None, actor: str | None = None) -> list[Outcome]:
+        """End the user's request `id` (or every one of theirs): a reservation is released,
+        a queued request withdrawn. Someone else's request is not found."""
+        with self._lock:
+            now = self.clock()
+            mine = [r for r in self.store.open_requests()
+                    if r.user == user and id in (None, r.id)]
+            if not mine:
+                raise NotFound(f"you have no reservation or queued request {id}" if id
+                               else "you have no reservation or queued request")
+            with self.store.change(now) as c:
+                for r in mine:
+                    self._end(c, r, "released" if r.state == "granted" else "withdrawn",
+                              actor or user)
+            self._plan(now)
+            return [Outcome(f"{'released' if r.state == 'granted' else 'withdrawn'}: "
+                            f"{_name(r)}", r) for r in mine]
+
+    def cancel(self, id: int, admin: str, why: str = "") -> Outcome:
+        with self._lock:
+            now = self.clock()
+            request = self.store.request(id)
+            if request is None or request.state == "ended":
+                raise NotFound(f"no open request {id}")
+            with self.store.change(now) as c:
+                self._end(c, request, "cancelled", admin, why)
+            self._plan(now)
+            return Outcome(f"cancelled: {_name(request)} of {request.user}", request)
+
+    def _end(self, c: Changes, r: Request, reason: str, actor: str, why: str = "") -> None:
+        c.end(r.id, reason)
+        c.audit(r.id, r.user, actor, reason, why)
+        if actor != r.user:
+            words = {"cancelled": f"was cancelled by {actor}", "expired": "has expired",
+                     "idle": "was released: none of your processes used it"}
+            text = f"gpuacct: your {_name(r)} {words.get(reason, reason)}"
+            c.notice(r.user, self._nodes_of(r), text + (f" ({why})" if why else ""))
+
+    # --- time passing ------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Expire what reached its end, warn before the end, grant what now fits."""
+        with self._lock:
+            now = self.clock()
+            notice = self.settings.expiry_notice_seconds
+            with self.store.change(now) as c:
+                for r in self.store.open_requests():
+                    if r.state != "granted" or r.ends is None:
+                        continue
+                    if r.ends <= now:
+                        self._end(c, r, "expired", "allocator")
+                    elif not r.warned and r.ends - now <= notice:
+                        c.warned(r.id)
+                        c.audit(r.id, r.user, "allocator", "expiry notice")
+                        c.notice(r.user, self._nodes_of(r),
+                                 f"gpuacct: your {_name(r)} ends at {clock_time(r.ends)} "
+                                 f"(in {duration(r.ends - now)})")
+                c.prune_notices(now - NOTICE_SECONDS)
+            self._plan(now)
+
+    # --- planning ----------------------------------------------------------------------
+
+    def _plan(self, now: float) -> None:
+        open_ = self.store.open_requests()
+        held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
+                for r in open_ if r.state == "granted"]
+        queue = [r for r in open_ if r.state == "queued"]
+        slots = plan(self.inventory(), held, [_want(r) for r in queue], now)
+        starting = [(r, slots[r.id]) for r in queue
+                    if r.id in slots and slots[r.id].start <= now]
+        if starting:
+            with self.store.change(now) as c:
+                for r, slot in starting:
+                    c.grant(r.id, slot.node, slot.gpus, now + r.seconds)
+                    where = f"GPU {','.join(map(str, slot.gpus))} on {slot.node}"
+                    c.audit(r.id, r.user, "allocator", "granted", where)
+                    if now - r.submitted > 1:  # a user who waited is told on their terminals
+                        c.notice(r.user, tuple(dict.fromkeys((r.asked_on, slot.node))),
+                                 f"gpuacct: your request {r.id} is granted: {where} until "
+                                 f"{clock_time(now + r.seconds)}; `gpuacct run -- CMD` there")
+        self._slots = {id: s for id, s in slots.items() if s.start > now}
+        if starting:
+            log.info("granted %s", ", ".join(str(r.id) for r, _ in starting))
+        self.on_change()
+
+    def _nodes_of(self, r: Request) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for n in (r.asked_on, r.granted_node) if n))
+
+    # --- what is shown -----------------------------------------------------------------
+
+    def _describe(self, r: Request, now: float) -> str:
+        if r.state == "granted":
+            gpus = ",".join(map(str, r.granted_gpus))
+            return (f"granted: reservation {r.id}, GPU {gpus} on {r.granted_node} until "
+                    f"{clock_time(r.ends or now)}\n"
+                    f"use them on {r.granted_node}: gpuacct run -- CMD "
+                    f"(or CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={gpus} CMD)")
+        entry = self._entry(r, now)
+        when = (f"estimated start {clock_time(entry.estimated_start)} "
+                f"(in {duration(entry.estimated_start - now)})"
+                if entry.estimated_start is not None else "no estimated start yet")
+        return f"queued: request {r.id}, position {entry.position}, {when}"
+
+    def _entry(self, r: Request, now: float, position: int | None = None) -> Entry:
+        slot = self._slots.get(r.id)
+        if position is None and r.state == "queued":
+            queued = [q.id for q in self.store.open_requests() if q.state == "queued"]
+            position = queued.index(r.id) + 1
+        return Entry(id=r.id, user=r.user, state=r.state, count=r.count, seconds=r.seconds,
+                     model=r.model, node=r.granted_node or (slot.node if slot else r.node),
+                     gpus=r.granted_gpus or (slot.gpus if slot else r.gpus or ()),
+                     submitted=r.submitted, started=r.started, ends=r.ends,
+                     position=position,
+                     estimated_start=slot.start if slot else None)
+
+    def summary(self, user: str | None = None) -> Summary:
+        """Everything open (or one user's), with queue positions and estimated starts."""
+        with self._lock:
+            now = self.clock()
+            entries, position = [], 0
+            for r in self.store.open_requests():
+                if r.state == "queued":
+                    position += 1
+                if user in (None, r.user):
+                    entries.append(self._entry(r, now, position if r.state == "queued"
+                                               else None))
+            gpus = [NodeGpu(index=g.index, model=g.model) for g in self.inventory()]
+            return Summary(now=now, entries=tuple(entries), gpus=len(gpus))
+
+    def desired(self) -> Reservations:
+        """The allocator's part of the state pushed to every node."""
+        nodes: dict[str, list[ReservedGpu]] = {}
+        for r in self.store.open_requests():
+            if r.state == "granted" and r.granted_node and r.ends is not None:
+                nodes.setdefault(r.granted_node, []).extend(
+                    ReservedGpu(gpu=g, user=r.user, id=r.id, ends=r.ends)
+                    for g in r.granted_gpus)
+        return Reservations(mode=self.settings.mode, grace_seconds=self.settings.grace_seconds,
+                            nodes={n: tuple(gs) for n, gs in sorted(nodes.items())},
+                            notices=tuple(Notice(id=n.id, user=n.user, nodes=n.nodes,
+                                                 text=n.text) for n in self.store.notices()))
+
+    @property
+    def version(self) -> int:
+        return self.store.version
+
+
+def _want(r: Request) -> Want:
+    node = r.node if r.node is not None or r.gpus is None else r.asked_on
+    return Want(r.id, r.user, r.count, r.seconds, r.model, node, r.gpus)
+
+
+def _name(r: Request) -> str:
+    if r.state == "granted":
+        return f"reservation {r.id} (GPU {','.join(map(str, r.granted_gpus))} on " \
+               f"{r.granted_node})"
+    return f"queued request {r.id}"
+
+
+def _asked(ask: Reserve) -> str:
+    parts = [f"{ask.count} GPU for {duration(ask.seconds)}"]
+    parts += [f"model {ask.model}"] if ask.model else []
+    parts += [f"node {ask.node}"] if ask.node else []
+    parts += [f"GPUs {','.join(map(str, ask.gpus))}"] if ask.gpus is not None else []
+    return ", ".join(parts)

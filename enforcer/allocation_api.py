@@ -1,0 +1,88 @@
+"""The allocator's HTTP API on the control plane.
+
+- `POST /v1/allocation`: a user's ask, forwarded and signed by their node, which vouches for
+  the caller's uid (read from its Unix socket); the answer is signed too. 400 names a bad or
+  refused ask, 404 a request that is not the caller's, 401 an unsigned request.
+- `POST /v1/allocation/cancel`: an administrator ends any request (bearer token).
+- `GET /v1/allocation`: every reservation and the queue, with positions and estimated starts
+  (bearer token), for the web page and administrators.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.params import Depends
+from pydantic import ValidationError
+
+from allocator.service import AllocationError, Allocator, NotFound
+from gpuacct.allocation import (
+    ALLOCATION_PATH,
+    CANCEL_PATH,
+    Answer,
+    Cancel,
+    Forwarded,
+    Release,
+    Reserve,
+    Summary,
+)
+from gpuacct.config import describe_error
+from gpuacct.signing import SignatureError, Verifier, sign
+
+log = logging.getLogger(__name__)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(describe_error(e) for e in exc.errors(include_url=False))
+
+
+def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
+    caller, ask = forwarded.caller, forwarded.ask
+    if forwarded.gpus is not None:
+        allocator.report_gpus(caller.node, forwarded.gpus)
+    if isinstance(ask, Reserve):
+        outcome = allocator.reserve(caller.user, caller.node, ask)
+        return Answer(text=outcome.text)
+    if isinstance(ask, Release):
+        return Answer(text="\n".join(o.text for o in allocator.release(caller.user, ask.id)))
+    mine = caller.user if ask.op == "reservations" else None
+    return Answer(text="", summary=allocator.summary(mine))
+
+
+def add_allocation_routes(app: FastAPI, allocator: Allocator, verifier: Verifier,
+                          node_key: bytes, authorized: list[Depends]) -> None:
+    @app.post(ALLOCATION_PATH, include_in_schema=False)
+    async def forwarded(request: Request) -> Response:
+        body = await request.body()
+        try:
+            verifier.verify("POST", ALLOCATION_PATH, dict(request.headers), body)
+        except SignatureError as exc:
+            raise HTTPException(401, f"refused: {exc}") from None
+        try:
+            ask = Forwarded.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPException(400, _problems(exc)) from None
+        try:
+            answer = answer_for(allocator, ask)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        except AllocationError as exc:
+            raise HTTPException(400, f"refused: {exc}") from None
+        data = answer.model_dump_json().encode()
+        return Response(data, media_type="application/json",
+                        headers=sign(node_key, "RESPONSE", ALLOCATION_PATH, data))
+
+    @app.post(CANCEL_PATH, dependencies=authorized)
+    def cancel(body: Cancel) -> dict[str, Any]:
+        try:
+            outcome = allocator.cancel(body.id, body.admin, body.reason)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        log.info("%s by %s", outcome.text, body.admin)
+        return {"text": outcome.text}
+
+    @app.get(ALLOCATION_PATH, dependencies=authorized)
+    def summary(user: str | None = None) -> Summary:
+        return allocator.summary(user)

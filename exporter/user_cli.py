@@ -1,0 +1,204 @@
+"""gpuacct: a user's own command on a GPU node.
+
+  gpuacct balance [...]                  your balance and what is enforced (gpuacct-balance)
+  gpuacct reserve N --for DURATION [--model PATTERN] [--node NODE] [--gpus 0,1]
+                                         reserve N GPUs on one node, or queue for them
+  gpuacct queue                          everything reserved and queued, with estimated starts
+  gpuacct reservations                   yours
+  gpuacct release [ID]                   end a reservation or queued request (all of yours)
+  gpuacct run -- CMD...                  run CMD on the GPUs you reserved on this node
+
+Durations: 90s, 30m, 2h, 1d, 1h30m. Who you are is what the kernel tells this node's gpuacct
+daemon about your connection; nothing you type can change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from exporter import balance_cli
+from gpuacct.allocation import MAX_GPUS, MAX_SECONDS, Answer, Entry, Summary
+from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.wording import duration
+
+SOCKET_ENV = "GPUACCT_SOCKET"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:\d+[smhd])+$")
+
+
+class UsageError(Exception):
+    """Bad input, said in one line (exit 2)."""
+
+
+def parse_duration(text: str) -> float:
+    value = text.strip().lower()
+    if not _DURATION.match(value):
+        raise UsageError(f"--for {text!r}: expected a duration such as 30m, 2h, 1d or 1h30m")
+    seconds = float(sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", value)))
+    if seconds <= 0:
+        raise UsageError(f"--for {text!r}: a reservation lasts longer than nothing")
+    if seconds > MAX_SECONDS:
+        raise UsageError(f"--for {text!r}: at most {duration(MAX_SECONDS)}")
+    return seconds
+
+
+def parse_gpus(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--gpus {text!r}: expected GPU indices such as 0,1")
+    gpus = tuple(int(p) for p in parts)
+    if len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus {text!r}: a GPU is named twice")
+    return gpus
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_GPUS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of GPUs from 1 to "
+                                         f"{MAX_GPUS}")
+    return int(text)
+
+
+def _id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a request id such as 12")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuacct", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_argument(parser)
+    parser.add_argument("--socket", type=Path, help=f"the node daemon's socket (${SOCKET_ENV})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("balance", help="your balance (the same as gpuacct-balance)",
+                   add_help=False)
+    reserve = sub.add_parser("reserve", help="reserve GPUs, or queue for them")
+    reserve.add_argument("count", type=_count, metavar="N")
+    reserve.add_argument("--for", dest="duration", required=True, metavar="DURATION")
+    reserve.add_argument("--model", help="a pattern searched in the GPU model, any case")
+    reserve.add_argument("--node", help="on this node (default: any; with --gpus, this one)")
+    reserve.add_argument("--gpus", help="exactly these GPU indices, e.g. 0,1")
+    sub.add_parser("queue", help="all reservations and the queue")
+    sub.add_parser("reservations", help="your reservations and queued requests")
+    release = sub.add_parser("release", help="end a reservation or queued request")
+    release.add_argument("id", type=_id, nargs="?", help="default: every one of yours")
+    run = sub.add_parser("run", help="run a command on your reserved GPUs here")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    return parser
+
+
+def ask(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Answer:
+    """One request to the node daemon; exits with its message when it is refused."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(json.dumps(request).encode() + b"\n")
+            reply = json.loads(s.makefile("rb").readline() or b"{}")
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot reach this node's gpuacct daemon at {path}: "
+              f"{getattr(exc, 'strerror', None) or exc}", 1)
+    if "error" in reply:
+        _fail(str(reply["error"]), 2 if reply.get("kind") == "refused" else 1)
+    return Answer.model_validate(reply.get("answer", {}))
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"gpuacct: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _when(t: float | None, now: float) -> str:
+    if t is None:
+        return "-"
+    stamp = time.strftime("%m-%d %H:%M", time.localtime(t))
+    return f"{stamp} ({'in ' + duration(t - now) if t > now else 'now'})"
+
+
+def render(summary: Summary, title: str) -> str:
+    if not summary.entries:
+        return f"{title}: none"
+    rows = [("ID", "USER", "STATE", "GPUS", "NODE", "GPU IDS", "POS", "STARTS", "ENDS")]
+    for e in summary.entries:
+        rows.append((str(e.id), e.user, e.state, str(e.count), e.node or "-",
+                     ",".join(map(str, e.gpus)) or "-", str(e.position or "-"),
+                     _when(e.started if e.state == "granted" else e.estimated_start,
+                           summary.now),
+                     _when(e.ends if e.state == "granted" else
+                           (e.estimated_start + e.seconds if e.estimated_start else None),
+                           summary.now)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def my_gpus_here(answer: Answer) -> list[Entry]:
+    assert answer.summary is not None
+    return [e for e in answer.summary.entries
+            if e.state == "granted" and e.node == answer.node]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["balance"]:
+        return balance_cli.main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("gpuacct: a COMMAND is required", file=sys.stderr)
+        return 2
+    settings = load_or_exit(args.config)
+    path = args.socket or Path(os.environ.get(SOCKET_ENV) or settings.exporter.actuator.user_socket
+                               or "/run/gpuacct/user.sock")
+    try:
+        if args.command == "reserve":
+            request: dict[str, Any] = {"op": "reserve", "count": args.count,
+                                       "seconds": parse_duration(args.duration),
+                                       "model": args.model, "node": args.node}
+            if args.gpus is not None:
+                request["gpus"] = parse_gpus(args.gpus)
+                if len(request["gpus"]) != args.count:
+                    raise UsageError(f"--gpus {args.gpus}: {len(request['gpus'])} GPUs named "
+                                     f"but {args.count} asked for")
+            print(ask(path, request).text)
+        elif args.command in ("queue", "reservations"):
+            answer = ask(path, {"op": args.command})
+            assert answer.summary is not None
+            print(render(answer.summary, "reserved or queued" if args.command == "queue"
+                         else "your reservations"))
+        elif args.command == "release":
+            print(ask(path, {"op": "release", "id": args.id}).text)
+        elif args.command == "run":
+            return _run(path, args.cmd)
+    except UsageError as exc:
+        _fail(str(exc), 2)
+    return 0
+
+
+def _run(path: Path, cmd: list[str]) -> int:
+    cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
+    if not cmd:
+        raise UsageError("run: give the command after --, e.g. gpuacct run -- python train.py")
+    answer = ask(path, {"op": "reservations"})
+    mine = my_gpus_here(answer)
+    if not mine:
+        raise UsageError(f"you hold no reservation on {answer.node}: "
+                         "`gpuacct reserve N --for DURATION` first")
+    gpus = sorted({g for e in mine for g in e.gpus})
+    # NVML's indices are in PCI bus order; CUDA's own default order can differ.
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+           "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except OSError as exc:
+        _fail(f"cannot run {cmd[0]}: {exc.strerror}", 127)

@@ -1,0 +1,119 @@
+"""Where users' `gpuacct` commands reach the node daemon: a Unix socket anyone may connect to.
+
+Who is asking is what the kernel says about the other end of the connection (`SO_PEERCRED`),
+never what the client writes. The daemon names the caller by that uid, adds this node's GPUs
+and forwards the ask to the control plane signed with the node key (gpuacct.allocation).
+
+One JSON line in, one JSON line out: `{"answer": ...}` (a gpuacct.allocation.Answer), or
+`{"error": "...", "kind": "refused" | "unreachable"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import socket
+import socketserver
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from gpuacct.allocation import ALLOCATION_PATH, Answer, Ask, Caller, Forwarded
+from gpuacct.config import describe_error
+from gpuacct.policy import NodeGpu
+from gpuacct.signed_http import ExchangeError, exchange
+from gpuacct.signing import Verifier
+
+log = logging.getLogger(__name__)
+MAX_LINE = 64 << 10
+ASK: TypeAdapter[Any] = TypeAdapter(Ask)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end, as the kernel recorded it at connect()."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class Forwarder:
+    """Turns one user's ask into the signed request to the control plane."""
+
+    def __init__(self, node: str, enforcer_url: str, key: bytes, verifier: Verifier,
+                 gpus: Callable[[], tuple[NodeGpu, ...] | None], timeout: float = 10.0) -> None:
+        self.node, self.url, self.key, self.verifier = node, enforcer_url, key, verifier
+        self.gpus, self.timeout = gpus, timeout
+
+    def handle(self, uid: int, line: bytes) -> dict[str, Any]:
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return {"error": f"uid {uid} has no name on {self.node}", "kind": "refused"}
+        try:
+            ask = ASK.validate_json(line)
+        except ValidationError as exc:
+            problems = "; ".join(describe_error(e) for e in exc.errors(include_url=False))
+            return {"error": f"bad request: {problems}", "kind": "refused"}
+        forwarded = Forwarded(caller=Caller(node=self.node, uid=uid, user=user), ask=ask,
+                              gpus=self.gpus())
+        try:
+            body = exchange(self.url, "POST", ALLOCATION_PATH,
+                            forwarded.model_dump_json().encode(), self.key, self.verifier,
+                            self.timeout)
+            answer = Answer.model_validate_json(body)
+        except ExchangeError as exc:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
+                return {"error": _detail(exc.detail), "kind": "refused"}
+            log.warning("cannot forward %s's request: %s", user, exc)
+            return {"error": f"the control plane cannot be reached from {self.node}; try "
+                             "again later", "kind": "unreachable"}
+        except ValidationError:
+            return {"error": "the control plane's answer is unreadable", "kind": "unreachable"}
+        return {"answer": answer.model_copy(update={"node": self.node}).model_dump(mode="json")}
+
+
+def _detail(body: str) -> str:
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        return body
+    return detail if isinstance(detail, str) else body
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: UserSocketServer
+
+    def handle(self) -> None:
+        uid = peer_uid(self.request)
+        line = self.rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            reply: dict[str, Any] = {"error": "request too long", "kind": "refused"}
+        else:
+            reply = self.server.forwarder.handle(uid, line)
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class UserSocketServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, forwarder: Forwarder) -> None:
+        self.forwarder, self.path = forwarder, path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a socket left by a daemon that died
+        super().__init__(str(path), _Handler)
+        os.chmod(path, 0o666)  # everyone may ask; the kernel says who they are
+
+    def start(self, stop: threading.Event) -> None:
+        threading.Thread(target=self.serve_forever, name="user socket", daemon=True).start()
+        threading.Thread(target=self._close_on, args=(stop,), daemon=True).start()
+
+    def _close_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self.shutdown()
+        self.path.unlink(missing_ok=True)
