@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,7 +54,10 @@ class Allocator:
         self._lock = threading.RLock()
         self._slots: dict[int, Slot] = {}
         with self._lock:
-            self._plan(self.clock())
+            now = self.clock()
+            with self.store.change(now) as c:
+                c.settings(zlib.crc32(f"{settings.mode} {settings.grace_seconds}".encode()))
+            self._plan(now)
 
     # --- what nodes report -------------------------------------------------------------
 

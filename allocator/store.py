@@ -144,6 +144,15 @@ class Changes:
     def warned(self, id: int) -> None:
         self._db.execute("UPDATE requests SET warned = 1 WHERE id = ?", (id,))
 
+    def settings(self, fingerprint: int) -> None:
+        """What nodes are told besides the reservations (mode, grace) changed if its
+        fingerprint did: that too is a new version."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
+        if row is None or int(row[0]) != fingerprint:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)",
+                             (fingerprint,))
+            self.dirty = True
+
     def notice(self, user: str, nodes: tuple[str, ...], text: str) -> None:
         self._db.execute("INSERT INTO notices (at, user, nodes, text) VALUES (?, ?, ?, ?)",
                          (self.now, user, json.dumps(list(nodes)), text))

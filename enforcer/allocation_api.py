@@ -5,7 +5,7 @@
   refused ask, 404 a request that is not the caller's, 401 an unsigned request.
 - `POST /v1/allocation/cancel`: an administrator ends any request (bearer token).
 - `GET /v1/allocation`: every reservation and the queue, with positions and estimated starts
-  (bearer token), for the web page and administrators.
+  (bearer token), for the web page and administrators; `GET /v1/allocation/audit` every step.
 """
 
 from __future__ import annotations
@@ -86,3 +86,7 @@ def add_allocation_routes(app: FastAPI, allocator: Allocator, verifier: Verifier
     @app.get(ALLOCATION_PATH, dependencies=authorized)
     def summary(user: str | None = None) -> Summary:
         return allocator.summary(user)
+
+    @app.get(f"{ALLOCATION_PATH}/audit", dependencies=authorized)
+    def audit(user: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        return [vars(e) for e in allocator.store.audit(user, max(1, min(limit, 100_000)))]

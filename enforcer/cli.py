@@ -75,7 +75,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     threading.Thread(target=_tick, args=(allocator, settings.allocator.check_interval_seconds,
                                          stop), name="allocator", daemon=True).start()
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
-             store.policy.version, settings.enforcer.database)
+             desired.current().version, settings.enforcer.database)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     server.run()

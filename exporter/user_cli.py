@@ -73,9 +73,15 @@ def _id(text: str) -> int:
     return int(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not the usage as well: `gpuacct COMMAND --help` has that."""
+        _fail(message, 2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuacct", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="gpuacct", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_argument(parser)
     parser.add_argument("--socket", type=Path, help=f"the node daemon's socket (${SOCKET_ENV})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -18,7 +18,9 @@ class ActuatorCollector(Collector):
         """gpuacct_node_user_blocked{user} 1.0
         gpuacct_node_user_cpu_quota_ratio{user} 0.5
         gpuacct_enforcement_actions_total{action,result} 3.0
-        gpuacct_node_policy_version 1763812345678.0"""
+        gpuacct_node_policy_version 1763812345678.0
+        gpuacct_gpu_reserved{gpu="0",user="alice"} 1.0
+        gpuacct_gpu_reservation_end_timestamp_seconds{gpu="0",user="alice"} 1.76e+09"""
         blocked = GaugeMetricFamily("gpuacct_node_user_blocked",
                                     "1 while the user may start no new GPU work here.",
                                     labels=["user"])
@@ -28,8 +30,16 @@ class ActuatorCollector(Collector):
         actions = CounterMetricFamily("gpuacct_enforcement_actions",
                                       "Enforcement actions taken on this node, by result.",
                                       labels=["action", "result"])
+        reserved = GaugeMetricFamily("gpuacct_gpu_reserved",
+                                     "1 for each GPU of this node reserved, by its holder.",
+                                     labels=["gpu", "user"])
+        ends = GaugeMetricFamily("gpuacct_gpu_reservation_end_timestamp_seconds",
+                                 "When the reservation of the GPU ends.", labels=["gpu", "user"])
         actuator = self.actuator
         with actuator.lock:
+            for r in actuator.state.reserved:
+                reserved.add_metric([str(r.gpu), r.user], 1)
+                ends.add_metric([str(r.gpu), r.user], r.ends)
             for user, applied in sorted(actuator.state.users.items()):
                 blocked.add_metric([user], float(applied.block_since is not None))
                 if applied.quota and actuator.limiter is not None:  # else nothing was limited
@@ -39,6 +49,8 @@ class ActuatorCollector(Collector):
             version = actuator.state.version
         yield blocked
         yield quota
+        yield reserved
+        yield ends
         yield actions
         yield GaugeMetricFamily("gpuacct_node_policy_version",
                                 "Version of the enforcement policy in force here.",

@@ -1,0 +1,240 @@
+"""GPU reservations end to end: the control plane (gpuacct-enforcer with its allocator) and two
+nodes (gpuacct-exporter on fake NVML, real processes of real test users). Users ask with the
+installed `gpuacct` command over each node's Unix socket; who they are is what the kernel says.
+
+One story: alice reserves two GPUs; bob's process on one of them is told and stopped after the
+grace while alice's runs; bob's process on an unreserved GPU is left alone in open mode. The
+cluster full, dave and erin queue; the control plane is SIGKILLed and comes back in strict
+mode with the queue intact, and bob's unreserved process is stopped; alice releases and dave
+is granted within one push and told.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stack.process import free_port
+from tests.fixtures.enforcement import Cluster, Enforcer, EnforcingNode, wait_until
+from tests.fixtures.gpus import device
+from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+GRACE = 2.0  # seconds a process on someone else's GPU is given
+
+
+@pytest.fixture
+def sockets() -> Iterator[Path]:
+    """A folder every test user can reach (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="gpuacct-sock-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Rig:
+    def __init__(self, cluster: Cluster, sockets: Path, venv: Path) -> None:
+        self.cluster, self.sockets, self.venv = cluster, sockets, venv
+        self.port = free_port()
+        self.nodes = [cluster.node(name, enforcer_port=self.port, pull_seconds=1.0,
+                                   devices=[device(0), device(1)],
+                                   user_socket=str(sockets / f"{name}.sock"))
+                      for name in ("gpu01", "gpu02")]
+        self.enforcer = self.start("open")
+
+    def start(self, mode: str) -> Enforcer:
+        enforcer = self.cluster.enforcer(self.nodes, self.port, allocator={
+            "mode": mode, "grace_seconds": GRACE, "check_interval_seconds": 0.5})
+        wait_until(lambda: self.enforcer_gpus(enforcer) == 4, 20)
+        return enforcer
+
+    @staticmethod
+    def enforcer_gpus(enforcer: Enforcer) -> int:
+        try:
+            return int(enforcer.get("/v1/allocation")["gpus"])
+        except OSError:
+            return 0
+
+    def gpuacct(self, user: UnixUser, *args: str, node: str = "gpu01",
+                expect: int = 0) -> str:
+        done = subprocess.run(
+            [str(self.venv / "bin" / "gpuacct"), "--socket", str(self.sockets / f"{node}.sock"),
+             *args], user=user.uid, group=user.gid, extra_groups=[], cwd="/tmp",
+            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, capture_output=True, text=True,
+            timeout=30)
+        assert done.returncode == expect, (done.stdout, done.stderr)
+        return done.stdout if expect == 0 else done.stderr
+
+    def on_gpu(self, processes: Processes, user: UnixUser, node: EnforcingNode,
+               gpu: int) -> subprocess.Popen[bytes]:
+        proc = processes.python(user, "train.py", "600")
+        wait_until_exec(proc, "train.py")
+        node.gpus.put(gpu, proc.pid)
+        node.gpus.save()
+        return proc
+
+    def summary(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = self.enforcer.get("/v1/allocation")["entries"]
+        return entries
+
+    def reserved_metric(self, node: EnforcingNode) -> set[tuple[str, str]]:
+        found = set()
+        for line in node.exporter.scrape().splitlines():
+            if line.startswith("gpuacct_gpu_reserved{"):
+                labels = dict(part.split("=") for part in line[line.index("{") + 1:
+                                                               line.index("}")].split(","))
+                found.add((labels["gpu"].strip('"'), labels["user"].strip('"')))
+        return found
+
+
+def told(enforcer: Enforcer, user: str, node: str, text: str) -> bool:
+    return any(e["node"] == node and e["action"] == "notify" and e["alert"] == "reservation"
+               and text in e["detail"] for e in enforcer.audit(user))
+
+
+def test_reserve_enforce_queue_restart_release(
+        cluster: Cluster, sockets: Path, installed_gpuacct: Path, processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    rig = Rig(cluster, sockets, installed_gpuacct)
+    gpu01, gpu02 = rig.nodes
+    alice, bob, carol, dave, erin = (test_users[n] for n in
+                                     ("alice", "bob", "carol", "dave", "erin"))
+
+    # alice reserves two GPUs and gets specific indices.
+    out = rig.gpuacct(alice, "reserve", "2", "--for", "1h", "--node", "gpu01")
+    assert out.startswith("granted: reservation 1, GPU 0,1 on gpu01 until"), out
+    assert "gpuacct run -- CMD" in out
+    wait_until(lambda: rig.reserved_metric(gpu01) == {("0", alice.name), ("1", alice.name)})
+
+    # bob's process on one of them is told, then stopped after the grace; alice's runs on.
+    hers = rig.on_gpu(processes, alice, gpu01, 0)
+    started = time.monotonic()
+    his = rig.on_gpu(processes, bob, gpu01, 1)
+    wait_until(lambda: told(rig.enforcer, bob.name, "gpu01", "reserved by gat-alice"), 10)
+    wait_until(lambda: his.poll() is not None, 15)
+    assert time.monotonic() - started >= GRACE
+    assert his.returncode == 0 and hers.poll() is None  # SIGTERM: train.py exits 0 on it
+    gpu01.gpus.remove(his.pid)
+    gpu01.gpus.save()
+
+    # bob's process on an unreserved GPU of gpu02 is untouched in open mode.
+    unreserved = rig.on_gpu(processes, bob, gpu02, 0)
+    time.sleep(2 * GRACE + 1)
+    assert unreserved.poll() is None
+
+    # Each user sees only their own; nobody releases another's.
+    assert "gpu01" in rig.gpuacct(alice, "reservations") and \
+        rig.gpuacct(bob, "reservations").strip() == "your reservations: none"
+    err = rig.gpuacct(bob, "release", "1", expect=2)
+    assert err.strip() == "gpuacct: you have no reservation or queued request 1"
+
+    # The cluster full (carol takes gpu02's GPU 1), dave and erin queue.
+    assert rig.gpuacct(carol, "reserve", "1", "--for", "2h", "--node", "gpu02", "--gpus", "1",
+                       node="gpu02").startswith("granted: reservation 2, GPU 1 on gpu02")
+    out = rig.gpuacct(dave, "reserve", "2", "--for", "30m")
+    assert out.startswith("queued: request 3, position 1, estimated start"), out
+    out = rig.gpuacct(erin, "reserve", "2", "--for", "30m", node="gpu02")
+    assert out.startswith("queued: request 4, position 2, estimated start"), out
+    [d, e] = [x for x in rig.summary() if x["state"] == "queued"]
+    assert e["estimated_start"] - d["estimated_start"] == pytest.approx(1800, abs=5)
+    queue = rig.gpuacct(erin, "queue", node="gpu02")
+    assert all(name in queue for name in (alice.name, carol.name, dave.name, erin.name))
+
+    # The control plane dies (SIGKILL) and comes back in strict mode: nothing is lost, and
+    # bob's process on a GPU he has not reserved is now stopped.
+    before = [(e["id"], e["user"], e["state"], e["position"]) for e in rig.summary()]
+    os.killpg(rig.enforcer.process.pid, signal.SIGKILL)
+    assert rig.enforcer.process.popen is not None
+    rig.enforcer.process.popen.wait()
+    rig.enforcer = rig.start("strict")
+    assert [(e["id"], e["user"], e["state"], e["position"]) for e in rig.summary()] == before
+    wait_until(lambda: unreserved.poll() is not None, 15)
+    assert told(rig.enforcer, bob.name, "gpu02", "needs a reservation")
+    assert hers.poll() is None  # alice's is on her own reservation
+
+    # alice releases; dave is granted within one push, and told on his terminals.
+    released = time.monotonic()
+    assert rig.gpuacct(alice, "release").startswith("released: reservation 1")
+    took = wait_until(lambda: ("0", dave.name) in rig.reserved_metric(gpu01), 5)
+    assert took < 1.0, f"the grant reached the node after {took:.2f}s"
+    wait_until(lambda: told(rig.enforcer, dave.name, "gpu01", "is granted"), 10)
+    assert [(e["user"], e["position"]) for e in rig.summary() if e["state"] == "queued"] == [
+        (erin.name, 1)]
+    assert time.monotonic() - released < 10
+    # alice's process is on dave's GPU now: it is stopped after the grace.
+    wait_until(lambda: hers.poll() is not None, 15)
+    events = [(e["event"], e["actor"]) for e in rig.enforcer.get("/v1/allocation/audit")]
+    assert ("released", alice.name) in events and ("granted", "allocator") in events
+
+
+BAD_INPUT = [
+    (["reserve", "9", "--for", "1h"], "9 GPUs asked for, but at most 2 match on any one node"),
+    (["reserve", "1", "--for", "1h", "--model", "H100"], "no GPU matches the model 'H100'"),
+    (["reserve", "1", "--for", "1h", "--node", "gpu99"], "no node is called 'gpu99'"),
+    (["reserve", "1", "--for", "0m"], "a reservation lasts longer than nothing"),
+    (["reserve", "1", "--for", "-1h"], "expected one argument"),
+    (["reserve", "1", "--for", "9999d"], "at most 366d"),
+    (["reserve", "1", "--for", "soon"], "expected a duration such as 30m"),
+    (["reserve", "0", "--for", "1h"], "expected a number of GPUs from 1"),
+    (["reserve", "-3", "--for", "1h"], "expected a number of GPUs from 1"),
+    (["reserve", "2", "--for", "1h", "--gpus", "0,,1"], "expected GPU indices such as 0,1"),
+    (["reserve", "2", "--for", "1h", "--gpus", "0,0"], "a GPU is named twice"),
+    (["reserve", "1", "--for", "1h", "--gpus", "0,1"], "2 GPUs named but 1 asked for"),
+    (["reserve", "1", "--for", "1h", "--gpus", "7"], "gpu01 has no GPU 7"),
+    (["reserve", "1", "--for", "1h", "--model", "("], "not a regular expression"),
+    (["release", "x"], "expected a request id"),
+    (["run"], "give the command after --"),
+    (["run", "--", "python3"], "you hold no reservation on gpu01"),
+]
+
+
+def test_bad_input_is_one_line_and_exit_2_and_queues_nothing(
+        cluster: Cluster, sockets: Path, installed_gpuacct: Path,
+        test_users: dict[str, UnixUser]) -> None:
+    rig = Rig(cluster, sockets, installed_gpuacct)
+    for args, message in BAD_INPUT:
+        err = rig.gpuacct(test_users["alice"], *args, expect=2)
+        assert len(err.strip().splitlines()) == 1 and message in err, (args, err)
+    assert rig.summary() == []
+    assert rig.enforcer.get("/v1/allocation/audit") == []
+
+
+def test_identity_comes_from_the_kernel_and_the_node_key(
+        cluster: Cluster, sockets: Path, installed_gpuacct: Path,
+        test_users: dict[str, UnixUser]) -> None:
+    rig = Rig(cluster, sockets, installed_gpuacct)
+    alice = test_users["alice"]
+    # A request to the control plane without the node's signature changes nothing.
+    body = json.dumps({"caller": {"node": "gpu01", "uid": alice.uid, "user": alice.name},
+                       "ask": {"op": "reserve", "count": 1, "seconds": 60}}).encode()
+    unsigned = urllib.request.Request(f"{rig.enforcer.url}/v1/allocation", data=body,
+                                      headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(unsigned, timeout=10)
+    assert refused.value.code == 401
+    # Claiming to be someone else over the socket is not a field the daemon takes.
+    script = ("import json, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+              "s.sendall(json.dumps({'op': 'reserve', 'count': 1, 'seconds': 60, "
+              "'user': 'root'}).encode() + b'\\n'); print(s.makefile().readline())")
+    done = subprocess.run(["/usr/bin/python3", "-c", script, str(sockets / "gpu01.sock")],
+                          user=alice.uid, group=alice.gid, extra_groups=[], cwd="/tmp",
+                          capture_output=True, text=True, timeout=30)
+    reply = json.loads(done.stdout)
+    assert reply["kind"] == "refused" and "user: unknown key" in reply["error"]
+    assert rig.summary() == []
+    # What is reserved is the caller's, as the kernel named them.
+    rig.gpuacct(alice, "reserve", "1", "--for", "10m")
+    assert [e["user"] for e in rig.summary()] == [alice.name]
