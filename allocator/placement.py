@@ -19,8 +19,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
-FOREVER = float("inf")
-
 
 @dataclass(frozen=True)
 class Gpu:
@@ -110,12 +108,13 @@ class _Timeline:
         self.starts.insert(i, start)
         self.ends.insert(i, end)
 
-    def free_forever_from(self, now: float) -> float:
-        return max(self.ends[-1], now) if self.ends else now
-
 
 class Planner:
-    """The cluster's GPUs with what is held and planned on each, for one planning pass."""
+    """The cluster's GPUs with what is held and planned on each, for one planning pass.
+
+    A node's earliest slot for one shape of request (model, GPUs, count, length) is kept until
+    a slot is planned on that node, so a queue of requests of a few shapes costs one search
+    per node and shape, then one per placement."""
 
     def __init__(self, inventory: Iterable[Gpu], held: Iterable[Held], now: float) -> None:
         self.now = now
@@ -129,8 +128,10 @@ class Planner:
                 if timeline is not None and h.until > now:
                     timeline.add(now, h.until)
         self._patterns: dict[str, re.Pattern[str]] = {}
+        self._earliest: dict[str, dict[tuple[object, ...], Slot | None]] = {}
 
-    def _eligible(self, want: Want, gpus: list[Gpu]) -> list[Gpu]:
+    def _eligible(self, want: Want, node: str) -> list[Gpu]:
+        gpus = self.nodes[node]
         if want.gpus is not None:
             gpus = [g for g in gpus if g.index in want.gpus]
         if want.model is not None:
@@ -140,49 +141,62 @@ class Planner:
             gpus = [g for g in gpus if pattern.search(g.model)]
         return gpus
 
-    def _earliest_on(self, want: Want, gpus: list[Gpu], before: float) -> Slot | None:
-        """The earliest slot on one node starting before `before`, first GPUs first."""
+    def _earliest_on(self, want: Want, gpus: list[Gpu], after: float,
+                     before: float) -> Slot | None:
+        """The earliest slot on one node starting in [after, before), lowest GPUs first.
+
+        Each GPU's free gaps long enough for the request give a window of possible starts;
+        sweeping the windows' openings and closings in time order finds the first moment
+        `count` of them are open at once."""
         count = len(want.gpus) if want.gpus is not None else want.count
-        if len(gpus) < count:
-            return None
-        lines = [self.timelines[(g.node, g.index)] for g in gpus]
-        times = sorted({self.now, *(e for t in lines for e in t.ends if e > self.now)})
-        for start in times:
-            if start >= before:
-                return None
-            end = start + want.seconds
-            free = [g.index for g, t in zip(gpus, lines, strict=True) if t.free(start, end)]
-            if len(free) >= count:
-                return Slot(want.id, gpus[0].node, tuple(free[:count]), start, end)
+        length = want.seconds
+        events: list[tuple[float, int, int]] = []  # (time, 0 opens / 1 closes, GPU index)
+        for g in gpus:
+            t = self.timelines[(g.node, g.index)]
+            free_from = after
+            for s, e in zip(t.starts, t.ends, strict=True):
+                if e <= free_from:
+                    continue
+                if s - free_from >= length and free_from < before:
+                    events += [(free_from, 0, g.index), (s - length, 1, g.index)]
+                free_from = max(free_from, e)
+            if free_from < before:
+                events.append((free_from, 0, g.index))  # free for good from here
+        events.sort()
+        open_: set[int] = set()
+        for time, closes, index in events:
+            if closes:
+                open_.discard(index)
+                continue
+            open_.add(index)
+            if len(open_) >= count:
+                chosen = tuple(sorted(open_)[:count])
+                return Slot(want.id, gpus[0].node, chosen, time, time + length)
         return None
 
     def place(self, want: Want) -> Slot | None:
-        """Plan one request at its earliest slot (and keep it planned); None if it never fits."""
-        candidates = []
-        for node, gpus in self.nodes.items():
-            if want.node not in (None, node):
-                continue
-            eligible = self._eligible(want, gpus)
-            count = len(want.gpus) if want.gpus is not None else want.count
-            if len(eligible) >= count:
-                # By the count-th GPU to be free for good, the request fits here for sure:
-                # an upper bound that lets most nodes be passed over without a search.
-                bound = sorted(self.timelines[(g.node, g.index)].free_forever_from(self.now)
-                               for g in eligible)[count - 1]
-                candidates.append((bound, node, eligible))
+        """Plan one request at its earliest slot, the first node first among equals (and keep
+        it planned); None if it never fits."""
+        count = len(want.gpus) if want.gpus is not None else want.count
+        shape = (want.model, want.gpus, count, want.seconds)
         best: Slot | None = None
-        limit = FOREVER
-        for _bound, _node, eligible in sorted(candidates, key=lambda c: c[0]):
-            slot = self._earliest_on(want, eligible, limit)
+        for node in [want.node] if want.node is not None else self.nodes:
+            if node not in self.nodes:
+                continue
+            memo = self._earliest.setdefault(node, {})
+            if shape not in memo:
+                gpus = self._eligible(want, node)
+                memo[shape] = (self._earliest_on(want, gpus, self.now, float("inf"))
+                               if len(gpus) >= count else None)
+            slot = memo[shape]
             if slot is not None and (best is None or slot.start < best.start):
-                best, limit = slot, slot.start
-                if slot.start <= self.now:
-                    break
+                best = slot
         if best is None:
             return None
         for index in best.gpus:
             self.timelines[(best.node, index)].add(best.start, best.end)
-        return best
+        self._earliest.pop(best.node, None)
+        return Slot(want.id, best.node, best.gpus, best.start, best.end)
 
 
 def plan(inventory: Iterable[Gpu], held: Iterable[Held], queue: Sequence[Want],

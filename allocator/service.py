@@ -53,6 +53,10 @@ class Allocator:
         self.on_change: Callable[[], None] = lambda: None
         self._lock = threading.RLock()
         self._slots: dict[int, Slot] = {}
+        # Reservation id -> when its node last saw a process of the holder on it (as nodes
+        # report it; a node that never reported a reservation's use never idles it out).
+        self._used: dict[int, float] = {}
+        self._idle_told: set[int] = set()
         with self._lock:
             now = self.clock()
             with self.store.change(now) as c:
@@ -69,6 +73,11 @@ class Allocator:
             if changed:
                 log.info("%s has %d GPUs", node, len(gpus))
                 self._plan(now)
+
+    def report_use(self, used: dict[int, float]) -> None:
+        with self._lock:
+            for id, at in used.items():
+                self._used[id] = max(at, self._used.get(id, at))
 
     def inventory(self) -> list[Gpu]:
         return [Gpu(*row) for row in self.store.inventory()]
@@ -151,12 +160,24 @@ class Allocator:
         with self._lock:
             now = self.clock()
             notice = self.settings.expiry_notice_seconds
+            idle_limit = self.settings.idle_release_seconds
             with self.store.change(now) as c:
                 for r in self.store.open_requests():
                     if r.state != "granted" or r.ends is None:
                         continue
+                    idle = now - self._used[r.id] if r.id in self._used else 0.0
                     if r.ends <= now:
                         self._end(c, r, "expired", "allocator")
+                    elif idle_limit and idle >= idle_limit:
+                        self._end(c, r, "idle", "allocator",
+                                  f"unused for {duration(idle)}")
+                    elif idle_limit and idle >= idle_limit / 2 and r.id not in self._idle_told:
+                        self._idle_told.add(r.id)
+                        c.audit(r.id, r.user, "allocator", "idle notice")
+                        c.notice(r.user, self._nodes_of(r),
+                                 f"gpuacct: your {_name(r)} has not been used for "
+                                 f"{duration(idle)}; it is released in "
+                                 f"{duration(idle_limit - idle)} unless you use it")
                     elif not r.warned and r.ends - now <= notice:
                         c.warned(r.id)
                         c.audit(r.id, r.user, "allocator", "expiry notice")

@@ -91,8 +91,10 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
         except ValidationError as exc:
             raise HTTPException(400, f"bad sync request: {_problems(exc)}") from None
         store.record_actions(report.node, report.actions)
-        if desired.allocator is not None and report.gpus is not None:
-            desired.allocator.report_gpus(report.node, report.gpus)
+        if desired.allocator is not None:
+            if report.gpus is not None:
+                desired.allocator.report_gpus(report.node, report.gpus)
+            desired.allocator.report_use(report.reservation_use)
         answer = desired.dump()
         return Response(answer, media_type="application/json",
                         headers=sign(node_key, "RESPONSE", SYNC_PATH, answer))

@@ -8,6 +8,8 @@ the parent's job.
 
 GPU: each GPU unit's time since the last cycle is shared among the distinct jobs holding it
 (split 1/k, full, or by GPU memory). Processes nobody is billed for still take their share.
+A reserved GPU is billed whole to its holder, as the job `reservation-<id>`, used or idle;
+the processes on it (the holder's, or anyone's still being stopped) add nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from exporter.counters import Cursor, JobInfo, JobKey, UsageState
-from exporter.gpu import GpuUnit
+from exporter.gpu import GpuDevice, GpuUnit
 from exporter.procs import CLOCK_TICKS, ProcSample
 
 
@@ -107,6 +109,23 @@ def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, pol
             if user:
                 key = (user, job, unit.label, unit.uuid, unit.model)
                 state.add_gpu(key, seconds * share, now)
+
+
+Reserved = dict[int, tuple[str, int]]  # GPU index -> (holder, reservation id)
+
+
+def gpu_index(unit: GpuUnit) -> int:
+    return int(unit.label.split("/")[0])
+
+
+def account_reserved(state: UsageState, devices: Iterable[GpuDevice], reserved: Reserved,
+                     seconds: float, now: float) -> None:
+    for d in devices:
+        if d.index in reserved and not d.lost:
+            user, id = reserved[d.index]
+            job = f"reservation-{id}"
+            state.add_gpu((user, job, str(d.index), d.uuid, d.model), seconds, now)
+            state.jobs[(user, job)] = JobInfo("reservation", "reservation", now)
 
 
 def update_jobs(state: UsageState, procs: list[ProcSample], now: float) -> None:

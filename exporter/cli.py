@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     enforcement = start_enforcement(all_settings, lambda: sampler.snapshot)
     if enforcement:
         registry.register(ActuatorCollector(enforcement.actuator))
+        sampler.reserved = enforcement.actuator.reserved_gpus
     try:
         server = serve(host, port, registry, "gpuacct exporter",
                        enforcement.routes if enforcement else None)

@@ -85,7 +85,8 @@ class Puller:
         reports = self.actuator.take_reports()
         request = SyncRequest(node=self.actuator.node,
                               version=max(self.actuator.state.version, 0), actions=tuple(reports),
-                              gpus=self.gpus())
+                              gpus=self.gpus(),
+                              reservation_use=dict(self.actuator.last_used))
         try:
             answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
                               self.key, self.verifier, self.timeout)

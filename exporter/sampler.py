@@ -11,7 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.accounting import GpuHolder, account_cpu, account_gpu, gpu_holders, update_jobs
+from exporter.accounting import (
+    GpuHolder,
+    Reserved,
+    account_cpu,
+    account_gpu,
+    account_reserved,
+    gpu_holders,
+    gpu_index,
+    update_jobs,
+)
 from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
 from exporter.gpu import GpuBackend, GpuReading, GpuUnavailable
 from exporter.procs import ProcessTable, ProcSample, uptime_seconds
@@ -63,6 +72,8 @@ class Sampler:
         self.snapshot = Snapshot()
         self._last_mono: float | None = None
         self._xids: dict[tuple[int, str, int], Counter] = {}
+        # The GPUs of this node reserved now, and for whom (set by the node's actuator).
+        self.reserved: Callable[[], Reserved] = dict
 
     def cycle(self) -> Snapshot:
         started, now, mono = time.perf_counter(), time.time(), time.monotonic()
@@ -90,9 +101,12 @@ class Sampler:
         self._last_mono = mono
 
         state = self.state
+        reserved = self.reserved()
         account_cpu(state, procs, now)
-        account_gpu(state, holders, elapsed, self.settings.gpu_share, now)
+        account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved], elapsed,
+                    self.settings.gpu_share, now)
         update_jobs(state, procs, now)
+        account_reserved(state, reading.devices if reading else (), reserved, elapsed, now)
         state.expire(now, self.settings.retention_seconds)
         state.last_sample, state.last_uptime = now, uptime
         self._count_xids(reading, now)

@@ -111,6 +111,8 @@ class SyncRequest(Model):
     version: int = Field(ge=0)
     actions: tuple[NodeAction, ...] = ()
     gpus: tuple[NodeGpu, ...] | None = None
+    # Per reservation held on this node: when a process of its holder last ran on it.
+    reservation_use: dict[int, float] = {}
 
 
 class PushResult(Model):

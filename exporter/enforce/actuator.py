@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from exporter.accounting import gpu_index
 from exporter.enforce.plan import (
     Kill,
     Limit,
@@ -61,12 +62,28 @@ class Actuator:
         self.state = self.store.load()
         self.reports = Reports(clock)
         self.last_applied = 0.0
+        self.last_used: dict[int, float] = {}  # reservation id -> holder last seen on it
 
     def _node(self) -> Node:
         return Node(now=self._clock(), dry_run=self.settings.dry_run,
                     kill_grace_seconds=self.settings.kill_grace_seconds, name=self.node,
                     limiter=self.limiter.name if self.limiter else None,
                     uid_of=self._uid_of, refusal=self.signaller.refusal)
+
+    def reserved_gpus(self) -> dict[int, tuple[str, int]]:
+        """This node's GPUs reserved now: index -> (holder, reservation id)."""
+        now = self._clock()
+        with self.lock:
+            return {r.gpu: (r.user, r.id) for r in self.state.reserved if r.ends > now}
+
+    def _note_use(self, snapshot: Snapshot) -> None:
+        on_gpu = {(gpu_index(h.unit), h.user) for h in snapshot.holders}
+        now = self._clock()
+        used = {}
+        for r in self.state.reserved:
+            seen = (r.gpu, r.user) in on_gpu
+            used[r.id] = now if seen else self.last_used.get(r.id, now)
+        self.last_used = used
 
     # -- the enforcer's reports queue (see PolicySync)
     def take_reports(self) -> list[NodeAction]:
@@ -89,6 +106,7 @@ class Actuator:
 
     def cycle(self, snapshot: Snapshot) -> None:
         with self.lock:
+            self._note_use(snapshot)
             before = self.reports.recorded()
             self._carry_out(plan_cycle(self.state, snapshot, self._node()))
             self._carry_out(plan_grace(self.state, self._clock()))

@@ -173,3 +173,26 @@ def test_a_restart_keeps_the_queue_and_the_reservations(tmp_path: Path, clock: C
     again = make(path, clock)
     assert again.summary() == before
     assert again.version == version  # nothing changed: nodes are not sent it again
+
+
+def test_an_unused_reservation_is_announced_then_released(allocator: Allocator,
+                                                         clock: Clock) -> None:
+    r = allocator.reserve("alice", "gpu01", ask(1, 8)).request
+    assert r is not None
+    allocator.tick()
+    assert allocator.summary().entries  # no report from the node yet: never idle
+    allocator.report_use({r.id: clock.now})
+    clock.now += 1000  # past half of the 30 minutes
+    allocator.tick()
+    allocator.tick()
+    [notice] = allocator.desired().notices
+    assert "has not been used for 16m" in notice.text and "released in 13m" in notice.text
+    clock.now += 400
+    allocator.report_use({r.id: clock.now - 100})  # she used it: the clock starts again
+    allocator.tick()
+    assert allocator.summary().entries
+    clock.now += 1800
+    allocator.tick()
+    assert allocator.summary().entries == ()
+    assert "none of your processes used it (unused for 31m)" in allocator.desired().notices[-1].text
+    assert [e.event for e in allocator.store.audit("alice")][-2:] == ["idle notice", "idle"]
