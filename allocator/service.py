@@ -51,6 +51,7 @@ class Allocator:
         self.store, self.settings, self.clock = store, settings, clock
         self.restriction = restriction  # why a user may not have new GPUs now (blocked...)
         self.on_change: Callable[[], None] = lambda: None
+        self.on_grant: Callable[[float], None] = lambda waited: None
         self._lock = threading.RLock()
         self._slots: dict[int, Slot] = {}
         # Reservation id -> when its node last saw a process of the holder on it (as nodes
@@ -78,6 +79,10 @@ class Allocator:
         with self._lock:
             for id, at in used.items():
                 self._used[id] = max(at, self._used.get(id, at))
+
+    def last_used(self, id: int, default: float) -> float:
+        """When the node last saw the holder use reservation `id` (`default`: never said)."""
+        return self._used.get(id, default)
 
     def inventory(self) -> list[Gpu]:
         return [Gpu(*row) for row in self.store.inventory()]
@@ -208,6 +213,8 @@ class Allocator:
                                  f"gpuacct: your request {r.id} is granted: {where} until "
                                  f"{clock_time(now + r.seconds)}; `gpuacct run -- CMD` there")
         self._slots = {id: s for id, s in slots.items() if s.start > now}
+        for r, _ in starting:
+            self.on_grant(now - r.submitted)
         if starting:
             log.info("granted %s", ", ".join(str(r.id) for r, _ in starting))
         self.on_change()

@@ -151,7 +151,7 @@ class Changes:
         if row is None or int(row[0]) != fingerprint:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)",
                              (fingerprint,))
-            self.dirty = True
+            self.dirty = row is not None  # the first settings are no change for any node
 
     def notice(self, user: str, nodes: tuple[str, ...], text: str) -> None:
         self._db.execute("INSERT INTO notices (at, user, nodes, text) VALUES (?, ?, ?, ?)",

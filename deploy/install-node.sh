@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install gpuacct on a GPU node: a virtualenv under /opt/gpuacct, /etc/gpuacct/gpuacct.yaml,
-# the systemd unit for gpuacct-exporter, gpuacct-balance on users' PATH and the login greeting.
+# the systemd unit for gpuacct-exporter, gpuacct and gpuacct-balance on users' PATH and the
+# login greeting.
 #
 #   deploy/install-node.sh --enforcer-url http://control:9837 --key-file node-key
 #
@@ -74,9 +75,10 @@ except ConfigError as exc:
     sys.exit(f"install-node.sh: config error: {exc}")
 PY
 
-echo "==> gpuacct-balance, the login greeting, the systemd unit"
+echo "==> gpuacct and gpuacct-balance, the login greeting, the systemd unit"
 mkdir -p "$root/usr/local/bin" "$root/etc/profile.d" "$root/etc/systemd/system"
 ln -sfn /opt/gpuacct/bin/gpuacct-balance "$root/usr/local/bin/gpuacct-balance"
+ln -sfn /opt/gpuacct/bin/gpuacct "$root/usr/local/bin/gpuacct"
 "$opt/bin/gpuacct-balance" --print-hook >"$root/etc/profile.d/gpuacct.sh"
 chmod 0644 "$root/etc/profile.d/gpuacct.sh"
 install -m 0644 "$here/deploy/systemd/gpuacct-exporter.service" \
@@ -91,4 +93,4 @@ if [ "$start" = 1 ]; then
         echo "systemd is not running here: start /opt/gpuacct/bin/gpuacct-exporter yourself"
     fi
 fi
-echo "==> done: metrics on :9835/metrics; users can run gpuacct-balance"
+echo "==> done: metrics on :9835/metrics; users can run gpuacct-balance and gpuacct (reserve, queue, run)"

@@ -4,6 +4,8 @@
   the caller's uid (read from its Unix socket); the answer is signed too. 400 names a bad or
   refused ask, 404 a request that is not the caller's, 401 an unsigned request.
 - `POST /v1/allocation/cancel`: an administrator ends any request (bearer token).
+- `POST /v1/allocation/release`: the web page releases a user's own request for them (bearer
+  token; the page has authenticated the user).
 - `GET /v1/allocation`: every reservation and the queue, with positions and estimated starts
   (bearer token), for the web page and administrators; `GET /v1/allocation/audit` every step.
 """
@@ -21,10 +23,12 @@ from allocator.service import AllocationError, Allocator, NotFound
 from gpuacct.allocation import (
     ALLOCATION_PATH,
     CANCEL_PATH,
+    RELEASE_PATH,
     Answer,
     Cancel,
     Forwarded,
     Release,
+    ReleaseFor,
     Reserve,
     Summary,
 )
@@ -82,6 +86,14 @@ def add_allocation_routes(app: FastAPI, allocator: Allocator, verifier: Verifier
             raise HTTPException(404, str(exc)) from None
         log.info("%s by %s", outcome.text, body.admin)
         return {"text": outcome.text}
+
+    @app.post(RELEASE_PATH, dependencies=authorized)
+    def release_for(body: ReleaseFor) -> dict[str, Any]:
+        try:
+            outcomes = allocator.release(body.user, body.id, body.actor)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        return {"text": "\n".join(o.text for o in outcomes)}
 
     @app.get(ALLOCATION_PATH, dependencies=authorized)
     def summary(user: str | None = None) -> Summary:

@@ -17,6 +17,7 @@ import time
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from allocator.metrics import register as register_allocator_metrics
 from allocator.service import Allocator
 from allocator.store import AllocationStore
 from enforcer.app import create_app
@@ -69,6 +70,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     registry = CollectorRegistry(auto_describe=False)
     pusher = Pusher(desired, key, verifier, settings.enforcer, registry)
     allocator.on_change = pusher.policy_changed
+    register_allocator_metrics(allocator, registry)
     app = create_app(desired, pusher, token, key, verifier, registry)
     pusher.start()
     stop = threading.Event()

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from gpuacct import http
 from gpuacct.allocation import ALLOCATION_PATH, Answer, Ask, Caller, Forwarded
 from gpuacct.config import describe_error
 from gpuacct.policy import NodeGpu
@@ -69,21 +70,13 @@ class Forwarder:
             answer = Answer.model_validate_json(body)
         except ExchangeError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
-                return {"error": _detail(exc.detail), "kind": "refused"}
+                return {"error": http.detail(exc.detail), "kind": "refused"}
             log.warning("cannot forward %s's request: %s", user, exc)
             return {"error": f"the control plane cannot be reached from {self.node}; try "
                              "again later", "kind": "unreachable"}
         except ValidationError:
             return {"error": "the control plane's answer is unreadable", "kind": "unreachable"}
         return {"answer": answer.model_copy(update={"node": self.node}).model_dump(mode="json")}
-
-
-def _detail(body: str) -> str:
-    try:
-        detail = json.loads(body).get("detail")
-    except (ValueError, AttributeError):
-        return body
-    return detail if isinstance(detail, str) else body
 
 
 class _Handler(socketserver.StreamRequestHandler):

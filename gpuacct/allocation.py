@@ -17,6 +17,7 @@ from gpuacct.policy import Model, NodeGpu, UserName
 
 ALLOCATION_PATH = "/v1/allocation"
 CANCEL_PATH = "/v1/allocation/cancel"  # administrators, with the webhook's bearer token
+RELEASE_PATH = "/v1/allocation/release"  # the web page, for a user it has authenticated
 MAX_GPUS = 1024
 MAX_SECONDS = 366 * 86400.0  # beyond a year is a mistake, whatever the limits say
 
@@ -77,6 +78,14 @@ class Cancel(Model):
     id: int = Field(ge=1)
     admin: str = Field(min_length=1, max_length=64)
     reason: str = Field(default="", max_length=200)
+
+
+class ReleaseFor(Model):
+    """A user's release, asked through the web page (which vouches for who they are)."""
+
+    user: UserName
+    id: int = Field(ge=1)
+    actor: str = Field(min_length=1, max_length=64)
 
 
 class Entry(Model):

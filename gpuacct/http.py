@@ -3,6 +3,7 @@ nodes): a request, a whole answer, and one exception for every way it can fail."
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -36,6 +37,15 @@ def request(method: str, url: str, timeout: float, body: bytes | None = None,
         raise HttpError(url, detail, exc.code) from None
     except (OSError, ValueError) as exc:  # URLError is an OSError; ValueError: a bad URL
         raise HttpError(url, str(exc)) from None
+
+
+def detail(body: str) -> str:
+    """The message in an error body as FastAPI writes it (`{"detail": "..."}`), else the body."""
+    try:
+        found = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        return body
+    return found if isinstance(found, str) else body
 
 
 def get(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> bytes:

@@ -110,6 +110,7 @@ class Stack:
         if self.demo:
             self.story = demo_story.Story(d / "billing" / "ledger.sqlite3",
                                           self.settings.exporter.actuator.hook_dir,
+                                          self.settings.exporter.actuator.user_socket,
                                           lambda text: print(f"demo: {text}", flush=True))
             self.story.start()
 

@@ -5,11 +5,14 @@ the exporter's demo backend places on simulated GPUs. Time is compressed through
 only, as in the end-to-end test: windows of seconds, high prices, every duration in the rules
 and Alertmanager's config divided by FACTOR. Within about two minutes alice is warned,
 blocked and throttled, a GPU process she starts is stopped, her running one is killed; the
-demo then recharges her and everything lifts. Bob, on a cheap GPU, is never touched.
+demo then recharges her and everything lifts. Bob, on a cheap GPU, is never touched. Then the
+queue: bob reserves his GPU, alice queues for one like it, bob's run ends and he releases it,
+and alice is granted it at once. Their asks go over the node's user socket as themselves.
 """
 
 from __future__ import annotations
 
+import json
 import pwd
 import subprocess
 import threading
@@ -28,6 +31,9 @@ ALICE, BOB = "gpuacct-demo-alice", "gpuacct-demo-bob"
 RECHARGE = Decimal(100)
 # A light loop: the demo is about GPUs, and should not load the machine.
 TRAIN = "import time\nwhile True:\n    sum(range(20000))\n    time.sleep(0.02)\n"
+# What `gpuacct` does, in a line: one ask over the node's socket, run as the demo user.
+ASK = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+       "s.sendall(sys.argv[2].encode() + b'\\n'); print(s.makefile().readline())")
 
 
 def overrides(scrape_seconds: float) -> dict[str, dict[str, Any]]:
@@ -46,9 +52,11 @@ def overrides(scrape_seconds: float) -> dict[str, dict[str, Any]]:
 class Story(threading.Thread):
     """Plays the story once, printing each step; `stop()` ends its processes and users."""
 
-    def __init__(self, ledger: Path, hook_dir: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, ledger: Path, hook_dir: Path, user_socket: Path | None,
+                 say: Callable[[str], None]) -> None:
         super().__init__(name="demo-story", daemon=True)
         self.ledger, self.hook_dir, self.say = ledger, hook_dir, say
+        self.user_socket = user_socket
         self.stopping = threading.Event()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.created: list[str] = []
@@ -81,6 +89,26 @@ class Story(threading.Thread):
                 return True
             self.stopping.wait(0.5)
         return False
+
+    def _ask(self, user: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The node daemon's answer to `user`'s ask, or RuntimeError with its refusal."""
+        entry = self._user(user)
+        done = subprocess.run(["/usr/bin/python3", "-c", ASK, str(self.user_socket),
+                               json.dumps(request)], user=entry.pw_uid, group=entry.pw_gid,
+                              extra_groups=[], cwd="/", env={"PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, timeout=30, check=False)
+        try:
+            reply: dict[str, Any] = json.loads(done.stdout)
+        except ValueError:
+            raise RuntimeError(done.stderr.strip() or "no answer from the node") from None
+        if "answer" not in reply:
+            raise RuntimeError(reply.get("error", "no answer"))
+        answer: dict[str, Any] = reply["answer"]
+        return answer
+
+    def _holds(self, user: str) -> bool:
+        summary = self._ask(user, {"op": "reservations"})["summary"]
+        return any(e["state"] == "granted" for e in summary["entries"])
 
     def _hook(self) -> dict[str, Any]:
         hook = read_hook(self.hook_dir, ALICE)
@@ -126,6 +154,24 @@ class Story(threading.Thread):
         bob_state = "is still training" if bob.poll() is None else "is no longer training"
         self.say(f"the alerts resolved and every restriction lifted: {ALICE} trains again; "
                  f"{BOB} {bob_state}")
+        if self.user_socket is not None:
+            self._queue(bob)
+
+    def _queue(self, bob: subprocess.Popen[bytes]) -> None:
+        """Bob reserves his GPU, alice queues for one like it and is granted it when he
+        releases it."""
+        granted = self._ask(BOB, {"op": "reserve", "count": 1, "seconds": 3600, "gpus": [1]})
+        self.say(f"{BOB} reserves the RTX 3090 he trains on for an hour: "
+                 f"{granted['text'].splitlines()[0]}")
+        queued = self._ask(ALICE, {"op": "reserve", "count": 1, "seconds": 1800,
+                                   "model": "RTX 3090"})
+        self.say(f"{ALICE} asks for an RTX 3090 for 30 minutes: {queued['text']}")
+        bob.kill()
+        bob.wait()
+        released = self._ask(BOB, {"op": "release"})
+        self.say(f"{BOB}'s run is over and he releases the GPU: {released['text']}")
+        if self._until(lambda: self._holds(ALICE)):
+            self.say(f"{ALICE} is granted it at once, and told on her terminals")
 
     def stop(self) -> None:
         self.stopping.set()

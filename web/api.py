@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from billing_engine.ledger import Posting
+from gpuacct.allocation import Entry
 from web import prices
 from web.actions import Refused, post_money
 from web.deps import Admin, Ctx, Who, check_csrf, may_see
@@ -115,3 +116,19 @@ class Nodes(BaseModel):
 def nodes(ctx: Ctx, who: Admin) -> Nodes:
     answer = ctx.live.nodes()
     return Nodes(nodes=answer.value, problem=answer.problem)
+
+
+class Reservations(BaseModel):
+    entries: list[Entry] = Field(description="reservations and queued requests, in queue order")
+    problem: str | None = Field(description="why `entries` is empty: the enforcer was not asked")
+
+
+@router.get("/reservations", tags=["reservations"])
+def reservations(ctx: Ctx, who: Who) -> Reservations:
+    """GPU reservations and the queue: everyone's for administrators, else the user's own."""
+    if not who.admin and not who.user:
+        raise HTTPException(403, "log in, or come through the proxy that names you")
+    answer = ctx.live.reservations()
+    entries = [e for e in (answer.value.entries if answer.value else ())
+               if who.admin or e.user == who.user]
+    return Reservations(entries=entries, problem=answer.problem)

@@ -31,6 +31,10 @@ class Memo:
     def ttl(cls, seconds: float, size: int = 64) -> Memo:
         return cls(TTLCache(maxsize=size, ttl=seconds))
 
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._store.pop(key, None)
+
     def get(self, key: Hashable, make: Callable[[], T]) -> T:
         with self._lock:
             try:

@@ -4,6 +4,7 @@ a part that cannot be reached is shown as unknown, with why, never as an error p
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -15,12 +16,21 @@ from typing import Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gpuacct import http
+from gpuacct.allocation import (
+    ALLOCATION_PATH,
+    CANCEL_PATH,
+    RELEASE_PATH,
+    Cancel,
+    ReleaseFor,
+    Summary,
+)
 from gpuacct.config import Settings
 from gpuacct.policy import NodePolicy, UserPolicy
 from gpuacct.promql import Prometheus, PrometheusUnavailable
 from web.cache import Memo
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 TIMEOUT_SECONDS = 2.0
 
 
@@ -41,6 +51,11 @@ class NodeRow(BaseModel, frozen=True):
     instance: str
     up: bool
     gpus: list[GpuRow] = []
+    name: str | None = None  # as reservations name the node (gpuacct_node_info)
+
+
+class AllocationRefused(Exception):
+    """The enforcer refused a release or cancel, or could not be asked; str() says why."""
 
 
 @dataclass(frozen=True)
@@ -92,21 +107,50 @@ class Live:
         return self._cached("enforcement", self._fetch_enforcement)
 
     def _fetch_enforcement(self) -> Answer[dict[str, UserPolicy]]:
+        answer = self._ask_enforcer("enforcement", "/v1/policy", NodePolicy)
+        return Answer(dict(answer.value.users) if answer.value else {}, answer.problem)
+
+    def _ask_enforcer(self, what: str, path: str, model: type[M]) -> Answer[M | None]:
         if not self.enforcer_url:
-            return Answer({}, "enforcement unknown: web.enforcer_url is not set")
+            return Answer(None, f"{what} unknown: web.enforcer_url is not set")
         if not self.token:
-            return Answer({}, "enforcement unknown: auth.webhook_token is not set (the "
-                              "enforcer shows its policy only with it)")
-        url = self.enforcer_url.rstrip("/") + "/v1/policy"
+            return Answer(None, f"{what} unknown: auth.webhook_token is not set (the "
+                                "enforcer answers only with it)")
+        url = self.enforcer_url.rstrip("/") + path
         try:
-            policy = NodePolicy.model_validate_json(http.get(
-                url, TIMEOUT_SECONDS, {"Authorization": f"Bearer {self.token}"}))
+            return Answer(model.model_validate_json(http.get(
+                url, TIMEOUT_SECONDS, {"Authorization": f"Bearer {self.token}"})))
         except http.HttpError as exc:
-            return Answer({}, f"enforcement unknown: {url}: {exc}")
+            return Answer(None, f"{what} unknown: {url}: {exc}")
         except ValidationError as exc:
-            return Answer({}, f"enforcement unknown: {url} answered something else: "
-                              f"{exc.errors()[0]['msg']}")
-        return Answer(dict(policy.users))
+            return Answer(None, f"{what} unknown: {url} answered something else: "
+                                f"{exc.errors()[0]['msg']}")
+
+    # -- reservations and the queue, from the enforcer's allocator
+    def reservations(self) -> Answer[Summary | None]:
+        return self._cached("reservations", lambda: self._ask_enforcer(
+            "reservations", ALLOCATION_PATH, Summary))
+
+    def release(self, user: str, id: int, actor: str) -> str:
+        return self._change(RELEASE_PATH, ReleaseFor(user=user, id=id, actor=actor))
+
+    def cancel(self, id: int, admin: str, reason: str = "") -> str:
+        return self._change(CANCEL_PATH, Cancel(id=id, admin=admin, reason=reason))
+
+    def _change(self, path: str, body: BaseModel) -> str:
+        if not self.enforcer_url or not self.token:
+            raise AllocationRefused("web.enforcer_url and auth.webhook_token are needed")
+        url = self.enforcer_url.rstrip("/") + path
+        try:
+            answer = http.request("POST", url, TIMEOUT_SECONDS, body.model_dump_json().encode(),
+                                  {"Authorization": f"Bearer {self.token}",
+                                   "Content-Type": "application/json"})
+        except http.HttpError as exc:
+            raise AllocationRefused(http.detail(exc.reason) if exc.status else str(exc)) from None
+        finally:
+            self._memo.forget("reservations")
+        text: str = json.loads(answer.body)["text"]
+        return text
 
     # -- nodes: up, their GPUs, who is on them
     def nodes(self) -> Answer[list[NodeRow]]:
@@ -119,6 +163,8 @@ class Live:
             info = self._query("gpuacct_gpu_info")
             util = self._query("gpuacct_gpu_utilization_ratio")
             held = self._query("sum by (instance, gpu, user) (gpuacct_gpu_process_memory_bytes)")
+            names = {l["instance"]: l["node"] for l, _ in self._query(  # noqa: E741
+                "gpuacct_node_info") if "node" in l}
         except PrometheusUnavailable as exc:
             return Answer([], f"nodes unknown: {exc}")
         utilization = {(l["instance"], l.get("gpu", "")): v for l, v in util}  # noqa: E741
@@ -132,5 +178,6 @@ class Live:
                                        utilization=utilization.get(key),
                                        users=dict(sorted(users[key].items()))))
         return Answer([NodeRow(instance=labels["instance"], up=value == 1,
-                               gpus=gpus[labels["instance"]])
+                               gpus=gpus[labels["instance"]], name=names.get(labels["instance"]))
                        for labels, value in sorted(up, key=lambda s: s[0]["instance"])])
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from web import export, prices
 from web.actions import Refused, post_money
 from web.auth import SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
 from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see, when
+from web.live import AllocationRefused
 from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
@@ -110,9 +112,32 @@ def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0
         raise HTTPException(404, f"there is no account {user!r}")
     history = ctx.fragments.get(("history", ctx.view.version(), user, page),
                                 lambda: _history(request, ctx, user, page))
-    return render(request, "user.html", status=400 if error else 200, who=who,
-                  account=account, history=history, message=message, error=error,
-                  problems=ctx.accounts.overview().problems)
+    cookie = None
+    if not who.csrf:  # a user the proxy vouched for: a session, for the release buttons' CSRF
+        cookie, csrf = ctx.sessions.new(admin=False)
+        who = dataclasses.replace(who, csrf=csrf)
+    reservations = ctx.live.reservations()
+    mine = [e for e in (reservations.value.entries if reservations.value else ())
+            if e.user == user]
+    response = render(request, "user.html", status=400 if error else 200, who=who,
+                      account=account, history=history, message=message, error=error,
+                      problems=ctx.accounts.overview().problems, reservations=mine,
+                      reservations_problem=reservations.problem)
+    if cookie:
+        response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/users/{user}/reservations/{id}/release")
+def release(request: Request, ctx: Ctx, who: Who, user: str, id: int,
+            csrf: Annotated[str, Form()] = "") -> Response:
+    may_see(who, user)
+    check_csrf(who, csrf)
+    try:
+        text = ctx.live.release(user, id, who.user or "administrator")
+    except AllocationRefused as exc:
+        return _user_page(request, ctx, who, user, error=f"release refused: {exc}")
+    return RedirectResponse(f"/users/{user}?message={text.replace(' ', '+')}", status_code=303)
 
 
 def _history(request: Request, ctx: Ctx, user: str, page: int) -> str:
@@ -191,6 +216,32 @@ def add_prices(request: Request, ctx: Ctx, who: Admin, effective: Annotated[str,
 
 
 @router.get("/admin/nodes")
-def nodes_page(request: Request, ctx: Ctx, who: Admin) -> HTMLResponse:
+def nodes_page(request: Request, ctx: Ctx, who: Admin,
+               message: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+    return _nodes_page(request, ctx, who, message)
+
+
+def _nodes_page(request: Request, ctx: Ctx, who: Viewer, message: str | None = None,
+                error: str | None = None) -> HTMLResponse:
     nodes = ctx.live.nodes()
-    return render(request, "nodes.html", who=who, nodes=nodes.value, problem=nodes.problem)
+    summary = ctx.live.reservations()
+    entries = summary.value.entries if summary.value else ()
+    # (node name, GPU index) -> the reservation holding it
+    held = {(e.node, str(g)): e for e in entries if e.state == "granted" for g in e.gpus}
+    return render(request, "nodes.html", status=400 if error else 200, who=who,
+                  nodes=nodes.value, problem=nodes.problem, held=held,
+                  queue=[e for e in entries if e.state == "queued"],
+                  reservations_problem=summary.problem, message=message, error=error,
+                  now=summary.value.now if summary.value else time.time())
+
+
+@router.post("/admin/reservations/{id}/cancel")
+def cancel(request: Request, ctx: Ctx, who: Admin, id: int,
+           reason: Annotated[str, Form(max_length=200)] = "",
+           csrf: Annotated[str, Form()] = "") -> Response:
+    check_csrf(who, csrf)
+    try:
+        text = ctx.live.cancel(id, "administrator", reason.strip())
+    except AllocationRefused as exc:
+        return _nodes_page(request, ctx, who, error=f"cancel refused: {exc}")
+    return RedirectResponse(f"/admin/nodes?message={text.replace(' ', '+')}", status_code=303)

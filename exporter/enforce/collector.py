@@ -52,6 +52,10 @@ class ActuatorCollector(Collector):
         yield reserved
         yield ends
         yield actions
+        info = GaugeMetricFamily("gpuacct_node_info", "This node's name in reservations.",
+                                 labels=["node"])
+        info.add_metric([actuator.node], 1)
+        yield info
         yield GaugeMetricFamily("gpuacct_node_policy_version",
                                 "Version of the enforcement policy in force here.",
                                 value=max(version, 0))

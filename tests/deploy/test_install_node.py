@@ -55,8 +55,9 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     printed = subprocess.run([str(bin_dir / "gpuacct-balance"), "--print-hook"],
                              capture_output=True, text=True, timeout=60).stdout
     assert hook.read_text() == printed and "--greeting" in printed
-    assert (root / "usr" / "local" / "bin" / "gpuacct-balance").readlink() == Path(
-        "/opt/gpuacct/bin/gpuacct-balance")
+    for command in ("gpuacct-balance", "gpuacct"):
+        assert (root / "usr" / "local" / "bin" / command).readlink() == Path(
+            f"/opt/gpuacct/bin/{command}")
     unit = root / "etc" / "systemd" / "system" / "gpuacct-exporter.service"
     assert verify_unit(unit, tmp_path, bin_dir / "gpuacct-exporter") == ""
     # The node runs the versions the tests ran, not whatever PyPI has today.

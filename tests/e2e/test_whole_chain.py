@@ -1,7 +1,9 @@
 """The whole chain on one machine, with time compressed through configuration only: alice's GPU
 job on an expensive model drains her balance; she is warned, blocked and throttled, and her GPU
 processes are killed; an administrator recharges her in the browser; everything lifts. Bob, on
-a cheap model, is untouched. At the end the ledger, InfluxDB and the exporter agree exactly.
+a cheap model, is untouched. Then the queue: carol reserves the spare GPU with `gpuacct`, dave
+queues for it, carol releases and dave is granted it within one push, and told. At the end the
+ledger, InfluxDB and the exporter agree exactly, reserved time included.
 
 Real: Prometheus with gpuacct's rule files and Alertmanager with its config (both with every
 duration divided by FACTOR, stack.alerting.compress_time), InfluxDB, gpuacct-exporter
@@ -13,7 +15,9 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -62,6 +66,17 @@ class Chain:
     web_url: str
     started: float
     say: Callable[[str], None]  # to the terminal, also when pytest captures output
+    venv: Path  # gpuacct installed from a wheel, where the test users can run it
+    user_socket: Path
+
+    def gpuacct(self, user: UnixUser, *args: str) -> str:
+        """`gpuacct ARGS` run by `user` on the node."""
+        done = subprocess.run([str(self.venv / "bin" / "gpuacct"), "--socket",
+                               str(self.user_socket), *args], user=user.uid, group=user.gid,
+                              extra_groups=[], cwd="/tmp", env={"PATH": "/usr/bin:/bin"},
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def crossed(self, user: str, tier: str) -> float:
         """When Prometheus first saw the user's balance below the tier's threshold."""
@@ -95,11 +110,17 @@ def step(chain: Chain, text: str, at: float, since: float | None = None,
 @pytest.fixture
 def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
           start_alertmanager: Callable[[dict[str, Any]], Server], influxdb: Server,
-          test_users: dict[str, UnixUser], tmp_path: Path,
+          test_users: dict[str, UnixUser], tmp_path: Path, installed_gpuacct: Path,
           capsys: pytest.CaptureFixture[str]) -> Iterator[Chain]:
-    node = cluster.node("gpu01", devices=[device(0, name=A100), device(1, name=RTX3090)],
-                        cpu_limiter="auto", kill_grace_seconds=2)
-    enforcer = cluster.enforcer([node])
+    sockets = Path(tempfile.mkdtemp(prefix="gpuacct-e2e-"))
+    sockets.chmod(0o755)  # the test users reach the node's socket
+    enforcer_port = free_port()
+    node = cluster.node("gpu01", enforcer_port=enforcer_port,
+                        devices=[device(0, name=A100), device(1, name=RTX3090),
+                                 device(2, name=RTX3090)],
+                        cpu_limiter="auto", kill_grace_seconds=2,
+                        user_socket=str(sockets / "user.sock"))
+    enforcer = cluster.enforcer([node], port=enforcer_port)
 
     token = tmp_path / "webhook-token"
     token.write_text(TOKEN)
@@ -157,11 +178,12 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
                 print(text, flush=True)
 
         yield Chain(node, prometheus, rig, enforcer.audit, f"http://127.0.0.1:{web_port}",
-                    time.time(), say)
+                    time.time(), say, installed_gpuacct, sockets / "user.sock")
     finally:
         for service in services:
             service.stop()
             RUNNING.remove(service)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def gpu_job(chain: Chain, processes: Processes, user: UnixUser, job: str, gpu: int) -> Popen[bytes]:
@@ -254,6 +276,28 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert again.poll() is None
     step(chain, "a new GPU process of hers runs", time.time())
 
+    # The queue: carol reserves the spare RTX 3090, dave queues for it; carol releases and dave
+    # is granted it within one push, and told on his terminals.
+    carol, dave = test_users["carol"], test_users["dave"]
+    out = chain.gpuacct(carol, "reserve", "1", "--for", "1h", "--gpus", "2")
+    assert out.startswith("granted: reservation 1, GPU 2 on gpu01"), out
+    out = chain.gpuacct(dave, "reserve", "1", "--for", "30m", "--gpus", "2")
+    assert out.startswith("queued: request 2, position 1, estimated start"), out
+    step(chain, "carol reserves GPU 2 (gpuacct); dave queues: position 1", time.time())
+    released = time.time()
+    chain.gpuacct(carol, "release")
+    granted = f'gpuacct_gpu_reserved{{gpu="2",user="{dave.name}"}} 1.0'
+    at = wait(lambda: granted in chain.node.exporter.scrape(), "dave's grant on the node", 10)
+    step(chain, "carol releases: dave is granted GPU 2 on the node", at, released,
+         "the release")
+    assert at - released < 1.0, "the grant took more than a push to reach the node"
+    at = wait(lambda: any(e["action"] == "notify" and e["alert"] == "reservation"
+                          and "is granted" in e["detail"]
+                          for e in chain.enforcer_audit(dave.name)), "dave to be told", 10)
+    step(chain, "dave is told on his terminals", at, released, "the release")
+    time.sleep(2)  # a window or so of dave's reserved time, to be billed
+    chain.gpuacct(dave, "release")
+
     # Bob was never touched.
     assert bobs.poll() is None
     assert chain.node.hook(bob) is None
@@ -280,7 +324,7 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         proc.kill()
         proc.wait()
     truth = chain.rig.wait_until_billed(timeout=60)
-    assert {k[0] for k in truth} == {alice, bob}
+    assert {k[0] for k in truth} == {alice, bob, carol.name, dave.name}
     ledger = sqlite_rows(chain.rig.ledger_path, "SELECT user, gpu_model, gpu_seconds, "
                          "cpu_core_seconds, cost FROM usage_lines")
     costs: dict[str, Decimal] = {}
@@ -293,9 +337,11 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     influx = wait(lambda: chain.rig.influx_sums() == {
         u: int(c * 1_000_000) for u, c in costs.items()}, "InfluxDB to hold every cost", 30)
     balances = dict(sqlite_rows(chain.rig.ledger_path, "SELECT user, balance FROM accounts"))
-    assert Decimal(balances[bob]) == OPENING - costs[bob]
+    for user in (bob, carol.name, dave.name):  # carol's and dave's: their reserved time
+        assert costs[user] > 0 and Decimal(balances[user]) == OPENING - costs[user]
     assert Decimal(balances[alice]) == OPENING + 100 - costs[alice]
-    step(chain, f"totals agree: alice {costs[alice]}, bob {costs[bob]}", influx)
+    step(chain, f"totals agree: alice {costs[alice]}, bob {costs[bob]}, "
+                f"carol {costs[carol.name]}, dave {costs[dave.name]}", influx)
 
 
 def sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:

@@ -172,7 +172,8 @@ def test_every_commented_choice_of_the_example_loads(tmp_path: Path, key: str, c
     settings = load_settings(write(tmp_path, text))
     values = {"gpu_share": settings.exporter.gpu_share,
               "backend": settings.exporter.nvml.backend,
-              "cpu_limiter": settings.exporter.actuator.cpu_limiter}
+              "cpu_limiter": settings.exporter.actuator.cpu_limiter,
+              "mode": settings.allocator.mode}
     assert values[key] == choice.strip('"')
 
 

@@ -156,14 +156,19 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
         print(f"the web page shows {demo.ALICE} blocked {time.monotonic() - started:.0f} s "
               "after the stack started")
         assert "Simulated NVIDIA A100" in session.get(f"{web}/admin/nodes", timeout=10).text
-        wait_for(lambda: "restriction lifted" in log.read_text(), timeout=120,
+        wait_for(lambda: "is granted it at once" in log.read_text(), timeout=120,
                  what="the rest of the story")
         story = [line for line in log.read_text().splitlines() if line.startswith("demo: ")]
         print("\n".join(story))
         assert [s.split()[1:3] for s in story] == [
             [demo.ALICE, "trains"], [demo.ALICE, "is"], [demo.ALICE, "is"],
-            [demo.ALICE, "started"], [demo.ALICE, "stayed"], ["the", "demo"], ["the", "alerts"]]
-        assert f"{demo.BOB} is still training" in story[-1]
+            [demo.ALICE, "started"], [demo.ALICE, "stayed"], ["the", "demo"], ["the", "alerts"],
+            [demo.BOB, "reserves"], [demo.ALICE, "asks"], [f"{demo.BOB}'s", "run"],
+            [demo.ALICE, "is"]]
+        assert f"{demo.BOB} is still training" in story[-5]
+        assert "granted: reservation 1, GPU 1 on" in story[-4]
+        assert "queued: request 2, position 1, estimated start" in story[-3]
+        assert "released: reservation 1" in story[-2]
         assert "new GPU work is blocked" not in page()
 
         stack.send_signal(signal.SIGTERM)
