@@ -97,7 +97,7 @@ class Allocator:
                 id = c.add(user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
                            ask.gpus)
                 c.audit(id, user, user, "queued", _asked(ask))
-            self._plan(now)
+            self._plan(now, asking=id)
             request = self.store.request(id)
             assert request is not None
             return Outcome(self._describe(request, now), request)
@@ -161,11 +161,13 @@ class Allocator:
     # --- time passing ------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Expire what reached its end, warn before the end, grant what now fits."""
+        """Expire what reached its end, warn before the end, grant what now fits. The queue
+        is planned again only if something ended: time passing alone moves no estimate."""
         with self._lock:
             now = self.clock()
             notice = self.settings.expiry_notice_seconds
             idle_limit = self.settings.idle_release_seconds
+            ended = False
             with self.store.change(now) as c:
                 for r in self.store.open_requests():
                     if r.state != "granted" or r.ends is None:
@@ -173,9 +175,11 @@ class Allocator:
                     idle = now - self._used[r.id] if r.id in self._used else 0.0
                     if r.ends <= now:
                         self._end(c, r, "expired", "allocator")
+                        ended = True
                     elif idle_limit and idle >= idle_limit:
                         self._end(c, r, "idle", "allocator",
                                   f"unused for {duration(idle)}")
+                        ended = True
                     elif idle_limit and idle >= idle_limit / 2 and r.id not in self._idle_told:
                         self._idle_told.add(r.id)
                         c.audit(r.id, r.user, "allocator", "idle notice")
@@ -190,11 +194,16 @@ class Allocator:
                                  f"gpuacct: your {_name(r)} ends at {clock_time(r.ends)} "
                                  f"(in {duration(r.ends - now)})")
                 c.prune_notices(now - NOTICE_SECONDS)
-            self._plan(now)
+            if ended:
+                self._plan(now)
+            elif c.dirty:
+                self.on_change()  # notices to send
 
     # --- planning ----------------------------------------------------------------------
 
-    def _plan(self, now: float) -> None:
+    def _plan(self, now: float, asking: int | None = None) -> None:
+        """Plan the queue and grant what starts now; whoever is granted is told on their
+        terminals, but the one asking right now (`asking`), who reads it in the answer."""
         open_ = self.store.open_requests()
         held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
                 for r in open_ if r.state == "granted"]
@@ -208,7 +217,7 @@ class Allocator:
                     c.grant(r.id, slot.node, slot.gpus, now + r.seconds)
                     where = f"GPU {','.join(map(str, slot.gpus))} on {slot.node}"
                     c.audit(r.id, r.user, "allocator", "granted", where)
-                    if now - r.submitted > 1:  # a user who waited is told on their terminals
+                    if r.id != asking:
                         c.notice(r.user, tuple(dict.fromkeys((r.asked_on, slot.node))),
                                  f"gpuacct: your request {r.id} is granted: {where} until "
                                  f"{clock_time(now + r.seconds)}; `gpuacct run -- CMD` there")

@@ -24,13 +24,12 @@ import re
 import shutil
 import socket
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-import yaml
+from fleet import start_enforcer, start_nodes
 
 from allocator.placement import Gpu, Held, Want, first_fit_now, plan
 from gpuacct.policy import NodePolicy, Reservations, ReservedGpu
@@ -87,46 +86,13 @@ def bench_placement() -> None:
           f"{naive * 1000:6.1f} ms ({len(granted)} granted); ratio {ours / naive:.1f}x")
 
 
-def start_stack(work: Path) -> tuple[ManagedProcess, int, list[tuple[ManagedProcess, int]]]:
+def start_stack(work: Path) -> tuple[ManagedProcess, list[tuple[ManagedProcess, int]]]:
     enforcer_port = free_port()
-    nodes = []
-    for i in range(NODES):
-        d = work / f"node{i}"
-        d.mkdir()
-        gpus = d / "gpus.json"
-        gpus.write_text(json.dumps({"driver_version": "550", "devices": [
-            {"uuid": f"GPU-{i}-{g}", "name": "NVIDIA A100-SXM4-80GB", "memory_total": 1 << 36,
-             "processes": []} for g in range(8)]}))
-        port = free_port()
-        config = d / "gpuacct.yaml"
-        config.write_text(yaml.safe_dump({
-            "exporter": {"interval_seconds": 0.1, "state_file": str(d / "state.json"),
-                         "nvml": {"backend": "fake", "fake_file": str(gpus)},
-                         "actuator": {"node_name": f"node{i}", "cpu_limiter": "off",
-                                      "state_file": str(d / "actuator.json"),
-                                      "hook_dir": str(d / "hooks"),
-                                      "enforcer_url": f"http://127.0.0.1:{enforcer_port}",
-                                      "pull_interval_seconds": 60,
-                                      "user_socket": str(d / "user.sock")}},
-            "auth": {"node_hmac_key": KEY}}))
-        proc = ManagedProcess(f"node{i}", [sys.executable, "-m", "exporter", "--config",
-                                           str(config), "run", "--web.listen-address",
-                                           f"127.0.0.1:{port}"], d / "log",
-                              f"http://127.0.0.1:{port}/metrics")
-        nodes.append((proc.start(), port))
-    for proc, _ in nodes:
-        proc.wait_ready()
-    config = work / "enforcer.yaml"
-    config.write_text(yaml.safe_dump({
-        "enforcer": {"database": str(work / "enforcer.sqlite3"),
-                     "nodes": [f"http://127.0.0.1:{p}" for _, p in nodes]},
-        "auth": {"webhook_token": TOKEN, "node_hmac_key": KEY}}))
-    enforcer = ManagedProcess("enforcer", [sys.executable, "-m", "enforcer", "--config",
-                                           str(config), "run", "--web.listen-address",
-                                           f"127.0.0.1:{enforcer_port}"], work / "enforcer.log",
-                              f"http://127.0.0.1:{enforcer_port}/-/healthy")
-    enforcer.start().wait_ready()
-    return enforcer, enforcer_port, nodes
+    nodes = start_nodes(work, NODES, KEY, gpus_per_node=8,
+                        enforcer_url=f"http://127.0.0.1:{enforcer_port}",
+                        pull_interval_seconds=60, user_socket=lambda d: str(d / "user.sock"))
+    enforcer, _ = start_enforcer(work, [p for _, p, _ in nodes], KEY, TOKEN, enforcer_port)
+    return enforcer, [(proc, port) for proc, port, _ in nodes]
 
 
 def ask(path: Path, request: dict[str, object]) -> dict[str, object]:
@@ -162,7 +128,7 @@ def put_policy(port: int, policy: NodePolicy) -> None:
 
 def bench_reserve_to_node() -> None:
     work = Path(tempfile.mkdtemp(prefix="gpuacct-allocator-bench-"))
-    enforcer, _, nodes = start_stack(work)
+    enforcer, nodes = start_stack(work)
     ports = {f"node{i}": port for i, (_, port) in enumerate(nodes)}
     socket_path = work / "node0" / "user.sock"
     try:

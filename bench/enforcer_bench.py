@@ -27,56 +27,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
+from fleet import start_enforcer, start_nodes
 
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
 from gpuacct.signing import sign
-from stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess
 
 NODES, ROUNDS = 10, 30
 USER = "gpuacct-bench"
 KEY, TOKEN = "bench-node-key", "bench-token"
 IDLE = "import time\nwhile True: time.sleep(60)\n"
-
-
-def start_nodes(work: Path) -> list[tuple[ManagedProcess, int, Path]]:
-    nodes = []
-    for i in range(NODES):
-        d = work / f"node{i}"
-        d.mkdir()
-        gpus = d / "gpus.json"
-        gpus.write_text(json.dumps({"driver_version": "550", "devices": [
-            {"uuid": f"GPU-{i}", "name": "NVIDIA A100-SXM4-80GB", "memory_total": 1 << 36,
-             "processes": []}]}))
-        port = free_port()
-        config = d / "gpuacct.yaml"
-        config.write_text(yaml.safe_dump({
-            "exporter": {"interval_seconds": 0.1, "state_file": str(d / "state.json"),
-                         "nvml": {"backend": "fake", "fake_file": str(gpus)},
-                         "actuator": {"node_name": f"node{i}", "cpu_limiter": "off",
-                                      "state_file": str(d / "actuator.json"),
-                                      "hook_dir": str(d / "hooks"), "kill_grace_seconds": 30}},
-            "auth": {"node_hmac_key": KEY}}))
-        proc = ManagedProcess(f"node{i}", [sys.executable, "-m", "exporter", "--config",
-                                           str(config), "run", "--web.listen-address",
-                                           f"127.0.0.1:{port}"], d / "exporter.log",
-                              f"http://127.0.0.1:{port}/metrics")
-        nodes.append((proc.start().wait_ready(), port, gpus))
-    return nodes
-
-
-def start_enforcer(work: Path, ports: list[int]) -> tuple[ManagedProcess, int]:
-    port = free_port()
-    config = work / "enforcer.yaml"
-    config.write_text(yaml.safe_dump({
-        "enforcer": {"database": str(work / "enforcer.sqlite3"),
-                     "nodes": [f"http://127.0.0.1:{p}" for p in ports]},
-        "auth": {"webhook_token": TOKEN, "node_hmac_key": KEY}}))
-    proc = ManagedProcess("enforcer", [sys.executable, "-m", "enforcer", "--config",
-                                       str(config), "run", "--web.listen-address",
-                                       f"127.0.0.1:{port}"], work / "enforcer.log",
-                          f"http://127.0.0.1:{port}/-/healthy")
-    return proc.start().wait_ready(), port
 
 
 def spawn_victims(script: Path, uid: int, gpu_files: list[Path]) -> list[subprocess.Popen[bytes]]:
@@ -185,10 +145,10 @@ def main() -> int:
     script.chmod(0o644)
     parts: list[ManagedProcess] = []
     try:
-        nodes = start_nodes(work)
+        nodes = start_nodes(work, NODES, KEY)
         parts += [n[0] for n in nodes]
         ports, gpu_files = [n[1] for n in nodes], [n[2] for n in nodes]
-        enforcer, port = start_enforcer(work, ports)
+        enforcer, port = start_enforcer(work, ports, KEY, TOKEN)
         parts.append(enforcer)
         url = f"http://127.0.0.1:{port}"
         results: dict[str, list[float]] = {"enforcer": [], "direct": []}

@@ -17,9 +17,9 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.params import Depends
-from pydantic import ValidationError
 
 from allocator.service import AllocationError, Allocator, NotFound
+from enforcer.signed import signed_body
 from gpuacct.allocation import (
     ALLOCATION_PATH,
     CANCEL_PATH,
@@ -32,14 +32,9 @@ from gpuacct.allocation import (
     Reserve,
     Summary,
 )
-from gpuacct.config import describe_error
-from gpuacct.signing import SignatureError, Verifier, sign
+from gpuacct.signing import Verifier, sign
 
 log = logging.getLogger(__name__)
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(describe_error(e) for e in exc.errors(include_url=False))
 
 
 def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
@@ -59,15 +54,7 @@ def add_allocation_routes(app: FastAPI, allocator: Allocator, verifier: Verifier
                           node_key: bytes, authorized: list[Depends]) -> None:
     @app.post(ALLOCATION_PATH, include_in_schema=False)
     async def forwarded(request: Request) -> Response:
-        body = await request.body()
-        try:
-            verifier.verify("POST", ALLOCATION_PATH, dict(request.headers), body)
-        except SignatureError as exc:
-            raise HTTPException(401, f"refused: {exc}") from None
-        try:
-            ask = Forwarded.model_validate_json(body)
-        except ValidationError as exc:
-            raise HTTPException(400, _problems(exc)) from None
+        ask = await signed_body(request, verifier, ALLOCATION_PATH, Forwarded, "request")
         try:
             answer = answer_for(allocator, ask)
         except NotFound as exc:

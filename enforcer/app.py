@@ -19,26 +19,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
 
 from enforcer.allocation_api import add_allocation_routes
 from enforcer.desired import Desired
 from enforcer.nodes import Pusher
 from enforcer.payload import Notification
-from gpuacct.config import describe_error
+from enforcer.signed import problems, signed_body
 from gpuacct.policy import SYNC_PATH, SyncRequest
-from gpuacct.signing import SignatureError, Verifier, sign
+from gpuacct.signing import Verifier, sign
 
 log = logging.getLogger(__name__)
-
-
-def _problems(exc: RequestValidationError | ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = [p for p in error["loc"] if p != "body"]
-        lines.append(describe_error({**error, "loc": loc}) if error["type"] != "json_invalid"
-                     else f"body is not valid JSON: {error.get('ctx', {}).get('error', '')}")
-    return "; ".join(lines)
 
 
 def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: bytes,
@@ -58,7 +48,7 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         if request.url.path == "/v1/alerts":
             received.labels("refused").inc()
-        return JSONResponse({"error": f"bad request: {_problems(exc)}"}, status_code=400)
+        return JSONResponse({"error": f"bad request: {problems(exc)}"}, status_code=400)
 
     def bearer(authorization: Annotated[str, Header()] = "") -> None:
         scheme, _, token = authorization.partition(" ")
@@ -81,15 +71,7 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
 
     @app.post(SYNC_PATH, include_in_schema=False)
     async def sync(request: Request) -> Response:
-        body = await request.body()
-        try:
-            verifier.verify("POST", SYNC_PATH, dict(request.headers), body)
-        except SignatureError as exc:
-            raise HTTPException(401, f"refused: {exc}") from None
-        try:
-            report = SyncRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise HTTPException(400, f"bad sync request: {_problems(exc)}") from None
+        report = await signed_body(request, verifier, SYNC_PATH, SyncRequest, "sync request")
         store.record_actions(report.node, report.actions)
         if desired.allocator is not None:
             if report.gpus is not None:

@@ -8,11 +8,11 @@ control plane's `ALLOCATION_PATH`. The answer is an `Answer`, or `{"error": "...
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
+from gpuacct.config import ModelPattern
 from gpuacct.policy import Model, NodeGpu, UserName
 
 ALLOCATION_PATH = "/v1/allocation"
@@ -22,19 +22,11 @@ MAX_GPUS = 1024
 MAX_SECONDS = 366 * 86400.0  # beyond a year is a mistake, whatever the limits say
 
 
-def _pattern(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return value
-
-
 class Reserve(Model):
     op: Literal["reserve"] = "reserve"
     count: int = Field(ge=1, le=MAX_GPUS)
     seconds: float = Field(gt=0, le=MAX_SECONDS)
-    model: Annotated[str, AfterValidator(_pattern)] | None = None  # searched, any case
+    model: ModelPattern | None = None
     node: str | None = None
     gpus: tuple[Annotated[int, Field(ge=0)], ...] | None = None  # exactly these, on one node
 

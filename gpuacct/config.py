@@ -122,8 +122,12 @@ def _check_pattern(value: str) -> str:
     return value
 
 
+# A regular expression searched in a GPU model's name, any case (prices, reservations).
+ModelPattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
 class GpuPrice(Section):
-    pattern: Annotated[str, AfterValidator(_check_pattern)]  # searched in the GPU model, any case
+    pattern: ModelPattern
     per_minute: Price
 
 

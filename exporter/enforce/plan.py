@@ -169,11 +169,7 @@ def _plan_intruders(plan: Plan, snapshot: Snapshot, node: Node) -> None:
     not reserved, is told why, then stopped once the grace is over."""
     state = plan.state
     holders = {r.gpu: r for r in state.reserved}
-    by_pid = {p.pid: p for p in snapshot.procs}
-    children: dict[int, list[ProcSample]] = defaultdict(list)
-    for p in snapshot.procs:
-        children[p.ppid].append(p)
-    stopping = {(s.target[0], s.target[1]) for s in state.stopping}
+    by_pid, children, stopping = _tables(state, snapshot)
     seen: dict[str, Intruder] = {}
     for holder in snapshot.holders:
         gpu = int(holder.unit.label.split("/")[0])
@@ -284,11 +280,7 @@ def gpu_trees(state: ActuatorState, user: str, snapshot: Snapshot,
               spare: set[ProcKey]) -> list[ProcSample]:
     """The user's GPU processes but those in `spare`, each with its descendants of the same
     uid, that are not yet being stopped."""
-    by_pid = {p.pid: p for p in snapshot.procs}
-    children: dict[int, list[ProcSample]] = defaultdict(list)
-    for p in snapshot.procs:
-        children[p.ppid].append(p)
-    stopping = {(s.target[0], s.target[1]) for s in state.stopping}
+    by_pid, children, stopping = _tables(state, snapshot)
     found: dict[ProcKey, ProcSample] = {}
     for holder in snapshot.holders:
         root = by_pid.get(holder.pid)
@@ -298,6 +290,16 @@ def gpu_trees(state: ActuatorState, user: str, snapshot: Snapshot,
             if p.key not in stopping:
                 found[p.key] = p
     return list(found.values())
+
+
+def _tables(state: ActuatorState, snapshot: Snapshot) -> tuple[
+        dict[int, ProcSample], dict[int, list[ProcSample]], set[ProcKey]]:
+    """The snapshot's processes by pid and by parent, and what is being stopped already."""
+    by_pid = {p.pid: p for p in snapshot.procs}
+    children: dict[int, list[ProcSample]] = defaultdict(list)
+    for p in snapshot.procs:
+        children[p.ppid].append(p)
+    return by_pid, children, {(s.target[0], s.target[1]) for s in state.stopping}
 
 
 def _tree(root: ProcSample, children: dict[int, list[ProcSample]]) -> Iterator[ProcSample]:

@@ -84,14 +84,17 @@ def test_pages_show_enforcement_burn_rate_and_who_is_on_which_gpu(
     assert (api["cost_per_hour"], api["seconds_left"]) == ("3.50", 9000.0)
     assert api["enforcement"]["block"] and api["enforcement"]["cpu_quota_percent"] == 50
 
-    # alice's reservation of GPU 1, bob queued behind her: on the nodes page, with a cancel.
-    assert enforcer.forward("alice", {"op": "reserve", "count": 1, "seconds": 3600,
+    # carol's reservation of GPU 1, bob queued behind her: on the nodes page, with a cancel.
+    # (alice is blocked: she may have no new GPUs.)
+    status, answer = enforcer.forward("alice", {"op": "reserve", "count": 1, "seconds": 60})
+    assert status == 400 and "no new GPUs while new GPU work is blocked" in answer["detail"]
+    assert enforcer.forward("carol", {"op": "reserve", "count": 1, "seconds": 3600,
                                       "gpus": [1]})[0] == 200
     assert enforcer.forward("bob", {"op": "reserve", "count": 2, "seconds": 600})[0] == 200
     wait_for(lambda: promql(prometheus.url, "gpuacct_node_info"))
     nodes = session.get(f"{web.url}/admin/nodes", timeout=10).text
     assert f"127.0.0.1:{node.exporter.port}" in nodes and ">up<" in nodes
-    assert ">gpu01<" in nodes and '">alice</a> until' in nodes and "(reservation 1)" in nodes
+    assert ">gpu01<" in nodes and '">carol</a> until' in nodes and "(reservation 1)" in nodes
     assert 'action="/admin/reservations/1/cancel"' in nodes
     queue = nodes[nodes.index('id="queue"'):]
     assert ">bob</a>" in queue and ("(in 59m)" in queue or "(in 1h 00m)" in queue)
