@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from stack.process import free_port
-from tests.fixtures.enforcement import Cluster, Enforcer, EnforcingNode, wait_until
+from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
 from tests.fixtures.gpus import device
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
@@ -178,6 +178,21 @@ def test_reserve_enforce_queue_restart_release(
     wait_until(lambda: hers.poll() is not None, 15)
     events = [(e["event"], e["actor"]) for e in rig.enforcer.get("/v1/allocation/audit")]
     assert ("released", alice.name) in events and ("granted", "allocator") in events
+
+    # A node that was away converges within one pull period: gpu02 is down while carol's
+    # reservation on it is cancelled; back, it drops the reservation at its first pull.
+    gpu02.exporter.process.stop()
+    cancel = urllib.request.Request(
+        f"{rig.enforcer.url}/v1/allocation/cancel", data=json.dumps(
+            {"id": 2, "admin": "ann", "reason": "maintenance"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(cancel, timeout=10) as answer:
+        assert "cancelled: reservation 2" in json.load(answer)["text"]
+    gpu02.exporter.restart()
+    took = wait_until(lambda: ("1", carol.name) not in rig.reserved_metric(gpu02), 10)
+    assert took <= 1.5, f"gpu02 converged {took:.2f}s after it came back"
+    assert ("cancelled", "ann") in [(e["event"], e["actor"])
+                                    for e in rig.enforcer.get("/v1/allocation/audit")]
 
 
 BAD_INPUT = [

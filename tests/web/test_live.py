@@ -92,7 +92,14 @@ def test_pages_show_enforcement_burn_rate_and_who_is_on_which_gpu(
                                       "gpus": [1]})[0] == 200
     assert enforcer.forward("bob", {"op": "reserve", "count": 2, "seconds": 600})[0] == 200
     wait_for(lambda: promql(prometheus.url, "gpuacct_node_info"))
-    nodes = session.get(f"{web.url}/admin/nodes", timeout=10).text
+
+    def nodes_page() -> str:
+        text: str = session.get(f"{web.url}/admin/nodes", timeout=10).text
+        return text
+    # The page keeps what it asked the enforcer and Prometheus for a few seconds.
+    wait_for(lambda: "(reservation 1)" in nodes_page() and ">gpu01<" in nodes_page(),
+             timeout=30)
+    nodes = nodes_page()
     assert f"127.0.0.1:{node.exporter.port}" in nodes and ">up<" in nodes
     assert ">gpu01<" in nodes and '">carol</a> until' in nodes and "(reservation 1)" in nodes
     assert 'action="/admin/reservations/1/cancel"' in nodes
