@@ -26,6 +26,7 @@ from billing_engine.influx import InfluxSink, InfluxUnavailable, LineFormatter
 from billing_engine.ledger import LeaseLost, LedgerWriter, UsageLine, WindowBill, iso
 from billing_engine.pricing import PriceBook
 from billing_engine.series import LineKey, Series, SeriesCache
+from gpuacct.allocation import RESERVATION_JOB_PREFIX
 from gpuacct.config import BillingSettings
 from gpuacct.money import merge_versions
 from gpuacct.promql import Prometheus, PrometheusUnavailable
@@ -81,7 +82,7 @@ class Engine:
         self.ledger = ledger
         self.prometheus = prometheus
         self.sink = sink
-        self.prices = PriceBook(settings.prices)
+        self.prices = PriceBook(settings.prices, settings.reserved_price_factor)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.last_tick_seconds = 0.0
         self.last_tick_ok = True
@@ -107,7 +108,8 @@ class Engine:
             if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
                 return 0
             self.prices = PriceBook(merge_versions(
-                self.settings.prices, [v for v, _, _ in self.ledger.price_versions()]))
+                self.settings.prices, [v for v, _, _ in self.ledger.price_versions()]),
+                self.settings.reserved_price_factor)
             billed = self._bill_due(now)
             self.drain_outbox()
             self.last_tick_ok = True
@@ -203,7 +205,8 @@ class Engine:
                 (gpu_usage if series.gpu else cpu_usage)[series.line] += delta
         version = self.prices.version_at(previous)  # the price in force at the window's start
         cost = self.prices.coster(version)
-        lines = [UsageLine(user, job, node, model, gpu, cpu, cost(model, gpu, cpu))
+        lines = [UsageLine(user, job, node, model, gpu, cpu,
+                           cost(model, gpu, cpu, job.startswith(RESERVATION_JOB_PREFIX)))
                  for (user, job, node, model), gpu, cpu in _lines(gpu_usage, cpu_usage)]
         bill = WindowBill(end=end, previous=previous, expected_last=after, lines=lines,
                           cursors=moved, price_effective=self.prices.starts[version],

@@ -13,9 +13,11 @@ MICRO = Decimal("0.000001")
 
 
 class PriceBook:
-    def __init__(self, versions: list[PriceVersion]) -> None:
+    def __init__(self, versions: list[PriceVersion],
+                 reserved_factor: Decimal = Decimal(1)) -> None:
         if not versions:
             raise ValueError("at least one price version is needed")
+        self.reserved_factor = reserved_factor
         self.versions = sorted(versions, key=PriceVersion.starts)
         self.starts = [v.starts() for v in self.versions]
         self._patterns = [[(re.compile(g.pattern, re.I), g.per_minute) for g in v.gpu]
@@ -32,20 +34,24 @@ class PriceBook:
         return self.versions[version].other_gpu_per_minute
 
     def cost(self, version: int, model: str, gpu_seconds: Decimal,
-             cpu_core_seconds: Decimal) -> Decimal:
-        """Exact cost, rounded once to micro-units (half to even)."""
-        return self.coster(version)(model, gpu_seconds, cpu_core_seconds)
+             cpu_core_seconds: Decimal, reserved: bool = False) -> Decimal:
+        """Exact cost, rounded once to micro-units (half to even); reserved GPU time at the
+        reserved price factor."""
+        return self.coster(version)(model, gpu_seconds, cpu_core_seconds, reserved)
 
-    def coster(self, version: int) -> Callable[[str, Decimal, Decimal], Decimal]:
+    def coster(self, version: int) -> Callable[[str, Decimal, Decimal, bool], Decimal]:
         """`cost` at one version, each model's price looked up once (a window has thousands
         of lines and a handful of models)."""
         per_minute: dict[str, Decimal] = {}
         cpu_per_minute = self.versions[version].cpu_per_core_minute
 
-        def cost(model: str, gpu_seconds: Decimal, cpu_core_seconds: Decimal) -> Decimal:
+        def cost(model: str, gpu_seconds: Decimal, cpu_core_seconds: Decimal,
+                 reserved: bool) -> Decimal:
             price = per_minute.get(model)
             if price is None:
                 price = per_minute[model] = self.gpu_per_minute(version, model)
+            if reserved:
+                price *= self.reserved_factor
             raw = (gpu_seconds * price + cpu_core_seconds * cpu_per_minute) / 60
             return raw.quantize(MICRO, rounding=ROUND_HALF_EVEN)
 

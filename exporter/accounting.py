@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from exporter.counters import Cursor, JobInfo, JobKey, UsageState
 from exporter.gpu import GpuDevice, GpuUnit
 from exporter.procs import CLOCK_TICKS, ProcSample
+from gpuacct.allocation import RESERVATION_JOB
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def account_reserved(state: UsageState, devices: Iterable[GpuDevice], reserved: 
     for d in devices:
         if d.index in reserved and not d.lost:
             user, id = reserved[d.index]
-            job = f"reservation-{id}"
+            job = RESERVATION_JOB.format(id=id)
             state.add_gpu((user, job, str(d.index), d.uuid, d.model), seconds, now)
             state.jobs[(user, job)] = JobInfo("reservation", "reservation", now)
 

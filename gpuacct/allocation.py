@@ -20,6 +20,9 @@ CANCEL_PATH = "/v1/allocation/cancel"  # administrators, with the webhook's bear
 RELEASE_PATH = "/v1/allocation/release"  # the web page, for a user it has authenticated
 MAX_GPUS = 1024
 MAX_SECONDS = 366 * 86400.0  # beyond a year is a mistake, whatever the limits say
+# The job a reserved GPU's time is counted and billed under, for its holder.
+RESERVATION_JOB = "reservation-{id}"
+RESERVATION_JOB_PREFIX = "reservation-"
 
 
 class Reserve(Model):

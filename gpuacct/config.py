@@ -179,6 +179,8 @@ class BillingSettings(Section):
     amount_decimals: Annotated[int, Field(ge=0, le=6)] = 2
     max_amount: Annotated[Decimal, Field(allow_inf_nan=False, gt=0)] = Decimal(1_000_000)
     prices: list[PriceVersion] = [PriceVersion()]
+    # Reserved GPU time (the job reservation-<id>) costs the GPU's price times this.
+    reserved_price_factor: Price = Decimal(1)
     thresholds: Thresholds = Thresholds()
     user_thresholds: dict[str, ThresholdOverride] = {}
 

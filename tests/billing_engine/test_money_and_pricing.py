@@ -119,3 +119,11 @@ def test_the_ledger_takes_price_versions_only_from_now_on(tmp_path: Path) -> Non
 def at(effective: float) -> PriceVersion:
     return PriceVersion(effective=datetime.fromtimestamp(effective, UTC),
                         gpu=[GpuPrice(pattern="A100", per_minute=D("0.75"))])
+
+
+def test_reserved_gpu_time_costs_the_price_times_the_reserved_factor() -> None:
+    prices = PriceBook([PriceVersion()], reserved_factor=D("0.5"))
+    v = prices.version_at(0)
+    # 60 reserved GPU-seconds on an A100 at 0.50/min, half price; CPU time at its own price.
+    assert prices.cost(v, "A100", D(60), D(60), reserved=True) == D("0.260000")
+    assert prices.cost(v, "A100", D(60), D(60)) == D("0.510000")

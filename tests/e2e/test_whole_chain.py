@@ -53,6 +53,7 @@ THRESHOLDS = {"warning": Decimal(20), "limited": Decimal(10), "exhausted": Decim
 # alert (balance gone within the hour) may touch him.
 PRICE = {A100: Decimal(60), RTX3090: Decimal("0.06")}
 CPU_PRICE = Decimal("0.01")
+RESERVED_FACTOR = Decimal("0.5")  # reserved GPU time at half the GPU's price
 PASSWORD = "e2e-admin-password"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -149,7 +150,8 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
                     "prices": [{"gpu": [{"pattern": "A100", "per_minute": str(PRICE[A100])},
                                         {"pattern": "RTX 3090",
                                          "per_minute": str(PRICE[RTX3090])}],
-                                "cpu_per_core_minute": str(CPU_PRICE)}]},
+                                "cpu_per_core_minute": str(CPU_PRICE)}],
+                    "reserved_price_factor": str(RESERVED_FACTOR)},
         "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"},
         "web": {"prometheus_url": prometheus.url, "enforcer_url": enforcer.url,
                 "session_secret": "e2e-session-secret"},
@@ -295,8 +297,9 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
                           and "is granted" in e["detail"]
                           for e in chain.enforcer_audit(dave.name)), "dave to be told", 10)
     step(chain, "dave is told on his terminals", at, released, "the release")
-    time.sleep(2)  # a window or so of dave's reserved time, to be billed
+    time.sleep(5 * 2)  # five billing windows of dave's reserved time, used by nobody
     chain.gpuacct(dave, "release")
+    step(chain, "dave releases: five windows of his idle reservation to be billed", time.time())
 
     # Bob was never touched.
     assert bobs.poll() is None
@@ -325,11 +328,13 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         proc.wait()
     truth = chain.rig.wait_until_billed(timeout=60)
     assert {k[0] for k in truth} == {alice, bob, carol.name, dave.name}
-    ledger = sqlite_rows(chain.rig.ledger_path, "SELECT user, gpu_model, gpu_seconds, "
+    ledger = sqlite_rows(chain.rig.ledger_path, "SELECT user, job, gpu_model, gpu_seconds, "
                          "cpu_core_seconds, cost FROM usage_lines")
     costs: dict[str, Decimal] = {}
-    for user, model, gpu, cpu, cost in ledger:
+    for user, job, model, gpu, cpu, cost in ledger:
         price = PRICE[model] if model else Decimal(0)
+        if job.startswith("reservation-"):
+            price *= RESERVED_FACTOR
         expected = ((Decimal(gpu) * price + Decimal(cpu) * CPU_PRICE) / 60).quantize(
             Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
         assert Decimal(cost) == expected
