@@ -18,10 +18,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exporter.counters import Cursor, JobInfo, JobKey, UsageState
+from exporter.counters import Cursor, GpuKey, JobInfo, JobKey, Streak, UsageState
 from exporter.gpu import GpuDevice, GpuUnit
 from exporter.procs import CLOCK_TICKS, ProcSample
 from gpuacct.allocation import RESERVATION_JOB
+from gpuacct.config import IdleSettings
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,23 @@ def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample],
 
 
 def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, policy: str,
-                now: float) -> None:
+                now: float, idle: IdleSettings | None = None,
+                unit_busy: dict[str, float | None] | None = None) -> None:
+    """Share each unit's `seconds` among its jobs; with `idle`, count what is idle-holding."""
     by_unit: dict[str, list[GpuHolder]] = defaultdict(list)
     for holder in holders:
         by_unit[holder.unit.uuid].append(holder)
+    idle_keys = set()
     for unit_holders in by_unit.values():
         unit = unit_holders[0].unit
         memory: dict[JobKey, int] = defaultdict(int)
+        busy: dict[JobKey, float | None] = defaultdict(float)
         for h in unit_holders:
             memory[(h.user, h.job)] += h.used_memory_bytes or 0
+            # Without a per-process figure (MIG, some drivers), the unit's own activity.
+            own = h.sm_ratio if h.sm_ratio is not None else (unit_busy or {}).get(unit.uuid)
+            known = busy[(h.user, h.job)]
+            busy[(h.user, h.job)] = None if own is None or known is None else known + own
         total = sum(memory.values())
         for (user, job), used in memory.items():
             if policy == "full":
@@ -110,6 +119,27 @@ def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, pol
             if user:
                 key = (user, job, unit.label, unit.uuid, unit.model)
                 state.add_gpu(key, seconds * share, now)
+                ratio = busy[(user, job)]
+                if (idle is not None and used >= idle.min_memory_bytes and ratio is not None
+                        and ratio < idle.max_utilization_ratio):
+                    idle_keys.add(key)
+                    _idle_streak(state, key, seconds * share, seconds, now, idle.after_seconds)
+    for key in [k for k in state.streaks if k not in idle_keys]:
+        del state.streaks[key]  # busy again, or gone from the GPU: the streak is over
+
+
+def _idle_streak(state: UsageState, key: GpuKey, billed: float, elapsed: float, now: float,
+                 after: float) -> None:
+    """Idle seconds are counted once the streak has lasted `after`, from its start: all the
+    GPU seconds billed to the job on that GPU meanwhile."""
+    streak = state.streaks.get(key)
+    if streak is None:
+        # It began at the previous sample: this cycle's share is already idle time.
+        streak = state.streaks[key] = Streak(since=now - elapsed)
+    streak.pending += billed
+    if now - streak.since >= after:
+        state.add_idle(key, streak.pending, now)
+        streak.pending = 0.0
 
 
 Reserved = dict[int, tuple[str, int]]  # GPU index -> (holder, reservation id)

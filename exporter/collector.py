@@ -59,6 +59,12 @@ class SnapshotCollector(Collector):
             labels=[*JOB, *GPU, "gpu_model"])
         for (user, job, unit, uuid, model), c in sorted(snap.gpu_seconds.items()):
             gpu.add_metric([user, job, unit, uuid, model], c.value, created=c.created)
+        idle = CounterMetricFamily(
+            "gpuacct_job_gpu_idle_seconds",
+            "Of a job's GPU seconds, those it held GPU memory at (almost) no utilisation, once "
+            "that lasted exporter.idle.after_seconds.", labels=[*JOB, *GPU, "gpu_model"])
+        for (user, job, unit, uuid, model), c in sorted(snap.gpu_idle_seconds.items()):
+            idle.add_metric([user, job, unit, uuid, model], c.value, created=c.created)
         cpu = CounterMetricFamily(
             "gpuacct_job_cpu_seconds", "User and system CPU seconds of a job's processes.",
             labels=JOB)
@@ -74,7 +80,7 @@ class SnapshotCollector(Collector):
         for key in sorted(snap.job_processes):
             memory.add_metric(list(key), snap.job_memory_bytes.get(key, 0))
             procs.add_metric(list(key), snap.job_processes[key])
-        yield from (gpu, cpu, info, memory, procs)
+        yield from (gpu, idle, cpu, info, memory, procs)
 
     def _gpu_processes(self, snap: Snapshot) -> Iterator[Metric]:
         labels = [*GPU, "pid", *JOB]

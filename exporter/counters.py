@@ -48,8 +48,19 @@ class Cursor:
 
 
 @dataclass
+class Streak:
+    """A job idle on a GPU since `since` (wall time), with the GPU seconds billed to it since:
+    counted as idle once the streak is long enough."""
+
+    since: float
+    pending: float = 0.0
+
+
+@dataclass
 class UsageState:
     gpu: dict[GpuKey, Counter] = field(default_factory=dict)
+    idle: dict[GpuKey, Counter] = field(default_factory=dict)  # a subset of `gpu`
+    streaks: dict[GpuKey, Streak] = field(default_factory=dict)
     cpu: dict[JobKey, Counter] = field(default_factory=dict)
     jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
     cursors: dict[tuple[int, int], Cursor] = field(default_factory=dict)
@@ -62,6 +73,9 @@ class UsageState:
     def add_gpu(self, key: GpuKey, seconds: float, now: float) -> None:
         self.gpu.setdefault(key, Counter(0.0, now)).value += seconds
 
+    def add_idle(self, key: GpuKey, seconds: float, now: float) -> None:
+        self.idle.setdefault(key, Counter(0.0, now)).value += seconds
+
     def add_cpu(self, key: JobKey, seconds: float, now: float) -> None:
         self.cpu.setdefault(key, Counter(0.0, now)).value += seconds
 
@@ -71,8 +85,9 @@ class UsageState:
         for key in gone:
             del self.jobs[key]
             self.cpu.pop(key, None)
-        for gpu_key in [k for k in self.gpu if k[:2] in gone]:
-            del self.gpu[gpu_key]
+        for table in (self.gpu, self.idle, self.streaks):
+            for gpu_key in [k for k in table if k[:2] in gone]:
+                del table[gpu_key]
 
     def to_file(self) -> CounterFile:
         # Built without validation: this runs every sampling cycle, and the values are ours.
@@ -80,6 +95,8 @@ class UsageState:
             version=STATE_VERSION, last_sample=self.last_sample, last_uptime=self.last_uptime,
             boot_id=self.boot_id,
             gpu=[(*key, c.value, c.created) for key, c in self.gpu.items()],
+            idle=[(*key, c.value, c.created) for key, c in self.idle.items()],
+            streaks=[(*key, s.since, s.pending) for key, s in self.streaks.items()],
             cpu=[(*key, c.value, c.created) for key, c in self.cpu.items()],
             jobs=[(*key, cast(JobEntry, asdict(info))) for key, info in self.jobs.items()],
             cursors=[(*key, cast(CursorEntry, asdict(cur))) for key, cur in self.cursors.items()])
@@ -88,6 +105,8 @@ class UsageState:
     def from_file(cls, data: CounterFile) -> UsageState:
         return cls(
             gpu={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data.gpu},
+            idle={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data.idle},
+            streaks={(u, j, g, uu, m): Streak(s, p) for u, j, g, uu, m, s, p in data.streaks},
             cpu={(u, j): Counter(v, c) for u, j, v, c in data.cpu},
             jobs={(u, j): JobInfo(**info) for u, j, info in data.jobs},
             cursors={(pid, start): Cursor(**cur) for pid, start, cur in data.cursors},
@@ -118,6 +137,8 @@ class CounterFile(BaseModel):
     last_uptime: float
     boot_id: str
     gpu: list[tuple[str, str, str, str, str, float, float]]  # key, value, created
+    idle: list[tuple[str, str, str, str, str, float, float]] = []  # key, value, created
+    streaks: list[tuple[str, str, str, str, str, float, float]] = []  # key, since, pending
     cpu: list[tuple[str, str, float, float]]
     jobs: list[tuple[str, str, JobEntry]]
     cursors: list[tuple[int, int, CursorEntry]]

@@ -34,6 +34,7 @@ class Snapshot:
     taken_at: float = 0.0
     duration_seconds: float = 0.0
     gpu_seconds: dict[GpuKey, Counter] = field(default_factory=dict)
+    gpu_idle_seconds: dict[GpuKey, Counter] = field(default_factory=dict)  # within gpu_seconds
     cpu_seconds: dict[JobKey, Counter] = field(default_factory=dict)
     jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
     job_memory_bytes: dict[JobKey, int] = field(default_factory=dict)
@@ -103,8 +104,10 @@ class Sampler:
         state = self.state
         reserved = self.reserved()
         account_cpu(state, procs, now)
+        busy = {u.uuid: d.utilization_ratio for d in (reading.devices if reading else ())
+                for u in d.units}
         account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved], elapsed,
-                    self.settings.gpu_share, now)
+                    self.settings.gpu_share, now, self.settings.idle, busy)
         update_jobs(state, procs, now)
         account_reserved(state, reading.devices if reading else (), reserved, elapsed, now)
         state.expire(now, self.settings.retention_seconds)
@@ -128,6 +131,7 @@ class Sampler:
             taken_at=now,
             duration_seconds=time.perf_counter() - started,
             gpu_seconds={k: Counter(c.value, c.created) for k, c in state.gpu.items()},
+            gpu_idle_seconds={k: Counter(c.value, c.created) for k, c in state.idle.items()},
             cpu_seconds={k: Counter(c.value, c.created) for k, c in state.cpu.items()},
             jobs=dict(state.jobs),
             job_memory_bytes=dict(memory),

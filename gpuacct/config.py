@@ -95,6 +95,15 @@ class ActuatorSettings(Section):
     state_file: Path = Path("/var/lib/gpuacct/actuator-state.json")
 
 
+class IdleSettings(Section):
+    """A job's GPU processes holding at least `min_memory_bytes` of a GPU at under
+    `max_utilization_ratio` for `after_seconds` are idle-holding it."""
+
+    min_memory_bytes: Annotated[int, Field(ge=0)] = 1 << 30
+    max_utilization_ratio: Annotated[float, Field(ge=0, le=1)] = 0.01
+    after_seconds: NonNegativeFloat = 1800.0
+
+
 class ExporterSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9835"
     interval_seconds: PositiveFloat = 5.0
@@ -107,6 +116,7 @@ class ExporterSettings(Section):
     retention_seconds: NonNegativeFloat = 900.0
     state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
     nvml: NvmlSettings = NvmlSettings()
+    idle: IdleSettings = IdleSettings()
     actuator: ActuatorSettings = ActuatorSettings()
 
 
