@@ -5,7 +5,9 @@ measures, in the same run:
   - one sampling cycle's CPU time (gpuacct; in-process, warm) against one scrape's CPU time of
     prometheus-process-exporter grouping by user (CPU of its process per scrape);
   - /metrics latency (p50, p99) of both, served by their own processes;
-  - resident memory of both processes.
+  - resident memory of both processes;
+  - the cost of idle-GPU counting: the cycle with every GPU process idle-holding (0% at 1 GiB,
+    each one tracked) against the same cycle with idle counting off, alternated.
 Run as root: .venv/bin/python bench/exporter_bench.py   (needs prometheus-process-exporter)
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from exporter.fake_nvml import FakeNvml, file_source
 from exporter.nvml import NvmlBackend
 from exporter.sampler import Sampler
-from gpuacct.config import ExporterSettings
+from gpuacct.config import ExporterSettings, IdleSettings
 from stack.process import ManagedProcess, free_port
 
 USERS = [f"gab-u{i}" for i in range(4)]
@@ -70,7 +72,7 @@ def spawn(users: list[pwd.struct_passwd]) -> list[subprocess.Popen[bytes]]:
     return procs
 
 
-def fake_gpus(pids: list[int], path: Path) -> None:
+def fake_gpus(pids: list[int], path: Path, sm_util: int = 40) -> None:
     devices = []
     for g in range(GPUS):
         mine = pids[g::GPUS][: GPU_PROCESSES // GPUS]
@@ -79,7 +81,8 @@ def fake_gpus(pids: list[int], path: Path) -> None:
             "memory_total": 80 << 30, "memory_used": len(mine) << 30, "utilization": 90,
             "memory_utilization": 40, "temperature": 60, "power_mw": 300_000,
             "ecc": {"corrected": 0, "uncorrected": 0},
-            "processes": [{"pid": pid, "used_memory": 1 << 30, "sm_util": 40} for pid in mine]})
+            "processes": [{"pid": pid, "used_memory": 1 << 30, "sm_util": sm_util}
+                          for pid in mine]})
     path.write_text(json.dumps({"driver_version": "550.54.15", "devices": devices}))
 
 
@@ -109,6 +112,25 @@ def measure_gpuacct(work: Path, gpu_file: Path, servers: list[ManagedProcess]
     time.sleep(6)  # a second cycle: identities are cached, as in steady state
     lat = latencies(f"http://127.0.0.1:{port}/metrics", 300)
     return statistics.median(cycles), cold, lat, rss_mb(exporter.pid)
+
+
+def measure_idle_counting(work: Path, pids: list[int]) -> tuple[float, float]:
+    """Median warm cycle CPU with idle counting on (every GPU process idle) and off."""
+    gpu_file = work / "idle-gpus.json"
+    fake_gpus(pids, gpu_file, sm_util=0)
+    samplers = {}
+    for name, idle in (("on", IdleSettings(after_seconds=0)), ("off", None)):
+        settings = ExporterSettings(state_file=work / f"state-idle-{name}.json", idle=idle)
+        samplers[name] = Sampler(settings, NvmlBackend(FakeNvml(file_source(gpu_file))))
+        samplers[name].cycle()
+    cycles: dict[str, list[float]] = {"on": [], "off": []}
+    for _ in range(30):
+        for name, sampler in samplers.items():
+            t = time.process_time()
+            sampler.cycle()
+            cycles[name].append(time.process_time() - t)
+    assert samplers["on"].snapshot.gpu_idle_seconds, "nothing was counted idle"
+    return statistics.median(cycles["on"]), statistics.median(cycles["off"])
 
 
 def measure_peer(peer: str, work: Path, label: str, extra: list[str],
@@ -174,6 +196,9 @@ def main() -> int:
                  for label, extra in (("default", []),
                                       ("lean", ["-gather-smaps=false", "-threads=false"]))}
         report(ours, cold, our_lat, our_rss, peers)
+        on, off = measure_idle_counting(work, [pr.pid for pr in procs])
+        print(f"idle-GPU counting, all {GPU_PROCESSES} GPU processes idle: cycle CPU "
+              f"{on * 1000:.1f} ms on, {off * 1000:.1f} ms off; ratio {on / off:.3f}")
         return 0
     finally:
         for server in servers:

@@ -116,7 +116,7 @@ class ExporterSettings(Section):
     retention_seconds: NonNegativeFloat = 900.0
     state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
     nvml: NvmlSettings = NvmlSettings()
-    idle: IdleSettings = IdleSettings()
+    idle: IdleSettings | None = IdleSettings()  # null: no idle-GPU counting
     actuator: ActuatorSettings = ActuatorSettings()
 
 
