@@ -2,6 +2,7 @@
 
     gpuacct_account_balance{user="alice"} 87.25
     gpuacct_account_threshold{tier="warning",user="alice"} 100.0
+    gpuacct_limit{resource="gpus",user="alice"} 4.0
     gpuacct_billing_last_window_end_timestamp_seconds 1.7638e+09
     gpuacct_billing_outbox_backlog 0.0
 """
@@ -22,6 +23,7 @@ from billing_engine.ledger import (
     SqliteLedgerReader,
 )
 from gpuacct.config import BillingSettings
+from gpuacct.limits import usage_limits
 from gpuacct.tiers import thresholds
 
 
@@ -52,6 +54,9 @@ class BillingCollector(Collector):
         threshold = GaugeMetricFamily(
             "gpuacct_account_threshold", "Balance below which an account enters the tier.",
             labels=["user", "tier"])
+        limit = GaugeMetricFamily(
+            "gpuacct_limit", "The most of a resource the user may use at once, cluster-wide.",
+            labels=["user", "resource"])
         charged_by_user = CounterMetricFamily(
             "gpuacct_account_charged", "Money charged to an account for usage, ever.",
             labels=["user"])
@@ -60,7 +65,9 @@ class BillingCollector(Collector):
             charged_by_user.add_metric([user], float(charged_so_far))
             for tier, value in thresholds(self.settings, user).items():
                 threshold.add_metric([user, tier], float(value))
-        yield from (balance, threshold, charged_by_user)
+            for resource, most in usage_limits(self.settings, user).items():
+                limit.add_metric([user, resource], most)
+        yield from (balance, threshold, limit, charged_by_user)
         if snapshot.last_window is not None:
             yield GaugeMetricFamily("gpuacct_billing_last_window_end_timestamp_seconds",
                                     "End of the latest billed window.",

@@ -173,6 +173,14 @@ class ThresholdOverride(Section):
     exhausted: Money | None = None
 
 
+class UsageLimits(Section):
+    """The most a user may use at once, across the cluster; null: no limit. At the limit, new
+    GPU work is blocked (what runs goes on) until the use drops below it again."""
+
+    gpus: Annotated[int, Field(ge=0)] | None = None
+    gpu_memory_bytes: Annotated[int, Field(ge=0)] | None = None
+
+
 class BillingSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9836"
     prometheus_url: str = "http://127.0.0.1:19090"
@@ -193,6 +201,8 @@ class BillingSettings(Section):
     reserved_price_factor: Price = Decimal(1)
     thresholds: Thresholds = Thresholds()
     user_thresholds: dict[str, ThresholdOverride] = {}
+    limits: UsageLimits = UsageLimits()  # for every user; gpuacct_limit{user,resource}
+    user_limits: dict[str, UsageLimits] = {}  # per user, over `limits`
 
 
 class InfluxV1Settings(Section):

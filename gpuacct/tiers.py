@@ -35,3 +35,4 @@ def thresholds(settings: BillingSettings, user: str) -> dict[Limit, Decimal]:
 
 def account_tier(settings: BillingSettings, user: str, balance: Decimal) -> Tier:
     return tier_of(balance, thresholds(settings, user))
+

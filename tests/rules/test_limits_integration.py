@@ -1,0 +1,122 @@
+"""A usage limit end to end: the real Prometheus evaluates gpuacct's own rules (times compressed)
+over two enforcing exporters on fake GPUs and the limit as the billing engine exposes it; the
+real Alertmanager delivers to the real enforcer; the nodes act on real processes of a test user.
+
+With a limit of 2 GPUs, alice's two GPU processes (one per node) run on; a third is stopped at
+once and she is told; when one of the two ends she is back under the limit and the block lifts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
+from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode, wait_until
+from tests.fixtures.servers import Server
+from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+SAMPLING = 0.25  # the nodes' sampling interval (Cluster.node)
+EVALUATION_MS = 500  # Prometheus' scrape and rule evaluation interval
+EVALUATION = EVALUATION_MS / 1000
+
+
+@pytest.fixture
+def limit_metrics() -> Iterator[Callable[[str], str]]:
+    """Serves gpuacct_limit lines, as gpuacct-billing would; returns host:port."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(text: str) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(text.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
+    alice = test_users["alice"]
+    nodes = [cluster.node("gpu01"), cluster.node("gpu02")]
+    enforcer = cluster.enforcer(nodes)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    am = start_alertmanager(compress_time(render_alertmanager(
+        RULES_DIR / "alertmanager.yml", f"{enforcer.url}/v1/alerts", token, {}), 60))
+    rules = []
+    for path in rule_files():
+        fast = tmp_path / path.name
+        fast.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()), 60)))
+        rules.append(str(fast))
+    billing = limit_metrics(f'gpuacct_limit{{user="{alice.name}",resource="gpus"}} 2\n')
+    start_prometheus([
+        {"job_name": "gpuacct-exporter", "honor_labels": True, "static_configs": [
+            {"targets": [f"127.0.0.1:{n.exporter.port}" for n in nodes]}]},
+        {"job_name": "gpuacct-billing", "static_configs": [{"targets": [billing]}]}],
+        interval=f"{EVALUATION_MS}ms", extra={
+            "rule_files": rules,
+            "alerting": {"alertmanagers": [{"static_configs": [
+                {"targets": [am.url.removeprefix("http://")]}]}]}})
+
+    def gpu_job(node: EnforcingNode, gpu: int) -> Any:
+        proc = processes.python(alice, "train.py", "600")
+        wait_until_exec(proc, "train.py")
+        node.gpus.put(gpu, proc.pid)
+        node.gpus.save()
+        return proc
+
+    def blocked(node: EnforcingNode) -> bool:
+        hook = node.hook(alice.name)
+        return bool(hook and hook["block"])
+
+    first, second = gpu_job(nodes[0], 0), gpu_job(nodes[1], 0)
+    wait_until(lambda: all(blocked(n) for n in nodes), timeout=30)  # at the limit
+    [reason] = nodes[0].hook(alice.name)["reasons"]  # type: ignore[index]
+    assert reason["alert"] == "GpuacctGpuLimitReached"
+    assert "on 2 GPUs; the limit is 2" in reason["description"]
+
+    started = time.monotonic()
+    third = gpu_job(nodes[0], 1)
+    wait_until(lambda: third.poll() is not None, timeout=10)
+    took = time.monotonic() - started
+    assert took <= EVALUATION + SAMPLING + 1.0, f"the third GPU process ran {took:.2f}s"
+    assert first.poll() is None and second.poll() is None  # the first two run on
+    nodes[0].gpus.remove(third.pid)
+    nodes[0].gpus.save()
+
+    # One of the two ends: under the limit, the block lifts on both nodes.
+    second.kill()
+    second.wait()
+    nodes[1].gpus.remove(second.pid)
+    nodes[1].gpus.save()
+    wait_until(lambda: not any(blocked(n) for n in nodes), timeout=30)
+    # What gpu01 did reached the audit with its answer to the push that lifted the block.
+    wait_until(lambda: any(e["node"] == "gpu01" and e["action"] == "terminate"
+                           and e["result"] == "ok" for e in enforcer.audit(alice.name)), 10)
+    again = gpu_job(nodes[1], 1)
+    time.sleep(1.0)  # four sampling cycles: it is not stopped
+    assert again.poll() is None and first.poll() is None
