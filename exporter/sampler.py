@@ -35,6 +35,8 @@ class Snapshot:
     duration_seconds: float = 0.0
     gpu_seconds: dict[GpuKey, Counter] = field(default_factory=dict)
     gpu_idle_seconds: dict[GpuKey, Counter] = field(default_factory=dict)  # within gpu_seconds
+    # Since when each job is idle-holding a GPU: its streak's start plus idle.after_seconds.
+    idle_since: dict[GpuKey, float] = field(default_factory=dict)
     cpu_seconds: dict[JobKey, Counter] = field(default_factory=dict)
     jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
     job_memory_bytes: dict[JobKey, int] = field(default_factory=dict)
@@ -132,6 +134,9 @@ class Sampler:
             duration_seconds=time.perf_counter() - started,
             gpu_seconds={k: Counter(c.value, c.created) for k, c in state.gpu.items()},
             gpu_idle_seconds={k: Counter(c.value, c.created) for k, c in state.idle.items()},
+            idle_since={k: s.since + self.settings.idle.after_seconds
+                        for k, s in state.streaks.items() if self.settings.idle
+                        and now - s.since >= self.settings.idle.after_seconds},
             cpu_seconds={k: Counter(c.value, c.created) for k, c in state.cpu.items()},
             jobs=dict(state.jobs),
             job_memory_bytes=dict(memory),

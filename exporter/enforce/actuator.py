@@ -63,10 +63,12 @@ class Actuator:
         self.reports = Reports(clock)
         self.last_applied = 0.0
         self.last_used: dict[int, float] = {}  # reservation id -> holder last seen on it
+        self.idle_stop_after: float | None = None  # exporter.idle.stop_after_seconds
 
     def _node(self) -> Node:
         return Node(now=self._clock(), dry_run=self.settings.dry_run,
                     kill_grace_seconds=self.settings.kill_grace_seconds, name=self.node,
+                    idle_stop_after=self.idle_stop_after,
                     limiter=self.limiter.name if self.limiter else None,
                     uid_of=self._uid_of, refusal=self.signaller.refusal)
 

@@ -19,6 +19,7 @@ from gpuacct.policy import NodePolicy, Reservations, Result, UserPolicy
 from gpuacct.wording import duration
 
 RESERVATION = "reservation"  # the alert name in reports about reserved GPUs
+IDLE = "idle"  # ... and about GPU processes stopped for holding a GPU idle
 
 UNLIMITED = UserPolicy()
 
@@ -104,6 +105,8 @@ class Node:
     limiter: str | None  # the CPU limiter's name; None: this node has none
     uid_of: Callable[[str], int | None]  # the passwd database
     refusal: Callable[[int], str | None]  # why a uid is never touched (root, protected...)
+    # Idle-holding GPU processes are stopped this long after they became so; None: never.
+    idle_stop_after: float | None = None
 
 
 @dataclass
@@ -161,7 +164,30 @@ def plan_cycle(state: ActuatorState, snapshot: Snapshot, node: Node) -> Plan:
                                     frozenset(p.key for p in mine), applied.quota,
                                     relimit=True))
     _plan_intruders(plan, snapshot, node)
+    if node.idle_stop_after is not None:
+        _plan_idle(plan, snapshot, node, node.idle_stop_after)
     return plan
+
+
+def _plan_idle(plan: Plan, snapshot: Snapshot, node: Node, stop_after: float) -> None:
+    """Stop the processes of a job that has held a GPU idle `stop_after` past the point it
+    became idle-holding (the user was told then, by the rules)."""
+    by_pid, children, stopping = _tables(plan.state, snapshot)
+    for (user, job, label, uuid, _model), since in sorted(snapshot.idle_since.items()):
+        if node.now - since < stop_after:
+            continue
+        uid = node.uid_of(user)
+        if uid is None or node.refusal(uid):
+            continue
+        roots = [by_pid[h.pid] for h in snapshot.holders if h.unit.uuid == uuid
+                 and h.user == user and h.job == job and h.pid in by_pid]
+        targets = {p.key: p for root in roots for p in _tree(root, children)
+                   if p.key not in stopping}
+        if targets:
+            plan.steps.append(Stop(user, tuple(targets.values()), IDLE, f"it has held GPU "
+                                   f"{label} on {node.name} idle for "
+                                   f"{duration(node.now - since)} since you were told",
+                                   node.now + node.kill_grace_seconds, track=True))
 
 
 def _plan_intruders(plan: Plan, snapshot: Snapshot, node: Node) -> None:

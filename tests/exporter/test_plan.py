@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from exporter.accounting import GpuHolder
 from exporter.enforce.plan import (
+    IDLE,
     RESERVATION,
     Kill,
     Limit,
@@ -49,9 +50,11 @@ def refusal(protected: frozenset[str] = frozenset()) -> Callable[[int], str | No
 
 
 def node(now: float = NOW, dry_run: bool = False, limiter: str | None = "cgroup1",
-         protected: frozenset[str] = frozenset(), grace: float = 30.0) -> Node:
+         protected: frozenset[str] = frozenset(), grace: float = 30.0,
+         idle_stop_after: float | None = None) -> Node:
     return Node(now=now, dry_run=dry_run, kill_grace_seconds=grace, name="gpu01",
-                limiter=limiter, uid_of=UIDS.get, refusal=refusal(protected))
+                limiter=limiter, uid_of=UIDS.get, refusal=refusal(protected),
+                idle_stop_after=idle_stop_after)
 
 
 def proc(pid: int, uid: int, ppid: int = 1) -> ProcSample:
@@ -273,6 +276,26 @@ def test_notices_are_told_once_on_the_nodes_they_name() -> None:
     assert again.state.told == [1]
 
 
+# -- idle-GPU holding -----------------------------------------------------------------------
+def idle_since(snap: Snapshot, user: str, since: float) -> Snapshot:
+    """`snap` with `user`'s job j idle-holding GPU 0 since `since`."""
+    snap.idle_since[(user, "j", "0", "GPU-0", "A100")] = since
+    return snap
+
+
+def test_a_job_holding_a_gpu_idle_is_stopped_only_once_the_site_says_so() -> None:
+    snap = idle_since(snapshot([proc(10, 1000), proc(11, 1000, ppid=10)], on_gpu=(10,)),
+                      "ann", NOW - 100)
+    assert plan_cycle(ActuatorState(), snap, node()).steps == []  # no stop_after: never
+    assert plan_cycle(ActuatorState(), snap, node(idle_stop_after=101)).steps == []
+    [stop] = plan_cycle(ActuatorState(), snap, node(idle_stop_after=100)).steps
+    assert isinstance(stop, Stop) and stop.alert == IDLE and stop.track
+    assert sorted(p.pid for p in stop.targets) == [10, 11]
+    assert "it has held GPU 0 on gpu01 idle for 1m since you were told" in stop.why
+    protected = node(idle_stop_after=0, protected=frozenset({"ann"}))
+    assert plan_cycle(ActuatorState(), snap, protected).steps == []
+
+
 # -- the safety property, on the planner ----------------------------------------------------
 tables = st.lists(st.tuples(st.sampled_from(sorted(NAMES)), st.booleans(), st.integers(0, 5)),
                   min_size=1, max_size=20)
@@ -287,22 +310,27 @@ user_policies = st.dictionaries(st.sampled_from(sorted(UIDS)), st.builds(
 @given(table=tables, first=user_policies, second=user_policies,
        protected=st.frozensets(st.sampled_from(sorted(UIDS)), max_size=2),
        dry_run=st.booleans(), holder=st.sampled_from([None, *sorted(UIDS)]),
-       mode=st.sampled_from(["open", "strict"]))
+       mode=st.sampled_from(["open", "strict"]), idle=st.booleans())
 def test_no_plan_ever_targets_a_process_it_must_not(
         table: list[tuple[int, bool, int]], first: dict[str, UserPolicy],
         second: dict[str, UserPolicy], protected: frozenset[str], dry_run: bool,
-        holder: str | None, mode: str) -> None:
+        holder: str | None, mode: str, idle: bool) -> None:
     """Whatever the policies and the process table: every process a plan would signal belongs
     to the user it is planned for, who may be touched, and holds a GPU or descends from a GPU
     process of that user; a blocked user's baseline is stopped only by a kill; a limit or a
     notice goes only to users that may be touched. With GPU 0 reserved (or not, in either mode)
-    the same holds, and a reservation's holder is never stopped for using it."""
+    the same holds, and a reservation's holder is never stopped for using it; so it does with
+    every GPU job idle-holding and the node stopping such jobs at once."""
     procs = [proc(100 + i, uid, 100 + parent if parent < i else 1)
              for i, (uid, _, parent) in enumerate(table)]
     snap = snapshot(procs, tuple(100 + i for i, (_, gpu, _) in enumerate(table) if gpu))
     gpu_pids = {h.pid for h in snap.holders}
     by_pid = {p.pid: p for p in procs}
-    where = node(dry_run=dry_run, protected=protected, grace=0)
+    where = node(dry_run=dry_run, protected=protected, grace=0,
+                 idle_stop_after=0 if idle else None)
+    if idle:
+        for h in snap.holders:
+            idle_since(snap, h.user, NOW - 1000)
     state = ActuatorState()
     for version, wanted in enumerate((first, second), 1):
         plan = plan_policy(state, policy(version, reserved(holder, mode, grace=0), **wanted),
@@ -327,7 +355,7 @@ def test_no_plan_ever_targets_a_process_it_must_not(
                 assert step.user != holder
         for step in cycle.steps:  # a block alone never stops what ran when it began
             user = (cycle.state.users[step.user] if isinstance(step, Stop)
-                    and step.alert != RESERVATION else None)
+                    and step.alert not in (RESERVATION, IDLE) else None)
             if user is not None and user.kill_since is None:
                 assert not {p.key for p in step.targets} & user.baseline
         state = plan_grace(cycle.state, where.now).state

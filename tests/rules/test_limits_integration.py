@@ -1,9 +1,12 @@
-"""A usage limit end to end: the real Prometheus evaluates gpuacct's own rules (times compressed)
-over two enforcing exporters on fake GPUs and the limit as the billing engine exposes it; the
-real Alertmanager delivers to the real enforcer; the nodes act on real processes of a test user.
+"""Usage limits and idle-GPU holding end to end: the real Prometheus evaluates gpuacct's own
+rules (times compressed) over enforcing exporters on fake GPUs and the limit as the billing
+engine exposes it; the real Alertmanager delivers to the real enforcer; the nodes act on real
+processes of test users.
 
 With a limit of 2 GPUs, alice's two GPU processes (one per node) run on; a third is stopped at
 once and she is told; when one of the two ends she is back under the limit and the block lifts.
+A process holding 2 GiB at 0% is told once and, on a node that stops idle holders, stopped;
+one at 50% is never flagged.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import pytest
 import yaml
 
 from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
-from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode, wait_until
+from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
+from tests.fixtures.gpus import GIB
 from tests.fixtures.servers import Server
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
@@ -55,13 +59,11 @@ def limit_metrics() -> Iterator[Callable[[str], str]]:
         server.shutdown()
 
 
-def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
-        tmp_path: Path, cluster: Cluster, processes: Processes,
-        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
-        start_prometheus: Callable[..., Server],
-        start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
-    alice = test_users["alice"]
-    nodes = [cluster.node("gpu01"), cluster.node("gpu02")]
+def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, cluster: Cluster,
+                 start_prometheus: Callable[..., Server],
+                 start_alertmanager: Callable[[dict[str, Any]], Server]) -> Enforcer:
+    """The enforcer for `nodes`, Alertmanager, and Prometheus on the nodes and `billing` with
+    every rule file, all times divided by 60."""
     enforcer = cluster.enforcer(nodes)
     token = tmp_path / "token"
     token.write_text(TOKEN)
@@ -72,7 +74,6 @@ def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
         fast = tmp_path / path.name
         fast.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()), 60)))
         rules.append(str(fast))
-    billing = limit_metrics(f'gpuacct_limit{{user="{alice.name}",resource="gpus"}} 2\n')
     start_prometheus([
         {"job_name": "gpuacct-exporter", "honor_labels": True, "static_configs": [
             {"targets": [f"127.0.0.1:{n.exporter.port}" for n in nodes]}]},
@@ -81,42 +82,88 @@ def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
             "rule_files": rules,
             "alerting": {"alertmanagers": [{"static_configs": [
                 {"targets": [am.url.removeprefix("http://")]}]}]}})
+    return enforcer
 
-    def gpu_job(node: EnforcingNode, gpu: int) -> Any:
-        proc = processes.python(alice, "train.py", "600")
-        wait_until_exec(proc, "train.py")
-        node.gpus.put(gpu, proc.pid)
-        node.gpus.save()
-        return proc
+
+def gpu_job(processes: Processes, user: UnixUser, node: EnforcingNode, gpu: int,
+            **on_gpu: Any) -> Any:
+    proc = processes.python(user, "train.py", "600")
+    wait_until_exec(proc, "train.py")
+    node.gpus.put(gpu, proc.pid, **on_gpu)
+    return proc
+
+
+def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
+    alice = test_users["alice"]
+    nodes = [cluster.node("gpu01"), cluster.node("gpu02")]
+    billing = limit_metrics(f'gpuacct_limit{{user="{alice.name}",resource="gpus"}} 2\n')
+    enforcer = policy_chain(tmp_path, nodes, billing, cluster, start_prometheus,
+                            start_alertmanager)
 
     def blocked(node: EnforcingNode) -> bool:
         hook = node.hook(alice.name)
         return bool(hook and hook["block"])
 
-    first, second = gpu_job(nodes[0], 0), gpu_job(nodes[1], 0)
+    first = gpu_job(processes, alice, nodes[0], 0)
+    second = gpu_job(processes, alice, nodes[1], 0)
     wait_until(lambda: all(blocked(n) for n in nodes), timeout=30)  # at the limit
     [reason] = nodes[0].hook(alice.name)["reasons"]  # type: ignore[index]
     assert reason["alert"] == "GpuacctGpuLimitReached"
     assert "on 2 GPUs; the limit is 2" in reason["description"]
 
     started = time.monotonic()
-    third = gpu_job(nodes[0], 1)
+    third = gpu_job(processes, alice, nodes[0], 1)
     wait_until(lambda: third.poll() is not None, timeout=10)
     took = time.monotonic() - started
     assert took <= EVALUATION + SAMPLING + 1.0, f"the third GPU process ran {took:.2f}s"
     assert first.poll() is None and second.poll() is None  # the first two run on
     nodes[0].gpus.remove(third.pid)
-    nodes[0].gpus.save()
 
     # One of the two ends: under the limit, the block lifts on both nodes.
     second.kill()
     second.wait()
     nodes[1].gpus.remove(second.pid)
-    nodes[1].gpus.save()
     wait_until(lambda: not any(blocked(n) for n in nodes), timeout=30)
     # What gpu01 did reached the audit with its answer to the push that lifted the block.
     wait_until(lambda: any(e["node"] == "gpu01" and e["action"] == "terminate"
                            and e["result"] == "ok" for e in enforcer.audit(alice.name)), 10)
-    again = gpu_job(nodes[1], 1)
+    again = gpu_job(processes, alice, nodes[1], 1)
     time.sleep(1.0)  # four sampling cycles: it is not stopped
     assert again.poll() is None and first.poll() is None
+
+
+def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
+    alice, bob = test_users["alice"], test_users["bob"]
+    node = cluster.node("gpu01", idle={"after_seconds": 2, "stop_after_seconds": 6})
+    enforcer = policy_chain(tmp_path, [node], limit_metrics(""), cluster, start_prometheus,
+                            start_alertmanager)
+    started = time.monotonic()
+    idle = gpu_job(processes, alice, node, 0, used_memory=2 * GIB, sm_util=0)
+    busy = gpu_job(processes, bob, node, 1, used_memory=2 * GIB, sm_util=50)
+
+    def told(user: UnixUser) -> list[dict[str, Any]]:
+        return [e for e in enforcer.audit(user.name) if e["node"] == "gpu01"
+                and e["action"] == "notify" and e["alert"] == "GpuacctGpuIdleHolding"]
+
+    wait_until(lambda: told(alice), timeout=30)
+    assert "holds GPU 0 on" in told(alice)[0]["detail"]
+    wait_until(lambda: idle.poll() is not None, timeout=30)
+    # Idle-holding 2 s after it began (a streak starts at the sample before the one that saw
+    # it: up to one sampling interval early), stopped 6 s after that.
+    assert time.monotonic() - started >= 2 + 6 - SAMPLING
+    # (Its report reaches the audit with the node's next answer; its own count is there now.)
+    assert 'gpuacct_enforcement_actions_total{action="terminate",result="ok"} 1.0' in \
+        node.exporter.scrape()
+    node.gpus.remove(idle.pid)
+    time.sleep(6)  # past a (compressed) repeat of the notification: told once, not again
+    assert len(told(alice)) == 1
+    assert busy.poll() is None and told(bob) == []
+    assert 'gpuacct_job_gpu_idle_seconds_total{gpu="1"' not in node.exporter.scrape()
