@@ -182,6 +182,8 @@ class UsageLimits(Section):
 
     gpus: Annotated[int, Field(ge=0)] | None = None
     gpu_memory_bytes: Annotated[int, Field(ge=0)] | None = None
+    # CPU cores busy at once: near it, the user's CPU is limited to it (a throttle).
+    cpu_cores: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
 class BillingSettings(Section):

@@ -7,10 +7,10 @@ from __future__ import annotations
 from gpuacct.config import BillingSettings, UsageLimits
 
 
-def usage_limits(settings: BillingSettings, user: str) -> dict[str, int]:
+def usage_limits(settings: BillingSettings, user: str) -> dict[str, float]:
     """The user's limits that are set (resource -> most at once): theirs over the defaults."""
     own = settings.user_limits.get(user)
-    result = {}
+    result: dict[str, float] = {}
     for resource in UsageLimits.model_fields:
         value = getattr(own, resource) if own is not None else None
         value = value if value is not None else getattr(settings.limits, resource)

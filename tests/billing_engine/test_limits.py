@@ -24,12 +24,12 @@ class Snapshots:
 def test_each_account_has_its_limits_over_the_defaults(tmp_path: Path) -> None:
     settings = BillingSettings.model_validate({
         "ledger": str(tmp_path / "l.sqlite3"), "limits": {"gpus": 2},
-        "user_limits": {"bob": {"gpus": 4, "gpu_memory_bytes": 1 << 34}}})
+        "user_limits": {"bob": {"gpus": 4, "gpu_memory_bytes": 1 << 34, "cpu_cores": 2.5}}})
     registry = build_registry(settings, None, Snapshots())  # type: ignore[arg-type]
     limit = {(s.labels["user"], s.labels["resource"]): s.value
              for m in registry.collect() if m.name == "gpuacct_limit" for s in m.samples}
     assert limit == {("alice", "gpus"): 2, ("bob", "gpus"): 4,
-                     ("bob", "gpu_memory_bytes"): 1 << 34}
+                     ("bob", "gpu_memory_bytes"): 1 << 34, ("bob", "cpu_cores"): 2.5}
 
 
 @pytest.mark.parametrize(("limits", "problem"), [
@@ -37,6 +37,7 @@ def test_each_account_has_its_limits_over_the_defaults(tmp_path: Path) -> None:
     ({"gpus": "many"}, "billing.limits.gpus: 'many' is not valid"),
     ({"gpu_memory_bytes": 1.5}, "billing.limits.gpu_memory_bytes: 1.5 is not valid"),
     ({"cpus": 2}, "billing.limits.cpus: unknown key"),
+    ({"cpu_cores": 0}, "billing.limits.cpu_cores: 0 is not valid"),
 ])
 def test_bad_limits_are_named(limits: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):

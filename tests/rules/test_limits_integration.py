@@ -11,6 +11,7 @@ one at 50% is never flagged.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -167,3 +168,27 @@ def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
     assert len(told(alice)) == 1
     assert busy.poll() is None and told(bob) == []
     assert 'gpuacct_job_gpu_idle_seconds_total{gpu="1"' not in node.exporter.scrape()
+
+
+def test_a_cpu_limit_throttles_on_the_real_cgroup_controller(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
+    alice = test_users["alice"]
+    node = cluster.node("gpu01", cpu_limiter="auto")
+    billing = limit_metrics(f'gpuacct_limit{{user="{alice.name}",resource="cpu_cores"}} 0.5\n')
+    policy_chain(tmp_path, [node], billing, cluster, start_prometheus, start_alertmanager)
+    busy = processes.python(alice, "train.py", "600")  # one core, flat out
+    wait_until_exec(busy, "train.py")
+    quota = f'gpuacct_node_user_cpu_quota_ratio{{user="{alice.name}"}} 0.5'
+    wait_until(lambda: quota in node.exporter.scrape(), timeout=30)
+    [reason] = node.hook(alice.name)["reasons"]  # type: ignore[index]
+    assert reason["alert"] == "GpuacctCpuLimitReached" and reason["cpu_quota_percent"] == 50
+    # The kernel holds her to it: about half a core over the next two seconds.
+    before = Path(f"/proc/{busy.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    time.sleep(2)
+    after = Path(f"/proc/{busy.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    used = (sum(map(int, after[11:13])) - sum(map(int, before[11:13]))) / os.sysconf(
+        "SC_CLK_TCK") / 2
+    assert 0.3 <= used <= 0.7, f"{used:.2f} cores under a 50% quota"
