@@ -15,6 +15,7 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
     influxdb,
     start_alertmanager,
     start_prometheus,
+    static_metrics,
     webhook_receiver,
 )
 from tests.fixtures.users import processes, test_users  # noqa: F401 (fixtures)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -23,32 +20,6 @@ from tests.fixtures.users import UnixUser
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
-
-
-@pytest.fixture
-def static_metrics() -> Iterator[Callable[[str], str]]:
-    """Serves a fixed exposition at /metrics; returns its host:port."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def serve(text: str) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(text.encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"127.0.0.1:{server.server_address[1]}"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
 
 
 @pytest.fixture

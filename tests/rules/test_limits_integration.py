@@ -12,10 +12,8 @@ one at 50% is never flagged.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 SAMPLING = 0.25  # the nodes' sampling interval (Cluster.node)
 EVALUATION_MS = 500  # Prometheus' scrape and rule evaluation interval
 EVALUATION = EVALUATION_MS / 1000
-
-
-@pytest.fixture
-def limit_metrics() -> Iterator[Callable[[str], str]]:
-    """Serves gpuacct_limit lines, as gpuacct-billing would; returns host:port."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def serve(text: str) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(text.encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"127.0.0.1:{server.server_address[1]}"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
 
 
 def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, cluster: Cluster,
@@ -96,12 +68,12 @@ def gpu_job(processes: Processes, user: UnixUser, node: EnforcingNode, gpu: int,
 
 def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
         tmp_path: Path, cluster: Cluster, processes: Processes,
-        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        test_users: dict[str, UnixUser], static_metrics: Callable[[str], str],
         start_prometheus: Callable[..., Server],
         start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
     alice = test_users["alice"]
     nodes = [cluster.node("gpu01"), cluster.node("gpu02")]
-    billing = limit_metrics(f'gpuacct_limit{{user="{alice.name}",resource="gpus"}} 2\n')
+    billing = static_metrics(f'gpuacct_limit{{user="{alice.name}",resource="gpus"}} 2\n')
     enforcer = policy_chain(tmp_path, nodes, billing, cluster, start_prometheus,
                             start_alertmanager)
 
@@ -139,12 +111,12 @@ def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
 
 def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
         tmp_path: Path, cluster: Cluster, processes: Processes,
-        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        test_users: dict[str, UnixUser], static_metrics: Callable[[str], str],
         start_prometheus: Callable[..., Server],
         start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
     node = cluster.node("gpu01", idle={"after_seconds": 2, "stop_after_seconds": 6})
-    enforcer = policy_chain(tmp_path, [node], limit_metrics(""), cluster, start_prometheus,
+    enforcer = policy_chain(tmp_path, [node], static_metrics(""), cluster, start_prometheus,
                             start_alertmanager)
     started = time.monotonic()
     idle = gpu_job(processes, alice, node, 0, used_memory=2 * GIB, sm_util=0)
@@ -172,12 +144,12 @@ def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
 
 def test_a_cpu_limit_throttles_on_the_real_cgroup_controller(
         tmp_path: Path, cluster: Cluster, processes: Processes,
-        test_users: dict[str, UnixUser], limit_metrics: Callable[[str], str],
+        test_users: dict[str, UnixUser], static_metrics: Callable[[str], str],
         start_prometheus: Callable[..., Server],
         start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
     alice = test_users["alice"]
     node = cluster.node("gpu01", cpu_limiter="auto")
-    billing = limit_metrics(f'gpuacct_limit{{user="{alice.name}",resource="cpu_cores"}} 0.5\n')
+    billing = static_metrics(f'gpuacct_limit{{user="{alice.name}",resource="cpu_cores"}} 0.5\n')
     policy_chain(tmp_path, [node], billing, cluster, start_prometheus, start_alertmanager)
     busy = processes.python(alice, "train.py", "600")  # one core, flat out
     wait_until_exec(busy, "train.py")
