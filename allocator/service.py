@@ -269,8 +269,7 @@ class Allocator:
                 if user in (None, r.user):
                     entries.append(self._entry(r, now, position if r.state == "queued"
                                                else None))
-            gpus = [NodeGpu(index=g.index, model=g.model) for g in self.inventory()]
-            return Summary(now=now, entries=tuple(entries), gpus=len(gpus))
+            return Summary(now=now, entries=tuple(entries), gpus=len(self.store.inventory()))
 
     def desired(self) -> Reservations:
         """The allocator's part of the state pushed to every node."""

@@ -4,10 +4,7 @@ with a real process of a test user on one of them."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -27,26 +24,8 @@ user:gpuacct_seconds_until_exhausted:rate1h{user="alice"} 9000
 """
 
 
-@pytest.fixture
-def rule_results() -> Iterator[str]:
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.end_headers()
-            self.wfile.write(RULES.encode())
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
 def test_pages_show_enforcement_burn_rate_and_who_is_on_which_gpu(
-        start_web: Callable[..., Web], cluster: Cluster, rule_results: str,
+        start_web: Callable[..., Web], cluster: Cluster, static_metrics: Callable[[str], str],
         start_prometheus: Callable[..., Server], processes: Processes,
         test_users: dict[str, UnixUser]) -> None:
     node = cluster.node("gpu01")
@@ -61,7 +40,7 @@ def test_pages_show_enforcement_burn_rate_and_who_is_on_which_gpu(
         {"job_name": "gpuacct-exporter", "honor_labels": True,
          "static_configs": [{"targets": [f"127.0.0.1:{node.exporter.port}"]}]},
         {"job_name": "rules", "honor_labels": True,
-         "static_configs": [{"targets": [rule_results]}]}], interval="500ms")
+         "static_configs": [{"targets": [static_metrics(RULES)]}]}], interval="500ms")
     wait_for(lambda: promql(prometheus.url, "gpuacct_gpu_process_memory_bytes")
              and promql(prometheus.url, "user:gpuacct_cost_per_hour:rate1h"))
     web = start_web(prometheus_url=prometheus.url, enforcer_url=enforcer.url,
