@@ -4,7 +4,7 @@
   gpuacct-billing balances                     every account, its balance and tier
   gpuacct-billing recharge USER AMOUNT [--reason TEXT] [--key KEY]
   gpuacct-billing adjust USER AMOUNT --reason TEXT [--key KEY]
-  gpuacct-billing export {usage,transactions} --from DATE --to DATE [--output FILE]
+  gpuacct-billing export {usage,transactions,waste} --from DATE --to DATE [--output FILE]
   gpuacct-billing backup FILE                  a consistent copy of the ledger, safe while running
 """
 
@@ -15,10 +15,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import get_args
 
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.ledger import (
+    Export,
     Ledger,
     LedgerError,
     Posting,
@@ -55,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--reason", required=name == "adjust", default="",
                          help="why (kept in the ledger)")
         cmd.add_argument("--key", help="idempotency key: the same key is never applied twice")
-    exp = sub.add_parser("export", help="CSV of usage lines or transactions in a date range")
-    exp.add_argument("what", choices=("usage", "transactions"))
+    exp = sub.add_parser("export", help="CSV of usage lines, transactions or the weekly waste "
+                         "report in a date range")
+    exp.add_argument("what", choices=get_args(Export))
     exp.add_argument("--from", dest="start", required=True, metavar="DATE",
                      help="first day or time (UTC), e.g. 2026-11-01")
     exp.add_argument("--to", dest="end", required=True, metavar="DATE",

@@ -33,8 +33,8 @@ from gpuacct.promql import Prometheus, PrometheusUnavailable
 
 log = logging.getLogger(__name__)
 
-QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_total"}'
-CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|cpu)_seconds_created"}'
+QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_total"}'
+CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_created"}'
 OUTBOX_BATCH = 5000
 _UNKNOWN = -1  # no window ends here: the cursor cache must be read from the ledger
 
@@ -59,20 +59,24 @@ def without_cyclic_gc(method: F) -> F:
     return paused  # type: ignore[return-value]
 
 
-def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal]
-           ) -> list[tuple[LineKey, Decimal, Decimal]]:
-    """(user, job, node, gpu_model), GPU-seconds, CPU core-seconds: a line per key, in order.
-    A job's CPU time goes on the line of the GPU model it used most in the window (its cost
-    does not depend on which), or on a line of its own, with no model, if it used no GPU."""
-    lines = {key: [seconds, Decimal(0)] for key, seconds in gpu.items()}
+def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal],
+           idle: dict[LineKey, Decimal]) -> list[tuple[LineKey, Decimal, Decimal, Decimal]]:
+    """(user, job, node, gpu_model), GPU-seconds, CPU core-seconds, idle-held GPU-seconds: a
+    line per key, in order. A job's CPU time goes on the line of the GPU model it used most in
+    the window (its cost does not depend on which), or on a line of its own, with no model, if
+    it used no GPU. Idle seconds go on their GPU's line (a streak's first idle seconds are
+    counted when it has lasted long enough, so a window may see them without GPU seconds)."""
+    lines = {key: [seconds, Decimal(0), Decimal(0)] for key, seconds in gpu.items()}
+    for key, seconds in idle.items():
+        lines.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])[2] += seconds
     by_job: dict[LineKey, LineKey] = {}
     for key, seconds in gpu.items():
         best = by_job.get(key[:3])
         if best is None or seconds > gpu[best] or (seconds == gpu[best] and key < best):
             by_job[key[:3]] = key
     for job, seconds in cpu.items():
-        lines.setdefault(by_job.get(job, (*job, "")), [Decimal(0), Decimal(0)])[1] += seconds
-    return sorted((key, g, c) for key, (g, c) in lines.items())
+        lines.setdefault(by_job.get(job, (*job, "")), [Decimal(0)] * 3)[1] += seconds
+    return sorted((key, g, c, i) for key, (g, c, i) in lines.items())
 
 
 class Engine:
@@ -187,8 +191,8 @@ class Engine:
         created = (self._read(CREATED_QUERY, end)
                    if any(series.key not in cursors for series, _ in totals) else {})
 
-        gpu_usage: dict[LineKey, Decimal] = defaultdict(Decimal)
-        cpu_usage: dict[LineKey, Decimal] = defaultdict(Decimal)
+        usage: dict[str, dict[LineKey, Decimal]] = {
+            "gpu": defaultdict(Decimal), "cpu": defaultdict(Decimal), "idle": defaultdict(Decimal)}
         moved: dict[str, Decimal] = {}
         for series, value in totals:
             cursor = cursors.get(series.key)
@@ -202,12 +206,16 @@ class Engine:
             if value != cursor:
                 moved[series.key] = value
             if delta:
-                (gpu_usage if series.gpu else cpu_usage)[series.line] += delta
+                usage[series.family][series.line] += delta
         version = self.prices.version_at(previous)  # the price in force at the window's start
         cost = self.prices.coster(version)
-        lines = [UsageLine(user, job, node, model, gpu, cpu,
-                           cost(model, gpu, cpu, job.startswith(RESERVATION_JOB_PREFIX)))
-                 for (user, job, node, model), gpu, cpu in _lines(gpu_usage, cpu_usage)]
+        lines = []
+        for (user, job, node, model), gpu, cpu, idle in _lines(
+                usage["gpu"], usage["cpu"], usage["idle"]):
+            reserved = job.startswith(RESERVATION_JOB_PREFIX)
+            lines.append(UsageLine(user, job, node, model, gpu, cpu,
+                                   cost(model, gpu, cpu, reserved), idle,
+                                   cost(model, idle, Decimal(0), reserved) if idle else idle))
         bill = WindowBill(end=end, previous=previous, expected_last=after, lines=lines,
                           cursors=moved, price_effective=self.prices.starts[version],
                           holder=self.holder, opening_balance=self.settings.opening_balance,

@@ -53,6 +53,8 @@ def to_point(line: UsageLine, window_end: int) -> Point:
                     .field("cpu_core_seconds", float(line.cpu_core_seconds))
                     .field("cost", float(line.cost))
                     .field("cost_micros", int(line.cost / MICRO))
+                    .field("gpu_idle_seconds", float(line.gpu_idle_seconds))
+                    .field("idle_cost", float(line.idle_cost))
                     .time(window_end, WritePrecision.S))
     return whole
 
@@ -69,7 +71,9 @@ class LineFormatter:
         return (f"{self._prefix(*line[:4])}cost={_number(line.cost)},"
                 f"cost_micros={int(line.cost / MICRO)}i,"
                 f"cpu_core_seconds={_number(line.cpu_core_seconds)},"
-                f"gpu_seconds={_number(line.gpu_seconds)} {window_end}")
+                f"gpu_idle_seconds={_number(line.gpu_idle_seconds)},"
+                f"gpu_seconds={_number(line.gpu_seconds)},"
+                f"idle_cost={_number(line.idle_cost)} {window_end}")
 
 
 class InfluxSink(Protocol):

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 LineKey = tuple[str, ...]  # (user, job, node, gpu_model) for GPU series, (user, job, node) for CPU
 
 
+Family = Literal["gpu", "idle", "cpu"]  # GPU-seconds, idle-held GPU-seconds, CPU core-seconds
+
+
 class Series(NamedTuple):
     key: str  # the cursor's key: the family and every label but the metric name
-    gpu: bool  # GPU-seconds, else CPU core-seconds
+    family: Family
     line: LineKey
+
+
+def _family(name: str) -> Family:
+    return "idle" if "_idle_" in name else "gpu" if "_gpu_" in name else "cpu"
 
 
 def series_key(labels: dict[str, str]) -> str:
@@ -19,19 +26,19 @@ def series_key(labels: dict[str, str]) -> str:
 
     Label names cannot hold "=" and the unit separator cannot occur in Prometheus' JSON
     output unescaped, so the key is unambiguous."""
-    family = "gpu" if "_gpu_" in labels["__name__"] else "cpu"
+    family = _family(labels["__name__"])
     return family + "\x1f".join([f"{k}={v}" for k, v in sorted(labels.items())
                                   if k != "__name__"])
 
 
 def identify(labels: dict[str, str]) -> Series:
-    key = series_key(labels)
+    key, family = series_key(labels), _family(labels["__name__"])
     # Prometheus renames a target's own `job` label to `exported_job` unless honor_labels.
     job = (labels.get("user", ""), labels.get("exported_job", labels.get("job", "")),
            labels.get("instance", ""))
-    if key.startswith("gpu"):
-        return Series(key, True, (*job, labels.get("gpu_model", "")))
-    return Series(key, False, job)
+    if family == "cpu":
+        return Series(key, family, job)
+    return Series(key, family, (*job, labels.get("gpu_model", "")))
 
 
 class SeriesCache:

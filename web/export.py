@@ -1,4 +1,5 @@
-"""CSV of usage lines or transactions in a date range, as `gpuacct-billing export` writes it."""
+"""CSV of usage lines, transactions or the waste report in a date range, as
+`gpuacct-billing export` writes it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from web.deps import Context
 
 def csv_response(ctx: Context, what: str, start_text: str, end_text: str) -> Response:
     if what not in get_args(Export):
-        raise HTTPException(404, "export usage.csv or transactions.csv")
+        raise HTTPException(404, "export usage.csv, transactions.csv or waste.csv")
     kind = cast(Export, what)
     try:
         start, end = export.parse_time(start_text), export.parse_time(end_text)

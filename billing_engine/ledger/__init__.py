@@ -18,9 +18,11 @@ from billing_engine.ledger.records import (
     Posting,
     Transaction,
     UsageLine,
+    WeekUsage,
     WindowBill,
 )
 from billing_engine.ledger.schema import VERSION as SCHEMA_VERSION
+from billing_engine.ledger.schema import week_start
 from billing_engine.ledger.writer import Ledger
 from gpuacct.sqlite import SchemaError
 
@@ -28,7 +30,7 @@ __all__ = [
     "SCHEMA_VERSION", "Account", "DailyCost", "Export", "JobUsage", "Kind", "LeaseLost",
     "Ledger", "LedgerError", "LedgerReader", "LedgerUnavailable", "LedgerWriter",
     "MetricsSnapshot", "Posting", "SchemaError", "SqliteLedgerReader", "Transaction",
-    "UsageLine", "WindowBill", "iso", "open_reader",
+    "UsageLine", "WeekUsage", "WindowBill", "iso", "open_reader", "week_start",
 ]
 
 

@@ -1,4 +1,6 @@
-"""CSV exports of usage lines and transactions for a date range: UTF-8, exact decimals."""
+"""CSV exports for a date range: usage lines, transactions, or the waste report (each user's
+weeks that begin in the range, with their idle-held GPU time and its cost). UTF-8, exact
+decimals."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from typing import TextIO
 from billing_engine.ledger import Export, LedgerReader
 
 USAGE_HEADER = ["window_start", "window_end", "user", "job", "node", "gpu_model",
-                "gpu_seconds", "cpu_core_seconds", "cost"]
+                "gpu_seconds", "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost"]
+WASTE_HEADER = ["week_start", "user", "gpu_seconds", "gpu_idle_seconds", "idle_share", "cost",
+                "idle_cost", "idle_cost_share"]
 TRANSACTIONS_HEADER = ["id", "at", "user", "kind", "amount", "balance_after", "reason",
                        "window_end"]
 
@@ -28,7 +32,7 @@ def parse_time(text: str) -> float:
 
 def write_csv(out: TextIO, what: Export, data: Iterable[list[str]]) -> None:
     writer = csv.writer(out)
-    writer.writerow(USAGE_HEADER if what == "usage" else TRANSACTIONS_HEADER)
+    writer.writerow({"usage": USAGE_HEADER, "waste": WASTE_HEADER}.get(what, TRANSACTIONS_HEADER))
     writer.writerows(data)
 
 

@@ -17,11 +17,12 @@ from billing_engine.ledger.records import (
     Posting,
     Transaction,
     UsageLine,
+    WeekUsage,
     WindowBill,
 )
 from gpuacct.config import PriceVersion
 
-Export = Literal["usage", "transactions"]
+Export = Literal["usage", "transactions", "waste"]
 
 
 class LedgerReader(Protocol):
@@ -51,6 +52,9 @@ class LedgerReader(Protocol):
     def usage_by_job(self, user: str, since: float) -> list[JobUsage]: ...
 
     def daily_cost(self, user: str, since: int) -> list[DailyCost]: ...
+
+    def weekly_usage(self, start: float, end: float, user: str | None = None
+                     ) -> list[WeekUsage]: ...
 
     def export_rows(self, what: Export, start: float, end: float) -> Iterator[list[str]]: ...
 

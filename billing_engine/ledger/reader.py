@@ -23,7 +23,9 @@ from billing_engine.ledger.records import (
     MetricsSnapshot,
     Transaction,
     UsageLine,
+    WeekUsage,
 )
+from billing_engine.ledger.schema import week_start
 from gpuacct import sqlite
 from gpuacct.config import PriceVersion
 
@@ -80,10 +82,11 @@ class SqliteLedgerReader:
                 for series, value in self._db().execute("SELECT series, value FROM cursors")}
 
     def window_lines(self, end: int) -> list[UsageLine]:
-        return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost))
-                for user, job, node, model, gpu, cpu, cost in self._db().execute(
-                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost "
-                    "FROM usage_lines WHERE window_end = ?", (end,))]
+        return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost),
+                          Decimal(idle), Decimal(idle_cost))
+                for user, job, node, model, gpu, cpu, cost, idle, idle_cost in self._db().execute(
+                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost, "
+                    "gpu_idle_seconds, idle_cost FROM usage_lines WHERE window_end = ?", (end,))]
 
     def outbox_windows(self) -> list[int]:
         """Windows whose points InfluxDB has not acknowledged, oldest first."""
@@ -143,16 +146,31 @@ class SqliteLedgerReader:
                     f"SUM({MICROS.format('cost')}) FROM usage_lines "
                     "WHERE user = ? AND window_end >= ? GROUP BY 1, 2", (user, since))]
 
+    def weekly_usage(self, start: float, end: float, user: str | None = None
+                     ) -> list[WeekUsage]:
+        """Each user's weeks that begin in [start, end), by week then user."""
+        rows = self._db().execute(
+            "SELECT week_start, user, gpu_seconds, gpu_idle_seconds, cost, idle_cost "
+            "FROM weekly_usage WHERE week_start >= ? AND week_start < ? "
+            "AND (? IS NULL OR user = ?) ORDER BY week_start, user", (start, end, user, user))
+        return [WeekUsage(int(week), name, *map(Decimal, numbers))
+                for week, name, *numbers in rows]
+
     def export_rows(self, what: Export, start: float, end: float) -> Iterator[list[str]]:
         """Usage lines of windows ending in [start, end), or transactions made in it."""
         if what == "usage":
             found = self._db().execute(
                 "SELECT w.window_start, u.window_end, u.user, u.job, u.node, u.gpu_model, "
-                "u.gpu_seconds, u.cpu_core_seconds, u.cost "
+                "u.gpu_seconds, u.cpu_core_seconds, u.cost, u.gpu_idle_seconds, u.idle_cost "
                 "FROM usage_lines u JOIN windows w USING (window_end) "
                 "WHERE u.window_end >= ? AND u.window_end < ? "
                 "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))
             return ([iso(r[0]), iso(r[1]), *r[2:]] for r in found)
+        if what == "waste":
+            return ([iso(w.week_start), w.user, str(w.gpu_seconds), str(w.gpu_idle_seconds),
+                     f"{w.idle_share:.4f}", str(w.cost), str(w.idle_cost),
+                     f"{w.idle_cost_share:.4f}"]
+                    for w in self.weekly_usage(week_start(start), end))
         found = self._db().execute(
             "SELECT id, at, user, kind, amount, balance_after, reason, window_end "
             "FROM transactions WHERE at >= ? AND at < ? ORDER BY id", (start, end))

@@ -32,6 +32,8 @@ class UsageLine(NamedTuple):  # a tuple: a window makes thousands
     gpu_seconds: Decimal
     cpu_core_seconds: Decimal
     cost: Decimal
+    gpu_idle_seconds: Decimal = Decimal(0)  # of gpu_seconds, those idle-held
+    idle_cost: Decimal = Decimal(0)  # of cost, what the idle-held seconds cost
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,27 @@ class JobUsage:
     gpu_hours: float
     cpu_core_hours: float
     cost: Decimal
+
+
+@dataclass(frozen=True)
+class WeekUsage:
+    """One user's week (from Monday 00:00 UTC, windows ending in it): the waste report's row."""
+
+    week_start: int
+    user: str
+    gpu_seconds: Decimal
+    gpu_idle_seconds: Decimal  # of gpu_seconds, those idle-held
+    cost: Decimal  # GPU and CPU
+    idle_cost: Decimal  # of cost, what the idle-held GPU seconds cost
+
+    @property
+    def idle_share(self) -> Decimal:
+        """Of the GPU time, the idle-held share (0 with no GPU time)."""
+        return self.gpu_idle_seconds / self.gpu_seconds if self.gpu_seconds else Decimal(0)
+
+    @property
+    def idle_cost_share(self) -> Decimal:
+        return self.idle_cost / self.cost if self.cost else Decimal(0)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ is a new migration appended here, never an edit of one that shipped.
 from __future__ import annotations
 
 import sqlite3
+from decimal import Decimal
 
 from gpuacct import sqlite
 
@@ -87,5 +88,55 @@ def carry_over_point_outbox(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE outbox")
 
 
-MIGRATIONS: list[sqlite.Migration] = [sqlite.statements(V1), carry_over_point_outbox]
+# Of each line's GPU seconds, those idle-held (exporter.idle), and what they cost; and each
+# user's sums per week (Monday 00:00 UTC, by window end), kept as windows commit: the waste
+# report reads a row per user and week rather than a week of lines.
+V3_COLUMNS = ("gpu_idle_seconds", "idle_cost")
+V3 = """
+CREATE TABLE IF NOT EXISTS weekly_usage (
+    week_start INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    gpu_seconds TEXT NOT NULL,
+    gpu_idle_seconds TEXT NOT NULL,
+    cost TEXT NOT NULL,
+    idle_cost TEXT NOT NULL,
+    PRIMARY KEY (week_start, user)
+) WITHOUT ROWID;
+"""
+
+WEEK = 7 * 86400
+MONDAY = 4 * 86400  # 1970-01-01 was a Thursday: Mondays fall 4 days into each epoch week
+
+
+def week_start(t: float) -> int:
+    """The Monday 00:00 UTC on or before `t`."""
+    return int((t - MONDAY) // WEEK * WEEK + MONDAY)
+
+
+def sum_weeks_of_old_lines(db: sqlite3.Connection) -> None:
+    """Lines billed before version 3 get their weekly sums too (exact: summed as Decimal)."""
+    sums: dict[tuple[int, str], list[Decimal]] = {}
+    for end, user, gpu, cost in db.execute(
+            "SELECT window_end, user, gpu_seconds, cost FROM usage_lines"):
+        row = sums.setdefault((week_start(end), user), [Decimal(0)] * 4)
+        row[0] += Decimal(gpu)
+        row[2] += Decimal(cost)
+    db.executemany("INSERT INTO weekly_usage (week_start, user, gpu_seconds, gpu_idle_seconds, "
+                   "cost, idle_cost) VALUES (?, ?, ?, ?, ?, ?)",
+                   [(week, user, *map(str, row)) for (week, user), row in sums.items()])
+
+
+def idle_and_weeks(db: sqlite3.Connection) -> None:
+    """Idempotent, like the rest: a file that has had it is left as it is."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(usage_lines)")}
+    for column in V3_COLUMNS:
+        if column not in have:
+            db.execute(f"ALTER TABLE usage_lines ADD COLUMN {column} TEXT NOT NULL DEFAULT '0'")
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'weekly_usage'").fetchone():
+        sqlite.statements(V3)(db)
+        sum_weeks_of_old_lines(db)
+
+
+MIGRATIONS: list[sqlite.Migration] = [sqlite.statements(V1), carry_over_point_outbox,
+                                      idle_and_weeks]
 VERSION = len(MIGRATIONS)

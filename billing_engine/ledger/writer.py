@@ -120,9 +120,11 @@ class Ledger(SqliteLedgerReader):
                 self._open_account(db, user, bill.opening_balance, now)
             db.executemany(
                 "INSERT INTO usage_lines (window_end, user, job, node, gpu_model, gpu_seconds, "
-                "cpu_core_seconds, cost, price_effective) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cpu_core_seconds, cost, price_effective, gpu_idle_seconds, idle_cost) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(bill.end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
-                  str(ln.cpu_core_seconds), str(ln.cost), bill.price_effective)
+                  str(ln.cpu_core_seconds), str(ln.cost), bill.price_effective,
+                  str(ln.gpu_idle_seconds), str(ln.idle_cost))
                  for ln in bill.lines])
             total = sum(charges.values(), Decimal(0))
             if not bill.trial_mode:
@@ -130,6 +132,7 @@ class Ledger(SqliteLedgerReader):
                                     bill.end, bill.reason)
                 charged = Decimal(self._meta("charged_total") or 0) + total
                 self._set_meta(db, "charged_total", str(charged))
+            self._add_to_week(db, bill)
             self._move_cursors(db, bill.cursors, bill.end)
             db.execute("INSERT INTO windows (window_end, window_start, billed_at, lines, cost) "
                        "VALUES (?, ?, ?, ?, ?)",
@@ -137,6 +140,30 @@ class Ledger(SqliteLedgerReader):
             if bill.lines:
                 db.execute("INSERT INTO influx_outbox (window_end) VALUES (?)", (bill.end,))
         return True
+
+    def _add_to_week(self, db: sqlite3.Connection, bill: WindowBill) -> None:
+        """Add the window's lines to each user's sums for the week it ends in."""
+        week = schema.week_start(bill.end)
+        sums: dict[str, list[Decimal]] = {}
+        for ln in bill.lines:
+            row = sums.setdefault(ln.user, [Decimal(0)] * 4)
+            row[0] += ln.gpu_seconds
+            row[1] += ln.gpu_idle_seconds
+            row[2] += ln.cost
+            row[3] += ln.idle_cost
+        if not sums:
+            return
+        for user, *known in db.execute(
+                "SELECT user, gpu_seconds, gpu_idle_seconds, cost, idle_cost FROM weekly_usage "
+                "WHERE week_start = ?", (week,)):
+            if user in sums:
+                sums[user] = [a + Decimal(b) for a, b in zip(sums[user], known, strict=True)]
+        db.executemany(
+            "INSERT INTO weekly_usage (week_start, user, gpu_seconds, gpu_idle_seconds, cost, "
+            "idle_cost) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week_start, user) DO UPDATE SET "
+            "gpu_seconds = excluded.gpu_seconds, gpu_idle_seconds = excluded.gpu_idle_seconds, "
+            "cost = excluded.cost, idle_cost = excluded.idle_cost",
+            [(week, user, *map(str, row)) for user, row in sums.items()])
 
     def _charge_window(self, db: sqlite3.Connection, charges: dict[str, Decimal], at: float,
                        end: int, reason: str) -> None:

@@ -119,6 +119,7 @@ def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[...,
     gpus = FakeGpus([device(0), device(1, name=RTX3090)], path=tmp_path / "gpus.json")
     exporter = start_exporter({"exporter": {
         "interval_seconds": 0.25, "state_file": str(tmp_path / "exporter-state.json"),
+        "idle": {"after_seconds": 1},  # only a test's 0% processes: the rest run at 50%
         "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
     prometheus = start_prometheus([{
         "job_name": "gpuacct-exporter", "honor_labels": True,

@@ -122,7 +122,8 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
                                          Decimal(0), Decimal("0.008333")),
         "2026-11-01T00:00:00": UsageLine("alice", "実験-1", "n1", "NVIDIA A100-SXM4-80GB",
                                          Decimal("59.999999871"), Decimal("12.34"),
-                                         Decimal("0.502057")),
+                                         Decimal("0.502057"), Decimal("30.5"),
+                                         Decimal("0.254167")),
         "2026-11-30T23:59:00": UsageLine("bob", "sid-4", "n2", "", Decimal(0),
                                          Decimal("0.01"), Decimal("0.000002")),
         "2026-12-01T00:00:00": UsageLine("bob", "too-late", "n2", "", Decimal(0), Decimal(1),
@@ -133,9 +134,10 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
             end = ts(end_text)
             db.execute("INSERT INTO windows VALUES (?, ?, ?, 1, ?)",
                        (end, end - 60, end, str(ln.cost)))
-            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                        (end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
-                        str(ln.cpu_core_seconds), str(ln.cost)))
+                        str(ln.cpu_core_seconds), str(ln.cost), str(ln.gpu_idle_seconds),
+                        str(ln.idle_cost)))
     out = tmp_path / "usage.csv"
     result = cli(config, "export", "usage", "--from", "2026-11-01", "--to", "2026-12-01",
                  "--output", str(out))
@@ -143,11 +145,11 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
     rows = list(csv.reader(io.StringIO(out.read_bytes().decode("utf-8"))))
     assert rows == [
         ["window_start", "window_end", "user", "job", "node", "gpu_model", "gpu_seconds",
-         "cpu_core_seconds", "cost"],
+         "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost"],
         ["2026-10-31T23:59:00Z", "2026-11-01T00:00:00Z", "alice", "実験-1", "n1",
-         "NVIDIA A100-SXM4-80GB", "59.999999871", "12.34", "0.502057"],
+         "NVIDIA A100-SXM4-80GB", "59.999999871", "12.34", "0.502057", "30.5", "0.254167"],
         ["2026-11-30T23:58:00Z", "2026-11-30T23:59:00Z", "bob", "sid-4", "n2", "", "0", "0.01",
-         "0.000002"],
+         "0.000002", "0", "0"],
     ]
     transactions = cli(config, "export", "transactions", "--from", "2023-01-01",
                        "--to", "2024-01-01")

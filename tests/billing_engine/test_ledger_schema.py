@@ -52,7 +52,16 @@ def test_an_old_ledger_migrates_in_place_and_keeps_every_balance_line_and_cursor
     assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (0,)
     ledger = Ledger(old_ledger)
     assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    # Version 3 adds the idle columns (nothing idle before) and sums each user's weeks.
+    before["usage_lines"] = [(*row, "0", "0") for row in before["usage_lines"]]
     assert contents(old_ledger) == before
+    weeks = ledger.weekly_usage(0, 2e9)
+    assert {(w.user, w.gpu_seconds, w.gpu_idle_seconds, w.cost) for w in weeks} == {
+        (user, sum((Decimal(r[5]) for r in before["usage_lines"] if r[1] == user), Decimal(0)),
+         Decimal(0), sum((Decimal(r[7]) for r in before["usage_lines"] if r[1] == user),
+                         Decimal(0)))
+        for user in ("alice", "bob")}
+    assert {w.week_start for w in weeks} == {1764547200}  # Monday 2025-12-01
     assert ledger.balances() == {"alice": Decimal("145.749997"), "bob": Decimal("99.849999")}
     assert ledger.cursors() == {"gpu|alice|sid-1|n1|0|A100": Decimal(280),
                                 "cpu|bob|train.py|n2": Decimal("90.75")}

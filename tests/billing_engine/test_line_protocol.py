@@ -20,7 +20,7 @@ amount = st.decimals(min_value=0, max_value=10**9, places=6, allow_nan=False,
                      allow_infinity=False)
 seconds = st.decimals(min_value=0, max_value=10**7, places=9, allow_nan=False,
                       allow_infinity=False)
-lines = st.builds(UsageLine, text, text, text, text, seconds, seconds, amount)
+lines = st.builds(UsageLine, text, text, text, text, seconds, seconds, amount, seconds, amount)
 
 
 @given(st.lists(lines, min_size=1, max_size=5), st.integers(0, 4_102_444_800))
@@ -35,7 +35,8 @@ def test_the_examples_that_need_escaping() -> None:
     line = UsageLine("a b", "x,y=z", "node\\", "", Decimal(0), Decimal("12.5"), Decimal("0.1"))
     assert LineFormatter().line(line, 60) == (
         "gpuacct_usage,job=x\\,y\\=z,node=node\\ ,user=a\\ b "
-        "cost=0.1,cost_micros=100000i,cpu_core_seconds=12.5,gpu_seconds=0 60")
+        "cost=0.1,cost_micros=100000i,cpu_core_seconds=12.5,gpu_idle_seconds=0,gpu_seconds=0,"
+        "idle_cost=0 60")
 
 
 label_sets = st.dictionaries(st.sampled_from(["user", "job", "exported_job", "instance",
