@@ -5,10 +5,12 @@
     gpuacct_limit{resource="gpus",user="alice"} 4.0
     gpuacct_billing_last_window_end_timestamp_seconds 1.7638e+09
     gpuacct_billing_outbox_backlog 0.0
+    gpuacct_account_week_gpu_idle_seconds{user="alice"} 5400.0   (this week, from Monday UTC)
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,10 +23,16 @@ from billing_engine.ledger import (
     MetricsSnapshot,
     SchemaError,
     SqliteLedgerReader,
+    week_start,
 )
 from gpuacct.config import BillingSettings
 from gpuacct.limits import usage_limits
 from gpuacct.tiers import thresholds
+
+# Each user's week so far: gpuacct_account_week_<name>, from the ledger's weekly sums.
+WEEK_GAUGES = (("gpu_seconds", "GPU seconds billed"),
+               ("gpu_idle_seconds", "Of the GPU seconds, those idle-held"),
+               ("cost", "Usage cost"), ("idle_cost", "Cost of the idle-held GPU seconds"))
 
 
 class BillingCollector(Collector):
@@ -68,6 +76,7 @@ class BillingCollector(Collector):
             for resource, most in usage_limits(self.settings, user).items():
                 limit.add_metric([user, resource], most)
         yield from (balance, threshold, limit, charged_by_user)
+        yield from self._this_week()
         if snapshot.last_window is not None:
             yield GaugeMetricFamily("gpuacct_billing_last_window_end_timestamp_seconds",
                                     "End of the latest billed window.",
@@ -91,6 +100,19 @@ class BillingCollector(Collector):
             yield GaugeMetricFamily("gpuacct_billing_influxdb_up",
                                     "1 if the latest InfluxDB write worked.",
                                     value=1 if self.engine.influx_ok else 0)
+
+    def _this_week(self) -> Iterator[Metric]:
+        """The waste report's row of each user for the week so far."""
+        week = week_start(time.time())
+        families = [GaugeMetricFamily(f"gpuacct_account_week_{name}", f"{text} this week "
+                                      "(since Monday 00:00 UTC), as billed.", labels=["user"])
+                    for name, text in WEEK_GAUGES]
+        for row in self.ledger.weekly_usage(week, week + 1):
+            for family, (name, _) in zip(families, WEEK_GAUGES, strict=True):
+                family.add_metric([row.user], float(getattr(row, name)))
+        yield from families
+        yield GaugeMetricFamily("gpuacct_account_week_start_timestamp_seconds",
+                                "When this week's figures began (Monday 00:00 UTC).", value=week)
 
 
 def build_registry(settings: BillingSettings, engine: Engine | None,

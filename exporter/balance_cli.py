@@ -37,6 +37,9 @@ class Status:
     seconds_left: float | None = None
     enforcement: dict[str, Any] | None = None
     problem: str | None = None  # why the numbers are missing
+    # This week (from Monday 00:00 UTC) as billed: gpu_seconds, gpu_idle_seconds, cost,
+    # idle_cost, from gpuacct_account_week_*.
+    week: dict[str, str] = field(default_factory=dict)
 
 
 def _one(prometheus: Prometheus, query: str) -> list[tuple[dict[str, str], Decimal]]:
@@ -51,6 +54,8 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
         tiers = _one(prometheus, f"max by (tier) (gpuacct_account_threshold{selector})")
         rate = _one(prometheus, f"max(user:gpuacct_cost_per_hour:rate1h{selector})")
         left = _one(prometheus, f"min(user:gpuacct_seconds_until_exhausted:rate1h{selector})")
+        week = _one(prometheus, 'max by (__name__) ({__name__=~"gpuacct_account_week_'
+                    f'(gpu_seconds|gpu_idle_seconds|cost|idle_cost)",user="{user}"}})')
     except PrometheusUnavailable as exc:
         status.problem = f"balance unknown: {exc}"
         return status
@@ -63,7 +68,20 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
     status.tier = tier_of(value, {labels["tier"]: v for labels, v in tiers})
     status.cost_per_hour = f"{rate[0][1]:.2f}" if rate else "0.00"
     status.seconds_left = float(left[0][1]) if left else None
+    status.week = {labels["__name__"].removeprefix("gpuacct_account_week_"): str(v)
+                   for labels, v in week}
     return status
+
+
+def week_line(week: dict[str, str]) -> str | None:
+    """This week's GPU time, the idle-held part of it and what that cost."""
+    if not week:
+        return None
+    gpu, idle = Decimal(week.get("gpu_seconds", 0)), Decimal(week.get("gpu_idle_seconds", 0))
+    cost, idle_cost = Decimal(week.get("cost", 0)), Decimal(week.get("idle_cost", 0))
+    share = f" ({idle / gpu:.0%})" if gpu else ""
+    return (f"{gpu / 3600:.2f} GPU-hours, {idle / 3600:.2f} of them idle-held{share}; "
+            f"idle cost {idle_cost:.2f} of {cost:.2f}")
 
 
 def render(status: Status) -> str:
@@ -78,6 +96,9 @@ def render(status: Status) -> str:
         if status.seconds_left is not None:
             spending += f"; at that rate it runs out in {duration(status.seconds_left)}"
         out.append(spending)
+        week = week_line(status.week)
+        if week:
+            out.append(f"  this week    {week}")
     what = enforced(status.enforcement)
     out.append(f"  enforced     {'; '.join(what) if what else 'nothing'}")
     for reason in (status.enforcement or {}).get("reasons", []):

@@ -1,4 +1,5 @@
-"""The HTML pages: login, the administrators' overview, a user's page, recharge and adjust."""
+"""The HTML pages: login, the administrators' overview, a user's page, recharge and adjust,
+the weekly waste report."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from billing_engine.ledger import Posting
+from billing_engine.ledger import Posting, week_start
+from billing_engine.ledger.export import parse_time
 from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
 from web import export, prices
@@ -149,7 +151,8 @@ def _history(request: Request, ctx: Ctx, user: str, page: int) -> str:
     peak = max((sum(day.values()) for day in daily.values()), default=0) or 1
     return fragment(request, "_user_history.html", transactions=transactions, total=total,
                     page=page, pages=(total + size - 1) // size, daily=daily, models=models,
-                    peak=peak, jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400))
+                    peak=peak, jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400),
+                    weeks=ctx.view.weeks(user, 8))
 
 
 def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: Posting, amount: str,
@@ -183,6 +186,20 @@ def adjust(request: Request, ctx: Ctx, who: Admin, user: str,
 def export_csv(ctx: Ctx, who: Admin, what: str, start: Annotated[str, Query(alias="from")],
                end: Annotated[str, Query(alias="to")]) -> Response:
     return export.csv_response(ctx, what, start, end)
+
+
+@router.get("/admin/waste")
+def waste_page(request: Request, ctx: Ctx, who: Admin,
+               week: Annotated[str | None, Query(max_length=40)] = None) -> HTMLResponse:
+    """The waste report: each user's week, the idle-held GPU time and its cost first."""
+    try:
+        start = week_start(parse_time(week) if week else time.time())
+    except ValueError as exc:
+        raise HTTPException(400, f"week: {exc}") from None
+    day = time.strftime("%Y-%m-%d", time.gmtime(start))
+    return render(request, "waste.html", who=who, rows=ctx.view.week(start), week=day,
+                  before=time.strftime("%Y-%m-%d", time.gmtime(start - 7 * 86400)),
+                  after=time.strftime("%Y-%m-%d", time.gmtime(start + 7 * 86400)))
 
 
 @router.get("/admin/prices")

@@ -7,13 +7,14 @@ from decimal import Decimal
 
 from pydantic import BaseModel
 
-from billing_engine.ledger import JobUsage, LedgerReader, Transaction
+from billing_engine.ledger import JobUsage, LedgerReader, Transaction, WeekUsage, week_start
 from gpuacct.config import BillingSettings
 from gpuacct.tiers import Tier, account_tier
 from web.cache import Memo
 
-__all__ = ["AccountRow", "JobUsage", "LedgerView", "Transaction"]
+__all__ = ["AccountRow", "JobUsage", "LedgerView", "Transaction", "WeekUsage"]
 DAY = 86400
+WEEK = 7 * DAY
 
 
 class AccountRow(BaseModel, frozen=True):
@@ -69,3 +70,13 @@ class LedgerView:
             if day in result:
                 result[day][cost.gpu_model or "CPU only"] = cost.cost
         return result
+
+    def weeks(self, user: str, count: int, now: float | None = None) -> list[WeekUsage]:
+        """The user's last `count` weeks, this one first (weeks without usage are left out)."""
+        this = week_start(time.time() if now is None else now)
+        return self.reader.weekly_usage(this - (count - 1) * WEEK, this + 1, user)[::-1]
+
+    def week(self, start: int) -> list[WeekUsage]:
+        """Every user's week from `start` (a Monday), the most idle cost first."""
+        return sorted(self.reader.weekly_usage(start, start + 1),
+                      key=lambda w: (-w.idle_cost, -w.gpu_idle_seconds, w.user))

@@ -113,14 +113,16 @@ def week_start(t: float) -> int:
     return int((t - MONDAY) // WEEK * WEEK + MONDAY)
 
 
-def sum_weeks_of_old_lines(db: sqlite3.Connection) -> None:
-    """Lines billed before version 3 get their weekly sums too (exact: summed as Decimal)."""
+def sum_weeks(db: sqlite3.Connection) -> None:
+    """The weekly sums of every line there is (exact: summed as Decimal), into an empty
+    weekly_usage: lines billed before version 3 get theirs too."""
     sums: dict[tuple[int, str], list[Decimal]] = {}
-    for end, user, gpu, cost in db.execute(
-            "SELECT window_end, user, gpu_seconds, cost FROM usage_lines"):
+    for end, user, *numbers in db.execute(
+            "SELECT window_end, user, gpu_seconds, gpu_idle_seconds, cost, idle_cost "
+            "FROM usage_lines"):
         row = sums.setdefault((week_start(end), user), [Decimal(0)] * 4)
-        row[0] += Decimal(gpu)
-        row[2] += Decimal(cost)
+        for i, value in enumerate(numbers):
+            row[i] += Decimal(value)
     db.executemany("INSERT INTO weekly_usage (week_start, user, gpu_seconds, gpu_idle_seconds, "
                    "cost, idle_cost) VALUES (?, ?, ?, ?, ?, ?)",
                    [(week, user, *map(str, row)) for (week, user), row in sums.items()])
@@ -134,7 +136,7 @@ def idle_and_weeks(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE usage_lines ADD COLUMN {column} TEXT NOT NULL DEFAULT '0'")
     if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'weekly_usage'").fetchone():
         sqlite.statements(V3)(db)
-        sum_weeks_of_old_lines(db)
+        sum_weeks(db)
 
 
 MIGRATIONS: list[sqlite.Migration] = [sqlite.statements(V1), carry_over_point_outbox,

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from billing_engine.ledger import Ledger, week_start
+from billing_engine.metrics import build_registry
 from tests.billing_engine.conftest import Rig, running
 from tests.fixtures.gpus import GIB
 from tests.fixtures.ledger import sql
@@ -94,7 +95,14 @@ def test_the_weeks_waste_equals_the_ledger_and_the_counters(
     assert abs(report[alice.name].idle_cost - idle_cost) <= Decimal("0.000001") * windows
     assert 0 < report[alice.name].idle_share <= 1
 
-    # The CSV says the same.
+    # So do the billing engine's gauges of the week so far (which gpuacct balance shows)...
+    registry = build_registry(rig.settings.billing, None)
+    for name in ("gpu_seconds", "gpu_idle_seconds", "cost", "idle_cost"):
+        assert registry.get_sample_value(f"gpuacct_account_week_{name}", {
+            "user": alice.name}) == float(getattr(report[alice.name], name)), name
+    assert registry.get_sample_value("gpuacct_account_week_start_timestamp_seconds") == week
+
+    # ...and the CSV.
     out = subprocess.run([sys.executable, "-m", "billing_engine", "--config",
                           str(rig.config_path), "export", "waste", "--from", "2020-01-01",
                           "--to", "2100-01-01"], capture_output=True, text=True, check=True)

@@ -52,7 +52,10 @@ def test_balance_and_hook_show_the_state_and_its_reason(
                   for u in (alice.name, bob.name)
                   for t, v in (("warning", 100), ("limited", 10), ("exhausted", 0)))
         + f'user:gpuacct_cost_per_hour:rate1h{{user="{alice.name}"}} 3\n'
-        + f'user:gpuacct_seconds_until_exhausted:rate1h{{user="{alice.name}"}} 9000\n')
+        + f'user:gpuacct_seconds_until_exhausted:rate1h{{user="{alice.name}"}} 9000\n'
+        + "".join(f'gpuacct_account_week_{name}{{user="{alice.name}"}} {v}\n'
+                  for name, v in (("gpu_seconds", 36000), ("gpu_idle_seconds", 9000),
+                                  ("cost", 310.5), ("idle_cost", 75.25))))
     prometheus = start_prometheus([{"job_name": "billing", "static_configs": [
         {"targets": [target]}]}])
     wait_for(lambda: promql(prometheus.url, "user:gpuacct_cost_per_hour:rate1h"))
@@ -73,6 +76,8 @@ def test_balance_and_hook_show_the_state_and_its_reason(
     assert "3.00 an hour over the last hour; at that rate it runs out in 2h 30m" in full
     assert "new GPU work is blocked" in full and "CPU limited to 50% of one core" in full
     assert f"why          {alice.name} may start no new GPU work" in full
+    assert ("this week    10.00 GPU-hours, 2.50 of them idle-held (25%); idle cost 75.25 of "
+            "310.50") in full
 
     hook = shared_dir / "gpuacct.sh"
     hook.write_text(run_as(alice, [balance, "--print-hook"], env))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -11,6 +12,7 @@ from decimal import Decimal
 import pytest
 import requests
 
+from billing_engine.ledger import week_start
 from tests.web.conftest import NOW, Web
 
 pytestmark = pytest.mark.integration
@@ -125,3 +127,34 @@ def test_csv_export_has_a_header_exact_decimals_utf8_and_the_range(
     bad = session.get(f"{web.url}/admin/export/usage.csv", params={"from": "soon", "to": "x"},
                       timeout=10)
     assert bad.status_code == 400 and "is not a date" in bad.text
+
+
+def test_the_waste_report_shows_each_users_idle_held_gpu_time_of_the_week(
+        start_web: Callable[..., Web]) -> None:
+    web = start_web(windows=4)  # every user 60 GPU-seconds a minute, alice 30 of them idle
+    session, _ = web.admin()
+    ends = [int(NOW // 60 * 60) - 60 * (4 - w) for w in range(4)]
+    week = week_start(ends[-1])
+    windows = sum(1 for end in ends if week_start(end) == week)  # 4, unless Monday began
+    monday = time.strftime("%Y-%m-%d", time.gmtime(week))
+    page = session.get(f"{web.url}/admin/waste", params={"week": monday}, timeout=10)
+    assert page.status_code == 200
+    assert re.findall(r'<tr><td><a href="/users/(\w+)">', page.text)[0] == "alice"  # most idle
+    alice = re.search(r'/users/alice">alice</a></td>(.*?)</tr>', page.text, re.S)
+    assert alice is not None
+    assert re.findall(r'<td class="num">([^<]+)</td>', alice.group(1)) == [
+        f"{windows / 60:.2f}", f"{windows / 120:.2f}", "50.0%",
+        f"{Decimal('0.123457') * windows:.2f}", f"{Decimal('0.05') * windows:.2f}",
+        f"{Decimal('0.05') / Decimal('0.123457') * 100:.1f}%"]
+    answer = session.get(f"{web.url}/admin/export/waste.csv",
+                         params={"from": monday, "to": "2100-01-01"}, timeout=10)
+    mine = [r for r in csv.DictReader(io.StringIO(answer.text)) if r["user"] == "alice"]
+    assert (Decimal(mine[0]["gpu_idle_seconds"]), Decimal(mine[0]["idle_cost"]),
+            mine[0]["idle_share"]) == (30 * windows, Decimal("0.05") * windows, "0.5000")
+    assert session.get(f"{web.url}/admin/waste", params={"week": "someday"},
+                       timeout=10).status_code == 400
+    # A user sees their own weeks on their page, and not the report.
+    as_bob = {"X-Remote-User": "bob"}
+    bob = requests.get(f"{web.url}/users/bob", headers=as_bob, timeout=10)
+    assert bob.status_code == 200 and 'id="weeks"' in bob.text
+    assert requests.get(f"{web.url}/admin/waste", headers=as_bob, timeout=10).status_code == 403
