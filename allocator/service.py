@@ -80,6 +80,21 @@ class Allocator:
             for id, at in used.items():
                 self._used[id] = max(at, self._used.get(id, at))
 
+    def release_idle(self, node: str, ids: tuple[int, ...]) -> None:
+        """The node's idle action (exporter.idle.action: release): end its reservations `ids`,
+        whose GPUs their holders' processes have held idle; other nodes' are left alone."""
+        if not ids:
+            return
+        with self._lock:
+            now = self.clock()
+            with self.store.change(now) as c:
+                for r in self.store.open_requests():
+                    if r.state == "granted" and r.id in ids and r.granted_node == node:
+                        self._end(c, r, "idle-held", f"node {node}",
+                                  "its GPUs were held idle past exporter.idle.action_after_seconds")
+            if c.dirty:
+                self._plan(now)
+
     def last_used(self, id: int, default: float) -> float:
         """When the node last saw the holder use reservation `id` (`default`: never said)."""
         return self._used.get(id, default)
@@ -154,7 +169,8 @@ class Allocator:
         c.audit(r.id, r.user, actor, reason, why)
         if actor != r.user:
             words = {"cancelled": f"was cancelled by {actor}", "expired": "has expired",
-                     "idle": "was released: none of your processes used it"}
+                     "idle": "was released: none of your processes used it",
+                     "idle-held": "was released: your processes held its GPUs idle"}
             text = f"gpuacct: your {_name(r)} {words.get(reason, reason)}"
             c.notice(r.user, self._nodes_of(r), text + (f" ({why})" if why else ""))
 

@@ -77,6 +77,7 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
             if report.gpus is not None:
                 desired.allocator.report_gpus(report.node, report.gpus)
             desired.allocator.report_use(report.reservation_use)
+            desired.allocator.release_idle(report.node, report.release_idle)
         answer = desired.dump()
         return Response(answer, media_type="application/json",
                         headers=sign(node_key, "RESPONSE", SYNC_PATH, answer))

@@ -9,7 +9,9 @@ the parent's job.
 GPU: each GPU unit's time since the last cycle is shared among the distinct jobs holding it
 (split 1/k, full, or by GPU memory). Processes nobody is billed for still take their share.
 A reserved GPU is billed whole to its holder, as the job `reservation-<id>`, used or idle;
-the processes on it (the holder's, or anyone's still being stopped) add nothing.
+the processes on it (the holder's, or anyone's still being stopped) add nothing. Idle-holding
+(exporter.idle) counts the GPU seconds of a job holding memory at (almost) no utilisation,
+and of a reservation its holder's processes do not keep busy.
 """
 
 from __future__ import annotations
@@ -90,10 +92,17 @@ def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample],
     return holders
 
 
+def _busy(h: GpuHolder, unit_busy: dict[str, float | None] | None) -> float | None:
+    """The process's utilisation; without a per-process figure (MIG, some drivers), the
+    unit's own activity."""
+    return h.sm_ratio if h.sm_ratio is not None else (unit_busy or {}).get(h.unit.uuid)
+
+
 def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, policy: str,
                 now: float, idle: IdleSettings | None = None,
-                unit_busy: dict[str, float | None] | None = None) -> None:
-    """Share each unit's `seconds` among its jobs; with `idle`, count what is idle-holding."""
+                unit_busy: dict[str, float | None] | None = None) -> set[GpuKey]:
+    """Share each unit's `seconds` among its jobs; with `idle`, count what is idle-holding.
+    Returns the keys idle-holding now (`end_streaks` ends the others' streaks)."""
     by_unit: dict[str, list[GpuHolder]] = defaultdict(list)
     for holder in holders:
         by_unit[holder.unit.uuid].append(holder)
@@ -104,8 +113,7 @@ def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, pol
         busy: dict[JobKey, float | None] = defaultdict(float)
         for h in unit_holders:
             memory[(h.user, h.job)] += h.used_memory_bytes or 0
-            # Without a per-process figure (MIG, some drivers), the unit's own activity.
-            own = h.sm_ratio if h.sm_ratio is not None else (unit_busy or {}).get(unit.uuid)
+            own = _busy(h, unit_busy)
             known = busy[(h.user, h.job)]
             busy[(h.user, h.job)] = None if own is None or known is None else known + own
         total = sum(memory.values())
@@ -124,7 +132,11 @@ def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, pol
                         and ratio < idle.max_utilization_ratio):
                     idle_keys.add(key)
                     _idle_streak(state, key, seconds * share, seconds, now, idle.after_seconds)
-    for key in [k for k in state.streaks if k not in idle_keys]:
+    return idle_keys
+
+
+def end_streaks(state: UsageState, idle_now: set[GpuKey]) -> None:
+    for key in [k for k in state.streaks if k not in idle_now]:
         del state.streaks[key]  # busy again, or gone from the GPU: the streak is over
 
 
@@ -150,13 +162,31 @@ def gpu_index(unit: GpuUnit) -> int:
 
 
 def account_reserved(state: UsageState, devices: Iterable[GpuDevice], reserved: Reserved,
-                     seconds: float, now: float) -> None:
+                     seconds: float, now: float, idle: IdleSettings | None = None,
+                     holders: Iterable[GpuHolder] = (),
+                     unit_busy: dict[str, float | None] | None = None) -> set[GpuKey]:
+    """Bill each reserved GPU whole to its holder. With `idle`, a reserved GPU that none of
+    the holder's processes keep busy (none at all, or all under the utilisation) is
+    idle-holding, whatever memory they hold. Returns the keys idle-holding now."""
+    use: dict[int, float | None] = {}
+    for h in holders:
+        index = gpu_index(h.unit)
+        if index in reserved and h.user == reserved[index][0]:
+            own, known = _busy(h, unit_busy), use.get(index, 0.0)
+            use[index] = None if own is None or known is None else known + own
+    idle_keys = set()
     for d in devices:
         if d.index in reserved and not d.lost:
             user, id = reserved[d.index]
             job = RESERVATION_JOB.format(id=id)
-            state.add_gpu((user, job, str(d.index), d.uuid, d.model), seconds, now)
+            key = (user, job, str(d.index), d.uuid, d.model)
+            state.add_gpu(key, seconds, now)
             state.jobs[(user, job)] = JobInfo("reservation", "reservation", now)
+            ratio = use.get(d.index, 0.0)
+            if idle is not None and ratio is not None and ratio < idle.max_utilization_ratio:
+                idle_keys.add(key)
+                _idle_streak(state, key, seconds, seconds, now, idle.after_seconds)
+    return idle_keys
 
 
 def update_jobs(state: UsageState, procs: list[ProcSample], now: float) -> None:

@@ -62,7 +62,8 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
     node = actuator_settings.node_name or socket.gethostname()
     actuator = Actuator(actuator_settings, node, signaller, limiter, latest)
     idle = settings.exporter.idle
-    actuator.idle_stop_after = idle.stop_after_seconds if idle is not None else None
+    if idle is not None:
+        actuator.idle_action, actuator.idle_action_after = idle.action, idle.action_after_seconds
     puller = user_socket = None
     url = actuator_settings.enforcer_url
     if url:

@@ -86,7 +86,8 @@ class Puller:
         request = SyncRequest(node=self.actuator.node,
                               version=max(self.actuator.state.version, 0), actions=tuple(reports),
                               gpus=self.gpus(),
-                              reservation_use=dict(self.actuator.last_used))
+                              reservation_use=dict(self.actuator.last_used),
+                              release_idle=self.actuator.idle_releases())
         try:
             answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
                               self.key, self.verifier, self.timeout)

@@ -17,6 +17,7 @@ from exporter.accounting import (
     account_cpu,
     account_gpu,
     account_reserved,
+    end_streaks,
     gpu_holders,
     gpu_index,
     update_jobs,
@@ -108,10 +109,13 @@ class Sampler:
         account_cpu(state, procs, now)
         busy = {u.uuid: d.utilization_ratio for d in (reading.devices if reading else ())
                 for u in d.units}
-        account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved], elapsed,
-                    self.settings.gpu_share, now, self.settings.idle, busy)
+        idle = self.settings.idle
+        idle_now = account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved],
+                               elapsed, self.settings.gpu_share, now, idle, busy)
         update_jobs(state, procs, now)
-        account_reserved(state, reading.devices if reading else (), reserved, elapsed, now)
+        idle_now |= account_reserved(state, reading.devices if reading else (), reserved,
+                                     elapsed, now, idle, holders, busy)
+        end_streaks(state, idle_now)
         state.expire(now, self.settings.retention_seconds)
         state.last_sample, state.last_uptime = now, uptime
         self._count_xids(reading, now)

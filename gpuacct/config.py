@@ -102,9 +102,12 @@ class IdleSettings(Section):
     min_memory_bytes: Annotated[int, Field(ge=0)] = 1 << 30
     max_utilization_ratio: Annotated[float, Field(ge=0, le=1)] = 0.01
     after_seconds: NonNegativeFloat = 1800.0
-    # This long after a job became idle-holding, its processes on that GPU are stopped (as a
-    # kill is: SIGTERM, SIGKILL after the grace, never root or protected users); null: never.
-    stop_after_seconds: NonNegativeFloat | None = None
+    # This long after a job became idle-holding (the rules told its user then), the node acts:
+    # none; release: a reservation held idle ends (its GPUs go to the queue); stop: the job's
+    # processes on that GPU are stopped as a kill is (SIGTERM, SIGKILL after the grace, never
+    # root, system or protected users).
+    action: Literal["none", "release", "stop"] = "none"
+    action_after_seconds: NonNegativeFloat = 1800.0
 
 
 class ExporterSettings(Section):

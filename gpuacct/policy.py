@@ -113,6 +113,8 @@ class SyncRequest(Model):
     gpus: tuple[NodeGpu, ...] | None = None
     # Per reservation held on this node: when a process of its holder last ran on it.
     reservation_use: dict[int, float] = {}
+    # Reservations on this node to end because their GPUs were held idle (exporter.idle).
+    release_idle: tuple[int, ...] = ()
 
 
 class PushResult(Model):

@@ -63,12 +63,12 @@ class Actuator:
         self.reports = Reports(clock)
         self.last_applied = 0.0
         self.last_used: dict[int, float] = {}  # reservation id -> holder last seen on it
-        self.idle_stop_after: float | None = None  # exporter.idle.stop_after_seconds
+        self.idle_action, self.idle_action_after = "none", 0.0  # exporter.idle
 
     def _node(self) -> Node:
         return Node(now=self._clock(), dry_run=self.settings.dry_run,
                     kill_grace_seconds=self.settings.kill_grace_seconds, name=self.node,
-                    idle_stop_after=self.idle_stop_after,
+                    idle_action=self.idle_action, idle_action_after=self.idle_action_after,
                     limiter=self.limiter.name if self.limiter else None,
                     uid_of=self._uid_of, refusal=self.signaller.refusal)
 
@@ -77,6 +77,15 @@ class Actuator:
         now = self._clock()
         with self.lock:
             return {r.gpu: (r.user, r.id) for r in self.state.reserved if r.ends > now}
+
+    def idle_releases(self) -> tuple[int, ...]:
+        """The reservations this node has decided to end for being held idle, until the
+        enforcer's policy no longer has them."""
+        if self.settings.dry_run:
+            return ()
+        with self.lock:
+            held = {r.id for r in self.state.reserved}
+            return tuple(id for id in self.state.idle_released if id in held)
 
     def _note_use(self, snapshot: Snapshot) -> None:
         on_gpu = {(gpu_index(h.unit), h.user) for h in snapshot.holders}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from exporter.enforce.state import ActuatorState, Applied, Intruder, ProcKey, Stopping
 from exporter.procs import ProcSample
 from exporter.sampler import Snapshot
+from gpuacct.allocation import RESERVATION_JOB_PREFIX
 from gpuacct.policy import NodePolicy, Reservations, Result, UserPolicy
 from gpuacct.wording import duration
 
@@ -105,8 +106,9 @@ class Node:
     limiter: str | None  # the CPU limiter's name; None: this node has none
     uid_of: Callable[[str], int | None]  # the passwd database
     refusal: Callable[[int], str | None]  # why a uid is never touched (root, protected...)
-    # Idle-holding GPU processes are stopped this long after they became so; None: never.
-    idle_stop_after: float | None = None
+    # This long after a job became idle-holding, exporter.idle.action: none, release, stop.
+    idle_action: str = "none"
+    idle_action_after: float = 0.0
 
 
 @dataclass
@@ -133,6 +135,8 @@ def _plan_reservations(plan: Plan, reservations: Reservations, node: Node) -> No
     state = plan.state
     state.mode, state.reservation_grace = reservations.mode, reservations.grace_seconds
     state.reserved = reservations.nodes.get(node.name, ())
+    state.idle_released = [id for id in state.idle_released
+                           if id in {r.id for r in state.reserved}]
     told = set(state.told)
     for notice in reservations.notices:
         if node.name in notice.nodes and notice.id not in told:
@@ -164,23 +168,37 @@ def plan_cycle(state: ActuatorState, snapshot: Snapshot, node: Node) -> Plan:
                                     frozenset(p.key for p in mine), applied.quota,
                                     relimit=True))
     _plan_intruders(plan, snapshot, node)
-    if node.idle_stop_after is not None:
-        _plan_idle(plan, snapshot, node, node.idle_stop_after)
+    if node.idle_action != "none":
+        _plan_idle(plan, snapshot, node)
     return plan
 
 
-def _plan_idle(plan: Plan, snapshot: Snapshot, node: Node, stop_after: float) -> None:
-    """Stop the processes of a job that has held a GPU idle `stop_after` past the point it
-    became idle-holding (the user was told then, by the rules)."""
-    by_pid, children, stopping = _tables(plan.state, snapshot)
+def _plan_idle(plan: Plan, snapshot: Snapshot, node: Node) -> None:
+    """exporter.idle.action for a job idle-holding a GPU `idle_action_after` past the point it
+    became so (the user was told then, by the rules): release the reservation it is, or stop
+    its processes on that GPU (a reservation's: the holder's on the reserved GPU)."""
+    state = plan.state
+    by_pid, children, stopping = _tables(state, snapshot)
+    held = {r.id for r in state.reserved}
     for (user, job, label, uuid, _model), since in sorted(snapshot.idle_since.items()):
-        if node.now - since < stop_after:
+        if node.now - since < node.idle_action_after:
+            continue
+        reservation = _reservation_id(job)
+        if node.idle_action == "release":
+            if reservation in held and reservation not in state.idle_released:
+                state.idle_released.append(reservation)
+                plan.steps.append(Record(user, "release", "dry_run" if node.dry_run else "ok",
+                                         f"reservation {reservation} (GPU {label} on "
+                                         f"{node.name}) held idle for "
+                                         f"{duration(node.now - since)} since you were told",
+                                         IDLE))
             continue
         uid = node.uid_of(user)
         if uid is None or node.refusal(uid):
             continue
-        roots = [by_pid[h.pid] for h in snapshot.holders if h.unit.uuid == uuid
-                 and h.user == user and h.job == job and h.pid in by_pid]
+        roots = [by_pid[h.pid] for h in snapshot.holders if h.user == user and h.pid in by_pid
+                 and (h.unit.uuid == uuid and h.job == job if reservation is None
+                      else h.unit.label.split("/")[0] == label)]
         targets = {p.key: p for root in roots for p in _tree(root, children)
                    if p.key not in stopping}
         if targets:
@@ -188,6 +206,12 @@ def _plan_idle(plan: Plan, snapshot: Snapshot, node: Node, stop_after: float) ->
                                    f"{label} on {node.name} idle for "
                                    f"{duration(node.now - since)} since you were told",
                                    node.now + node.kill_grace_seconds, track=True))
+
+
+def _reservation_id(job: str) -> int | None:
+    """The reservation a job name stands for (`reservation-<id>`), if it is one."""
+    id = job.removeprefix(RESERVATION_JOB_PREFIX)
+    return int(id) if id != job and id.isdigit() else None
 
 
 def _plan_intruders(plan: Plan, snapshot: Snapshot, node: Node) -> None:

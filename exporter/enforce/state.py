@@ -54,6 +54,7 @@ class ActuatorState(BaseModel):
     reserved: tuple[ReservedGpu, ...] = ()
     intruders: dict[str, Intruder] = {}  # by "pid:start ticks"
     told: list[int] = []  # the notices already told (their ids)
+    idle_released: list[int] = []  # reservations this node asked to end for being held idle
 
 
 class StateFile:

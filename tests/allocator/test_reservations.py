@@ -46,12 +46,12 @@ def sockets() -> Iterator[Path]:
 
 
 class Rig:
-    def __init__(self, cluster: Cluster, sockets: Path, venv: Path) -> None:
+    def __init__(self, cluster: Cluster, sockets: Path, venv: Path, **node: Any) -> None:
         self.cluster, self.sockets, self.venv = cluster, sockets, venv
         self.port = free_port()
         self.nodes = [cluster.node(name, enforcer_port=self.port, pull_seconds=1.0,
                                    devices=[device(0), device(1)],
-                                   user_socket=str(sockets / f"{name}.sock"))
+                                   user_socket=str(sockets / f"{name}.sock"), **node)
                       for name in ("gpu01", "gpu02")]
         self.enforcer = self.start("open")
 
@@ -253,3 +253,39 @@ def test_identity_comes_from_the_kernel_and_the_node_key(
     # What is reserved is the caller's, as the kernel named them.
     rig.gpuacct(alice, "reserve", "1", "--for", "10m")
     assert [e["user"] for e in rig.summary()] == [alice.name]
+
+
+def test_a_reservation_held_idle_is_released_by_the_nodes_idle_action(
+        cluster: Cluster, sockets: Path, installed_gpuacct: Path, processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    """exporter.idle.action release: a reservation whose holder keeps its GPU idle (here a
+    process at 0%) ends that long after it became idle-held; the holder is told, the GPU goes
+    to the one queued, and a reservation kept busy is left alone."""
+    rig = Rig(cluster, sockets, installed_gpuacct,
+              idle={"after_seconds": 1, "action": "release", "action_after_seconds": 2})
+    gpu01, _ = rig.nodes
+    alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
+    assert rig.gpuacct(alice, "reserve", "1", "--for", "1h", "--node", "gpu01", "--gpus",
+                       "0").startswith("granted: reservation 1, GPU 0 on gpu01")
+    assert rig.gpuacct(bob, "reserve", "1", "--for", "1h", "--node", "gpu01", "--gpus",
+                       "1").startswith("granted: reservation 2, GPU 1 on gpu01")
+    wait_until(lambda: len(rig.reserved_metric(gpu01)) == 2)
+    granted = time.monotonic()
+    idle = processes.python(alice, "train.py", "600")
+    wait_until_exec(idle, "train.py")
+    gpu01.gpus.put(0, idle.pid, sm_util=0)
+    gpu01.gpus.save()
+    rig.on_gpu(processes, bob, gpu01, 1)  # at 50%
+    queued = rig.gpuacct(carol, "reserve", "1", "--for", "1h", "--node", "gpu01", "--gpus", "0")
+    assert queued.startswith("queued: request 3"), queued
+
+    wait_until(lambda: told(rig.enforcer, alice.name, "gpu01",
+                            "was released: your processes held its GPUs idle"), 20)
+    assert time.monotonic() - granted >= 1 + 2 - 0.5  # idle after 1 s, released 2 s later
+    wait_until(lambda: rig.reserved_metric(gpu01) == {("0", carol.name), ("1", bob.name)}, 10)
+    gpu01.gpus.remove(idle.pid)
+    rig.on_gpu(processes, carol, gpu01, 0)  # she uses hers (else it too is released in 3 s)
+    entries = {e["id"]: e for e in rig.summary()}
+    assert 1 not in entries and entries[2]["state"] == entries[3]["state"] == "granted"
+    assert any(e["action"] == "release" and e["alert"] == "idle" and e["node"] == "gpu01"
+               for e in rig.enforcer.audit(alice.name))

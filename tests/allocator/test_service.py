@@ -196,3 +196,19 @@ def test_an_unused_reservation_is_announced_then_released(allocator: Allocator,
     assert allocator.summary().entries == ()
     assert "none of your processes used it (unused for 31m)" in allocator.desired().notices[-1].text
     assert [e.event for e in allocator.store.audit("alice")][-2:] == ["idle notice", "idle"]
+
+
+def test_a_node_ends_only_its_own_reservations_held_idle(allocator: Allocator) -> None:
+    alice = allocator.reserve("alice", "gpu01", ask(1, node="gpu01")).request
+    bob = allocator.reserve("bob", "gpu02", ask(1, node="gpu02")).request
+    queued = allocator.reserve("carol", "gpu01", ask(2, node="gpu01")).request
+    assert alice and bob and queued and queued.state == "queued"
+    allocator.release_idle("gpu01", (bob.id, queued.id, 999))  # not gpu01's reservations
+    assert {e.id for e in allocator.summary().entries} == {alice.id, bob.id, queued.id}
+    allocator.release_idle("gpu01", (alice.id,))
+    states = {e.id: e.state for e in allocator.summary().entries}
+    assert states == {bob.id: "granted", queued.id: "granted"}
+    [notice] = [n for n in allocator.desired().notices if n.user == "alice"]
+    assert "was released: your processes held its GPUs idle" in notice.text
+    last = allocator.store.audit("alice")[-1]
+    assert (last.request, last.event, last.actor) == (alice.id, "idle-held", "node gpu01")

@@ -51,10 +51,10 @@ def refusal(protected: frozenset[str] = frozenset()) -> Callable[[int], str | No
 
 def node(now: float = NOW, dry_run: bool = False, limiter: str | None = "cgroup1",
          protected: frozenset[str] = frozenset(), grace: float = 30.0,
-         idle_stop_after: float | None = None) -> Node:
+         idle: str = "none", idle_after: float = 0.0) -> Node:
     return Node(now=now, dry_run=dry_run, kill_grace_seconds=grace, name="gpu01",
                 limiter=limiter, uid_of=UIDS.get, refusal=refusal(protected),
-                idle_stop_after=idle_stop_after)
+                idle_action=idle, idle_action_after=idle_after)
 
 
 def proc(pid: int, uid: int, ppid: int = 1) -> ProcSample:
@@ -286,14 +286,42 @@ def idle_since(snap: Snapshot, user: str, since: float) -> Snapshot:
 def test_a_job_holding_a_gpu_idle_is_stopped_only_once_the_site_says_so() -> None:
     snap = idle_since(snapshot([proc(10, 1000), proc(11, 1000, ppid=10)], on_gpu=(10,)),
                       "ann", NOW - 100)
-    assert plan_cycle(ActuatorState(), snap, node()).steps == []  # no stop_after: never
-    assert plan_cycle(ActuatorState(), snap, node(idle_stop_after=101)).steps == []
-    [stop] = plan_cycle(ActuatorState(), snap, node(idle_stop_after=100)).steps
+    assert plan_cycle(ActuatorState(), snap, node()).steps == []  # action none: never
+    assert plan_cycle(ActuatorState(), snap, node(idle="stop", idle_after=101)).steps == []
+    assert plan_cycle(ActuatorState(), snap, node(idle="release")).steps == []  # no reservation
+    [stop] = plan_cycle(ActuatorState(), snap, node(idle="stop", idle_after=100)).steps
     assert isinstance(stop, Stop) and stop.alert == IDLE and stop.track
     assert sorted(p.pid for p in stop.targets) == [10, 11]
     assert "it has held GPU 0 on gpu01 idle for 1m since you were told" in stop.why
-    protected = node(idle_stop_after=0, protected=frozenset({"ann"}))
+    protected = node(idle="stop", protected=frozenset({"ann"}))
     assert plan_cycle(ActuatorState(), snap, protected).steps == []
+
+
+def test_a_reservation_held_idle_is_released_once_or_its_holders_processes_stopped() -> None:
+    snap = snapshot([proc(10, 1000), proc(20, 1001)], on_gpu=(10, 20))  # ben: an intruder
+
+    def idle_steps(plan: Plan) -> list[object]:
+        return [s for s in plan.steps if s not in intruder.steps]
+    intruder = plan_cycle(plan_policy(ActuatorState(), policy(1, reserved("ann")), snap,
+                                      node()).state, snap, node())  # type: ignore[union-attr]
+    snap.idle_since[("ann", "reservation-7", "0", "GPU-0", "A100")] = NOW - 100
+    start = plan_policy(ActuatorState(), policy(1, reserved("ann")), snap, node())
+    assert start is not None
+    early = plan_cycle(start.state, snap, node(idle="release", idle_after=101))
+    assert idle_steps(early) == [] and early.state.idle_released == []
+    plan = plan_cycle(start.state, snap, node(idle="release", idle_after=100))
+    [record] = idle_steps(plan)
+    assert isinstance(record, Record) and (record.user, record.action, record.alert) == (
+        "ann", "release", IDLE)
+    assert "reservation 7 (GPU 0 on gpu01) held idle for 1m" in record.detail
+    assert plan.state.idle_released == [7]
+    assert idle_steps(plan_cycle(plan.state, snap, node(idle="release"))) == []  # once
+    # The enforcer's next policy no longer has the reservation: nothing is left to ask.
+    ended = plan_policy(plan.state, policy(2), snap, node(idle="release"))
+    assert ended is not None and ended.state.idle_released == []
+    # Stopping instead: the holder's processes on the reserved GPU, nobody else's.
+    [stop] = idle_steps(plan_cycle(start.state, snap, node(idle="stop")))
+    assert isinstance(stop, Stop) and [p.pid for p in stop.targets] == [10]
 
 
 # -- the safety property, on the planner ----------------------------------------------------
@@ -327,7 +355,7 @@ def test_no_plan_ever_targets_a_process_it_must_not(
     gpu_pids = {h.pid for h in snap.holders}
     by_pid = {p.pid: p for p in procs}
     where = node(dry_run=dry_run, protected=protected, grace=0,
-                 idle_stop_after=0 if idle else None)
+                 idle="stop" if idle else "none")
     if idle:
         for h in snap.holders:
             idle_since(snap, h.user, NOW - 1000)

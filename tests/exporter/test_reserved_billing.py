@@ -49,3 +49,27 @@ def test_the_holder_pays_the_reserved_gpu_whole_and_nobody_else_does(
         (alice.name, "reservation-7", "0"), (alice.name, "reservation-8", "2")}
     info = {(s["user"], s["job"]): s["name"] for s, _ in node.samples("gpuacct_job_info")}
     assert info[(alice.name, "reservation-7")] == "reservation"
+
+
+def test_reserved_gpus_the_holder_does_not_keep_busy_count_as_idle_held(
+        make_node: Callable[..., Node], processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    """Reserved but unused (no process), or used at 0%, or kept busy only by somebody else:
+    idle-held, whatever memory is held; kept busy by the holder: not."""
+    alice, bob = test_users["alice"], test_users["bob"]
+    gpus = FakeGpus([device(0), device(1), device(2), device(3)])
+    node = make_node(gpus, interval_seconds=0.1, idle={"after_seconds": 0.3})
+    node.sampler.reserved = lambda: {i: (alice.name, 10 + i) for i in range(4)}
+    for user, gpu, sm in ((alice, 1, 0), (bob, 2, 90), (alice, 3, 60)):
+        proc = processes.python(user, "idle.py")
+        wait_until_exec(proc, "idle.py")
+        gpus.put(gpu, proc.pid, used_memory=1 << 20, sm_util=sm)  # 1 MiB: little memory
+    node.cycle()
+    node.cycle(times=12, pause=0.1)
+    idle = {(s["job"], s["gpu"]): v for s, v in node.samples("gpuacct_job_gpu_idle_seconds_total")}
+    billed = gpu_seconds(node)
+    assert set(idle) == {("reservation-10", "0"), ("reservation-11", "1"),
+                         ("reservation-12", "2")}
+    for (job, gpu), seconds in idle.items():
+        # From the streak's start (the first cycle's part is not seen), never more than billed.
+        assert billed[(alice.name, job, gpu)] - 0.15 <= seconds <= billed[(alice.name, job, gpu)]

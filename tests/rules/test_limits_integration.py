@@ -115,7 +115,8 @@ def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
         start_prometheus: Callable[..., Server],
         start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
-    node = cluster.node("gpu01", idle={"after_seconds": 2, "stop_after_seconds": 6})
+    node = cluster.node("gpu01", idle={"after_seconds": 2, "action": "stop",
+                                       "action_after_seconds": 6})
     enforcer = policy_chain(tmp_path, [node], static_metrics(""), cluster, start_prometheus,
                             start_alertmanager)
     started = time.monotonic()
