@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import uuid
@@ -39,10 +40,13 @@ from gpuacct.cli_common import (
     stop_on_signals,
 )
 from gpuacct.config import BillingSettings, Settings
+from gpuacct.limits import limits_above
 from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
-from gpuacct.promql import Prometheus
+from gpuacct.promql import Prometheus, PrometheusUnavailable
 from gpuacct.tiers import account_tier
+
+CLUSTER_GPUS = "count(gpuacct_gpu_info)"  # GPUs and MIG instances: what the limits count
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,9 +99,9 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     except SchemaError as exc:
         print(f"gpuacct-billing: {exc}", file=sys.stderr)
         return 1
-    engine = Engine(billing, ledger, Prometheus(billing.prometheus_url,
-                                                billing.query_timeout_seconds),
-                    make_sink(settings.influxdb))
+    prometheus = Prometheus(billing.prometheus_url, billing.query_timeout_seconds)
+    engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb))
+    warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
         server = serve(host, port, build_registry(billing, engine), "gpuacct billing")
     except OSError as exc:
@@ -111,6 +115,21 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     ledger.close()
     log.info("stopped")
     return 0
+
+
+def warn_of_limits_above_the_cluster(billing: BillingSettings, prometheus: Prometheus,
+                                     log: logging.Logger) -> None:
+    """A GPU limit above the cluster's GPU count is allowed (the cluster may grow) but said."""
+    if not limits_above(billing, 0):  # no GPU limit above 0 is set: nothing to compare
+        return
+    try:
+        found = prometheus.instant(CLUSTER_GPUS, time.time())
+    except PrometheusUnavailable as exc:
+        log.warning("cannot compare the GPU limits with the cluster's GPUs: %s", exc)
+        return
+    if found:
+        for problem in limits_above(billing, int(found[0].value)):
+            log.warning("%s", problem)
 
 
 def balances(billing: BillingSettings) -> int:

@@ -3,6 +3,8 @@
     gpuacct_account_balance{user="alice"} 87.25
     gpuacct_account_threshold{tier="warning",user="alice"} 100.0
     gpuacct_limit{resource="gpus",user="alice"} 4.0
+    gpuacct_group_limit{group="vision-lab",resource="gpus"} 8.0
+    gpuacct_group_member{group="vision-lab",user="alice"} 1.0
     gpuacct_billing_last_window_end_timestamp_seconds 1.7638e+09
     gpuacct_billing_outbox_backlog 0.0
     gpuacct_account_week_gpu_idle_seconds{user="alice"} 5400.0   (this week, from Monday UTC)
@@ -26,7 +28,7 @@ from billing_engine.ledger import (
     week_start,
 )
 from gpuacct.config import BillingSettings
-from gpuacct.limits import usage_limits
+from gpuacct.limits import GroupMembers, set_limits, usage_limits
 from gpuacct.tiers import thresholds
 
 # Each user's week so far: gpuacct_account_week_<name>, from the ledger's weekly sums.
@@ -41,6 +43,7 @@ class BillingCollector(Collector):
         self.settings = settings
         self.engine = engine
         self.ledger = ledger or SqliteLedgerReader(settings.ledger)
+        self.members = GroupMembers(settings)
 
     def _read(self) -> MetricsSnapshot | None:
         try:
@@ -76,6 +79,7 @@ class BillingCollector(Collector):
             for resource, most in usage_limits(self.settings, user).items():
                 limit.add_metric([user, resource], most)
         yield from (balance, threshold, limit, charged_by_user)
+        yield from self._groups()
         yield from self._this_week()
         if snapshot.last_window is not None:
             yield GaugeMetricFamily("gpuacct_billing_last_window_end_timestamp_seconds",
@@ -100,6 +104,21 @@ class BillingCollector(Collector):
             yield GaugeMetricFamily("gpuacct_billing_influxdb_up",
                                     "1 if the latest InfluxDB write worked.",
                                     value=1 if self.engine.influx_ok else 0)
+
+    def _groups(self) -> Iterator[Metric]:
+        if not self.settings.group_limits:
+            return
+        limit = GaugeMetricFamily(
+            "gpuacct_group_limit", "The most of a resource a Unix group's members may use at "
+            "once together, cluster-wide.", labels=["group", "resource"])
+        member = GaugeMetricFamily("gpuacct_group_member", "A user in a Unix group that has "
+                                   "limits (from NSS).", labels=["group", "user"])
+        for group, users in sorted(self.members().items()):
+            for resource, most in set_limits(self.settings.group_limits[group]).items():
+                limit.add_metric([group, resource], most)
+            for user in sorted(users):
+                member.add_metric([group, user], 1)
+        yield from (limit, member)
 
     def _this_week(self) -> Iterator[Metric]:
         """The waste report's row of each user for the week so far."""

@@ -211,6 +211,9 @@ class BillingSettings(Section):
     user_thresholds: dict[str, ThresholdOverride] = {}
     limits: UsageLimits = UsageLimits()  # for every user; gpuacct_limit{user,resource}
     user_limits: dict[str, UsageLimits] = {}  # per user, over `limits`
+    # Per Unix group: the most its members use at once together (as Slurm's GrpTRES), beside
+    # each member's own limits; gpuacct_group_limit{group,resource}, members from NSS.
+    group_limits: dict[str, UsageLimits] = {}
 
 
 class InfluxV1Settings(Section):
