@@ -173,7 +173,8 @@ def test_every_commented_choice_of_the_example_loads(tmp_path: Path, key: str, c
     values = {"gpu_share": settings.exporter.gpu_share,
               "backend": settings.exporter.nvml.backend,
               "cpu_limiter": settings.exporter.actuator.cpu_limiter,
-              "mode": settings.allocator.mode}
+              "mode": settings.allocator.mode,
+              "action": settings.exporter.idle.action if settings.exporter.idle else None}
     assert values[key] == choice.strip('"')
 
 
