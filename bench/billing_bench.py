@@ -41,7 +41,6 @@ from gpuacct.config import BillingSettings, InfluxV1Settings
 from gpuacct.promql import Prometheus
 from stack import servers
 from stack.process import ManagedProcess, free_port
-from tests.fixtures.ledger import sql
 
 SERIES = 10_000
 USERS, NODES = 500, 20
@@ -165,7 +164,8 @@ def two_windows(work: Path, n: int, prom_url: str, influx_url: str,
         engine.bill_window(window_end, window_end - WINDOW)
         engine.drain_outbox()
         runs.append(Run(time.perf_counter() - t, sink.seconds, ledger.commit_seconds))
-    lines = sql(ledger).execute("SELECT COUNT(*) FROM usage_lines").fetchone()[0]
+    lines = sqlite3.connect(f"file:{ledger.path}?mode=ro", uri=True).execute(
+        "SELECT COUNT(*) FROM usage_lines").fetchone()[0]
     assert lines == 2 * SERIES and ledger.outbox_backlog() == 0, (lines, ledger.outbox_backlog())
     ledger.close()
     return runs[0], runs[1]
