@@ -14,6 +14,7 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
     RUNNING,
     influxdb,
     start_alertmanager,
+    start_billing,
     start_prometheus,
     static_metrics,
     webhook_receiver,

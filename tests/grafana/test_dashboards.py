@@ -4,7 +4,6 @@ processes of test users), the billing engine and the enforcer."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,12 +14,12 @@ import pytest
 import yaml
 
 from stack.alerting import rule_files
-from stack.process import ManagedProcess, free_port
+from stack.process import free_port
 from stack.servers import influx_query
 from tests.fixtures import dashboards
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.gpus import RTX3090, device
-from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
+from tests.fixtures.servers import Server, gpuacct_scrape_configs
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
 ROOT = dashboards.ROOT
@@ -92,7 +91,8 @@ def test_every_recording_rule_is_used_by_a_dashboard_the_web_page_the_cli_or_an_
 @pytest.mark.root
 def test_every_panel_query_returns_data_from_the_real_servers(
         cluster: Cluster, start_prometheus: Callable[..., Server], influxdb: Server,
-        processes: Processes, test_users: dict[str, UnixUser], tmp_path: Path) -> None:
+        processes: Processes, test_users: dict[str, UnixUser], tmp_path: Path,
+        start_billing: Callable[[dict[str, Any], int], object]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
     node = cluster.node("gpu01", devices=[device(0), device(1, name=RTX3090)],
                         cpu_limiter="auto")  # this machine's cgroups: the quota is real
@@ -107,48 +107,37 @@ def test_every_panel_query_returns_data_from_the_real_servers(
         gpuacct_scrape_configs(node.exporter.port, billing_port, enforcer.port),
         interval="500ms", extra={"rule_files": [str(p) for p in rule_files()]})
     influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
-    config = tmp_path / "billing.yaml"
-    config.write_text(yaml.safe_dump({
+    start_billing({
         "billing": {"ledger": str(tmp_path / "ledger.sqlite3"), "prometheus_url": prometheus.url,
                     "window_seconds": 2, "settle_seconds": 1.2, "lease_seconds": 2},
-        "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"}}))
-    billing = ManagedProcess(
-        "billing", [sys.executable, "-m", "billing_engine", "--config", str(config), "run",
-                    "--web.listen-address", f"127.0.0.1:{billing_port}"],
-        tmp_path / "billing.log", f"http://127.0.0.1:{billing_port}/metrics")
-    RUNNING.append(billing)
-    billing.start().wait_ready()
-    try:
-        status, _ = enforcer.post_alerts(notification(
-            alert(alice.name, "block", "GpuacctBalanceLimitedBlockGpu"),
-            alert(alice.name, "throttle", "GpuacctBalanceLimitedThrottleCpu", quota=50)))
-        assert status == 200
+        "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"}}, billing_port)
+    status, _ = enforcer.post_alerts(notification(
+        alert(alice.name, "block", "GpuacctBalanceLimitedBlockGpu"),
+        alert(alice.name, "throttle", "GpuacctBalanceLimitedThrottleCpu", quota=50)))
+    assert status == 200
 
-        variables = {"user": alice.name, "instance": ".+"}
-        deadline = time.monotonic() + 90
-        while missing := dashboards.panels_without_data(
-                prometheus.url, influxdb.url, "gpuacct", variables):
-            assert time.monotonic() < deadline, "no data for:\n" + "\n".join(missing)
-            time.sleep(2)
-        print(f"{len(list(dashboards.queries()))} panel queries returned data")
-        # The check itself can say no, and names a query a server refuses.
-        for kind, text in (("prometheus", "gpuacct_no_such_metric"),
-                           ("influxdb", 'SELECT sum("cost") FROM "no_such_measurement"')):
-            empty = dashboards.Query("test", "test", kind, text, instant=False)
-            assert not dashboards.returns_data(empty, prometheus.url, influxdb.url, "gpuacct", {})
-        broken = dashboards.Query("test", "test", "prometheus", "sum(", instant=True)
-        with pytest.raises(AssertionError, match="Prometheus refused it"):
-            dashboards.returns_data(broken, prometheus.url, influxdb.url, "gpuacct", {})
-        # Lift alice's quota again (it moved her process into a cgroup of its own).
-        status, _ = enforcer.post_alerts(notification(
-            alert(alice.name, "block", "GpuacctBalanceLimitedBlockGpu", status="resolved"),
-            alert(alice.name, "throttle", "GpuacctBalanceLimitedThrottleCpu", quota=50,
-                  status="resolved")))
-        assert status == 200
-        wait_until(lambda: node.hook(alice.name) is None)
-    finally:
-        billing.stop()
-        RUNNING.remove(billing)
+    variables = {"user": alice.name, "instance": ".+"}
+    deadline = time.monotonic() + 90
+    while missing := dashboards.panels_without_data(
+            prometheus.url, influxdb.url, "gpuacct", variables):
+        assert time.monotonic() < deadline, "no data for:\n" + "\n".join(missing)
+        time.sleep(2)
+    print(f"{len(list(dashboards.queries()))} panel queries returned data")
+    # The check itself can say no, and names a query a server refuses.
+    for kind, text in (("prometheus", "gpuacct_no_such_metric"),
+                       ("influxdb", 'SELECT sum("cost") FROM "no_such_measurement"')):
+        empty = dashboards.Query("test", "test", kind, text, instant=False)
+        assert not dashboards.returns_data(empty, prometheus.url, influxdb.url, "gpuacct", {})
+    broken = dashboards.Query("test", "test", "prometheus", "sum(", instant=True)
+    with pytest.raises(AssertionError, match="Prometheus refused it"):
+        dashboards.returns_data(broken, prometheus.url, influxdb.url, "gpuacct", {})
+    # Lift alice's quota again (it moved her process into a cgroup of its own).
+    status, _ = enforcer.post_alerts(notification(
+        alert(alice.name, "block", "GpuacctBalanceLimitedBlockGpu", status="resolved"),
+        alert(alice.name, "throttle", "GpuacctBalanceLimitedThrottleCpu", quota=50,
+              status="resolved")))
+    assert status == 200
+    wait_until(lambda: node.hook(alice.name) is None)
 
 
 def test_substitution_puts_in_grafana_variables_whole_words_only() -> None:

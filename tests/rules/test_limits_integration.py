@@ -13,7 +13,6 @@ holders, stopped; one at 50% is never flagged.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +22,10 @@ import pytest
 import yaml
 
 from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
-from stack.process import ManagedProcess, free_port
+from stack.process import free_port
 from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
 from tests.fixtures.gpus import GIB
-from tests.fixtures.servers import RUNNING, Server
+from tests.fixtures.servers import Server
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -115,7 +114,8 @@ def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
 def test_a_groups_gpu_limit_blocks_every_member_and_nobody_else(
         tmp_path: Path, cluster: Cluster, processes: Processes, lab_group: str,
         test_users: dict[str, UnixUser], start_prometheus: Callable[..., Server],
-        start_alertmanager: Callable[[dict[str, Any]], Server]) -> None:
+        start_alertmanager: Callable[[dict[str, Any]], Server],
+        start_billing: Callable[[dict[str, Any], int], object]) -> None:
     """gat-lab (alice and carol, a real Unix group) may use 2 GPUs at once; the real billing
     engine names its members from NSS. alice on one node and carol on the other reach it: a
     third process of either is stopped; bob, not a member, starts what he likes."""
@@ -124,35 +124,24 @@ def test_a_groups_gpu_limit_blocks_every_member_and_nobody_else(
     port = free_port()
     policy_chain(tmp_path, nodes, f"127.0.0.1:{port}", cluster, start_prometheus,
                  start_alertmanager)
-    config = tmp_path / "billing.yaml"
-    config.write_text(yaml.safe_dump({"billing": {
+    start_billing({"billing": {
         "ledger": str(tmp_path / "ledger.sqlite3"), "prometheus_url": "http://127.0.0.1:9",
-        "group_limits": {lab_group: {"gpus": 2}}}}))
-    billing = ManagedProcess(
-        "billing", [sys.executable, "-m", "billing_engine", "--config", str(config), "run",
-                    "--web.listen-address", f"127.0.0.1:{port}"],
-        tmp_path / "billing.log", f"http://127.0.0.1:{port}/metrics")
-    RUNNING.append(billing)
-    billing.start().wait_ready()
-    try:
-        mine = gpu_job(processes, alice, nodes[0], 0)
-        hers = gpu_job(processes, carol, nodes[1], 0)
-        wait_until(lambda: all(nodes[0].hook(u.name) for u in (alice, carol)), timeout=30)
-        [reason] = nodes[0].hook(carol.name)["reasons"]  # type: ignore[index]
-        assert reason["alert"] == "GpuacctGroupGpuLimitReached"
-        assert f"members of {lab_group} are on 2 GPUs together" in reason["description"]
-        third = gpu_job(processes, carol, nodes[0], 1)
-        his = gpu_job(processes, bob, nodes[1], 1)
-        wait_until(lambda: third.poll() is not None, timeout=10)
-        time.sleep(1.0)  # four sampling cycles: bob's runs on, as do the first two
-        assert his.poll() is None and mine.poll() is None and hers.poll() is None
-        assert nodes[0].hook(bob.name) is None
-        # (The node's report reaches the audit with its next answer; its own count is there.)
-        assert 'gpuacct_enforcement_actions_total{action="terminate",result="ok"} 1.0' in \
-            nodes[0].exporter.scrape()
-    finally:
-        billing.stop()
-        RUNNING.remove(billing)
+        "group_limits": {lab_group: {"gpus": 2}}}}, port)
+    mine = gpu_job(processes, alice, nodes[0], 0)
+    hers = gpu_job(processes, carol, nodes[1], 0)
+    wait_until(lambda: all(nodes[0].hook(u.name) for u in (alice, carol)), timeout=30)
+    [reason] = nodes[0].hook(carol.name)["reasons"]  # type: ignore[index]
+    assert reason["alert"] == "GpuacctGroupGpuLimitReached"
+    assert f"members of {lab_group} are on 2 GPUs together" in reason["description"]
+    third = gpu_job(processes, carol, nodes[0], 1)
+    his = gpu_job(processes, bob, nodes[1], 1)
+    wait_until(lambda: third.poll() is not None, timeout=10)
+    time.sleep(1.0)  # four sampling cycles: bob's runs on, as do the first two
+    assert his.poll() is None and mine.poll() is None and hers.poll() is None
+    assert nodes[0].hook(bob.name) is None
+    # (The node's report reaches the audit with its next answer; its own count is there.)
+    assert 'gpuacct_enforcement_actions_total{action="terminate",result="ok"} 1.0' in \
+        nodes[0].exporter.scrape()
 
 
 def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
