@@ -15,7 +15,11 @@ raises pynvml's own error classes exactly where the real library would:
         "xid_events": [79],                               # delivered once each
         "processes": [{"pid": 1234, "used_memory": 1073741824, "sm_util": 50,
                        "type": "compute"}],
-        "mig": [{"uuid": "MIG-...", "name": "... MIG 1g.10gb", "processes": [...]}]}]}
+        "gpm": true,                # GPM (Hopper on): MIG instances' own SM activity
+        "mig": [{"uuid": "MIG-...", "name": "... MIG 1g.10gb", "processes": [...],
+                 "sm_activity": 30}]}]}   # percent, what GPM measures between two samples
+
+As on a real GPU, per-process utilisation is not supported on a MIG instance.
 """
 
 from __future__ import annotations
@@ -50,6 +54,16 @@ def file_source(path: Path) -> Callable[[], Data]:
         return data
 
     return load
+
+
+class FakeMetricsGet:
+    """pynvml.c_nvmlGpmMetricsGet_t, as the fake fills it in."""
+
+    def __init__(self) -> None:
+        self.version = self.numMetrics = 0
+        self.sample1: Any = None
+        self.sample2: Any = None
+        self.metrics = [SimpleNamespace(metricId=0, nvmlReturn=0, value=0.0) for _ in range(4)]
 
 
 class FakeNvml:
@@ -113,6 +127,8 @@ class FakeNvml:
         return str(self._value(handle, "nvmlDeviceGetName", "name"))
 
     def nvmlDeviceGetUtilizationRates(self, handle: Handle) -> SimpleNamespace:
+        if "mig" in self._device(handle, "nvmlDeviceGetUtilizationRates"):
+            raise error("NOT_SUPPORTED")  # a GPU in MIG mode, as NVML answers
         gpu = self._value(handle, "nvmlDeviceGetUtilizationRates", "utilization")
         memory = self._device(handle, "").get("memory_utilization", 0)
         return SimpleNamespace(gpu=gpu, memory=memory)
@@ -147,6 +163,43 @@ class FakeNvml:
         self._device(mig_handle, "nvmlDeviceGetMigDeviceHandleByIndex")
         return mig_handle
 
+    def nvmlDeviceGetGpuInstanceId(self, handle: Handle) -> int:
+        if handle[1] is None:
+            raise error("INVALID_ARGUMENT")  # not a MIG device
+        self._device(handle, "nvmlDeviceGetGpuInstanceId")
+        return handle[1] + 1
+
+    # -- GPM (GPU performance monitoring): samples and the metrics between two of them
+    c_nvmlGpmMetricsGet_t = FakeMetricsGet
+
+    def nvmlGpmQueryDeviceSupport(self, handle: Handle) -> SimpleNamespace:
+        device = self._device(handle, "nvmlGpmQueryDeviceSupport")
+        return SimpleNamespace(version=1, isSupportedDevice=1 if device.get("gpm") else 0)
+
+    def nvmlGpmSampleAlloc(self) -> SimpleNamespace:
+        return SimpleNamespace(activity=None)
+
+    def nvmlGpmSampleFree(self, sample: SimpleNamespace) -> None:
+        pass
+
+    def nvmlGpmMigSampleGet(self, handle: Handle, instance: int,
+                            sample: SimpleNamespace) -> SimpleNamespace:
+        device = self._device(handle, "nvmlGpmMigSampleGet")
+        if not device.get("gpm"):
+            raise error("NOT_SUPPORTED")
+        migs = device.get("mig", [])
+        if not 1 <= instance <= len(migs) or migs[instance - 1] is None:
+            raise error("NOT_FOUND")
+        sample.activity = migs[instance - 1].get("sm_activity")
+        return sample
+
+    def nvmlGpmMetricsGet(self, query: FakeMetricsGet) -> FakeMetricsGet:
+        for metric in query.metrics[:query.numMetrics]:
+            activity = query.sample2.activity
+            metric.nvmlReturn, metric.value = (0, float(activity)) if activity is not None \
+                else (error("NOT_SUPPORTED").value, 0.0)  # type: ignore[attr-defined]
+        return query
+
     # -- processes
     def _processes(self, handle: Handle, call: str, kind: str) -> list[SimpleNamespace]:
         device = self._device(handle, call)
@@ -164,6 +217,8 @@ class FakeNvml:
 
     def nvmlDeviceGetProcessUtilization(self, handle: Handle, last_seen: int) -> list[Any]:
         device = self._device(handle, "nvmlDeviceGetProcessUtilization")
+        if handle[1] is not None:
+            raise error("NOT_SUPPORTED")  # NVML has no per-process figures on MIG
         now_us = time.time_ns() // 1000
         samples = [
             SimpleNamespace(pid=p["pid"], timeStamp=now_us, smUtil=p["sm_util"], memUtil=0,

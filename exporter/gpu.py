@@ -28,6 +28,9 @@ class GpuUnit:
     uuid: str
     model: str
     processes: tuple[GpuProcess, ...] = ()
+    # A MIG instance's own SM activity since the previous reading (NVML's GPM, where the GPU
+    # has it); None for a whole GPU (its device's utilisation stands) or where NVML cannot tell.
+    utilization_ratio: float | None = None
 
 
 @dataclass(frozen=True)

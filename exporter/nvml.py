@@ -54,6 +54,8 @@ class NvmlBackend:
         except NVMLError as exc:
             raise GpuUnavailable(f"NVML could not start: {exc}") from None
         self._last_util_ts: dict[str, int] = {}
+        self._gpm: dict[int, bool] = {}  # GPU index -> has GPM (MIG instances' own activity)
+        self._gpm_samples: dict[str, Any] = {}  # MIG uuid -> its previous GPM sample
         self._uuids: dict[int, str] = {}
         self._events: Any = None
         self._event_devices: dict[Any, int] = {}
@@ -159,8 +161,43 @@ class NvmlBackend:
             mig_uuid = _text(lib.nvmlDeviceGetUUID(mig))
             mig_model = _text(self._query(lib.nvmlDeviceGetName, mig) or f"{model} MIG")
             units.append(GpuUnit(f"{index}/mig{mig_index}", mig_uuid, mig_model,
-                                 self._processes(mig, mig_uuid)))
+                                 self._processes(mig, mig_uuid),
+                                 self._mig_activity(handle, index, mig, mig_uuid)))
         return tuple(units)
+
+    def _has_gpm(self, handle: Any, index: int) -> bool:
+        if index not in self._gpm:
+            support = self._query(self.lib.nvmlGpmQueryDeviceSupport, handle)
+            self._gpm[index] = bool(support is not None and support.isSupportedDevice)
+        return self._gpm[index]
+
+    def _mig_activity(self, handle: Any, index: int, mig: Any, uuid: str) -> float | None:
+        """The MIG instance's SM utilisation between this reading and the previous one, from
+        two GPM samples (NVML gives no per-process utilisation on MIG); None on the first
+        reading, or where the GPU has no GPM (before Hopper)."""
+        lib = self.lib
+        if not self._has_gpm(handle, index):
+            return None
+        instance = self._query(lib.nvmlDeviceGetGpuInstanceId, mig)
+        sample = self._query(lib.nvmlGpmSampleAlloc)
+        if instance is None or sample is None:
+            return None
+        if self._query(lib.nvmlGpmMigSampleGet, handle, instance, sample) is None:
+            self._query(lib.nvmlGpmSampleFree, sample)
+            return None
+        previous, self._gpm_samples[uuid] = self._gpm_samples.get(uuid), sample
+        if previous is None:
+            return None
+        query = lib.c_nvmlGpmMetricsGet_t()
+        query.version, query.numMetrics = pynvml.NVML_GPM_METRICS_GET_VERSION, 1
+        query.sample1, query.sample2 = previous, sample
+        query.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
+        done = self._query(lib.nvmlGpmMetricsGet, query)
+        self._query(lib.nvmlGpmSampleFree, previous)
+        metric = query.metrics[0]
+        if done is None or metric.nvmlReturn != pynvml.NVML_SUCCESS:
+            return None
+        return max(0.0, min(1.0, float(metric.value) / 100))
 
     def _processes(self, handle: Any, uuid: str) -> tuple[GpuProcess, ...]:
         memory: dict[int, int | None] = {}

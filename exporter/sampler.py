@@ -107,7 +107,9 @@ class Sampler:
         state = self.state
         reserved = self.reserved()
         account_cpu(state, procs, now)
-        busy = {u.uuid: d.utilization_ratio for d in (reading.devices if reading else ())
+        # Each unit's own activity: a MIG instance's from GPM, a whole GPU's from its device.
+        busy = {u.uuid: u.utilization_ratio if u.utilization_ratio is not None
+                else d.utilization_ratio for d in (reading.devices if reading else ())
                 for u in d.units}
         idle = self.settings.idle
         idle_now = account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved],

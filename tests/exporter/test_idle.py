@@ -54,3 +54,23 @@ def test_idle_holding_is_counted_exactly_and_only_where_it_is(
     again.cycle()
     assert series(again, "gpuacct_job_gpu_idle_seconds_total")[alice] == pytest.approx(
         after, abs=1e-6)
+
+
+def test_on_mig_the_instances_own_activity_decides(
+        make_node: Callable[..., Node], processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    """A MIG instance is a GPU for idle holding. NVML gives no per-process utilisation there;
+    the instance's GPM activity stands in. Without GPM nothing tells, so nothing is flagged."""
+    mig = [{"uuid": f"MIG-{i}", "name": "H100 MIG 3g.40gb", "processes": [],
+            "sm_activity": activity} for i, activity in enumerate((0, 50))]
+    gpus = FakeGpus([device(0, mig=mig, gpm=True),
+                     device(1, mig=[{**mig[0], "uuid": "MIG-2"}])])  # an A100: no GPM
+    node = make_node(gpus, interval_seconds=0.1, idle=IDLE)
+    for user, gpu, instance in (("alice", 0, 0), ("bob", 0, 1), ("carol", 1, 0)):
+        proc = processes.python(test_users[user], "idle.py")
+        wait_until_exec(proc, "idle.py")
+        gpus.put(gpu, proc.pid, used_memory=2 * GIB, sm_util=None, mig=instance)
+    node.cycle()
+    node.cycle(times=12, pause=0.1)
+    idle = {s["gpu"]: v for s, v in node.samples("gpuacct_job_gpu_idle_seconds_total")}
+    assert set(idle) == {"0/mig0"} and idle["0/mig0"] > 0.5

@@ -92,6 +92,23 @@ def test_mig_instances_are_separate_units() -> None:
     assert [[p.pid for p in u.processes] for u in d0.units] == [[301], [302]]
 
 
+def test_a_mig_instances_own_activity_comes_from_gpm_between_two_readings() -> None:
+    """NVML has no per-process utilisation on MIG, nor the GPU's utilisation in MIG mode; with
+    GPM (Hopper on) each instance's SM activity is measured between two samples."""
+    mig = [{"uuid": "MIG-aaaa", "name": "H100 MIG 3g.40gb", "processes": [], "sm_activity": 0},
+           {"uuid": "MIG-bbbb", "name": "H100 MIG 3g.40gb", "processes": [], "sm_activity": 64}]
+    gpus = FakeGpus([device(0, mig=mig, gpm=True), device(1, mig=[dict(mig[0])])])
+    gpus.put(0, pid=301, mig=0, sm_util=50)  # a per-process figure NVML will not give on MIG
+    nvml = backend(gpus)
+    first = nvml.read().devices
+    assert [u.utilization_ratio for d in first for u in d.units] == [None, None, None]
+    assert first[0].utilization_ratio is None  # MIG mode: NOT_SUPPORTED
+    with_gpm, without = nvml.read().devices
+    assert [u.utilization_ratio for u in with_gpm.units] == [0.0, 0.64]
+    assert [u.utilization_ratio for u in without.units] == [None]  # no GPM: not known
+    assert with_gpm.units[0].processes[0].sm_ratio is None
+
+
 def test_xid_errors_are_delivered_once() -> None:
     gpus = FakeGpus([device(0), device(1, xid_events=[79])])
     nvml = backend(gpus)
