@@ -1,4 +1,10 @@
-"""Prices: versions with an effective time; GPU price by the first pattern matching the model."""
+"""Prices: versions with an effective time; GPU price by the first pattern matching the model.
+
+A MIG instance (NVML names it "<GPU> MIG <n>g.<m>gb") costs its profile's share of its GPU's
+price, n of the GPU's compute slices (7 on A100, H100, H200 and B200; 4 on A30), unless a
+pattern that says "MIG" matches it: the GPU's own pattern ("A100") would otherwise price a
+1g.10gb slice as a whole A100.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,17 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from gpuacct.config import PriceVersion
 
 MICRO = Decimal("0.000001")
+MIG_PROFILE = re.compile(r"^(?P<gpu>.*?)\s+MIG\s+(?P<slices>\d+)g\.\d+gb", re.I)
+FOUR_SLICE_GPUS = re.compile(r"\bA30\b", re.I)  # every other MIG-capable GPU has 7
+
+
+def mig_share(model: str) -> tuple[str, int, int] | None:
+    """For a MIG instance's model: its GPU's model, the instance's slices and the GPU's."""
+    found = MIG_PROFILE.match(model)
+    if found is None:
+        return None
+    total = 4 if FOUR_SLICE_GPUS.search(found["gpu"]) else 7
+    return found["gpu"], min(int(found["slices"]), total), total
 
 
 class PriceBook:
@@ -28,9 +45,13 @@ class PriceBook:
         return max(0, bisect.bisect_right(self.starts, at) - 1)
 
     def gpu_per_minute(self, version: int, model: str) -> Decimal:
+        mig = mig_share(model)
         for pattern, price in self._patterns[version]:
-            if pattern.search(model):
+            if pattern.search(model) and (mig is None or "mig" in pattern.pattern.lower()):
                 return price
+        if mig is not None:
+            gpu, slices, total = mig
+            return self.gpu_per_minute(version, gpu) * slices / total  # one division: exact
         return self.versions[version].other_gpu_per_minute
 
     def cost(self, version: int, model: str, gpu_seconds: Decimal,

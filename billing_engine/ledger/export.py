@@ -30,10 +30,23 @@ def parse_time(text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+# Columns people write (user, job and node names, models, reasons), by export.
+TEXT_COLUMNS = {"usage": (2, 3, 4, 5), "transactions": (2, 3, 6), "waste": (1,)}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text(cell: str) -> str:
+    """A cell a spreadsheet would run as a formula (`=HYPERLINK(...)`, `+1`, `@SUM`), made text
+    with a leading apostrophe (OWASP's advice on CSV injection)."""
+    return f"'{cell}" if cell.startswith(FORMULA_START) else cell
+
+
 def write_csv(out: TextIO, what: Export, data: Iterable[list[str]]) -> None:
     writer = csv.writer(out)
     writer.writerow({"usage": USAGE_HEADER, "waste": WASTE_HEADER}.get(what, TRANSACTIONS_HEADER))
-    writer.writerows(data)
+    text = TEXT_COLUMNS[what]
+    writer.writerows([as_text(c) if i in text and isinstance(c, str) else c
+                      for i, c in enumerate(row)] for row in data)
 
 
 def write(ledger: LedgerReader, what: Export, start_text: str, end_text: str,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.ledger import Ledger, UsageLine
+from billing_engine.ledger import Ledger, UsageLine, export
 from tests.fixtures.ledger import forge, sql
 
 
@@ -193,3 +193,16 @@ def test_backup_is_a_whole_copy_and_never_overwrites(ledger_config: tuple[Path, 
     nowhere = cli(config, "backup", str(path.parent / "no-such-dir" / "b.sqlite3"))
     assert nowhere.returncode == 2 and "backup refused: cannot write" in nowhere.stderr
     assert not list(path.parent.glob(".*.partial"))
+
+
+def test_names_people_wrote_reach_a_spreadsheet_as_text_never_as_formulas() -> None:
+    """OWASP's CSV injection: a job, node or reason a user chose that starts like a formula is
+    written with a leading apostrophe; numbers (a negative amount) stay numbers."""
+    out = io.StringIO()
+    export.write_csv(out, "usage", [["t0", "t1", "@alice", '=HYPERLINK("http://x","y")',
+                                     "+node", "-model", "60", "0", "0.5", "0", "0"]])
+    export.write_csv(out, "transactions", [["1", "t", "bob", "adjustment", "-5.00", "95.00",
+                                            "\tcmd|' /C calc'!A0", ""]])
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[1][2:6] == ["'@alice", '\'=HYPERLINK("http://x","y")', "'+node", "'-model"]
+    assert rows[3][4] == "-5.00" and rows[3][6] == "'\tcmd|' /C calc'!A0"

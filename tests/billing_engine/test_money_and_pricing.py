@@ -66,6 +66,23 @@ def test_first_matching_pattern_any_case_and_the_default() -> None:
     assert prices.gpu_per_minute(v, "NVIDIA H100 80GB HBM3") == D("0.10")
 
 
+def test_a_mig_instance_costs_its_slices_share_unless_a_pattern_names_it() -> None:
+    prices = book()
+    v = prices.version_at(0)
+    a100 = "NVIDIA A100-SXM4-80GB"
+    assert prices.gpu_per_minute(v, f"{a100} MIG 1g.10gb") == D("0.50") / 7
+    assert prices.gpu_per_minute(v, f"{a100} MIG 3g.40gb") == D("0.50") * 3 / 7
+    assert prices.gpu_per_minute(v, f"{a100} MIG 7g.80gb") == D("0.50")
+    assert prices.gpu_per_minute(v, "NVIDIA A30 MIG 2g.12gb") == D("0.10") / 2  # of 4 slices
+    assert prices.gpu_per_minute(v, "NVIDIA H100 80GB HBM3 MIG 1g.10gb") == D("0.10") / 7
+    # An hour of a 1g.10gb slice: a seventh of an A100's hour, rounded once.
+    assert prices.cost(v, f"{a100} MIG 1g.10gb", D(3600), D(0)) == D("4.285714")
+    named = PriceBook([PriceVersion(gpu=[GpuPrice(pattern="A100", per_minute=D("0.50")),
+                                         GpuPrice(pattern="A100.*MIG 1g", per_minute=D("0.09"))])])
+    assert named.gpu_per_minute(0, f"{a100} MIG 1g.10gb") == D("0.09")
+    assert named.gpu_per_minute(0, f"{a100} MIG 2g.20gb") == D("0.50") * 2 / 7
+
+
 def test_version_in_force_at_the_time() -> None:
     prices = book()
     before = datetime(2026, 11, 30, 23, 59, tzinfo=UTC).timestamp()
