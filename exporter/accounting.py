@@ -92,10 +92,12 @@ def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample],
     return holders
 
 
-def _busy(h: GpuHolder, unit_busy: dict[str, float | None] | None) -> float | None:
-    """The process's utilisation; without a per-process figure (MIG, some drivers), the
-    unit's own activity."""
-    return h.sm_ratio if h.sm_ratio is not None else (unit_busy or {}).get(h.unit.uuid)
+def _busy(h: GpuHolder, unit_busy: dict[str, float | None] | None,
+          known: float | None = 0.0) -> float | None:
+    """`known` plus the process's utilisation (without a per-process figure, MIG or some
+    drivers, the unit's own activity); None once any of them is not known."""
+    own = h.sm_ratio if h.sm_ratio is not None else (unit_busy or {}).get(h.unit.uuid)
+    return None if own is None or known is None else known + own
 
 
 def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, policy: str,
@@ -113,9 +115,7 @@ def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, pol
         busy: dict[JobKey, float | None] = defaultdict(float)
         for h in unit_holders:
             memory[(h.user, h.job)] += h.used_memory_bytes or 0
-            own = _busy(h, unit_busy)
-            known = busy[(h.user, h.job)]
-            busy[(h.user, h.job)] = None if own is None or known is None else known + own
+            busy[(h.user, h.job)] = _busy(h, unit_busy, busy[(h.user, h.job)])
         total = sum(memory.values())
         for (user, job), used in memory.items():
             if policy == "full":
@@ -172,8 +172,7 @@ def account_reserved(state: UsageState, devices: Iterable[GpuDevice], reserved: 
     for h in holders:
         index = gpu_index(h.unit)
         if index in reserved and h.user == reserved[index][0]:
-            own, known = _busy(h, unit_busy), use.get(index, 0.0)
-            use[index] = None if own is None or known is None else known + own
+            use[index] = _busy(h, unit_busy, use.get(index, 0.0))
     idle_keys = set()
     for d in devices:
         if d.index in reserved and not d.lost:

@@ -16,20 +16,15 @@ from gpuacct.config import BillingSettings, UsageLimits
 log = logging.getLogger(__name__)
 
 
-def usage_limits(settings: BillingSettings, user: str) -> dict[str, float]:
-    """The user's limits that are set (resource -> most at once): theirs over the defaults."""
-    own = settings.user_limits.get(user)
-    result: dict[str, float] = {}
-    for resource in UsageLimits.model_fields:
-        value = getattr(own, resource) if own is not None else None
-        value = value if value is not None else getattr(settings.limits, resource)
-        if value is not None:
-            result[resource] = value
-    return result
-
-
 def set_limits(limits: UsageLimits) -> dict[str, float]:
+    """The limits that are set (resource -> most at once)."""
     return {r: v for r in UsageLimits.model_fields if (v := getattr(limits, r)) is not None}
+
+
+def usage_limits(settings: BillingSettings, user: str) -> dict[str, float]:
+    """The user's limits that are set: theirs over the defaults."""
+    own = settings.user_limits.get(user)
+    return {**set_limits(settings.limits), **(set_limits(own) if own is not None else {})}
 
 
 def group_members(group: str) -> set[str] | None:

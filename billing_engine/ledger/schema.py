@@ -8,6 +8,7 @@ is a new migration appended here, never an edit of one that shipped.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from decimal import Decimal
 
 from gpuacct import sqlite
@@ -113,19 +114,38 @@ def week_start(t: float) -> int:
     return int((t - MONDAY) // WEEK * WEEK + MONDAY)
 
 
-def sum_weeks(db: sqlite3.Connection) -> None:
-    """The weekly sums of every line there is (exact: summed as Decimal), into an empty
-    weekly_usage: lines billed before version 3 get theirs too."""
-    sums: dict[tuple[int, str], list[Decimal]] = {}
-    for end, user, *numbers in db.execute(
-            "SELECT window_end, user, gpu_seconds, gpu_idle_seconds, cost, idle_cost "
-            "FROM usage_lines"):
-        row = sums.setdefault((week_start(end), user), [Decimal(0)] * 4)
+WeekRow = tuple[int, str, Decimal, Decimal, Decimal, Decimal]  # week, user, the four sums
+ADD_TO_WEEK = (
+    "INSERT INTO weekly_usage (week_start, user, gpu_seconds, gpu_idle_seconds, cost, "
+    "idle_cost) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week_start, user) DO UPDATE SET "
+    "gpu_seconds = excluded.gpu_seconds, gpu_idle_seconds = excluded.gpu_idle_seconds, "
+    "cost = excluded.cost, idle_cost = excluded.idle_cost")
+
+
+def week_sums(rows: Iterable[WeekRow],
+              into: dict[tuple[int, str], list[Decimal]] | None = None
+              ) -> dict[tuple[int, str], list[Decimal]]:
+    """(week, user) -> GPU seconds, idle seconds, cost, idle cost, summed exactly."""
+    sums = {} if into is None else into
+    for week, user, *numbers in rows:
+        row = sums.setdefault((week, user), [Decimal(0)] * 4)
         for i, value in enumerate(numbers):
-            row[i] += Decimal(value)
-    db.executemany("INSERT INTO weekly_usage (week_start, user, gpu_seconds, gpu_idle_seconds, "
-                   "cost, idle_cost) VALUES (?, ?, ?, ?, ?, ?)",
-                   [(week, user, *map(str, row)) for (week, user), row in sums.items()])
+            row[i] += value
+    return sums
+
+
+def write_weeks(db: sqlite3.Connection, sums: dict[tuple[int, str], list[Decimal]]) -> None:
+    db.executemany(ADD_TO_WEEK, [(week, user, *map(str, row))
+                                 for (week, user), row in sums.items()])
+
+
+def sum_weeks(db: sqlite3.Connection) -> None:
+    """The weekly sums of every line there is, into an empty weekly_usage: lines billed before
+    version 3 get theirs too."""
+    write_weeks(db, week_sums(
+        (week_start(end), user, *map(Decimal, numbers)) for end, user, *numbers in db.execute(
+            "SELECT window_end, user, gpu_seconds, gpu_idle_seconds, cost, idle_cost "
+            "FROM usage_lines")))
 
 
 def idle_and_weeks(db: sqlite3.Connection) -> None:

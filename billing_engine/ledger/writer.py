@@ -144,26 +144,14 @@ class Ledger(SqliteLedgerReader):
     def _add_to_week(self, db: sqlite3.Connection, bill: WindowBill) -> None:
         """Add the window's lines to each user's sums for the week it ends in."""
         week = schema.week_start(bill.end)
-        sums: dict[str, list[Decimal]] = {}
-        for ln in bill.lines:
-            row = sums.setdefault(ln.user, [Decimal(0)] * 4)
-            row[0] += ln.gpu_seconds
-            row[1] += ln.gpu_idle_seconds
-            row[2] += ln.cost
-            row[3] += ln.idle_cost
-        if not sums:
-            return
-        for user, *known in db.execute(
+        users = {ln.user for ln in bill.lines}
+        known = schema.week_sums(
+            (week, user, *map(Decimal, numbers)) for user, *numbers in db.execute(
                 "SELECT user, gpu_seconds, gpu_idle_seconds, cost, idle_cost FROM weekly_usage "
-                "WHERE week_start = ?", (week,)):
-            if user in sums:
-                sums[user] = [a + Decimal(b) for a, b in zip(sums[user], known, strict=True)]
-        db.executemany(
-            "INSERT INTO weekly_usage (week_start, user, gpu_seconds, gpu_idle_seconds, cost, "
-            "idle_cost) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (week_start, user) DO UPDATE SET "
-            "gpu_seconds = excluded.gpu_seconds, gpu_idle_seconds = excluded.gpu_idle_seconds, "
-            "cost = excluded.cost, idle_cost = excluded.idle_cost",
-            [(week, user, *map(str, row)) for user, row in sums.items()])
+                "WHERE week_start = ?", (week,)) if user in users)
+        schema.write_weeks(db, schema.week_sums(
+            ((week, ln.user, ln.gpu_seconds, ln.gpu_idle_seconds, ln.cost, ln.idle_cost)
+             for ln in bill.lines), into=known))
 
     def _charge_window(self, db: sqlite3.Connection, charges: dict[str, Decimal], at: float,
                        end: int, reason: str) -> None:

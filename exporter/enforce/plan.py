@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from exporter.accounting import gpu_index
 from exporter.enforce.state import ActuatorState, Applied, Intruder, ProcKey, Stopping
 from exporter.procs import ProcSample
 from exporter.sampler import Snapshot
@@ -135,8 +136,8 @@ def _plan_reservations(plan: Plan, reservations: Reservations, node: Node) -> No
     state = plan.state
     state.mode, state.reservation_grace = reservations.mode, reservations.grace_seconds
     state.reserved = reservations.nodes.get(node.name, ())
-    state.idle_released = [id for id in state.idle_released
-                           if id in {r.id for r in state.reserved}]
+    held = {r.id for r in state.reserved}
+    state.idle_released = [id for id in state.idle_released if id in held]
     told = set(state.told)
     for notice in reservations.notices:
         if node.name in notice.nodes and notice.id not in told:
@@ -198,7 +199,7 @@ def _plan_idle(plan: Plan, snapshot: Snapshot, node: Node) -> None:
             continue
         roots = [by_pid[h.pid] for h in snapshot.holders if h.user == user and h.pid in by_pid
                  and (h.unit.uuid == uuid and h.job == job if reservation is None
-                      else h.unit.label.split("/")[0] == label)]
+                      else str(gpu_index(h.unit)) == label)]
         targets = {p.key: p for root in roots for p in _tree(root, children)
                    if p.key not in stopping}
         if targets:
