@@ -2,10 +2,20 @@
 
   gpuacct-billing run                          bill every minute; /metrics on --web.listen-address
   gpuacct-billing balances                     every account, its balance and tier
-  gpuacct-billing recharge USER AMOUNT [--reason TEXT] [--key KEY]
-  gpuacct-billing adjust USER AMOUNT --reason TEXT [--key KEY]
+  gpuacct-billing recharge ACCOUNT AMOUNT [--reason TEXT] [--key KEY]
+  gpuacct-billing adjust ACCOUNT AMOUNT --reason TEXT [--key KEY]
+  gpuacct-billing account open NAME [--group] [--owner USER] [--balance AMOUNT]
+  gpuacct-billing account show NAME            balance, status, owner, members and their month
+  gpuacct-billing account {freeze,thaw,close,reopen} NAME [--reason TEXT]
+  gpuacct-billing account owner NAME USER
+  gpuacct-billing account add-member NAME USER [--move] | remove-member NAME USER
+  gpuacct-billing account limit NAME USER {AMOUNT,none}   a member's monthly spending limit
+  gpuacct-billing statement --account NAME --month YYYY-MM [--format csv|html|pdf] [--output F]
+  gpuacct-billing audit [--since DATE]         who changed what, newest first
   gpuacct-billing export {usage,transactions,waste} --from DATE --to DATE [--output FILE]
   gpuacct-billing backup FILE                  a consistent copy of the ledger, safe while running
+
+Every change names its actor in the ledger: --actor, else the login that ran the command.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import get_args
 
+from billing_engine import accounts_cli as accounts
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.ledger import (
@@ -56,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("recharge", "add money to an account"),
                        ("adjust", "correct a balance up or down, with a reason")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("user")
+        cmd.add_argument("account", help="the account (a user's own is named after them)")
         cmd.add_argument("amount")
         cmd.add_argument("--reason", required=name == "adjust", default="",
                          help="why (kept in the ledger)")
@@ -69,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--to", dest="end", required=True, metavar="DATE",
                      help="end, exclusive (UTC), e.g. 2026-12-01")
     exp.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    accounts.add_parsers(sub)
     backup = sub.add_parser("backup", help="a consistent copy of the ledger, safe while running")
     backup.add_argument("file", type=Path, help="the new file (an existing one is refused)")
     return parser
@@ -134,14 +146,15 @@ def warn_of_limits_above_the_cluster(billing: BillingSettings, prometheus: Prome
 
 def balances(billing: BillingSettings) -> int:
     ledger = _open_reader(billing)
-    print(f"{'user':<24} {'balance':>16}  tier")
-    for user, balance in ledger.balances().items():
-        print(f"{user:<24} {balance:>16}  {account_tier(billing, user, balance)}")
+    print(f"{'account':<24} {'kind':<10} {'status':<7} {'balance':>16}  tier")
+    for a in ledger.accounts(cost_since=time.time()):
+        print(f"{a.name:<24} {a.kind:<10} {a.status:<7} {a.balance:>16}  "
+              f"{account_tier(billing, a.name, a.balance)}")
     return 0
 
 
-def post(billing: BillingSettings, kind: Posting, user: str, amount_text: str, reason: str,
-         key: str | None) -> int:
+def post(billing: BillingSettings, kind: Posting, account: str, amount_text: str, reason: str,
+         key: str | None, actor: str) -> int:
     try:
         amount = parse_amount(amount_text, billing.amount_decimals, billing.max_amount,
                               negative_allowed=kind == "adjustment")
@@ -153,12 +166,12 @@ def post(billing: BillingSettings, kind: Posting, user: str, amount_text: str, r
         return 2
     ledger = _open_ledger(billing)
     try:
-        balance = ledger.post(user, kind, amount, time.time(), key or f"{kind}:{uuid.uuid4()}",
-                              reason.strip())
+        balance = ledger.post(account, kind, amount, time.time(),
+                              key or f"{kind}:{uuid.uuid4()}", reason.strip(), actor=actor)
     except LedgerError as exc:
         print(f"gpuacct-billing: {kind} refused: {exc}", file=sys.stderr)
         return 2
-    print(f"{user}: {kind} {amount:+} -> balance {balance}")
+    print(f"{account}: {kind} {amount:+} -> balance {balance}")
     return 0
 
 
@@ -188,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         return backup(settings.billing, args.file)
     if command in ("recharge", "adjust"):
         kind: Posting = "recharge" if command == "recharge" else "adjustment"
-        return post(settings.billing, kind, args.user, args.amount, args.reason, args.key)
+        return post(settings.billing, kind, args.account, args.amount, args.reason, args.key,
+                    accounts.actor(args))
+    if command in accounts.COMMANDS:
+        try:
+            return accounts.main(command, args, settings.billing, _open_ledger)
+        except (LedgerError, ValueError, RuntimeError) as exc:
+            print(f"gpuacct-billing {command}: {exc}", file=sys.stderr)
+            return 2
     try:
         return export.write(_open_reader(settings.billing), args.what, args.start, args.end,
                             args.output)

@@ -22,8 +22,16 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from billing_engine.accounts import AccountPlans
 from billing_engine.influx import InfluxSink, InfluxUnavailable, LineFormatter
-from billing_engine.ledger import LeaseLost, LedgerWriter, UsageLine, WindowBill, iso
+from billing_engine.ledger import (
+    AccountPlan,
+    LeaseLost,
+    LedgerWriter,
+    UsageLine,
+    WindowBill,
+    iso,
+)
 from billing_engine.pricing import PriceBook
 from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
@@ -37,6 +45,7 @@ QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_total"}'
 CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_created"}'
 OUTBOX_BATCH = 5000
 _UNKNOWN = -1  # no window ends here: the cursor cache must be read from the ledger
+CONFIG_ACTOR = "config (billing.accounts)"
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,6 +107,8 @@ class Engine:
         self._cursors: dict[str, Decimal] = {}
         self._cursors_after: int | None = _UNKNOWN
         self._unsent: tuple[int, list[UsageLine]] = (_UNKNOWN, [])  # the last window's lines
+        self.plans = AccountPlans(settings)
+        self._synced: list[AccountPlan] | None = None
 
     def due_window(self, now: float) -> int:
         """The end of the latest window that has settled by `now`."""
@@ -111,6 +122,7 @@ class Engine:
         try:
             if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
                 return 0
+            self._sync_accounts(now)
             self.prices = PriceBook(merge_versions(
                 self.settings.prices, [v for v, _, _ in self.ledger.price_versions()]),
                 self.settings.reserved_price_factor)
@@ -123,6 +135,16 @@ class Engine:
             raise
         finally:
             self.last_tick_seconds = time.perf_counter() - started
+
+    def _sync_accounts(self, now: float) -> None:
+        """The config's group accounts into the ledger, whenever they (or a Unix group's
+        members) change; the changes count from now on."""
+        plans = self.plans()
+        if plans != self._synced:
+            changed = self.ledger.sync_accounts(plans, now, CONFIG_ACTOR)
+            if changed:
+                log.info("billing.accounts: %d change(s) to accounts, members and limits", changed)
+            self._synced = plans
 
     def _bill_due(self, now: float) -> int:
         w = self.settings.window_seconds
@@ -220,7 +242,8 @@ class Engine:
                           cursors=moved, price_effective=self.prices.starts[version],
                           holder=self.holder, opening_balance=self.settings.opening_balance,
                           trial_mode=self.settings.trial_mode,
-                          reason=f"usage in the window ending {iso(end)}")
+                          reason=f"usage in the window ending {iso(end)}",
+                          unknown_users=self.settings.unknown_users)
         if self.ledger.commit_window(bill):
             cursors.update(moved)
             self._cursors_after = end

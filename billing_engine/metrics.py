@@ -1,7 +1,10 @@
 """The billing engine's /metrics, read from the ledger at every scrape.
 
-    gpuacct_account_balance{user="alice"} 87.25
-    gpuacct_account_threshold{tier="warning",user="alice"} 100.0
+    gpuacct_account_balance{account="vision-lab",user="alice"} 87.25   (the account charged)
+    gpuacct_account_threshold{account="vision-lab",tier="warning",user="alice"} 25.0
+    gpuacct_ledger_account_balance{account="vision-lab",kind="group",status="open"} 87.25
+    gpuacct_member_month_cost{account="vision-lab",user="bob"} 12.5
+    gpuacct_member_monthly_limit{account="vision-lab",user="bob"} 50.0
     gpuacct_limit{resource="gpus",user="alice"} 4.0
     gpuacct_group_limit{group="vision-lab",resource="gpus"} 8.0
     gpuacct_group_member{group="vision-lab",user="alice"} 1.0
@@ -43,7 +46,7 @@ class BillingCollector(Collector):
         self.settings = settings
         self.engine = engine
         self.ledger = ledger or SqliteLedgerReader(settings.ledger)
-        self.members = GroupMembers(settings)
+        self.members = GroupMembers(settings.group_limits, "billing.group_limits")
 
     def _read(self) -> MetricsSnapshot | None:
         try:
@@ -60,25 +63,8 @@ class BillingCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        balance = GaugeMetricFamily("gpuacct_account_balance", "Prepaid balance of an account.",
-                                    labels=["user"])
-        threshold = GaugeMetricFamily(
-            "gpuacct_account_threshold", "Balance below which an account enters the tier.",
-            labels=["user", "tier"])
-        limit = GaugeMetricFamily(
-            "gpuacct_limit", "The most of a resource the user may use at once, cluster-wide.",
-            labels=["user", "resource"])
-        charged_by_user = CounterMetricFamily(
-            "gpuacct_account_charged", "Money charged to an account for usage, ever.",
-            labels=["user"])
-        for user, amount, charged_so_far in snapshot.accounts:
-            balance.add_metric([user], float(amount))
-            charged_by_user.add_metric([user], float(charged_so_far))
-            for tier, value in thresholds(self.settings, user).items():
-                threshold.add_metric([user, tier], float(value))
-            for resource, most in usage_limits(self.settings, user).items():
-                limit.add_metric([user, resource], most)
-        yield from (balance, threshold, limit, charged_by_user)
+        yield from self._users(snapshot)
+        yield from self._accounts(snapshot)
         yield from self._groups()
         yield from self._this_week()
         if snapshot.last_window is not None:
@@ -104,6 +90,62 @@ class BillingCollector(Collector):
             yield GaugeMetricFamily("gpuacct_billing_influxdb_up",
                                     "1 if the latest InfluxDB write worked.",
                                     value=1 if self.engine.influx_ok else 0)
+
+    def _users(self, snapshot: MetricsSnapshot) -> Iterator[Metric]:
+        """Each user with the account they are charged to: its balance and thresholds decide
+        their tier (a group account's apply to every member)."""
+        labels = ["user", "account"]
+        balance = GaugeMetricFamily(
+            "gpuacct_account_balance", "Prepaid balance of the account the user is charged to.",
+            labels=labels)
+        threshold = GaugeMetricFamily(
+            "gpuacct_account_threshold", "Balance below which the user's account enters the "
+            "tier.", labels=[*labels, "tier"])
+        charged = CounterMetricFamily(
+            "gpuacct_account_charged", "Money charged for usage, ever, to the account the user "
+            "is charged to.", labels=labels)
+        frozen = GaugeMetricFamily("gpuacct_account_frozen", "1 if the user's account is "
+                                   "frozen (no new GPU work).", labels=labels)
+        unassigned = GaugeMetricFamily(
+            "gpuacct_unassigned_user", "A user the ledger knew no account for, whose usage "
+            "goes to the unassigned account (unknown_users: refuse).", labels=["user"])
+        limit = GaugeMetricFamily(
+            "gpuacct_limit", "The most of a resource the user may use at once, cluster-wide.",
+            labels=["user", "resource"])
+        accounts = {a.name: a for a in snapshot.accounts}
+        for user, name in sorted(snapshot.charged_to.items()):
+            account = accounts[name]
+            if account.status == "closed":  # its users go to the unassigned account next window
+                continue
+            balance.add_metric([user, name], float(account.balance))
+            charged.add_metric([user, name], float(account.charged))
+            frozen.add_metric([user, name], 1 if account.status == "frozen" else 0)
+            for tier, value in thresholds(self.settings, name).items():
+                threshold.add_metric([user, name, tier], float(value))
+            for resource, most in usage_limits(self.settings, user).items():
+                limit.add_metric([user, resource], most)
+            if account.kind == "unassigned":
+                unassigned.add_metric([user], 1)
+        yield from (balance, threshold, charged, frozen, unassigned, limit)
+
+    def _accounts(self, snapshot: MetricsSnapshot) -> Iterator[Metric]:
+        balance = GaugeMetricFamily(
+            "gpuacct_ledger_account_balance", "Balance of each account in the ledger (personal, "
+            "group, unassigned).", labels=["account", "kind", "status"])
+        for account in snapshot.accounts:
+            balance.add_metric([account.name, account.kind, account.status],
+                               float(account.balance))
+        spent = GaugeMetricFamily(
+            "gpuacct_member_month_cost", "What a member's usage charged to the account has "
+            "cost this calendar month (UTC).", labels=["account", "user"])
+        most = GaugeMetricFamily(
+            "gpuacct_member_monthly_limit", "The most a member may spend of the account per "
+            "calendar month; at it, their new GPU work is blocked.", labels=["account", "user"])
+        for member in snapshot.members_this_month:
+            spent.add_metric([member.account, member.user], float(member.cost))
+            if member.limit is not None:
+                most.add_metric([member.account, member.user], float(member.limit))
+        yield from (balance, spent, most)
 
     def _groups(self) -> Iterator[Metric]:
         if not self.settings.group_limits:

@@ -27,6 +27,7 @@ from pydantic import (
     PositiveFloat,
     Tag,
     ValidationError,
+    model_validator,
 )
 
 from gpuacct.secrets import Secret
@@ -166,9 +167,11 @@ class PriceVersion(Section):
 
 
 class Thresholds(Section):
-    """Balances below these put an account in the tier: warning, limited, exhausted."""
+    """Balances below these put an account in the tier: warning, limited, exhausted. The
+    warning is a quarter of the default opening balance: a new account is not warned until it
+    has used three quarters of it (150 minutes of an A100 at the default prices)."""
 
-    warning: Money = Decimal(100)
+    warning: Money = Decimal(25)
     limited: Money = Decimal(10)
     exhausted: Money = Decimal(0)
 
@@ -187,6 +190,45 @@ class UsageLimits(Section):
     gpu_memory_bytes: Annotated[int, Field(ge=0)] | None = None
     # CPU cores busy at once: near it, the user's CPU is limited to it (a throttle).
     cpu_cores: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+AccountName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
+
+
+class AccountSettings(Section):
+    """A group account that pays for its members (who are charged to it instead of their own
+    account), kept in the ledger as the config says; each change counts from when the billing
+    engine sees it, and windows already started keep the membership they began with."""
+
+    owner: str = ""  # who answers for it (a PI); shown on statements
+    # Members: these users, or a Unix group's (from NSS); neither: the config does not manage its
+    # members (`gpuacct-billing account add-member`, and `unknown_users: account:<name>`).
+    members: list[str] | None = None
+    unix_group: str | None = None
+    member_monthly_limits: dict[str, Money] = {}  # the most a member may spend a month (UTC)
+    opening_balance: Money = Decimal(0)
+    thresholds: ThresholdOverride = ThresholdOverride()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AccountSettings:
+        if self.members is not None and self.unix_group is not None:
+            raise ValueError("give members or unix_group, not both")
+        for user, limit in self.member_monthly_limits.items():
+            if limit <= 0:
+                raise ValueError(f"member_monthly_limits.{user}: {limit} is not more than 0")
+            if self.members is not None and user not in self.members:
+                raise ValueError(f"member_monthly_limits.{user}: {user} is not a member")
+        return self
+
+
+UNASSIGNED_ACCOUNT = "unassigned"
+
+
+def _check_unknown_users(value: str) -> str:
+    name = value.removeprefix("account:")
+    if value not in ("open", "refuse") and (not value.startswith("account:") or not name):
+        raise ValueError("expected open, refuse or account:<name>")
+    return value
 
 
 class BillingSettings(Section):
@@ -214,6 +256,34 @@ class BillingSettings(Section):
     # Per Unix group: the most its members use at once together (as Slurm's GrpTRES), beside
     # each member's own limits; gpuacct_group_limit{group,resource}, members from NSS.
     group_limits: dict[str, UsageLimits] = {}
+    accounts: dict[AccountName, AccountSettings] = {}  # group accounts, by name
+    # Usage of a user the ledger has no account or membership for: open (their own account,
+    # with opening_balance), account:<name> (charged to that account, which must be one of
+    # `accounts` without members), refuse (recorded on the "unassigned" account, blocked, and
+    # the administrators alerted).
+    unknown_users: Annotated[str, AfterValidator(_check_unknown_users)] = "open"
+
+    @model_validator(mode="after")
+    def _accounts_agree(self) -> BillingSettings:
+        if UNASSIGNED_ACCOUNT in self.accounts:
+            raise ValueError(f"accounts.{UNASSIGNED_ACCOUNT}: the name is the ledger's own "
+                             "account for unknown users")
+        seen: dict[str, str] = {}
+        for name, account in self.accounts.items():
+            for user in account.members or ():
+                if user in seen:
+                    raise ValueError(f"accounts: {user} is a member of both {seen[user]} and "
+                                     f"{name}; a user is charged to one account")
+                seen[user] = name
+        if self.unknown_users.startswith("account:"):
+            target = self.accounts.get(self.unknown_users.removeprefix("account:"))
+            if target is None:
+                raise ValueError(f"unknown_users: {self.unknown_users!r} names no account "
+                                 "under billing.accounts")
+            if target.members is not None or target.unix_group is not None:
+                raise ValueError(f"unknown_users: {self.unknown_users!r} names an account "
+                                 "whose members the config sets; unknown users join it")
+        return self
 
 
 class InfluxV1Settings(Section):

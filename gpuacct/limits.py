@@ -10,6 +10,7 @@ import grp
 import logging
 import pwd
 import time
+from collections.abc import Iterable
 
 from gpuacct.config import BillingSettings, UsageLimits
 
@@ -38,11 +39,11 @@ def group_members(group: str) -> set[str] | None:
 
 
 class GroupMembers:
-    """Each limited group's members, looked up at most once a `ttl` (NSS may be LDAP); a group
-    NSS does not know is said once and has no members."""
+    """Each named Unix group's members, looked up at most once a `ttl` (NSS may be LDAP); a
+    group NSS does not know is said once (naming the config key `where`) and has no members."""
 
-    def __init__(self, settings: BillingSettings, ttl: float = 60.0) -> None:
-        self.groups, self.ttl = sorted(settings.group_limits), ttl
+    def __init__(self, groups: Iterable[str], where: str, ttl: float = 60.0) -> None:
+        self.groups, self.where, self.ttl = sorted(set(groups)), where, ttl
         self._members: dict[str, set[str]] = {}
         self._at = -ttl
         self._unknown: set[str] = set()
@@ -53,8 +54,8 @@ class GroupMembers:
             for group in self.groups:
                 found = group_members(group)
                 if found is None and group not in self._unknown:
-                    log.warning("billing.group_limits: there is no Unix group %r (its limits "
-                                "apply to nobody)", group)
+                    log.warning("%s: there is no Unix group %r (it has no members)",
+                                self.where, group)
                     self._unknown.add(group)
                 members[group] = found or set()
             self._members, self._at = members, time.monotonic()

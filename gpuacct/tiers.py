@@ -23,16 +23,20 @@ def tier_of(balance: Decimal, limits: Mapping[Limit, Decimal] | Mapping[str, Dec
     return next((t for t in SEVERITY if t in limits and balance < limits[t]), HEALTHY)
 
 
-def thresholds(settings: BillingSettings, user: str) -> dict[Limit, Decimal]:
-    """The user's thresholds: the account's overrides over the configured ones."""
-    override = settings.user_thresholds.get(user)
+def thresholds(settings: BillingSettings, account: str) -> dict[Limit, Decimal]:
+    """An account's thresholds: its overrides (`user_thresholds` for a personal account, its
+    own under `accounts` for a group's) over the configured ones."""
+    overrides = [settings.user_thresholds.get(account)]
+    if account in settings.accounts:
+        overrides.append(settings.accounts[account].thresholds)
     result: dict[Limit, Decimal] = {}
     for limit in LIMITS:
-        value = getattr(override, limit) if override is not None else None
-        result[limit] = value if value is not None else getattr(settings.thresholds, limit)
+        values = [getattr(o, limit) for o in overrides if o is not None]
+        result[limit] = next((v for v in values if v is not None),
+                             getattr(settings.thresholds, limit))
     return result
 
 
-def account_tier(settings: BillingSettings, user: str, balance: Decimal) -> Tier:
-    return tier_of(balance, thresholds(settings, user))
+def account_tier(settings: BillingSettings, account: str, balance: Decimal) -> Tier:
+    return tier_of(balance, thresholds(settings, account))
 

@@ -11,6 +11,8 @@ from billing_engine.ledger import LedgerError, Posting, SchemaError
 from gpuacct.money import parse_amount
 from web.deps import Context
 
+WEB_ADMIN = "administrator (web)"  # the one shared administrator password, for now
+
 
 class Refused(Exception):
     """Why a change was refused; nothing was written."""
@@ -33,6 +35,7 @@ def post_money(ctx: Context, user: str, kind: Posting, amount_text: str, reason:
         raise Refused(f"there is no account {user!r}")
     try:
         return ctx.writer().post(user, kind, amount, time.time(),
-                                 key or f"web-{kind}:{uuid.uuid4()}", reason.strip())
+                                 key or f"web-{kind}:{uuid.uuid4()}", reason.strip(),
+                                 actor=WEB_ADMIN)
     except (LedgerError, SchemaError) as exc:
         raise Refused(str(exc)) from None

@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from billing_engine.ledger import SqliteLedgerReader
 from gpuacct.config import Settings, describe_error
-from web import api, pages
+from web import api, ledger_pages, pages
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
 from web.fragments import Fragments
@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         admin_hash=admin_hash.get_secret_value() if admin_hash else None)
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
     app.include_router(pages.router)
+    app.include_router(ledger_pages.router)
     app.include_router(api.router)
 
     @app.exception_handler(HTTPException)

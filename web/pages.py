@@ -3,6 +3,7 @@ the weekly waste report."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -12,12 +13,12 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from billing_engine.ledger import Posting, week_start
+from billing_engine.ledger import LedgerError, Posting, SchemaError, week_start
 from billing_engine.ledger.export import parse_time
 from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
 from web import export, prices
-from web.actions import Refused, post_money
+from web.actions import WEB_ADMIN, Refused, post_money
 from web.auth import SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
 from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see, when
 from web.live import AllocationRefused
@@ -72,6 +73,8 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
                       error="too many failed logins: wait a minute")
     if not ctx.admin_hash or not verify_password(password, ctx.admin_hash):
         ctx.limiter.failed(client)
+        with contextlib.suppress(LedgerError, SchemaError):  # the answer does not wait on it
+            ctx.writer().audit(f"web client {client}", "login.failed", WEB_ADMIN)
         return render(request, "login.html", 401, csrf=who.csrf, error="wrong password")
     cookie, _ = ctx.sessions.new(admin=True)  # a new session (and token) on login
     response = RedirectResponse("/admin", status_code=303)

@@ -18,7 +18,9 @@ WEEK = 7 * DAY
 
 
 class AccountRow(BaseModel, frozen=True):
-    user: str
+    user: str  # the account's name: a personal account's is its user's
+    kind: str = "personal"
+    status: str = "open"
     balance: Decimal
     tier: Tier
     cost_24h: Decimal
@@ -44,8 +46,8 @@ class LedgerView:
         return self._memo.get(("overview", self.version()), lambda: self._accounts(time.time()))
 
     def _accounts(self, now: float) -> list[AccountRow]:
-        return [AccountRow(user=a.user, balance=a.balance,
-                           tier=account_tier(self.settings, a.user, a.balance),
+        return [AccountRow(user=a.name, kind=a.kind, status=a.status, balance=a.balance,
+                           tier=account_tier(self.settings, a.name, a.balance),
                            cost_24h=a.cost_since, charged=a.charged, opened_at=a.opened_at)
                 for a in self.reader.accounts(cost_since=now - DAY)]
 

@@ -7,30 +7,41 @@ from pathlib import Path
 from billing_engine.ledger.protocols import Export, LedgerReader, LedgerWriter
 from billing_engine.ledger.reader import SqliteLedgerReader, iso
 from billing_engine.ledger.records import (
+    BILLING,
+    UNASSIGNED,
     Account,
+    AccountKind,
+    AccountPlan,
+    AuditEntry,
     DailyCost,
     JobUsage,
     Kind,
     LeaseLost,
     LedgerError,
     LedgerUnavailable,
+    MemberMonth,
     MetricsSnapshot,
     Posting,
+    Statement,
+    StatementEntry,
+    Status,
     Transaction,
     UsageLine,
     WeekUsage,
     WindowBill,
 )
 from billing_engine.ledger.schema import VERSION as SCHEMA_VERSION
-from billing_engine.ledger.schema import week_start
+from billing_engine.ledger.schema import month_start, next_month, week_start
 from billing_engine.ledger.writer import Ledger
 from gpuacct.sqlite import SchemaError
 
 __all__ = [
-    "SCHEMA_VERSION", "Account", "DailyCost", "Export", "JobUsage", "Kind", "LeaseLost",
-    "Ledger", "LedgerError", "LedgerReader", "LedgerUnavailable", "LedgerWriter",
-    "MetricsSnapshot", "Posting", "SchemaError", "SqliteLedgerReader", "Transaction",
-    "UsageLine", "WeekUsage", "WindowBill", "iso", "open_reader", "week_start",
+    "BILLING", "SCHEMA_VERSION", "UNASSIGNED", "Account", "AccountKind", "AccountPlan",
+    "AuditEntry", "DailyCost", "Export", "JobUsage", "Kind", "LeaseLost", "Ledger",
+    "LedgerError", "LedgerReader", "LedgerUnavailable", "LedgerWriter", "MemberMonth",
+    "MetricsSnapshot", "Posting", "SchemaError", "SqliteLedgerReader", "Statement",
+    "StatementEntry", "Status", "Transaction", "UsageLine", "WeekUsage", "WindowBill", "iso",
+    "month_start", "next_month", "open_reader", "week_start",
 ]
 
 

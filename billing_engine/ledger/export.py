@@ -14,11 +14,12 @@ from typing import TextIO
 from billing_engine.ledger import Export, LedgerReader
 
 USAGE_HEADER = ["window_start", "window_end", "user", "job", "node", "gpu_model",
-                "gpu_seconds", "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost"]
+                "gpu_seconds", "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost",
+                "account"]
 WASTE_HEADER = ["week_start", "user", "gpu_seconds", "gpu_idle_seconds", "idle_share", "cost",
                 "idle_cost", "idle_cost_share"]
-TRANSACTIONS_HEADER = ["id", "at", "user", "kind", "amount", "balance_after", "reason",
-                       "window_end"]
+TRANSACTIONS_HEADER = ["id", "at", "account", "kind", "amount", "balance_after", "reason",
+                       "window_end", "actor"]
 
 
 def parse_time(text: str) -> float:
@@ -31,7 +32,8 @@ def parse_time(text: str) -> float:
 
 
 # Columns people write (user, job and node names, models, reasons), by export.
-TEXT_COLUMNS = {"usage": (2, 3, 4, 5), "transactions": (2, 3, 6), "waste": (1,)}
+TEXT_COLUMNS = {"usage": (2, 3, 4, 5, 11), "transactions": (2, 3, 6, 8), "waste": (1,),
+                "statement": (1, 3, 4)}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -8,6 +8,7 @@ number of micro-units and turned back into a Decimal here.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,11 +17,16 @@ from pathlib import Path
 from billing_engine.ledger import schema
 from billing_engine.ledger.protocols import Export
 from billing_engine.ledger.records import (
+    BILLING,
     Account,
+    AuditEntry,
     DailyCost,
     JobUsage,
     LedgerUnavailable,
+    MemberMonth,
     MetricsSnapshot,
+    Statement,
+    StatementEntry,
     Transaction,
     UsageLine,
     WeekUsage,
@@ -66,7 +72,8 @@ class SqliteLedgerReader:
     # -- billing state
     def version(self) -> tuple[object, ...]:
         return tuple(self._db().execute(
-            "SELECT (SELECT MAX(window_end) FROM windows), (SELECT MAX(id) FROM transactions)"
+            "SELECT (SELECT MAX(window_end) FROM windows), (SELECT MAX(id) FROM transactions), "
+            "(SELECT MAX(id) FROM audit)"
         ).fetchone())
 
     def billing_start(self) -> int | None:
@@ -99,35 +106,106 @@ class SqliteLedgerReader:
                                       "JOIN windows USING (window_end)").fetchone()[0])
 
     # -- accounts and money
-    def balance(self, user: str) -> Decimal | None:
-        row = self._db().execute("SELECT balance FROM accounts WHERE user = ?",
-                                 (user,)).fetchone()
+    def balance(self, account: str) -> Decimal | None:
+        row = self._db().execute("SELECT balance FROM accounts WHERE name = ?",
+                                 (account,)).fetchone()
         return None if row is None else Decimal(row[0])
 
     def balances(self) -> dict[str, Decimal]:
-        return {user: Decimal(b) for user, b in self._db().execute(
-            "SELECT user, balance FROM accounts ORDER BY user")}
+        return {name: Decimal(b) for name, b in self._db().execute(
+            "SELECT name, balance FROM accounts ORDER BY name")}
+
+    def _account_rows(self, where: str = "", args: tuple[object, ...] = (),
+                      cost: dict[str, int] | None = None) -> list[Account]:
+        return [Account(name=name, kind=kind, owner=owner, status=status,
+                        balance=Decimal(balance), charged=Decimal(charged), opened_at=opened,
+                        cost_since=money((cost or {}).get(name)))
+                for name, kind, owner, status, balance, charged, opened in self._db().execute(
+                    "SELECT name, kind, owner, status, balance, charged, opened_at FROM accounts "
+                    f"{where} ORDER BY name", args)]
 
     def accounts(self, cost_since: float) -> list[Account]:
-        db = self._db()
-        cost = dict(db.execute(
-            f"SELECT user, SUM({MICROS.format('cost')}) FROM usage_lines "
-            "WHERE window_end >= ? GROUP BY user", (cost_since,)).fetchall())
-        return [Account(user=user, balance=Decimal(balance), charged=Decimal(charged),
-                        opened_at=opened, cost_since=money(cost.get(user)))
-                for user, balance, charged, opened in db.execute(
-                    "SELECT user, balance, charged, opened_at FROM accounts ORDER BY user")]
+        cost = dict(self._db().execute(
+            f"SELECT account, SUM({MICROS.format('cost')}) FROM usage_lines "
+            "WHERE window_end >= ? GROUP BY account", (cost_since,)).fetchall())
+        return self._account_rows(cost=cost)
 
-    def transactions(self, user: str, page: int, size: int) -> tuple[list[Transaction], int]:
+    def account(self, name: str) -> Account | None:
+        found = self._account_rows("WHERE name = ?", (name,))
+        return found[0] if found else None
+
+    def charged_to(self, at: float) -> dict[str, str]:
+        """user -> the account their usage goes to at `at` (users known to the ledger)."""
+        found = {name: name for (name,) in self._db().execute(
+            "SELECT name FROM accounts WHERE kind = 'personal'")}
+        for user, account in self._db().execute(
+                "SELECT user, account FROM memberships m WHERE effective = (SELECT MAX(effective) "
+                "FROM memberships WHERE user = m.user AND effective <= ?)", (at,)):
+            if account:  # "": left every group, back to their own account if they have one
+                found[user] = account
+        return found
+
+    def members(self, account: str, at: float) -> list[str]:
+        return sorted(u for u, a in self.charged_to(at).items() if a == account)
+
+    def member_months(self, month: int, account: str | None = None) -> list[MemberMonth]:
+        """Each member's spending in the month starting at `month`, with their limit: every
+        member with a limit or some usage."""
         db = self._db()
-        total = db.execute("SELECT COUNT(*) FROM transactions WHERE user = ?",
-                           (user,)).fetchone()[0]
+        limits = {(a, u): Decimal(m) for a, u, m in db.execute(
+            "SELECT account, user, monthly FROM member_limits")}
+        costs = {(a, u): Decimal(c) for a, u, c in db.execute(
+            "SELECT account, user, cost FROM monthly_usage WHERE month_start = ?", (month,))}
+        return [MemberMonth(a, u, costs.get((a, u), Decimal(0)), limits.get((a, u)))
+                for a, u in sorted(limits.keys() | costs.keys())
+                if account is None or a == account]
+
+    def audit_entries(self, since: float, limit: int = 1000) -> list[AuditEntry]:
+        """Who did what, newest first."""
+        return [AuditEntry(id=i, at=at, actor=actor, action=action, target=target,
+                           detail=detail)
+                for i, at, actor, action, target, detail in self._db().execute(
+                    "SELECT id, at, actor, action, target, detail FROM audit WHERE at >= ? "
+                    "ORDER BY id DESC LIMIT ?", (since, limit))]
+
+    def transactions(self, account: str, page: int, size: int
+                     ) -> tuple[list[Transaction], int]:
+        db = self._db()
+        total = db.execute("SELECT COUNT(*) FROM transactions WHERE account = ?",
+                           (account,)).fetchone()[0]
         rows = db.execute(
-            "SELECT id, at, kind, amount, balance_after, reason FROM transactions "
-            "WHERE user = ? ORDER BY id DESC LIMIT ? OFFSET ?", (user, size, page * size))
+            "SELECT id, at, kind, amount, balance_after, reason, actor FROM transactions "
+            "WHERE account = ? ORDER BY id DESC LIMIT ? OFFSET ?", (account, size, page * size))
         return [Transaction(id=i, at=at, kind=kind, amount=Decimal(a),
-                            balance_after=Decimal(b), reason=reason)
-                for i, at, kind, a, b, reason in rows], total
+                            balance_after=Decimal(b), reason=reason, actor=actor)
+                for i, at, kind, a, b, reason, actor in rows], total
+
+    def statement(self, account: str, month: int) -> Statement | None:
+        """The account's month from `month` (a month's start, UTC); None: no such account.
+        A posting counts when it happened, a charge in the month its window ends in."""
+        found = self.account(account)
+        if found is None:
+            return None
+        end = schema.next_month(month)
+        db = self._db()
+        when = "COALESCE(window_end, at)"
+        with sqlite.read_transaction(db):
+            opening = db.execute(
+                f"SELECT SUM({MICROS.format('amount')}) FROM transactions "
+                f"WHERE account = ? AND {when} < ?", (account, month)).fetchone()[0]
+            entries = [StatementEntry(float(day), "charges", money(micros), "usage", BILLING)
+                       for day, micros in db.execute(
+                           f"SELECT window_end / {DAY} * {DAY}, SUM({MICROS.format('amount')}) "
+                           "FROM transactions WHERE account = ? AND kind = 'charge' AND "
+                           "window_end >= ? AND window_end < ? GROUP BY 1", (account, month, end))]
+            entries += [StatementEntry(at, kind, Decimal(amount), reason, actor)
+                        for at, kind, amount, reason, actor in db.execute(
+                            "SELECT at, kind, amount, reason, actor FROM transactions "
+                            f"WHERE account = ? AND kind != 'charge' AND {when} >= ? AND "
+                            f"{when} < ?", (account, month, end))]
+            members = [(m.user, m.cost) for m in self.member_months(month, account) if m.cost]
+        return Statement(found, month, end, money(opening), sorted(entries, key=lambda e: e.at),
+                         members)
 
     def usage_by_job(self, user: str, since: float) -> list[JobUsage]:
         rows = self._db().execute(
@@ -161,7 +239,8 @@ class SqliteLedgerReader:
         if what == "usage":
             found = self._db().execute(
                 "SELECT w.window_start, u.window_end, u.user, u.job, u.node, u.gpu_model, "
-                "u.gpu_seconds, u.cpu_core_seconds, u.cost, u.gpu_idle_seconds, u.idle_cost "
+                "u.gpu_seconds, u.cpu_core_seconds, u.cost, u.gpu_idle_seconds, u.idle_cost, "
+                "u.account "
                 "FROM usage_lines u JOIN windows w USING (window_end) "
                 "WHERE u.window_end >= ? AND u.window_end < ? "
                 "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))
@@ -172,9 +251,9 @@ class SqliteLedgerReader:
                      f"{w.idle_cost_share:.4f}"]
                     for w in self.weekly_usage(week_start(start), end))
         found = self._db().execute(
-            "SELECT id, at, user, kind, amount, balance_after, reason, window_end "
+            "SELECT id, at, account, kind, amount, balance_after, reason, window_end, actor "
             "FROM transactions WHERE at >= ? AND at < ? ORDER BY id", (start, end))
-        return ([str(r[0]), iso(r[1]), *r[2:7], iso(r[7]) if r[7] is not None else ""]
+        return ([str(r[0]), iso(r[1]), *r[2:7], iso(r[7]) if r[7] is not None else "", r[8]]
                 for r in found)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
@@ -187,15 +266,16 @@ class SqliteLedgerReader:
     def _metrics_snapshot(self) -> MetricsSnapshot:
         db = self._db()
         with sqlite.read_transaction(db):  # one consistent view of the numbers
-            accounts = [(user, Decimal(balance), Decimal(charged)) for user, balance, charged
-                        in db.execute("SELECT user, balance, charged FROM accounts "
-                                      "ORDER BY user")]
+            now = time.time()
+            accounts = self._account_rows()
+            charged_to = self.charged_to(now)
+            members = self.member_months(schema.month_start(now))
             last, windows = db.execute("SELECT MAX(window_end), COUNT(*) FROM windows"
                                        ).fetchone()
             charged = self._meta("charged_total")
             backlog = self.outbox_backlog()
-        return MetricsSnapshot(accounts, None if last is None else int(last), backlog,
-                               Decimal(charged or 0), int(windows))
+        return MetricsSnapshot(accounts, charged_to, members, None if last is None else int(last),
+                               backlog, Decimal(charged or 0), int(windows))
 
     def price_versions(self) -> list[tuple[PriceVersion, float, str]]:
         """(version, created_at, reason) of every version added here, oldest first."""
@@ -206,7 +286,7 @@ class SqliteLedgerReader:
     def invariant_violations(self) -> list[str]:
         """Accounts whose balance is not the sum of their transactions (should be none)."""
         sums: dict[str, Decimal] = {}
-        for user, amount in self._db().execute("SELECT user, amount FROM transactions"):
-            sums[user] = sums.get(user, Decimal(0)) + Decimal(amount)
-        return [f"{user}: balance {balance} but transactions sum to {sums.get(user)}"
-                for user, balance in self.balances().items() if sums.get(user) != balance]
+        for name, amount in self._db().execute("SELECT account, amount FROM transactions"):
+            sums[name] = sums.get(name, Decimal(0)) + Decimal(amount)
+        return [f"{name}: balance {balance} but transactions sum to {sums.get(name)}"
+                for name, balance in self.balances().items() if sums.get(name) != balance]

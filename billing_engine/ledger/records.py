@@ -10,6 +10,10 @@ from pydantic import BaseModel
 
 Kind = Literal["opening", "charge", "recharge", "adjustment", "refund"]
 Posting = Literal["recharge", "adjustment", "refund"]  # what a person may post
+AccountKind = Literal["personal", "group", "unassigned"]
+Status = Literal["open", "frozen", "closed"]
+UNASSIGNED = "unassigned"  # the account unknown users' usage goes to under `unknown_users: refuse`
+BILLING = "gpuacct-billing"  # the actor of charges and of the accounts billing opens
 
 
 class LedgerError(Exception):
@@ -50,10 +54,25 @@ class WindowBill:
     opening_balance: Decimal  # for accounts that first appear in this window
     trial_mode: bool  # record usage and cost, debit nothing
     reason: str
+    unknown_users: str = "open"  # open | refuse | account:<name> (config.BillingSettings)
+
+
+@dataclass(frozen=True)
+class AccountPlan:
+    """An account as the config describes it; `sync_accounts` makes the ledger agree."""
+
+    name: str
+    owner: str
+    members: frozenset[str] | None  # None: the config does not manage its members
+    monthly_limits: dict[str, Decimal]  # member -> the most they may spend per calendar month
+    opening_balance: Decimal
 
 
 class Account(BaseModel, frozen=True):
-    user: str
+    name: str  # a personal account is named after its user
+    kind: AccountKind = "personal"
+    owner: str = ""
+    status: Status = "open"
     balance: Decimal
     charged: Decimal  # every charge ever
     opened_at: float
@@ -67,6 +86,26 @@ class Transaction(BaseModel, frozen=True):
     amount: Decimal
     balance_after: Decimal
     reason: str
+    actor: str = ""
+
+
+class AuditEntry(BaseModel, frozen=True):
+    id: int
+    at: float
+    actor: str
+    action: str  # e.g. "recharge", "account.open", "membership", "login.failed"
+    target: str  # the account or user acted on
+    detail: str
+
+
+@dataclass(frozen=True)
+class MemberMonth:
+    """What a member of an account spent in a calendar month, and the most they may."""
+
+    account: str
+    user: str
+    cost: Decimal
+    limit: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -111,8 +150,45 @@ class DailyCost:
 class MetricsSnapshot:
     """What the billing engine's /metrics shows, read in one go."""
 
-    accounts: list[tuple[str, Decimal, Decimal]]  # user, balance, charged
+    accounts: list[Account]  # cost_since is 0: not read here
+    charged_to: dict[str, str]  # user -> the account their usage goes to now
+    members_this_month: list[MemberMonth]
     last_window: int | None
     outbox_backlog: int
     charged_total: Decimal
     windows: int
+
+
+@dataclass(frozen=True)
+class StatementEntry:
+    at: float  # a day's start for a day's charges, else the transaction's time
+    kind: str  # "charges" (a day's usage charges, summed) or a transaction's kind
+    amount: Decimal
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class Statement:
+    """An account's calendar month (UTC): what it began with, every posting, what it ended
+    with, and each member's usage. Charges count in the month their window ends in."""
+
+    account: Account
+    month_start: int
+    month_end: int  # exclusive
+    opening: Decimal
+    entries: list[StatementEntry]
+    members: list[tuple[str, Decimal]]  # user, usage cost charged to this account in the month
+
+    @property
+    def closing(self) -> Decimal:
+        return self.opening + sum((e.amount for e in self.entries), Decimal(0))
+
+    @property
+    def charges(self) -> Decimal:
+        return -sum((e.amount for e in self.entries if e.kind == "charges"), Decimal(0))
+
+    @property
+    def credits(self) -> Decimal:
+        """Everything but usage charges: recharges, adjustments, refunds, the opening."""
+        return sum((e.amount for e in self.entries if e.kind != "charges"), Decimal(0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from gpuacct import sqlite
@@ -159,6 +160,98 @@ def idle_and_weeks(db: sqlite3.Connection) -> None:
         sum_weeks(db)
 
 
+# Accounts apart from users: an account (a person's own, a group's, or "unassigned") has the
+# balance; a user is charged to the account their membership in force at a window's start names
+# (their own, named after them, when they have none). Each usage line keeps the account it was
+# charged to, each transaction its actor; the audit lists every other change with its actor;
+# each member's sums per account and month are kept as windows commit (statements, monthly
+# limits). A ledger from before is every user their own account: nothing moves.
+V4_COLUMNS = """
+ALTER TABLE accounts RENAME COLUMN user TO name;
+ALTER TABLE accounts ADD COLUMN kind TEXT NOT NULL DEFAULT 'personal'
+    CHECK (kind IN ('personal', 'group', 'unassigned'));
+ALTER TABLE accounts ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN status TEXT NOT NULL DEFAULT 'open'
+    CHECK (status IN ('open', 'frozen', 'closed'));
+UPDATE accounts SET owner = name;
+ALTER TABLE transactions RENAME COLUMN user TO account;
+ALTER TABLE transactions ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+UPDATE transactions SET actor = CASE WHEN kind IN ('opening', 'charge') THEN 'gpuacct-billing'
+    ELSE '(before the audit)' END;
+ALTER TABLE usage_lines ADD COLUMN account TEXT NOT NULL DEFAULT '';
+UPDATE usage_lines SET account = user;
+"""
+V4_TABLES = """
+CREATE INDEX IF NOT EXISTS usage_lines_account ON usage_lines (account, window_end);
+CREATE TABLE IF NOT EXISTS memberships (
+    user TEXT NOT NULL,
+    effective REAL NOT NULL,  -- from this time on (a window by its start), until the next row
+    account TEXT NOT NULL,  -- '' for none: their own account, or unknown_users decides
+    actor TEXT NOT NULL,
+    PRIMARY KEY (user, effective)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS member_limits (  -- the most a member may spend per calendar month
+    account TEXT NOT NULL REFERENCES accounts(name),
+    user TEXT NOT NULL,
+    monthly TEXT NOT NULL,
+    PRIMARY KEY (account, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS monthly_usage (
+    month_start INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    user TEXT NOT NULL,
+    cost TEXT NOT NULL,
+    PRIMARY KEY (month_start, account, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+def month_start(t: float) -> int:
+    """The first of the month, 00:00 UTC, on or before `t`."""
+    day = datetime.fromtimestamp(t, UTC)
+    return int(datetime(day.year, day.month, 1, tzinfo=UTC).timestamp())
+
+
+def next_month(start: int) -> int:
+    day = datetime.fromtimestamp(start, UTC)
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
+
+
+def sum_months(db: sqlite3.Connection) -> None:
+    """Each member's cost per account and month, summed exactly from every line there is."""
+    sums: dict[tuple[int, str, str], Decimal] = {}
+    for end, account, user, cost in db.execute(
+            "SELECT window_end, account, user, cost FROM usage_lines"):
+        key = (month_start(end), account, user)
+        sums[key] = sums.get(key, Decimal(0)) + Decimal(cost)
+    write_months(db, sums)
+
+
+def write_months(db: sqlite3.Connection, sums: dict[tuple[int, str, str], Decimal]) -> None:
+    db.executemany("INSERT INTO monthly_usage (month_start, account, user, cost) "
+                   "VALUES (?, ?, ?, ?) ON CONFLICT (month_start, account, user) "
+                   "DO UPDATE SET cost = excluded.cost",
+                   [(*key, str(cost)) for key, cost in sums.items()])
+
+
+def accounts_apart_from_users(db: sqlite3.Connection) -> None:
+    """Idempotent, like the rest: a file that has had it is left as it is."""
+    if "user" in {row[1] for row in db.execute("PRAGMA table_info(accounts)")}:
+        sqlite.statements(V4_COLUMNS)(db)
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'monthly_usage'").fetchone():
+        sqlite.statements(V4_TABLES)(db)
+        sum_months(db)
+
+
 MIGRATIONS: list[sqlite.Migration] = [sqlite.statements(V1), carry_over_point_outbox,
-                                      idle_and_weeks]
+                                      idle_and_weeks, accounts_apart_from_users]
 VERSION = len(MIGRATIONS)

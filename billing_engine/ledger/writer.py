@@ -18,8 +18,18 @@ from decimal import Decimal
 from pathlib import Path
 
 from billing_engine.ledger import schema
-from billing_engine.ledger.reader import SqliteLedgerReader
-from billing_engine.ledger.records import Kind, LeaseLost, LedgerError, WindowBill
+from billing_engine.ledger.reader import SqliteLedgerReader, iso
+from billing_engine.ledger.records import (
+    BILLING,
+    UNASSIGNED,
+    AccountKind,
+    AccountPlan,
+    Kind,
+    LeaseLost,
+    LedgerError,
+    Status,
+    WindowBill,
+)
 from gpuacct import sqlite
 from gpuacct.config import PriceVersion
 
@@ -104,35 +114,35 @@ class Ledger(SqliteLedgerReader):
 
     def commit_window(self, bill: WindowBill) -> bool:
         """Write the window; False (and nothing written) if the ledger moved on since the
-        cursors were read: a window is never billed twice. LeaseLost if another engine bills."""
+        cursors were read: a window is never billed twice. LeaseLost if another engine bills.
+        Each user's usage goes to the account their membership at the window's start names."""
         now = time.time()
-        charges: dict[str, Decimal] = defaultdict(Decimal)
-        for line in bill.lines:
-            charges[line.user] += line.cost
         with self._tx() as db:
             if not self._holds_lease(db, bill.holder):
                 raise LeaseLost("the billing lease went to another engine")
             last = self.last_window()
             if last != bill.expected_last or (last is not None and last >= bill.end):
                 return False
-            known = {u for (u,) in db.execute("SELECT user FROM accounts")}
-            for user in sorted(charges.keys() - known):
-                self._open_account(db, user, bill.opening_balance, now)
+            to = self._charged_to(db, {ln.user for ln in bill.lines}, bill, now)
+            charges: dict[str, Decimal] = defaultdict(Decimal)
+            for line in bill.lines:
+                charges[to[line.user]] += line.cost
             db.executemany(
                 "INSERT INTO usage_lines (window_end, user, job, node, gpu_model, gpu_seconds, "
-                "cpu_core_seconds, cost, price_effective, gpu_idle_seconds, idle_cost) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cpu_core_seconds, cost, price_effective, gpu_idle_seconds, idle_cost, account) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(bill.end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
                   str(ln.cpu_core_seconds), str(ln.cost), bill.price_effective,
-                  str(ln.gpu_idle_seconds), str(ln.idle_cost))
+                  str(ln.gpu_idle_seconds), str(ln.idle_cost), to[ln.user])
                  for ln in bill.lines])
             total = sum(charges.values(), Decimal(0))
             if not bill.trial_mode:
-                self._charge_window(db, {u: c for u, c in charges.items() if c}, now,
+                self._charge_window(db, {a: c for a, c in charges.items() if c}, now,
                                     bill.end, bill.reason)
                 charged = Decimal(self._meta("charged_total") or 0) + total
                 self._set_meta(db, "charged_total", str(charged))
             self._add_to_week(db, bill)
+            self._add_to_month(db, bill, to)
             self._move_cursors(db, bill.cursors, bill.end)
             db.execute("INSERT INTO windows (window_end, window_start, billed_at, lines, cost) "
                        "VALUES (?, ?, ?, ?, ?)",
@@ -140,6 +150,42 @@ class Ledger(SqliteLedgerReader):
             if bill.lines:
                 db.execute("INSERT INTO influx_outbox (window_end) VALUES (?)", (bill.end,))
         return True
+
+    def _charged_to(self, db: sqlite3.Connection, users: set[str], bill: WindowBill,
+                    now: float) -> dict[str, str]:
+        """Each user's account for a window: their membership at its start, else their own
+        account, else `unknown_users` decides (and the user becomes that account's member).
+        A closed account takes nothing: its users' usage goes to the unassigned account."""
+        found = self.charged_to(bill.previous)
+        status = dict(db.execute("SELECT name, status FROM accounts").fetchall())
+        to: dict[str, str] = {}
+        for user in sorted(users):
+            account = found.get(user)
+            if account is not None and status[account] != "closed":
+                to[user] = account
+                continue
+            policy = bill.unknown_users
+            if account is None and policy == "open" and user not in status:
+                self._open_account(db, user, bill.opening_balance, now, BILLING)
+                status[user] = "open"
+                to[user] = user
+                continue
+            target = policy.removeprefix("account:") if policy.startswith("account:") else ""
+            if account is not None or status.get(target, "closed") == "closed":
+                target = UNASSIGNED  # closed, refused, or a name taken by another account
+            if target not in status:  # only the unassigned account is opened here
+                self._open_account(db, UNASSIGNED, Decimal(0), now, BILLING, kind="unassigned")
+                status[target] = "open"
+            self._join(db, user, target, bill.previous, f"{BILLING} (unknown_users)")
+            to[user] = target
+        return to
+
+    def _join(self, db: sqlite3.Connection, user: str, account: str, effective: float,
+              actor: str) -> None:
+        db.execute("INSERT INTO memberships (user, effective, account, actor) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (user, effective) DO UPDATE SET account = excluded.account, "
+                   "actor = excluded.actor", (user, effective, account, actor))
+        self._audit(db, effective, actor, "membership", user, f"charged to {account or 'own'}")
 
     def _add_to_week(self, db: sqlite3.Connection, bill: WindowBill) -> None:
         """Add the window's lines to each user's sums for the week it ends in."""
@@ -153,68 +199,199 @@ class Ledger(SqliteLedgerReader):
             ((week, ln.user, ln.gpu_seconds, ln.gpu_idle_seconds, ln.cost, ln.idle_cost)
              for ln in bill.lines), into=known))
 
+    def _add_to_month(self, db: sqlite3.Connection, bill: WindowBill,
+                      to: dict[str, str]) -> None:
+        """Add the window's cost to each member's sum for its account and month."""
+        month = schema.month_start(bill.end)
+        sums = {(month, account, user): Decimal(cost) for account, user, cost in db.execute(
+            "SELECT account, user, cost FROM monthly_usage WHERE month_start = ?", (month,))
+            if to.get(user) == account}
+        for line in bill.lines:
+            key = (month, to[line.user], line.user)
+            sums[key] = sums.get(key, Decimal(0)) + line.cost
+        schema.write_months(db, sums)
+
     def _charge_window(self, db: sqlite3.Connection, charges: dict[str, Decimal], at: float,
                        end: int, reason: str) -> None:
-        """A window's charges, one per user, as `post` would make them, in a few statements
-        rather than six per user. A key used before fails the UNIQUE constraint: nothing is
+        """A window's charges, one per account, as `post` would make them, in a few statements
+        rather than six per account. A key used before fails the UNIQUE constraint: nothing is
         written."""
-        accounts = {user: (Decimal(balance), Decimal(charged)) for user, balance, charged
-                    in db.execute("SELECT user, balance, charged FROM accounts")}
+        accounts = {name: (Decimal(balance), Decimal(charged)) for name, balance, charged
+                    in db.execute("SELECT name, balance, charged FROM accounts")}
         updates, rows = [], []
-        for user, cost in sorted(charges.items()):
-            if user not in accounts:
-                raise LedgerError(f"unknown user {user!r}: no account in the ledger")
-            balance, charged = accounts[user]
+        for name, cost in sorted(charges.items()):
+            balance, charged = accounts[name]
             balance -= cost
-            updates.append((str(balance), str(charged + cost), user))
-            rows.append((user, str(-cost), str(balance), at, reason, end,
-                         f"charge:{end}:{user}"))
-        db.executemany("UPDATE accounts SET balance = ?, charged = ? WHERE user = ?", updates)
-        db.executemany("INSERT INTO transactions (user, kind, amount, balance_after, at, reason, "
-                       "window_end, idempotency_key) VALUES (?, 'charge', ?, ?, ?, ?, ?, ?)",
-                       rows)
+            updates.append((str(balance), str(charged + cost), name))
+            rows.append((name, str(-cost), str(balance), at, reason, end, BILLING,
+                         f"charge:{end}:{name}"))
+        db.executemany("UPDATE accounts SET balance = ?, charged = ? WHERE name = ?", updates)
+        db.executemany("INSERT INTO transactions (account, kind, amount, balance_after, at, "
+                       "reason, window_end, actor, idempotency_key) "
+                       "VALUES (?, 'charge', ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def outbox_done(self, end: int) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM influx_outbox WHERE window_end = ?", (end,))
 
     # -- accounts and money
-    def _open_account(self, db: sqlite3.Connection, user: str, opening: Decimal,
-                      at: float) -> None:
-        db.execute("INSERT INTO accounts (user, balance, opened_at) VALUES (?, ?, ?)",
-                   (user, str(opening), at))
-        db.execute("INSERT INTO transactions (user, kind, amount, balance_after, at, reason, "
-                   "idempotency_key) VALUES (?, 'opening', ?, ?, ?, 'opening balance', ?)",
-                   (user, str(opening), str(opening), at, f"opening:{user}"))
+    def _audit(self, db: sqlite3.Connection, at: float, actor: str, action: str, target: str,
+               detail: str = "") -> None:
+        db.execute("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                   (at, actor, action, target, detail))
 
-    def open_account(self, user: str, opening: Decimal, at: float) -> None:
+    def audit(self, actor: str, action: str, target: str, detail: str = "",
+              at: float | None = None) -> None:
+        """Record what changed nothing in the ledger but is worth knowing (a failed login)."""
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM accounts WHERE user = ?", (user,)).fetchone():
-                raise LedgerError(f"the account {user!r} exists already")
-            self._open_account(db, user, opening, at)
+            self._audit(db, time.time() if at is None else at, actor, action, target, detail)
 
-    def post(self, user: str, kind: Kind, amount: Decimal, at: float, key: str,
-             reason: str = "", window_end: int | None = None) -> Decimal:
+    def _open_account(self, db: sqlite3.Connection, name: str, opening: Decimal, at: float,
+                      actor: str, kind: AccountKind = "personal", owner: str | None = None
+                      ) -> None:
+        db.execute("INSERT INTO accounts (name, balance, opened_at, kind, owner) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   (name, str(opening), at, kind, name if owner is None else owner))
+        db.execute("INSERT INTO transactions (account, kind, amount, balance_after, at, reason, "
+                   "actor, idempotency_key) VALUES (?, 'opening', ?, ?, ?, 'opening balance', "
+                   "?, ?)", (name, str(opening), str(opening), at, actor, f"opening:{name}"))
+        self._audit(db, at, actor, "account.open", name, f"{kind}, opening balance {opening}")
+
+    def open_account(self, name: str, opening: Decimal, at: float, actor: str = BILLING,
+                     kind: AccountKind = "personal", owner: str | None = None) -> None:
+        """A personal account is named after its user, who is charged to it from now on."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM accounts WHERE name = ?", (name,)).fetchone():
+                raise LedgerError(f"the account {name!r} exists already")
+            if kind == "group" and name in self.charged_to(at):
+                raise LedgerError(f"{name!r} is a user's name: a group account needs another")
+            self._open_account(db, name, opening, at, actor, kind, owner)
+            if kind == "personal" and db.execute(
+                    "SELECT 1 FROM memberships WHERE user = ?", (name,)).fetchone():
+                self._join(db, name, "", at, actor)
+
+    def _account(self, db: sqlite3.Connection, name: str) -> tuple[str, str]:
+        row = db.execute("SELECT kind, status FROM accounts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise LedgerError(f"unknown account {name!r}: no such account in the ledger")
+        return str(row[0]), str(row[1])
+
+    def set_status(self, name: str, status: Status, actor: str, at: float,
+                   reason: str = "") -> None:
+        """open (thaw), frozen (its users may start no GPU work) or closed (it takes no more
+        usage or money; reopening is allowed)."""
+        with self._tx() as db:
+            _, was = self._account(db, name)
+            if was == status:
+                raise LedgerError(f"the account {name!r} is {status} already")
+            db.execute("UPDATE accounts SET status = ? WHERE name = ?", (status, name))
+            self._audit(db, at, actor, f"account.{status}", name, reason)
+
+    def set_owner(self, name: str, owner: str, actor: str, at: float) -> None:
+        with self._tx() as db:
+            self._account(db, name)
+            db.execute("UPDATE accounts SET owner = ? WHERE name = ?", (owner, name))
+            self._audit(db, at, actor, "account.owner", name, f"owner {owner}")
+
+    def set_membership(self, user: str, account: str, actor: str, at: float) -> None:
+        """From `at` on, `user` is charged to `account` ("" for their own, or unknown_users)."""
+        with self._tx() as db:
+            if account:
+                kind, status = self._account(db, account)
+                if status == "closed":
+                    raise LedgerError(f"the account {account!r} is closed")
+                if kind == "personal" and account != user:
+                    raise LedgerError(f"{account!r} is {account}'s personal account: only "
+                                      f"{account} is charged to it")
+            last = self.last_window()
+            if last is not None and at < last:
+                raise LedgerError("a membership cannot change the past: billed windows keep "
+                                  "the membership they were charged by")
+            self._join(db, user, "" if account == user else account, at, actor)
+
+    def set_member_limit(self, account: str, user: str, monthly: Decimal | None, actor: str,
+                         at: float) -> None:
+        with self._tx() as db:
+            self._account(db, account)
+            self._set_member_limit(db, account, user, monthly, actor, at)
+
+    def _set_member_limit(self, db: sqlite3.Connection, account: str, user: str,
+                          monthly: Decimal | None, actor: str, at: float) -> None:
+        if monthly is None:
+            db.execute("DELETE FROM member_limits WHERE account = ? AND user = ?",
+                       (account, user))
+        else:
+            db.execute("INSERT INTO member_limits (account, user, monthly) VALUES (?, ?, ?) "
+                       "ON CONFLICT (account, user) DO UPDATE SET monthly = excluded.monthly",
+                       (account, user, str(monthly)))
+        self._audit(db, at, actor, "member.limit", account,
+                    f"{user}: {'no limit' if monthly is None else f'{monthly} a month'}")
+
+    def sync_accounts(self, plans: list[AccountPlan], at: float, actor: str) -> int:
+        """Make the ledger's group accounts, owners, members and limits agree with the config,
+        each change from `at` on; the changes made (0 when they agree already)."""
+        changes = 0
+        with self._tx() as db:
+            owners = dict(db.execute("SELECT name, owner FROM accounts").fetchall())
+            for plan in plans:
+                if plan.name not in owners:
+                    self._open_account(db, plan.name, plan.opening_balance, at, actor, "group",
+                                       plan.owner)
+                    changes += 1
+                elif owners[plan.name] != plan.owner:
+                    db.execute("UPDATE accounts SET owner = ? WHERE name = ?",
+                               (plan.owner, plan.name))
+                    self._audit(db, at, actor, "account.owner", plan.name, f"owner {plan.owner}")
+                    changes += 1
+                limits = {u: Decimal(m) for u, m in db.execute(
+                    "SELECT user, monthly FROM member_limits WHERE account = ?", (plan.name,))}
+                for user in sorted(limits.keys() | plan.monthly_limits.keys()):
+                    if limits.get(user) != plan.monthly_limits.get(user):
+                        self._set_member_limit(db, plan.name, user,
+                                               plan.monthly_limits.get(user), actor, at)
+                        changes += 1
+            managed = [p for p in plans if p.members is not None]
+            in_force = self.charged_to(at)
+            wanted = {user: plan.name for plan in managed for user in plan.members or ()}
+            names = {plan.name for plan in managed}
+            wanted.update({user: "" for user, account in in_force.items()
+                           if account in names and user not in wanted})
+            for user, account in sorted(wanted.items()):
+                if in_force.get(user, "") != account:
+                    self._join(db, user, account, at, actor)
+                    changes += 1
+        return changes
+
+    def post(self, account: str, kind: Kind, amount: Decimal, at: float, key: str,
+             reason: str = "", window_end: int | None = None, actor: str = BILLING) -> Decimal:
         """Add `amount` to the balance, with its transaction row; the new balance."""
         with self._tx() as db:
-            row = db.execute("SELECT balance, charged FROM accounts WHERE user = ?",
-                             (user,)).fetchone()
+            row = db.execute("SELECT balance, charged, status FROM accounts WHERE name = ?",
+                             (account,)).fetchone()
             if row is None:
-                raise LedgerError(f"unknown user {user!r}: no account in the ledger")
+                raise LedgerError(f"unknown account {account!r}: no such account in the ledger "
+                                  "(open it first: gpuacct-billing account open)")
+            if row[2] == "closed":
+                raise LedgerError(f"the account {account!r} is closed")
             if db.execute("SELECT 1 FROM transactions WHERE idempotency_key = ?",
                           (key,)).fetchone():
                 raise LedgerError(f"idempotency key {key!r} was already used")
             balance = Decimal(row[0]) + amount
             charged = Decimal(row[1]) - amount if kind == "charge" else Decimal(row[1])
-            db.execute("UPDATE accounts SET balance = ?, charged = ? WHERE user = ?",
-                       (str(balance), str(charged), user))
-            db.execute("INSERT INTO transactions (user, kind, amount, balance_after, at, "
-                       "reason, window_end, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (user, kind, str(amount), str(balance), at, reason, window_end, key))
+            db.execute("UPDATE accounts SET balance = ?, charged = ? WHERE name = ?",
+                       (str(balance), str(charged), account))
+            db.execute("INSERT INTO transactions (account, kind, amount, balance_after, at, "
+                       "reason, window_end, actor, idempotency_key) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (account, kind, str(amount), str(balance), at, reason, window_end, actor,
+                        key))
+            if kind != "charge":  # the engine's charges are the windows themselves
+                self._audit(db, at, actor, kind, account, f"{amount:+} {reason}".strip())
             return balance
 
     # -- prices
-    def add_price_version(self, version: PriceVersion, now: float, reason: str) -> None:
+    def add_price_version(self, version: PriceVersion, now: float, reason: str,
+                          actor: str = BILLING) -> None:
         """Only from now on: a window already billed, or being billed, keeps its price."""
         effective = version.starts()
         with self._tx() as db:
@@ -227,6 +404,7 @@ class Ledger(SqliteLedgerReader):
                 raise LedgerError("a price version with this effective time exists already")
             db.execute("INSERT INTO price_versions (effective, version, created_at, reason) "
                        "VALUES (?, ?, ?, ?)", (effective, version.model_dump_json(), now, reason))
+            self._audit(db, now, actor, "prices", "", f"from {iso(effective)}: {reason}")
 
     # -- backups
     def backup(self, dest: Path) -> None:

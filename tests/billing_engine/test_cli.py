@@ -37,7 +37,7 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def snapshot(path: Path) -> list[tuple[object, ...]]:
     ledger = Ledger(path)
     try:
-        return [*sql(ledger).execute("SELECT * FROM accounts ORDER BY user"),
+        return [*sql(ledger).execute("SELECT * FROM accounts ORDER BY name"),
                 *sql(ledger).execute("SELECT * FROM transactions ORDER BY id")]
     finally:
         ledger.close()
@@ -53,7 +53,7 @@ def test_recharge_then_adjust(ledger_config: tuple[Path, Path]) -> None:
     ledger = Ledger(path)
     assert ledger.balance("alice") == Decimal("150.00")
     kinds = [r[0] for r in sql(ledger).execute(
-        "SELECT kind FROM transactions WHERE user = 'alice' ORDER BY id")]
+        "SELECT kind FROM transactions WHERE account = 'alice' ORDER BY id")]
     assert kinds == ["opening", "recharge", "adjustment"]
     assert ledger.invariant_violations() == []
     balances = cli(config, "balances").stdout
@@ -77,12 +77,12 @@ def test_bad_recharge_is_refused_and_nothing_written(ledger_config: tuple[Path, 
     assert snapshot(path) == before
 
 
-def test_unknown_user_is_refused(ledger_config: tuple[Path, Path]) -> None:
+def test_unknown_account_is_refused(ledger_config: tuple[Path, Path]) -> None:
     config, path = ledger_config
     before = snapshot(path)
     result = cli(config, "recharge", "mallory", "10")
     assert result.returncode == 2
-    assert "unknown user 'mallory'" in result.stderr
+    assert "unknown account 'mallory'" in result.stderr and "account open" in result.stderr
     assert snapshot(path) == before
 
 
@@ -134,10 +134,10 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
             end = ts(end_text)
             db.execute("INSERT INTO windows VALUES (?, ?, ?, 1, ?)",
                        (end, end - 60, end, str(ln.cost)))
-            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                        (end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
                         str(ln.cpu_core_seconds), str(ln.cost), str(ln.gpu_idle_seconds),
-                        str(ln.idle_cost)))
+                        str(ln.idle_cost), ln.user))
     out = tmp_path / "usage.csv"
     result = cli(config, "export", "usage", "--from", "2026-11-01", "--to", "2026-12-01",
                  "--output", str(out))
@@ -145,18 +145,19 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
     rows = list(csv.reader(io.StringIO(out.read_bytes().decode("utf-8"))))
     assert rows == [
         ["window_start", "window_end", "user", "job", "node", "gpu_model", "gpu_seconds",
-         "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost"],
+         "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost", "account"],
         ["2026-10-31T23:59:00Z", "2026-11-01T00:00:00Z", "alice", "実験-1", "n1",
-         "NVIDIA A100-SXM4-80GB", "59.999999871", "12.34", "0.502057", "30.5", "0.254167"],
+         "NVIDIA A100-SXM4-80GB", "59.999999871", "12.34", "0.502057", "30.5", "0.254167",
+         "alice"],
         ["2026-11-30T23:58:00Z", "2026-11-30T23:59:00Z", "bob", "sid-4", "n2", "", "0", "0.01",
-         "0.000002", "0", "0"],
+         "0.000002", "0", "0", "bob"],
     ]
     transactions = cli(config, "export", "transactions", "--from", "2023-01-01",
                        "--to", "2024-01-01")
     assert transactions.returncode == 0
     rows = list(csv.reader(io.StringIO(transactions.stdout)))
-    assert rows[0] == ["id", "at", "user", "kind", "amount", "balance_after", "reason",
-                       "window_end"]
+    assert rows[0] == ["id", "at", "account", "kind", "amount", "balance_after", "reason",
+                       "window_end", "actor"]
     assert [r[2:6] for r in rows[1:]] == [["alice", "opening", "100", "100"],
                                            ["bob", "opening", "100", "100"]]
 
@@ -206,3 +207,80 @@ def test_names_people_wrote_reach_a_spreadsheet_as_text_never_as_formulas() -> N
     rows = list(csv.reader(io.StringIO(out.getvalue())))
     assert rows[1][2:6] == ["'@alice", '\'=HYPERLINK("http://x","y")', "'+node", "'-model"]
     assert rows[3][4] == "-5.00" and rows[3][6] == "'\tcmd|' /C calc'!A0"
+
+
+def test_accounts_are_opened_funded_and_filled_from_the_command_line(
+        ledger_config: tuple[Path, Path], tmp_path: Path) -> None:
+    config, _ = ledger_config
+    steps = [("account", "open", "vision-lab", "--group", "--owner", "pi", "--balance", "200",
+              "--actor", "fin"),
+             ("account", "add-member", "vision-lab", "alice", "--actor", "fin"),
+             ("account", "limit", "vision-lab", "alice", "40", "--actor", "fin"),
+             ("recharge", "vision-lab", "50", "--reason", "grant 3", "--actor", "fin"),
+             ("account", "freeze", "vision-lab", "--reason", "audit", "--actor", "fin"),
+             ("account", "thaw", "vision-lab", "--actor", "fin")]
+    for step in steps:
+        result = cli(config, *step)
+        assert result.returncode == 0, (step, result.stderr)
+    shown = cli(config, "account", "show", "vision-lab").stdout
+    assert "vision-lab (group, open)" in shown and "owner    pi" in shown
+    assert "balance  250" in shown and "alice" in shown and "of 40" in shown
+    audit = cli(config, "audit").stdout.splitlines()
+    assert [line.split()[1:3] for line in audit[1:7]] == [  # newest first, each with its actor
+        ["fin", "account.open"], ["fin", "account.frozen"], ["fin", "recharge"],
+        ["fin", "member.limit"], ["fin", "membership"], ["fin", "account.open"]]
+    out = tmp_path / "statement.html"
+    result = cli(config, "statement", "--account", "vision-lab",
+                 "--month", datetime.now(UTC).strftime("%Y-%m"), "--format", "html",
+                 "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Statement of account vision-lab" in out.read_text() and "grant 3" in out.read_text()
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (("account", "add-member", "nowhere", "alice"), "unknown account 'nowhere'"),
+    (("account", "open", "bob"), "the account 'bob' exists already"),
+    (("account", "open", "lab", "--group", "--balance", "ten"), "'ten' is not a number"),
+    (("account", "limit", "alice", "alice", "lots"), "'lots' is not a number"),
+    (("account", "limit", "alice", "bob", "5"), "bob is not a member of alice"),
+    (("account", "add-member", "alice", "bob"), "alice's personal account"),
+    (("account", "remove-member", "alice", "bob"), "bob is not a member of alice"),
+    (("statement", "--account", "alice", "--month", "2026-13"), "is not a month like 2026-11"),
+    (("statement", "--account", "nobody", "--month", "2026-11"), "unknown account 'nobody'"),
+    (("audit", "--since", "yesterday"), "is not a date like"),
+    (("account", "thaw", "alice"), "is open already"),
+])
+def test_bad_account_commands_say_why_and_write_nothing(ledger_config: tuple[Path, Path],
+                                                        args: tuple[str, ...],
+                                                        problem: str) -> None:
+    config, path = ledger_config
+    before = snapshot(path)
+    result = cli(config, *args)
+    assert result.returncode == 2, result.stdout
+    assert problem in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(path) == before
+
+
+def test_a_member_of_one_group_is_moved_only_when_asked(ledger_config: tuple[Path, Path]) -> None:
+    config, _ = ledger_config
+    for name in ("lab-a", "lab-b"):
+        assert cli(config, "account", "open", name, "--group").returncode == 0
+    assert cli(config, "account", "add-member", "lab-a", "bob").returncode == 0
+    refused = cli(config, "account", "add-member", "lab-b", "bob")
+    assert refused.returncode == 2
+    assert "bob is charged to lab-a; a user is charged to one account" in refused.stderr
+    assert cli(config, "account", "add-member", "lab-b", "bob", "--move").returncode == 0
+    assert "bob" in cli(config, "account", "show", "lab-b").stdout
+    assert "bob" not in cli(config, "account", "show", "lab-a").stdout
+
+
+def test_members_set_in_the_config_are_changed_there_only(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    config = tmp_path / "gpuacct.yaml"
+    config.write_text(f"billing:\n  ledger: {path}\n  accounts:\n    lab:\n"
+                      "      members: [alice]\n")
+    assert cli(config, "account", "open", "lab", "--group").returncode == 0
+    result = cli(config, "account", "add-member", "lab", "bob")
+    assert result.returncode == 2
+    assert "lab's members come from billing.accounts in the config" in result.stderr

@@ -92,8 +92,9 @@ def test_two_engines_on_one_ledger_one_bills_the_other_waits(
                         timeout=5, what="/metrics")
         check = promtool_check_metrics(text)
         assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
-        assert f'gpuacct_account_balance{{user="{carol.name}"}}' in text
-        assert f'gpuacct_account_threshold{{tier="limited",user="{carol.name}"}} 10.0' in text
+        assert f'gpuacct_account_balance{{account="{carol.name}",user="{carol.name}"}}' in text
+        assert (f'gpuacct_account_threshold{{account="{carol.name}",tier="limited",'
+                f'user="{carol.name}"}} 10.0') in text
         assert "gpuacct_billing_outbox_backlog" in text
     finally:
         first.stop()
@@ -101,7 +102,7 @@ def test_two_engines_on_one_ledger_one_bills_the_other_waits(
     check_ledger(rig)
     charges = sql(rig.ledger_path).execute(
         "SELECT window_end, COUNT(*) FROM transactions WHERE kind = 'charge' "
-        "GROUP BY window_end, user HAVING COUNT(*) > 1").fetchall()
+        "GROUP BY window_end, account HAVING COUNT(*) > 1").fetchall()
     assert charges == []  # no window charged twice
 
 

@@ -52,8 +52,15 @@ def test_an_old_ledger_migrates_in_place_and_keeps_every_balance_line_and_cursor
     assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (0,)
     ledger = Ledger(old_ledger)
     assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    # Version 3 adds the idle columns (nothing idle before) and sums each user's weeks.
-    before["usage_lines"] = [(*row, "0", "0") for row in before["usage_lines"]]
+    # Version 3 adds the idle columns (nothing idle before) and sums each user's weeks; version
+    # 4 makes each user their own account, names each transaction's actor and each line's
+    # account.
+    before["usage_lines"] = [(*row, "0", "0", row[1]) for row in before["usage_lines"]]
+    before["accounts"] = sorted([(*row, "personal", row[0], "open")
+                                 for row in before["accounts"]], key=repr)
+    before["transactions"] = sorted([
+        (*row, "gpuacct-billing" if row[2] in ("opening", "charge") else "(before the audit)")
+        for row in before["transactions"]], key=repr)
     assert contents(old_ledger) == before
     weeks = ledger.weekly_usage(0, 2e9)
     assert {(w.user, w.gpu_seconds, w.gpu_idle_seconds, w.cost) for w in weeks} == {
@@ -92,7 +99,7 @@ def test_a_reader_neither_migrates_nor_writes(old_ledger: Path) -> None:
     assert reader.balance("alice") == Decimal("145.749997")
     db = reader._db()  # the handle the web holds: a write through it fails
     with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only"):
-        db.execute("UPDATE accounts SET balance = '1000000' WHERE user = 'alice'")
+        db.execute("UPDATE accounts SET balance = '1000000' WHERE name = 'alice'")
     assert reader.balance("alice") == Decimal("145.749997")
     assert not hasattr(reader, "post") and not hasattr(reader, "commit_window")
 
@@ -120,5 +127,53 @@ def test_billing_metrics_say_when_the_ledger_cannot_be_read(old_ledger: Path,
     Ledger(old_ledger).close()
     assert unmigrated.get_sample_value("gpuacct_billing_ledger_up") == 1
     assert unmigrated.get_sample_value("gpuacct_account_balance",
-                                       {"user": "alice"}) == 145.749997
+                                       {"user": "alice", "account": "alice"}) == 145.749997
     assert unmigrated.get_sample_value("gpuacct_billing_outbox_backlog") == 2
+
+
+# Made by the ledger code of commit 6f6a8a7 (schema version 3, before accounts were apart from
+# users): alice, bob and carol's own accounts opened by three windows (one with idle-held
+# seconds, a MIG slice, a job named like a formula), a recharge, an adjustment, a price version.
+V3 = Path(__file__).parent / "data" / "ledger-v3.sqlite"
+
+
+def test_a_version_3_ledger_migrates_with_every_balance_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    shutil.copyfile(V3, path)
+    before = {t: sql(path).execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+              for t in ("accounts", "transactions", "usage_lines", "weekly_usage")}
+    ledger = Ledger(path)
+    assert sql(path).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    # Every user is their own account: names, balances, what was charged, unchanged.
+    assert [(a.name, a.kind, a.owner, a.status, str(a.balance), str(a.charged), a.opened_at)
+            for a in ledger.accounts(0)] == [
+        (name, "personal", name, "open", balance, charged, opened)
+        for name, balance, charged, opened in before["accounts"]]
+    # Every transaction as it was, its actor what can be known: the engine's charges and
+    # openings, "(before the audit)" for what a person posted.
+    after = sql(path).execute(
+        "SELECT id, account, kind, amount, balance_after, at, reason, window_end, "
+        "idempotency_key, actor FROM transactions ORDER BY 1").fetchall()
+    assert [row[:9] for row in after] == before["transactions"]
+    assert {(row[2], row[9]) for row in after} == {
+        ("opening", "gpuacct-billing"), ("charge", "gpuacct-billing"),
+        ("recharge", "(before the audit)"), ("adjustment", "(before the audit)")}
+    # Every line, now with the account it was charged to; the weeks as they were; each
+    # member's month summed from the lines.
+    lines = sql(path).execute("SELECT * FROM usage_lines ORDER BY 1, 2").fetchall()
+    assert [row[:-1] for row in lines] == before["usage_lines"]
+    assert all(row[-1] == row[1] for row in lines)
+    assert sql(path).execute("SELECT * FROM weekly_usage ORDER BY 1, 2").fetchall() == \
+        before["weekly_usage"]
+    assert {(m.account, m.user, m.cost) for m in ledger.member_months(1793491200)} == {
+        ("alice", "alice", Decimal("1.125000")), ("bob", "bob", Decimal("0.005042")),
+        ("carol", "carol", Decimal("0.071429"))}
+    assert ledger.invariant_violations() == []
+    assert ledger.charged_to(2e9) == {"alice": "alice", "bob": "bob", "carol": "carol"}
+    # ...and it goes on: a recharge after the migration adds up and names its actor.
+    ledger.post("bob", "recharge", Decimal("1.255042"), 1796000000.0, "after", actor="root (cli)")
+    assert ledger.balance("bob") == Decimal("100.000000")
+    assert ledger.invariant_violations() == []
+    # (The fixture's openings are dated when it was made, 2026-12-02; the rest in November.)
+    statement = ledger.statement("alice", 1796083200)  # 2026-12
+    assert statement is not None and statement.closing == ledger.balance("alice")

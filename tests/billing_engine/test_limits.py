@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from billing_engine.cli import warn_of_limits_above_the_cluster
-from billing_engine.ledger import MetricsSnapshot
+from billing_engine.ledger import Account, MetricsSnapshot
 from billing_engine.metrics import build_registry
 from gpuacct.config import BillingSettings, ConfigError, settings_from_mapping
 from gpuacct.promql import Prometheus
@@ -22,10 +22,13 @@ from tests.fixtures.users import UnixUser
 
 class Snapshots:
     def metrics_snapshot(self) -> MetricsSnapshot:
-        return MetricsSnapshot(accounts=[("alice", Decimal(50), Decimal(0)),
-                                         ("bob", Decimal(50), Decimal(0))],
-                               last_window=None, outbox_backlog=0, charged_total=Decimal(0),
-                               windows=0)
+        return MetricsSnapshot(accounts=[Account(name=name, balance=Decimal(50),
+                                                 charged=Decimal(0), opened_at=0,
+                                                 cost_since=Decimal(0))
+                                         for name in ("alice", "bob")],
+                               charged_to={"alice": "alice", "bob": "bob"},
+                               members_this_month=[], last_window=None, outbox_backlog=0,
+                               charged_total=Decimal(0), windows=0)
 
     def weekly_usage(self, start: float, end: float) -> list[object]:
         return []
@@ -77,8 +80,8 @@ def test_group_limits_name_the_members_nss_has(
     assert members == {(lab_group, test_users["alice"].name),
                        (lab_group, test_users["carol"].name), (bob, bob)}
     said = [r.getMessage() for r in caplog.records if "gat-no-such-group" in r.getMessage()]
-    assert said == ["billing.group_limits: there is no Unix group 'gat-no-such-group' (its "
-                    "limits apply to nobody)"]
+    assert said == ["billing.group_limits: there is no Unix group 'gat-no-such-group' (it has "
+                    "no members)"]
 
 
 @pytest.mark.integration

@@ -341,7 +341,7 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         costs[user] = costs.get(user, Decimal(0)) + Decimal(cost)
     influx = wait(lambda: chain.rig.influx_sums() == {
         u: int(c * 1_000_000) for u, c in costs.items()}, "InfluxDB to hold every cost", 30)
-    balances = dict(sqlite_rows(chain.rig.ledger_path, "SELECT user, balance FROM accounts"))
+    balances = dict(sqlite_rows(chain.rig.ledger_path, "SELECT name, balance FROM accounts"))
     for user in (bob, carol.name, dave.name):  # carol's and dave's: their reserved time
         assert costs[user] > 0 and Decimal(balances[user]) == OPENING - costs[user]
     assert Decimal(balances[alice]) == OPENING + 100 - costs[alice]

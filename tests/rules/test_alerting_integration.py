@@ -39,7 +39,7 @@ def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
     ledger_path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(ledger_path)
     with ledger.batch():
-        for user, balance in (("alice", 50), ("bob", 5), ("carol", -1), ("dan", 500)):
+        for user, balance in (("alice", 20), ("bob", 5), ("carol", -1), ("dan", 500)):
             ledger.open_account(user, Decimal(balance), time.time())
     ledger.close()
 

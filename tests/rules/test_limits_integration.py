@@ -36,9 +36,10 @@ EVALUATION = EVALUATION_MS / 1000
 
 def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, cluster: Cluster,
                  start_prometheus: Callable[..., Server],
-                 start_alertmanager: Callable[[dict[str, Any]], Server]) -> Enforcer:
+                 start_alertmanager: Callable[[dict[str, Any]], Server]
+                 ) -> tuple[Enforcer, Server]:
     """The enforcer for `nodes`, Alertmanager, and Prometheus on the nodes and `billing` with
-    every rule file, all times divided by 60."""
+    every rule file, all times divided by 60; the enforcer and Prometheus."""
     enforcer = cluster.enforcer(nodes)
     token = tmp_path / "token"
     token.write_text(TOKEN)
@@ -49,7 +50,7 @@ def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, clust
         fast = tmp_path / path.name
         fast.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()), 60)))
         rules.append(str(fast))
-    start_prometheus([
+    prometheus = start_prometheus([
         {"job_name": "gpuacct-exporter", "honor_labels": True, "static_configs": [
             {"targets": [f"127.0.0.1:{n.exporter.port}" for n in nodes]}]},
         {"job_name": "gpuacct-billing", "static_configs": [{"targets": [billing]}]}],
@@ -57,7 +58,7 @@ def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, clust
             "rule_files": rules,
             "alerting": {"alertmanagers": [{"static_configs": [
                 {"targets": [am.url.removeprefix("http://")]}]}]}})
-    return enforcer
+    return enforcer, prometheus
 
 
 def gpu_job(processes: Processes, user: UnixUser, node: EnforcingNode, gpu: int,
@@ -76,7 +77,7 @@ def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
     alice = test_users["alice"]
     nodes = [cluster.node("gpu01"), cluster.node("gpu02")]
     billing = static_metrics(f'gpuacct_limit{{user="{alice.name}",resource="gpus"}} 2\n')
-    enforcer = policy_chain(tmp_path, nodes, billing, cluster, start_prometheus,
+    enforcer, _ = policy_chain(tmp_path, nodes, billing, cluster, start_prometheus,
                             start_alertmanager)
 
     def blocked(node: EnforcingNode) -> bool:
@@ -152,7 +153,7 @@ def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
     alice, bob = test_users["alice"], test_users["bob"]
     node = cluster.node("gpu01", idle={"after_seconds": 2, "action": "stop",
                                        "action_after_seconds": 6})
-    enforcer = policy_chain(tmp_path, [node], static_metrics(""), cluster, start_prometheus,
+    enforcer, _ = policy_chain(tmp_path, [node], static_metrics(""), cluster, start_prometheus,
                             start_alertmanager)
     started = time.monotonic()
     idle = gpu_job(processes, alice, node, 0, used_memory=2 * GIB, sm_util=0)

@@ -1,11 +1,15 @@
 """The page in a real browser (Debian's Chromium through Playwright): an administrator logs in,
-opens the overview and a user, recharges, and sees the new balance and the transaction; a user
+opens the overview and a user, recharges, and sees the new balance and the transaction,
+downloads the month's statement and finds the recharge with its actor in the audit; a user
 sees their own page and is refused another's. Screenshots go to $GPUACCT_SCREENSHOTS."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +59,30 @@ def test_admin_recharges_a_user_in_the_browser(start_web: Callable[..., Web],
     expect(newest).to_contain_text("25.50")
     expect(newest).to_contain_text("grant 42")
     page.screenshot(path=SCREENSHOTS / "user.png", full_page=True)
+
+    # alice's statement of this month, as CSV: the recharge with its actor; the same month as
+    # a page; then the audit names who recharged.
+    month = time.strftime("%Y-%m", time.gmtime())
+    page.locator("#statement input[name=month]").fill(month)
+    page.locator("#statement select[name=format]").select_option("csv")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Statement").click()
+    assert download.value.suggested_filename == f"statement-alice-{month}.csv"
+    rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+    [recharge] = [r[3:] for r in rows if r[0] == "posting" and r[2] == "recharge"]
+    assert recharge == ["25.50", "grant 42", "administrator (web)"]
+    [closing] = [r[3] for r in rows if r[0] == "closing"]
+    assert closing == "124.882715"  # the ledger's balance, to the micro-unit
+    page.goto(f"{web.url}/admin/accounts/alice/statement?month={month}")
+    expect(page.get_by_role("heading", name=f"Statement of account alice, {month}")).to_be_visible()
+    expect(page.get_by_text("Recharge: grant 42")).to_be_visible()
+    page.screenshot(path=SCREENSHOTS / "statement.png", full_page=True)
+    page.goto(f"{web.url}/admin")
+    page.get_by_role("link", name="Audit").click()
+    newest = page.locator("#audit tbody tr").first
+    for text in ("administrator (web)", "recharge", "alice", "+25.50 grant 42"):
+        expect(newest).to_contain_text(text)
+    page.screenshot(path=SCREENSHOTS / "audit.png", full_page=True)
 
 
 def test_a_user_sees_their_own_page_and_not_another(start_web: Callable[..., Web],

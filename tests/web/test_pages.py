@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 import requests
 
-from billing_engine.ledger import week_start
+from billing_engine.ledger import Ledger, week_start
 from tests.web.conftest import NOW, Web
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,31 @@ def test_logins_are_rate_limited(start_web: Callable[..., Web]) -> None:
     codes = [session.post(f"{web.url}/login", data={"password": "guess", "csrf": csrf},
                           timeout=10).status_code for _ in range(6)]
     assert codes == [401] * 5 + [429]
+    # Each failed login is in the audit, with the address it came from (the audit page shows
+    # them too; this address may not log in for the rest of the minute).
+    failed = [e for e in Ledger(web.ledger).audit_entries(0) if e.action == "login.failed"]
+    assert [e.actor for e in failed] == ["web client 127.0.0.1"] * 5
+
+
+def test_statements_of_a_month_and_what_is_refused(start_web: Callable[..., Web]) -> None:
+    web = start_web()
+    admin, _ = web.admin()
+    month = time.strftime("%Y-%m", time.gmtime(NOW))
+    url = f"{web.url}/admin/accounts/bob/statement"
+    page = admin.get(url, params={"month": month}, timeout=10)
+    assert page.status_code == 200 and "Statement of account bob" in page.text
+    pdf = admin.get(url, params={"month": month, "format": "pdf"}, timeout=30)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert pdf.headers["content-type"] == "application/pdf"
+    for params, code, text in (({"month": "2026-13"}, 400, "is not a month like 2026-11"),
+                               ({"month": month, "format": "doc"}, 400, "format")):
+        refused = admin.get(url, params=params, timeout=10)
+        assert refused.status_code == code and text in refused.text
+    missing = admin.get(f"{web.url}/admin/accounts/nobody/statement", timeout=10)
+    assert missing.status_code == 404 and "there is no account &#39;nobody&#39;" in missing.text
+    stranger = requests.get(url, timeout=10)  # no login: no statement, no audit
+    assert stranger.status_code in (401, 403)
+    assert requests.get(f"{web.url}/admin/audit", timeout=10).status_code in (401, 403)
 
 
 def test_csv_export_has_a_header_exact_decimals_utf8_and_the_range(

@@ -1,0 +1,107 @@
+"""A group account end to end: the real billing engine bills three members' GPU processes
+(fake GPUs, real processes of test users) from the real Prometheus into the group's account;
+a member over their monthly limit is blocked alone, then the group's balance tier blocks all
+three, through the real Alertmanager and enforcer; the ledger equals the counters, exactly."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stack.process import free_port
+from tests.fixtures.enforcement import Cluster, EnforcingNode, wait_until
+from tests.fixtures.gpus import device
+from tests.fixtures.servers import Server
+from tests.fixtures.users import Processes, UnixUser
+from tests.rules.test_limits_integration import gpu_job, policy_chain
+
+pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.slow]
+
+
+def gpu_seconds(nodes: list[EnforcingNode], users: set[str]) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for node in nodes:
+        for family in text_string_to_metric_families(node.exporter.scrape()):
+            for s in family.samples:
+                if s.name == "gpuacct_job_gpu_seconds_total" and s.labels["user"] in users:
+                    user = s.labels["user"]
+                    totals[user] = totals.get(user, Decimal(0)) + Decimal(repr(s.value))
+    return totals
+
+
+def ledger_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
+
+
+def test_a_group_account_pays_for_three_members_and_its_tiers_block_them_all(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server],
+        start_billing: Callable[[dict[str, Any], int], object]) -> None:
+    alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
+    members = {u.name for u in (alice, bob, carol)}
+    nodes = [cluster.node("gpu01"), cluster.node("gpu02", devices=[device(0)])]
+    port = free_port()
+    _, prometheus = policy_chain(tmp_path, nodes, f"127.0.0.1:{port}", cluster,
+                                 start_prometheus, start_alertmanager)
+    ledger = tmp_path / "ledger.sqlite3"
+    # An A100 costs 0.50 a minute: three members spend 0.025 a second together. carol may
+    # spend 0.02 a month (2.4 GPU seconds); below 0.30 the group is limited (after 12 s).
+    start_billing({"billing": {
+        "ledger": str(ledger), "prometheus_url": prometheus.url, "window_seconds": 2,
+        "settle_seconds": 1.2, "lease_seconds": 2,
+        "accounts": {"gat-group": {
+            "owner": alice.name, "members": sorted(members), "opening_balance": "0.60",
+            "member_monthly_limits": {carol.name: "0.02"},
+            "thresholds": {"warning": "0.55", "limited": "0.30", "exhausted": "-100"}}}},
+        "influxdb": {"url": "http://127.0.0.1:9"}}, port)
+
+    def reasons(user: UnixUser) -> set[str]:
+        hooks = [n.hook(user.name) for n in nodes]
+        return {r["alert"] for h in hooks if h and h["block"] for r in h["reasons"]}
+
+    jobs = [gpu_job(processes, alice, nodes[0], 0), gpu_job(processes, bob, nodes[0], 1),
+            gpu_job(processes, carol, nodes[1], 0)]
+    wait_until(lambda: "GpuacctMemberMonthlyLimitReached" in reasons(carol), timeout=30)
+    assert reasons(alice) == reasons(bob) == set()  # carol alone, the group's money left
+    wait_until(lambda: all("GpuacctBalanceLimitedBlockGpu" in reasons(u)
+                           for u in (alice, bob, carol)), timeout=40)
+    # The block holds: a new GPU process of bob is stopped; the running ones go on.
+    late = gpu_job(processes, bob, nodes[1], 0)
+    wait_until(lambda: late.poll() is not None, timeout=10)
+    assert all(j.poll() is None for j in jobs)
+    nodes[1].gpus.remove(late.pid)
+    for job, node in zip(jobs, (nodes[0], nodes[0], nodes[1]), strict=True):
+        job.kill()
+        job.wait()
+        node.gpus.remove(job.pid)
+
+    # Every GPU second the nodes counted is billed, to the group, and nothing else.
+    time.sleep(1.0)
+    truth = gpu_seconds(nodes, members)
+    assert set(truth) == members and len(
+        ledger_rows(ledger, "SELECT DISTINCT window_end FROM usage_lines")) >= 5
+
+    def billed() -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for user, seconds in ledger_rows(ledger, "SELECT user, gpu_seconds FROM usage_lines"):
+            totals[user] = totals.get(user, Decimal(0)) + Decimal(seconds)
+        return totals
+    wait_until(lambda: billed() == truth, timeout=30)
+    assert ledger_rows(ledger, "SELECT DISTINCT account FROM usage_lines") == [("gat-group",)]
+    [(balance,)] = ledger_rows(ledger, "SELECT balance FROM accounts WHERE name = 'gat-group'")
+    costs = sum((Decimal(c) for (c,) in ledger_rows(ledger, "SELECT cost FROM usage_lines")),
+                Decimal(0))
+    assert Decimal(balance) == Decimal("0.60") - costs
+    assert ledger_rows(ledger, "SELECT name FROM accounts") == [("gat-group",)]
