@@ -360,6 +360,24 @@ class AllocatorSettings(Section):
                 own.max_seconds if own.max_seconds is not None else self.max_seconds)
 
 
+class WebAdministrator(Section):
+    """A named administrator of the web page: admin (everything), finance (recharge, adjust,
+    prices, statements, the audit) or manager of group accounts (sees their members, sets the
+    members' monthly limits; no money)."""
+
+    password_hash: Secret  # from `gpuacct-web hash-password`
+    role: Literal["admin", "finance", "manager"]
+    accounts: list[str] = []  # a manager's accounts
+
+    @model_validator(mode="after")
+    def _accounts_for_managers(self) -> WebAdministrator:
+        if self.role == "manager" and not self.accounts:
+            raise ValueError("a manager needs the accounts they manage (accounts: [...])")
+        if self.role != "manager" and self.accounts:
+            raise ValueError(f"only a manager has accounts; an {self.role} sees every one")
+        return self
+
+
 class WebSettings(Section):
     """gpuacct-web: reads the billing ledger (billing.ledger), posts recharges into it."""
 
@@ -373,6 +391,9 @@ class WebSettings(Section):
     user_header: str = "X-Remote-User"
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     login_failures_per_minute: Annotated[int, Field(ge=1)] = 5
+    # Named administrators with roles, by login name; auth.admin_password_hash is the one
+    # called "admin", with the admin role.
+    administrators: dict[AccountName, WebAdministrator] = {}
 
 
 class ClientSettings(Section):

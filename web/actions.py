@@ -11,15 +11,13 @@ from billing_engine.ledger import LedgerError, Posting, SchemaError
 from gpuacct.money import parse_amount
 from web.deps import Context
 
-WEB_ADMIN = "administrator (web)"  # the one shared administrator password, for now
-
 
 class Refused(Exception):
     """Why a change was refused; nothing was written."""
 
 
 def post_money(ctx: Context, user: str, kind: Posting, amount_text: str, reason: str,
-               key: str | None = None) -> Decimal:
+               actor: str, key: str | None = None) -> Decimal:
     """The new balance; Refused (nothing changed) for a bad amount, reason or user."""
     billing = ctx.settings.billing
     try:
@@ -36,6 +34,6 @@ def post_money(ctx: Context, user: str, kind: Posting, amount_text: str, reason:
     try:
         return ctx.writer().post(user, kind, amount, time.time(),
                                  key or f"web-{kind}:{uuid.uuid4()}", reason.strip(),
-                                 actor=WEB_ADMIN)
+                                 actor=actor)
     except (LedgerError, SchemaError) as exc:
         raise Refused(str(exc)) from None

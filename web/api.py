@@ -14,7 +14,7 @@ from billing_engine.ledger import Posting
 from gpuacct.allocation import Entry
 from web import prices
 from web.actions import Refused, post_money
-from web.deps import Admin, Ctx, Who, check_csrf, may_see
+from web.deps import Admin, Ctx, Finance, Staff, Who, check_csrf, may_see, visible
 from web.live import NodeRow
 from web.prices import PriceEntry, PriceIn
 from web.queries import Transaction
@@ -41,67 +41,69 @@ class Balance(BaseModel):
 
 
 def _account(ctx: Ctx, user: str) -> AccountStatus:
-    account = ctx.accounts.get(user)
+    """The account the user is charged to (a personal account's name is its user's)."""
+    account = ctx.accounts.for_user(user)
     if account is None:
         raise HTTPException(404, f"there is no account {user!r}")
     return account
 
 
 @router.get("/accounts")
-def accounts(ctx: Ctx, who: Admin) -> list[AccountStatus]:
-    return ctx.accounts.overview().accounts
+def accounts(ctx: Ctx, who: Staff) -> list[AccountStatus]:
+    return visible(who, ctx, ctx.accounts.overview().accounts)
 
 
 @router.get("/accounts/{user}")
 def account(ctx: Ctx, who: Who, user: str) -> AccountStatus:
-    may_see(who, user)
+    may_see(who, user, ctx)
     return _account(ctx, user)
 
 
 @router.get("/accounts/{user}/transactions")
 def transactions(ctx: Ctx, who: Who, user: str,
                  page: Annotated[int, Query(ge=0, le=100_000)] = 0) -> Transactions:
-    may_see(who, user)
-    _account(ctx, user)
-    items, total = ctx.view.transactions(user, page, ctx.settings.web.page_size)
+    may_see(who, user, ctx)
+    items, total = ctx.view.transactions(_account(ctx, user).user, page,
+                                         ctx.settings.web.page_size)
     return Transactions(total=total, page=page, items=items)
 
 
-def _post(ctx: Ctx, who: Admin, user: str, kind: Posting, body: MoneyIn,
+def _post(ctx: Ctx, who: Finance, user: str, kind: Posting, body: MoneyIn,
           csrf: str | None) -> Balance:
     check_csrf(who, csrf)
     _account(ctx, user)
     try:
-        balance = post_money(ctx, user, kind, body.amount, body.reason, body.idempotency_key)
+        balance = post_money(ctx, user, kind, body.amount, body.reason, who.actor,
+                             body.idempotency_key)
     except Refused as exc:
         raise HTTPException(400, f"{kind} refused: {exc}") from None
     return Balance(user=user, balance=balance)
 
 
 @router.post("/accounts/{user}/recharge")
-def recharge(ctx: Ctx, who: Admin, user: str, body: MoneyIn,
+def recharge(ctx: Ctx, who: Finance, user: str, body: MoneyIn,
              x_csrf_token: Annotated[str | None, Header()] = None) -> Balance:
     return _post(ctx, who, user, "recharge", body, x_csrf_token)
 
 
 @router.post("/accounts/{user}/adjust")
-def adjust(ctx: Ctx, who: Admin, user: str, body: MoneyIn,
+def adjust(ctx: Ctx, who: Finance, user: str, body: MoneyIn,
            x_csrf_token: Annotated[str | None, Header()] = None) -> Balance:
     return _post(ctx, who, user, "adjustment", body, x_csrf_token)
 
 
 @router.get("/prices", tags=["prices"])
-def price_history(ctx: Ctx, who: Admin) -> list[PriceEntry]:
+def price_history(ctx: Ctx, who: Finance) -> list[PriceEntry]:
     return prices.history(ctx)
 
 
 @router.post("/prices", tags=["prices"], status_code=201)
-def add_prices(ctx: Ctx, who: Admin, body: PriceIn,
+def add_prices(ctx: Ctx, who: Finance, body: PriceIn,
                x_csrf_token: Annotated[str | None, Header()] = None) -> list[PriceEntry]:
     """A new price version, in force from `effective` (not before now); the new history."""
     check_csrf(who, x_csrf_token)
     try:
-        prices.add(ctx, body.model_dump())
+        prices.add(ctx, body.model_dump(), who.actor)
     except Refused as exc:
         raise HTTPException(400, f"new prices refused: {exc}") from None
     return prices.history(ctx)
@@ -130,5 +132,5 @@ def reservations(ctx: Ctx, who: Who) -> Reservations:
         raise HTTPException(403, "log in, or come through the proxy that names you")
     answer = ctx.live.reservations()
     entries = [e for e in (answer.value.entries if answer.value else ())
-               if who.admin or e.user == who.user]
+               if who.role == "admin" or e.user == who.user]
     return Reservations(entries=entries, problem=answer.problem)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Literal
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -41,26 +42,36 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, expected)
 
 
+Role = Literal["admin", "finance", "manager"]
+LEGACY_ADMIN = "admin"  # auth.admin_password_hash's administrator
+
+
 @dataclass(frozen=True)
 class Viewer:
-    admin: bool
+    admin: bool  # an administrator of any role is logged in
     user: str | None  # the user a trusted proxy named
     csrf: str  # the session's CSRF token ("" without a session)
+    name: str | None = None  # the administrator's login name
+    role: Role | None = None
+    manages: frozenset[str] = frozenset()  # a manager's accounts
 
-    def may_see(self, user: str) -> bool:
-        return self.admin or self.user == user
+    @property
+    def actor(self) -> str:
+        """How the ledger's audit names this administrator's changes."""
+        return f"{self.name} (web)"
 
 
 class Sessions:
-    """Session cookies signed with the configured secret: {admin, csrf}."""
+    """Session cookies signed with the configured secret: {name, csrf}; the role is read from
+    the config at each request, so a changed or removed administrator takes effect at once."""
 
     def __init__(self, secret: str) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="gpuacct-session")
 
-    def new(self, admin: bool) -> tuple[str, str]:
-        """(cookie value, csrf token)."""
+    def new(self, admin: str | None) -> tuple[str, str]:
+        """(cookie value, csrf token) for the administrator `admin` (None: nobody yet)."""
         csrf = secrets.token_urlsafe(24)
-        return self._serializer.dumps({"admin": admin, "csrf": csrf}), csrf
+        return self._serializer.dumps({"name": admin, "csrf": csrf}), csrf
 
     def read(self, cookie: str | None) -> dict[str, object] | None:
         if not cookie:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import hmac
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
 from billing_engine.ledger import Ledger, LedgerWriter
 from gpuacct.config import Settings
-from web.auth import SESSION_COOKIE, LoginLimiter, Sessions, Viewer
+from web.auth import LEGACY_ADMIN, SESSION_COOKIE, LoginLimiter, Role, Sessions, Viewer
 from web.fragments import Fragments
 from web.live import Live
-from web.queries import LedgerView
+from web.queries import AccountRow, LedgerView
 from web.status import Accounts
 
 
@@ -32,6 +33,15 @@ class Context:
     admin_hash: str | None
     _writer: LedgerWriter | None = None
     _writer_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def administrator(self, name: str | None) -> tuple[Role, frozenset[str], str] | None:
+        """An administrator's role, accounts (a manager's) and password hash; None: none."""
+        found = self.settings.web.administrators.get(name or "")
+        if found is not None:
+            return found.role, frozenset(found.accounts), found.password_hash.get_secret_value()
+        if name == LEGACY_ADMIN and self.admin_hash:
+            return "admin", frozenset(), self.admin_hash
+        return None
 
     def writer(self) -> LedgerWriter:
         """The ledger's writer, for an administrator's recharge, adjustment or price: opened
@@ -57,20 +67,34 @@ def viewer(request: Request, ctx: Ctx) -> Viewer:
     client = request.client.host if request.client else ""
     if client in web.trusted_proxies:
         user = request.headers.get(web.user_header) or None
-    return Viewer(admin=session.get("admin") is True, user=user,
-                  csrf=str(session.get("csrf", "")))
+    name = session.get("name")
+    found = ctx.administrator(name) if isinstance(name, str) else None
+    csrf = str(session.get("csrf", ""))
+    if found is None:  # not logged in, or no longer an administrator
+        return Viewer(admin=False, user=user, csrf=csrf)
+    role, manages, _ = found
+    return Viewer(admin=True, user=user, csrf=csrf, name=str(name), role=role, manages=manages)
 
 
 Who = Annotated[Viewer, Depends(viewer)]
+A = TypeVar("A", bound=AccountRow)
+MONEY: tuple[Role, ...] = ("admin", "finance")  # recharges, adjustments, prices, exports, audit
 
 
-def require_admin(who: Who) -> Viewer:
-    if not who.admin:
-        raise HTTPException(403, "administrators only: log in at /login")
-    return who
+def _needs(roles: tuple[Role, ...], what: str) -> Callable[[Viewer], Viewer]:
+    def check(who: Who) -> Viewer:
+        if who.role is None:
+            raise HTTPException(403, "administrators only: log in at /login")
+        if who.role not in roles:
+            raise HTTPException(403, f"{what} needs the {' or '.join(roles)} role; "
+                                     f"{who.name} is a {who.role}")
+        return who
+    return check
 
 
-Admin = Annotated[Viewer, Depends(require_admin)]
+Admin = Annotated[Viewer, Depends(_needs(("admin",), "this page"))]
+Finance = Annotated[Viewer, Depends(_needs(MONEY, "money, prices, exports and the audit"))]
+Staff = Annotated[Viewer, Depends(_needs(("admin", "finance", "manager"), "this page"))]
 
 
 def check_csrf(who: Viewer, token: str | None) -> None:
@@ -79,9 +103,25 @@ def check_csrf(who: Viewer, token: str | None) -> None:
                                  "and try again")
 
 
-def may_see(who: Viewer, user: str) -> None:
-    if not who.may_see(user):
-        raise HTTPException(403, "you may see only your own account")
+def may_see(who: Viewer, user: str, ctx: Context) -> None:
+    """Admin and finance see everyone; a manager their accounts and the users charged to
+    them; a user only themselves."""
+    if who.role in MONEY or who.user == user:
+        return
+    if who.role == "manager":
+        if user in who.manages or ctx.view.charged_to(user) in who.manages:
+            return
+        raise HTTPException(403, f"{who.name} manages {', '.join(sorted(who.manages))}: "
+                                 f"{user} is not charged to it")
+    raise HTTPException(403, "you may see only your own account")
+
+
+def visible(who: Viewer, ctx: Context, accounts: list[A]) -> list[A]:
+    """The accounts (rows with `.user`, the account's name) this administrator may see."""
+    if who.role != "manager":
+        return accounts
+    charged_to = ctx.view.charged_to
+    return [a for a in accounts if a.user in who.manages or charged_to(a.user) in who.manages]
 
 
 def fmt(amount: Decimal) -> str:

@@ -18,9 +18,9 @@ from billing_engine.ledger.export import parse_time
 from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
 from web import export, prices
-from web.actions import WEB_ADMIN, Refused, post_money
-from web.auth import SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
-from web.deps import Admin, Ctx, Who, check_csrf, fmt, may_see, when
+from web.actions import Refused, post_money
+from web.auth import LEGACY_ADMIN, SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
+from web.deps import Admin, Ctx, Finance, Staff, Who, check_csrf, fmt, may_see, visible, when
 from web.live import AllocationRefused
 from web.status import AccountStatus
 
@@ -57,7 +57,7 @@ def home(who: Who) -> RedirectResponse:
 
 @router.get("/login")
 def login_form(request: Request, ctx: Ctx) -> HTMLResponse:
-    cookie, csrf = ctx.sessions.new(admin=False)
+    cookie, csrf = ctx.sessions.new(None)
     response = render(request, "login.html", csrf=csrf, error=None)
     response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict")
     return response
@@ -65,18 +65,24 @@ def login_form(request: Request, ctx: Ctx) -> HTMLResponse:
 
 @router.post("/login")
 def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()] = "",
+          name: Annotated[str, Form(max_length=64)] = "",
           csrf: Annotated[str, Form()] = "") -> Response:
     check_csrf(who, csrf)
     client = request.client.host if request.client else ""
     if ctx.limiter.blocked(client):
         return render(request, "login.html", 429, csrf=who.csrf,
                       error="too many failed logins: wait a minute")
-    if not ctx.admin_hash or not verify_password(password, ctx.admin_hash):
+    name = name.strip() or LEGACY_ADMIN  # the one password of before had no name
+    found = ctx.administrator(name)
+    if found is None or not verify_password(password, found[2]):
         ctx.limiter.failed(client)
         with contextlib.suppress(LedgerError, SchemaError):  # the answer does not wait on it
-            ctx.writer().audit(f"web client {client}", "login.failed", WEB_ADMIN)
-        return render(request, "login.html", 401, csrf=who.csrf, error="wrong password")
-    cookie, _ = ctx.sessions.new(admin=True)  # a new session (and token) on login
+            ctx.writer().audit(f"web client {client}", "login.failed", name)
+        return render(request, "login.html", 401, csrf=who.csrf,
+                      error="wrong name or password")
+    with contextlib.suppress(LedgerError, SchemaError):
+        ctx.writer().audit(f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
+    cookie, _ = ctx.sessions.new(name)  # a new session (and token) on login
     response = RedirectResponse("/admin", status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
                         max_age=SESSION_SECONDS)
@@ -92,14 +98,15 @@ def logout(who: Who, csrf: Annotated[str, Form()] = "") -> RedirectResponse:
 
 
 @router.get("/admin")
-def overview(request: Request, ctx: Ctx, who: Admin,
+def overview(request: Request, ctx: Ctx, who: Staff,
              sort: Annotated[str, Query(pattern="^(user|balance|cost_24h|tier|burn)$")] = "balance"
              ) -> HTMLResponse:
     overview = ctx.accounts.overview()
-    table = ctx.fragments.get(("overview", overview.version, sort), lambda: fragment(
-        request, "_accounts_table.html", accounts=sorted(overview.accounts, key=SORTS[sort])))
+    accounts = visible(who, ctx, overview.accounts)  # a manager: their accounts and members
+    table = ctx.fragments.get(("overview", overview.version, sort, who.manages), lambda: fragment(
+        request, "_accounts_table.html", accounts=sorted(accounts, key=SORTS[sort])))
     return render(request, "overview.html", who=who, sort=sort, problems=overview.problems,
-                  accounts=overview.accounts, table=table)
+                  accounts=accounts, table=table)
 
 
 @router.get("/users/{user}")
@@ -111,21 +118,23 @@ def user_page(request: Request, ctx: Ctx, who: Who, user: str,
 
 def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0,
                message: str | None = None, error: str | None = None) -> HTMLResponse:
-    may_see(who, user)
-    account = ctx.accounts.get(user)
+    may_see(who, user, ctx)
+    account = ctx.accounts.for_user(user)
     if account is None:
         raise HTTPException(404, f"there is no account {user!r}")
     history = ctx.fragments.get(("history", ctx.view.version(), user, page),
-                                lambda: _history(request, ctx, user, page))
+                                lambda: _history(request, ctx, user, page, account.user))
     cookie = None
     if not who.csrf:  # a user the proxy vouched for: a session, for the release buttons' CSRF
-        cookie, csrf = ctx.sessions.new(admin=False)
+        cookie, csrf = ctx.sessions.new(None)
         who = dataclasses.replace(who, csrf=csrf)
     reservations = ctx.live.reservations()
     mine = [e for e in (reservations.value.entries if reservations.value else ())
             if e.user == user]
     response = render(request, "user.html", status=400 if error else 200, who=who,
-                      account=account, history=history, message=message, error=error,
+                      user=user, account=account, history=history,
+                      members=ctx.view.members(account.user) if account.kind == "group" else [],
+                      message=message, error=error,
                       problems=ctx.accounts.overview().problems, reservations=mine,
                       reservations_problem=reservations.problem)
     if cookie:
@@ -136,33 +145,36 @@ def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0
 @router.post("/users/{user}/reservations/{id}/release")
 def release(request: Request, ctx: Ctx, who: Who, user: str, id: int,
             csrf: Annotated[str, Form()] = "") -> Response:
-    may_see(who, user)
+    may_see(who, user, ctx)
     check_csrf(who, csrf)
     try:
-        text = ctx.live.release(user, id, who.user or "administrator")
+        text = ctx.live.release(user, id, who.user or who.name or "administrator")
     except AllocationRefused as exc:
         return _user_page(request, ctx, who, user, error=f"release refused: {exc}")
     return RedirectResponse(f"/users/{user}?message={text.replace(' ', '+')}", status_code=303)
 
 
-def _history(request: Request, ctx: Ctx, user: str, page: int) -> str:
-    """Cost per day, usage by job and one page of transactions."""
+def _history(request: Request, ctx: Ctx, user: str, page: int, account: str) -> str:
+    """The user's cost per day, usage by job and weeks; one page of their account's
+    transactions."""
     size = ctx.settings.web.page_size
-    transactions, total = ctx.view.transactions(user, page, size)
+    transactions, total = ctx.view.transactions(account, page, size)
     daily = ctx.view.daily_cost(user, 30)
     models = sorted({m for day in daily.values() for m in day})
     peak = max((sum(day.values()) for day in daily.values()), default=0) or 1
     return fragment(request, "_user_history.html", transactions=transactions, total=total,
+                    postings=ctx.view.postings(account),
+                    charge_days=ctx.view.charge_days(account, user, 14),
                     page=page, pages=(total + size - 1) // size, daily=daily, models=models,
                     peak=peak, jobs=ctx.view.usage_by_job(user, time.time() - 30 * 86400),
                     weeks=ctx.view.weeks(user, 8))
 
 
-def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: Posting, amount: str,
+def _change(request: Request, ctx: Ctx, who: Finance, user: str, kind: Posting, amount: str,
             reason: str, csrf: str) -> Response:
     check_csrf(who, csrf)
     try:
-        balance = post_money(ctx, user, kind, amount, reason)
+        balance = post_money(ctx, user, kind, amount, reason, who.actor)
     except Refused as exc:
         if ctx.view.account(user) is None:
             raise HTTPException(404, str(exc)) from None
@@ -172,21 +184,21 @@ def _change(request: Request, ctx: Ctx, who: Admin, user: str, kind: Posting, am
 
 
 @router.post("/users/{user}/recharge")
-def recharge(request: Request, ctx: Ctx, who: Admin, user: str,
+def recharge(request: Request, ctx: Ctx, who: Finance, user: str,
              amount: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "",
              csrf: Annotated[str, Form()] = "") -> Response:
     return _change(request, ctx, who, user, "recharge", amount, reason, csrf)
 
 
 @router.post("/users/{user}/adjust")
-def adjust(request: Request, ctx: Ctx, who: Admin, user: str,
+def adjust(request: Request, ctx: Ctx, who: Finance, user: str,
            amount: Annotated[str, Form()] = "", reason: Annotated[str, Form()] = "",
            csrf: Annotated[str, Form()] = "") -> Response:
     return _change(request, ctx, who, user, "adjustment", amount, reason, csrf)
 
 
 @router.get("/admin/export/{what}.csv")
-def export_csv(ctx: Ctx, who: Admin, what: str, start: Annotated[str, Query(alias="from")],
+def export_csv(ctx: Ctx, who: Finance, what: str, start: Annotated[str, Query(alias="from")],
                end: Annotated[str, Query(alias="to")]) -> Response:
     return export.csv_response(ctx, what, start, end)
 
@@ -206,7 +218,7 @@ def waste_page(request: Request, ctx: Ctx, who: Admin,
 
 
 @router.get("/admin/prices")
-def prices_page(request: Request, ctx: Ctx, who: Admin,
+def prices_page(request: Request, ctx: Ctx, who: Finance,
                 message: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
     return _prices_page(request, ctx, who, message)
 
@@ -218,7 +230,7 @@ def _prices_page(request: Request, ctx: Ctx, who: Viewer, message: str | None = 
 
 
 @router.post("/admin/prices")
-def add_prices(request: Request, ctx: Ctx, who: Admin, effective: Annotated[str, Form()] = "",
+def add_prices(request: Request, ctx: Ctx, who: Finance, effective: Annotated[str, Form()] = "",
                gpu: Annotated[str, Form()] = "", other_gpu_per_minute: Annotated[str, Form()] = "",
                cpu_per_core_minute: Annotated[str, Form()] = "",
                reason: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = ""
@@ -228,7 +240,7 @@ def add_prices(request: Request, ctx: Ctx, who: Admin, effective: Annotated[str,
             "cpu_per_core_minute": cpu_per_core_minute, "reason": reason}
     try:
         version = prices.add(ctx, {**form, "effective": effective.strip() or None,
-                                   "gpu": prices.parse_gpu_lines(gpu)})
+                                   "gpu": prices.parse_gpu_lines(gpu)}, who.actor)
     except Refused as exc:
         return _prices_page(request, ctx, who, error=f"new prices refused: {exc}", form=form)
     return RedirectResponse(f"/admin/prices?message=new+prices+in+force+from+"
@@ -261,7 +273,7 @@ def cancel(request: Request, ctx: Ctx, who: Admin, id: int,
            csrf: Annotated[str, Form()] = "") -> Response:
     check_csrf(who, csrf)
     try:
-        text = ctx.live.cancel(id, "administrator", reason.strip())
+        text = ctx.live.cancel(id, who.name or "administrator", reason.strip())
     except AllocationRefused as exc:
         return _nodes_page(request, ctx, who, error=f"cancel refused: {exc}")
     return RedirectResponse(f"/admin/nodes?message={text.replace(' ', '+')}", status_code=303)

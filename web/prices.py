@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from billing_engine.ledger import LedgerError, SchemaError
 from gpuacct.config import GpuPrice, PriceVersion, describe_error
 from gpuacct.money import merge_versions
-from web.actions import WEB_ADMIN, Refused
+from web.actions import Refused
 from web.deps import Context
 
 
@@ -65,7 +65,7 @@ def parse_gpu_lines(text: str) -> list[dict[str, str]]:
     return lines
 
 
-def add(ctx: Context, raw: dict[str, object]) -> PriceVersion:
+def add(ctx: Context, raw: dict[str, object], actor: str) -> PriceVersion:
     """Validate and store a new version; Refused (nothing stored) names what is wrong."""
     try:
         wanted = PriceIn.model_validate(raw)
@@ -81,7 +81,7 @@ def add(ctx: Context, raw: dict[str, object]) -> PriceVersion:
     if any(p > limit for p in prices):
         raise Refused(f"a price above {limit} per minute is not plausible")
     try:
-        ctx.writer().add_price_version(version, time.time(), wanted.reason.strip(), WEB_ADMIN)
+        ctx.writer().add_price_version(version, time.time(), wanted.reason.strip(), actor)
     except (LedgerError, SchemaError) as exc:
         raise Refused(str(exc)) from None
     return version

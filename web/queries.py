@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 
 from pydantic import BaseModel
 
-from billing_engine.ledger import JobUsage, LedgerReader, Transaction, WeekUsage, week_start
+from billing_engine.ledger import (
+    JobUsage,
+    LedgerReader,
+    MemberMonth,
+    Transaction,
+    WeekUsage,
+    month_start,
+    week_start,
+)
 from gpuacct.config import BillingSettings
 from gpuacct.tiers import Tier, account_tier
 from web.cache import Memo
@@ -26,6 +35,13 @@ class AccountRow(BaseModel, frozen=True):
     cost_24h: Decimal
     charged: Decimal
     opened_at: float
+
+
+@dataclass(frozen=True)
+class ChargeDay:
+    day: str  # YYYY-MM-DD (UTC)
+    charged: Decimal
+    jobs: list[JobUsage]
 
 
 class LedgerView:
@@ -51,6 +67,13 @@ class LedgerView:
                            cost_24h=a.cost_since, charged=a.charged, opened_at=a.opened_at)
                 for a in self.reader.accounts(cost_since=now - DAY)]
 
+    def charged_to(self, user: str) -> str:
+        """The account the user's usage goes to now (their own name if the ledger knows none);
+        cached until the ledger changes."""
+        found = self._memo.get(("charged_to", self.version()),
+                               lambda: self.reader.charged_to(time.time()))
+        return found.get(user, user)
+
     def account(self, user: str) -> AccountRow | None:
         return next((a for a in self.overview() if a.user == user), None)
 
@@ -59,6 +82,27 @@ class LedgerView:
 
     def usage_by_job(self, user: str, since: float) -> list[JobUsage]:
         return self.reader.usage_by_job(user, since)
+
+    def members(self, account: str, now: float | None = None) -> list[MemberMonth]:
+        """The users charged to the account now, each with this month's spending and limit."""
+        now = time.time() if now is None else now
+        months = {m.user: m for m in self.reader.member_months(month_start(now), account)}
+        return [months.get(user) or MemberMonth(account, user, Decimal(0), None)
+                for user in self.reader.members(account, now)]
+
+    def postings(self, account: str) -> list[Transaction]:
+        return self.reader.postings(account)
+
+    def charge_days(self, account: str, user: str, days: int, now: float | None = None
+                    ) -> list[ChargeDay]:
+        """The account's usage charges per UTC day of the last `days`, newest first, each with
+        the user's usage by job that day (a group's charges are all its members')."""
+        now = time.time() if now is None else now
+        start = (int(now) // DAY - days + 1) * DAY
+        return [ChargeDay(time.strftime("%Y-%m-%d", time.gmtime(day)), charged,
+                          self.reader.usage_by_job(user, day, day + DAY))
+                for day, charged in sorted(self.reader.daily_charges(account, start).items(),
+                                           reverse=True)]
 
     def daily_cost(self, user: str, days: int, now: float | None = None
                    ) -> dict[str, dict[str, Decimal]]:

@@ -46,6 +46,15 @@ class Accounts:
     def get(self, user: str) -> AccountStatus | None:
         return next((a for a in self.overview().accounts if a.user == user), None)
 
+    def for_user(self, user: str) -> AccountStatus | None:
+        """The account the user is charged to (their own, or a group's), with what is
+        enforced on the user."""
+        name = self.view.charged_to(user)
+        account = self.get(name)
+        if account is None or name == user:
+            return account
+        return account.model_copy(update={"enforcement": self.live.enforcement().value.get(user)})
+
 
 def _status(row: AccountRow, burn: Answer[dict[str, Burn]],
             enforcement: Answer[dict[str, UserPolicy]]) -> AccountStatus:

@@ -180,6 +180,22 @@ class SqliteLedgerReader:
                             balance_after=Decimal(b), reason=reason, actor=actor)
                 for i, at, kind, a, b, reason, actor in rows], total
 
+    def postings(self, account: str, limit: int = 50) -> list[Transaction]:
+        """The account's money in and out other than usage charges, newest first."""
+        return [Transaction(id=i, at=at, kind=kind, amount=Decimal(a), balance_after=Decimal(b),
+                            reason=reason, actor=actor)
+                for i, at, kind, a, b, reason, actor in self._db().execute(
+                    "SELECT id, at, kind, amount, balance_after, reason, actor FROM transactions "
+                    "WHERE account = ? AND kind != 'charge' ORDER BY id DESC LIMIT ?",
+                    (account, limit))]
+
+    def daily_charges(self, account: str, since: int) -> dict[int, Decimal]:
+        """Day start (UTC) -> the account's usage charges of windows ending that day."""
+        return {int(day): -money(micros) for day, micros in self._db().execute(
+            f"SELECT window_end / {DAY} * {DAY}, SUM({MICROS.format('amount')}) FROM "
+            "transactions WHERE account = ? AND kind = 'charge' AND window_end >= ? GROUP BY 1",
+            (account, since))}
+
     def statement(self, account: str, month: int) -> Statement | None:
         """The account's month from `month` (a month's start, UTC); None: no such account.
         A posting counts when it happened, a charge in the month its window ends in."""
@@ -193,11 +209,9 @@ class SqliteLedgerReader:
             opening = db.execute(
                 f"SELECT SUM({MICROS.format('amount')}) FROM transactions "
                 f"WHERE account = ? AND {when} < ?", (account, month)).fetchone()[0]
-            entries = [StatementEntry(float(day), "charges", money(micros), "usage", BILLING)
-                       for day, micros in db.execute(
-                           f"SELECT window_end / {DAY} * {DAY}, SUM({MICROS.format('amount')}) "
-                           "FROM transactions WHERE account = ? AND kind = 'charge' AND "
-                           "window_end >= ? AND window_end < ? GROUP BY 1", (account, month, end))]
+            entries = [StatementEntry(float(day), "charges", -charged, "usage", BILLING)
+                       for day, charged in self.daily_charges(account, month).items()
+                       if day < end]
             entries += [StatementEntry(at, kind, Decimal(amount), reason, actor)
                         for at, kind, amount, reason, actor in db.execute(
                             "SELECT at, kind, amount, reason, actor FROM transactions "
@@ -207,12 +221,12 @@ class SqliteLedgerReader:
         return Statement(found, month, end, money(opening), sorted(entries, key=lambda e: e.at),
                          members)
 
-    def usage_by_job(self, user: str, since: float) -> list[JobUsage]:
+    def usage_by_job(self, user: str, since: float, until: float = 1e12) -> list[JobUsage]:
         rows = self._db().execute(
             "SELECT job, node, gpu_model, SUM(CAST(gpu_seconds AS REAL)), "
             f"SUM(CAST(cpu_core_seconds AS REAL)), SUM({MICROS.format('cost')}) "
-            "FROM usage_lines WHERE user = ? AND window_end >= ? "
-            "GROUP BY job, node, gpu_model ORDER BY 6 DESC LIMIT 200", (user, since))
+            "FROM usage_lines WHERE user = ? AND window_end >= ? AND window_end < ? "
+            "GROUP BY job, node, gpu_model ORDER BY 6 DESC LIMIT 200", (user, since, until))
         return [JobUsage(job, node, model, gpu / 3600, cpu / 3600, money(cost))
                 for job, node, model, gpu, cpu, cost in rows]
 

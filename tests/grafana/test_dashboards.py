@@ -109,7 +109,9 @@ def test_every_panel_query_returns_data_from_the_real_servers(
     influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
     start_billing({
         "billing": {"ledger": str(tmp_path / "ledger.sqlite3"), "prometheus_url": prometheus.url,
-                    "window_seconds": 2, "settle_seconds": 1.2, "lease_seconds": 2},
+                    "window_seconds": 2, "settle_seconds": 1.2, "lease_seconds": 2,
+                    # Below the warning (25): the rules have an alert firing for the panel.
+                    "opening_balance": "20"},
         "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"}}, billing_port)
     status, _ = enforcer.post_alerts(notification(
         alert(alice.name, "block", "GpuacctBalanceLimitedBlockGpu"),

@@ -58,13 +58,14 @@ class Web:
     url: str
     ledger: Path
 
-    def admin(self) -> tuple[requests.Session, str]:
-        """A logged-in administrator's session and its CSRF token."""
+    def admin(self, name: str = "", password: str = PASSWORD) -> tuple[requests.Session, str]:
+        """A logged-in administrator's session and its CSRF token (no name: the one of
+        auth.admin_password_hash)."""
         session = requests.Session()
         page = session.get(f"{self.url}/login", timeout=10).text
         csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
-        answer = session.post(f"{self.url}/login", data={"password": PASSWORD, "csrf": csrf},
-                              timeout=10)
+        answer = session.post(f"{self.url}/login", data={"name": name, "password": password,
+                                                         "csrf": csrf}, timeout=10)
         assert answer.status_code == 200 and answer.url.endswith("/admin"), answer.text
         token = re.search(r'name="csrf" value="([^"]+)"', answer.text).group(1)  # type: ignore[union-attr]
         return session, token

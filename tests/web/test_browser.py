@@ -70,7 +70,7 @@ def test_admin_recharges_a_user_in_the_browser(start_web: Callable[..., Web],
     assert download.value.suggested_filename == f"statement-alice-{month}.csv"
     rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
     [recharge] = [r[3:] for r in rows if r[0] == "posting" and r[2] == "recharge"]
-    assert recharge == ["25.50", "grant 42", "administrator (web)"]
+    assert recharge == ["25.50", "grant 42", "admin (web)"]
     [closing] = [r[3] for r in rows if r[0] == "closing"]
     assert closing == "124.882715"  # the ledger's balance, to the micro-unit
     page.goto(f"{web.url}/admin/accounts/alice/statement?month={month}")
@@ -80,7 +80,7 @@ def test_admin_recharges_a_user_in_the_browser(start_web: Callable[..., Web],
     page.goto(f"{web.url}/admin")
     page.get_by_role("link", name="Audit").click()
     newest = page.locator("#audit tbody tr").first
-    for text in ("administrator (web)", "recharge", "alice", "+25.50 grant 42"):
+    for text in ("admin (web)", "recharge", "alice", "+25.50 grant 42"):
         expect(newest).to_contain_text(text)
     page.screenshot(path=SCREENSHOTS / "audit.png", full_page=True)
 

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from billing_engine.ledger import Ledger, week_start
+from tests.fixtures.ledger import forge
 from tests.web.conftest import NOW, Web
 
 pytestmark = pytest.mark.integration
@@ -183,3 +184,52 @@ def test_the_waste_report_shows_each_users_idle_held_gpu_time_of_the_week(
     bob = requests.get(f"{web.url}/users/bob", headers=as_bob, timeout=10)
     assert bob.status_code == 200 and 'id="weeks"' in bob.text
     assert requests.get(f"{web.url}/admin/waste", headers=as_bob, timeout=10).status_code == 403
+
+
+def test_a_members_page_shows_the_group_account_they_are_charged_to(
+        start_web: Callable[..., Web]) -> None:
+    """bob joins the group account vision-lab: his page and the API show its balance and
+    tier as his, his own usage, and the lab's transactions; the lab's statement lists him."""
+    web = start_web()
+    ledger = Ledger(web.ledger)
+    ledger.open_account("vision-lab", Decimal(300), time.time(), "pi (cli)", "group", "pi")
+    ledger.set_membership("bob", "vision-lab", "pi (cli)", time.time())
+    ledger.close()
+    page = requests.get(f"{web.url}/users/bob", headers={"X-Remote-User": "bob"}, timeout=10)
+    assert page.status_code == 200
+    assert re.search(r"Charged to the group account\s+<strong>vision-lab</strong>", page.text)
+    assert '<div class="big" id="balance">300.00</div>' in page.text
+    assert "opening balance" in page.text  # the lab's transactions, newest first
+    api = requests.get(f"{web.url}/api/v1/accounts/bob", headers={"X-Remote-User": "bob"},
+                       timeout=10).json()
+    assert (api["user"], api["kind"], api["balance"]) == ("vision-lab", "group", "300")
+    # A user may see only their own page, not the lab's as such.
+    assert requests.get(f"{web.url}/users/vision-lab", headers={"X-Remote-User": "bob"},
+                        timeout=10).status_code == 403
+    admin, _ = web.admin()
+    assert "vision-lab" in admin.get(f"{web.url}/admin", timeout=10).text
+
+
+def test_a_users_page_sets_recharges_apart_and_escapes_what_users_named(
+        start_web: Callable[..., Web]) -> None:
+    """Recharges and adjustments stand out from the charges; each day's charges open to its
+    jobs; a job named like markup or a formula is shown as text."""
+    web = start_web()
+    end = int(NOW // 60 * 60)
+    with forge(web.ledger) as db:
+        db.execute("INSERT INTO usage_lines VALUES (?, 'alice', ?, 'gpu01:9835', '', '0', '1', "
+                   "'0', 0, '0', '0', 'alice')",
+                   (end - 60, "<script>alert(1)</script>=HYPERLINK(1)"))
+    ledger = Ledger(web.ledger)
+    ledger.post("alice", "recharge", Decimal(7), time.time(), "r-7", "grant <b>7</b>",
+                actor="fin (cli)")
+    ledger.close()
+    admin, _ = web.admin()
+    page = admin.get(f"{web.url}/users/alice", timeout=10).text
+    postings = page.split('id="postings"')[1].split("</table>")[0]
+    assert "recharge" in postings and "grant &lt;b&gt;7&lt;/b&gt;" in postings
+    assert "fin (cli)" in postings and "charge" not in postings.replace("recharge", "")
+    days = page.split('id="charge-days"')[1].split("</div>")[0]
+    assert "<details>" in days and "job-0" in days
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;=HYPERLINK(1)" in days
+    assert "<script>alert" not in page
