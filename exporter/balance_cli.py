@@ -1,4 +1,4 @@
-"""gpuacct-balance: your GPU balance, tier, what is enforced on you and why, and how long the
+"""gpuacct-balance: your balance, tier, what is enforced on you and why, and how long the
 money lasts at your current spending.
 
   gpuacct-balance              the full picture
@@ -30,6 +30,7 @@ from gpuacct.wording import duration, enforced
 @dataclass
 class Status:
     user: str
+    account: str | None = None  # the account charged, when it is not the user's own
     balance: str | None = None
     tier: Tier | None = None
     thresholds: dict[str, str] = field(default_factory=dict)
@@ -50,7 +51,7 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
     status = Status(user=user, enforcement=enforcement)
     selector = f'{{user="{user}"}}'
     try:
-        balance = _one(prometheus, f"min(gpuacct_account_balance{selector})")
+        balance = _one(prometheus, f"min by (account) (gpuacct_account_balance{selector})")
         tiers = _one(prometheus, f"max by (tier) (gpuacct_account_threshold{selector})")
         rate = _one(prometheus, f"max(user:gpuacct_cost_per_hour:rate1h{selector})")
         left = _one(prometheus, f"min(user:gpuacct_seconds_until_exhausted:rate1h{selector})")
@@ -62,7 +63,8 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
     if not balance:
         status.problem = "no account yet: it opens with your first billed minute"
         return status
-    value = balance[0][1]
+    labels, value = balance[0]
+    status.account = labels.get("account") if labels.get("account") != user else None
     status.balance = f"{value:.2f}"
     status.thresholds = {labels["tier"]: f"{v:.2f}" for labels, v in tiers}
     status.tier = tier_of(value, {labels["tier"]: v for labels, v in tiers})
@@ -91,6 +93,8 @@ def render(status: Status) -> str:
     else:
         limits = ", ".join(f"{t} below {status.thresholds[t]}" for t in reversed(SEVERITY)
                            if t in status.thresholds)
+        if status.account:
+            out.append(f"  account      {status.account} (its balance and tier are yours)")
         out.append(f"  balance      {status.balance}  (tier: {status.tier}; {limits})")
         spending = f"  spending     {status.cost_per_hour} an hour over the last hour"
         if status.seconds_left is not None:

@@ -47,7 +47,7 @@ def test_balance_and_hook_show_the_state_and_its_reason(
     balance = str(installed_gpuacct / "bin" / "gpuacct-balance")
     target = static_metrics(
         f'gpuacct_account_balance{{user="{alice.name}"}} 7.5\n'
-        f'gpuacct_account_balance{{user="{bob.name}"}} 250\n'
+        f'gpuacct_account_balance{{user="{bob.name}",account="vision-lab"}} 250\n'
         + "".join(f'gpuacct_account_threshold{{user="{u}",tier="{t}"}} {v}\n'
                   for u in (alice.name, bob.name)
                   for t, v in (("warning", 100), ("limited", 10), ("exhausted", 0)))
@@ -90,6 +90,8 @@ def test_balance_and_hook_show_the_state_and_its_reason(
     # Bob: well above every threshold and nothing enforced, so the hook stays silent.
     assert run_as(bob, ["bash", "--norc", "-i", "-c", f". {hook}"], env).strip() == ""
     assert "tier: ok" in run_as(bob, [balance], env)
+    assert "account      vision-lab (its balance and tier are yours)" in run_as(bob, [balance], env)
+    assert "account " not in full  # alice's own account: no line
     # Bob cannot read alice's hook file, nor ask for her balance.
     assert (hooks / f"{alice.name}.json").stat().st_mode & 0o077 == 0
     denied = subprocess.run([balance, "--user", alice.name],
