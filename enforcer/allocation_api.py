@@ -27,11 +27,13 @@ from gpuacct.allocation import (
     Answer,
     Cancel,
     Forwarded,
+    Login,
     Release,
     ReleaseFor,
     Reserve,
     Summary,
 )
+from gpuacct.login import LOGIN_PATH
 from gpuacct.signing import Verifier, sign
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
         return Answer(text=outcome.text)
     if isinstance(ask, Release):
         return Answer(text="\n".join(o.text for o in allocator.release(caller.user, ask.id)))
+    if isinstance(ask, Login):
+        raise AllocationError(f"a login is asked at {LOGIN_PATH}, not here")
     mine = caller.user if ask.op == "reservations" else None
     return Answer(text="", summary=allocator.summary(mine))
 

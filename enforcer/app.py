@@ -5,7 +5,8 @@
 - `POST /v1/sync`: a node's signed pull; it reports its actions and gets the signed policy.
 - `GET /v1/policy`, `GET /v1/audit`: the desired state and the audit log (bearer token).
 - `GET /metrics` (open, like every exporter), `GET /-/healthy`.
-- The allocator's routes (enforcer.allocation_api), when it runs here.
+- The allocator's routes (enforcer.allocation_api), when it runs here; login links and
+  notices (enforcer.people_api).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from enforcer.allocation_api import add_allocation_routes
 from enforcer.desired import Desired
+from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
+from enforcer.notices import Notices
+from enforcer.notifier import Notifier
 from enforcer.payload import Notification
+from enforcer.people_api import add_login_routes, add_notice_routes
 from enforcer.signed import problems, signed_body
 from gpuacct.policy import SYNC_PATH, SyncRequest
 from gpuacct.signing import Verifier, sign
@@ -32,7 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: bytes,
-               verifier: Verifier, registry: CollectorRegistry) -> FastAPI:
+               verifier: Verifier, registry: CollectorRegistry,
+               links: LoginLinks | None = None,
+               notices: tuple[Notices, Notifier] | None = None) -> FastAPI:
     store = desired.store
     app = FastAPI(title="gpuacct-enforcer", version="1",
                   description="Alertmanager's webhook in, the enforcement policy out to nodes.")
@@ -67,6 +74,8 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
         if result.changed:
             log.info("policy %d: %s", result.version, store.policy.users)
             pusher.policy_changed()
+        if notices is not None and result.new and notices[0].alerts_changed(store.firing()):
+            notices[1].wake()
         return {"new": result.new, "duplicate": result.duplicate, "version": result.version}
 
     @app.post(SYNC_PATH, include_in_schema=False)
@@ -92,6 +101,10 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
 
     if desired.allocator is not None:
         add_allocation_routes(app, desired.allocator, verifier, node_key, authorized)
+    if links is not None:
+        add_login_routes(app, links, verifier, node_key, authorized)
+    if notices is not None:
+        add_notice_routes(app, *notices, authorized)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

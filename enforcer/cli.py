@@ -22,7 +22,10 @@ from allocator.service import Allocator
 from allocator.store import AllocationStore
 from enforcer.app import create_app
 from enforcer.desired import Desired
+from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
+from enforcer.notices import Notices
+from enforcer.notifier import Notifier
 from enforcer.store import Store
 from gpuacct.cli_common import (
     command_or_usage,
@@ -71,9 +74,17 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     pusher = Pusher(desired, key, verifier, settings.enforcer, registry)
     allocator.on_change = pusher.policy_changed
     register_allocator_metrics(allocator, registry)
-    app = create_app(desired, pusher, token, key, verifier, registry)
+    links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
+                       settings.exporter.min_uid)
+    notices = Notices(settings.enforcer.database.with_name("notices.sqlite3"),
+                      settings.notifications, settings.web.public_url)
+    notifier = Notifier(notices, settings.notifications, registry)
+    notices.alerts_changed(store.firing())  # what started while the enforcer was away
+    app = create_app(desired, pusher, token, key, verifier, registry, links,
+                     (notices, notifier))
     pusher.start()
     stop = threading.Event()
+    notifier.start(stop)
     threading.Thread(target=_tick, args=(allocator, settings.allocator.check_interval_seconds,
                                          stop), name="allocator", daemon=True).start()
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
@@ -85,6 +96,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     pusher.stop()
     store.close()
     allocator.store.close()
+    notices.close()
     log.info("stopped")
     return 0 if server.started else 1
 

@@ -44,6 +44,11 @@ class Alert(BaseModel):
     def user(self) -> str:
         return self.labels["user"]
 
+    @property
+    def notice(self) -> str:
+        """The notice this alert is told to its user in (enforcer.notices)."""
+        return self.labels.get("notice") or self.labels.get("alertname", "unnamed")
+
     def reason(self) -> Reason:
         quota = self.labels.get("cpu_quota_percent")
         return Reason(

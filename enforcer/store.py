@@ -8,6 +8,7 @@ the same fingerprint and start, even if it arrives first.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -42,7 +43,14 @@ CREATE TABLE IF NOT EXISTS audit (
     report_id TEXT UNIQUE  -- a node's action id: a report delivered twice is audited once
 );
 """
-MIGRATIONS = [sqlite.statements(SCHEMA_V1)]
+# The notice an alert belongs to (its `notice` label, else its name): alerts of one notice
+# are told to the user in one message (enforcer.notices).
+def _notice_column(db: sqlite3.Connection) -> None:
+    if "notice" not in {r[1] for r in db.execute("PRAGMA table_info(firing)")}:
+        db.execute("ALTER TABLE firing ADD COLUMN notice TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS = [sqlite.statements(SCHEMA_V1), _notice_column]
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,13 @@ class Received:
     duplicate: int
     version: int
     changed: bool
+
+
+@dataclass(frozen=True)
+class Firing:
+    user: str
+    notice: str
+    reason: Reason
 
 
 @dataclass(frozen=True)
@@ -94,8 +109,9 @@ class Store:
                         if self._resolved(key[0], key[1]):
                             continue  # its resolution overtook it
                         self.db.execute(
-                            "INSERT OR REPLACE INTO firing VALUES (?, ?, ?, ?)",
-                            (key[0], key[1], alert.user, reason.model_dump_json()))
+                            "INSERT OR REPLACE INTO firing VALUES (?, ?, ?, ?, ?)",
+                            (key[0], key[1], alert.user, reason.model_dump_json(),
+                             alert.notice))
                     else:
                         self.db.execute("DELETE FROM firing WHERE fingerprint = ? AND "
                                         "starts_at <= ?", key[:2])
@@ -123,6 +139,14 @@ class Store:
         for user, raw in self.db.execute("SELECT user, reason FROM firing"):
             reasons[user].append(Reason.model_validate_json(raw))
         return {user: combine(rs) for user, rs in sorted(reasons.items())}
+
+    def firing(self) -> list[Firing]:
+        """Every firing alert with the notice it belongs to, oldest first."""
+        with self._lock:
+            rows = self.db.execute("SELECT user, notice, reason, starts_at FROM firing "
+                                   "ORDER BY starts_at, fingerprint").fetchall()
+        return [Firing(user, notice or Reason.model_validate_json(raw).alert,
+                       Reason.model_validate_json(raw)) for user, notice, raw, _ in rows]
 
     def _audit(self, at: float, user: str, alert: str, action: str, node: str, result: str,
                detail: str, report_id: str | None = None) -> None:

@@ -7,6 +7,7 @@
   gpuacct reservations                   yours
   gpuacct release [ID]                   end a reservation or queued request (all of yours)
   gpuacct run -- CMD...                  run CMD on the GPUs you reserved on this node
+  gpuacct web                            a one-time link that logs you in to your web page
 
 Durations: 90s, 30m, 2h, 1d, 1h30m. Who you are is what the kernel tells this node's gpuacct
 daemon about your connection; nothing you type can change it.
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("id", type=_id, nargs="?", help="default: every one of yours")
     run = sub.add_parser("run", help="run a command on your reserved GPUs here")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    sub.add_parser("web", help="a one-time link to your web page, no password")
     return parser
 
 
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             print(ask(path, {"op": "release", "id": args.id}).text)
         elif args.command == "run":
             return _run(path, args.cmd)
+        elif args.command == "web":
+            print(ask(path, {"op": "login"}).text)
     except UsageError as exc:
         _fail(str(exc), 2)
     return 0

@@ -25,8 +25,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from gpuacct import http
-from gpuacct.allocation import ALLOCATION_PATH, Answer, Ask, Caller, Forwarded
+from gpuacct.allocation import ALLOCATION_PATH, Answer, Ask, Caller, Forwarded, Login
 from gpuacct.config import describe_error
+from gpuacct.login import LOGIN_PATH
 from gpuacct.policy import NodeGpu
 from gpuacct.signed_http import ExchangeError, exchange
 from gpuacct.signing import Verifier
@@ -63,8 +64,9 @@ class Forwarder:
             return {"error": f"bad request: {problems}", "kind": "refused"}
         forwarded = Forwarded(caller=Caller(node=self.node, uid=uid, user=user), ask=ask,
                               gpus=self.gpus())
+        path = LOGIN_PATH if isinstance(ask, Login) else ALLOCATION_PATH
         try:
-            body = exchange(self.url, "POST", ALLOCATION_PATH,
+            body = exchange(self.url, "POST", path,
                             forwarded.model_dump_json().encode(), self.key, self.verifier,
                             self.timeout)
             answer = Answer.model_validate_json(body)

@@ -52,7 +52,13 @@ class Show(Model):
     op: Literal["queue", "reservations"]
 
 
-Ask = Annotated[Reserve | Release | Show, Field(discriminator="op")]
+class Login(Model):
+    """`gpuacct web`: a one-time link to the caller's page (gpuacct.login), not an allocation."""
+
+    op: Literal["login"]
+
+
+Ask = Annotated[Reserve | Release | Show | Login, Field(discriminator="op")]
 
 
 class Caller(Model):

@@ -378,6 +378,44 @@ class WebAdministrator(Section):
         return self
 
 
+class LdapSettings(Section):
+    """Logins checked by binding to the site's directory as the user (ldap3)."""
+
+    url: str  # ldap://host:389 or ldaps://host:636
+    user_dn: str = "uid={user},ou=people,dc=example,dc=org"  # the DN a user binds as
+    start_tls: bool = False
+    timeout_seconds: PositiveFloat = 5.0
+    mail_attribute: str = "mail"  # the user's address for notices, read at login
+    groups_base: str | None = None  # where the groups of `roles` are
+    # A member (memberUid or member) of one of these groups logs in with its role.
+    roles: dict[str, Literal["admin", "finance"]] = {}
+
+    @model_validator(mode="after")
+    def _user_in_dn(self) -> LdapSettings:
+        if "{user}" not in self.user_dn:
+            raise ValueError("user_dn must contain {user}, e.g. uid={user},ou=people,dc=...")
+        if not re.match(r"^ldaps?://", self.url):
+            raise ValueError("url must start with ldap:// or ldaps://")
+        if self.roles and not self.groups_base:
+            raise ValueError("roles need groups_base, where the groups are")
+        return self
+
+
+class PamSettings(Section):
+    """Logins checked by PAM with the control host's own accounts (python-pam)."""
+
+    service: str = "login"
+
+
+class WebAuthSettings(Section):
+    """How users log in to the web page themselves (administrators: web.administrators)."""
+
+    ldap: LdapSettings | None = None
+    pam: PamSettings | None = None
+    # `gpuacct web` on a node prints a one-time link, valid this long.
+    link_seconds: Annotated[float, Field(gt=0, le=86400)] = 600.0
+
+
 class WebSettings(Section):
     """gpuacct-web: reads the billing ledger (billing.ledger), posts recharges into it."""
 
@@ -385,15 +423,43 @@ class WebSettings(Section):
     prometheus_url: str = "http://127.0.0.1:19090"  # burn rates
     enforcer_url: str | None = None  # what is enforced and why (with auth.webhook_token)
     session_secret: Secret | None = None  # signs session cookies; none: new on every start
-    # Users reach their own page through a reverse proxy that authenticates them and sets
-    # `user_header`; the header is believed only from these addresses.
-    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    # The page's address as users reach it: the one-time links and the notices point there.
+    public_url: str | None = None
+    # A reverse proxy that authenticates users may name them in `user_header`; the header is
+    # believed only from these addresses, and from none unless set.
+    trusted_proxies: list[str] = []
     user_header: str = "X-Remote-User"
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     login_failures_per_minute: Annotated[int, Field(ge=1)] = 5
     # Named administrators with roles, by login name; auth.admin_password_hash is the one
     # called "admin", with the admin role.
     administrators: dict[AccountName, WebAdministrator] = {}
+    auth: WebAuthSettings = WebAuthSettings()
+
+
+class NoticeChannel(Section):
+    """Where notices go: an Apprise URL (mailto://, json://, slack://, feishu://, wecombot://,
+    dingtalk://, ...) in which {user} and {address} are replaced for each user."""
+
+    url: Secret  # may hold a password: mailto://user:pass@smtp.example.org
+    address: str | None = None  # the user's {address} unless they set one: "{user}@example.org"
+
+
+class NotificationSettings(Section):
+    """Notices to users by e-mail and chat, sent by gpuacct-enforcer through Apprise."""
+
+    channels: dict[AccountName, NoticeChannel] = {}
+    default_channels: list[str] | None = None  # a user's channels unless they choose; none: all
+    per_user_per_hour: Annotated[int, Field(ge=1)] = 20  # more wait for the next hour
+    retry_max_seconds: PositiveFloat = 600.0  # failures retried with backoff up to this
+    check_interval_seconds: PositiveFloat = 2.0
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> NotificationSettings:
+        unknown = set(self.default_channels or ()) - set(self.channels)
+        if unknown:
+            raise ValueError(f"default_channels names no channel: {', '.join(sorted(unknown))}")
+        return self
 
 
 class ClientSettings(Section):
@@ -429,6 +495,7 @@ class Settings(Section):
     web: WebSettings = WebSettings()
     client: ClientSettings = ClientSettings()
     auth: AuthSettings = AuthSettings()
+    notifications: NotificationSettings = NotificationSettings()
     stack: StackSettings = StackSettings()
 
 

@@ -67,6 +67,7 @@ class Stack:
             "enforcer": {"listen_address": f"{host}:{s.enforcer_port}",
                          "database": str(d / "enforcer" / "enforcer.sqlite3"),
                          "nodes": [f"http://{host}:{s.exporter_port}"]},
+            "web": {"public_url": f"http://{host}:{s.web_port}"},  # `gpuacct web`'s links
             "auth": auth,
         })
         self._started(enforcer, f"http://{host}:{s.enforcer_port}/docs")
@@ -102,7 +103,8 @@ class Stack:
             "billing": {"ledger": str(d / "billing" / "ledger.sqlite3")},
             "web": {"listen_address": f"{host}:{s.web_port}",
                     "prometheus_url": f"http://{host}:{s.prometheus_port}",
-                    "enforcer_url": f"http://{host}:{s.enforcer_port}"},
+                    "enforcer_url": f"http://{host}:{s.enforcer_port}",
+                    "public_url": f"http://{host}:{s.web_port}"},
             "auth": {**auth, "admin_password_hash": hash_password(
                 password.read_text(encoding="utf-8").strip())},
         }, ready_path="/-/healthy")

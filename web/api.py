@@ -14,7 +14,7 @@ from billing_engine.ledger import Posting
 from gpuacct.allocation import Entry
 from web import prices
 from web.actions import Refused, post_money
-from web.deps import Admin, Ctx, Finance, Staff, Who, check_csrf, may_see, visible
+from web.deps import Admin, Ctx, Finance, Someone, Staff, Who, check_csrf, may_see, visible
 from web.live import NodeRow
 from web.prices import PriceEntry, PriceIn
 from web.queries import Transaction
@@ -93,7 +93,7 @@ def adjust(ctx: Ctx, who: Finance, user: str, body: MoneyIn,
 
 
 @router.get("/prices", tags=["prices"])
-def price_history(ctx: Ctx, who: Finance) -> list[PriceEntry]:
+def price_history(ctx: Ctx, who: Someone) -> list[PriceEntry]:
     return prices.history(ctx)
 
 

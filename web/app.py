@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from billing_engine.ledger import SqliteLedgerReader
 from gpuacct.config import Settings, describe_error
-from web import api, ledger_pages, pages
+from web import api, ledger_pages, pages, people
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
 from web.fragments import Fragments
@@ -45,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
     app.include_router(pages.router)
     app.include_router(ledger_pages.router)
+    app.include_router(people.router)
     app.include_router(api.router)
 
     @app.exception_handler(HTTPException)

@@ -1,5 +1,6 @@
-"""Who is asking: an administrator (password login, signed session cookie, CSRF token) or a
-user named by a trusted reverse proxy's header. Nobody else sees anything."""
+"""Who is asking: an administrator (password login, signed session cookie, CSRF token), a user
+logged in (a one-time link from a node, the site's directory, PAM) or named by a trusted
+reverse proxy's header. Nobody else sees anything."""
 
 from __future__ import annotations
 
@@ -68,10 +69,14 @@ class Sessions:
     def __init__(self, secret: str) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="gpuacct-session")
 
-    def new(self, admin: str | None) -> tuple[str, str]:
-        """(cookie value, csrf token) for the administrator `admin` (None: nobody yet)."""
+    def new(self, admin: str | None = None, user: str | None = None,
+            role: Role | None = None) -> tuple[str, str]:
+        """(cookie value, csrf token) for the administrator `admin` and/or the user `user`
+        (neither: nobody yet). `role`: one the directory granted at login, kept in the
+        session, as the directory is not asked at every request."""
         csrf = secrets.token_urlsafe(24)
-        return self._serializer.dumps({"name": admin, "csrf": csrf}), csrf
+        return self._serializer.dumps({"name": admin, "user": user, "role": role,
+                                       "csrf": csrf}), csrf
 
     def read(self, cookie: str | None) -> dict[str, object] | None:
         if not cookie:

@@ -62,18 +62,25 @@ Ctx = Annotated[Context, Depends(context)]
 
 def viewer(request: Request, ctx: Ctx) -> Viewer:
     session = ctx.sessions.read(request.cookies.get(SESSION_COOKIE)) or {}
-    user = None
     web = ctx.settings.web
     client = request.client.host if request.client else ""
-    if client in web.trusted_proxies:
-        user = request.headers.get(web.user_header) or None
+    kept = session.get("user")
+    user = kept if isinstance(kept, str) else None
+    if client in web.trusted_proxies and request.headers.get(web.user_header):
+        user = request.headers[web.user_header]  # the proxy says who is asking now
     name = session.get("name")
     found = ctx.administrator(name) if isinstance(name, str) else None
+    granted = session.get("role")
+    if found is None and isinstance(name, str) and granted in DIRECTORY_ROLES:
+        found = (granted, frozenset(), "")  # type: ignore[assignment]  # checked just above
     csrf = str(session.get("csrf", ""))
     if found is None:  # not logged in, or no longer an administrator
         return Viewer(admin=False, user=user, csrf=csrf)
     role, manages, _ = found
     return Viewer(admin=True, user=user, csrf=csrf, name=str(name), role=role, manages=manages)
+
+
+DIRECTORY_ROLES = ("admin", "finance")  # what a directory group may grant (web.auth.ldap)
 
 
 Who = Annotated[Viewer, Depends(viewer)]
@@ -95,6 +102,15 @@ def _needs(roles: tuple[Role, ...], what: str) -> Callable[[Viewer], Viewer]:
 Admin = Annotated[Viewer, Depends(_needs(("admin",), "this page"))]
 Finance = Annotated[Viewer, Depends(_needs(MONEY, "money, prices, exports and the audit"))]
 Staff = Annotated[Viewer, Depends(_needs(("admin", "finance", "manager"), "this page"))]
+
+
+def _someone(who: Who) -> Viewer:
+    if who.user is None and who.role is None:
+        raise HTTPException(403, "log in first: /login, or `gpuacct web` on a node")
+    return who
+
+
+Someone = Annotated[Viewer, Depends(_someone)]  # any user or administrator logged in
 
 
 def check_csrf(who: Viewer, token: str | None) -> None:

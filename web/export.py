@@ -12,8 +12,12 @@ from fastapi.responses import Response
 from billing_engine.ledger import Export, export
 from web.deps import Context
 
+USER_COLUMN = {"usage": 2, "transactions": 2, "waste": 1}  # the user, or the account
 
-def csv_response(ctx: Context, what: str, start_text: str, end_text: str) -> Response:
+
+def csv_response(ctx: Context, what: str, start_text: str, end_text: str,
+                 user: str | None = None) -> Response:
+    """`user`: only that user's usage and waste, and their own account's transactions."""
     if what not in get_args(Export):
         raise HTTPException(404, "export usage.csv, transactions.csv or waste.csv")
     kind = cast(Export, what)
@@ -24,7 +28,11 @@ def csv_response(ctx: Context, what: str, start_text: str, end_text: str) -> Res
     if end <= start:
         raise HTTPException(400, f"to={end_text} is not after from={start_text}")
     out = io.StringIO()
-    export.write_csv(out, kind, ctx.view.reader.export_rows(kind, start, end))
-    name = f"gpuacct-{what}-{start_text}-{end_text}.csv".replace(":", "")
+    rows = ctx.view.reader.export_rows(kind, start, end)
+    if user is not None:
+        rows = (r for r in rows if r[USER_COLUMN[kind]] == user)
+    export.write_csv(out, kind, rows)
+    whose = f"{user}-" if user else ""
+    name = f"gpuacct-{whose}{what}-{start_text}-{end_text}.csv".replace(":", "")
     return Response(out.getvalue().encode("utf-8"), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

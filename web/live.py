@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -54,8 +54,16 @@ class NodeRow(BaseModel, frozen=True):
     name: str | None = None  # as reservations name the node (gpuacct_node_info)
 
 
-class AllocationRefused(Exception):
-    """The enforcer refused a release or cancel, or could not be asked; str() says why."""
+class EnforcerRefused(Exception):
+    """The enforcer refused a change (a release, a cancel, a link, a notice setting), or could
+    not be asked; str() says why. `status`: its HTTP status, None when it was not reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+AllocationRefused = EnforcerRefused
 
 
 @dataclass(frozen=True)
@@ -138,19 +146,36 @@ class Live:
         return self._change(CANCEL_PATH, Cancel(id=id, admin=admin, reason=reason))
 
     def _change(self, path: str, body: BaseModel) -> str:
+        try:
+            text: str = self.call("POST", path, body)["text"]
+        finally:
+            self._memo.forget("reservations")
+        return text
+
+    def call(self, method: str, path: str, body: BaseModel | None = None) -> Any:
+        """One request to the enforcer with the bearer token; its JSON answer."""
         if not self.enforcer_url or not self.token:
-            raise AllocationRefused("web.enforcer_url and auth.webhook_token are needed")
+            raise EnforcerRefused("web.enforcer_url and auth.webhook_token are needed")
         url = self.enforcer_url.rstrip("/") + path
         try:
-            answer = http.request("POST", url, TIMEOUT_SECONDS, body.model_dump_json().encode(),
+            answer = http.request(method, url, TIMEOUT_SECONDS,
+                                  body.model_dump_json().encode() if body else None,
                                   {"Authorization": f"Bearer {self.token}",
                                    "Content-Type": "application/json"})
         except http.HttpError as exc:
-            raise AllocationRefused(http.detail(exc.reason) if exc.status else str(exc)) from None
-        finally:
-            self._memo.forget("reservations")
-        text: str = json.loads(answer.body)["text"]
-        return text
+            raise EnforcerRefused(http.detail(exc.reason) if exc.status else
+                                  f"the enforcer cannot be reached: {exc}", exc.status) from None
+        return json.loads(answer.body)
+
+    # -- a user's notice settings, kept by the enforcer's notifier
+    def notice_choice(self, user: str) -> Answer[dict[str, Any] | None] | None:
+        """None where no enforcer is configured (no notices either)."""
+        if not self.enforcer_url:
+            return None
+        try:
+            return Answer(self.call("GET", f"/v1/notices/settings/{user}"))
+        except EnforcerRefused as exc:
+            return Answer(None, f"notice settings unknown: {exc}")
 
     # -- nodes: up, their GPUs, who is on them
     def nodes(self) -> Answer[list[NodeRow]]:

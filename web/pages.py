@@ -15,13 +15,26 @@ from fastapi.templating import Jinja2Templates
 
 from billing_engine.ledger import LedgerError, Posting, SchemaError, week_start
 from billing_engine.ledger.export import parse_time
+from gpuacct.notices import LearnedAddress
 from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
-from web import export, prices
+from web import directory, export, prices
 from web.actions import Refused, post_money
 from web.auth import LEGACY_ADMIN, SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
-from web.deps import Admin, Ctx, Finance, Staff, Who, check_csrf, fmt, may_see, visible, when
-from web.live import AllocationRefused
+from web.deps import (
+    Admin,
+    Context,
+    Ctx,
+    Finance,
+    Staff,
+    Who,
+    check_csrf,
+    fmt,
+    may_see,
+    visible,
+    when,
+)
+from web.live import AllocationRefused, EnforcerRefused
 from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
@@ -74,16 +87,39 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
                       error="too many failed logins: wait a minute")
     name = name.strip() or LEGACY_ADMIN  # the one password of before had no name
     found = ctx.administrator(name)
-    if found is None or not verify_password(password, found[2]):
+    if found is not None and verify_password(password, found[2]):
+        _audit(ctx, f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
+        return _logged_in(ctx.sessions.new(name)[0], "/admin")
+    person = None
+    if found is None and (ctx.settings.web.auth.ldap or ctx.settings.web.auth.pam):
+        try:
+            person = directory.check(ctx.settings.web.auth, name, password)
+        except directory.DirectoryUnreachable as exc:
+            return render(request, "login.html", 503, csrf=who.csrf,
+                          error=f"{exc}: try again later")
+    if person is None:
         ctx.limiter.failed(client)
-        with contextlib.suppress(LedgerError, SchemaError):  # the answer does not wait on it
-            ctx.writer().audit(f"web client {client}", "login.failed", name)
+        _audit(ctx, f"web client {client}", "login.failed", name)
         return render(request, "login.html", 401, csrf=who.csrf,
                       error="wrong name or password")
-    with contextlib.suppress(LedgerError, SchemaError):
-        ctx.writer().audit(f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
-    cookie, _ = ctx.sessions.new(name)  # a new session (and token) on login
-    response = RedirectResponse("/admin", status_code=303)
+    _audit(ctx, f"{name} (web)", "login", name,
+           f"from {client}, through {person.via}" + (f", as {person.role}" if person.role else ""))
+    if person.mail:
+        with contextlib.suppress(EnforcerRefused):  # the login does not wait on notices
+            ctx.live.call("POST", f"/v1/notices/settings/{name}/learned",
+                          LearnedAddress(address=person.mail))
+    cookie, _ = ctx.sessions.new(name if person.role else None, user=name, role=person.role)
+    return _logged_in(cookie, "/admin" if person.role else f"/users/{name}")
+
+
+def _audit(ctx: Context, actor: str, action: str, subject: str, detail: str = "") -> None:
+    with contextlib.suppress(LedgerError, SchemaError):  # the answer does not wait on it
+        ctx.writer().audit(actor, action, subject, detail)
+
+
+def _logged_in(cookie: str, target: str) -> RedirectResponse:
+    """A new session (and CSRF token) on every login."""
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
                         max_age=SESSION_SECONDS)
     return response
@@ -131,7 +167,12 @@ def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0
     reservations = ctx.live.reservations()
     mine = [e for e in (reservations.value.entries if reservations.value else ())
             if e.user == user]
+    today = time.gmtime()
     response = render(request, "user.html", status=400 if error else 200, who=who,
+                      notices=ctx.live.notice_choice(user)
+                      if who.user == user or who.role == "admin" else None,
+                      month_start=time.strftime("%Y-%m-01", today),
+                      tomorrow=time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400)),
                       user=user, account=account, history=history,
                       members=ctx.view.members(account.user) if account.kind == "group" else [],
                       message=message, error=error,

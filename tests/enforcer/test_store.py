@@ -46,5 +46,5 @@ def test_a_store_from_before_schema_versions_opens_with_its_policy(tmp_path: Pat
     store.close()
     reopened = Store(path)
     assert [e.detail for e in reopened.audit()] == ["pid 1"]
-    assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == 2
     reopened.close()

@@ -25,10 +25,13 @@ PASSWORD = "correct horse battery"
 NOW = time.time()
 
 
-def fill_ledger(path: Path, users: int = 3, windows: int = 5) -> None:
-    """Accounts alice, bob, carol... with `windows` billed minutes of usage each."""
+def fill_ledger(path: Path, users: int = 3, windows: int = 5,
+                names: list[str] | None = None) -> None:
+    """Accounts alice, bob, carol... (or `names`) with `windows` billed minutes of usage
+    each."""
     ledger = Ledger(path)
-    names = ["alice", "bob", "carol", *[f"user{i:04d}" for i in range(3, users)]][:users]
+    names = names or ["alice", "bob", "carol",
+                      *[f"user{i:04d}" for i in range(3, users)]][:users]
     ends = [int(NOW // 60 * 60) - 60 * (windows - w) for w in range(windows)]
     cost = {name: Decimal("0.123457") * (i + 1) for i, name in enumerate(names)}
     with forge(ledger) as db:  # the windows' usage lines, as an engine billed them
@@ -79,18 +82,25 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     started: list[ManagedProcess] = []
 
     def start(users: int = 3, windows: int = 5, auth: dict[str, str] | None = None,
-              **web: object) -> Web:
-        ledger = tmp_path / "ledger.sqlite3"
-        fill_ledger(ledger, users, windows)
-        port = free_port()
-        config = tmp_path / "gpuacct.yaml"
+              names: list[str] | None = None, port: int | None = None, **web: object) -> Web:
+        d = tmp_path / f"web-{len(started)}" if started else tmp_path  # a second one
+        d.mkdir(exist_ok=True)
+        ledger = d / "ledger.sqlite3"
+        fill_ledger(ledger, users, windows, names)
+        # Most tests name their user with the proxy's header, from this host; None: the
+        # default, which believes no header.
+        web.setdefault("trusted_proxies", ["127.0.0.1", "::1"])
+        if web["trusted_proxies"] is None:
+            del web["trusted_proxies"]
+        port = port or free_port()
+        config = d / "gpuacct.yaml"
         config.write_text(yaml.safe_dump({
             "billing": {"ledger": str(ledger)},
             "web": {"session_secret": "s3cret-for-tests", **web},
             "auth": {"admin_password_hash": hash_password(PASSWORD), **(auth or {})}}))
         proc = ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config),
                                       "run", "--web.listen-address", f"127.0.0.1:{port}"],
-                              tmp_path / "web.log", f"http://127.0.0.1:{port}/-/healthy")
+                              d / "web.log", f"http://127.0.0.1:{port}/-/healthy")
         started.append(proc)
         RUNNING.append(proc)
         return Web(proc.start().wait_ready(), f"http://127.0.0.1:{port}", ledger)

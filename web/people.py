@@ -1,0 +1,82 @@
+"""Pages for users themselves: the one-time link from a node, their notice settings, the
+prices, and their own usage and transactions as CSV."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from billing_engine.ledger import LedgerError, SchemaError
+from gpuacct.login import LINK_PATH, REDEEM_PATH, Redeem, Redeemed
+from gpuacct.notices import NoticeChoice
+from web import export, prices
+from web.auth import SESSION_COOKIE, SESSION_SECONDS
+from web.deps import Ctx, Someone, Who, check_csrf, may_see
+from web.live import EnforcerRefused
+from web.pages import render
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get(LINK_PATH + "{token}")
+def link(request: Request, ctx: Ctx, token: str) -> Response:
+    """A link `gpuacct web` printed: a session for its user, once."""
+    try:
+        asked = Redeem(token=token)
+    except ValidationError:
+        raise HTTPException(410, "this is not a link gpuacct gave: run `gpuacct web` on a node "
+                                 "for a new one") from None
+    try:
+        who = Redeemed.model_validate(ctx.live.call("POST", REDEEM_PATH, asked))
+    except EnforcerRefused as exc:
+        if exc.status is None or exc.status >= 500:
+            raise HTTPException(503, f"logins by link are unavailable now: {exc}") from None
+        raise HTTPException(410, str(exc)) from None
+    client = request.client.host if request.client else ""
+    with contextlib.suppress(LedgerError, SchemaError):
+        ctx.writer().audit(f"{who.user} (web)", "login", who.user,
+                           f"from {client}, through a link from {who.node}")
+    cookie, _ = ctx.sessions.new(user=who.user)
+    response = RedirectResponse(f"/users/{who.user}", status_code=303)
+    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
+                        max_age=SESSION_SECONDS)
+    return response
+
+
+@router.post("/users/{user}/notices")
+def choose_notices(ctx: Ctx, who: Who, user: str, csrf: Annotated[str, Form()] = "",
+                   address: Annotated[str, Form(max_length=254)] = "",
+                   channels: Annotated[list[str] | None, Form()] = None) -> Response:
+    """A user's own address and channels; nobody else's, except by an admin."""
+    if who.user != user and who.role != "admin":
+        raise HTTPException(403, "you may change only your own notices")
+    check_csrf(who, csrf)
+    try:
+        choice = NoticeChoice(address=address.strip() or None, channels=channels or [])
+    except ValidationError:
+        raise HTTPException(400, f"address {address!r}: expected one address, such as "
+                                 "alice@example.org") from None
+    try:
+        ctx.live.call("PUT", f"/v1/notices/settings/{user}", choice)
+    except EnforcerRefused as exc:
+        raise HTTPException(400 if exc.status == 400 else 503,
+                            f"notice settings not saved: {exc}") from None
+    return RedirectResponse(f"/users/{user}?message=notice+settings+saved", status_code=303)
+
+
+@router.get("/prices")
+def prices_for_everyone(request: Request, ctx: Ctx, who: Someone) -> HTMLResponse:
+    return render(request, "prices.html", who=who, history=prices.history(ctx), message=None,
+                  error=None, form={})
+
+
+@router.get("/users/{user}/export/{what}.csv")
+def own_csv(ctx: Ctx, who: Who, user: str, what: str,
+            start: Annotated[str, Query(alias="from")],
+            end: Annotated[str, Query(alias="to")]) -> Response:
+    may_see(who, user, ctx)
+    return export.csv_response(ctx, what, start, end, user=user)
