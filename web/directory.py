@@ -3,6 +3,7 @@ host's accounts (PAM). gpuacct keeps no user password; each check asks the direc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import ldap3
@@ -43,10 +44,10 @@ def check(settings: WebAuthSettings, user: str, password: str) -> DirectoryLogin
 
 
 def _ldap(settings: LdapSettings, user: str, password: str) -> DirectoryLogin | None:
-    server = ldap3.Server(settings.url, connect_timeout=settings.timeout_seconds)
+    timeout = max(1, math.ceil(settings.timeout_seconds))  # ldap3 sets whole seconds
+    server = ldap3.Server(settings.url, connect_timeout=timeout)
     dn = settings.user_dn.replace("{user}", escape_rdn(user))
-    conn = ldap3.Connection(server, user=dn, password=password,
-                            receive_timeout=settings.timeout_seconds)
+    conn = ldap3.Connection(server, user=dn, password=password, receive_timeout=timeout)
     try:
         conn.open()
         if settings.start_tls:

@@ -82,7 +82,11 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     started: list[ManagedProcess] = []
 
     def start(users: int = 3, windows: int = 5, auth: dict[str, str] | None = None,
-              names: list[str] | None = None, port: int | None = None, **web: object) -> Web:
+              names: list[str] | None = None, port: int | None = None,
+              web_auth: dict[str, object] | None = None, **web: object) -> Web:
+        """`auth`: the top-level section (secrets); `web_auth`: web.auth (LDAP, PAM)."""
+        if web_auth is not None:
+            web["auth"] = web_auth
         d = tmp_path / f"web-{len(started)}" if started else tmp_path  # a second one
         d.mkdir(exist_ok=True)
         ledger = d / "ledger.sqlite3"

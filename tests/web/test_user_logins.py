@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Browser, expect, sync_playwright
 
+from billing_engine.ledger import Ledger
 from stack.process import free_port
 from tests.fixtures.enforcement import TOKEN, Cluster
+from tests.fixtures.ldap import Slapd
 from tests.fixtures.users import UnixUser
 from tests.web.conftest import Web
 from tests.web.test_browser import CHROMIUM, SCREENSHOTS
@@ -154,3 +157,68 @@ def test_a_user_logs_in_with_a_link_from_their_node(
                           text=True, timeout=30)
     reply = json.loads(done.stdout)
     assert reply["kind"] == "refused" and "unknown key" in reply["error"], reply
+
+
+def log_in(web: Web, name: str, password: str) -> tuple[requests.Session, requests.Response]:
+    session = requests.Session()
+    page = session.get(f"{web.url}/login", timeout=10).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    answer = session.post(f"{web.url}/login", timeout=30,
+                          data={"name": name, "password": password, "csrf": csrf})
+    return session, answer
+
+
+def test_users_log_in_with_the_sites_directory(
+        start_web: Callable[..., Web], slapd: Slapd, cluster: Cluster) -> None:
+    enforcer = cluster.enforcer([], sections={"notifications": {"channels": {
+        "email": {"url": "mailto://127.0.0.1:25?from=gpuacct@example.org&to={address}"}}}})
+    web = start_web(names=["ada", "ben"], trusted_proxies=None, enforcer_url=enforcer.url,
+                    auth={"webhook_token": TOKEN}, web_auth={"ldap": {
+                        "url": slapd.url, "user_dn": "uid={user},ou=people,dc=example,dc=org",
+                        "groups_base": "ou=groups,dc=example,dc=org",
+                        "roles": {"gpu-admins": "admin"}, "timeout_seconds": 2}})
+    ada, answer = log_in(web, "ada", "ada-password")
+    assert answer.status_code == 200 and answer.url == f"{web.url}/users/ada", answer.text
+    assert ada.get(f"{web.url}/users/ben", timeout=10).status_code == 403
+    assert ada.get(f"{web.url}/admin", timeout=10).status_code == 403
+    # Her address for notices came from the directory's `mail`.
+    assert enforcer.get("/v1/notices/settings/ada")["address"] == "ada@example.org"
+    # ben is in gpu-admins: the directory makes him an administrator.
+    ben, answer = log_in(web, "ben", "ben-password")
+    assert answer.status_code == 200 and answer.url == f"{web.url}/admin", answer.text
+    assert ben.get(f"{web.url}/users/ada", timeout=10).status_code == 200
+
+    # A wrong password is refused, and after five in a minute every try is.
+    for _ in range(5):
+        assert log_in(web, "ada", "wrong")[1].status_code == 401
+    _, answer = log_in(web, "ada", "ada-password")
+    assert answer.status_code == 429 and "too many failed logins" in answer.text
+    audit = Ledger(web.ledger).audit_entries(0)
+    assert sum(e.action == "login.failed" for e in audit) == 5
+    assert any(e.action == "login" and "through ldap, as admin" in e.detail for e in audit)
+
+    # The directory away: a page that says so, not a 500.
+    slapd.stop()
+    web.process.stop()
+    web = start_web(names=["ada"], trusted_proxies=None, web_auth={"ldap": {
+        "url": slapd.url, "timeout_seconds": 2}})
+    _, answer = log_in(web, "ada", "ada-password")
+    assert answer.status_code == 503, answer.text
+    assert f"the directory at {slapd.url} cannot be reached" in answer.text
+
+
+def test_a_local_user_logs_in_with_pam(start_web: Callable[..., Web],
+                                       test_users: dict[str, UnixUser]) -> None:
+    carol = test_users["carol"]
+    subprocess.run(["chpasswd"], input=f"{carol.name}:pam-password-42\n", text=True, check=True)
+    try:
+        web = start_web(names=[carol.name], trusted_proxies=None,
+                        web_auth={"pam": {"service": "login"}})
+        session, answer = log_in(web, carol.name, "pam-password-42")
+        assert answer.status_code == 200 and answer.url == f"{web.url}/users/{carol.name}", \
+            answer.text
+        assert session.get(f"{web.url}/users/{carol.name}", timeout=10).status_code == 200
+        _, answer = log_in(web, carol.name, "not-her-password")
+        assert answer.status_code == 401
+    finally:
+        subprocess.run(["passwd", "-d", carol.name], check=True, capture_output=True)
