@@ -188,15 +188,19 @@ class Notices:
             rows = self.db.execute(
                 "SELECT id, event, channel, user, address, subject, body, attempts FROM outbox "
                 "WHERE sent IS NULL AND due <= ? ORDER BY id LIMIT ?", (now, limit)).fetchall()
-        cap = self.settings.per_user_per_hour
-        return [Row(*r) for r in rows if spent.get(r[3], 0) < cap
-                or self._event_started_sending(r[1])]
-
-    def _event_started_sending(self, event: str) -> bool:
-        """One event's other channels are not held back by the cap it counted against."""
-        with self._lock:
-            return self.db.execute("SELECT 1 FROM outbox WHERE event = ? AND sent IS NOT NULL",
-                                   (event,)).fetchone() is not None
+            started = {e for (e,) in self.db.execute(
+                "SELECT DISTINCT event FROM outbox WHERE sent IS NOT NULL AND event IN "
+                f"({','.join('?' * len(rows))})", [r[1] for r in rows])}
+        cap, chosen = self.settings.per_user_per_hour, []
+        for r in rows:
+            row = Row(*r)
+            if row.event not in started:  # an event counts once, on its first channel
+                if spent.get(row.user, 0) >= cap:
+                    continue
+                spent[row.user] = spent.get(row.user, 0) + 1
+                started.add(row.event)
+            chosen.append(row)
+        return chosen
 
     def sent(self, row: Row, now: float | None = None) -> None:
         with self._lock, sqlite.transaction(self.db):

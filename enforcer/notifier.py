@@ -76,7 +76,8 @@ class Notifier:
         if not sender.add(channel_url(template, row.user, row.address)):
             return f"notifications.channels.{row.channel}.url is not an Apprise URL"
         with apprise.LogCapture(level=logging.WARNING) as captured:  # type: ignore[no-untyped-call]
-            ok = sender.notify(title=row.subject, body=row.body)
+            ok = sender.notify(title=row.subject, body=row.body,
+                               body_format=apprise.NotifyFormat.TEXT)
         if ok:
             return None
         lines = [line.split(" - ", 2)[-1] for line in captured.getvalue().splitlines()]
