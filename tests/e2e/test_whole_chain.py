@@ -39,6 +39,7 @@ from tests.billing_engine.conftest import Rig
 from tests.fixtures import dashboards
 from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode
 from tests.fixtures.gpus import A100, RTX3090, device
+from tests.fixtures.notices import ChatReceiver, SmtpServer
 from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 from web.auth import hash_password
@@ -69,6 +70,8 @@ class Chain:
     say: Callable[[str], None]  # to the terminal, also when pytest captures output
     venv: Path  # gpuacct installed from a wheel, where the test users can run it
     user_socket: Path
+    smtp: SmtpServer  # where the notices by e-mail go
+    chat: ChatReceiver  # and those by chat
 
     def gpuacct(self, user: UnixUser, *args: str) -> str:
         """`gpuacct ARGS` run by `user` on the node."""
@@ -112,6 +115,7 @@ def step(chain: Chain, text: str, at: float, since: float | None = None,
 def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
           start_alertmanager: Callable[[dict[str, Any]], Server], influxdb: Server,
           test_users: dict[str, UnixUser], tmp_path: Path, installed_gpuacct: Path,
+          smtp_server: SmtpServer, chat_receiver: ChatReceiver,
           capsys: pytest.CaptureFixture[str]) -> Iterator[Chain]:
     sockets = Path(tempfile.mkdtemp(prefix="gpuacct-e2e-"))
     sockets.chmod(0o755)  # the test users reach the node's socket
@@ -121,7 +125,12 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
                                  device(2, name=RTX3090)],
                         cpu_limiter="auto", kill_grace_seconds=2,
                         user_socket=str(sockets / "user.sock"))
-    enforcer = cluster.enforcer([node], port=enforcer_port)
+    web_port = free_port()
+    enforcer = cluster.enforcer([node], port=enforcer_port, sections={
+        "web": {"public_url": f"http://127.0.0.1:{web_port}"},
+        "notifications": {"channels": {
+            "email": {"url": smtp_server.url(), "address": "{user}@example.org"},
+            "chat": {"url": chat_receiver.url()}}, "check_interval_seconds": 0.2}})
 
     token = tmp_path / "webhook-token"
     token.write_text(TOKEN)
@@ -159,7 +168,6 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
     }
     config_path = tmp_path / "gpuacct.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    web_port = free_port()
     services = [
         ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
                                    str(config_path), "run", "--web.listen-address",
@@ -180,7 +188,8 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
                 print(text, flush=True)
 
         yield Chain(node, prometheus, rig, enforcer.audit, f"http://127.0.0.1:{web_port}",
-                    time.time(), say, installed_gpuacct, sockets / "user.sock")
+                    time.time(), say, installed_gpuacct, sockets / "user.sock", smtp_server,
+                    chat_receiver)
     finally:
         for service in services:
             service.stop()
@@ -277,6 +286,7 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     time.sleep(3)  # a dozen sampling cycles: it is not stopped
     assert again.poll() is None
     step(chain, "a new GPU process of hers runs", time.time())
+    told_by_mail_and_chat(chain, alice, recharged)
 
     # The queue: carol reserves the spare RTX 3090, dave queues for it; carol releases and dave
     # is granted it within one push, and told on his terminals.
@@ -347,6 +357,42 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert Decimal(balances[alice]) == OPENING + 100 - costs[alice]
     step(chain, f"totals agree: alice {costs[alice]}, bob {costs[bob]}, "
                 f"carol {costs[carol.name]}, dave {costs[dave.name]}", influx)
+
+
+# The notices a balance drained to nothing and recharged is told in, by the summaries that
+# may head each (a tier's first alert names it).
+NOTICES = {
+    "warning": ("{u}'s balance is low",),
+    "limited": ("{u} may start no new GPU work", "{u}'s CPU is limited to 50%"),
+    "exhausted": ("{u}'s balance is exhausted: no new GPU work", "{u}'s CPU is limited to 10%"),
+    "kill notice": ("{u}'s GPU processes will be stopped in 10 minutes",),
+    "kill": ("{u}'s GPU processes are being stopped",),
+    "recharge": ("{u}'s account was recharged with 100.00",),
+}
+
+
+def told_by_mail_and_chat(chain: Chain, user: str, recharged: float) -> None:
+    """One e-mail and one chat message per tier, the kill notice, the kill and the recharge,
+    each with the balance and what to do."""
+    recharge = NOTICES["recharge"][0].format(u=user)
+    at = wait(lambda: any(m.subject == recharge for m in chain.smtp.to(f"{user}@example.org"))
+              and any(m["title"] == recharge for m in chain.chat.about(user)),
+              f"{user}'s recharge notice", 15)
+    step(chain, "alice got one e-mail and chat message per tier, kill, recharge", at,
+         recharged, "the recharge")
+    time.sleep(1)  # anything doubled would be here by now
+    mails, chats = chain.smtp.to(f"{user}@example.org"), chain.chat.about(user)
+    for notice, subjects in NOTICES.items():
+        heads = {s.format(u=user) for s in subjects}
+        assert sum(m.subject in heads for m in mails) == 1, (notice, [m.subject for m in mails])
+        assert sum(m["title"] in heads for m in chats) == 1, (notice, chats)
+    running_out = f"{user}'s balance runs out within the hour"  # may come first, once at most
+    assert len(mails) - sum(m.subject == running_out for m in mails) == len(NOTICES)
+    for mail in mails:
+        if mail.subject not in (recharge, running_out):
+            assert " left" in mail.body and "What to do:" in mail.body, mail
+            assert f"{chain.web_url}/users/{user}" in mail.body, mail
+    assert any("balance is" in m.body for m in mails if m.subject == recharge)
 
 
 def sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:

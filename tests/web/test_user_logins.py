@@ -7,6 +7,8 @@ user's page only; the link used twice, altered or expired is refused; root gets 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -127,6 +129,18 @@ def test_a_user_logs_in_with_a_link_from_their_node(
     assert answer is not None and answer.status == 403
     answer = page.goto(f"{web.url}/prices")  # users see the prices
     assert answer is not None and answer.status == 200
+    expect(page.locator("#prices")).to_contain_text("A100")
+    # ... and download their own usage and transactions, nobody else's.
+    span = "from=2020-01-01&to=2100-01-01"
+    for what, column in (("usage", "user"), ("transactions", "account")):
+        got = page.request.get(f"{web.url}/users/{alice.name}/export/{what}.csv?{span}")
+        assert got.status == 200, got.text()
+        rows = list(csv.DictReader(io.StringIO(got.text())))
+        assert rows and {r[column] for r in rows} == {alice.name}, (what, rows)
+        assert page.request.get(
+            f"{web.url}/users/{bob.name}/export/{what}.csv?{span}").status == 403
+    page.goto(f"{web.url}/users/{alice.name}")
+    expect(page.get_by_role("link", name="this month's usage (CSV)")).to_be_visible()
 
     # The same link again, from a fresh browser: refused.
     other = browser.new_page()
