@@ -74,7 +74,9 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
         if result.changed:
             log.info("policy %d: %s", result.version, store.policy.users)
             pusher.policy_changed()
-        if notices is not None and result.new and notices[0].alerts_changed(store.firing()):
+        users = {a.user for a in notification.alerts}
+        if notices is not None and result.new and notices[0].alerts_changed(
+                store.firing(users), users):
             notices[1].wake()
         return {"new": result.new, "duplicate": result.duplicate, "version": result.version}
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -72,13 +73,19 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     verifier = Verifier(key, settings.auth.max_clock_skew_seconds)
     registry = CollectorRegistry(auto_describe=False)
     pusher = Pusher(desired, key, verifier, settings.enforcer, registry)
-    allocator.on_change = pusher.policy_changed
     register_allocator_metrics(allocator, registry)
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)
     notices = Notices(settings.enforcer.database.with_name("notices.sqlite3"),
                       settings.notifications, settings.web.public_url)
     notifier = Notifier(notices, settings.notifications, registry)
+
+    def allocation_changed() -> None:
+        pusher.policy_changed()
+        if tell_allocations(allocator, notices):  # granted, expiring, idle: by mail too
+            notifier.wake()
+
+    allocator.on_change = allocation_changed
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
     app = create_app(desired, pusher, token, key, verifier, registry, links,
                      (notices, notifier))
@@ -99,6 +106,17 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     notices.close()
     log.info("stopped")
     return 0 if server.started else 1
+
+
+def tell_allocations(allocator: Allocator, notices: Notices) -> int:
+    """The allocator's notices to users (a grant, an expiry coming, an idle release), each
+    queued once by e-mail and chat as well as on the terminals; how many were new."""
+    new = 0
+    for n in allocator.store.notices():
+        digest = hashlib.sha256(n.text.encode()).hexdigest()[:12]
+        subject = n.text.splitlines()[0].removeprefix("gpuacct: ")[:200]
+        new += notices.told(f"allocation:{n.id}:{digest}", n.user, subject, n.text)
+    return new
 
 
 def _restriction(store: Store, user: str) -> str | None:

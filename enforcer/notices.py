@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from gpuacct.config import NotificationSettings
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS active (
     user TEXT NOT NULL, notice TEXT NOT NULL, event TEXT NOT NULL, since REAL NOT NULL,
+    alerts TEXT NOT NULL,  -- the alerts it was composed of, one a line
     PRIMARY KEY (user, notice)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -79,29 +80,37 @@ class Notices:
 
     # -- what users are owed --------------------------------------------------------------
 
-    def alerts_changed(self, firing: Iterable[Firing], now: float | None = None) -> int:
+    def alerts_changed(self, firing: Iterable[Firing], users: Collection[str] | None = None,
+                       now: float | None = None) -> int:
         """Events for the notices that started since the last call; the number of them. A
-        notice that ended may start again later, as a new event."""
+        notice that ended may start again later, as a new event. `users`: only theirs changed
+        (`firing` is then only theirs)."""
         now = time.time() if now is None else now
         notices: dict[tuple[str, str], list[Firing]] = defaultdict(list)
         for f in firing:
             notices[(f.user, f.notice)].append(f)
         started = 0
         with self._lock, sqlite.transaction(self.db):
-            active = {(u, n): e for u, n, e in self.db.execute(
-                "SELECT user, notice, event FROM active")}
+            only = "" if users is None else f" WHERE user IN ({','.join('?' * len(users))})"
+            active = {(u, n): (e, a) for u, n, e, a in self.db.execute(
+                "SELECT user, notice, event, alerts FROM active" + only, list(users or ()))}
             for key in active.keys() - notices.keys():
                 self.db.execute("DELETE FROM active WHERE user = ? AND notice = ?", key)
             for (user, notice), alerts in notices.items():
+                names = "\n".join(a.reason.alert for a in alerts)
+                event, told = active.get((user, notice), (None, None))
+                if told == names:
+                    continue  # on, as it was told
                 subject, body = self._compose(user, alerts)
-                event = active.get((user, notice))
                 if event is not None:  # still on: a later alert of it joins the unsent rows
                     self.db.execute("UPDATE outbox SET subject = ?, body = ? WHERE event = ? "
                                     "AND sent IS NULL", (subject, body, event))
+                    self.db.execute("UPDATE active SET alerts = ? WHERE user = ? AND "
+                                    "notice = ?", (names, user, notice))
                     continue
                 event = f"{notice}:{user}:{int(now * 1000)}"
-                self.db.execute("INSERT INTO active VALUES (?, ?, ?, ?)",
-                                (user, notice, event, now))
+                self.db.execute("INSERT INTO active VALUES (?, ?, ?, ?, ?)",
+                                (user, notice, event, now, names))
                 self._enqueue(event, user, subject, body, now)
                 started += 1
         return started

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,13 +140,18 @@ class Store:
             reasons[user].append(Reason.model_validate_json(raw))
         return {user: combine(rs) for user, rs in sorted(reasons.items())}
 
-    def firing(self) -> list[Firing]:
-        """Every firing alert with the notice it belongs to, oldest first."""
+    def firing(self, users: Collection[str] | None = None) -> list[Firing]:
+        """Every firing alert (of `users`) with the notice it belongs to, oldest first."""
+        only = "" if users is None else f"WHERE user IN ({','.join('?' * len(users))}) "
         with self._lock:
-            rows = self.db.execute("SELECT user, notice, reason, starts_at FROM firing "
-                                   "ORDER BY starts_at, fingerprint").fetchall()
-        return [Firing(user, notice or Reason.model_validate_json(raw).alert,
-                       Reason.model_validate_json(raw)) for user, notice, raw, _ in rows]
+            rows = self.db.execute(f"SELECT user, notice, reason, starts_at FROM firing {only}"
+                                   "ORDER BY starts_at, fingerprint", list(users or ())
+                                   ).fetchall()
+        found = []
+        for user, notice, raw, _ in rows:
+            reason = Reason.model_validate_json(raw)
+            found.append(Firing(user, notice or reason.alert, reason))
+        return found
 
     def _audit(self, at: float, user: str, alert: str, action: str, node: str, result: str,
                detail: str, report_id: str | None = None) -> None:

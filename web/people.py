@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from billing_engine.ledger import LedgerError, SchemaError
+from gpuacct.config import describe_error
 from gpuacct.login import LINK_PATH, REDEEM_PATH, Redeem, Redeemed
 from gpuacct.notices import NoticeChoice
 from web import export, prices
@@ -57,9 +58,12 @@ def choose_notices(ctx: Ctx, who: Who, user: str, csrf: Annotated[str, Form()] =
     check_csrf(who, csrf)
     try:
         choice = NoticeChoice(address=address.strip() or None, channels=channels or [])
-    except ValidationError:
-        raise HTTPException(400, f"address {address!r}: expected one address, such as "
-                                 "alice@example.org") from None
+    except ValidationError as exc:
+        if any(e["loc"][0] == "address" for e in exc.errors()):
+            raise HTTPException(400, f"address {address!r}: expected one address, such as "
+                                     "alice@example.org") from None
+        raise HTTPException(400, f"notice settings refused: {describe_error(exc.errors()[0])}"
+                            ) from None
     try:
         ctx.live.call("PUT", f"/v1/notices/settings/{user}", choice)
     except EnforcerRefused as exc:

@@ -307,6 +307,9 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
                           and "is granted" in e["detail"]
                           for e in chain.enforcer_audit(dave.name)), "dave to be told", 10)
     step(chain, "dave is told on his terminals", at, released, "the release")
+    at = wait(lambda: any("is granted" in m.subject for m in chain.smtp.to(
+        f"{dave.name}@example.org")), "dave's e-mail of the grant", 10)
+    step(chain, "... and by e-mail", at, released, "the release")
     time.sleep(5 * 2)  # five billing windows of dave's reserved time, used by nobody
     chain.gpuacct(dave, "release")
     step(chain, "dave releases: five windows of his idle reservation to be billed", time.time())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from playwright.sync_api import Browser, sync_playwright
 
 from billing_engine.ledger import Ledger
 from billing_engine.ledger.schema import sum_weeks
@@ -22,6 +24,7 @@ from tests.fixtures.servers import RUNNING
 from web.auth import hash_password
 
 PASSWORD = "correct horse battery"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NOW = time.time()
 
 
@@ -114,3 +117,25 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
         proc.stop()
         if proc in RUNNING:
             RUNNING.remove(proc)
+
+
+def proxied(user: str) -> requests.Session:
+    """A session that the proxy's header names `user` (the fixture trusts this host)."""
+    session = requests.Session()
+    session.headers["X-Remote-User"] = user
+    return session
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium through Playwright."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()

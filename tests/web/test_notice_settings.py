@@ -3,30 +3,16 @@ gpuacct-enforcer; a recharge in the web is told to its user once, by a real SMTP
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 
 import pytest
-import requests
 
 from tests.fixtures.enforcement import TOKEN, Cluster
 from tests.fixtures.notices import ChatReceiver, SmtpServer
-from tests.web.conftest import Web
+from tests.web.conftest import Web, csrf_of, proxied
 
 pytestmark = [pytest.mark.integration]
-
-
-def proxied(user: str) -> requests.Session:
-    session = requests.Session()
-    session.headers["X-Remote-User"] = user
-    return session
-
-
-def csrf_of(page: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert found, page
-    return found.group(1)
 
 
 def test_users_choose_their_own_notices_and_hear_of_recharges(

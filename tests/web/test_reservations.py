@@ -4,28 +4,14 @@ API mirrors it."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
-import requests
 
 from tests.fixtures.enforcement import TOKEN, Cluster
-from tests.web.conftest import Web
+from tests.web.conftest import Web, csrf_of, proxied
 
 pytestmark = [pytest.mark.integration]
-
-
-def proxied(user: str) -> requests.Session:
-    session = requests.Session()
-    session.headers["X-Remote-User"] = user
-    return session
-
-
-def csrf_of(page: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert found, page
-    return found.group(1)
 
 
 def test_users_release_their_own_and_administrators_cancel_any(

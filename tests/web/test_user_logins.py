@@ -14,12 +14,12 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from billing_engine.ledger import Ledger
 from stack.process import free_port
@@ -27,7 +27,7 @@ from tests.fixtures.enforcement import TOKEN, Cluster
 from tests.fixtures.ldap import Slapd
 from tests.fixtures.users import UnixUser
 from tests.web.conftest import Web
-from tests.web.test_browser import CHROMIUM, SCREENSHOTS
+from tests.web.test_browser import SCREENSHOTS
 from web import api, ledger_pages, pages, people
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -81,14 +81,6 @@ def test_a_forged_user_header_is_refused_everywhere_by_default(
         codes = json.loads(done.stdout)
         assert {p: c for p, c in codes.items() if c != 403} == {}, trusted
         web.process.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
 
 
 def test_a_user_logs_in_with_a_link_from_their_node(
