@@ -157,6 +157,9 @@ def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0
     may_see(who, user, ctx)
     account = ctx.accounts.for_user(user)
     if account is None:
+        if who.user == user:  # logged in before any usage of theirs was billed
+            raise HTTPException(404, f"{user}, nothing of yours has been billed yet: your "
+                                     "account opens with your first GPU or CPU minute")
         raise HTTPException(404, f"there is no account {user!r}")
     history = ctx.fragments.get(("history", ctx.view.version(), user, page),
                                 lambda: _history(request, ctx, user, page, account.user))
