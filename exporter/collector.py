@@ -80,7 +80,12 @@ class SnapshotCollector(Collector):
         for key in sorted(snap.job_processes):
             memory.add_metric(list(key), snap.job_memory_bytes.get(key, 0))
             procs.add_metric(list(key), snap.job_processes[key])
-        yield from (gpu, idle, cpu, info, memory, procs)
+        folded = GaugeMetricFamily(
+            "gpuacct_jobs_folded", "A user's jobs counted as the one job `overflow`, beyond "
+            "exporter.max_jobs_per_user.", labels=["user"])
+        for user, n in snap.folded_jobs.items():
+            folded.add_metric([user], n)
+        yield from (gpu, idle, cpu, info, memory, procs, folded)
 
     def _gpu_processes(self, snap: Snapshot) -> Iterator[Metric]:
         labels = [*GPU, "pid", *JOB]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -21,6 +22,20 @@ _INTERPRETERS = re.compile(
 )
 SHELLS = frozenset({"bash", "sh", "zsh", "dash", "fish", "tcsh", "csh", "ksh", "tmux: server",
                     "tmux", "screen", "SCREEN", "sshd", "login", "su", "sudo", "mosh-server"})
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+=/ -]")  # what a job id or name shows as itself
+
+
+def bounded(value: str, limit: int) -> tuple[str, bool]:
+    """A user's job id or name as a label: at most `limit` characters, other characters as
+    `_`, and a hash of the whole when it had to change, so that two ids stay two. True when
+    it changed."""
+    clean = _UNSAFE.sub("_", value)
+    if clean == value and len(value) <= limit:
+        return value, False
+    digest = hashlib.sha256(value.encode(errors="replace")).hexdigest()[:10]
+    return f"{clean[:limit - len(digest) - 1]}~{digest}", True
 
 
 def container_id(cgroup_text: str) -> str | None:

@@ -10,12 +10,15 @@ a process caught between fork and exec is identified again once it runs its prog
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import time
 from dataclasses import dataclass
 
-from exporter.jobs import SHELLS, container_id, env_job, job_name, parse_environ
+from exporter.jobs import SHELLS, bounded, container_id, env_job, job_name, parse_environ
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -95,10 +98,12 @@ def real_uid(status: bytes) -> int:
 
 class ProcessTable:
     def __init__(self, min_uid: int, job_sources: list[str], job_env_vars: list[str],
-                 proc_root: str = "/proc") -> None:
+                 proc_root: str = "/proc", max_id_length: int = 128) -> None:
         self.min_uid = min_uid
         self.job_sources = job_sources
         self.job_env_vars = job_env_vars
+        self.max_id_length = max_id_length
+        self._told: set[str] = set()  # the cut ids already named in the log (bounded)
         self.root = proc_root
         self.user_names = UserNames()
         # (pid, start) -> (what an exec changes, identity)
@@ -154,10 +159,16 @@ class ProcessTable:
             if job:
                 source = kind
                 break
-        return ProcIdentity(
-            uid=uid, user=self.user_names(uid), job=job or f"sid-{session}",
-            job_source=source, name=job_name(argv, comm), is_shell=comm in SHELLS,
-        )
+        job, cut = bounded(job or f"sid-{session}", self.max_id_length)
+        name, cut_name = bounded(job_name(argv, comm), self.max_id_length)
+        user = self.user_names(uid)
+        if (cut or cut_name) and job not in self._told and len(self._told) < 10_000:
+            self._told.add(job)
+            log.warning("pid %d of %s: a job id or name too long or with odd characters is "
+                        "shown as %s (exporter.max_job_id_length %d)", pid, user,
+                        job if cut else name, self.max_id_length)
+        return ProcIdentity(uid=uid, user=user, job=job, job_source=source, name=name,
+                            is_shell=comm in SHELLS)
 
     def _job_from(self, kind: str, base: str, session: int) -> str | None:
         """The job as one source sees it; an unreadable file means that source has no answer."""

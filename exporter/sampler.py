@@ -24,6 +24,7 @@ from exporter.accounting import (
 )
 from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
 from exporter.gpu import GpuBackend, GpuReading, GpuUnavailable
+from exporter.overflow import JobCap
 from exporter.procs import ProcessTable, ProcSample, uptime_seconds
 from gpuacct.config import ExporterSettings
 
@@ -44,6 +45,7 @@ class Snapshot:
     job_processes: dict[JobKey, int] = field(default_factory=dict)
     holders: tuple[GpuHolder, ...] = ()
     procs: tuple[ProcSample, ...] = ()  # billable processes, for the actuator
+    folded_jobs: dict[str, int] = field(default_factory=dict)  # user -> jobs in `overflow`
     gpus: GpuReading | None = None
     xid_errors: dict[tuple[int, str, int], Counter] = field(default_factory=dict)
     collectors: dict[str, tuple[bool, float]] = field(default_factory=dict)
@@ -62,7 +64,9 @@ class Sampler:
         self.settings = settings
         self.gpus = gpus
         self.table = ProcessTable(settings.min_uid, list(settings.job_sources),
-                                  list(settings.job_env_vars), proc_root)
+                                  list(settings.job_env_vars), proc_root,
+                                  settings.max_job_id_length)
+        self.cap = JobCap(settings.max_jobs_per_user)
         self.proc_root = proc_root
         # No state yet: what runs now predates us and is only baselined.
         self.state = load_state(settings.state_file) or UsageState(
@@ -96,7 +100,8 @@ class Sampler:
 
         t = time.perf_counter()
         uptime = uptime_seconds(self.proc_root)
-        procs = self.table.scan()  # after NVML, so a pid NVML saw and /proc lost is just absent
+        # After NVML, so a pid NVML saw and /proc lost is just absent.
+        procs = self.cap.fold(self.table.scan())
         collectors["proc"] = (True, time.perf_counter() - t)
 
         units = [u for d in (reading.devices if reading else ()) for u in d.units]
@@ -152,6 +157,7 @@ class Sampler:
             gpus=reading,
             xid_errors={k: Counter(c.value, c.created) for k, c in self._xids.items()},
             collectors=collectors,
+            folded_jobs=self.cap.folded,
         )
         return self.snapshot
 

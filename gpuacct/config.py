@@ -120,6 +120,10 @@ class ExporterSettings(Section):
     # How k jobs on one GPU share its time: split (1/k each), full (each the whole time),
     # memory (in proportion to each job's GPU memory).
     gpu_share: Literal["split", "full", "memory"] = "split"
+    # Job ids and names come from users: longer ones are cut (with a hash, so they stay
+    # apart), and a user's jobs on this node beyond max_jobs_per_user share one "overflow" job.
+    max_job_id_length: Annotated[int, Field(ge=16, le=1024)] = 128
+    max_jobs_per_user: Annotated[int, Field(ge=1)] = 64
     retention_seconds: NonNegativeFloat = 900.0
     state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
     nvml: NvmlSettings = NvmlSettings()

@@ -6,9 +6,11 @@ applied to the real files; nothing else about them changes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -120,3 +122,76 @@ def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
     finally:
         engine.stop()
         RUNNING.remove(engine)
+
+
+def test_enforcement_holds_through_a_billing_outage(
+        tmp_path: Path, start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server],
+        webhook_receiver: Webhooks) -> None:
+    """gpuacct-billing stopped for 20 (compressed) minutes: bob stays blocked, and the operator
+    is alerted (GpuacctBillingDown); an hour after the last scrape, the tiers lift."""
+    ledger_path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(ledger_path)
+    ledger.open_account("bob", Decimal(5), time.time())
+    ledger.close()
+    config = tmp_path / "gpuacct.yaml"
+    port = free_port()
+    config.write_text(yaml.safe_dump({"billing": {
+        "ledger": str(ledger_path), "prometheus_url": f"http://127.0.0.1:{free_port()}"}}))
+    engine = ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
+                                        str(config), "run", "--web.listen-address",
+                                        f"127.0.0.1:{port}"],
+                            tmp_path / "billing.log", f"http://127.0.0.1:{port}/metrics")
+    RUNNING.append(engine)
+    engine.start().wait_ready()
+    try:
+        token = tmp_path / "webhook-token"
+        token.write_text(TOKEN + "\n")
+        am = start_alertmanager(compress_time(render_alertmanager(
+            RULES_DIR / "alertmanager.yml", webhook_receiver.url, token, {}), FACTOR))
+        compressed = []
+        for path in rule_files():
+            out = tmp_path / path.name
+            out.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()),
+                                                        FACTOR)))
+            compressed.append(str(out))
+        prometheus = start_prometheus(
+            [{"job_name": "gpuacct-billing",
+              "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+            interval="1s",
+            extra={"rule_files": compressed, "alerting": {"alertmanagers": [
+                {"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]}})
+        block = ("bob", "GpuacctBalanceLimitedBlockGpu")
+        wait_for(lambda: block in firing(webhook_receiver), timeout=60, what="bob's block")
+
+        engine.stop()
+        stopped = time.monotonic()
+        wait_for(lambda: "GpuacctBillingDown" in alerts(prometheus, "firing"), timeout=30,
+                 what="the operator's alert that billing is down")
+        while time.monotonic() - stopped < 20:  # 20 minutes, compressed
+            assert block in alerts_by_user(prometheus), "bob's block lifted while billing was away"
+            time.sleep(1)
+        assert block not in firing(webhook_receiver, "resolved")
+        # An hour (compressed: a minute) after the last scrape, what was held lifts.
+        wait_for(lambda: block in firing(webhook_receiver, "resolved"), timeout=90,
+                 what="bob's block to lift an hour after billing went away")
+        assert time.monotonic() - stopped >= 55
+    finally:
+        engine.stop()
+        RUNNING.remove(engine)
+
+
+def prometheus_alerts(prometheus: Server) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/alerts", timeout=10) as answer:
+        found: list[dict[str, Any]] = json.load(answer)["data"]["alerts"]
+    return found
+
+
+def alerts(prometheus: Server, state: str) -> set[str]:
+    return {a["labels"]["alertname"] for a in prometheus_alerts(prometheus)
+            if a["state"] == state}
+
+
+def alerts_by_user(prometheus: Server) -> set[tuple[str, str]]:
+    return {(a["labels"]["user"], a["labels"]["alertname"]) for a in prometheus_alerts(prometheus)
+            if a["state"] == "firing" and "user" in a["labels"]}
