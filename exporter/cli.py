@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.reserved = enforcement.actuator.reserved_gpus
     try:
         server = serve(host, port, registry, "gpuacct exporter",
-                       enforcement.routes if enforcement else None)
+                       enforcement.routes if enforcement else None, sampler.scraped)
     except OSError as exc:
         print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -69,6 +69,9 @@ class UsageState:
     # all its CPU time counts; one that started earlier but was never seen is only baselined.
     last_uptime: float = 0.0
     boot_id: str = ""
+    # Who scrapes this exporter (a Prometheus replica's `scraper` parameter, else its
+    # address) and when it last did: a finished job stays until each has seen its end.
+    scrapers: dict[str, float] = field(default_factory=dict)
 
     def add_gpu(self, key: GpuKey, seconds: float, now: float) -> None:
         self.gpu.setdefault(key, Counter(0.0, now)).value += seconds
@@ -79,9 +82,20 @@ class UsageState:
     def add_cpu(self, key: JobKey, seconds: float, now: float) -> None:
         self.cpu.setdefault(key, Counter(0.0, now)).value += seconds
 
-    def expire(self, now: float, retention: float) -> None:
-        """Forget jobs gone longer than the retention (their last increment has been scraped)."""
-        gone = {key for key, info in self.jobs.items() if now - info.last_seen > retention}
+    def scraped(self, scraper: str, at: float) -> None:
+        # A new dict, not a change of the old: the state may be being saved meanwhile.
+        self.scrapers = {**self.scrapers, scraper: max(at, self.scrapers.get(scraper, 0.0))}
+
+    def expire(self, now: float, retention: float, longest: float | None = None,
+               settle: float = 0.0) -> None:
+        """Forget jobs gone longer than the retention once every scraper has scraped them
+        `settle` seconds after they ended (by then their last increment is counted), or gone
+        longer than `longest` in any case. A scraper not seen for `longest` is forgotten."""
+        longest = retention if longest is None else max(longest, retention)
+        self.scrapers = {s: t for s, t in self.scrapers.items() if now - t <= longest}
+        last_scrape = min(self.scrapers.values(), default=now)
+        gone = {key for key, info in self.jobs.items() if now - info.last_seen > retention
+                and (last_scrape > info.last_seen + settle or now - info.last_seen > longest)}
         for key in gone:
             del self.jobs[key]
             self.cpu.pop(key, None)
@@ -99,7 +113,8 @@ class UsageState:
             streaks=[(*key, s.since, s.pending) for key, s in self.streaks.items()],
             cpu=[(*key, c.value, c.created) for key, c in self.cpu.items()],
             jobs=[(*key, cast(JobEntry, asdict(info))) for key, info in self.jobs.items()],
-            cursors=[(*key, cast(CursorEntry, asdict(cur))) for key, cur in self.cursors.items()])
+            cursors=[(*key, cast(CursorEntry, asdict(cur))) for key, cur in self.cursors.items()],
+            scrapers=self.scrapers)
 
     @classmethod
     def from_file(cls, data: CounterFile) -> UsageState:
@@ -110,7 +125,8 @@ class UsageState:
             cpu={(u, j): Counter(v, c) for u, j, v, c in data.cpu},
             jobs={(u, j): JobInfo(**info) for u, j, info in data.jobs},
             cursors={(pid, start): Cursor(**cur) for pid, start, cur in data.cursors},
-            last_sample=data.last_sample, last_uptime=data.last_uptime, boot_id=data.boot_id)
+            last_sample=data.last_sample, last_uptime=data.last_uptime, boot_id=data.boot_id,
+            scrapers=dict(data.scrapers))
 
 
 class JobEntry(TypedDict):
@@ -142,6 +158,7 @@ class CounterFile(BaseModel):
     cpu: list[tuple[str, str, float, float]]
     jobs: list[tuple[str, str, JobEntry]]
     cursors: list[tuple[int, int, CursorEntry]]
+    scrapers: dict[str, float] = {}  # absent in files from before
 
 
 def load_state(path: Path) -> UsageState | None:

@@ -126,8 +126,12 @@ class ProcessTable:
                 start = int(f[19])
                 key = (pid, start)
                 seen.add(key)
-                image = (comm, *f[45:49])  # arg_start, arg_end, env_start, env_end
+                image: tuple[object, ...] = (comm, *f[45:49])  # arg_start .. env_end
                 cached = self._identities.get(key)
+                # An exiting process (a zombie) has lost its command line and environment:
+                # it stays what it was, not a new job of its session.
+                if cached is not None and (f[0] == b"Z" or not any(map(int, f[45:49]))):
+                    image = cached[0]
                 if cached is None or cached[0] != image:
                     cached = (image, self._identify(pid, int(f[3]), comm))
                     self._identities[key] = cached

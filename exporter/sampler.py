@@ -10,6 +10,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 from exporter.accounting import (
     GpuHolder,
@@ -80,8 +82,19 @@ class Sampler:
         self.snapshot = Snapshot()
         self._last_mono: float | None = None
         self._xids: dict[tuple[int, str, int], Counter] = {}
+        self._scrapes_lock = threading.Lock()
         # The GPUs of this node reserved now, and for whom (set by the node's actuator).
         self.reserved: Callable[[], Reserved] = dict
+
+    def scraped(self, environ: dict[str, Any]) -> None:
+        """A Prometheus scrape of /metrics: who (its `scraper` parameter, else its address)
+        and when. Other requests (a curl by hand) are not scrapers to wait for."""
+        if "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS" not in environ:
+            return
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        who = (query.get("scraper") or [""])[0][:64] or environ.get("REMOTE_ADDR", "?")
+        with self._scrapes_lock:
+            self.state.scraped(who, time.time())
 
     def cycle(self) -> Snapshot:
         started, now, mono = time.perf_counter(), time.time(), time.monotonic()
@@ -123,7 +136,10 @@ class Sampler:
         idle_now |= account_reserved(state, reading.devices if reading else (), reserved,
                                      elapsed, now, idle, holders, busy)
         end_streaks(state, idle_now)
-        state.expire(now, self.settings.retention_seconds)
+        with self._scrapes_lock:
+            state.expire(now, self.settings.retention_seconds,
+                         self.settings.max_retention_seconds,
+                         settle=2 * self.settings.interval_seconds)
         state.last_sample, state.last_uptime = now, uptime
         self._count_xids(reading, now)
 

@@ -125,6 +125,9 @@ class ExporterSettings(Section):
     max_job_id_length: Annotated[int, Field(ge=16, le=1024)] = 128
     max_jobs_per_user: Annotated[int, Field(ge=1)] = 64
     retention_seconds: NonNegativeFloat = 900.0
+    # A finished job stays until every scraper has scraped it since it ended, at most this
+    # long (a Prometheus away for hours still gets its last increment).
+    max_retention_seconds: NonNegativeFloat = 86400.0
     state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
     nvml: NvmlSettings = NvmlSettings()
     idle: IdleSettings | None = IdleSettings()  # null: no idle-GPU counting

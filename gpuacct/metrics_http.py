@@ -31,8 +31,10 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 def make_app(registry: CollectorRegistry, title: str,
-             routes: Mapping[str, WsgiApp] | None = None) -> WsgiApp:
-    """/metrics, a landing page, and `routes` (path to app)."""
+             routes: Mapping[str, WsgiApp] | None = None,
+             on_scrape: Callable[[dict[str, Any]], None] | None = None) -> WsgiApp:
+    """/metrics, a landing page, and `routes` (path to app); `on_scrape` hears of each
+    scrape of /metrics (its WSGI environ) before it is answered."""
     metrics = make_wsgi_app(registry)
     routes = dict(routes or {})
     landing = _LANDING.format(title=title).encode()
@@ -40,6 +42,8 @@ def make_app(registry: CollectorRegistry, title: str,
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
+            if on_scrape is not None:
+                on_scrape(environ)
             return metrics(environ, start_response)  # type: ignore[no-any-return]
         if path in routes:
             return routes[path](environ, start_response)
@@ -53,10 +57,11 @@ def make_app(registry: CollectorRegistry, title: str,
 
 
 def serve(host: str, port: int, registry: CollectorRegistry, title: str,
-          routes: Mapping[str, WsgiApp] | None = None) -> ThreadingWSGIServer:
+          routes: Mapping[str, WsgiApp] | None = None,
+          on_scrape: Callable[[dict[str, Any]], None] | None = None) -> ThreadingWSGIServer:
     """Start serving in a daemon thread; raises OSError if the address cannot be bound."""
     server_class = _DualStackServer if ":" in host else ThreadingWSGIServer
-    server = make_server(host, port, make_app(registry, title, routes), server_class,
-                         handler_class=_QuietHandler)
+    server = make_server(host, port, make_app(registry, title, routes, on_scrape),
+                         server_class, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

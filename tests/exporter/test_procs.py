@@ -107,3 +107,17 @@ def test_identity_is_read_again_after_an_exec(tmp_path: Path) -> None:
 def test_container_job_when_no_env_var(tmp_path: Path) -> None:
     make_proc(tmp_path, 40, 1000, cgroup="0::/system.slice/docker-" + "ab" * 32 + ".scope\n")
     assert table(tmp_path).scan()[0].identity.job == "docker-abababababab"
+
+
+def test_an_exiting_process_keeps_its_job(tmp_path: Path) -> None:
+    """A zombie has lost its environment and its command line's addresses: its last CPU
+    time still counts to the job it had, not to a new job of its session."""
+    make_proc(tmp_path, 4321, 54321, env="GPUACCT_JOB=exp7\0", session=77, image=4096)
+    procs = table(tmp_path)
+    assert [s.identity.job for s in procs.scan()] == ["exp7"]
+    stat = tmp_path / "4321" / "stat"
+    stat.write_text(stat_line(4321, "python3", session=77, utime=900, image=0)
+                    .replace(" S ", " Z ", 1))
+    (tmp_path / "4321" / "environ").write_text("")
+    (sample,) = procs.scan()
+    assert (sample.identity.job, sample.cpu_ticks) == ("exp7", 925)
