@@ -34,17 +34,18 @@ def firing(hooks: Webhooks, status: str = "firing") -> set[tuple[str, str]]:
             for hook in hooks.received for a in hook["body"]["alerts"] if a["status"] == status}
 
 
-def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
-        tmp_path: Path, start_prometheus: Callable[..., Server],
-        start_alertmanager: Callable[[dict[str, Any]], Server],
-        webhook_receiver: Webhooks) -> None:
+def rig(tmp_path: Path, balances: dict[str, int], start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server], webhook_receiver: Webhooks
+        ) -> tuple[ManagedProcess, Path, Server]:
+    """A billing engine serving these balances, the real rules (compressed) in a real
+    Prometheus scraping it, and Alertmanager delivering to the webhook receiver: the engine,
+    its config and Prometheus."""
     ledger_path = tmp_path / "ledger.sqlite3"
     ledger = Ledger(ledger_path)
     with ledger.batch():
-        for user, balance in (("alice", 20), ("bob", 5), ("carol", -1), ("dan", 500)):
+        for user, balance in balances.items():
             ledger.open_account(user, Decimal(balance), time.time())
     ledger.close()
-
     config = tmp_path / "gpuacct.yaml"
     port = free_port()
     config.write_text(yaml.safe_dump({"billing": {
@@ -55,25 +56,29 @@ def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
                             tmp_path / "billing.log", f"http://127.0.0.1:{port}/metrics")
     RUNNING.append(engine)
     engine.start().wait_ready()
-    try:
-        token = tmp_path / "webhook-token"
-        token.write_text(TOKEN + "\n")
-        am_config = render_alertmanager(RULES_DIR / "alertmanager.yml", webhook_receiver.url,
-                                        token, {})
-        am = start_alertmanager(compress_time(am_config, FACTOR))
-        compressed = []
-        for path in rule_files():
-            out = tmp_path / path.name
-            out.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()),
-                                                        FACTOR)))
-            compressed.append(str(out))
-        start_prometheus(
-            [{"job_name": "gpuacct-billing",
-              "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
-            interval="1s",
-            extra={"rule_files": compressed, "alerting": {"alertmanagers": [
-                {"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]}})
+    token = tmp_path / "webhook-token"
+    token.write_text(TOKEN + "\n")
+    am = start_alertmanager(compress_time(render_alertmanager(
+        RULES_DIR / "alertmanager.yml", webhook_receiver.url, token, {}), FACTOR))
+    compressed = []
+    for path in rule_files():
+        out = tmp_path / path.name
+        out.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()), FACTOR)))
+        compressed.append(str(out))
+    prometheus = start_prometheus(
+        [{"job_name": "gpuacct-billing", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+        interval="1s", extra={"rule_files": compressed, "alerting": {"alertmanagers": [
+            {"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]}})
+    return engine, config, prometheus
 
+
+def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
+        tmp_path: Path, start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server],
+        webhook_receiver: Webhooks) -> None:
+    engine, config, _ = rig(tmp_path, {"alice": 20, "bob": 5, "carol": -1, "dan": 500},
+                            start_prometheus, start_alertmanager, webhook_receiver)
+    try:
         tiers = {
             ("alice", "GpuacctBalanceLow"),
             ("bob", "GpuacctBalanceLow"), ("bob", "GpuacctBalanceLimitedBlockGpu"),
@@ -130,37 +135,9 @@ def test_enforcement_holds_through_a_billing_outage(
         webhook_receiver: Webhooks) -> None:
     """gpuacct-billing stopped for 20 (compressed) minutes: bob stays blocked, and the operator
     is alerted (GpuacctBillingDown); an hour after the last scrape, the tiers lift."""
-    ledger_path = tmp_path / "ledger.sqlite3"
-    ledger = Ledger(ledger_path)
-    ledger.open_account("bob", Decimal(5), time.time())
-    ledger.close()
-    config = tmp_path / "gpuacct.yaml"
-    port = free_port()
-    config.write_text(yaml.safe_dump({"billing": {
-        "ledger": str(ledger_path), "prometheus_url": f"http://127.0.0.1:{free_port()}"}}))
-    engine = ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
-                                        str(config), "run", "--web.listen-address",
-                                        f"127.0.0.1:{port}"],
-                            tmp_path / "billing.log", f"http://127.0.0.1:{port}/metrics")
-    RUNNING.append(engine)
-    engine.start().wait_ready()
+    engine, _, prometheus = rig(tmp_path, {"bob": 5}, start_prometheus, start_alertmanager,
+                                webhook_receiver)
     try:
-        token = tmp_path / "webhook-token"
-        token.write_text(TOKEN + "\n")
-        am = start_alertmanager(compress_time(render_alertmanager(
-            RULES_DIR / "alertmanager.yml", webhook_receiver.url, token, {}), FACTOR))
-        compressed = []
-        for path in rule_files():
-            out = tmp_path / path.name
-            out.write_text(yaml.safe_dump(compress_time(yaml.safe_load(path.read_text()),
-                                                        FACTOR)))
-            compressed.append(str(out))
-        prometheus = start_prometheus(
-            [{"job_name": "gpuacct-billing",
-              "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
-            interval="1s",
-            extra={"rule_files": compressed, "alerting": {"alertmanagers": [
-                {"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]}})
         block = ("bob", "GpuacctBalanceLimitedBlockGpu")
         wait_for(lambda: block in firing(webhook_receiver), timeout=60, what="bob's block")
 
