@@ -91,7 +91,7 @@ class Notices:
             notices[(f.user, f.notice)].append(f)
         started = 0
         with self._lock, sqlite.transaction(self.db):
-            only = "" if users is None else f" WHERE user IN ({','.join('?' * len(users))})"
+            only = "" if users is None else f" WHERE user IN ({sqlite.placeholders(len(users))})"
             active = {(u, n): (e, a) for u, n, e, a in self.db.execute(
                 "SELECT user, notice, event, alerts FROM active" + only, list(users or ()))}
             for key in active.keys() - notices.keys():
@@ -199,7 +199,7 @@ class Notices:
                 "WHERE sent IS NULL AND due <= ? ORDER BY id LIMIT ?", (now, limit)).fetchall()
             started = {e for (e,) in self.db.execute(
                 "SELECT DISTINCT event FROM outbox WHERE sent IS NOT NULL AND event IN "
-                f"({','.join('?' * len(rows))})", [r[1] for r in rows])}
+                f"({sqlite.placeholders(len(rows))})", [r[1] for r in rows])}
         cap, chosen = self.settings.per_user_per_hour, []
         for r in rows:
             row = Row(*r)

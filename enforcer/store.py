@@ -142,7 +142,7 @@ class Store:
 
     def firing(self, users: Collection[str] | None = None) -> list[Firing]:
         """Every firing alert (of `users`) with the notice it belongs to, oldest first."""
-        only = "" if users is None else f"WHERE user IN ({','.join('?' * len(users))}) "
+        only = "" if users is None else f"WHERE user IN ({sqlite.placeholders(len(users))}) "
         with self._lock:
             rows = self.db.execute(f"SELECT user, notice, reason, starts_at FROM firing {only}"
                                    "ORDER BY starts_at, fingerprint", list(users or ())

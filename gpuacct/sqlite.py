@@ -82,6 +82,11 @@ def statements(script: str) -> Migration:
     return run
 
 
+def placeholders(count: int) -> str:
+    """`?, ?, ?` for an `IN (...)` of `count` values."""
+    return ", ".join("?" * count)
+
+
 def schema_version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 

@@ -63,8 +63,6 @@ class EnforcerRefused(Exception):
         self.status = status
 
 
-AllocationRefused = EnforcerRefused
-
 
 @dataclass(frozen=True)
 class Answer(Generic[T]):

@@ -34,7 +34,7 @@ from web.deps import (
     visible,
     when,
 )
-from web.live import AllocationRefused, EnforcerRefused
+from web.live import EnforcerRefused
 from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
@@ -88,8 +88,8 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
     name = name.strip() or LEGACY_ADMIN  # the one password of before had no name
     found = ctx.administrator(name)
     if found is not None and verify_password(password, found[2]):
-        _audit(ctx, f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
-        return _logged_in(ctx.sessions.new(name)[0], "/admin")
+        audit(ctx, f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
+        return logged_in(ctx.sessions.new(name)[0], "/admin")
     person = None
     if found is None and (ctx.settings.web.auth.ldap or ctx.settings.web.auth.pam):
         try:
@@ -99,25 +99,25 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
                           error=f"{exc}: try again later")
     if person is None:
         ctx.limiter.failed(client)
-        _audit(ctx, f"web client {client}", "login.failed", name)
+        audit(ctx, f"web client {client}", "login.failed", name)
         return render(request, "login.html", 401, csrf=who.csrf,
                       error="wrong name or password")
-    _audit(ctx, f"{name} (web)", "login", name,
+    audit(ctx, f"{name} (web)", "login", name,
            f"from {client}, through {person.via}" + (f", as {person.role}" if person.role else ""))
     if person.mail:
         with contextlib.suppress(EnforcerRefused):  # the login does not wait on notices
             ctx.live.call("POST", f"/v1/notices/settings/{name}/learned",
                           LearnedAddress(address=person.mail))
     cookie, _ = ctx.sessions.new(name if person.role else None, user=name, role=person.role)
-    return _logged_in(cookie, "/admin" if person.role else f"/users/{name}")
+    return logged_in(cookie, "/admin" if person.role else f"/users/{name}")
 
 
-def _audit(ctx: Context, actor: str, action: str, subject: str, detail: str = "") -> None:
+def audit(ctx: Context, actor: str, action: str, subject: str, detail: str = "") -> None:
     with contextlib.suppress(LedgerError, SchemaError):  # the answer does not wait on it
         ctx.writer().audit(actor, action, subject, detail)
 
 
-def _logged_in(cookie: str, target: str) -> RedirectResponse:
+def logged_in(cookie: str, target: str) -> RedirectResponse:
     """A new session (and CSRF token) on every login."""
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
@@ -193,7 +193,7 @@ def release(request: Request, ctx: Ctx, who: Who, user: str, id: int,
     check_csrf(who, csrf)
     try:
         text = ctx.live.release(user, id, who.user or who.name or "administrator")
-    except AllocationRefused as exc:
+    except EnforcerRefused as exc:
         return _user_page(request, ctx, who, user, error=f"release refused: {exc}")
     return RedirectResponse(f"/users/{user}?message={text.replace(' ', '+')}", status_code=303)
 
@@ -318,6 +318,6 @@ def cancel(request: Request, ctx: Ctx, who: Admin, id: int,
     check_csrf(who, csrf)
     try:
         text = ctx.live.cancel(id, who.name or "administrator", reason.strip())
-    except AllocationRefused as exc:
+    except EnforcerRefused as exc:
         return _nodes_page(request, ctx, who, error=f"cancel refused: {exc}")
     return RedirectResponse(f"/admin/nodes?message={text.replace(' ', '+')}", status_code=303)

@@ -3,22 +3,19 @@ prices, and their own usage and transactions as CSV."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from billing_engine.ledger import LedgerError, SchemaError
 from gpuacct.config import describe_error
 from gpuacct.login import LINK_PATH, REDEEM_PATH, Redeem, Redeemed
 from gpuacct.notices import NoticeChoice
 from web import export, prices
-from web.auth import SESSION_COOKIE, SESSION_SECONDS
 from web.deps import Ctx, Someone, Who, check_csrf, may_see
 from web.live import EnforcerRefused
-from web.pages import render
+from web.pages import audit, logged_in, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,14 +35,9 @@ def link(request: Request, ctx: Ctx, token: str) -> Response:
             raise HTTPException(503, f"logins by link are unavailable now: {exc}") from None
         raise HTTPException(410, str(exc)) from None
     client = request.client.host if request.client else ""
-    with contextlib.suppress(LedgerError, SchemaError):
-        ctx.writer().audit(f"{who.user} (web)", "login", who.user,
-                           f"from {client}, through a link from {who.node}")
-    cookie, _ = ctx.sessions.new(user=who.user)
-    response = RedirectResponse(f"/users/{who.user}", status_code=303)
-    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
-                        max_age=SESSION_SECONDS)
-    return response
+    audit(ctx, f"{who.user} (web)", "login", who.user,
+          f"from {client}, through a link from {who.node}")
+    return logged_in(ctx.sessions.new(user=who.user)[0], f"/users/{who.user}")
 
 
 @router.post("/users/{user}/notices")
