@@ -54,7 +54,7 @@ from gpuacct.config import BillingSettings, Settings
 from gpuacct.limits import limits_above
 from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
-from gpuacct.promql import Prometheus, PrometheusUnavailable
+from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
 from gpuacct.tiers import account_tier
 
 CLUSTER_GPUS = "count(gpuacct_gpu_info)"  # GPUs and MIG instances: what the limits count
@@ -111,7 +111,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     except SchemaError as exc:
         print(f"gpuacct-billing: {exc}", file=sys.stderr)
         return 1
-    prometheus = Prometheus(billing.prometheus_url, billing.query_timeout_seconds)
+    prometheus = PrometheusReplicas(billing.prometheus_url, billing.query_timeout_seconds)
     engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb))
     warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
@@ -120,7 +120,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
         print(f"gpuacct-billing: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
     log.info("billing %ss windows from %s into %s%s; /metrics on %s:%d",
-             billing.window_seconds, billing.prometheus_url, billing.ledger,
+             billing.window_seconds, ", ".join(billing.prometheus_url), billing.ledger,
              " (TRIAL MODE: nothing is debited)" if billing.trial_mode else "", host, port)
     engine.run(stop_on_signals())
     server.shutdown()
@@ -129,7 +129,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     return 0
 
 
-def warn_of_limits_above_the_cluster(billing: BillingSettings, prometheus: Prometheus,
+def warn_of_limits_above_the_cluster(billing: BillingSettings, prometheus: Querier,
                                      log: logging.Logger) -> None:
     """A GPU limit above the cluster's GPU count is allowed (the cluster may grow) but said."""
     if not limits_above(billing, 0):  # no GPU limit above 0 is set: nothing to compare

@@ -1,10 +1,13 @@
 """The billing engine: bills each settled window once, in order, from counter differences.
 
-At a window's end T one instant query reads every usage counter (and its `_created` time).
-Each series is billed `value - cursor` (a drop is a reset: `value`), and its cursor moves to
-`value`. A series never seen before is billed in full if it was created after billing began,
-else only baselined. A node or Prometheus that was away simply shows a larger difference in the
-first window that sees it again: late, never lost, never twice. Money is Decimal throughout.
+At a window's end T one instant query reads every usage counter (and, for series new or
+fallen, its `_created` time). Each series is billed `value - cursor`, and its cursor moves to
+`value`. A value below the cursor is a reset (billed: `value`) only when the counter began
+again (a later `_created`); with the same beginning it was read from a Prometheus replica that
+lags the one the cursor came from, and waits until the replicas agree again. A series never
+seen before is billed in full if it was created after billing began, else only baselined. A
+node or Prometheus that was away simply shows a larger difference in the first window that
+sees it again: late, never lost, never twice. Money is Decimal throughout.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
 from gpuacct.config import BillingSettings
 from gpuacct.money import merge_versions
-from gpuacct.promql import Prometheus, PrometheusUnavailable
+from gpuacct.promql import PrometheusUnavailable, Querier
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,14 @@ def without_cyclic_gc(method: F) -> F:
     return paused  # type: ignore[return-value]
 
 
+def _restarted(began: float | None, begins: Decimal | None) -> bool:
+    """Whether a counter read below its cursor began again since the cursor was taken: its
+    cursor's `_created` (`began`; None or 0: not known) against the one read now."""
+    if not began:
+        return True  # nothing tells a lagging replica from a reset: a drop is a reset
+    return begins is not None and abs(float(begins) - began) > 1e-3
+
+
 def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal],
            idle: dict[LineKey, Decimal]) -> list[tuple[LineKey, Decimal, Decimal, Decimal]]:
     """(user, job, node, gpu_model), GPU-seconds, CPU core-seconds, idle-held GPU-seconds: a
@@ -89,7 +100,7 @@ def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal],
 
 
 class Engine:
-    def __init__(self, settings: BillingSettings, ledger: LedgerWriter, prometheus: Prometheus,
+    def __init__(self, settings: BillingSettings, ledger: LedgerWriter, prometheus: Querier,
                  sink: InfluxSink | None, holder: str | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
@@ -100,11 +111,13 @@ class Engine:
         self.last_tick_seconds = 0.0
         self.last_tick_ok = True
         self.influx_ok = True
+        self.series_behind = 0  # series read below their cursor from a lagging replica
         self.formatter = LineFormatter()
-        self.series = SeriesCache()
+        self.series = SeriesCache(frozenset(settings.replica_labels))
         # The cursors as of the window `_cursors_after` (None: none billed yet), kept between
         # windows rather than read back each minute; only a window's commit changes them.
         self._cursors: dict[str, Decimal] = {}
+        self._births: dict[str, float] = {}  # when each cursor's counter began
         self._cursors_after: int | None = _UNKNOWN
         self._unsent: tuple[int, list[UsageLine]] = (_UNKNOWN, [])  # the last window's lines
         self.plans = AccountPlans(settings)
@@ -174,7 +187,9 @@ class Engine:
     def _begin(self, t0: int) -> None:
         """First run: what the counters hold at t0 predates gpuacct and is not billed."""
         totals = self._read(QUERY, t0)
-        if not self.ledger.begin_billing(t0, totals):
+        births = {key: float(born) for key, born in self._read(CREATED_QUERY, t0).items()
+                  if key in totals}
+        if not self.ledger.begin_billing(t0, totals, births):
             return
         log.info("billing begins at %s with %d series baselined", iso(t0), len(totals))
 
@@ -182,51 +197,72 @@ class Engine:
         """Every series the query finds at `at`, with its value. A value that no counter can
         hold (NaN, infinite, negative) is left out, its cursor kept, and said once a window:
         one odd series must not stop billing for everyone."""
-        counters, odd = [], []
+        counters, odd, replicated = [], [], False
         for s in self.prometheus.instant(query, at):
             if s.value.is_finite() and not s.value.is_signed():
-                counters.append((self.series(s.labels), s.value))
+                series = self.series(s.labels)
+                counters.append((series, s.value))
+                replicated = replicated or series.replicated
             else:
                 odd.append(s)
         if odd:
             log.warning("%d series at %s are not billed: their value is not a finite, "
                         "non-negative number (first: %s = %s)", len(odd), iso(at),
                         odd[0].labels, odd[0].value)
+        if replicated:  # one series read through several replicas: the furthest reading
+            furthest: dict[str, tuple[Series, Decimal]] = {}
+            for series, value in counters:
+                if series.key not in furthest or value > furthest[series.key][1]:
+                    furthest[series.key] = (series, value)
+            counters = list(furthest.values())
         return counters
 
     def _read(self, query: str, at: int) -> dict[str, Decimal]:
         return {series.key: value for series, value in self._counters(query, at)}
 
-    def _cursor_cache(self) -> tuple[dict[str, Decimal], int | None]:
+    def _cursor_cache(self) -> tuple[dict[str, Decimal], dict[str, float], int | None]:
         last = self.ledger.last_window()
         if self._cursors_after != last:
             self._cursors, self._cursors_after = self.ledger.cursors(), last
-        return self._cursors, last
+            self._births = self.ledger.cursor_births()
+        return self._cursors, self._births, last
 
     @without_cyclic_gc
     def bill_window(self, end: int, previous: int) -> None:
         """Bill the usage that the counters gained between the window `previous` and `end`."""
         start = Decimal(self.ledger.billing_start() or end)
         totals = self._counters(QUERY, end)
-        cursors, after = self._cursor_cache()
-        # When each new series began; in steady state every series has a cursor already.
-        created = (self._read(CREATED_QUERY, end)
-                   if any(series.key not in cursors for series, _ in totals) else {})
+        cursors, births, after = self._cursor_cache()
+        # When series began: for new ones, ones whose beginning is not known yet, and ones
+        # read below their cursor. In steady state there are none.
+        known = births.keys()
+        created = (self._read(CREATED_QUERY, end) if any(
+            series.key not in known or value < cursors[series.key]
+            for series, value in totals) else {})
 
         usage: dict[str, dict[LineKey, Decimal]] = {
             "gpu": defaultdict(Decimal), "cpu": defaultdict(Decimal), "idle": defaultdict(Decimal)}
         moved: dict[str, Decimal] = {}
+        began: dict[str, float] = {}
+        behind = 0
         for series, value in totals:
-            cursor = cursors.get(series.key)
+            key = series.key
+            cursor = cursors.get(key)
             if cursor is None:
-                born = created.get(series.key)
+                born = created.get(key)
                 delta = value if born is not None and born >= start else Decimal(0)
             elif value >= cursor:
                 delta = value - cursor
-            else:
+            elif _restarted(births.get(key), created.get(key)):
                 delta = value  # the counter was reset
+                began[key] = float(created.get(key, 0))
+            else:  # read from a replica behind the cursor's: billed when it catches up
+                behind += 1
+                continue
+            if key not in births:
+                began[key] = float(created.get(key, 0))
             if value != cursor:
-                moved[series.key] = value
+                moved[key] = value
             if delta:
                 usage[series.family][series.line] += delta
         version = self.prices.version_at(previous)  # the price in force at the window's start
@@ -243,9 +279,11 @@ class Engine:
                           holder=self.holder, opening_balance=self.settings.opening_balance,
                           trial_mode=self.settings.trial_mode,
                           reason=f"usage in the window ending {iso(end)}",
-                          unknown_users=self.settings.unknown_users)
+                          unknown_users=self.settings.unknown_users, births=began)
         if self.ledger.commit_window(bill):
             cursors.update(moved)
+            births.update(began)
+            self.series_behind += behind
             self._cursors_after = end
             self._unsent = (end, lines)
         else:  # billed meanwhile (never twice); the cursors read are stale

@@ -90,6 +90,10 @@ class BillingCollector(Collector):
             yield GaugeMetricFamily("gpuacct_billing_influxdb_up",
                                     "1 if the latest InfluxDB write worked.",
                                     value=1 if self.engine.influx_ok else 0)
+            yield CounterMetricFamily(
+                "gpuacct_billing_series_behind", "Series read below their cursor from a "
+                "Prometheus replica that lags; their usage is billed when it catches up.",
+                value=self.engine.series_behind)
 
     def _users(self, snapshot: MetricsSnapshot) -> Iterator[Metric]:
         """Each user with the account they are charged to: its balance and thresholds decide

@@ -238,9 +238,28 @@ def _check_unknown_users(value: str) -> str:
     return value
 
 
+def _one_or_more_urls(value: Any) -> Any:
+    urls = [value] if isinstance(value, str) else value
+    if isinstance(urls, list) and not urls:
+        raise ValueError("give at least one Prometheus URL")
+    return urls
+
+
+def _check_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
 class BillingSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9836"
-    prometheus_url: str = "http://127.0.0.1:19090"
+    # One Prometheus, or the replicas of an HA pair (and a long-term store such as
+    # VictoriaMetrics, Thanos or Mimir): read in turn, the next one when one does not answer.
+    prometheus_url: Annotated[list[Annotated[str, AfterValidator(_check_url)]],
+                              BeforeValidator(_one_or_more_urls)] = ["http://127.0.0.1:19090"]
+    # Labels that tell replicas apart (external labels, dedup labels): dropped from a series'
+    # identity, so that one counter read through two replicas is one series.
+    replica_labels: list[str] = ["replica", "prometheus_replica", "__replica__"]
     ledger: Path = Path("/var/lib/gpuacct/ledger.sqlite3")
     window_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     # A window is billed this long after it ends: at least two scrape intervals, so every

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from decimal import Decimal
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import orjson
 
 from gpuacct import http
+
+log = logging.getLogger(__name__)
 
 
 class PrometheusUnavailable(Exception):
@@ -18,6 +21,10 @@ class PrometheusUnavailable(Exception):
 class Sample(NamedTuple):  # a tuple: the engine makes 20,000 a minute
     labels: dict[str, str]
     value: Decimal
+
+
+class Querier(Protocol):
+    def instant(self, query: str, at: float) -> list[Sample]: ...
 
 
 class Prometheus:
@@ -35,3 +42,36 @@ class Prometheus:
             error = body.get("error", body) if isinstance(body, dict) else body
             raise PrometheusUnavailable(f"{self.url}: {error}")
         return [Sample(r["metric"], Decimal(r["value"][1])) for r in body["data"]["result"]]
+
+
+class PrometheusReplicas:
+    """Several Prometheus servers that scrape the same targets (an HA pair, or a long-term
+    store beside them), asked as one: the replica that answered last, else the next in order.
+
+    Replicas may lag each other by a scrape or by an outage; the billing engine, not this
+    class, makes sure that reading one behind another never bills anything twice."""
+
+    def __init__(self, urls: list[str], timeout: float = 10.0) -> None:
+        if not urls:
+            raise ValueError("no Prometheus URL")
+        self.replicas = [Prometheus(url, timeout) for url in urls]
+        self.current = 0
+
+    @property
+    def url(self) -> str:
+        return self.replicas[self.current].url
+
+    def instant(self, query: str, at: float) -> list[Sample]:
+        failures = []
+        for step in range(len(self.replicas)):
+            index = (self.current + step) % len(self.replicas)
+            try:
+                samples = self.replicas[index].instant(query, at)
+            except PrometheusUnavailable as exc:
+                failures.append(str(exc))
+                continue
+            if index != self.current:
+                log.warning("reading %s: %s", self.replicas[index].url, "; ".join(failures))
+                self.current = index
+            return samples
+        raise PrometheusUnavailable("no replica answered: " + "; ".join(failures))

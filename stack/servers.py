@@ -1,4 +1,5 @@
-"""Prometheus, Alertmanager and InfluxDB 1.x from Debian's packages, each in its own directory.
+"""Prometheus, Alertmanager, InfluxDB 1.x and VictoriaMetrics from Debian's packages, each in its
+own directory.
 
 Each `start_*` writes the server's config under `workdir`, starts it on loopback, and returns a
 `ManagedProcess` that is ready (its readiness endpoint answered) or raises `ServerError`.
@@ -39,6 +40,25 @@ def start_prometheus(
 ) -> ManagedProcess:
     return _start_configured("prometheus", binary, workdir, config, [
         f"--storage.tsdb.path={workdir / 'data'}", "--web.enable-lifecycle"], host, port, timeout)
+
+
+def start_victoria_metrics(
+    workdir: Path,
+    port: int,
+    binary: str = "victoria-metrics",
+    host: str = HOST,
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    """A single-node VictoriaMetrics that Prometheus servers remote_write to, queried with
+    PromQL at /api/v1/query like Prometheus."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [binary, f"-httpListenAddr={host}:{port}", f"-storageDataPath={workdir / 'data'}",
+            # Samples as soon as written (no 30 s latency offset) and no cached results: the
+            # billing engine asks for window ends seconds after they pass.
+            "-search.latencyOffset=0s", "-search.disableCache", "-retentionPeriod=1"]
+    proc = ManagedProcess("victoria-metrics", argv, workdir / "victoria-metrics.log",
+                          f"http://{host}:{port}/health")
+    return proc.start().wait_ready(timeout)
 
 
 def start_alertmanager(

@@ -18,6 +18,7 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
     start_alertmanager,
     start_billing,
     start_prometheus,
+    start_victoria_metrics,
     static_metrics,
     webhook_receiver,
 )

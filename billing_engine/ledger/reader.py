@@ -88,6 +88,10 @@ class SqliteLedgerReader:
         return {series: Decimal(value)
                 for series, value in self._db().execute("SELECT series, value FROM cursors")}
 
+    def cursor_births(self) -> dict[str, float]:
+        return dict(self._db().execute(
+            "SELECT series, created FROM cursors WHERE created IS NOT NULL").fetchall())
+
     def window_lines(self, end: int) -> list[UsageLine]:
         return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost),
                           Decimal(idle), Decimal(idle_cost))

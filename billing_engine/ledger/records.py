@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, NamedTuple
 
@@ -55,6 +55,7 @@ class WindowBill:
     trial_mode: bool  # record usage and cost, debit nothing
     reason: str
     unknown_users: str = "open"  # open | refuse | account:<name> (config.BillingSettings)
+    births: dict[str, float] = field(default_factory=dict)  # when new or reset series began
 
 
 @dataclass(frozen=True)

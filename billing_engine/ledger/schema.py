@@ -252,6 +252,14 @@ def accounts_apart_from_users(db: sqlite3.Connection) -> None:
         sum_months(db)
 
 
+def cursor_births(db: sqlite3.Connection) -> None:
+    """Each cursor keeps when its counter began (its `_created`; NULL until read, 0 where the
+    counter has none): a value below the cursor is a reset only if the counter began again,
+    not because it was read from a Prometheus replica behind the one the cursor came from."""
+    if "created" not in {row[1] for row in db.execute("PRAGMA table_info(cursors)")}:
+        db.execute("ALTER TABLE cursors ADD COLUMN created REAL")
+
+
 MIGRATIONS: list[sqlite.Migration] = [sqlite.statements(V1), carry_over_point_outbox,
-                                      idle_and_weeks, accounts_apart_from_users]
+                                      idle_and_weeks, accounts_apart_from_users, cursor_births]
 VERSION = len(MIGRATIONS)

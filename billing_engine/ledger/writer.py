@@ -96,19 +96,22 @@ class Ledger(SqliteLedgerReader):
 
     # -- billing
     def _move_cursors(self, db: sqlite3.Connection, values: dict[str, Decimal],
-                      end: int) -> None:
+                      end: int, births: dict[str, float]) -> None:
         db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?) "
                        "ON CONFLICT (series) DO UPDATE SET value = excluded.value, "
                        "window_end = excluded.window_end",
                        [(key, str(value), end) for key, value in values.items()])
+        db.executemany("UPDATE cursors SET created = ? WHERE series = ?",
+                       [(born, key) for key, born in births.items()])
 
-    def begin_billing(self, start: int, cursors: dict[str, Decimal]) -> bool:
+    def begin_billing(self, start: int, cursors: dict[str, Decimal],
+                      births: dict[str, float] | None = None) -> bool:
         """Billing begins at `start`, every counter baselined at its value then; False (and
         nothing written) if it had begun already."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM meta WHERE key = 'billing_start'").fetchone():
                 return False
-            self._move_cursors(db, cursors, start)
+            self._move_cursors(db, cursors, start, births or {})
             self._set_meta(db, "billing_start", str(start))
             return True
 
@@ -143,7 +146,7 @@ class Ledger(SqliteLedgerReader):
                 self._set_meta(db, "charged_total", str(charged))
             self._add_to_week(db, bill)
             self._add_to_month(db, bill, to)
-            self._move_cursors(db, bill.cursors, bill.end)
+            self._move_cursors(db, bill.cursors, bill.end, bill.births)
             db.execute("INSERT INTO windows (window_end, window_start, billed_at, lines, cost) "
                        "VALUES (?, ?, ?, ?, ?)",
                        (bill.end, bill.previous, now, len(bill.lines), str(total)))

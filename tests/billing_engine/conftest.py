@@ -21,7 +21,7 @@ from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.ledger import Ledger
 from gpuacct.config import Settings, settings_from_mapping
-from gpuacct.promql import Prometheus
+from gpuacct.promql import PrometheusReplicas, Querier
 from stack.servers import influx_query
 from tests.fixtures.exporter import Exporter
 from tests.fixtures.gpus import RTX3090, FakeGpus, device
@@ -32,6 +32,12 @@ WINDOW = 2
 # GPU-seconds per (user, job, gpu_model); CPU core-seconds per (user, job) under model "" (the
 # ledger puts a job's CPU time on one of its GPU lines, so only these sums can be compared).
 Totals = dict[tuple[str, str, str], tuple[Decimal, Decimal]]
+
+
+def scrape_configs(exporter: Exporter) -> list[dict[str, Any]]:
+    """How every Prometheus of the rig scrapes its exporter."""
+    return [{"job_name": "gpuacct-exporter", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}]
 
 
 @dataclass
@@ -52,12 +58,14 @@ class Rig:
     def ledger_path(self) -> Path:
         return Path(self.config["billing"]["ledger"])
 
-    def engine(self, **billing: Any) -> Engine:
+    def engine(self, querier: Callable[[list[str]], Querier] = PrometheusReplicas,
+               **billing: Any) -> Engine:
         config = json.loads(json.dumps(self.config))
         config["billing"].update(billing)
         settings = settings_from_mapping(config)
         return Engine(settings.billing, Ledger(settings.billing.ledger),
-                      Prometheus(settings.billing.prometheus_url), make_sink(settings.influxdb))
+                      querier(settings.billing.prometheus_url), make_sink(settings.influxdb))
+
 
     def exporter_totals(self) -> Totals:
         totals: dict[tuple[str, str, str], list[Decimal]] = defaultdict(
@@ -121,9 +129,7 @@ def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[...,
         "interval_seconds": 0.25, "state_file": str(tmp_path / "exporter-state.json"),
         "idle": {"after_seconds": 1},  # only a test's 0% processes: the rest run at 50%
         "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
-    prometheus = start_prometheus([{
-        "job_name": "gpuacct-exporter", "honor_labels": True,
-        "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}], interval="500ms")
+    prometheus = start_prometheus(scrape_configs(exporter), interval="500ms")
     influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
     config = {
         "billing": {"ledger": str(tmp_path / "ledger.sqlite3"),

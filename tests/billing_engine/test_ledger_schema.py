@@ -54,7 +54,8 @@ def test_an_old_ledger_migrates_in_place_and_keeps_every_balance_line_and_cursor
     assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     # Version 3 adds the idle columns (nothing idle before) and sums each user's weeks; version
     # 4 makes each user their own account, names each transaction's actor and each line's
-    # account.
+    # account; version 5 gives each cursor its counter's beginning, unknown (NULL) until read.
+    before["cursors"] = [(*row, None) for row in before["cursors"]]
     before["usage_lines"] = [(*row, "0", "0", row[1]) for row in before["usage_lines"]]
     before["accounts"] = sorted([(*row, "personal", row[0], "open")
                                  for row in before["accounts"]], key=repr)

@@ -76,6 +76,18 @@ def test_out_of_range(tmp_path: Path) -> None:
         tmp_path, "stack:\n  prometheus_port: 70000\n")
 
 
+def test_billing_reads_one_prometheus_or_several_replicas(tmp_path: Path) -> None:
+    one = load_settings(write(tmp_path, "billing:\n  prometheus_url: http://a:9090\n"))
+    assert one.billing.prometheus_url == ["http://a:9090"]
+    pair = load_settings(write(tmp_path, "billing:\n  prometheus_url: [http://a:9090, "
+                                         "https://b:9090]\n"))
+    assert pair.billing.prometheus_url == ["http://a:9090", "https://b:9090"]
+    assert "billing.prometheus_url: give at least one Prometheus URL" in error_of(
+        tmp_path, "billing:\n  prometheus_url: []\n")
+    assert "billing.prometheus_url[1]: 'b:9090' is not valid: expected an http" in error_of(
+        tmp_path, "billing:\n  prometheus_url: [http://a:9090, b:9090]\n")
+
+
 def test_bad_listen_address(tmp_path: Path) -> None:
     message = error_of(tmp_path, "exporter:\n  listen_address: localhost\n")
     assert "exporter.listen_address: 'localhost' is not valid: expected HOST:PORT" in message
