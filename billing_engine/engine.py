@@ -48,6 +48,7 @@ QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_total"}'
 CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_created"}'
 OUTBOX_BATCH = 5000
 _UNKNOWN = -1  # no window ends here: the cursor cache must be read from the ledger
+DAY = 86400
 CONFIG_ACTOR = "config (billing.accounts)"
 
 
@@ -122,6 +123,7 @@ class Engine:
         self._unsent: tuple[int, list[UsageLine]] = (_UNKNOWN, [])  # the last window's lines
         self.plans = AccountPlans(settings)
         self._synced: list[AccountPlan] | None = None
+        self._next_roll_up = 0.0
 
     def due_window(self, now: float) -> int:
         """The end of the latest window that has settled by `now`."""
@@ -141,6 +143,7 @@ class Engine:
                 self.settings.reserved_price_factor)
             billed = self._bill_due(now)
             self.drain_outbox()
+            self._roll_up(now)
             self.last_tick_ok = True
             return billed
         except Exception:
@@ -148,6 +151,18 @@ class Engine:
             raise
         finally:
             self.last_tick_seconds = time.perf_counter() - started
+
+    def _roll_up(self, now: float) -> None:
+        """A day of old usage lines rolled up per tick, until none is due; then hourly."""
+        days = self.settings.usage_line_days
+        if days is None or now < self._next_roll_up:
+            return
+        day = self.ledger.roll_up_day(int((now - days * DAY) // DAY * DAY))
+        if day is None:
+            self._next_roll_up = now + 3600
+        else:
+            log.info("usage lines of %s rolled up into one a day per user, job, node and model",
+                     iso(day)[:10])
 
     def _sync_accounts(self, now: float) -> None:
         """The config's group accounts into the ledger, whenever they (or a Unix group's

@@ -268,6 +268,9 @@ class BillingSettings(Section):
     max_backfill_seconds: PositiveFloat = 86400.0
     query_timeout_seconds: PositiveFloat = 10.0
     lease_seconds: PositiveFloat = 30.0
+    # Usage lines (one per user, job, node and GPU model each window) older than this many
+    # days are rolled up into one per day; null: keep every line.
+    usage_line_days: Annotated[int, Field(ge=1)] | None = 90
     opening_balance: Money = Decimal(100)
     trial_mode: bool = False  # record usage and cost, debit nothing
     amount_decimals: Annotated[int, Field(ge=0, le=6)] = 2

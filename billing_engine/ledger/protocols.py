@@ -109,6 +109,10 @@ class LedgerWriter(LedgerReader, Protocol):
 
     def outbox_done(self, end: int) -> None: ...
 
+    def roll_up_day(self, before: int) -> int | None:
+        """The oldest day of lines before `before` summed per user, job, node, model and
+        account, its lines deleted, in one transaction; the day, or None if none was due."""
+
     def open_account(self, name: str, opening: Decimal, at: float, actor: str = ...,
                      kind: AccountKind = "personal", owner: str | None = None) -> None: ...
 

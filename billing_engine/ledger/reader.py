@@ -256,9 +256,9 @@ class SqliteLedgerReader:
         """Usage lines of windows ending in [start, end), or transactions made in it."""
         if what == "usage":
             found = self._db().execute(
-                "SELECT w.window_start, u.window_end, u.user, u.job, u.node, u.gpu_model, "
-                "u.gpu_seconds, u.cpu_core_seconds, u.cost, u.gpu_idle_seconds, u.idle_cost, "
-                "u.account "
+                "SELECT COALESCE(u.covers_from, w.window_start), u.window_end, u.user, u.job, "
+                "u.node, u.gpu_model, u.gpu_seconds, u.cpu_core_seconds, u.cost, "
+                "u.gpu_idle_seconds, u.idle_cost, u.account "
                 "FROM usage_lines u JOIN windows w USING (window_end) "
                 "WHERE u.window_end >= ? AND u.window_end < ? "
                 "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))

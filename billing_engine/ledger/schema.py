@@ -252,14 +252,18 @@ def accounts_apart_from_users(db: sqlite3.Connection) -> None:
         sum_months(db)
 
 
-def cursor_births(db: sqlite3.Connection) -> None:
+def births_and_roll_ups(db: sqlite3.Connection) -> None:
     """Each cursor keeps when its counter began (its `_created`; NULL until read, 0 where the
     counter has none): a value below the cursor is a reset only if the counter began again,
-    not because it was read from a Prometheus replica behind the one the cursor came from."""
+    not because it was read from a Prometheus replica behind the one the cursor came from.
+    A usage line rolled up from a day's lines says from when it covers (NULL: its window)."""
     if "created" not in {row[1] for row in db.execute("PRAGMA table_info(cursors)")}:
         db.execute("ALTER TABLE cursors ADD COLUMN created REAL")
+    if "covers_from" not in {row[1] for row in db.execute("PRAGMA table_info(usage_lines)")}:
+        db.execute("ALTER TABLE usage_lines ADD COLUMN covers_from INTEGER")
 
 
 MIGRATIONS: list[sqlite.Migration] = [sqlite.statements(V1), carry_over_point_outbox,
-                                      idle_and_weeks, accounts_apart_from_users, cursor_births]
+                                      idle_and_weeks, accounts_apart_from_users,
+                                      births_and_roll_ups]
 VERSION = len(MIGRATIONS)

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from billing_engine.ledger import schema
-from billing_engine.ledger.reader import SqliteLedgerReader, iso
+from billing_engine.ledger.reader import DAY, SqliteLedgerReader, iso
 from billing_engine.ledger.records import (
     BILLING,
     UNASSIGNED,
@@ -153,6 +154,49 @@ class Ledger(SqliteLedgerReader):
             if bill.lines:
                 db.execute("INSERT INTO influx_outbox (window_end) VALUES (?)", (bill.end,))
         return True
+
+    def roll_up_day(self, before: int) -> int | None:
+        """Roll the oldest day of usage lines ending before `before` (a UTC midnight) up into a
+        line per user, job, node, GPU model and account, in one transaction that deletes the
+        lines it sums: every sum over whole days (balances, statements, exports, the weekly and
+        monthly sums) stays as it was. The day rolled, or None: none is due, or its points still
+        wait for InfluxDB."""
+        with self._tx() as db:
+            since = int(self._meta("rolled_until") or 0)
+            first = db.execute("SELECT MIN(window_end) FROM usage_lines WHERE window_end >= ?",
+                               (since,)).fetchone()[0]
+            if first is None or first // DAY * DAY + DAY > before:
+                return None
+            day = int(first) // DAY * DAY
+            span = (day, day + DAY)
+            if db.execute("SELECT 1 FROM influx_outbox WHERE window_end >= ? AND window_end < ?",
+                          span).fetchone():
+                return None
+            rolled: dict[tuple[str, ...], list[Any]] = {}
+            for (user, job, node, model, account, end, start, price, *numbers) in db.execute(
+                    "SELECT u.user, u.job, u.node, u.gpu_model, u.account, u.window_end, "
+                    "COALESCE(u.covers_from, w.window_start), u.price_effective, u.gpu_seconds, "
+                    "u.cpu_core_seconds, u.cost, u.gpu_idle_seconds, u.idle_cost "
+                    "FROM usage_lines u JOIN windows w USING (window_end) "
+                    "WHERE u.window_end >= ? AND u.window_end < ?", span):
+                line = rolled.setdefault((user, job, node, model, account),
+                                         [end, start, price, *[Decimal(0)] * 5])
+                if end > line[0]:
+                    line[0], line[2] = end, price  # the latest window and its price
+                line[1] = min(line[1], start)
+                for i, value in enumerate(numbers, 3):
+                    line[i] += Decimal(value)
+            db.execute("DELETE FROM usage_lines WHERE window_end >= ? AND window_end < ?", span)
+            # One user is charged to one account in a window: each line's latest window is
+            # its own, so no two rolled lines share a key.
+            db.executemany(
+                "INSERT INTO usage_lines (user, job, node, gpu_model, account, window_end, "
+                "covers_from, price_effective, gpu_seconds, cpu_core_seconds, cost, "
+                "gpu_idle_seconds, idle_cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*key, end, start, price, *map(str, numbers))
+                 for key, (end, start, price, *numbers) in rolled.items()])
+            self._set_meta(db, "rolled_until", str(day + DAY))
+            return day
 
     def _charged_to(self, db: sqlite3.Connection, users: set[str], bill: WindowBill,
                     now: float) -> dict[str, str]:

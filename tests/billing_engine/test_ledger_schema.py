@@ -54,9 +54,10 @@ def test_an_old_ledger_migrates_in_place_and_keeps_every_balance_line_and_cursor
     assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     # Version 3 adds the idle columns (nothing idle before) and sums each user's weeks; version
     # 4 makes each user their own account, names each transaction's actor and each line's
-    # account; version 5 gives each cursor its counter's beginning, unknown (NULL) until read.
+    # account; version 5 gives each cursor its counter's beginning, unknown (NULL) until read,
+    # and each line what it covers (NULL: its window, until it is rolled up).
     before["cursors"] = [(*row, None) for row in before["cursors"]]
-    before["usage_lines"] = [(*row, "0", "0", row[1]) for row in before["usage_lines"]]
+    before["usage_lines"] = [(*row, "0", "0", row[1], None) for row in before["usage_lines"]]
     before["accounts"] = sorted([(*row, "personal", row[0], "open")
                                  for row in before["accounts"]], key=repr)
     before["transactions"] = sorted([
@@ -162,8 +163,8 @@ def test_a_version_3_ledger_migrates_with_every_balance_and_line(tmp_path: Path)
     # Every line, now with the account it was charged to; the weeks as they were; each
     # member's month summed from the lines.
     lines = sql(path).execute("SELECT * FROM usage_lines ORDER BY 1, 2").fetchall()
-    assert [row[:-1] for row in lines] == before["usage_lines"]
-    assert all(row[-1] == row[1] for row in lines)
+    assert [row[:-2] for row in lines] == before["usage_lines"]
+    assert all(row[-2] == row[1] and row[-1] is None for row in lines)
     assert sql(path).execute("SELECT * FROM weekly_usage ORDER BY 1, 2").fetchall() == \
         before["weekly_usage"]
     assert {(m.account, m.user, m.cost) for m in ledger.member_months(1793491200)} == {
