@@ -27,7 +27,7 @@ from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
-from enforcer.store import Store
+from enforcer.store import Retention, Store
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -64,7 +64,8 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     token, key = _secrets(settings)
     log = setup_logging("gpuacct-enforcer", verbose)
     host, port = parse_listen_address(listen or settings.enforcer.listen_address)
-    store = Store(settings.enforcer.database)
+    store = Store(settings.enforcer.database, Retention(settings.enforcer.delivery_days,
+                                                       settings.enforcer.audit_days))
     database = (settings.allocator.database
                 or settings.enforcer.database.with_name("allocator.sqlite3"))
     allocator = Allocator(AllocationStore(database), settings.allocator,

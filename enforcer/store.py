@@ -54,6 +54,14 @@ MIGRATIONS = [sqlite.statements(SCHEMA_V1), _notice_column]
 
 
 @dataclass(frozen=True)
+class Retention:
+    """Days each kind of row is kept; None: for ever (config.EnforcerSettings)."""
+
+    delivery_days: int | None = 30
+    audit_days: int | None = 365
+
+
+@dataclass(frozen=True)
 class Received:
     new: int
     duplicate: int
@@ -80,11 +88,13 @@ class AuditEntry:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, retention: Retention | None = None) -> None:
         self.db = sqlite.connect(path)
         sqlite.migrate(self.db, MIGRATIONS, f"enforcer store {path}")
         self._lock = threading.Lock()
         self.policy = self._load_policy()
+        self.retention = retention or Retention()
+        self._next_prune = 0.0
 
     def _load_policy(self) -> NodePolicy:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'policy'").fetchone()
@@ -127,7 +137,25 @@ class Store:
                     self.db.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)",
                                     (policy.model_dump_json(),))
             self.policy = policy
+            if now >= self._next_prune:
+                self.prune(now)
+                self._next_prune = now + 3600
         return Received(new, duplicate, policy.version, changed)
+
+    def prune(self, now: float) -> tuple[int, int]:
+        """Deliveries (kept to tell a resent alert from a new one) and audit entries older
+        than their retention; a firing alert's deliveries stay. (deliveries, audit) deleted."""
+        with sqlite.transaction(self.db):
+            deliveries = audit = 0
+            if self.retention.delivery_days is not None:
+                deliveries = self.db.execute(
+                    "DELETE FROM deliveries WHERE received_at < ? AND fingerprint NOT IN "
+                    "(SELECT fingerprint FROM firing)",
+                    (now - self.retention.delivery_days * 86400,)).rowcount
+            if self.retention.audit_days is not None:
+                audit = self.db.execute("DELETE FROM audit WHERE at < ?",
+                                        (now - self.retention.audit_days * 86400,)).rowcount
+        return deliveries, audit
 
     def _resolved(self, fingerprint: str, starts_at: str) -> bool:
         return self.db.execute(

@@ -354,6 +354,10 @@ class AuthSettings(Section):
 class EnforcerSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9837"
     database: Path = Path("/var/lib/gpuacct/enforcer.sqlite3")  # desired state and audit log
+    # Days the alert deliveries (kept to tell a resent alert from a new one; a firing alert's
+    # stay) and the audit log are kept; null: for ever.
+    delivery_days: Annotated[int, Field(ge=1)] | None = 30
+    audit_days: Annotated[int, Field(ge=1)] | None = 365
     nodes: list[str] = []  # node base URLs (http://node:9835); empty: ask Prometheus
     prometheus_url: str = "http://127.0.0.1:19090"
     exporter_job: str = "gpuacct-exporter"  # the scrape job whose targets are the nodes

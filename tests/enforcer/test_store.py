@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.store import Store
+from enforcer.payload import Notification
+from enforcer.store import Retention, Store
 from gpuacct.policy import NodeAction
+from tests.fixtures.enforcement import alert, notification
 
 
 def action(n: int) -> NodeAction:
@@ -48,3 +50,25 @@ def test_a_store_from_before_schema_versions_opens_with_its_policy(tmp_path: Pat
     assert [e.detail for e in reopened.audit()] == ["pid 1"]
     assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == 2
     reopened.close()
+
+
+def test_old_deliveries_and_audit_are_pruned_but_a_firing_alerts_deliveries_stay(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "enforcer.sqlite", Retention(delivery_days=30, audit_days=365))
+    day = 86400.0
+    old = 1_700_000_000.0
+    firing = alert("gat-alice", "block", "BalanceExhausted")
+    gone = alert("gat-bob", "notify", "BalanceLow")
+    store.record_actions("node-1", [action(1)])  # at 1001: long ago
+    store.receive(Notification.model_validate(notification(firing, gone)), now=old)
+    assert [e.node for e in store.audit()] == ["enforcer", "enforcer"]  # pruned as it came
+    store.receive(Notification.model_validate(notification({**gone, "status": "resolved"})),
+                  now=old + day)
+    assert store.prune(old + 10 * day) == (0, 0)  # deliveries younger than 30 days stay
+    assert store.prune(old + 40 * day) == (2, 0)  # bob's firing and resolved, not alice's
+    # Alice's alert, resent, is still known: nothing new is applied or audited twice.
+    again = store.receive(Notification.model_validate(notification(firing)), now=old + 41 * day)
+    assert (again.new, again.duplicate, again.changed) == (0, 1, False)
+    assert store.prune(old + 400 * day) == (0, 3)  # the enforcer's three audit lines
+    assert [f.user for f in store.firing()] == ["gat-alice"]
+    store.close()
