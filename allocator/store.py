@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from gpuacct import sqlite
@@ -120,14 +119,13 @@ class Changes:
 
     def add(self, user: str, asked_on: str, count: int, seconds: float, model: str | None,
             node: str | None, gpus: tuple[int, ...] | None) -> int:
-        cursor = self._db.execute(
+        (id,) = self._db.execute(
             "INSERT INTO requests (user, asked_on, count, seconds, model, node, gpus, "
-            "submitted, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+            "submitted, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued') RETURNING id",
             (user, asked_on, count, seconds, model, node,
-             json.dumps(list(gpus)) if gpus is not None else None, self.now))
-        assert cursor.lastrowid is not None
+             json.dumps(list(gpus)) if gpus is not None else None, self.now)).fetchone()
         self.dirty = True
-        return cursor.lastrowid
+        return int(id)
 
     def grant(self, id: int, node: str, gpus: tuple[int, ...], ends: float) -> None:
         self._db.execute(
@@ -149,7 +147,8 @@ class Changes:
         fingerprint did: that too is a new version."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
         if row is None or int(row[0]) != fingerprint:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)",
+            self._db.execute("INSERT INTO meta VALUES ('settings', ?) ON CONFLICT (key) DO UPDATE "
+                             "SET value = excluded.value",
                              (fingerprint,))
             self.dirty = row is not None  # the first settings are no change for any node
 
@@ -182,9 +181,9 @@ class Changes:
 
 
 class AllocationStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: sqlite.Target) -> None:
         self.path = path
-        self.db = sqlite.connect(path)
+        self.db = sqlite.connect(path, schema="allocator")
         sqlite.migrate(self.db, MIGRATIONS, f"allocator store {path}")
         self._lock = threading.RLock()
 
@@ -200,7 +199,8 @@ class AllocationStore:
             if changes.dirty:
                 self.db.execute(
                     "INSERT INTO meta VALUES ('version', ?) ON CONFLICT (key) DO UPDATE SET "
-                    "value = max(value + 1, excluded.value)", (int(now * 1000),))
+                    "value = CASE WHEN meta.value + 1 > excluded.value THEN meta.value + 1 "
+                    "ELSE excluded.value END", (int(now * 1000),))
 
     @property
     def version(self) -> int:

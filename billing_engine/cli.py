@@ -41,6 +41,7 @@ from billing_engine.ledger import (
     export,
     open_reader,
 )
+from billing_engine.ledger import exists as ledger_exists
 from billing_engine.metrics import build_registry
 from gpuacct.cli_common import (
     command_or_usage,
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_ledger(settings: BillingSettings) -> Ledger:
-    if not settings.ledger.exists():
+    if not ledger_exists(settings.ledger):
         raise SystemExit(f"gpuacct-billing: no ledger at {settings.ledger} "
                          "(start `gpuacct-billing run` first, or check billing.ledger)")
     try:

@@ -28,6 +28,7 @@ from enforcer.nodes import Pusher
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.store import Retention, Store
+from gpuacct import sqlite
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -67,7 +68,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     store = Store(settings.enforcer.database, Retention(settings.enforcer.delivery_days,
                                                        settings.enforcer.audit_days))
     database = (settings.allocator.database
-                or settings.enforcer.database.with_name("allocator.sqlite3"))
+                or sqlite.beside(settings.enforcer.database, "allocator.sqlite3"))
     allocator = Allocator(AllocationStore(database), settings.allocator,
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
@@ -77,7 +78,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     register_allocator_metrics(allocator, registry)
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)
-    notices = Notices(settings.enforcer.database.with_name("notices.sqlite3"),
+    notices = Notices(sqlite.beside(settings.enforcer.database, "notices.sqlite3"),
                       settings.notifications, settings.web.public_url)
     notifier = Notifier(notices, settings.notifications, registry)
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         return run(settings, args.listen_address, args.verbose)
     if command in ("policy", "audit"):
-        if not settings.enforcer.database.exists():
+        if not sqlite.exists(settings.enforcer.database):
             print(f"gpuacct-enforcer: no state at {settings.enforcer.database}", file=sys.stderr)
             return 1
         store = Store(settings.enforcer.database)

@@ -17,7 +17,6 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from enforcer.store import Firing
 from gpuacct import sqlite
@@ -72,9 +71,10 @@ class Backlog:
 
 
 class Notices:
-    def __init__(self, path: Path, settings: NotificationSettings, page_url: str | None) -> None:
+    def __init__(self, path: sqlite.Target, settings: NotificationSettings,
+                 page_url: str | None) -> None:
         self.settings, self.page_url = settings, page_url
-        self.db = sqlite.connect(path)
+        self.db = sqlite.connect(path, schema="notices")
         sqlite.migrate(self.db, MIGRATIONS, f"notices {path}")
         self._lock = threading.Lock()
 
@@ -172,7 +172,8 @@ class Notices:
             raise ValueError(f"no channel named {', '.join(sorted(unknown))}; there are: "
                              f"{', '.join(self.settings.channels) or 'none'}")
         with self._lock, sqlite.transaction(self.db):
-            self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)",
+            self.db.execute("INSERT INTO settings VALUES (?, ?, ?) ON CONFLICT (user) DO UPDATE "
+                            "SET address = excluded.address, channels = excluded.channels",
                             (user, address or None,
                              None if channels is None else json.dumps(channels)))
             return self._choice(user)

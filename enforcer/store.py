@@ -8,13 +8,11 @@ the same fingerprint and start, even if it arrives first.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from enforcer.payload import Notification
 from gpuacct import sqlite
@@ -45,7 +43,7 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 # The notice an alert belongs to (its `notice` label, else its name): alerts of one notice
 # are told to the user in one message (enforcer.notices).
-def _notice_column(db: sqlite3.Connection) -> None:
+def _notice_column(db: sqlite.Connection) -> None:
     if "notice" not in {r[1] for r in db.execute("PRAGMA table_info(firing)")}:
         db.execute("ALTER TABLE firing ADD COLUMN notice TEXT NOT NULL DEFAULT ''")
 
@@ -88,8 +86,8 @@ class AuditEntry:
 
 
 class Store:
-    def __init__(self, path: Path, retention: Retention | None = None) -> None:
-        self.db = sqlite.connect(path)
+    def __init__(self, path: sqlite.Target, retention: Retention | None = None) -> None:
+        self.db = sqlite.connect(path, schema="enforcer")
         sqlite.migrate(self.db, MIGRATIONS, f"enforcer store {path}")
         self._lock = threading.Lock()
         self.policy = self._load_policy()
@@ -119,7 +117,9 @@ class Store:
                         if self._resolved(key[0], key[1]):
                             continue  # its resolution overtook it
                         self.db.execute(
-                            "INSERT OR REPLACE INTO firing VALUES (?, ?, ?, ?, ?)",
+                            "INSERT INTO firing VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) "
+                            "DO UPDATE SET starts_at = excluded.starts_at, user = excluded.user, "
+                            "reason = excluded.reason, notice = excluded.notice",
                             (key[0], key[1], alert.user, reason.model_dump_json(),
                              alert.notice))
                     else:
@@ -134,7 +134,8 @@ class Store:
                     # database was lost and started afresh (nodes take only newer versions).
                     policy = policy.model_copy(update={"version": max(
                         policy.version + 1, int(now * 1000))})
-                    self.db.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)",
+                    self.db.execute("INSERT INTO meta VALUES ('policy', ?) ON CONFLICT (key) "
+                                    "DO UPDATE SET value = excluded.value",
                                     (policy.model_dump_json(),))
             self.policy = policy
             if now >= self._next_prune:

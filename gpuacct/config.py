@@ -238,6 +238,17 @@ def _check_unknown_users(value: str) -> str:
     return value
 
 
+def _check_postgres_url(value: str) -> str:
+    if re.search(r"://[^/@]*:[^/@]*@", value):
+        raise ValueError("the URL holds a password: give it in PGPASSWORD or a password file "
+                         "(PGPASSFILE, ~/.pgpass), which libpq reads")
+    return value
+
+
+PostgresUrl = Annotated[str, Field(pattern=r"^postgres(ql)?://"),
+                        AfterValidator(_check_postgres_url)]
+
+
 def _one_or_more_urls(value: Any) -> Any:
     urls = [value] if isinstance(value, str) else value
     if isinstance(urls, list) and not urls:
@@ -260,7 +271,9 @@ class BillingSettings(Section):
     # Labels that tell replicas apart (external labels, dedup labels): dropped from a series'
     # identity, so that one counter read through two replicas is one series.
     replica_labels: list[str] = ["replica", "prometheus_replica", "__replica__"]
-    ledger: Path = Path("/var/lib/gpuacct/ledger.sqlite3")
+    # A SQLite file, or a PostgreSQL URL (postgresql://gpuacct@db.example/gpuacct); its password
+    # from PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass), never here.
+    ledger: PostgresUrl | Path = Path("/var/lib/gpuacct/ledger.sqlite3")
     window_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     # A window is billed this long after it ends: at least two scrape intervals, so every
     # node's sample at the window's end has arrived.
@@ -353,7 +366,9 @@ class AuthSettings(Section):
 
 class EnforcerSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9837"
-    database: Path = Path("/var/lib/gpuacct/enforcer.sqlite3")  # desired state and audit log
+    # Desired state and audit log: a SQLite file, or a PostgreSQL URL (as billing.ledger; the
+    # allocator and the notices then keep their tables in the same database).
+    database: PostgresUrl | Path = Path("/var/lib/gpuacct/enforcer.sqlite3")
     # Days the alert deliveries (kept to tell a resent alert from a new one; a firing alert's
     # stay) and the audit log are kept; null: for ever.
     delivery_days: Annotated[int, Field(ge=1)] | None = 30
@@ -374,7 +389,8 @@ class AllocationLimits(Section):
 class AllocatorSettings(Section):
     """GPU reservations and their queue, kept and served by gpuacct-enforcer."""
 
-    database: Path | None = None  # default: allocator.sqlite3 beside enforcer.database
+    # Default: allocator.sqlite3 beside enforcer.database (in PostgreSQL: the same database).
+    database: PostgresUrl | Path | None = None
     # open: reservations are optional, an unreserved GPU is first come, first served.
     # strict: a GPU process needs a reservation of its user on that GPU.
     mode: Literal["open", "strict"] = "open"

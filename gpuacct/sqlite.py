@@ -1,5 +1,6 @@
 """The one way gpuacct's stores open SQLite: WAL, durable commits, numbered migrations, and a
-transaction that always ends, committed or rolled back.
+transaction that always ends, committed or rolled back. A `postgresql://` URL in place of a
+file opens PostgreSQL behind the same calls (gpuacct.postgres).
 
 A store hands out typed results, never a connection; only its own module runs SQL.
 """
@@ -8,22 +9,61 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
+
+from gpuacct import postgres
+
+
+class Connection(Protocol):
+    """What the stores use of a connection: sqlite3's, or gpuacct.postgres'."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+Target = Path | str  # a file, or a postgresql:// URL
 
 # A migration takes the connection inside its transaction. Its number is its place in the
 # list plus one; `PRAGMA user_version` records the last one applied.
-Migration = Callable[[sqlite3.Connection], None]
+Migration = Callable[[Connection], None]
+
+
+def is_postgres(db: Connection) -> bool:
+    return isinstance(db, postgres.Connection)
 
 
 class SchemaError(Exception):
     """The database is of a schema this code cannot use (newer, or not yet migrated)."""
 
 
-def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
+def beside(target: Target, name: str) -> Target:
+    """Another store's place next to this one: a file of that name in the same folder, or,
+    in PostgreSQL, the same database (each store has a schema of its own there)."""
+    return target if postgres.is_url(target) else Path(target).with_name(name)
+
+
+def exists(target: Target) -> bool:
+    """Whether the store is there (a PostgreSQL one is made on first connect)."""
+    return postgres.is_url(target) or Path(target).exists()
+
+
+def connect(path: Target, readonly: bool = False, timeout: float = 30.0,
+            schema: str = "public") -> Connection:
     """Autocommit mode (`transaction()` opens the transactions), WAL, full fsync at commit.
-    A read-only connection refuses every write with `sqlite3.OperationalError`."""
+    A read-only connection refuses every write with `sqlite3.OperationalError`. `schema`:
+    the store's schema in PostgreSQL (a SQLite file is one store already)."""
+    if postgres.is_url(path):
+        return postgres.Connection(str(path), readonly, timeout, schema)
+    path = Path(path)
     if readonly:
         db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=timeout,
                              isolation_level=None, check_same_thread=False)
@@ -38,7 +78,7 @@ def connect(path: Path, readonly: bool = False, timeout: float = 30.0) -> sqlite
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(db: Connection) -> Iterator[Connection]:
     """BEGIN IMMEDIATE (one writer at a time), COMMIT, or ROLLBACK on any exception: the
     connection never stays inside a transaction after the block."""
     db.execute("BEGIN IMMEDIATE")
@@ -51,7 +91,7 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def read_transaction(db: sqlite3.Connection) -> Iterator[None]:
+def read_transaction(db: Connection) -> Iterator[None]:
     """Several reads that see one state of the database (a deferred transaction); inside a
     transaction already, that one."""
     if db.in_transaction:
@@ -76,7 +116,7 @@ def statements(script: str) -> Migration:
     if pending.strip():
         raise ValueError(f"an incomplete SQL statement: {pending.strip()[:60]}")
 
-    def run(db: sqlite3.Connection) -> None:
+    def run(db: Connection) -> None:
         for statement in parts:
             db.execute(statement)
     return run
@@ -87,11 +127,11 @@ def placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-def schema_version(db: sqlite3.Connection) -> int:
+def schema_version(db: Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection, migrations: Sequence[Migration], what: str) -> int:
+def migrate(db: Connection, migrations: Sequence[Migration], what: str) -> int:
     """Apply the migrations the database has not had, each in its own transaction with its
     version number; returns the version now. A database from newer code is refused."""
     latest = len(migrations)
@@ -110,7 +150,7 @@ def migrate(db: sqlite3.Connection, migrations: Sequence[Migration], what: str) 
     return version
 
 
-def require_version(db: sqlite3.Connection, latest: int, what: str) -> None:
+def require_version(db: Connection, latest: int, what: str) -> None:
     """For readers, which never migrate: the database must be exactly of this schema."""
     version = schema_version(db)
     if version != latest:
@@ -124,9 +164,12 @@ class BackupError(Exception):
     """The copy could not be made; nothing was left behind."""
 
 
-def backup(db: sqlite3.Connection, dest: Path) -> None:
+def backup(db: Connection, dest: Path) -> None:
     """A consistent copy of `db` while others keep writing (SQLite's online backup), checked
     whole before it is renamed into place: `dest` is either complete or absent."""
+    if not isinstance(db, sqlite3.Connection):
+        raise BackupError("the ledger is in PostgreSQL: back it up with pg_dump (or the "
+                          "server's own backups)")
     if dest.exists():
         raise BackupError(f"{dest} exists; choose a new file")
     partial = dest.with_name(f".{dest.name}.partial")
@@ -153,12 +196,12 @@ class PerThread:
     thread-local storage only: a thread's connection is closed when the thread ends, so a
     server that runs each request in a new thread holds none for long."""
 
-    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, opener: Callable[[], Connection]) -> None:
         self._open = opener
         self._local = threading.local()
 
-    def get(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    def get(self) -> Connection:
+        db: Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = self._open()
             self._local.db = db

@@ -11,7 +11,9 @@ from tests.fixtures.enforcement import cluster  # noqa: F401 (fixtures)
 from tests.fixtures.exporter import start_exporter  # noqa: F401 (fixtures)
 from tests.fixtures.install import installed_gpuacct  # noqa: F401 (fixtures)
 from tests.fixtures.ldap import slapd  # noqa: F401 (fixtures)
+from tests.fixtures.ledger import store_target  # noqa: F401 (fixtures)
 from tests.fixtures.notices import chat_receiver, smtp_server  # noqa: F401 (fixtures)
+from tests.fixtures.postgres import pg_database, postgres_server  # noqa: F401 (fixtures)
 from tests.fixtures.servers import (  # noqa: F401 (fixtures)
     RUNNING,
     influxdb,

@@ -11,6 +11,7 @@ import sys
 
 import uvicorn
 
+from billing_engine.ledger import exists as ledger_exists
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = load_or_exit(args.config)
     log = setup_logging("gpuacct-web", args.verbose)
-    if not settings.billing.ledger.exists():
+    if not ledger_exists(settings.billing.ledger):
         print(f"gpuacct-web: no ledger at {settings.billing.ledger} (start gpuacct-billing "
               "first, or set billing.ledger)", file=sys.stderr)
         return 1

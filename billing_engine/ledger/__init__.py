@@ -2,8 +2,6 @@
 outbox. This package owns every SQL statement against those tables; everyone else holds a
 `LedgerReader` (read-only) or a `LedgerWriter` and gets typed rows back."""
 
-from pathlib import Path
-
 from billing_engine.ledger.protocols import Export, LedgerReader, LedgerWriter
 from billing_engine.ledger.reader import SqliteLedgerReader, iso
 from billing_engine.ledger.records import (
@@ -33,20 +31,20 @@ from billing_engine.ledger.records import (
 from billing_engine.ledger.schema import VERSION as SCHEMA_VERSION
 from billing_engine.ledger.schema import month_start, next_month, week_start
 from billing_engine.ledger.writer import Ledger
-from gpuacct.sqlite import SchemaError
+from gpuacct.sqlite import SchemaError, Target, exists
 
 __all__ = [
     "BILLING", "SCHEMA_VERSION", "UNASSIGNED", "Account", "AccountKind", "AccountPlan",
     "AuditEntry", "DailyCost", "Export", "JobUsage", "Kind", "LeaseLost", "Ledger",
     "LedgerError", "LedgerReader", "LedgerUnavailable", "LedgerWriter", "MemberMonth",
     "MetricsSnapshot", "Posting", "SchemaError", "SqliteLedgerReader", "Statement",
-    "StatementEntry", "Status", "Transaction", "UsageLine", "WeekUsage", "WindowBill", "iso",
-    "month_start", "next_month", "open_reader", "week_start",
+    "StatementEntry", "Status", "Transaction", "UsageLine", "WeekUsage", "WindowBill", "exists",
+    "iso", "month_start", "next_month", "open_reader", "week_start",
 ]
 
 
-def open_reader(path: Path) -> SqliteLedgerReader:
+def open_reader(path: Target) -> SqliteLedgerReader:
     """A read-only handle on the ledger at `path` (which must exist)."""
-    if not path.exists():
+    if not exists(path):
         raise LedgerError(f"no ledger at {path}")
     return SqliteLedgerReader(path)

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from billing_engine.ledger import schema
 from billing_engine.ledger.protocols import Export
@@ -32,7 +31,7 @@ from billing_engine.ledger.records import (
     WeekUsage,
 )
 from billing_engine.ledger.schema import week_start
-from gpuacct import sqlite
+from gpuacct import postgres, sqlite
 from gpuacct.config import PriceVersion
 
 MICROS = "CAST(ROUND(CAST({} AS REAL) * 1000000) AS INTEGER)"
@@ -50,16 +49,17 @@ def iso(t: float) -> str:
 class SqliteLedgerReader:
     """Implements `LedgerReader` on a ledger file that gpuacct-billing keeps migrated."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: sqlite.Target) -> None:
         self.path = path
+        self.where = postgres.redacted(str(path))  # for messages
         self._readers = sqlite.PerThread(self._open_reader)
 
-    def _open_reader(self) -> sqlite3.Connection:
-        db = sqlite.connect(self.path, readonly=True, timeout=5.0)
-        sqlite.require_version(db, schema.VERSION, f"ledger {self.path}")
+    def _open_reader(self) -> sqlite.Connection:
+        db = sqlite.connect(self.path, readonly=True, timeout=5.0, schema="ledger")
+        sqlite.require_version(db, schema.VERSION, f"ledger {self.where}")
         return db
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> sqlite.Connection:
         return self._readers.get()
 
     def close(self) -> None:
@@ -279,7 +279,7 @@ class SqliteLedgerReader:
         try:
             return self._metrics_snapshot()
         except sqlite3.Error as exc:
-            raise LedgerUnavailable(f"ledger {self.path}: {exc}") from None
+            raise LedgerUnavailable(f"ledger {self.where}: {exc}") from None
 
     def _metrics_snapshot(self) -> MetricsSnapshot:
         db = self._db()

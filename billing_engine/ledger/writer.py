@@ -8,7 +8,6 @@ cursors, its outbox row and its `windows` row commit together or not at all.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -38,18 +37,18 @@ from gpuacct.config import PriceVersion
 class Ledger(SqliteLedgerReader):
     """Implements `LedgerWriter` (and, on the same connection, `LedgerReader`) on SQLite."""
 
-    def __init__(self, path: Path, migrate: bool = True) -> None:
+    def __init__(self, path: sqlite.Target, migrate: bool = True) -> None:
         """`migrate=False` for a process that writes but does not own the schema (the web):
         the file must be of the current version already."""
         super().__init__(path)
-        self._writer = sqlite.connect(path)
+        self._writer = sqlite.connect(path, schema="ledger")
         if migrate:
-            sqlite.migrate(self._writer, schema.MIGRATIONS, f"ledger {path}")
+            sqlite.migrate(self._writer, schema.migrations(self._writer), f"ledger {self.where}")
         else:
-            sqlite.require_version(self._writer, schema.VERSION, f"ledger {path}")
+            sqlite.require_version(self._writer, schema.VERSION, f"ledger {self.where}")
         self._lock = threading.RLock()  # one writer thread at a time on the connection
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> sqlite.Connection:
         return self._writer
 
     def close(self) -> None:
@@ -63,7 +62,7 @@ class Ledger(SqliteLedgerReader):
             yield
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[sqlite.Connection]:
         with self._lock:
             if self._writer.in_transaction:  # inside batch(): part of its transaction
                 yield self._writer
@@ -71,7 +70,7 @@ class Ledger(SqliteLedgerReader):
             with sqlite.transaction(self._writer) as db:
                 yield db
 
-    def _set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+    def _set_meta(self, db: sqlite.Connection, key: str, value: str) -> None:
         db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
@@ -91,12 +90,12 @@ class Ledger(SqliteLedgerReader):
         with self._tx() as db:
             db.execute("DELETE FROM lease WHERE id = 1 AND holder = ?", (holder,))
 
-    def _holds_lease(self, db: sqlite3.Connection, holder: str) -> bool:
+    def _holds_lease(self, db: sqlite.Connection, holder: str) -> bool:
         row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
         return row is not None and row[0] == holder and row[1] > time.time()
 
     # -- billing
-    def _move_cursors(self, db: sqlite3.Connection, values: dict[str, Decimal],
+    def _move_cursors(self, db: sqlite.Connection, values: dict[str, Decimal],
                       end: int, births: dict[str, float]) -> None:
         db.executemany("INSERT INTO cursors (series, value, window_end) VALUES (?, ?, ?) "
                        "ON CONFLICT (series) DO UPDATE SET value = excluded.value, "
@@ -198,7 +197,7 @@ class Ledger(SqliteLedgerReader):
             self._set_meta(db, "rolled_until", str(day + DAY))
             return day
 
-    def _charged_to(self, db: sqlite3.Connection, users: set[str], bill: WindowBill,
+    def _charged_to(self, db: sqlite.Connection, users: set[str], bill: WindowBill,
                     now: float) -> dict[str, str]:
         """Each user's account for a window: their membership at its start, else their own
         account, else `unknown_users` decides (and the user becomes that account's member).
@@ -227,14 +226,14 @@ class Ledger(SqliteLedgerReader):
             to[user] = target
         return to
 
-    def _join(self, db: sqlite3.Connection, user: str, account: str, effective: float,
+    def _join(self, db: sqlite.Connection, user: str, account: str, effective: float,
               actor: str) -> None:
         db.execute("INSERT INTO memberships (user, effective, account, actor) VALUES (?, ?, ?, ?) "
                    "ON CONFLICT (user, effective) DO UPDATE SET account = excluded.account, "
                    "actor = excluded.actor", (user, effective, account, actor))
         self._audit(db, effective, actor, "membership", user, f"charged to {account or 'own'}")
 
-    def _add_to_week(self, db: sqlite3.Connection, bill: WindowBill) -> None:
+    def _add_to_week(self, db: sqlite.Connection, bill: WindowBill) -> None:
         """Add the window's lines to each user's sums for the week it ends in."""
         week = schema.week_start(bill.end)
         users = {ln.user for ln in bill.lines}
@@ -246,7 +245,7 @@ class Ledger(SqliteLedgerReader):
             ((week, ln.user, ln.gpu_seconds, ln.gpu_idle_seconds, ln.cost, ln.idle_cost)
              for ln in bill.lines), into=known))
 
-    def _add_to_month(self, db: sqlite3.Connection, bill: WindowBill,
+    def _add_to_month(self, db: sqlite.Connection, bill: WindowBill,
                       to: dict[str, str]) -> None:
         """Add the window's cost to each member's sum for its account and month."""
         month = schema.month_start(bill.end)
@@ -258,7 +257,7 @@ class Ledger(SqliteLedgerReader):
             sums[key] = sums.get(key, Decimal(0)) + line.cost
         schema.write_months(db, sums)
 
-    def _charge_window(self, db: sqlite3.Connection, charges: dict[str, Decimal], at: float,
+    def _charge_window(self, db: sqlite.Connection, charges: dict[str, Decimal], at: float,
                        end: int, reason: str) -> None:
         """A window's charges, one per account, as `post` would make them, in a few statements
         rather than six per account. A key used before fails the UNIQUE constraint: nothing is
@@ -282,7 +281,7 @@ class Ledger(SqliteLedgerReader):
             db.execute("DELETE FROM influx_outbox WHERE window_end = ?", (end,))
 
     # -- accounts and money
-    def _audit(self, db: sqlite3.Connection, at: float, actor: str, action: str, target: str,
+    def _audit(self, db: sqlite.Connection, at: float, actor: str, action: str, target: str,
                detail: str = "") -> None:
         db.execute("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                    (at, actor, action, target, detail))
@@ -293,7 +292,7 @@ class Ledger(SqliteLedgerReader):
         with self._tx() as db:
             self._audit(db, time.time() if at is None else at, actor, action, target, detail)
 
-    def _open_account(self, db: sqlite3.Connection, name: str, opening: Decimal, at: float,
+    def _open_account(self, db: sqlite.Connection, name: str, opening: Decimal, at: float,
                       actor: str, kind: AccountKind = "personal", owner: str | None = None
                       ) -> None:
         db.execute("INSERT INTO accounts (name, balance, opened_at, kind, owner) "
@@ -317,7 +316,7 @@ class Ledger(SqliteLedgerReader):
                     "SELECT 1 FROM memberships WHERE user = ?", (name,)).fetchone():
                 self._join(db, name, "", at, actor)
 
-    def _account(self, db: sqlite3.Connection, name: str) -> tuple[str, str]:
+    def _account(self, db: sqlite.Connection, name: str) -> tuple[str, str]:
         row = db.execute("SELECT kind, status FROM accounts WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise LedgerError(f"unknown account {name!r}: no such account in the ledger")
@@ -362,7 +361,7 @@ class Ledger(SqliteLedgerReader):
             self._account(db, account)
             self._set_member_limit(db, account, user, monthly, actor, at)
 
-    def _set_member_limit(self, db: sqlite3.Connection, account: str, user: str,
+    def _set_member_limit(self, db: sqlite.Connection, account: str, user: str,
                           monthly: Decimal | None, actor: str, at: float) -> None:
         if monthly is None:
             db.execute("DELETE FROM member_limits WHERE account = ? AND user = ?",

@@ -13,6 +13,7 @@ from allocator.store import AllocationStore
 from gpuacct.allocation import Reserve
 from gpuacct.config import AllocationLimits, AllocatorSettings
 from gpuacct.policy import NodeGpu
+from gpuacct.sqlite import Target
 
 HOUR = 3600.0
 
@@ -34,7 +35,7 @@ def clock() -> Clock:
     return Clock()
 
 
-def make(path: Path, clock: Clock, **settings: object) -> Allocator:
+def make(path: Target, clock: Clock, **settings: object) -> Allocator:
     allocator = Allocator(AllocationStore(path), AllocatorSettings(**settings),  # type: ignore[arg-type]
                           clock=clock)
     allocator.report_gpus("gpu01", gpus(2))
@@ -43,8 +44,8 @@ def make(path: Path, clock: Clock, **settings: object) -> Allocator:
 
 
 @pytest.fixture
-def allocator(tmp_path: Path, clock: Clock) -> Allocator:
-    return make(tmp_path / "allocator.sqlite3", clock)
+def allocator(store_target: Target, clock: Clock) -> Allocator:
+    return make(store_target, clock)
 
 
 def ask(count: int, hours: float = 1, **kw: object) -> Reserve:
@@ -162,8 +163,9 @@ def test_an_administrator_cancels_and_the_user_is_told(allocator: Allocator) -> 
         allocator.cancel(r.id, "admin-ann")
 
 
-def test_a_restart_keeps_the_queue_and_the_reservations(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "allocator.sqlite3"
+def test_a_restart_keeps_the_queue_and_the_reservations(store_target: Target,
+                                                         clock: Clock) -> None:
+    path = store_target
     first = make(path, clock)
     for user in ("alice", "bob", "carol", "dave"):
         first.reserve(user, "gpu01", ask(2))

@@ -20,8 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.ledger import Ledger
+from gpuacct import postgres
 from gpuacct.config import Settings, settings_from_mapping
 from gpuacct.promql import PrometheusReplicas, Querier
+from gpuacct.sqlite import Target
 from stack.servers import influx_query
 from tests.fixtures.exporter import Exporter
 from tests.fixtures.gpus import RTX3090, FakeGpus, device
@@ -55,8 +57,9 @@ class Rig:
         return settings_from_mapping(self.config)
 
     @property
-    def ledger_path(self) -> Path:
-        return Path(self.config["billing"]["ledger"])
+    def ledger_path(self) -> Target:
+        target: str = self.config["billing"]["ledger"]
+        return target if postgres.is_url(target) else Path(target)
 
     def engine(self, querier: Callable[[list[str]], Querier] = PrometheusReplicas,
                **billing: Any) -> Engine:
@@ -141,6 +144,14 @@ def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[...,
     config_path.write_text(yaml.safe_dump(config))
     return Rig(gpus, exporter, prometheus, influxdb, config, config_path,
                {u.name for u in test_users.values()})
+
+
+@pytest.fixture
+def pg_rig(rig: Rig, pg_database: str) -> Rig:
+    """The rig with its ledger in PostgreSQL."""
+    rig.config["billing"]["ledger"] = pg_database
+    rig.config_path.write_text(yaml.safe_dump(rig.config))
+    return rig
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from billing_engine.ledger import (
 from billing_engine.ledger.statement import as_csv, as_html, as_pdf, parse_month
 from billing_engine.metrics import build_registry
 from gpuacct.config import BillingSettings, ConfigError, settings_from_mapping
+from gpuacct.sqlite import Target
 from gpuacct.tiers import account_tier
 from tests.fixtures.ledger import sql
 
@@ -53,8 +54,8 @@ def lab(members: set[str], limits: dict[str, Decimal] | None = None) -> AccountP
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "ledger.sqlite3")
+def ledger(store_target: Target) -> Ledger:
+    return Ledger(store_target)
 
 
 def charges_by_account(ledger: Ledger) -> dict[str, Decimal]:

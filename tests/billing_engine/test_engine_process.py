@@ -111,3 +111,56 @@ def _scrape(port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
+
+
+def test_two_engines_on_postgresql_the_active_one_killed_ten_times(
+        pg_rig: Rig, processes: Processes, test_users: dict[str, UnixUser],
+        tmp_path: Path) -> None:
+    """Active and standby on one PostgreSQL ledger: each time the engine that bills dies
+    (SIGKILL at a random moment), the other bills within the lease; every window once."""
+    rig, alice = pg_rig, test_users["alice"]
+    lease = float(rig.config["billing"]["lease_seconds"])
+    job = start_job(rig, processes, alice, "standby", gpu=0)
+    engines = [engine_process(rig, f"billing-{n}", tmp_path / f"billing-{n}.log")[0]
+               for n in (1, 2)]
+    for engine in engines:
+        engine.start().wait_ready()
+    ledger = Ledger(rig.ledger_path)
+
+    def holder() -> ManagedProcess | None:
+        row = sql(ledger).execute("SELECT holder, expires FROM lease").fetchone()
+        if row is None or row[1] < time.time():
+            return None
+        return next((e for e in engines if str(e.pid) in row[0].split(":")), None)
+
+    rng = random.Random(20261203)
+    takeovers = []
+    try:
+        for _ in range(10):
+            active = wait_for(holder, timeout=15, what="an engine to hold the lease")
+            time.sleep(rng.uniform(0.05, 2 * WINDOW))  # anywhere: mid-window, mid-commit
+            os.kill(active.pid, signal.SIGKILL)
+            active.popen.wait()  # type: ignore[union-attr]
+            killed = time.monotonic()
+            standby = next(e for e in engines if e is not active)
+            wait_for(lambda: holder() is standby, timeout=15,  # noqa: B023 (this turn's)
+                     what="the standby to take the lease")
+            takeovers.append(time.monotonic() - killed)
+            assert ledger.invariant_violations() == []
+            ends = [r[0] for r in sql(ledger).execute("SELECT window_end FROM windows ORDER BY 1")]
+            assert ends == list(range(ends[0], ends[-1] + WINDOW, WINDOW))  # none skipped
+            active.start().wait_ready()  # back, as the standby now
+        stop_job(rig, job)
+        rig.wait_until_billed(timeout=40)
+    finally:
+        for engine in engines:
+            engine.stop()
+    # The lease runs out at most `lease` after the last renewal; the standby looks every
+    # half second (a quarter window).
+    assert max(takeovers) <= lease + 1.0, takeovers
+    check_ledger(rig)  # every window once, contiguous, costs = usage x price, balances agree
+    charges = sql(ledger).execute(
+        "SELECT window_end, COUNT(*) FROM transactions WHERE kind = 'charge' "
+        "GROUP BY window_end, account HAVING COUNT(*) > 1").fetchall()
+    assert charges == []
+    ledger.close()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from decimal import Decimal
-from pathlib import Path
 
 from billing_engine.engine import Engine
 from billing_engine.ledger import AccountPlan, Ledger, UsageLine, WindowBill
 from gpuacct.config import BillingSettings
 from gpuacct.promql import PrometheusReplicas
+from gpuacct.sqlite import Target
 from tests.fixtures.ledger import forge, sql
 
 DAY = 86400
@@ -33,9 +33,9 @@ def bill(ledger: Ledger, end: int) -> None:
     ledger.outbox_done(end)
 
 
-def four_days(tmp_path: Path) -> Ledger:
+def four_days(target: Target) -> Ledger:
     """Four days of windows; bob joins the lab account in the middle of the second."""
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    ledger = Ledger(target)
     assert ledger.acquire_lease("test", 3600)
     ledger.sync_accounts([LAB], START, "test")
     assert ledger.begin_billing(START, {})
@@ -72,8 +72,8 @@ def line_count(ledger: Ledger) -> int:
 
 
 def test_rolling_up_old_days_keeps_every_balance_statement_and_export_sum(
-        tmp_path: Path) -> None:
-    ledger = four_days(tmp_path)
+        store_target: Target) -> None:
+    ledger = four_days(store_target)
     before = sums_of(ledger, START, START + 4 * DAY)
     assert ledger.account("lab") is not None
     lines = line_count(ledger)
@@ -106,8 +106,8 @@ def test_rolling_up_old_days_keeps_every_balance_statement_and_export_sum(
     assert ledger.invariant_violations() == []
 
 
-def test_a_day_whose_points_wait_for_influxdb_is_not_rolled_up(tmp_path: Path) -> None:
-    ledger = four_days(tmp_path)
+def test_a_day_whose_points_wait_for_influxdb_is_not_rolled_up(store_target: Target) -> None:
+    ledger = four_days(store_target)
     assert ledger.acquire_lease("test", 3600)
     with forge(ledger) as db:
         db.execute("INSERT INTO influx_outbox (window_end) VALUES (?)", (START + STEP,))
@@ -116,8 +116,8 @@ def test_a_day_whose_points_wait_for_influxdb_is_not_rolled_up(tmp_path: Path) -
     assert ledger.roll_up_day(START + 3 * DAY) == START
 
 
-def test_the_engine_rolls_up_lines_older_than_usage_line_days(tmp_path: Path) -> None:
-    ledger = four_days(tmp_path)
+def test_the_engine_rolls_up_lines_older_than_usage_line_days(store_target: Target) -> None:
+    ledger = four_days(store_target)
     settings = BillingSettings(ledger=ledger.path, usage_line_days=2)
     engine = Engine(settings, ledger, PrometheusReplicas(["http://127.0.0.1:9"]), None)
     now = START + 4 * DAY + 3600  # lines of days before START + 2 days are due

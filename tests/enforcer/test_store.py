@@ -10,6 +10,7 @@ import pytest
 from enforcer.payload import Notification
 from enforcer.store import Retention, Store
 from gpuacct.policy import NodeAction
+from gpuacct.sqlite import Target
 from tests.fixtures.enforcement import alert, notification
 
 
@@ -25,8 +26,8 @@ def failing_after(count: int) -> Iterator[NodeAction]:
 
 
 def test_record_actions_failing_half_way_writes_nothing_and_leaves_the_store_usable(
-        tmp_path: Path) -> None:
-    store = Store(tmp_path / "enforcer.sqlite")
+        store_target: Target) -> None:
+    store = Store(store_target)
     with pytest.raises(RuntimeError, match="broke off"):
         store.record_actions("node-1", failing_after(2))
     assert store.audit() == []  # the two before the failure were rolled back
@@ -34,7 +35,7 @@ def test_record_actions_failing_half_way_writes_nothing_and_leaves_the_store_usa
     store.record_actions("node-1", [action(7), action(8)])
     assert [e.detail for e in store.audit()] == ["pid 7", "pid 8"]
     store.close()
-    reopened = Store(tmp_path / "enforcer.sqlite")
+    reopened = Store(store_target)
     assert [e.detail for e in reopened.audit()] == ["pid 7", "pid 8"]
     reopened.close()
 
@@ -53,8 +54,8 @@ def test_a_store_from_before_schema_versions_opens_with_its_policy(tmp_path: Pat
 
 
 def test_old_deliveries_and_audit_are_pruned_but_a_firing_alerts_deliveries_stay(
-        tmp_path: Path) -> None:
-    store = Store(tmp_path / "enforcer.sqlite", Retention(delivery_days=30, audit_days=365))
+        store_target: Target) -> None:
+    store = Store(store_target, Retention(delivery_days=30, audit_days=365))
     day = 86400.0
     old = 1_700_000_000.0
     firing = alert("gat-alice", "block", "BalanceExhausted")
