@@ -10,7 +10,7 @@ APT_PACKAGES=(python3 python3-venv prometheus prometheus-alertmanager influxdb u
 # Only for the tests and benchmarks: the browser the page is tested in, the HTTP load tool, and
 # a Compose parser for compose/ (without Docker itself: no container is started), and Pango,
 # which WeasyPrint prints PDF statements with.
-TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk docker-compose libpango-1.0-0 libpangoft2-1.0-0 slapd ldap-utils victoria-metrics)
+TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk docker-compose libpango-1.0-0 libpangoft2-1.0-0 slapd ldap-utils victoria-metrics postgresql)
 VENV=.venv
 
 install_debian_packages() {

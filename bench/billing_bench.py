@@ -1,7 +1,11 @@
-"""Benchmark: one billing window end to end for 10,000 series, beside the raw query time.
+"""Benchmark: one billing window end to end for 10,000 and 100,000 series, on a SQLite ledger
+and on a PostgreSQL one, beside the raw query time; the peak RSS of each, and how the time grows
+from 10,000 to 100,000 (the ratio of the two: 10 is linear).
 
-Backfills a real Prometheus (promtool tsdb create-blocks-from openmetrics) with 10,000
-(user, job, node, gpu_model) GPU-seconds series and the 10,000 CPU-seconds series of the same
+Each configuration runs in a process of its own (`--series N --ledger sqlite|postgresql`,
+which is also how to run one alone). It backfills a real Prometheus (promtool tsdb
+create-blocks-from openmetrics) with N (user, job, node, gpu_model) GPU-seconds series and the
+N CPU-seconds series of the same
 jobs, each with its `_created` series, at the ends of two consecutive windows and the start of
 the first. Then, in the same run:
   - the raw query: the engine's instant query fetched over HTTP (bytes only, no parsing);
@@ -14,11 +18,16 @@ the raw query: what the engine's share cannot go below without giving up the dur
 A second peer, the stack's floor, uses none of the engine's code: it parses the query's JSON,
 inserts 10,000 rows into the smallest durable SQLite table (integer key, no index) and writes
 the window's 10,000 points to InfluxDB: what any engine on this stack must do for a window.
-Run: .venv/bin/python bench/billing_bench.py   (needs Debian's prometheus and influxdb)
+Run: .venv/bin/python bench/billing_bench.py   (needs Debian's prometheus, influxdb and
+postgresql; PostgreSQL runs as a throwaway cluster with fsync off, so its figures are the
+server's work, not a disk's)
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -39,10 +48,11 @@ from billing_engine.influx import InfluxV1, LineFormatter
 from billing_engine.ledger import Ledger, UsageLine, WindowBill
 from gpuacct.config import BillingSettings, InfluxV1Settings
 from gpuacct.promql import Prometheus
+from gpuacct.sqlite import Target
 from stack import servers
 from stack.process import ManagedProcess, free_port
 
-SERIES = 10_000
+SERIES = 10_000  # set by --series
 USERS, NODES = 500, 20
 MODELS = ["NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090",
           "Tesla V100-SXM2-32GB", "NVIDIA H100 80GB HBM3"]
@@ -147,13 +157,13 @@ class Run(NamedTuple):
     commit: float  # and the ledger commit
 
 
-def two_windows(work: Path, n: int, prom_url: str, influx_url: str,
+def two_windows(ledger_at: Target, n: int, prom_url: str, influx_url: str,
                 end: int) -> tuple[Run, Run]:
-    settings = BillingSettings(ledger=work / f"ledger{n}.sqlite3", prometheus_url=prom_url,
+    settings = BillingSettings(ledger=ledger_at, prometheus_url=prom_url,
                                window_seconds=WINDOW, query_timeout_seconds=60)
     ledger = TimedLedger(settings.ledger)
     sink = TimedSink(InfluxV1Settings(url=influx_url, database=f"bench{n}"))
-    engine = Engine(settings, ledger, Prometheus(prom_url, 60), sink)
+    engine = Engine(settings, ledger, Prometheus(prom_url, 600), sink)
     servers.influx_query(influx_url, f'CREATE DATABASE "bench{n}"', method="POST")
     assert ledger.acquire_lease(engine.holder, 600)
     engine._begin(end - 2 * WINDOW)
@@ -164,18 +174,21 @@ def two_windows(work: Path, n: int, prom_url: str, influx_url: str,
         engine.bill_window(window_end, window_end - WINDOW)
         engine.drain_outbox()
         runs.append(Run(time.perf_counter() - t, sink.seconds, ledger.commit_seconds))
-    lines = sqlite3.connect(f"file:{ledger.path}?mode=ro", uri=True).execute(
-        "SELECT COUNT(*) FROM usage_lines").fetchone()[0]
+    lines = len(ledger.window_lines(end - WINDOW)) + len(ledger.window_lines(end))
     assert lines == 2 * SERIES and ledger.outbox_backlog() == 0, (lines, ledger.outbox_backlog())
     ledger.close()
     return runs[0], runs[1]
 
 
-def main() -> int:
+def one(backend: str, runs_wanted: int) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpuacct-billing-bench-"))
     end = int(time.time() - 3 * 3600) // WINDOW * WINDOW  # older than Prometheus' head block
     procs: list[ManagedProcess] = []
+    postgres = None
     try:
+        if backend == "postgresql":
+            postgres = servers.Postgres(free_port())
+            os.environ["PGPASSFILE"] = str(postgres.passfile)
         openmetrics(work / "data.om", end)
         subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics",
                         str(work / "data.om"), str(work / "prometheus" / "data")],
@@ -185,16 +198,18 @@ def main() -> int:
                                               {"global": {"scrape_interval": "15s"}}))
         procs.append(servers.start_influxdb(work / "influxdb", influx_port))
         prom_url, influx_url = f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{influx_port}"
-        found = len(Prometheus(prom_url, 60).instant(QUERY, end))
+        found = len(Prometheus(prom_url, 600).instant(QUERY, end))
         print(f"{found} counter series at the window's end ({SERIES} GPU-seconds and {SERIES} "
               f"CPU-seconds, each with a _created series), {USERS} users, {NODES} nodes")
         raw_query(prom_url, end)  # warm Prometheus' caches, as every minute would
         # This machine's speed drifts from minute to minute, so each run is set beside the raw
         # query timed just before it, and the ratios are what is compared.
         raws, runs, floors = [], [], []
-        for n in range(RUNS):
+        for n in range(runs_wanted):
             raws.append(statistics.median(raw_query(prom_url, end)[1] for _ in range(3)))
-            runs.append(two_windows(work, n, prom_url, influx_url, end))
+            target: Target = (work / f"ledger{n}.sqlite3" if postgres is None
+                              else postgres.create_database())
+            runs.append(two_windows(target, n, prom_url, influx_url, end))
             floors.append(stack_floor(work, n, prom_url, influx_url, end))
         print(f"raw Prometheus query (HTTP, same query and data), per run: "
               f"{', '.join(f'{r * 1000:.0f}' for r in raws)} ms")
@@ -222,11 +237,54 @@ def main() -> int:
             print(f"  the stack's floor (no engine code: parse, {SERIES} durable SQLite rows, "
                   f"{SERIES} InfluxDB points) / raw query: median {statistics.median(stack):.2f} "
                   f"(runs: {', '.join(f'{x:.2f}' for x in stack)})")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process: {rss:.0f} MiB")
+        first, steady = (statistics.median(r[i].total for r in runs) for i in (0, 1))
+        share = statistics.median((r[1].total - q) / q for r, q in zip(runs, raws, strict=True))
+        print(f"RESULT {SERIES} {backend} {first:.3f} {steady:.3f} "
+              f"{statistics.median(raws):.3f} {share:.2f} {rss:.0f}")
         return 0
     finally:
         for proc in procs:
             proc.stop()
+        if postgres is not None:
+            postgres.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--series", type=int, help="one configuration: this many series")
+    parser.add_argument("--ledger", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--runs", type=int, default=RUNS)
+    args = parser.parse_args()
+    if args.series:
+        global SERIES
+        SERIES = args.series
+        return one(args.ledger, args.runs)
+    results: dict[tuple[int, str], list[str]] = {}
+    for series, runs in ((10_000, RUNS), (100_000, 2)):
+        for backend in ("sqlite", "postgresql"):
+            print(f"== {series} series, {backend} ledger", flush=True)
+            out = subprocess.run([sys.executable, __file__, "--series", str(series),
+                                  "--ledger", backend, "--runs", str(runs)],
+                                 capture_output=True, text=True, check=True).stdout
+            print(out, end="", flush=True)
+            results[(series, backend)] = next(
+                line.split()[3:] for line in out.splitlines() if line.startswith("RESULT"))
+    print("== summary: one window end to end (first, steady), raw query, engine share "
+          "(steady), peak RSS")
+    for (series, backend), (first, steady, raw, share, rss) in results.items():
+        print(f"{series:>7} series  {backend:<10}  first {float(first) * 1000:7.0f} ms  "
+              f"steady {float(steady) * 1000:7.0f} ms  raw query {float(raw) * 1000:6.0f} ms  "
+              f"share {share}  RSS {rss} MiB")
+    for backend in ("sqlite", "postgresql"):
+        small, big = results[(10_000, backend)], results[(100_000, backend)]
+        print(f"{backend}: 100,000 / 10,000 series: steady window x"
+              f"{float(big[1]) / float(small[1]):.1f}, raw query x"
+              f"{float(big[2]) / float(small[2]):.1f}, RSS x{float(big[4]) / float(small[4]):.1f}"
+              f" (10 is linear)")
+    return 0
 
 
 if __name__ == "__main__":

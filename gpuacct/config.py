@@ -245,8 +245,18 @@ def _check_postgres_url(value: str) -> str:
     return value
 
 
-PostgresUrl = Annotated[str, Field(pattern=r"^postgres(ql)?://"),
-                        AfterValidator(_check_postgres_url)]
+def _store_target(value: Any) -> Any:
+    """A postgresql:// URL stays a string (and must hold no password); anything else is a
+    file's path."""
+    if isinstance(value, str) and re.match(r"^postgres(ql)?://", value):
+        return _check_postgres_url(value)
+    if isinstance(value, str):
+        return Path(value)
+    return value
+
+
+# Where a store is: a SQLite file, or a PostgreSQL URL.
+StoreTarget = Annotated[str | Path, BeforeValidator(_store_target)]
 
 
 def _one_or_more_urls(value: Any) -> Any:
@@ -273,7 +283,7 @@ class BillingSettings(Section):
     replica_labels: list[str] = ["replica", "prometheus_replica", "__replica__"]
     # A SQLite file, or a PostgreSQL URL (postgresql://gpuacct@db.example/gpuacct); its password
     # from PGPASSWORD or a password file (PGPASSFILE, ~/.pgpass), never here.
-    ledger: PostgresUrl | Path = Path("/var/lib/gpuacct/ledger.sqlite3")
+    ledger: StoreTarget = Path("/var/lib/gpuacct/ledger.sqlite3")
     window_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     # A window is billed this long after it ends: at least two scrape intervals, so every
     # node's sample at the window's end has arrived.
@@ -368,7 +378,7 @@ class EnforcerSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9837"
     # Desired state and audit log: a SQLite file, or a PostgreSQL URL (as billing.ledger; the
     # allocator and the notices then keep their tables in the same database).
-    database: PostgresUrl | Path = Path("/var/lib/gpuacct/enforcer.sqlite3")
+    database: StoreTarget = Path("/var/lib/gpuacct/enforcer.sqlite3")
     # Days the alert deliveries (kept to tell a resent alert from a new one; a firing alert's
     # stay) and the audit log are kept; null: for ever.
     delivery_days: Annotated[int, Field(ge=1)] | None = 30
@@ -390,7 +400,7 @@ class AllocatorSettings(Section):
     """GPU reservations and their queue, kept and served by gpuacct-enforcer."""
 
     # Default: allocator.sqlite3 beside enforcer.database (in PostgreSQL: the same database).
-    database: PostgresUrl | Path | None = None
+    database: StoreTarget | None = None
     # open: reservations are optional, an unreserved GPU is first come, first served.
     # strict: a GPU process needs a reservation of its user on that GPU.
     mode: Literal["open", "strict"] = "open"

@@ -1,5 +1,5 @@
-"""Prometheus, Alertmanager, InfluxDB 1.x and VictoriaMetrics from Debian's packages, each in its
-own directory.
+"""Prometheus, Alertmanager, InfluxDB 1.x, VictoriaMetrics and PostgreSQL from Debian's
+packages, each in its own directory.
 
 Each `start_*` writes the server's config under `workdir`, starts it on loopback, and returns a
 `ManagedProcess` that is ready (its readiness endpoint answered) or raises `ServerError`.
@@ -7,13 +7,25 @@ Each `start_*` writes the server's config under `workdir`, starts it on loopback
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
 import urllib.parse
+import uuid
 from pathlib import Path
 
+import psycopg
 import yaml
 
 from gpuacct import http
-from stack.process import ManagedProcess, free_port
+from stack.process import ManagedProcess, ServerError, free_port
 
 HOST = "127.0.0.1"
 
@@ -59,6 +71,81 @@ def start_victoria_metrics(
     proc = ManagedProcess("victoria-metrics", argv, workdir / "victoria-metrics.log",
                           f"http://{host}:{port}/health")
     return proc.start().wait_ready(timeout)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (Debian's `postgresql`) on loopback, password
+    authentication for the user `gpuacct`, the password in a password file for libpq
+    (`passfile`; set PGPASSFILE to it). For tests and benchmarks, not for keeping money:
+    fsync is off."""
+
+    USER = "gpuacct"
+
+    def __init__(self, port: int, host: str = HOST, timeout: float = 60.0) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        if not found:
+            raise ServerError("PostgreSQL is not installed (Debian's postgresql)")
+        bin_dir = Path(found[-1]).parent
+        owner = pwd.getpwnam("postgres")
+        # Under /tmp: the server runs as `postgres`, which may not enter a folder only root can.
+        self.root = Path(tempfile.mkdtemp(prefix="gpuacct-pg-"))
+        self.port, self.host = port, host
+        password = secrets.token_hex(16)
+        pwfile = self.root / "pw"
+        pwfile.write_text(password)
+        for path in (self.root, pwfile):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(self.root / "data"),
+                        "-U", self.USER, "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        pwfile.unlink()
+        self.passfile = Path(tempfile.mkdtemp(prefix="gpuacct-pgpass-")) / "pgpass"
+        self.passfile.write_text(f"{host}:{port}:*:{self.USER}:{password}\n")
+        self.passfile.chmod(0o600)
+        self.process = ManagedProcess("postgresql", [
+            *as_postgres, str(bin_dir / "postgres"), "-D", str(self.root / "data"),
+            "-p", str(port), "-c", f"listen_addresses={host}",
+            "-c", f"unix_socket_directories={self.root}", "-c", "max_connections=200",
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+        ], self.root / "postgres.log", "")
+        self.process.start()
+        os.chown(self.root / "postgres.log", owner.pw_uid, owner.pw_gid)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.url(), connect_timeout=2, passfile=str(self.passfile)
+                                ).close()
+                return
+            except psycopg.OperationalError:
+                if not self.process.running() or time.monotonic() > deadline:
+                    raise ServerError(f"PostgreSQL did not start\n{self.process.log_tail()}"
+                                      ) from None
+                time.sleep(0.1)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.USER}@{self.host}:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new, empty database: its URL (no password in it: the password file has it)."""
+        name = f"gpuacct_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True, passfile=str(self.passfile)) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        with psycopg.connect(self.url(), autocommit=True, passfile=str(self.passfile)) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT: sessions still open are ended, not waited for)."""
+        if self.process.running():
+            os.killpg(self.process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.popen.wait(timeout=20)  # type: ignore[union-attr]
+        self.process.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.passfile.parent, ignore_errors=True)
 
 
 def start_alertmanager(

@@ -88,6 +88,18 @@ def test_billing_reads_one_prometheus_or_several_replicas(tmp_path: Path) -> Non
         tmp_path, "billing:\n  prometheus_url: [http://a:9090, b:9090]\n")
 
 
+def test_a_ledger_in_postgresql_is_a_url_without_its_password(tmp_path: Path) -> None:
+    url = "postgresql://gpuacct@db.example:5432/gpuacct"
+    settings = load_settings(write(tmp_path, f"billing:\n  ledger: {url}\n"
+                                             f"enforcer:\n  database: {url}\n"))
+    assert (settings.billing.ledger, settings.enforcer.database) == (url, url)
+    assert load_settings(write(tmp_path, "billing:\n  ledger: /srv/l.sqlite3\n")
+                         ).billing.ledger == Path("/srv/l.sqlite3")
+    message = error_of(tmp_path, "billing:\n  ledger: postgresql://gpuacct:s3cret@db/gpuacct\n")
+    assert "the URL holds a password: give it in PGPASSWORD or a password file" in message
+    assert "s3cret" not in message.split("is not valid")[-1]
+
+
 def test_bad_listen_address(tmp_path: Path) -> None:
     message = error_of(tmp_path, "exporter:\n  listen_address: localhost\n")
     assert "exporter.listen_address: 'localhost' is not valid: expected HOST:PORT" in message
