@@ -265,12 +265,14 @@ def test_a_reservation_held_idle_is_released_by_the_nodes_idle_action(
               idle={"after_seconds": 1, "action": "release", "action_after_seconds": 2})
     gpu01, _ = rig.nodes
     alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
+    # A reserved GPU its holder does not keep busy is idle-held from its grant, before any
+    # process: the release can come no sooner than idle after 1 s, then 2 s, from here.
+    granted = time.monotonic()
     assert rig.gpuacct(alice, "reserve", "1", "--for", "1h", "--node", "gpu01", "--gpus",
                        "0").startswith("granted: reservation 1, GPU 0 on gpu01")
     assert rig.gpuacct(bob, "reserve", "1", "--for", "1h", "--node", "gpu01", "--gpus",
                        "1").startswith("granted: reservation 2, GPU 1 on gpu01")
     wait_until(lambda: len(rig.reserved_metric(gpu01)) == 2)
-    granted = time.monotonic()
     idle = processes.python(alice, "train.py", "600")
     wait_until_exec(idle, "train.py")
     gpu01.gpus.put(0, idle.pid, sm_util=0)

@@ -134,7 +134,7 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
             end = ts(end_text)
             db.execute("INSERT INTO windows VALUES (?, ?, ?, 1, ?)",
                        (end, end - 60, end, str(ln.cost)))
-            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL)",
                        (end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
                         str(ln.cpu_core_seconds), str(ln.cost), str(ln.gpu_idle_seconds),
                         str(ln.idle_cost), ln.user))

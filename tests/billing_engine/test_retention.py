@@ -15,7 +15,7 @@ from tests.fixtures.ledger import forge, sql
 
 DAY = 86400
 START = 1793491200  # 2026-11-01 00:00 UTC, a month's start
-STEP = 600  # windows of 10 minutes: 144 a day
+STEP = 1800  # windows of 30 minutes: 48 a day
 LAB = AccountPlan("lab", "pi", frozenset({"carol"}), {}, Decimal(500))
 
 
@@ -77,7 +77,7 @@ def test_rolling_up_old_days_keeps_every_balance_statement_and_export_sum(
     before = sums_of(ledger, START, START + 4 * DAY)
     assert ledger.account("lab") is not None
     lines = line_count(ledger)
-    assert lines == 4 * 144 * 6
+    assert lines == 4 * 48 * 6
 
     spans: dict[tuple[str, ...], tuple[str, str]] = {}  # each rolled line: first start, last end
     for row in ledger.export_rows("usage", START, START + 3 * DAY):
@@ -93,7 +93,7 @@ def test_rolling_up_old_days_keeps_every_balance_statement_and_export_sum(
     assert ledger.invariant_violations() == []
     # A line per user, job, node, model and account a day (bob's second day is split between
     # his own account and the lab's), covering from its first window to its last.
-    assert line_count(ledger) == 3 * 18 + 6 + 145 * 6
+    assert line_count(ledger) == 3 * 18 + 6 + 49 * 6
     assert {(str(int(row[1][8:10])), *row[2:6], row[11]): (row[0], row[1])
             for row in ledger.export_rows("usage", START, START + 3 * DAY)} == spans
     bob_day_2 = {row[11] for row in ledger.export_rows("usage", START + DAY, START + 2 * DAY)

@@ -42,7 +42,8 @@ def fill_ledger(path: Path, users: int = 3, windows: int = 5,
             db.execute("INSERT INTO windows VALUES (?, ?, ?, ?, ?)",
                        (end, end - 60, NOW, len(names), "0"))
             # alice held her GPU idle for half of each minute.
-            db.executemany("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            db.executemany("INSERT INTO usage_lines VALUES "
+                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", [
                 (end, name, f"job-{i % 7}", "gpu01:9835",
                  "NVIDIA A100-SXM4-80GB" if i % 2 == 0 else "NVIDIA GeForce RTX 3090",
                  "60", "12.5", str(cost[name]), 0.0, "30" if i == 0 else "0",

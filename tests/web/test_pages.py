@@ -218,7 +218,7 @@ def test_a_users_page_sets_recharges_apart_and_escapes_what_users_named(
     end = int(NOW // 60 * 60)
     with forge(web.ledger) as db:
         db.execute("INSERT INTO usage_lines VALUES (?, 'alice', ?, 'gpu01:9835', '', '0', '1', "
-                   "'0', 0, '0', '0', 'alice')",
+                   "'0', 0, '0', '0', 'alice', NULL)",
                    (end - 60, "<script>alert(1)</script>=HYPERLINK(1)"))
     ledger = Ledger(web.ledger)
     ledger.post("alice", "recharge", Decimal(7), time.time(), "r-7", "grant <b>7</b>",
