@@ -228,7 +228,8 @@ def one(backend: str, runs_wanted: int) -> int:
             print(f"  the same without the InfluxDB write (its round trip): median "
                   f"{statistics.median(rest):.2f}; that write: median "
                   f"{statistics.median(r.write for r in window) * 1000:.0f} ms")
-            print(f"  the ledger commit (SQLite, synchronous=FULL): median "
+            kind = "SQLite, synchronous=FULL" if postgres is None else "PostgreSQL, fsync off"
+            print(f"  the ledger commit ({kind}): median "
                   f"{statistics.median(r.commit for r in window) * 1000:.0f} ms; with the "
                   f"InfluxDB write, the two writes alone / raw query: median "
                   f"{statistics.median(writes):.2f} "

@@ -94,8 +94,11 @@ class Connection:
             raise _as_sqlite_error(exc) from None
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        """Many rows through one prepared statement, pipelined: server-side parameters (a
+        string's type left for the server to infer, as a literal's would be), where execute()
+        binds them on the client, as SQLite does."""
         try:
-            cursor = self._db.cursor()
+            cursor: psycopg.Cursor[Any] = psycopg.Cursor(self._db)
             cursor.executemany(translate(sql), list(rows))
             return cursor
         except psycopg.Error as exc:
