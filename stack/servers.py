@@ -98,7 +98,8 @@ class Postgres:
         as_postgres = ["runuser", "-u", "postgres", "--"]
         subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(self.root / "data"),
                         "-U", self.USER, "--auth=scram-sha-256", f"--pwfile={pwfile}",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True,
+                       cwd=self.root)  # not the caller's folder, which `postgres` may not enter
         pwfile.unlink()
         self.passfile = Path(tempfile.mkdtemp(prefix="gpuacct-pgpass-")) / "pgpass"
         self.passfile.write_text(f"{host}:{port}:*:{self.USER}:{password}\n")
@@ -108,7 +109,7 @@ class Postgres:
             "-p", str(port), "-c", f"listen_addresses={host}",
             "-c", f"unix_socket_directories={self.root}", "-c", "max_connections=200",
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-        ], self.root / "postgres.log", "")
+        ], self.root / "postgres.log", "", cwd=self.root)
         self.process.start()
         os.chown(self.root / "postgres.log", owner.pw_uid, owner.pw_gid)
         deadline = time.monotonic() + timeout
