@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from billing_engine.ledger import Ledger, UsageLine, export
+from gpuacct.sqlite import Target
 from tests.fixtures.ledger import forge, sql
 
 
-@pytest.fixture
-def ledger_config(tmp_path: Path) -> tuple[Path, Path]:
-    path = tmp_path / "ledger.sqlite3"
+def _ledger_config(path: Target, tmp_path: Path) -> tuple[Path, Target]:
     ledger = Ledger(path)
     with ledger.batch():
         ledger.open_account("alice", Decimal(100), 1_700_000_000.0)
@@ -29,12 +28,24 @@ def ledger_config(tmp_path: Path) -> tuple[Path, Path]:
     return config, path
 
 
+@pytest.fixture
+def ledger_config(store_target: Target, tmp_path: Path) -> tuple[Path, Target]:
+    """A config and its ledger with two accounts: a SQLite file, then a PostgreSQL database."""
+    return _ledger_config(store_target, tmp_path)
+
+
+@pytest.fixture
+def file_ledger_config(tmp_path: Path) -> tuple[Path, Path]:
+    config, path = _ledger_config(tmp_path / "ledger.sqlite3", tmp_path)
+    return config, Path(path)
+
+
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "billing_engine", "--config", str(config), *args],
                           capture_output=True, text=True, timeout=30)
 
 
-def snapshot(path: Path) -> list[tuple[object, ...]]:
+def snapshot(path: Target) -> list[tuple[object, ...]]:
     ledger = Ledger(path)
     try:
         return [*sql(ledger).execute("SELECT * FROM accounts ORDER BY name"),
@@ -43,7 +54,7 @@ def snapshot(path: Path) -> list[tuple[object, ...]]:
         ledger.close()
 
 
-def test_recharge_then_adjust(ledger_config: tuple[Path, Path]) -> None:
+def test_recharge_then_adjust(ledger_config: tuple[Path, Target]) -> None:
     config, path = ledger_config
     result = cli(config, "recharge", "alice", "50.25", "--reason", "grant 7")
     assert result.returncode == 0, result.stderr
@@ -65,7 +76,7 @@ def test_recharge_then_adjust(ledger_config: tuple[Path, Path]) -> None:
     ("inf", "not a finite number"), ("lots", "is not a number"),
     ("1.001", "more than 2 decimal places"), ("1e12", "larger than the largest amount"),
 ])
-def test_bad_recharge_is_refused_and_nothing_written(ledger_config: tuple[Path, Path],
+def test_bad_recharge_is_refused_and_nothing_written(ledger_config: tuple[Path, Target],
                                                       amount: str, message: str) -> None:
     config, path = ledger_config
     before = snapshot(path)
@@ -77,7 +88,7 @@ def test_bad_recharge_is_refused_and_nothing_written(ledger_config: tuple[Path, 
     assert snapshot(path) == before
 
 
-def test_unknown_account_is_refused(ledger_config: tuple[Path, Path]) -> None:
+def test_unknown_account_is_refused(ledger_config: tuple[Path, Target]) -> None:
     config, path = ledger_config
     before = snapshot(path)
     result = cli(config, "recharge", "mallory", "10")
@@ -86,7 +97,7 @@ def test_unknown_account_is_refused(ledger_config: tuple[Path, Path]) -> None:
     assert snapshot(path) == before
 
 
-def test_adjust_needs_a_reason(ledger_config: tuple[Path, Path]) -> None:
+def test_adjust_needs_a_reason(ledger_config: tuple[Path, Target]) -> None:
     config, path = ledger_config
     before = snapshot(path)
     result = cli(config, "adjust", "bob", "5", "--reason", "  ")
@@ -94,7 +105,7 @@ def test_adjust_needs_a_reason(ledger_config: tuple[Path, Path]) -> None:
     assert snapshot(path) == before
 
 
-def test_the_same_key_is_applied_once(ledger_config: tuple[Path, Path]) -> None:
+def test_the_same_key_is_applied_once(ledger_config: tuple[Path, Target]) -> None:
     config, path = ledger_config
     assert cli(config, "recharge", "bob", "10", "--key", "invoice-17").returncode == 0
     result = cli(config, "recharge", "bob", "10", "--key", "invoice-17")
@@ -113,7 +124,7 @@ def ts(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
 
 
-def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
+def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Target],
                                            tmp_path: Path) -> None:
     config, path = ledger_config
     ledger = Ledger(path)
@@ -166,15 +177,16 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Path],
     (["--from", "yesterday", "--to", "2026-12-01"], "'yesterday' is not a date"),
     (["--from", "2026-12-01", "--to", "2026-11-01"], "is not after"),
 ])
-def test_bad_export_ranges(ledger_config: tuple[Path, Path], args: list[str],
+def test_bad_export_ranges(ledger_config: tuple[Path, Target], args: list[str],
                            message: str) -> None:
     config, _ = ledger_config
     result = cli(config, "export", "usage", *args)
     assert result.returncode == 2 and message in result.stderr
 
 
-def test_backup_is_a_whole_copy_and_never_overwrites(ledger_config: tuple[Path, Path]) -> None:
-    config, path = ledger_config
+def test_backup_is_a_whole_copy_and_never_overwrites(
+        file_ledger_config: tuple[Path, Path]) -> None:
+    config, path = file_ledger_config
     assert cli(config, "recharge", "alice", "12.50").returncode == 0
     writer = forge(path)  # a billing engine in the middle of a window: backup still works
     writer.execute("BEGIN IMMEDIATE")
@@ -196,6 +208,16 @@ def test_backup_is_a_whole_copy_and_never_overwrites(ledger_config: tuple[Path, 
     assert not list(path.parent.glob(".*.partial"))
 
 
+def test_a_ledger_in_postgresql_is_backed_up_by_its_server(pg_database: str,
+                                                           tmp_path: Path) -> None:
+    config, _ = _ledger_config(pg_database, tmp_path)
+    done = cli(config, "backup", str(tmp_path / "b.sqlite3"))
+    assert (done.returncode, done.stderr) == (2, "gpuacct-billing: backup refused: the ledger "
+                                              "is in PostgreSQL: back it up with pg_dump (or "
+                                              "the server's own backups)\n")
+    assert not (tmp_path / "b.sqlite3").exists()
+
+
 def test_names_people_wrote_reach_a_spreadsheet_as_text_never_as_formulas() -> None:
     """OWASP's CSV injection: a job, node or reason a user chose that starts like a formula is
     written with a leading apostrophe; numbers (a negative amount) stay numbers."""
@@ -210,7 +232,7 @@ def test_names_people_wrote_reach_a_spreadsheet_as_text_never_as_formulas() -> N
 
 
 def test_accounts_are_opened_funded_and_filled_from_the_command_line(
-        ledger_config: tuple[Path, Path], tmp_path: Path) -> None:
+        ledger_config: tuple[Path, Target], tmp_path: Path) -> None:
     config, _ = ledger_config
     steps = [("account", "open", "vision-lab", "--group", "--owner", "pi", "--balance", "200",
               "--actor", "fin"),
@@ -250,7 +272,7 @@ def test_accounts_are_opened_funded_and_filled_from_the_command_line(
     (("audit", "--since", "yesterday"), "is not a date like"),
     (("account", "thaw", "alice"), "is open already"),
 ])
-def test_bad_account_commands_say_why_and_write_nothing(ledger_config: tuple[Path, Path],
+def test_bad_account_commands_say_why_and_write_nothing(ledger_config: tuple[Path, Target],
                                                         args: tuple[str, ...],
                                                         problem: str) -> None:
     config, path = ledger_config
@@ -261,7 +283,7 @@ def test_bad_account_commands_say_why_and_write_nothing(ledger_config: tuple[Pat
     assert snapshot(path) == before
 
 
-def test_a_member_of_one_group_is_moved_only_when_asked(ledger_config: tuple[Path, Path]) -> None:
+def test_a_member_of_one_group_is_moved_only_when_asked(ledger_config: tuple[Path, Target]) -> None:
     config, _ = ledger_config
     for name in ("lab-a", "lab-b"):
         assert cli(config, "account", "open", name, "--group").returncode == 0
