@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from billing_engine.ledger import Ledger
 from billing_engine.ledger.schema import sum_weeks
+from gpuacct.sqlite import Target
 from stack.process import ManagedProcess, free_port
 from tests.fixtures.ledger import forge
 from tests.fixtures.servers import RUNNING
@@ -28,7 +29,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NOW = time.time()
 
 
-def fill_ledger(path: Path, users: int = 3, windows: int = 5,
+def fill_ledger(path: Target, users: int = 3, windows: int = 5,
                 names: list[str] | None = None) -> None:
     """Accounts alice, bob, carol... (or `names`) with `windows` billed minutes of usage
     each."""
@@ -63,7 +64,7 @@ def fill_ledger(path: Path, users: int = 3, windows: int = 5,
 class Web:
     process: ManagedProcess
     url: str
-    ledger: Path
+    ledger: Target
 
     def admin(self, name: str = "", password: str = PASSWORD) -> tuple[requests.Session, str]:
         """A logged-in administrator's session and its CSRF token (no name: the one of
@@ -87,13 +88,15 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
 
     def start(users: int = 3, windows: int = 5, auth: dict[str, str] | None = None,
               names: list[str] | None = None, port: int | None = None,
-              web_auth: dict[str, object] | None = None, **web: object) -> Web:
-        """`auth`: the top-level section (secrets); `web_auth`: web.auth (LDAP, PAM)."""
+              web_auth: dict[str, object] | None = None, ledger_at: Target | None = None,
+              **web: object) -> Web:
+        """`auth`: the top-level section (secrets); `web_auth`: web.auth (LDAP, PAM);
+        `ledger_at`: where the ledger is (default: a file beside the config)."""
         if web_auth is not None:
             web["auth"] = web_auth
         d = tmp_path / f"web-{len(started)}" if started else tmp_path  # a second one
         d.mkdir(exist_ok=True)
-        ledger = d / "ledger.sqlite3"
+        ledger = ledger_at or d / "ledger.sqlite3"
         fill_ledger(ledger, users, windows, names)
         # Most tests name their user with the proxy's header, from this host; None: the
         # default, which believes no header.

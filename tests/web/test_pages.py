@@ -13,14 +13,16 @@ import pytest
 import requests
 
 from billing_engine.ledger import Ledger, week_start
+from gpuacct.sqlite import Target
 from tests.fixtures.ledger import forge
 from tests.web.conftest import NOW, Web
 
 pytestmark = pytest.mark.integration
 
 
-def test_admin_logs_in_sees_every_account_and_recharges(start_web: Callable[..., Web]) -> None:
-    web = start_web()
+def test_admin_logs_in_sees_every_account_and_recharges(start_web: Callable[..., Web],
+                                                        store_target: Target) -> None:
+    web = start_web(ledger_at=store_target)  # the web over a SQLite, then a PostgreSQL ledger
     session, csrf = web.admin()
     overview = session.get(f"{web.url}/admin", timeout=10).text
     for user in ("alice", "bob", "carol"):
@@ -114,8 +116,9 @@ def test_logins_are_rate_limited(start_web: Callable[..., Web]) -> None:
     assert [e.actor for e in failed] == ["web client 127.0.0.1"] * 5
 
 
-def test_statements_of_a_month_and_what_is_refused(start_web: Callable[..., Web]) -> None:
-    web = start_web()
+def test_statements_of_a_month_and_what_is_refused(start_web: Callable[..., Web],
+                                                   store_target: Target) -> None:
+    web = start_web(ledger_at=store_target)
     admin, _ = web.admin()
     month = time.strftime("%Y-%m", time.gmtime(NOW))
     url = f"{web.url}/admin/accounts/bob/statement"
@@ -136,8 +139,8 @@ def test_statements_of_a_month_and_what_is_refused(start_web: Callable[..., Web]
 
 
 def test_csv_export_has_a_header_exact_decimals_utf8_and_the_range(
-        start_web: Callable[..., Web]) -> None:
-    web = start_web(windows=5)
+        start_web: Callable[..., Web], store_target: Target) -> None:
+    web = start_web(windows=5, ledger_at=store_target)
     session, _ = web.admin()
     first = time.strftime("%Y-%m-%dT%H:%M", time.gmtime((NOW // 60 * 60) - 240))
     last = time.strftime("%Y-%m-%dT%H:%M", time.gmtime((NOW // 60 * 60) - 60))
