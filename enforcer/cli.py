@@ -11,6 +11,9 @@ import argparse
 import hashlib
 import json
 import logging
+import signal
+import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -35,6 +38,7 @@ from gpuacct.cli_common import (
     parse_listen_address,
     service_parser,
     setup_logging,
+    stop_on_signals,
 )
 from gpuacct.config import Settings
 from gpuacct.signing import Verifier
@@ -67,6 +71,11 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     host, port = parse_listen_address(listen or settings.enforcer.listen_address)
     store = Store(settings.enforcer.database, Retention(settings.enforcer.delivery_days,
                                                        settings.enforcer.audit_days))
+    # The same host and port is the same enforcer: restarted, it takes its own lease back.
+    holder = f"{socket.gethostname()}:{port}"
+    if not _wait_for_the_lease(store, holder, settings.enforcer.lease_seconds, log):
+        store.close()
+        return 0
     database = (settings.allocator.database
                 or sqlite.beside(settings.enforcer.database, "allocator.sqlite3"))
     allocator = Allocator(AllocationStore(database), settings.allocator,
@@ -100,14 +109,66 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
              desired.current().version, settings.enforcer.database)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
+    lost = threading.Event()
+    threading.Thread(target=_keep_the_lease, args=(store, holder, settings.enforcer.lease_seconds,
+                                                   server, stop, lost, log),
+                     name="lease", daemon=True).start()
     server.run()
     stop.set()
     pusher.stop()
+    store.release_lease(holder)
     store.close()
     allocator.store.close()
     notices.close()
     log.info("stopped")
-    return 0 if server.started else 1
+    return 0 if server.started and not lost.is_set() else 1
+
+
+def _wait_for_the_lease(store: Store, holder: str, seconds: float,
+                        log: logging.Logger) -> bool:
+    """Standby until this enforcer holds the lease (another may act on the same database);
+    False if stopped first. Nothing is served meanwhile: Alertmanager retries a refused
+    webhook, and a node pulls from whichever enforcer answers."""
+    stop, said = stop_on_signals(), False
+    while True:
+        try:
+            if store.acquire_lease(holder, seconds):
+                break
+            if not said:
+                log.info("standby: the enforcer %s acts; taking over when its lease ends",
+                         store.lease_holder())
+                said = True
+        except sqlite3.Error as exc:
+            log.warning("standby: cannot reach the database: %s", exc)
+        if stop.wait(min(1.0, seconds / 4)):
+            return False
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's own handlers from here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if said:
+        store.reload()  # what the other enforcer decided
+        log.info("took over: this enforcer (%s) acts now", holder)
+    return True
+
+
+def _keep_the_lease(store: Store, holder: str, seconds: float, server: uvicorn.Server,
+                    stop: threading.Event, lost: threading.Event, log: logging.Logger) -> None:
+    """Renew the lease a few times per period; if it cannot be renewed before it ends
+    (another enforcer took it, or the database was away), stop acting: never two at once."""
+    renewed = time.monotonic()
+    while not stop.wait(seconds / 4):
+        try:
+            if store.acquire_lease(holder, seconds):
+                renewed = time.monotonic()
+                continue
+            log.error("the lease went to %s: stopping", store.lease_holder())
+        except sqlite3.Error as exc:
+            if time.monotonic() - renewed < seconds * 0.75:
+                log.warning("cannot renew the lease yet: %s", exc)
+                continue
+            log.error("cannot renew the lease before it ends (%s): stopping", exc)
+        lost.set()
+        server.should_exit = True
+        return
 
 
 def tell_allocations(allocator: Allocator, notices: Notices) -> int:

@@ -48,7 +48,8 @@ def _notice_column(db: sqlite.Connection) -> None:
         db.execute("ALTER TABLE firing ADD COLUMN notice TEXT NOT NULL DEFAULT ''")
 
 
-MIGRATIONS = [sqlite.statements(SCHEMA_V1), _notice_column]
+# An active enforcer and its standby: the lease says which one acts (enforcer.cli).
+MIGRATIONS = [sqlite.statements(SCHEMA_V1), _notice_column, sqlite.statements(sqlite.LEASE_TABLE)]
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,22 @@ class Store:
         self.policy = self._load_policy()
         self.retention = retention or Retention()
         self._next_prune = 0.0
+
+    def acquire_lease(self, holder: str, seconds: float, now: float | None = None) -> bool:
+        with self._lock, sqlite.transaction(self.db):
+            return sqlite.take_lease(self.db, holder, seconds, time.time() if now is None else now)
+
+    def lease_holder(self) -> str | None:
+        return sqlite.lease_holder(self.db, time.time())
+
+    def release_lease(self, holder: str) -> None:
+        with self._lock, sqlite.transaction(self.db):
+            sqlite.drop_lease(self.db, holder)
+
+    def reload(self) -> None:
+        """The policy as the database has it (after another enforcer held the lease)."""
+        with self._lock:
+            self.policy = self._load_policy()
 
     def _load_policy(self) -> NodePolicy:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'policy'").fetchone()

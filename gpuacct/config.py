@@ -383,6 +383,9 @@ class EnforcerSettings(Section):
     # stay) and the audit log are kept; null: for ever.
     delivery_days: Annotated[int, Field(ge=1)] | None = 30
     audit_days: Annotated[int, Field(ge=1)] | None = 365
+    # An active enforcer and a standby on one database (PostgreSQL, or a shared SQLite file):
+    # the standby takes over this long after the active one stops renewing its lease.
+    lease_seconds: PositiveFloat = 15.0
     nodes: list[str] = []  # node base URLs (http://node:9835); empty: ask Prometheus
     prometheus_url: str = "http://127.0.0.1:19090"
     exporter_job: str = "gpuacct-exporter"  # the scrape job whose targets are the nodes

@@ -16,6 +16,7 @@ The password comes from libpq's own places, never the config: PGPASSWORD, a pass
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
@@ -25,6 +26,7 @@ from typing import Any
 import psycopg
 
 URL = re.compile(r"^postgres(ql)?://")
+RETRYABLE = re.compile(r"\s*(BEGIN|SELECT|PRAGMA)\b")
 WRITER_LOCK = 0x67707561  # "gpua": the advisory lock every writing transaction holds
 
 
@@ -68,37 +70,71 @@ class Connection:
                  schema: str = "public") -> None:
         """`schema`: the store's own PostgreSQL schema, so that the ledger, the enforcer, the
         allocator and the notices can share one database (their table names overlap)."""
-        self.url = url
+        self.url, self.readonly, self.timeout, self.schema = url, readonly, timeout, schema
+        self._db = self._connect()
+        self._open = False  # inside a transaction this connection began
+
+    def _connect(self) -> psycopg.Connection[Any]:
         try:
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)),
-                                       cursor_factory=psycopg.ClientCursor)
-            if not readonly:
-                self._db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            self._db.execute(f'SET search_path TO "{schema}"')
-            if readonly:
-                self._db.execute("SET default_transaction_read_only = on")
+            db = psycopg.connect(self.url, autocommit=True,
+                                 connect_timeout=max(1, int(self.timeout)),
+                                 cursor_factory=psycopg.ClientCursor)
+            if not self.readonly:
+                db.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            db.execute(f'SET search_path TO "{self.schema}"')
+            if self.readonly:
+                db.execute("SET default_transaction_read_only = on")
+            return db
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc) from None
+
+    def _usable(self) -> psycopg.Connection[Any]:
+        """The connection; a new one if the server dropped it (a restart, a failover) while
+        no transaction was open, so a store outlives its server's outage. Inside one, never:
+        the rest of it would run outside, so the transaction fails as a whole."""
+        if self._db.broken or self._db.closed:
+            if self._open:
+                raise sqlite3.OperationalError("the connection to PostgreSQL was lost inside "
+                                               "a transaction; nothing of it was committed")
+            self._db = self._connect()
+        return self._db
 
     @property
     def in_transaction(self) -> bool:
-        return self._db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        return self._open
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if sql in ("COMMIT", "ROLLBACK"):
+            was_open, self._open = self._open, False
+            if sql == "ROLLBACK" and was_open and (self._db.broken or self._db.closed):
+                return None  # the server ended the transaction with the connection
         try:
-            special = self._special(sql.strip())
-            if special is not None:
-                return special
-            return self._db.execute(translate(sql), params or None)
+            return self._run(sql, params)
+        except psycopg.OperationalError as exc:
+            # A connection found dead by this statement: begun afresh if the statement could
+            # not have changed anything (it opens a transaction, or only reads, outside one).
+            if self._open or not self._db.broken or not RETRYABLE.match(sql):
+                raise _as_sqlite_error(exc) from None
+            try:
+                return self._run(sql, params)
+            except psycopg.Error as again:
+                raise _as_sqlite_error(again) from None
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc) from None
+
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
+        self._usable()
+        special = self._special(sql.strip())
+        if special is not None:
+            return special
+        return self._db.execute(translate(sql), params or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> psycopg.Cursor[Any]:
         """Many rows through one prepared statement, pipelined: server-side parameters (a
         string's type left for the server to infer, as a literal's would be), where execute()
         binds them on the client, as SQLite does."""
         try:
-            cursor: psycopg.Cursor[Any] = psycopg.Cursor(self._db)
+            cursor: psycopg.Cursor[Any] = psycopg.Cursor(self._usable())
             cursor.executemany(translate(sql), list(rows))
             return cursor
         except psycopg.Error as exc:
@@ -108,8 +144,16 @@ class Connection:
         """The statements that are not SQL on PostgreSQL: transactions and pragmas."""
         if sql == "BEGIN IMMEDIATE":
             self._db.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            return self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            try:
+                locked = self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+            self._open = True
+            return locked
         if sql == "BEGIN":
+            self._open = True
             return self._db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         if not sql.startswith("PRAGMA"):
             return None

@@ -160,6 +160,35 @@ def require_version(db: Connection, latest: int, what: str) -> None:
                           f"version {latest}: {action}")
 
 
+# One holder at a time: a store's `lease` table (the billing engine's, the enforcer's), for an
+# active instance and its standby; taken inside the caller's writing transaction.
+LEASE_TABLE = """CREATE TABLE IF NOT EXISTS lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+);"""
+
+
+def take_lease(db: Connection, holder: str, seconds: float, now: float) -> bool:
+    """Take or renew the lease for `seconds` from `now`; False while another holds it."""
+    row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
+    if row is not None and row[0] != holder and row[1] > now:
+        return False
+    db.execute("INSERT INTO lease (id, holder, expires) VALUES (1, ?, ?) "
+               "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
+               "expires = excluded.expires", (holder, now + seconds))
+    return True
+
+
+def lease_holder(db: Connection, now: float) -> str | None:
+    row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
+    return row[0] if row is not None and row[1] > now else None
+
+
+def drop_lease(db: Connection, holder: str) -> None:
+    db.execute("DELETE FROM lease WHERE id = 1 AND holder = ?", (holder,))
+
+
 class BackupError(Exception):
     """The copy could not be made; nothing was left behind."""
 

@@ -78,21 +78,14 @@ class Ledger(SqliteLedgerReader):
     def acquire_lease(self, holder: str, seconds: float, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         with self._tx() as db:
-            row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
-            if row is not None and row[0] != holder and row[1] > now:
-                return False
-            db.execute("INSERT INTO lease (id, holder, expires) VALUES (1, ?, ?) "
-                       "ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, "
-                       "expires = excluded.expires", (holder, now + seconds))
-            return True
+            return sqlite.take_lease(db, holder, seconds, now)
 
     def release_lease(self, holder: str) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM lease WHERE id = 1 AND holder = ?", (holder,))
+            sqlite.drop_lease(db, holder)
 
     def _holds_lease(self, db: sqlite.Connection, holder: str) -> bool:
-        row = db.execute("SELECT holder, expires FROM lease WHERE id = 1").fetchone()
-        return row is not None and row[0] == holder and row[1] > time.time()
+        return sqlite.lease_holder(db, time.time()) == holder
 
     # -- billing
     def _move_cursors(self, db: sqlite.Connection, values: dict[str, Decimal],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from enforcer.payload import Notification
-from enforcer.store import Retention, Store
+from enforcer.store import MIGRATIONS, Retention, Store
 from gpuacct.policy import NodeAction
 from gpuacct.sqlite import Target
 from tests.fixtures.enforcement import alert, notification
@@ -49,7 +49,7 @@ def test_a_store_from_before_schema_versions_opens_with_its_policy(tmp_path: Pat
     store.close()
     reopened = Store(path)
     assert [e.detail for e in reopened.audit()] == ["pid 1"]
-    assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert reopened.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     reopened.close()
 
 
