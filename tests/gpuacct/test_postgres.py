@@ -36,7 +36,7 @@ def test_the_sqlite_dialect_runs_and_a_lost_connection_fails_only_its_transactio
     drop(db, pg_database)  # between transactions: the next statement reconnects
     assert db.execute("SELECT COUNT(*) FROM notes").fetchone() == (3,)
 
-    lost = pytest.raises(sqlite3.OperationalError, match="terminating connection|lost inside")
+    lost = pytest.raises(sqlite3.OperationalError, match=r"terminating connection|lost inside")
     with lost, sqlite.transaction(db):
         db.execute("INSERT INTO notes (user, at) VALUES (?, ?)", ("carol", 6.0))
         drop(db, pg_database)
