@@ -35,6 +35,7 @@ from billing_engine.ledger import (
     WindowBill,
     iso,
 )
+from billing_engine.ledger.reader import DAY
 from billing_engine.pricing import PriceBook
 from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
@@ -48,7 +49,6 @@ QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_total"}'
 CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_created"}'
 OUTBOX_BATCH = 5000
 _UNKNOWN = -1  # no window ends here: the cursor cache must be read from the ledger
-DAY = 86400
 CONFIG_ACTOR = "config (billing.accounts)"
 
 

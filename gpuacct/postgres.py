@@ -153,8 +153,9 @@ class Connection:
             self._open = True
             return locked
         if sql == "BEGIN":
+            begun = self._db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             self._open = True
-            return self._db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            return begun
         if not sql.startswith("PRAGMA"):
             return None
         version = re.fullmatch(r"PRAGMA user_version\s*=\s*(\d+)", sql)
