@@ -51,7 +51,10 @@ def start_prometheus(
     timeout: float = 60.0,
 ) -> ManagedProcess:
     return _start_configured("prometheus", binary, workdir, config, [
-        f"--storage.tsdb.path={workdir / 'data'}", "--web.enable-lifecycle"], host, port, timeout)
+        f"--storage.tsdb.path={workdir / 'data'}", "--web.enable-lifecycle",
+        # A remote_write target that has gone keeps a stopping Prometheus waiting up to a
+        # minute (the default); what it could not send is in its own TSDB anyway.
+        "--storage.remote.flush-deadline=2s"], host, port, timeout)
 
 
 def start_victoria_metrics(

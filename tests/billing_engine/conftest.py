@@ -124,9 +124,9 @@ class Rig:
                 for s in body["results"][0].get("series", [])}
 
 
-@pytest.fixture
-def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[..., Server],
-        influxdb: Server, tmp_path: Path, test_users: dict[str, Any]) -> Rig:
+def make_rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[..., Server],
+             influxdb: Server, tmp_path: Path, test_users: dict[str, Any],
+             ledger: Target) -> Rig:
     gpus = FakeGpus([device(0), device(1, name=RTX3090)], path=tmp_path / "gpus.json")
     exporter = start_exporter({"exporter": {
         "interval_seconds": 0.25, "state_file": str(tmp_path / "exporter-state.json"),
@@ -135,7 +135,7 @@ def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[...,
     prometheus = start_prometheus(scrape_configs(exporter), interval="500ms")
     influx_query(influxdb.url, 'CREATE DATABASE "gpuacct"', method="POST")
     config = {
-        "billing": {"ledger": str(tmp_path / "ledger.sqlite3"),
+        "billing": {"ledger": str(ledger),
                     "prometheus_url": prometheus.url, "window_seconds": WINDOW,
                     "settle_seconds": 1.2, "lease_seconds": 2},
         "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"},
@@ -147,11 +147,21 @@ def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[...,
 
 
 @pytest.fixture
-def pg_rig(rig: Rig, pg_database: str) -> Rig:
-    """The rig with its ledger in PostgreSQL."""
-    rig.config["billing"]["ledger"] = pg_database
-    rig.config_path.write_text(yaml.safe_dump(rig.config))
-    return rig
+def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[..., Server],
+        influxdb: Server, tmp_path: Path, test_users: dict[str, Any],
+        store_target: Target) -> Rig:
+    """The rig with its ledger in a SQLite file, then in PostgreSQL (each test runs on both)."""
+    return make_rig(start_exporter, start_prometheus, influxdb, tmp_path, test_users,
+                    store_target)
+
+
+@pytest.fixture
+def pg_rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[..., Server],
+           influxdb: Server, tmp_path: Path, test_users: dict[str, Any],
+           pg_database: str) -> Rig:
+    """The rig with its ledger in PostgreSQL only."""
+    return make_rig(start_exporter, start_prometheus, influxdb, tmp_path, test_users,
+                    pg_database)
 
 
 @contextmanager

@@ -179,7 +179,8 @@ def test_catch_up_after_an_absence_is_bounded_by_max_backfill(rig: Rig) -> None:
     now = time.time()
     long_ago = engine.due_window(now) - 50 * WINDOW
     with forge(ledger) as db:  # as if billing had begun long ago and then stopped
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('billing_start', ?)", (str(long_ago),))
+        db.execute("INSERT INTO meta VALUES ('billing_start', ?) ON CONFLICT (key) "
+                   "DO UPDATE SET value = excluded.value", (str(long_ago),))
     assert engine.tick(now) == 6  # the newest five window lengths, one by one, and no more
     ends = [r[0] for r in sql(ledger).execute("SELECT window_end FROM windows ORDER BY 1")]
     assert ends[-1] == engine.due_window(now)

@@ -62,6 +62,8 @@ def test_sigkill_at_random_moments_keeps_the_ledger_whole(
     assert sql(ledger).execute("SELECT COUNT(*) FROM windows").fetchone()[0] >= 10
 
 
+# On PostgreSQL: test_two_engines_on_postgresql_the_active_one_killed_ten_times.
+@pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
 def test_two_engines_on_one_ledger_one_bills_the_other_waits(
         rig: Rig, processes: Processes, test_users: dict[str, UnixUser], tmp_path: Path) -> None:
     carol = test_users["carol"]

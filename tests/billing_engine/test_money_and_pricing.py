@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -11,6 +10,7 @@ from billing_engine.pricing import PriceBook
 from billing_engine.series import series_key
 from gpuacct.config import GpuPrice, PriceVersion
 from gpuacct.money import merge_versions, parse_amount
+from gpuacct.sqlite import Target
 from tests.fixtures.ledger import forge
 
 D = Decimal
@@ -116,8 +116,8 @@ def test_an_added_version_replaces_a_configured_one_with_the_same_effective_time
     assert [v.cpu_per_core_minute for v in merged] == [D("0.01"), D("0.03")]
 
 
-def test_the_ledger_takes_price_versions_only_from_now_on(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+def test_the_ledger_takes_price_versions_only_from_now_on(store_target: Target) -> None:
+    ledger = Ledger(store_target)
     now = datetime(2026, 11, 22, 12, tzinfo=UTC).timestamp()
     with forge(ledger) as db:
         db.execute("INSERT INTO windows VALUES (?, ?, ?, 0, '0')", (now + 60, now, now))

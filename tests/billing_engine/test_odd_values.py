@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from billing_engine.engine import Engine
 from billing_engine.ledger import Ledger
 from gpuacct.config import settings_from_mapping
 from gpuacct.promql import Prometheus
+from gpuacct.sqlite import Target
 from tests.fixtures.ledger import sql
 from tests.fixtures.servers import Server, promql, wait_for
 
@@ -66,13 +66,13 @@ def billed(ledger: Ledger) -> dict[str, Decimal]:
 
 def test_odd_values_are_left_out_and_the_rest_is_billed(
         counters: tuple[Counters, str], start_prometheus: Callable[..., Server],
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        store_target: Target, caplog: pytest.LogCaptureFixture) -> None:
     state, target = counters
     prometheus = start_prometheus([{"job_name": "nodes", "honor_labels": True,
                                     "static_configs": [{"targets": [target]}]}], "500ms")
     wait_for(lambda: len(promql(prometheus.url, "gpuacct_job_gpu_seconds_total")) == 4)
     settings = settings_from_mapping({"billing": {
-        "ledger": str(tmp_path / "ledger.sqlite3"), "prometheus_url": prometheus.url,
+        "ledger": str(store_target), "prometheus_url": prometheus.url,
         "window_seconds": 2, "settle_seconds": 1.2}}).billing
     ledger = Ledger(settings.ledger)
     engine = Engine(settings, ledger, Prometheus(prometheus.url), None)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from billing_engine.influx import LineFormatter
 from billing_engine.ledger import Ledger, UsageLine, WindowBill
+from gpuacct.sqlite import Target
 from tests.fixtures.ledger import sql
 
 LINES = [UsageLine("alice", "train", "n1:9835", "NVIDIA A100-SXM4-80GB", Decimal("60"),
@@ -24,8 +25,8 @@ def bill(ledger: Ledger, end: int, lines: list[UsageLine]) -> None:
         reason=f"window {end}"))
 
 
-def test_backlog_counts_points_and_lines_come_back_exact(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+def test_backlog_counts_points_and_lines_come_back_exact(store_target: Target) -> None:
+    ledger = Ledger(store_target)
     for end in (60, 120):
         bill(ledger, end, LINES)
     assert ledger.outbox_windows() == [60, 120]

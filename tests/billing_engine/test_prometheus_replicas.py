@@ -45,8 +45,9 @@ def scraping(server: Server) -> Server:
 @pytest.fixture
 def replica(rig: Rig, start_prometheus: Callable[..., Server]) -> Server:
     """A second Prometheus scraping the rig's exporter as the first does."""
-    scraping(rig.prometheus)
-    return scraping(start_prometheus(scrape_configs(rig.exporter), interval="500ms"))
+    second = start_prometheus(scrape_configs(rig.exporter), interval="500ms")
+    scraping(rig.prometheus)  # both apply their targets meanwhile
+    return scraping(second)
 
 
 def wait_until_ledger_is(rig: Rig, expected: Totals, timeout: float = 30.0,

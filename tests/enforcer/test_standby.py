@@ -1,5 +1,6 @@
-"""Two enforcers on one PostgreSQL database, active and standby: the standby serves nothing
-until the active one's lease ends, then acts on the state it left; never both at once."""
+"""Two enforcers on one database (a SQLite file, then PostgreSQL), active and standby: the
+standby serves nothing until the active one's lease ends, then acts on the state it left;
+never both at once."""
 
 from __future__ import annotations
 
@@ -26,9 +27,8 @@ def answers(enforcer: Enforcer) -> bool:
 
 
 def test_the_standby_takes_over_when_the_active_enforcer_dies_and_acts_on_its_state(
-        cluster: Cluster, pg_database: str, test_users: dict[str, UnixUser]) -> None:
+        cluster: Cluster, test_users: dict[str, UnixUser]) -> None:
     alice, bob = test_users["alice"].name, test_users["bob"].name
-    cluster.database = pg_database
     node = cluster.node("n1")
     first = cluster.enforcer([node], lease_seconds=LEASE)
     second = cluster.enforcer([node], lease_seconds=LEASE, ready=False)

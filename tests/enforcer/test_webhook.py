@@ -9,7 +9,6 @@ from collections.abc import Callable
 
 import pytest
 
-from gpuacct.sqlite import Target
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.exporter import promtool_check_metrics
 from tests.fixtures.servers import Server, promql, wait_for
@@ -17,14 +16,6 @@ from tests.fixtures.users import UnixUser
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 Users = dict[str, UnixUser]
-
-
-@pytest.fixture
-def stateful(cluster: Cluster, store_target: Target) -> Cluster:
-    """The cluster with the enforcer's state (and the allocator's, the notices') in SQLite,
-    then in PostgreSQL: what the state decides runs on both."""
-    cluster.database = store_target
-    return cluster
 
 
 @pytest.mark.parametrize(("raw", "problem"), [
@@ -62,10 +53,10 @@ def test_no_or_a_wrong_token_gets_401(cluster: Cluster, token: str | None) -> No
 
 
 def test_duplicated_and_repeated_deliveries_act_and_notify_once(
-        stateful: Cluster, test_users: Users) -> None:
+        cluster: Cluster, test_users: Users) -> None:
     alice = test_users["alice"].name
-    node = stateful.node("n1")
-    enforcer = stateful.enforcer([node])
+    node = cluster.node("n1")
+    enforcer = cluster.enforcer([node])
     payload = notification(alert(alice, "notify", "GpuacctBalanceLow"),
                            alert(alice, "block", "GpuacctBalanceLimitedBlockGpu"))
     status, body = enforcer.post_alerts(payload)
@@ -93,18 +84,18 @@ def test_duplicated_and_repeated_deliveries_act_and_notify_once(
         "GpuacctBalanceLow"]
 
 
-def test_a_resolution_that_overtakes_its_alert_wins(stateful: Cluster) -> None:
-    enforcer = stateful.enforcer([])
+def test_a_resolution_that_overtakes_its_alert_wins(cluster: Cluster) -> None:
+    enforcer = cluster.enforcer([])
     enforcer.post_alerts(notification(alert("u1", "block", "B", status="resolved")))
     enforcer.post_alerts(notification(alert("u1", "block", "B")))
     assert enforcer.policy()["users"] == {}
 
 
 def test_restart_keeps_state_and_audit_and_a_returning_node_pulls_the_policy(
-        stateful: Cluster, test_users: Users) -> None:
+        cluster: Cluster, test_users: Users) -> None:
     bob = test_users["bob"].name
-    enforcer = stateful.enforcer([])
-    away = stateful.node("away", enforcer_port=enforcer.port, pull_seconds=2.0)
+    enforcer = cluster.enforcer([])
+    away = cluster.node("away", enforcer_port=enforcer.port, pull_seconds=2.0)
     away.exporter.process.stop()
     enforcer.post_alerts(notification(alert(bob, "throttle", "Throttle", quota=50)))
     policy, audit = enforcer.policy(), enforcer.audit()
