@@ -29,11 +29,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fleet import start_enforcer, start_nodes
+from fleet import signed_put, start_enforcer, start_nodes
 
 from allocator.placement import Gpu, Held, Want, first_fit_now, plan
 from gpuacct.policy import NodePolicy, Reservations, ReservedGpu
-from gpuacct.signing import sign
 from stack.process import ManagedProcess, free_port
 
 NOW = 1_800_000_000.0
@@ -117,12 +116,11 @@ def wait(check: object, timeout: float = 10.0) -> float:
     return time.perf_counter() - start
 
 
-def put_policy(port: int, policy: NodePolicy) -> None:
+def put_policy(port: int, index: int, policy: NodePolicy) -> None:
     body = policy.model_dump_json().encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/policy", data=body,
                                      method="PUT", headers={"Content-Type": "application/json",
-                                                            **sign(KEY.encode(), "PUT",
-                                                                   "/v1/policy", body)})
+                                                            **signed_put(KEY, index, body)})
     urllib.request.urlopen(request, timeout=5).read()
 
 
@@ -156,10 +154,12 @@ def bench_reserve_to_node() -> None:
                                                               ends=time.time() + 3600),)})
             marker = 'gpuacct_gpu_reserved{gpu="3",user="root"} 1.0'
             start = time.perf_counter()
-            put_policy(ports[node], NodePolicy(version=version, reservations=reserved))
+            put_policy(ports[node], int(node.removeprefix("node")),
+                       NodePolicy(version=version, reservations=reserved))
             wait(lambda: reserved_on(ports[node], marker))  # noqa: B023
             direct.append(time.perf_counter() - start)
-            put_policy(ports[node], NodePolicy(version=version + 1))
+            put_policy(ports[node], int(node.removeprefix("node")),
+                       NodePolicy(version=version + 1))
         for name, values in (("gpuacct reserve -> node", ours), ("direct signed PUT", direct)):
             values.sort()
             p99 = values[min(len(values) - 1, int(len(values) * 0.99))]

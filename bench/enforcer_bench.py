@@ -27,10 +27,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fleet import start_enforcer, start_nodes
+from fleet import signed_put, start_enforcer, start_nodes
 
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
-from gpuacct.signing import sign
 from stack.process import ManagedProcess
 
 NODES, ROUNDS = 10, 30
@@ -104,7 +103,7 @@ def direct(ports: list[int], n: int, victims: list[subprocess.Popen[bytes]]) -> 
         body = policy.model_dump_json().encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/policy", data=body,
                                          method="PUT",
-                                         headers=sign(KEY.encode(), "PUT", "/v1/policy", body))
+                                         headers=signed_put(KEY, ports.index(port), body))
         urllib.request.urlopen(request, timeout=10).close()
 
     def put_all(policy: NodePolicy) -> None:

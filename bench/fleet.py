@@ -10,12 +10,21 @@ from typing import Any
 
 import yaml
 
+from gpuacct.signing import node_key, sign
 from stack.process import ManagedProcess, free_port
+
+
+def signed_put(key: str, index: int, body: bytes) -> dict[str, str]:
+    """The headers of a policy PUT to node `index`, signed with its own key (derived from the
+    master key `key`, as the enforcer does)."""
+    name = f"node{index}"
+    return sign(node_key(key.encode(), name), name, "PUT", "/v1/policy", body)
 
 
 def start_nodes(work: Path, count: int, key: str, gpus_per_node: int = 1,
                 **actuator: Any) -> list[tuple[ManagedProcess, int, Path]]:
-    """(process, port, fake GPU file) per node; `actuator` adds to each node's settings."""
+    """(process, port, fake GPU file) per node, node0 first, each with its own key from the
+    master key `key`; `actuator` adds to each node's settings."""
     nodes = []
     for i in range(count):
         d = work / f"node{i}"
@@ -34,7 +43,7 @@ def start_nodes(work: Path, count: int, key: str, gpus_per_node: int = 1,
                                       "hook_dir": str(d / "hooks"), "kill_grace_seconds": 30,
                                       **{k: v(d) if callable(v) else v
                                          for k, v in actuator.items()}}},
-            "auth": {"node_hmac_key": key}}))
+            "auth": {"node_key": node_key(key.encode(), f"node{i}").decode()}}))
         proc = ManagedProcess(f"node{i}", [sys.executable, "-m", "exporter", "--config",
                                            str(config), "run", "--web.listen-address",
                                            f"127.0.0.1:{port}"], d / "exporter.log",
@@ -52,7 +61,7 @@ def start_enforcer(work: Path, ports: list[int], key: str, token: str,
     config.write_text(yaml.safe_dump({
         "enforcer": {"database": str(work / "enforcer.sqlite3"),
                      "nodes": [f"http://127.0.0.1:{p}" for p in ports]},
-        "auth": {"webhook_token": token, "node_hmac_key": key}}))
+        "auth": {"webhook_token": token, "node_master_key": key}}))
     proc = ManagedProcess("enforcer", [sys.executable, "-m", "enforcer", "--config",
                                        str(config), "run", "--web.listen-address",
                                        f"127.0.0.1:{port}"], work / "enforcer.log",

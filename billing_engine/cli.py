@@ -50,6 +50,7 @@ from gpuacct.cli_common import (
     service_parser,
     setup_logging,
     stop_on_signals,
+    web_config_or_exit,
 )
 from gpuacct.config import BillingSettings, Settings
 from gpuacct.limits import limits_above
@@ -57,6 +58,7 @@ from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
 from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
 from gpuacct.tiers import account_tier
+from gpuacct.web_config import WebConfig
 
 CLUSTER_GPUS = "count(gpuacct_gpu_info)"  # GPUs and MIG instances: what the limits count
 
@@ -103,7 +105,7 @@ def _open_reader(settings: BillingSettings) -> SqliteLedgerReader:
     return open_reader(settings.ledger)
 
 
-def run(settings: Settings, listen: str | None, verbose: bool) -> int:
+def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -> int:
     billing = settings.billing
     log = setup_logging("gpuacct-billing", verbose)
     host, port = parse_listen_address(listen or billing.listen_address)
@@ -116,7 +118,7 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb))
     warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
-        server = serve(host, port, build_registry(billing, engine), "gpuacct billing")
+        server = serve(host, port, build_registry(billing, engine), "gpuacct billing", web=web)
     except OSError as exc:
         print(f"gpuacct-billing: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     command = command_or_usage(parser, args)
     settings = load_or_exit(args.config)
     if command == "run":
-        return run(settings, args.listen_address, args.verbose)
+        return run(settings, args.listen_address, args.verbose,
+                   web_config_or_exit(args, "gpuacct-billing"))
     if command == "balances":
         return balances(settings.billing)
     if command == "backup":

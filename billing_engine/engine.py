@@ -111,6 +111,7 @@ class Engine:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.last_tick_seconds = 0.0
         self.last_tick_ok = True
+        self._standby = False  # said once: another engine holds the lease
         self.influx_ok = True
         self.series_behind = 0  # series read below their cursor from a lagging replica
         self.formatter = LineFormatter()
@@ -136,7 +137,13 @@ class Engine:
         now = time.time() if now is None else now
         try:
             if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
+                if not self._standby:
+                    log.info("standby: another engine holds the lease; billing when it ends")
+                    self._standby = True
                 return 0
+            if self._standby:
+                log.info("took the lease: this engine bills now")
+                self._standby = False
             self._sync_accounts(now)
             self.prices = PriceBook(merge_versions(
                 self.settings.prices, [v for v, _, _ in self.ledger.price_versions()]),

@@ -14,7 +14,7 @@ chmod 0700 "$dir/secrets"
 random() { local s; s=$(head -c 512 /dev/urandom | LC_ALL=C tr -dc 'A-Za-z0-9'); echo "${s:0:40}"; }
 
 made=()
-for name in webhook-token node-key influxdb-password influxdb-token web-admin-password \
+for name in webhook-token node-master-key influxdb-password influxdb-token web-admin-password \
             web-session-secret; do
     file="$dir/secrets/$name"
     if [ ! -s "$file" ]; then
@@ -37,4 +37,5 @@ else
 fi
 echo "web admin password:     $dir/secrets/web-admin-password"
 echo "Grafana admin password: GRAFANA_ADMIN_PASSWORD in $dir/.env"
-echo "node key for each node: $dir/secrets/node-key (deploy/install-node.sh --key-file)"
+echo "a node's key:           docker compose exec enforcer gpuacct-enforcer --config /etc/gpuacct/enforcer.yaml node-key NODE"
+echo "                        (into a file for deploy/install-node.sh --key-file)"

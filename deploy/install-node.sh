@@ -7,7 +7,8 @@
 #
 # Options:
 #   --enforcer-url URL  where the node pulls its enforcement policy (gpuacct-enforcer)
-#   --key-file FILE     the shared HMAC key (auth.node_hmac_key), copied to /etc/gpuacct/node-key
+#   --key-file FILE     this node's key (auth.node_key; on the control host:
+#                       `gpuacct-enforcer node-key NODE` prints it), copied to /etc/gpuacct/node-key
 #   --prometheus-url U  for gpuacct-balance (default http://127.0.0.1:19090)
 #   --dry-run-enforcement  only log and report what enforcement would do
 #   --root DIR          install below DIR instead of / (packaging, tests); implies --no-start
@@ -58,7 +59,7 @@ if [ ! -e "$etc/gpuacct.yaml" ]; then
         echo "  prometheus_url: \"$prometheus\""
         if [ -n "$key" ] || [ -e "$etc/node-key" ]; then
             echo "auth:"
-            echo "  node_hmac_key: {file: /etc/gpuacct/node-key}"
+            echo "  node_key: {file: /etc/gpuacct/node-key}"
         fi
     } >"$etc/gpuacct.yaml"
 else

@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.params import Depends
 
 from allocator.service import AllocationError, Allocator, NotFound
-from enforcer.signed import signed_body
+from enforcer.signed import signed_answer, signed_body
 from gpuacct.allocation import (
     ALLOCATION_PATH,
     CANCEL_PATH,
@@ -34,7 +34,7 @@ from gpuacct.allocation import (
     Summary,
 )
 from gpuacct.login import LOGIN_PATH
-from gpuacct.signing import Verifier, sign
+from gpuacct.signing import MasterKeys
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,20 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
     return Answer(text="", summary=allocator.summary(mine))
 
 
-def add_allocation_routes(app: FastAPI, allocator: Allocator, verifier: Verifier,
-                          node_key: bytes, authorized: list[Depends]) -> None:
+def add_allocation_routes(app: FastAPI, allocator: Allocator, keys: MasterKeys,
+                          authorized: list[Depends]) -> None:
     @app.post(ALLOCATION_PATH, include_in_schema=False)
     async def forwarded(request: Request) -> Response:
-        ask = await signed_body(request, verifier, ALLOCATION_PATH, Forwarded, "request")
+        ask = await signed_body(request, keys, ALLOCATION_PATH, Forwarded, "request",
+                                lambda f: f.caller.node)
         try:
             answer = answer_for(allocator, ask)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
         except AllocationError as exc:
             raise HTTPException(400, f"refused: {exc}") from None
-        data = answer.model_dump_json().encode()
-        return Response(data, media_type="application/json",
-                        headers=sign(node_key, "RESPONSE", ALLOCATION_PATH, data))
+        return signed_answer(keys, ask.caller.node, ALLOCATION_PATH,
+                             answer.model_dump_json().encode())
 
     @app.post(CANCEL_PATH, dependencies=authorized)
     def cancel(body: Cancel) -> dict[str, Any]:

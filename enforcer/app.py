@@ -29,15 +29,16 @@ from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.payload import Notification
 from enforcer.people_api import add_login_routes, add_notice_routes
-from enforcer.signed import problems, signed_body
+from enforcer.signed import problems, signed_answer, signed_body
 from gpuacct.policy import SYNC_PATH, SyncRequest
-from gpuacct.signing import Verifier, sign
+from gpuacct.signing import MasterKeys
+from gpuacct.web_config import BasicAuth
 
 log = logging.getLogger(__name__)
 
 
-def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: bytes,
-               verifier: Verifier, registry: CollectorRegistry,
+def create_app(desired: Desired, pusher: Pusher, webhook_tokens: list[str], keys: MasterKeys,
+               registry: CollectorRegistry, scrapers: BasicAuth,
                links: LoginLinks | None = None,
                notices: tuple[Notices, Notifier] | None = None) -> FastAPI:
     store = desired.store
@@ -59,8 +60,9 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
 
     def bearer(authorization: Annotated[str, Header()] = "") -> None:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(),
-                                                                  webhook_token.encode()):
+        # Every token compared (either may be the one in use during a rotation).
+        matches = [hmac.compare_digest(token.encode(), t.encode()) for t in webhook_tokens]
+        if scheme.lower() != "bearer" or not any(matches):
             raise HTTPException(401, "a bearer token is required (auth.webhook_token)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -82,16 +84,15 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
 
     @app.post(SYNC_PATH, include_in_schema=False)
     async def sync(request: Request) -> Response:
-        report = await signed_body(request, verifier, SYNC_PATH, SyncRequest, "sync request")
+        report = await signed_body(request, keys, SYNC_PATH, SyncRequest, "sync request",
+                                   lambda r: r.node)
         store.record_actions(report.node, report.actions)
         if desired.allocator is not None:
             if report.gpus is not None:
                 desired.allocator.report_gpus(report.node, report.gpus)
             desired.allocator.report_use(report.reservation_use)
             desired.allocator.release_idle(report.node, report.release_idle)
-        answer = desired.dump()
-        return Response(answer, media_type="application/json",
-                        headers=sign(node_key, "RESPONSE", SYNC_PATH, answer))
+        return signed_answer(keys, report.node, SYNC_PATH, desired.dump())
 
     @app.get("/v1/policy", dependencies=authorized)
     def policy() -> Response:
@@ -102,14 +103,17 @@ def create_app(desired: Desired, pusher: Pusher, webhook_token: str, node_key: b
         return [vars(e) for e in store.audit(user, max(1, min(limit, 100_000)))]
 
     if desired.allocator is not None:
-        add_allocation_routes(app, desired.allocator, verifier, node_key, authorized)
+        add_allocation_routes(app, desired.allocator, keys, authorized)
     if links is not None:
-        add_login_routes(app, links, verifier, node_key, authorized)
+        add_login_routes(app, links, keys, authorized)
     if notices is not None:
         add_notice_routes(app, *notices, authorized)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(authorization: Annotated[str | None, Header()] = None) -> Response:
+        if not scrapers.allows(authorization):
+            return PlainTextResponse("unauthorized: basic_auth_users of --web.config.file\n",
+                                     401, {"WWW-Authenticate": 'Basic realm="gpuacct"'})
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/-/healthy", include_in_schema=False)

@@ -39,9 +39,11 @@ from gpuacct.cli_common import (
     service_parser,
     setup_logging,
     stop_on_signals,
+    web_config_or_exit,
 )
 from gpuacct.config import Settings
-from gpuacct.signing import Verifier
+from gpuacct.signing import MasterKeys, node_key
+from gpuacct.web_config import BasicAuth, WebConfig, uvicorn_options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,22 +53,35 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the audit log, oldest first")
     audit.add_argument("--user")
     audit.add_argument("--limit", type=int, default=100)
+    key = sub.add_parser("node-key", help="the key of a node (its auth.node_key), derived "
+                         "from auth.node_master_key and the node's name")
+    key.add_argument("node", help="the node's name: exporter.actuator.node_name, or its "
+                     "host name")
+    key.add_argument("--next", action="store_true",
+                     help="from the second master key (during a rotation)")
     return parser
 
 
-def _secrets(settings: Settings) -> tuple[str, bytes]:
+def _masters(settings: Settings) -> list[bytes]:
+    if not settings.auth.node_master_key:
+        raise SystemExit("gpuacct-enforcer: auth.node_master_key must be set: every node's "
+                         "key is derived from it")
+    return [k.get_secret_value().encode() for k in settings.auth.node_master_key]
+
+
+def _secrets(settings: Settings) -> tuple[list[str], list[bytes]]:
     auth = settings.auth
     missing = [name for name, value in (("auth.webhook_token", auth.webhook_token),
-                                        ("auth.node_hmac_key", auth.node_hmac_key)) if not value]
-    if missing or not auth.webhook_token or not auth.node_hmac_key:
+                                        ("auth.node_master_key", auth.node_master_key))
+               if not value]
+    if missing or not auth.webhook_token:
         raise SystemExit(f"gpuacct-enforcer: {' and '.join(missing)} must be set: "
                          "nothing may change a node's state without them")
-    return (auth.webhook_token.get_secret_value(),
-            auth.node_hmac_key.get_secret_value().encode())
+    return [t.get_secret_value() for t in auth.webhook_token], _masters(settings)
 
 
-def run(settings: Settings, listen: str | None, verbose: bool) -> int:
-    token, key = _secrets(settings)
+def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -> int:
+    tokens, masters = _secrets(settings)
     log = setup_logging("gpuacct-enforcer", verbose)
     host, port = parse_listen_address(listen or settings.enforcer.listen_address)
     store = Store(settings.enforcer.database, Retention(settings.enforcer.delivery_days,
@@ -81,9 +96,9 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
     allocator = Allocator(AllocationStore(database), settings.allocator,
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
-    verifier = Verifier(key, settings.auth.max_clock_skew_seconds)
+    keys = MasterKeys(masters, settings.auth.max_clock_skew_seconds)
     registry = CollectorRegistry(auto_describe=False)
-    pusher = Pusher(desired, key, verifier, settings.enforcer, registry)
+    pusher = Pusher(desired, keys, settings.enforcer, registry)
     register_allocator_metrics(allocator, registry)
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)
@@ -98,8 +113,8 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
 
     allocator.on_change = allocation_changed
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
-    app = create_app(desired, pusher, token, key, verifier, registry, links,
-                     (notices, notifier))
+    app = create_app(desired, pusher, tokens, keys, registry, BasicAuth(web.basic_auth_users),
+                     links, (notices, notifier))
     pusher.start()
     stop = threading.Event()
     notifier.start(stop)
@@ -107,7 +122,8 @@ def run(settings: Settings, listen: str | None, verbose: bool) -> int:
                                          stop), name="allocator", daemon=True).start()
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
              desired.current().version, settings.enforcer.database)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            **uvicorn_options(web))  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     lost = threading.Event()
     threading.Thread(target=_keep_the_lease, args=(store, holder, settings.enforcer.lease_seconds,
@@ -206,7 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     command = command_or_usage(parser, args)
     settings = load_or_exit(args.config)
     if command == "run":
-        return run(settings, args.listen_address, args.verbose)
+        return run(settings, args.listen_address, args.verbose,
+                   web_config_or_exit(args, "gpuacct-enforcer"))
+    if command == "node-key":
+        masters = _masters(settings)
+        if args.next and len(masters) < 2:
+            print("gpuacct-enforcer: --next: auth.node_master_key has one key, not two",
+                  file=sys.stderr)
+            return 2
+        if not args.node.strip() or args.node != args.node.strip():
+            print(f"gpuacct-enforcer: {args.node!r} is not a node's name", file=sys.stderr)
+            return 2
+        print(node_key(masters[1 if args.next else 0], args.node).decode())
+        return 0
     if command in ("policy", "audit"):
         if not sqlite.exists(settings.enforcer.database):
             print(f"gpuacct-enforcer: no state at {settings.enforcer.database}", file=sys.stderr)

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from enforcer.desired import Desired
 from gpuacct import http
 from gpuacct.config import EnforcerSettings
-from gpuacct.policy import POLICY_PATH, PushResult
+from gpuacct.policy import NODE_PATH, POLICY_PATH, PushResult
 from gpuacct.signed_http import ExchangeError, exchange
-from gpuacct.signing import Verifier
+from gpuacct.signing import MasterKeys
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,14 @@ class PushMetrics:
 
 
 class NodeWorker:
-    def __init__(self, url: str, desired: Desired, key: bytes, verifier: Verifier,
+    def __init__(self, url: str, desired: Desired, keys: MasterKeys,
                  settings: EnforcerSettings, metrics: PushMetrics) -> None:
         self.url = url
+        self.node: str | None = None  # the name it signs with, asked before the first push
         self.acked = -1
         self.wake = threading.Event()
         self.stop = threading.Event()
-        self._desired, self._key, self._verifier = desired, key, verifier
+        self._desired, self._keys = desired, keys
         self._settings, self._metrics = settings, metrics
         self._thread = threading.Thread(target=self._run, name=f"push {url}", daemon=True)
         for m in (metrics.failures, metrics.reachable, metrics.acked):
@@ -84,9 +85,30 @@ class NodeWorker:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self._settings.max_backoff_seconds)
 
+    def _node_name(self) -> str:
+        try:
+            answer = http.get(self.url.rstrip("/") + NODE_PATH,
+                              self._settings.push_timeout_seconds)
+            name = json.loads(answer)["node"]
+        except http.HttpError as exc:
+            raise ExchangeError(f"{self.url}{NODE_PATH}: {exc}", exc.status) from None
+        except (ValueError, KeyError, TypeError):
+            raise ExchangeError(f"{self.url}{NODE_PATH}: not a node's name") from None
+        if not isinstance(name, str) or not name:
+            raise ExchangeError(f"{self.url}{NODE_PATH}: not a node's name")
+        return name
+
     def push(self, body: bytes) -> None:
-        answer = exchange(self.url, "PUT", POLICY_PATH, body, self._key, self._verifier,
-                          self._settings.push_timeout_seconds)
+        node = self.node = self.node or self._node_name()
+        try:
+            answer = exchange(self.url, "PUT", POLICY_PATH, body,
+                              lambda *m: self._keys.sign(node, *m),
+                              lambda method, path, headers, data: self._keys.verify(
+                                  method, path, headers, data, node=node),
+                              self._settings.push_timeout_seconds)
+        except ExchangeError:
+            self.node = None  # renamed, or another node now: asked again next time
+            raise
         try:
             result = PushResult.model_validate_json(answer)
         except ValueError as exc:
@@ -100,10 +122,10 @@ class NodeWorker:
 class Pusher:
     """A worker per node; the node list is fixed by config or refreshed from Prometheus."""
 
-    def __init__(self, desired: Desired, key: bytes, verifier: Verifier,
+    def __init__(self, desired: Desired, keys: MasterKeys,
                  settings: EnforcerSettings, registry: CollectorRegistry,
                  discover_nodes: Callable[[], list[str]] | None = None) -> None:
-        self._desired, self._key, self._verifier = desired, key, verifier
+        self._desired, self._keys = desired, keys
         self._settings = settings
         self._metrics = PushMetrics(registry)
         self._discover = discover_nodes or (lambda: discover(settings.prometheus_url,
@@ -133,7 +155,7 @@ class Pusher:
                 self.workers.pop(url).stop.set()
             for url in set(urls) - self.workers.keys():
                 log.info("node %s", url)
-                worker = NodeWorker(url, self._desired, self._key, self._verifier,
+                worker = NodeWorker(url, self._desired, self._keys,
                                     self._settings, self._metrics)
                 self.workers[url] = worker
                 worker.start()

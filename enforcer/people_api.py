@@ -20,20 +20,21 @@ from fastapi.params import Depends
 from enforcer.logins import LinkRefused, LoginLinks
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
-from enforcer.signed import signed_body
+from enforcer.signed import signed_answer, signed_body
 from gpuacct.allocation import Answer, Forwarded, Login
 from gpuacct.login import LOGIN_PATH, REDEEM_PATH, Redeem, Redeemed
 from gpuacct.notices import NOTICES_PATH, LearnedAddress, NoticeChoice, ToldEvent
 from gpuacct.policy import UserName
-from gpuacct.signing import Verifier, sign
+from gpuacct.signing import MasterKeys
 from gpuacct.wording import duration
 
 
-def add_login_routes(app: FastAPI, links: LoginLinks, verifier: Verifier, node_key: bytes,
+def add_login_routes(app: FastAPI, links: LoginLinks, keys: MasterKeys,
                      authorized: list[Depends]) -> None:
     @app.post(LOGIN_PATH, include_in_schema=False)
     async def login(request: Request) -> Response:
-        asked = await signed_body(request, verifier, LOGIN_PATH, Forwarded, "request")
+        asked = await signed_body(request, keys, LOGIN_PATH, Forwarded, "request",
+                                  lambda f: f.caller.node)
         if not isinstance(asked.ask, Login):
             raise HTTPException(400, f"bad request: {LOGIN_PATH} takes a login")
         caller = asked.caller
@@ -43,9 +44,8 @@ def add_login_routes(app: FastAPI, links: LoginLinks, verifier: Verifier, node_k
             raise HTTPException(400, f"refused: {exc}") from None
         text = (f"Open this link in your browser within {duration(links.seconds)}; it logs you "
                 f"in as {caller.user} once:\n{link}")
-        data = Answer(text=text).model_dump_json().encode()
-        return Response(data, media_type="application/json",
-                        headers=sign(node_key, "RESPONSE", LOGIN_PATH, data))
+        return signed_answer(keys, caller.node, LOGIN_PATH,
+                             Answer(text=text).model_dump_json().encode())
 
     @app.post(REDEEM_PATH, dependencies=authorized, include_in_schema=False)
     def redeem(body: Redeem) -> Redeemed:

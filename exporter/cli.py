@@ -1,6 +1,7 @@
 """gpuacct-exporter: meter GPU and CPU use per Unix user and job on this node.
 
-  gpuacct-exporter run [--web.listen-address HOST:PORT] [-v]   sample and serve /metrics
+  gpuacct-exporter run [--web.listen-address HOST:PORT] [--web.config.file FILE] [-v]
+                                                               sample and serve /metrics
   gpuacct-exporter [--web.listen-address HOST:PORT] [-v]       the same (older units' form)
 """
 
@@ -21,6 +22,7 @@ from gpuacct.cli_common import (
     service_parser,
     setup_logging,
     stop_on_signals,
+    web_config_or_exit,
 )
 from gpuacct.metrics_http import serve
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     command_or_usage(parser, args, bare="run")
 
     all_settings = load_or_exit(args.config)
+    web = web_config_or_exit(args, "gpuacct-exporter")
     settings = all_settings.exporter
     log = setup_logging("gpuacct-exporter", args.verbose)
     host, port = parse_listen_address(args.listen_address or settings.listen_address)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.reserved = enforcement.actuator.reserved_gpus
     try:
         server = serve(host, port, registry, "gpuacct exporter",
-                       enforcement.routes if enforcement else None, sampler.scraped)
+                       enforcement.routes if enforcement else None, sampler.scraped, web)
     except OSError as exc:
         print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -9,15 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.enforce.actuator import Actuator
-from exporter.policy_sync import PolicyEndpoint, Puller
+from exporter.policy_sync import NodeNameEndpoint, PolicyEndpoint, Puller
 from exporter.sampler import Snapshot
 from exporter.signals import Signaller
 from exporter.throttle import detect
 from exporter.user_socket import Forwarder, UserSocketServer
 from gpuacct.config import Settings
 from gpuacct.metrics_http import WsgiApp
-from gpuacct.policy import POLICY_PATH, NodeGpu
-from gpuacct.signing import Verifier
+from gpuacct.policy import NODE_PATH, POLICY_PATH, NodeGpu
+from gpuacct.signing import NodeIdentity
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,15 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
     if not actuator_settings.enabled:
         log.info("enforcement is off (exporter.actuator.enabled)")
         return None
-    if settings.auth.node_hmac_key is None:
-        log.warning("enforcement is off: auth.node_hmac_key is not set, so no policy can be "
-                    "trusted")
+    if settings.auth.node_key is None:
+        log.warning("enforcement is off: auth.node_key is not set, so no policy can be trusted")
         return None
-    key = settings.auth.node_hmac_key.get_secret_value().encode()
-    verifier = Verifier(key, settings.auth.max_clock_skew_seconds)
     limiter = detect(actuator_settings.cpu_limiter, actuator_settings.cgroup_root)
     signaller = Signaller(settings.exporter.min_uid, actuator_settings.protected_users,
                           actuator_settings.dry_run)
     node = actuator_settings.node_name or socket.gethostname()
+    identity = NodeIdentity(node, [k.get_secret_value().encode() for k in settings.auth.node_key],
+                            settings.auth.max_clock_skew_seconds)
     actuator = Actuator(actuator_settings, node, signaller, limiter, latest)
     idle = settings.exporter.idle
     if idle is not None:
@@ -67,10 +66,10 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
     puller = user_socket = None
     url = actuator_settings.enforcer_url
     if url:
-        puller = Puller(actuator, url, key, verifier, actuator_settings.pull_interval_seconds,
+        puller = Puller(actuator, url, identity, actuator_settings.pull_interval_seconds,
                         gpus=lambda: node_gpus(latest()))
         if actuator_settings.user_socket is not None:
-            forwarder = Forwarder(node, url, key, verifier, lambda: node_gpus(latest()))
+            forwarder = Forwarder(identity, url, lambda: node_gpus(latest()))
             try:
                 user_socket = UserSocketServer(actuator_settings.user_socket, forwarder)
             except OSError as exc:
@@ -80,5 +79,6 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
              limiter.name if limiter else "none", ", DRY RUN" if actuator_settings.dry_run
              else "", f"pulled from {actuator_settings.enforcer_url}" if puller
              else "pushed only")
-    return Enforcement(actuator, {POLICY_PATH: PolicyEndpoint(actuator, key, verifier)}, puller,
-                       user_socket)
+    routes: dict[str, WsgiApp] = {POLICY_PATH: PolicyEndpoint(actuator, identity),
+                                  NODE_PATH: NodeNameEndpoint(node)}
+    return Enforcement(actuator, routes, puller, user_socket)

@@ -24,17 +24,29 @@ from gpuacct.policy import (
     SyncRequest,
 )
 from gpuacct.signed_http import ExchangeError, exchange
-from gpuacct.signing import SignatureError, Verifier, sign
+from gpuacct.signing import NodeIdentity, SignatureError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 << 20
 
 
+class NodeNameEndpoint:
+    """WSGI app for `GET /v1/node`: the name this node signs with. Not secret: a node that
+    gives another's name gets a push it cannot answer with that node's key."""
+
+    def __init__(self, node: str) -> None:
+        self.body = json.dumps({"node": node}).encode()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [self.body]
+
+
 class PolicyEndpoint:
     """WSGI app for `PUT /v1/policy`."""
 
-    def __init__(self, actuator: Actuator, key: bytes, verifier: Verifier) -> None:
-        self.actuator, self.key, self.verifier = actuator, key, verifier
+    def __init__(self, actuator: Actuator, identity: NodeIdentity) -> None:
+        self.actuator, self.identity = actuator, identity
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         def answer(status: str, message: str) -> list[bytes]:
@@ -55,7 +67,7 @@ class PolicyEndpoint:
         headers = {k[5:].replace("_", "-"): v for k, v in environ.items()
                    if k.startswith("HTTP_")}
         try:
-            self.verifier.verify("PUT", POLICY_PATH, headers, body)
+            self.identity.verify("PUT", POLICY_PATH, headers, body)
         except SignatureError as exc:
             log.warning("refused a policy push from %s: %s", environ.get("REMOTE_ADDR"), exc)
             return answer("401 Unauthorized", f"refused: {exc}")
@@ -68,17 +80,17 @@ class PolicyEndpoint:
                             actions=tuple(self.actuator.take_reports()))
         data = result.model_dump_json().encode()
         start_response("200 OK", [("Content-Type", "application/json"),
-                                  *sign(self.key, "RESPONSE", POLICY_PATH, data).items()])
+                                  *self.identity.sign("RESPONSE", POLICY_PATH, data).items()])
         return [data]
 
 
 class Puller:
     """Pulls the policy (and delivers the reports) until stopped."""
 
-    def __init__(self, actuator: Actuator, enforcer_url: str, key: bytes, verifier: Verifier,
+    def __init__(self, actuator: Actuator, enforcer_url: str, identity: NodeIdentity,
                  interval: float, timeout: float = 10.0,
                  gpus: Callable[[], tuple[NodeGpu, ...] | None] = lambda: None) -> None:
-        self.actuator, self.url, self.key, self.verifier = actuator, enforcer_url, key, verifier
+        self.actuator, self.url, self.identity = actuator, enforcer_url, identity
         self.interval, self.timeout, self.gpus = interval, timeout, gpus
 
     def sync(self) -> bool:
@@ -90,7 +102,7 @@ class Puller:
                               release_idle=self.actuator.idle_releases())
         try:
             answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
-                              self.key, self.verifier, self.timeout)
+                              self.identity.sign, self.identity.verify, self.timeout)
             policy = NodePolicy.model_validate_json(answer)
         except (ExchangeError, ValidationError) as exc:
             self.actuator.return_reports(reports)

@@ -30,7 +30,7 @@ from gpuacct.config import describe_error
 from gpuacct.login import LOGIN_PATH
 from gpuacct.policy import NodeGpu
 from gpuacct.signed_http import ExchangeError, exchange
-from gpuacct.signing import Verifier
+from gpuacct.signing import NodeIdentity
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 << 10
@@ -47,9 +47,9 @@ def peer_uid(sock: socket.socket) -> int:
 class Forwarder:
     """Turns one user's ask into the signed request to the control plane."""
 
-    def __init__(self, node: str, enforcer_url: str, key: bytes, verifier: Verifier,
+    def __init__(self, identity: NodeIdentity, enforcer_url: str,
                  gpus: Callable[[], tuple[NodeGpu, ...] | None], timeout: float = 10.0) -> None:
-        self.node, self.url, self.key, self.verifier = node, enforcer_url, key, verifier
+        self.identity, self.node, self.url = identity, identity.node, enforcer_url
         self.gpus, self.timeout = gpus, timeout
 
     def handle(self, uid: int, line: bytes) -> dict[str, Any]:
@@ -67,8 +67,8 @@ class Forwarder:
         path = LOGIN_PATH if isinstance(ask, Login) else ALLOCATION_PATH
         try:
             body = exchange(self.url, "POST", path,
-                            forwarded.model_dump_json().encode(), self.key, self.verifier,
-                            self.timeout)
+                            forwarded.model_dump_json().encode(), self.identity.sign,
+                            self.identity.verify, self.timeout)
             answer = Answer.model_validate_json(body)
         except ExchangeError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:

@@ -7,10 +7,12 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from gpuacct.config import ConfigError, Settings, load_settings, split_listen_address
+from gpuacct.web_config import WebConfig, WebConfigError, load_web_config
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,10 @@ def _run_arguments(parser: argparse.ArgumentParser, serves: str, default: Any) -
     parser.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
                         default=default,
                         help=f"address to serve {serves} on (overrides the config file)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        default=default, type=Path,
+                        help="TLS and basic auth for the listener, in the exporter-toolkit "
+                             "format Prometheus reads (tls_server_config, basic_auth_users)")
     parser.add_argument("-v", "--verbose", action="store_true", default=default,
                         help="debug logging")
 
@@ -73,6 +79,19 @@ def load_or_exit(path: str | None) -> Settings:
     except ConfigError as exc:
         print(f"gpuacct: config error: {exc}".replace("\n", "\ngpuacct: config error: "),
               file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def web_config_or_exit(args: argparse.Namespace, prog: str) -> WebConfig:
+    """The listener's `--web.config.file` (none: plain HTTP, no basic auth), or its problem on
+    stderr and exit status 2."""
+    path: Path | None = getattr(args, "web_config_file", None)
+    if path is None:
+        return WebConfig()
+    try:
+        return load_web_config(path)
+    except WebConfigError as exc:
+        print(f"{prog}: --web.config.file: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from gpuacct.secrets import Secret
+from gpuacct.secrets import Rotating, Secret
 
 CONFIG_ENV = "GPUACCT_CONFIG"
 
@@ -78,7 +78,7 @@ class NvmlSettings(Section):
 
 
 class ActuatorSettings(Section):
-    """The node side of enforcement, inside gpuacct-exporter (needs `auth.node_hmac_key`)."""
+    """The node side of enforcement, inside gpuacct-exporter (needs `auth.node_key`)."""
 
     enabled: bool = True
     node_name: str | None = None  # default: this host's name
@@ -368,10 +368,24 @@ InfluxSettings = Annotated[
 class AuthSettings(Section):
     """Shared secrets; each is a literal, {env: NAME} or {file: PATH}."""
 
-    node_hmac_key: Secret | None = None
-    webhook_token: Secret | None = None
+    # On a node: its own key (`gpuacct-enforcer node-key NAME` prints it). On the enforcer:
+    # the master key every node's key is derived from. Each: one, or two during a rotation.
+    node_key: Rotating | None = None
+    node_master_key: Rotating | None = None
+    # Alertmanager's bearer token to the enforcer, and the web's. Two during a rotation: the
+    # web presents the first, the enforcer accepts either.
+    webhook_token: Rotating | None = None
     admin_password_hash: Secret | None = None
     max_clock_skew_seconds: PositiveFloat = 30.0  # signed node requests older than this fail
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and "node_hmac_key" in raw:
+            raise ValueError("node_hmac_key, one key shared by every node, was replaced by a "
+                             "key per node: give the enforcer auth.node_master_key and each "
+                             "node auth.node_key (gpuacct-enforcer node-key NAME prints it)")
+        return raw
 
 
 class EnforcerSettings(Section):

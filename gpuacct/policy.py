@@ -21,6 +21,7 @@ UserName = Annotated[str, Field(pattern=USER_NAME_PATTERN)]
 
 POLICY_PATH = "/v1/policy"  # on the node: the enforcer PUTs the policy here
 SYNC_PATH = "/v1/sync"  # on the enforcer: a node POSTs its reports, gets the policy back
+NODE_PATH = "/v1/node"  # on the node: its name, which the enforcer derives its key from
 
 Action = Literal["notify", "block", "throttle", "kill"]
 ACTIONS: tuple[Action, ...] = ("notify", "block", "throttle", "kill")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 
 
 def resolve_secret(raw: Any) -> Any:
@@ -31,3 +31,12 @@ def resolve_secret(raw: Any) -> Any:
 
 
 Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+
+
+def _one_or_two(raw: Any) -> Any:
+    return raw if isinstance(raw, list) else [raw]
+
+
+# A secret that may be two during a rotation (current first, then the next or the last): the
+# first signs, either is accepted.
+Rotating = Annotated[list[Secret], BeforeValidator(_one_or_two), Field(min_length=1, max_length=2)]

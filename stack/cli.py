@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gpuacct import signing
 from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
 from gpuacct.config import CONFIG_ENV, Settings
 from stack import alerting, configs, servers
@@ -49,7 +51,8 @@ class Stack:
 
         rules_dir = s.rules_dir or alerting.RULES_DIR
         token = alerting.secret_file(d / "webhook-token")
-        node_key = alerting.secret_file(d / "node-key")
+        master_key = alerting.secret_file(d / "node-master-key")
+        node_key = self._node_key(master_key, d / "node-key")
         am_config = alerting.render_alertmanager(
             rules_dir / "alertmanager.yml", f"http://{host}:{s.enforcer_port}/v1/alerts",
             token, os.environ)
@@ -62,7 +65,8 @@ class Stack:
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
 
         # The enforcer before the node, so the node's first pull finds it.
-        auth = {"webhook_token": {"file": str(token)}, "node_hmac_key": {"file": str(node_key)}}
+        auth = {"webhook_token": {"file": str(token)},
+                "node_master_key": {"file": str(master_key)}}
         enforcer = self._start_service("enforcer", "enforcer", ["run"], s.enforcer_port, {
             "enforcer": {"listen_address": f"{host}:{s.enforcer_port}",
                          "database": str(d / "enforcer" / "enforcer.sqlite3"),
@@ -79,7 +83,7 @@ class Stack:
                 "actuator": {"enforcer_url": f"http://{host}:{s.enforcer_port}",
                              "state_file": str(d / "exporter" / "actuator.json")},
             },
-            "auth": {"node_hmac_key": {"file": str(node_key)}},
+            "auth": {"node_key": {"file": str(node_key)}},
         })
         self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
 
@@ -115,6 +119,15 @@ class Stack:
                                           self.settings.exporter.actuator.user_socket,
                                           lambda text: print(f"demo: {text}", flush=True))
             self.story.start()
+
+    def _node_key(self, master_file: Path, path: Path) -> Path:
+        """This host's node key, derived from the master key as `gpuacct-enforcer node-key`
+        does: the exporter is given only its own."""
+        master = master_file.read_text(encoding="utf-8").strip().encode()
+        name = self.settings.exporter.actuator.node_name or socket.gethostname()
+        path.touch(mode=0o600)
+        path.write_bytes(signing.node_key(master, name) + b"\n")
+        return path
 
     def _compressed(self, rule_file: Path) -> Path:
         out = self.state_dir / "rules" / rule_file.name

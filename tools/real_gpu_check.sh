@@ -26,7 +26,7 @@ while time.time() < end:
 EOF
 key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cat >"$work/gpuacct.yaml" <<YAML
-auth: {node_hmac_key: "$key"}
+auth: {node_key: "$key"}
 exporter:
   interval_seconds: 1
   state_file: $work/state.json
@@ -78,7 +78,7 @@ push() {  # push block|kill|none for $user; prints what the node reports back
 import sys, time
 from gpuacct.policy import POLICY_PATH, NodePolicy, PushResult, Reason, UserPolicy
 from gpuacct.signed_http import exchange
-from gpuacct.signing import Verifier
+from gpuacct.signing import NodeIdentity
 wanted = {
     "block": UserPolicy(block=True, reasons=(Reason(alert="GpuacctBalanceLimited", action="block"),)),
     "kill": UserPolicy(block=True, kill=True,
@@ -86,8 +86,8 @@ wanted = {
 }.get(sys.argv[1])
 body = NodePolicy(version=time.time_ns() // 1000,
                   users={"$user": wanted} if wanted else {}).model_dump_json().encode()
-key = "$key".encode()
-answer = exchange("http://127.0.0.1:$PORT", "PUT", POLICY_PATH, body, key, Verifier(key), 5)
+node = NodeIdentity("gpu-check", ["$key".encode()], 30)  # the enforcer's side of the same key
+answer = exchange("http://127.0.0.1:$PORT", "PUT", POLICY_PATH, body, node.sign, node.verify, 5)
 for a in PushResult.model_validate_json(answer).actions:
     print(f"  node reports: {a.action} {a.result} {a.detail}")
 PY

@@ -18,7 +18,9 @@ from gpuacct.cli_common import (
     parse_listen_address,
     service_parser,
     setup_logging,
+    web_config_or_exit,
 )
+from gpuacct.web_config import uvicorn_options
 from web.app import create_app
 from web.auth import hash_password
 
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(hash_password(password))
         return 0
     settings = load_or_exit(args.config)
+    web = web_config_or_exit(args, "gpuacct-web")
     log = setup_logging("gpuacct-web", args.verbose)
     if not ledger_exists(settings.billing.ledger):
         print(f"gpuacct-web: no ledger at {settings.billing.ledger} (start gpuacct-billing "
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = parse_listen_address(args.listen_address or settings.web.listen_address)
     log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
-                                           log_level="warning", access_log=False))
+                                           log_level="warning", access_log=False,
+                                           **uvicorn_options(web)))  # type: ignore[arg-type]
     server.run()
     return 0 if server.started else 1

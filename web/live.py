@@ -77,7 +77,7 @@ class Live:
         self.exporter_job = settings.enforcer.exporter_job
         self.enforcer_url = web.enforcer_url
         token = settings.auth.webhook_token
-        self.token = token.get_secret_value() if token else None
+        self.token = token[0].get_secret_value() if token else None
         self.ttl = ttl_seconds
         self._memo = Memo.ttl(ttl_seconds)
 

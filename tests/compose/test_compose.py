@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 PACKAGES = ("gpuacct", "exporter", "billing_engine", "enforcer", "web", "stack", "rules")
 PINNED = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+$")  # a release tag: not latest, not a major alone
-SECRETS = ("webhook-token", "node-key", "influxdb-password", "influxdb-token",
+SECRETS = ("webhook-token", "node-master-key", "influxdb-password", "influxdb-token",
            "web-admin-password", "web-session-secret")
 
 
@@ -124,8 +124,8 @@ def test_the_services_configs_are_valid_gpuacct_configs(tmp_path: Path) -> None:
     assert isinstance(billing.influxdb, InfluxV2Settings)
     assert billing.influxdb.token.get_secret_value() == "influxdb-token-value"
     assert billing.billing.ledger == web.billing.ledger  # the shared volume
-    assert enforcer.auth.node_hmac_key is not None
-    assert enforcer.auth.node_hmac_key.get_secret_value() == "node-key-value"
+    assert enforcer.auth.node_master_key is not None
+    assert enforcer.auth.node_master_key[0].get_secret_value() == "node-master-key-value"
     assert web.web.enforcer_url == "http://enforcer:9837"
     assert web.auth.admin_password_hash is not None
 

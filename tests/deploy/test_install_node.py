@@ -47,7 +47,7 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     data = yaml.safe_load(config.read_text())
     assert data["exporter"]["actuator"] == {"dry_run": False,
                                             "enforcer_url": "http://control:9837"}
-    assert data["auth"] == {"node_hmac_key": {"file": "/etc/gpuacct/node-key"}}
+    assert data["auth"] == {"node_key": {"file": "/etc/gpuacct/node-key"}}
     assert config.stat().st_mode & 0o777 == 0o644  # users' gpuacct-balance reads it
     node_key = root / "etc" / "gpuacct" / "node-key"
     assert node_key.read_text() == "a-node-key\n" and node_key.stat().st_mode & 0o777 == 0o600

@@ -28,6 +28,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
@@ -37,7 +38,7 @@ from stack.process import ManagedProcess, free_port
 from stack.servers import influx_query
 from tests.billing_engine.conftest import Rig
 from tests.fixtures import dashboards
-from tests.fixtures.enforcement import TOKEN, Cluster, EnforcingNode
+from tests.fixtures.enforcement import MASTER, TOKEN, Cluster, EnforcingNode, key_of
 from tests.fixtures.gpus import A100, RTX3090, device
 from tests.fixtures.notices import ChatReceiver, SmtpServer
 from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
@@ -56,6 +57,7 @@ PRICE = {A100: Decimal(60), RTX3090: Decimal("0.06")}
 CPU_PRICE = Decimal("0.01")
 RESERVED_FACTOR = Decimal("0.5")  # reserved GPU time at half the GPU's price
 PASSWORD = "e2e-admin-password"
+SESSION_SECRET = "e2e-session-secret"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -163,7 +165,7 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
                     "reserved_price_factor": str(RESERVED_FACTOR)},
         "influxdb": {"version": 1, "url": influxdb.url, "database": "gpuacct"},
         "web": {"prometheus_url": prometheus.url, "enforcer_url": enforcer.url,
-                "session_secret": "e2e-session-secret"},
+                "session_secret": SESSION_SECRET},
         "auth": {"webhook_token": TOKEN, "admin_password_hash": hash_password(PASSWORD)},
     }
     config_path = tmp_path / "gpuacct.yaml"
@@ -221,7 +223,8 @@ def recharge_in_the_browser(web_url: str, user: str, amount: str) -> None:
 
 
 def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
-        chain: Chain, processes: Processes, test_users: dict[str, UnixUser]) -> None:
+        chain: Chain, processes: Processes, test_users: dict[str, UnixUser],
+        tmp_path: Path) -> None:
     alice, bob = test_users["alice"].name, test_users["bob"].name
     chain.say("")
     old = gpu_job(chain, processes, test_users["alice"], "big-model", gpu=0)
@@ -360,6 +363,28 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert Decimal(balances[alice]) == OPENING + 100 - costs[alice]
     step(chain, f"totals agree: alice {costs[alice]}, bob {costs[bob]}, "
                 f"carol {costs[carol.name]}, dave {costs[dave.name]}", influx)
+    assert_no_secret_shows(tmp_path)
+    step(chain, "no secret in any log, process title or service environment", time.time())
+
+
+def assert_no_secret_shows(tmp_path: Path) -> None:
+    """None of the chain's secrets in a log of any part, nor in the command line or the
+    environment of a service still running (what `ps` and /proc show other users)."""
+    shown = {"webhook token": TOKEN, "master key": MASTER, "node key": key_of("gpu01").decode(),
+             "admin password": PASSWORD, "session secret": SESSION_SECRET}
+    logs = sorted(tmp_path.rglob("*.log"))
+    assert len(logs) >= 6, logs  # billing, web, enforcer, exporter, Prometheus, Alertmanager...
+    for log in logs:
+        text = log.read_text(errors="replace")
+        found = [what for what, secret in shown.items() if secret in text]
+        assert found == [], f"{log}: {found}"
+    services = [p for p in psutil.process_iter(["cmdline", "environ"])
+                if str(tmp_path) in " ".join(p.info["cmdline"] or ())]
+    assert len(services) >= 4, services  # billing, web, enforcer, the node
+    for p in services:
+        seen = " ".join(p.info["cmdline"]) + " " + " ".join(
+            f"{k}={v}" for k, v in (p.info["environ"] or {}).items())
+        assert [what for what, secret in shown.items() if secret in seen] == [], p
 
 
 # The notices a balance drained to nothing and recharged is told in, by the summaries that

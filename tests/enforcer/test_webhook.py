@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
+from tests.fixtures.enforcement import MASTER, TOKEN, Cluster, alert, notification, wait_until
 from tests.fixtures.exporter import promtool_check_metrics
 from tests.fixtures.servers import Server, promql, wait_for
 from tests.fixtures.users import UnixUser
@@ -50,6 +50,17 @@ def test_no_or_a_wrong_token_gets_401(cluster: Cluster, token: str | None) -> No
     assert status == 401
     assert "bearer token" in body["detail"]
     assert enforcer.policy()["users"] == {}
+
+
+def test_during_a_rotation_either_token_is_accepted(cluster: Cluster) -> None:
+    enforcer = cluster.enforcer([], sections={"auth": {
+        "webhook_token": [TOKEN, "the-next-token"], "node_master_key": MASTER}})
+    for user, token in (("u1", TOKEN), ("u2", "the-next-token")):
+        status, _ = enforcer.post_alerts(notification(alert(user, "block", "X")), token=token)
+        assert status == 200, token
+    status, _ = enforcer.post_alerts(notification(alert("u3", "block", "X")), token="old")
+    assert status == 401
+    assert set(enforcer.policy()["users"]) == {"u1", "u2"}
 
 
 def test_duplicated_and_repeated_deliveries_act_and_notify_once(

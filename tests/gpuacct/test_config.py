@@ -125,13 +125,13 @@ def test_secrets_from_literal_env_and_file(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("GPUACCT_TEST_TOKEN", "from-env")
     settings = load_settings(write(tmp_path, (
         "auth:\n"
-        f"  node_hmac_key: {{file: {key_file}}}\n"
+        f"  node_key: {{file: {key_file}}}\n"
         "  webhook_token: {env: GPUACCT_TEST_TOKEN}\n"
         "  admin_password_hash: literal\n")))
     auth = settings.auth
-    assert auth.node_hmac_key is not None and auth.webhook_token is not None
-    assert auth.node_hmac_key.get_secret_value() == "from-file"
-    assert auth.webhook_token.get_secret_value() == "from-env"
+    assert auth.node_key is not None and auth.webhook_token is not None
+    assert [k.get_secret_value() for k in auth.node_key] == ["from-file"]
+    assert [t.get_secret_value() for t in auth.webhook_token] == ["from-env"]
     assert "from-env" not in repr(settings)  # secrets never show up in logs
 
 
@@ -141,6 +141,20 @@ def test_secret_from_unset_env_fails_with_key(tmp_path: Path,
     message = error_of(tmp_path, "auth:\n  webhook_token: {env: GPUACCT_NOT_SET}\n")
     assert "auth.webhook_token" in message
     assert "GPUACCT_NOT_SET is not set" in message
+
+
+def test_rotating_secrets_take_one_or_two_and_the_shared_node_key_is_named(
+        tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "auth:\n  node_master_key: [new, old]\n"
+                                             "  node_key: only\n"))
+    assert settings.auth.node_master_key is not None and settings.auth.node_key is not None
+    assert [k.get_secret_value() for k in settings.auth.node_master_key] == ["new", "old"]
+    assert [k.get_secret_value() for k in settings.auth.node_key] == ["only"]
+    message = error_of(tmp_path, "auth:\n  node_master_key: [a, b, c]\n")
+    assert "auth.node_master_key" in message and "at most 2" in message
+    message = error_of(tmp_path, "auth:\n  node_hmac_key: s3cret-value\n")
+    assert "auth.node_master_key" in message and "auth.node_key" in message
+    assert "node-key NAME" in message and "s3cret-value" not in message
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
