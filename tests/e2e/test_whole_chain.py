@@ -305,7 +305,9 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     at = wait(lambda: granted in chain.node.exporter.scrape(), "dave's grant on the node", 10)
     step(chain, "carol releases: dave is granted GPU 2 on the node", at, released,
          "the release")
-    assert at - released < 1.0, "the grant took more than a push to reach the node"
+    # Pushed, not pulled (the node pulls every 60 s): the time includes the release command's
+    # own start-up, which a loaded 2-core machine has seen take most of a second.
+    assert at - released < 3.0, "the grant took more than a push to reach the node"
     at = wait(lambda: any(e["action"] == "notify" and e["alert"] == "reservation"
                           and "is granted" in e["detail"]
                           for e in chain.enforcer_audit(dave.name)), "dave to be told", 10)
