@@ -155,15 +155,6 @@ def rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[...,
                     store_target)
 
 
-@pytest.fixture
-def pg_rig(start_exporter: Callable[..., Exporter], start_prometheus: Callable[..., Server],
-           influxdb: Server, tmp_path: Path, test_users: dict[str, Any],
-           pg_database: str) -> Rig:
-    """The rig with its ledger in PostgreSQL only."""
-    return make_rig(start_exporter, start_prometheus, influxdb, tmp_path, test_users,
-                    pg_database)
-
-
 @contextmanager
 def running(engine: Engine) -> Iterator[Engine]:
     stop = threading.Event()

@@ -115,12 +115,13 @@ def _scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+@pytest.mark.parametrize("store_target", ["postgresql"], indirect=True)
 def test_two_engines_on_postgresql_the_active_one_killed_ten_times(
-        pg_rig: Rig, processes: Processes, test_users: dict[str, UnixUser],
+        rig: Rig, processes: Processes, test_users: dict[str, UnixUser],
         tmp_path: Path) -> None:
     """Active and standby on one PostgreSQL ledger: each time the engine that bills dies
     (SIGKILL at a random moment), the other bills within the lease; every window once."""
-    rig, alice = pg_rig, test_users["alice"]
+    alice = test_users["alice"]
     lease = float(rig.config["billing"]["lease_seconds"])
     job = start_job(rig, processes, alice, "standby", gpu=0)
     engines = [engine_process(rig, f"billing-{n}", tmp_path / f"billing-{n}.log")[0]
