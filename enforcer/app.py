@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated
 
@@ -31,13 +30,14 @@ from enforcer.payload import Notification
 from enforcer.people_api import add_login_routes, add_notice_routes
 from enforcer.signed import problems, signed_answer, signed_body
 from gpuacct.policy import SYNC_PATH, SyncRequest
+from gpuacct.secrets import Tokens
 from gpuacct.signing import MasterKeys
 from gpuacct.web_config import BasicAuth
 
 log = logging.getLogger(__name__)
 
 
-def create_app(desired: Desired, pusher: Pusher, webhook_tokens: list[str], keys: MasterKeys,
+def create_app(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: MasterKeys,
                registry: CollectorRegistry, scrapers: BasicAuth,
                links: LoginLinks | None = None,
                notices: tuple[Notices, Notifier] | None = None) -> FastAPI:
@@ -60,9 +60,7 @@ def create_app(desired: Desired, pusher: Pusher, webhook_tokens: list[str], keys
 
     def bearer(authorization: Annotated[str, Header()] = "") -> None:
         scheme, _, token = authorization.partition(" ")
-        # Every token compared (either may be the one in use during a rotation).
-        matches = [hmac.compare_digest(token.encode(), t.encode()) for t in webhook_tokens]
-        if scheme.lower() != "bearer" or not any(matches):
+        if not webhook_tokens.matches(token) or scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required (auth.webhook_token)",
                                 headers={"WWW-Authenticate": "Bearer"})
 

@@ -1,6 +1,7 @@
 """gpuacct-enforcer: turn Alertmanager's enforcement alerts into a policy every node applies.
 
   gpuacct-enforcer run      take webhooks on --web.listen-address, push the policy to the nodes
+                            (SIGHUP: read auth.webhook_token and auth.node_master_key again)
   gpuacct-enforcer policy   the desired policy now, per user
   gpuacct-enforcer audit [--user USER] [--limit N]   what was decided and what each node did
 """
@@ -17,6 +18,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -42,6 +44,8 @@ from gpuacct.cli_common import (
     web_config_or_exit,
 )
 from gpuacct.config import Settings
+from gpuacct.reload import reload_on_sighup
+from gpuacct.secrets import Tokens, values
 from gpuacct.signing import MasterKeys, node_key
 from gpuacct.web_config import BasicAuth, WebConfig, uvicorn_options
 
@@ -64,25 +68,42 @@ def _parser() -> argparse.ArgumentParser:
 
 def _masters(settings: Settings) -> list[bytes]:
     if not settings.auth.node_master_key:
-        raise SystemExit("gpuacct-enforcer: auth.node_master_key must be set: every node's "
-                         "key is derived from it")
-    return [k.get_secret_value().encode() for k in settings.auth.node_master_key]
+        raise ValueError("auth.node_master_key must be set: every node's key is derived from it")
+    return [k.encode() for k in values(settings.auth.node_master_key)]
 
 
-def _secrets(settings: Settings) -> tuple[list[str], list[bytes]]:
+def _secrets(settings: Settings) -> tuple[tuple[str, ...], list[bytes]]:
+    """The webhook tokens and the master keys; ValueError names what is missing."""
     auth = settings.auth
     missing = [name for name, value in (("auth.webhook_token", auth.webhook_token),
                                         ("auth.node_master_key", auth.node_master_key))
                if not value]
     if missing or not auth.webhook_token:
-        raise SystemExit(f"gpuacct-enforcer: {' and '.join(missing)} must be set: "
-                         "nothing may change a node's state without them")
-    return [t.get_secret_value() for t in auth.webhook_token], _masters(settings)
+        raise ValueError(f"{' and '.join(missing)} must be set: nothing may change a node's "
+                         "state without them")
+    return values(auth.webhook_token), _masters(settings)
 
 
-def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -> int:
-    tokens, masters = _secrets(settings)
+def _rotate(tokens: Tokens, keys: MasterKeys) -> Callable[[Settings], str]:
+    """What SIGHUP does: the webhook tokens and the master keys read again."""
+    def apply(settings: Settings) -> str:
+        new_tokens, masters = _secrets(settings)
+        tokens.replace(new_tokens)
+        keys.rotate(masters)
+        return f"{len(new_tokens)} webhook token(s), {len(masters)} node master key(s)"
+    return apply
+
+
+def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
+        config_path: str | None) -> int:
+    try:
+        webhook_tokens, masters = _secrets(settings)
+    except ValueError as exc:
+        raise SystemExit(f"gpuacct-enforcer: {exc}") from None
+    tokens = Tokens(webhook_tokens)
+    keys = MasterKeys(masters, settings.auth.max_clock_skew_seconds)
     log = setup_logging("gpuacct-enforcer", verbose)
+    reload_on_sighup(config_path, _rotate(tokens, keys), log)  # a standby's too
     host, port = parse_listen_address(listen or settings.enforcer.listen_address)
     store = Store(settings.enforcer.database, Retention(settings.enforcer.delivery_days,
                                                        settings.enforcer.audit_days))
@@ -96,7 +117,6 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -
     allocator = Allocator(AllocationStore(database), settings.allocator,
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
-    keys = MasterKeys(masters, settings.auth.max_clock_skew_seconds)
     registry = CollectorRegistry(auto_describe=False)
     pusher = Pusher(desired, keys, settings.enforcer, registry)
     register_allocator_metrics(allocator, registry)
@@ -223,9 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_or_exit(args.config)
     if command == "run":
         return run(settings, args.listen_address, args.verbose,
-                   web_config_or_exit(args, "gpuacct-enforcer"))
+                   web_config_or_exit(args, "gpuacct-enforcer"), args.config)
     if command == "node-key":
-        masters = _masters(settings)
+        try:
+            masters = _masters(settings)
+        except ValueError as exc:
+            print(f"gpuacct-enforcer: {exc}", file=sys.stderr)
+            return 2
         if args.next and len(masters) < 2:
             print("gpuacct-enforcer: --next: auth.node_master_key has one key, not two",
                   file=sys.stderr)

@@ -3,6 +3,8 @@
   gpuacct-exporter run [--web.listen-address HOST:PORT] [--web.config.file FILE] [-v]
                                                                sample and serve /metrics
   gpuacct-exporter [--web.listen-address HOST:PORT] [-v]       the same (older units' form)
+
+SIGHUP reads auth.node_key again (a key rotation); other settings take a restart.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gpuacct.cli_common import (
     web_config_or_exit,
 )
 from gpuacct.metrics_http import serve
+from gpuacct.reload import reload_on_sighup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
              host, port, settings.interval_seconds, settings.state_file)
 
     stop = stop_on_signals()
+    reload_on_sighup(args.config, enforcement.rotate if enforcement
+                     else lambda _: "nothing: enforcement is off", log)
     if enforcement:
         enforcement.start(stop)
     sampler.run(stop, enforcement.actuator.cycle if enforcement else None)

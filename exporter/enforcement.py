@@ -17,6 +17,7 @@ from exporter.user_socket import Forwarder, UserSocketServer
 from gpuacct.config import Settings
 from gpuacct.metrics_http import WsgiApp
 from gpuacct.policy import NODE_PATH, POLICY_PATH, NodeGpu
+from gpuacct.secrets import values
 from gpuacct.signing import NodeIdentity
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,17 @@ log = logging.getLogger(__name__)
 @dataclass
 class Enforcement:
     actuator: Actuator
+    identity: NodeIdentity
     routes: dict[str, WsgiApp]
     puller: Puller | None
     user_socket: UserSocketServer | None = None
+
+    def rotate(self, settings: Settings) -> str:
+        """What SIGHUP does: the node's keys (auth.node_key) read again."""
+        if not settings.auth.node_key:
+            raise ValueError("auth.node_key is no longer set")
+        self.identity.rotate([k.encode() for k in values(settings.auth.node_key)])
+        return f"{len(settings.auth.node_key)} node key(s)"
 
     def start(self, stop: threading.Event) -> None:
         if self.puller:
@@ -57,7 +66,7 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
     signaller = Signaller(settings.exporter.min_uid, actuator_settings.protected_users,
                           actuator_settings.dry_run)
     node = actuator_settings.node_name or socket.gethostname()
-    identity = NodeIdentity(node, [k.get_secret_value().encode() for k in settings.auth.node_key],
+    identity = NodeIdentity(node, [k.encode() for k in values(settings.auth.node_key)],
                             settings.auth.max_clock_skew_seconds)
     actuator = Actuator(actuator_settings, node, signaller, limiter, latest)
     idle = settings.exporter.idle
@@ -81,4 +90,4 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
              else "pushed only")
     routes: dict[str, WsgiApp] = {POLICY_PATH: PolicyEndpoint(actuator, identity),
                                   NODE_PATH: NodeNameEndpoint(node)}
-    return Enforcement(actuator, routes, puller, user_socket)
+    return Enforcement(actuator, identity, routes, puller, user_socket)

@@ -498,7 +498,9 @@ class WebSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9838"
     prometheus_url: str = "http://127.0.0.1:19090"  # burn rates
     enforcer_url: str | None = None  # what is enforced and why (with auth.webhook_token)
-    session_secret: Secret | None = None  # signs session cookies; none: new on every start
+    # Signs session cookies; two during a rotation (the first signs, either is accepted);
+    # none: a new one at every start.
+    session_secret: Rotating | None = None
     # The page's address as users reach it: the one-time links and the notices point there.
     public_url: str | None = None
     # A reverse proxy that authenticates users may name them in `user_header`; the header is
@@ -545,6 +547,22 @@ class ClientSettings(Section):
     timeout_seconds: PositiveFloat = 2.0
 
 
+class TlsClientSettings(Section):
+    """How this process's HTTPS requests (to Prometheus, InfluxDB, the enforcer, the nodes)
+    verify the server, as Prometheus' `tls_config`: `ca_file` is trusted beside the system's
+    CAs; `cert_file` and `key_file` are a client certificate, for listeners that ask for one."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClientSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class StackSettings(Section):
     state_dir: Path = Path("/var/lib/gpuacct/stack")
     host: str = "127.0.0.1"
@@ -573,6 +591,7 @@ class Settings(Section):
     auth: AuthSettings = AuthSettings()
     notifications: NotificationSettings = NotificationSettings()
     stack: StackSettings = StackSettings()
+    tls_client_config: TlsClientSettings = TlsClientSettings()
 
 
 def _key_path(loc: Sequence[int | str]) -> str:

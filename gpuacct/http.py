@@ -4,10 +4,15 @@ nodes): a request, a whole answer, and one exception for every way it can fail."
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+# How every HTTPS request of this process verifies servers; None: the system's CAs only.
+_context: ssl.SSLContext | None = None
 
 
 class HttpError(Exception):
@@ -25,12 +30,34 @@ class Response:
     body: bytes
 
 
+def client_context(ca_file: Path | None, cert_file: Path | None = None,
+                   key_file: Path | None = None) -> ssl.SSLContext:
+    """Verifies servers against the system's CAs and `ca_file` (a private CA), presenting the
+    client certificate `cert_file` if given. ValueError names a file that cannot be used."""
+    context = ssl.create_default_context()
+    try:
+        if ca_file is not None:
+            context.load_verify_locations(ca_file)
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        used = [str(p) for p in (ca_file, cert_file, key_file) if p is not None]
+        raise ValueError(f"cannot use {', '.join(used)}: {exc}") from None
+    return context
+
+
+def use_tls(context: ssl.SSLContext | None) -> None:
+    """Every later request of this process verifies servers with `context`."""
+    global _context
+    _context = context
+
+
 def request(method: str, url: str, timeout: float, body: bytes | None = None,
             headers: Mapping[str, str] | None = None) -> Response:
     """The answer, read whole; HttpError otherwise, with at most 500 bytes of an error body."""
     prepared = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(prepared, timeout=timeout) as answer:
+        with urllib.request.urlopen(prepared, timeout=timeout, context=_context) as answer:
             return Response(answer.status, dict(answer.headers.items()), answer.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode(errors="replace").strip()

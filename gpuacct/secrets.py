@@ -6,7 +6,9 @@ path, like any other bad value, and the value then lives only in a `SecretStr` (
 
 from __future__ import annotations
 
+import hmac
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,3 +42,32 @@ def _one_or_two(raw: Any) -> Any:
 # A secret that may be two during a rotation (current first, then the next or the last): the
 # first signs, either is accepted.
 Rotating = Annotated[list[Secret], BeforeValidator(_one_or_two), Field(min_length=1, max_length=2)]
+
+
+def values(secrets: Sequence[SecretStr]) -> tuple[str, ...]:
+    return tuple(s.get_secret_value() for s in secrets)
+
+
+class Tokens:
+    """Bearer tokens a reload may replace while requests are checked against them: the first
+    is presented, any is accepted."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self.replace(tokens)
+
+    def replace(self, tokens: Sequence[str]) -> None:
+        if not tokens:
+            raise ValueError("at least one token is needed")
+        self._tokens = tuple(tokens)  # one assignment: a reader sees the old or the new
+
+    @property
+    def first(self) -> str:
+        return self._tokens[0]
+
+    def matches(self, token: str) -> bool:
+        # Every token compared (either may be the one in use during a rotation).
+        found = [hmac.compare_digest(token.encode(), t.encode()) for t in self._tokens]
+        return any(found)
+
+    def __len__(self) -> int:
+        return len(self._tokens)

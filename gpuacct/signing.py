@@ -109,6 +109,12 @@ class NodeIdentity:
         self.node, self.keys = node, tuple(keys)
         self._verifier = Verifier(lambda _: self.keys, max_skew_seconds)
 
+    def rotate(self, keys: Sequence[bytes]) -> None:
+        """New keys (a reload during a rotation); the remembered nonces stay."""
+        if not keys:
+            raise ValueError("a node needs a key")
+        self.keys = tuple(keys)
+
     def sign(self, method: str, path: str, body: bytes) -> dict[str, str]:
         return sign(self.keys[0], self.node, method, path, body)
 
@@ -125,6 +131,12 @@ class MasterKeys:
         # Bounded: any caller can name any node.
         self._derived: LRUCache[tuple[bytes, str], bytes] = LRUCache(maxsize=4096)
         self._verifier = Verifier(self.keys_for, max_skew_seconds)
+
+    def rotate(self, masters: Sequence[bytes]) -> None:
+        """New master keys (a reload during a rotation); the remembered nonces stay."""
+        if not masters:
+            raise ValueError("the enforcer needs a master key")
+        self.masters = tuple(masters)
 
     def keys_for(self, node: str) -> list[bytes]:
         keys = []

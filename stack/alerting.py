@@ -30,15 +30,18 @@ def secret_file(path: Path) -> Path:
 
 
 def render_alertmanager(template: Path, enforcer_url: str, token_file: Path,
-                        env: Mapping[str, str]) -> dict[str, Any]:
-    """rules/alertmanager.yml with the enforcer's address and token file, and the operators'
-    e-mail from GPUACCT_* variables (without GPUACCT_SMTP_SMARTHOST: no e-mail at all)."""
+                        env: Mapping[str, str], ca_file: Path | None = None) -> dict[str, Any]:
+    """rules/alertmanager.yml with the enforcer's address and token file (and the CA its
+    certificate is verified against, for an https:// enforcer), and the operators' e-mail
+    from GPUACCT_* variables (without GPUACCT_SMTP_SMARTHOST: no e-mail at all)."""
     config: dict[str, Any] = yaml.safe_load(template.read_text(encoding="utf-8"))
     for receiver in config["receivers"]:
         if receiver["name"] == "enforcer":
             hook = receiver["webhook_configs"][0]
             hook["url"] = enforcer_url
             hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+            if ca_file is not None:
+                hook["http_config"]["tls_config"] = {"ca_file": str(ca_file)}
         elif receiver["name"] == "operators":
             if not env.get("GPUACCT_SMTP_SMARTHOST"):
                 receiver.pop("email_configs", None)

@@ -24,6 +24,7 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
     static_metrics,
     webhook_receiver,
 )
+from tests.fixtures.tls import tls  # noqa: F401 (fixtures)
 from tests.fixtures.users import lab_group, processes, test_users  # noqa: F401 (fixtures)
 
 

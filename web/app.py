@@ -12,6 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from billing_engine.ledger import SqliteLedgerReader
 from gpuacct.config import Settings, describe_error
+from gpuacct.secrets import values
 from web import api, ledger_pages, pages, people
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
@@ -39,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.ctx = Context(
         settings=settings, view=view, live=live, accounts=Accounts(view, live),
         fragments=Fragments(),
-        sessions=Sessions(secret.get_secret_value() if secret else secrets.token_hex(32)),
+        sessions=Sessions(values(secret) if secret else [secrets.token_hex(32)]),
         limiter=LoginLimiter(settings.web.login_failures_per_minute),
         admin_hash=admin_hash.get_secret_value() if admin_hash else None)
     app.state.templates = Jinja2Templates(directory=TEMPLATES)

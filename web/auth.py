@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,8 +67,13 @@ class Sessions:
     """Session cookies signed with the configured secret: {name, csrf}; the role is read from
     the config at each request, so a changed or removed administrator takes effect at once."""
 
-    def __init__(self, secret: str) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt="gpuacct-session")
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.rotate(keys)
+
+    def rotate(self, keys: Sequence[str]) -> None:
+        """New secrets: cookies signed with any of them are good; the first signs new ones
+        (itsdangerous signs with the last of its list)."""
+        self._serializer = URLSafeTimedSerializer(list(reversed(keys)), salt="gpuacct-session")
 
     def new(self, admin: str | None = None, user: str | None = None,
             role: Role | None = None) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """gpuacct-web: the balance page and JSON API.
 
-  gpuacct-web run             serve on --web.listen-address
+  gpuacct-web run             serve on --web.listen-address (SIGHUP: read the session secret,
+                              the enforcer token and the admin password hash again)
   gpuacct-web hash-password   read a password on standard input, print auth.admin_password_hash
 """
 
@@ -20,6 +21,7 @@ from gpuacct.cli_common import (
     setup_logging,
     web_config_or_exit,
 )
+from gpuacct.reload import reload_on_sighup
 from gpuacct.web_config import uvicorn_options
 from web.app import create_app
 from web.auth import hash_password
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("auth.admin_password_hash is not set: nobody can log in as administrator")
     host, port = parse_listen_address(args.listen_address or settings.web.listen_address)
     log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port,
+    app = create_app(settings)
+    reload_on_sighup(args.config, app.state.ctx.rotate, log)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
                                            log_level="warning", access_log=False,
                                            **uvicorn_options(web)))  # type: ignore[arg-type]
     server.run()

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 
 from billing_engine.ledger import Ledger, LedgerWriter
 from gpuacct.config import Settings
+from gpuacct.secrets import values
 from web.auth import LEGACY_ADMIN, SESSION_COOKIE, LoginLimiter, Role, Sessions, Viewer
 from web.fragments import Fragments
 from web.live import Live
@@ -42,6 +43,20 @@ class Context:
         if name == LEGACY_ADMIN and self.admin_hash:
             return "admin", frozenset(), self.admin_hash
         return None
+
+    def rotate(self, settings: Settings) -> str:
+        """What SIGHUP does: the session secrets, the token to the enforcer and the
+        administrator's password hash read again (a new secret signs from now on)."""
+        secret = settings.web.session_secret
+        if secret is None:
+            raise ValueError("web.session_secret is no longer set: every session would end")
+        self.sessions.rotate(values(secret))
+        token = settings.auth.webhook_token
+        self.live.token = values(token)[0] if token else None
+        admin = settings.auth.admin_password_hash
+        self.admin_hash = admin.get_secret_value() if admin else None
+        return (f"{len(secret)} session secret(s), "
+                f"{len(token) if token else 0} token(s) for the enforcer")
 
     def writer(self) -> LedgerWriter:
         """The ledger's writer, for an administrator's recharge, adjustment or price: opened

@@ -5,6 +5,11 @@ a cheap model, is untouched. Then the queue: carol reserves the spare GPU with `
 queues for it, carol releases and dave is granted it within one push, and told. At the end the
 ledger, InfluxDB and the exporter agree exactly, reserved time included.
 
+Every gpuacct listener serves TLS from a throwaway CA, which Prometheus, Alertmanager, the
+services and the browser verify; plain HTTP is refused. While alice's balance drains, the
+operator rotates the node keys, the webhook token and the session secret (each step a config
+change and a SIGHUP): no enforcement step is lost.
+
 Real: Prometheus with gpuacct's rule files and Alertmanager with its config (both with every
 duration divided by FACTOR, stack.alerting.compress_time), InfluxDB, gpuacct-exporter
 enforcing on this machine (fake NVML listing real processes of the test users), gpuacct-billing,
@@ -13,7 +18,9 @@ gpuacct-enforcer, gpuacct-web, and Chromium."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -33,15 +40,18 @@ import pytest
 import yaml
 from playwright.sync_api import expect, sync_playwright
 
+from gpuacct.signing import node_key
 from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
+from stack.configs import merge
 from stack.process import ManagedProcess, free_port
 from stack.servers import influx_query
 from tests.billing_engine.conftest import Rig
 from tests.fixtures import dashboards
-from tests.fixtures.enforcement import MASTER, TOKEN, Cluster, EnforcingNode, key_of
+from tests.fixtures.enforcement import MASTER, TOKEN, Cluster, Enforcer, EnforcingNode, key_of
 from tests.fixtures.gpus import A100, RTX3090, device
 from tests.fixtures.notices import ChatReceiver, SmtpServer
 from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
+from tests.fixtures.tls import Tls, plain_http_fails
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 from web.auth import hash_password
 
@@ -58,6 +68,9 @@ CPU_PRICE = Decimal("0.01")
 RESERVED_FACTOR = Decimal("0.5")  # reserved GPU time at half the GPU's price
 PASSWORD = "e2e-admin-password"
 SESSION_SECRET = "e2e-session-secret"
+# What the rotation replaces them with.
+NEW_TOKEN, NEW_MASTER = "webhook-token-after-rotation", "node-master-key-after-rotation"
+NEW_SESSION_SECRET = "e2e-session-secret-after-rotation"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -66,7 +79,8 @@ class Chain:
     node: EnforcingNode
     prometheus: Server
     rig: Rig
-    enforcer_audit: Callable[[str], list[dict[str, Any]]]
+    enforcer: Enforcer
+    web: ManagedProcess
     web_url: str
     started: float
     say: Callable[[str], None]  # to the terminal, also when pytest captures output
@@ -74,6 +88,13 @@ class Chain:
     user_socket: Path
     smtp: SmtpServer  # where the notices by e-mail go
     chat: ChatReceiver  # and those by chat
+    tls: Tls
+    token_file: Path  # Alertmanager's bearer token to the enforcer
+    token: str = TOKEN  # the one the test presents, until the rotation
+
+    def enforcer_audit(self, user: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.enforcer.get(f"/v1/audit?user={user}", self.token)
+        return found
 
     def gpuacct(self, user: UnixUser, *args: str) -> str:
         """`gpuacct ARGS` run by `user` on the node."""
@@ -117,8 +138,10 @@ def step(chain: Chain, text: str, at: float, since: float | None = None,
 def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
           start_alertmanager: Callable[[dict[str, Any]], Server], influxdb: Server,
           test_users: dict[str, UnixUser], tmp_path: Path, installed_gpuacct: Path,
-          smtp_server: SmtpServer, chat_receiver: ChatReceiver,
+          smtp_server: SmtpServer, chat_receiver: ChatReceiver, tls: Tls,
           capsys: pytest.CaptureFixture[str]) -> Iterator[Chain]:
+    cluster.tls = tls
+    ca = tls.certs.ca_file
     sockets = Path(tempfile.mkdtemp(prefix="gpuacct-e2e-"))
     sockets.chmod(0o755)  # the test users reach the node's socket
     enforcer_port = free_port()
@@ -129,7 +152,7 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
                         user_socket=str(sockets / "user.sock"))
     web_port = free_port()
     enforcer = cluster.enforcer([node], port=enforcer_port, sections={
-        "web": {"public_url": f"http://127.0.0.1:{web_port}"},
+        "web": {"public_url": f"https://127.0.0.1:{web_port}"},
         "notifications": {"channels": {
             "email": {"url": smtp_server.url(), "address": "{user}@example.org"},
             "chat": {"url": chat_receiver.url()}}, "check_interval_seconds": 0.2}})
@@ -137,7 +160,7 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
     token = tmp_path / "webhook-token"
     token.write_text(TOKEN)
     alertmanager = start_alertmanager(compress_time(render_alertmanager(
-        RULES_DIR / "alertmanager.yml", f"{enforcer.url}/v1/alerts", token, {}), FACTOR))
+        RULES_DIR / "alertmanager.yml", f"{enforcer.url}/v1/alerts", token, {}, ca), FACTOR))
     rules = []
     for path in rule_files():
         fast = tmp_path / path.name
@@ -145,7 +168,7 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
         rules.append(str(fast))
     billing_port = free_port()
     prometheus = start_prometheus(
-        gpuacct_scrape_configs(node.exporter.port, billing_port, enforcer.port),
+        gpuacct_scrape_configs(node.exporter.port, billing_port, enforcer.port, ca),
         interval=f"{EVALUATION}s", extra={
             "rule_files": rules,
             "alerting": {"alertmanagers": [{"static_configs": [
@@ -167,17 +190,19 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
         "web": {"prometheus_url": prometheus.url, "enforcer_url": enforcer.url,
                 "session_secret": SESSION_SECRET},
         "auth": {"webhook_token": TOKEN, "admin_password_hash": hash_password(PASSWORD)},
+        **tls.client_config(),
     }
     config_path = tmp_path / "gpuacct.yaml"
     config_path.write_text(yaml.safe_dump(config))
+    serving = ["--web.config.file", str(tls.web_config)]
     services = [
         ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
                                    str(config_path), "run", "--web.listen-address",
-                                   f"127.0.0.1:{billing_port}"],
-                       tmp_path / "billing.log", f"http://127.0.0.1:{billing_port}/metrics"),
+                                   f"127.0.0.1:{billing_port}", *serving],
+                       tmp_path / "billing.log", f"https://127.0.0.1:{billing_port}/metrics"),
         ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config_path), "run",
-                               "--web.listen-address", f"127.0.0.1:{web_port}"],
-                       tmp_path / "web.log", f"http://127.0.0.1:{web_port}/-/healthy"),
+                               "--web.listen-address", f"127.0.0.1:{web_port}", *serving],
+                       tmp_path / "web.log", f"https://127.0.0.1:{web_port}/-/healthy"),
     ]
     for service in services:
         RUNNING.append(service)
@@ -189,9 +214,12 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
             with capsys.disabled():
                 print(text, flush=True)
 
-        yield Chain(node, prometheus, rig, enforcer.audit, f"http://127.0.0.1:{web_port}",
-                    time.time(), say, installed_gpuacct, sockets / "user.sock", smtp_server,
-                    chat_receiver)
+        for port, path in ((node.exporter.port, "/metrics"), (billing_port, "/metrics"),
+                           (enforcer.port, "/-/healthy"), (web_port, "/-/healthy")):
+            assert plain_http_fails(port, path), f"port {port} answered plain HTTP"
+        yield Chain(node, prometheus, rig, enforcer, services[1],
+                    f"https://127.0.0.1:{web_port}", time.time(), say, installed_gpuacct,
+                    sockets / "user.sock", smtp_server, chat_receiver, tls, token)
     finally:
         for service in services:
             service.stop()
@@ -206,9 +234,11 @@ def gpu_job(chain: Chain, processes: Processes, user: UnixUser, job: str, gpu: i
     return proc
 
 
-def recharge_in_the_browser(web_url: str, user: str, amount: str) -> None:
+def recharge_in_the_browser(web_url: str, user: str, amount: str, tls: Tls) -> None:
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM)
+        # Over TLS, accepting the page's certificate alone (Chromium has no CA option).
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            f"--ignore-certificate-errors-spki-list={tls.spki()}"])
         page = browser.new_page()
         page.goto(f"{web_url}/login")
         page.get_by_label("Password").fill(PASSWORD)
@@ -241,6 +271,8 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert not policy()["block"] and policy()["cpu_quota_percent"] is None
     step(chain, "warning: alice is notified (hook file)", at, chain.crossed(alice, "warning"),
          "crossing warning")
+    rotate_secrets(chain)
+    step(chain, "node keys, webhook token, session secret rotated (SIGHUP)", time.time())
 
     # Limited: no new GPU work, CPU quota 50%, running work goes on.
     at = wait(lambda: policy().get("block"), "alice's block")
@@ -278,7 +310,7 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert at - crossing >= 600 / FACTOR
 
     # An administrator recharges her in the browser; everything lifts.
-    recharge_in_the_browser(chain.web_url, alice, "100.00")
+    recharge_in_the_browser(chain.web_url, alice, "100.00", chain.tls)
     recharged = time.time()
     step(chain, "admin recharges alice 100.00 on the web page", recharged)
     at = wait(lambda: chain.node.hook(alice) is None, "alice's restrictions to lift", 30)
@@ -369,11 +401,44 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     step(chain, "no secret in any log, process title or service environment", time.time())
 
 
+def reconfigure(process: ManagedProcess, config: Path, change: dict[str, Any]) -> None:
+    """`change` merged into a service's config file, SIGHUP, and its log saying it reloaded."""
+    config.write_text(yaml.safe_dump(merge(yaml.safe_load(config.read_text()), change)))
+    before = process.log_path.read_text().count(" reloaded: ")
+    os.kill(process.pid, signal.SIGHUP)
+    wait(lambda: process.log_path.read_text().count(" reloaded: ") > before,
+         f"{process.name} to reload", 10)
+
+
+def rotate_secrets(chain: Chain) -> None:
+    """The operator's rotation (docs/enforcement.md) while alerts keep coming: both keys
+    accepted everywhere, the new ones sign, the old ones dropped."""
+    node, enforcer = chain.node.exporter, chain.enforcer
+    assert node.config is not None
+    old_key, new_key = key_of("gpu01").decode(), node_key(NEW_MASTER.encode(), "gpu01").decode()
+    reconfigure(node.process, node.config, {"auth": {"node_key": [old_key, new_key]}})
+    reconfigure(enforcer.process, enforcer.config, {"auth": {
+        "node_master_key": [NEW_MASTER, MASTER], "webhook_token": [TOKEN, NEW_TOKEN]}})
+    chain.token_file.write_text(NEW_TOKEN)  # Alertmanager reads it at every delivery
+    chain.token = NEW_TOKEN
+    reconfigure(chain.web, chain.rig.config_path, {
+        "auth": {"webhook_token": NEW_TOKEN},
+        "web": {"session_secret": [NEW_SESSION_SECRET, SESSION_SECRET]}})
+    reconfigure(node.process, node.config, {"auth": {"node_key": new_key}})
+    reconfigure(enforcer.process, enforcer.config, {"auth": {
+        "node_master_key": NEW_MASTER, "webhook_token": NEW_TOKEN}})
+    status, _ = enforcer.post_alerts({}, token=TOKEN)
+    assert status == 401, "the old webhook token is still accepted"
+
+
 def assert_no_secret_shows(tmp_path: Path) -> None:
     """None of the chain's secrets in a log of any part, nor in the command line or the
     environment of a service still running (what `ps` and /proc show other users)."""
     shown = {"webhook token": TOKEN, "master key": MASTER, "node key": key_of("gpu01").decode(),
-             "admin password": PASSWORD, "session secret": SESSION_SECRET}
+             "admin password": PASSWORD, "session secret": SESSION_SECRET,
+             "new webhook token": NEW_TOKEN, "new master key": NEW_MASTER,
+             "new node key": node_key(NEW_MASTER.encode(), "gpu01").decode(),
+             "new session secret": NEW_SESSION_SECRET}
     logs = sorted(tmp_path.rglob("*.log"))
     assert len(logs) >= 6, logs  # billing, web, enforcer, exporter, Prometheus, Alertmanager...
     for log in logs:

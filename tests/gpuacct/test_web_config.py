@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import ssl
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import yaml
 from stack.process import ManagedProcess, free_port
 from stack.tls import Certificates, make_certificates
 from tests.fixtures.servers import RUNNING, Server, promql, wait_for
+from tests.fixtures.tls import plain_http_fails
 
 PASSWORD = "scrape-password"
 
@@ -79,18 +79,6 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., tuple[ManagedProcess
     for proc in started:
         proc.stop()
         RUNNING.remove(proc)
-
-
-def plain_http_fails(port: int, path: str = "/metrics") -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        status = connection.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return True  # closed without an answer
-    finally:
-        connection.close()
-    return status == 400  # an error, never content
 
 
 def answers(ca: Path, path: str = "/metrics") -> Callable[[int], bool]:
