@@ -573,6 +573,9 @@ class StackSettings(Section):
     billing_port: Port = 19836
     enforcer_port: Port = 19837  # where Alertmanager delivers enforcement alerts
     web_port: Port = 19838
+    # gpuacct's listeners serve TLS from a throwaway CA made under state_dir/tls, which
+    # Prometheus, Alertmanager and the services verify; false (or off): plain HTTP.
+    tls: bool = True
     rules_dir: Path | None = None  # default: the rules shipped in the `rules` package
     scrape_interval_seconds: PositiveFloat = 15.0
     prometheus_binary: str = "prometheus"

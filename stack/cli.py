@@ -11,12 +11,13 @@ from typing import Any
 
 import yaml
 
-from gpuacct import signing
+from gpuacct import http, signing
 from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
 from gpuacct.config import CONFIG_ENV, Settings
 from stack import alerting, configs, servers
 from stack import demo as demo_story
 from stack.process import ManagedProcess, ServerError
+from stack.tls import make_certificates
 from web.auth import hash_password
 
 
@@ -33,6 +34,21 @@ class Stack:
         self.demo = demo
         self.story: demo_story.Story | None = None
         self.parts: list[tuple[ManagedProcess, str]] = []
+        self.ca_file: Path | None = None  # with TLS: what every client verifies against
+        self.web_config: Path | None = None  # with TLS: every gpuacct listener's
+
+    def _url(self, port: int) -> str:
+        """A gpuacct part's base URL (https:// with TLS)."""
+        return f"{'https' if self.ca_file else 'http'}://{self.stack.host}:{port}"
+
+    def _make_certificates(self) -> None:
+        """A throwaway CA for this run (its key is not kept) and the listeners' certificate;
+        the stack's own readiness checks verify it too."""
+        hosts = list(dict.fromkeys([self.stack.host, "localhost", socket.gethostname()]))
+        certs = make_certificates(self.state_dir / "tls", hosts)
+        self.ca_file = certs.ca_file
+        self.web_config = certs.web_config(self.state_dir / "tls" / "web.yml")
+        http.use_tls(http.client_context(certs.ca_file))
 
     def _started(self, proc: ManagedProcess, url: str) -> None:
         self.parts.append((proc, url))
@@ -41,6 +57,9 @@ class Stack:
     def start(self) -> None:
         s, d, host = self.stack, self.state_dir, self.stack.host
         print(f"gpuacct-stack: state and logs in {d}", flush=True)
+        if s.tls:
+            self._make_certificates()
+            print(f"gpuacct-stack: TLS from a throwaway CA, {self.ca_file}", flush=True)
 
         influx = servers.start_influxdb(d / "influxdb", s.influxdb_port, s.influxd_binary, host)
         self._started(influx, f"http://{host}:{s.influxdb_port}/")
@@ -54,8 +73,8 @@ class Stack:
         master_key = alerting.secret_file(d / "node-master-key")
         node_key = self._node_key(master_key, d / "node-key")
         am_config = alerting.render_alertmanager(
-            rules_dir / "alertmanager.yml", f"http://{host}:{s.enforcer_port}/v1/alerts",
-            token, os.environ)
+            rules_dir / "alertmanager.yml", f"{self._url(s.enforcer_port)}/v1/alerts",
+            token, os.environ, self.ca_file)
         rule_files = alerting.rule_files(rules_dir)
         if self.demo:  # the one transformation the tests use: every duration / FACTOR
             am_config = alerting.compress_time(am_config, demo_story.FACTOR)
@@ -70,24 +89,25 @@ class Stack:
         enforcer = self._start_service("enforcer", "enforcer", ["run"], s.enforcer_port, {
             "enforcer": {"listen_address": f"{host}:{s.enforcer_port}",
                          "database": str(d / "enforcer" / "enforcer.sqlite3"),
-                         "nodes": [f"http://{host}:{s.exporter_port}"]},
-            "web": {"public_url": f"http://{host}:{s.web_port}"},  # `gpuacct web`'s links
+                         "nodes": [self._url(s.exporter_port)]},
+            "web": {"public_url": self._url(s.web_port)},  # `gpuacct web`'s links
             "auth": auth,
         })
-        self._started(enforcer, f"http://{host}:{s.enforcer_port}/docs")
+        self._started(enforcer, f"{self._url(s.enforcer_port)}/docs")
 
         exporter = self._start_service("exporter", "exporter", ["run"], s.exporter_port, {
             "exporter": {
                 "listen_address": f"{host}:{s.exporter_port}",
                 "state_file": str(d / "exporter" / "state.json"),
-                "actuator": {"enforcer_url": f"http://{host}:{s.enforcer_port}",
+                "actuator": {"enforcer_url": self._url(s.enforcer_port),
                              "state_file": str(d / "exporter" / "actuator.json")},
             },
             "auth": {"node_key": {"file": str(node_key)}},
         })
-        self._started(exporter, f"http://{host}:{s.exporter_port}/metrics")
+        self._started(exporter, f"{self._url(s.exporter_port)}/metrics")
 
-        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"], rule_files)
+        prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"], rule_files,
+                                                self.ca_file)
         prom = servers.start_prometheus(
             d / "prometheus", s.prometheus_port, prom_config, s.prometheus_binary, host
         )
@@ -100,19 +120,19 @@ class Stack:
             "influxdb": {"version": 1, "url": f"http://{host}:{s.influxdb_port}",
                          "database": database},
         })
-        self._started(billing, f"http://{host}:{s.billing_port}/metrics")
+        self._started(billing, f"{self._url(s.billing_port)}/metrics")
 
         password = alerting.secret_file(d / "admin-password")
         web = self._start_service("web", "web", ["run"], s.web_port, {
             "billing": {"ledger": str(d / "billing" / "ledger.sqlite3")},
             "web": {"listen_address": f"{host}:{s.web_port}",
                     "prometheus_url": f"http://{host}:{s.prometheus_port}",
-                    "enforcer_url": f"http://{host}:{s.enforcer_port}",
-                    "public_url": f"http://{host}:{s.web_port}"},
+                    "enforcer_url": self._url(s.enforcer_port),
+                    "public_url": self._url(s.web_port)},
             "auth": {**auth, "admin_password_hash": hash_password(
                 password.read_text(encoding="utf-8").strip())},
         }, ready_path="/-/healthy")
-        self._started(web, f"http://{host}:{s.web_port}/  (admin password in {password})")
+        self._started(web, f"{self._url(s.web_port)}/  (admin password in {password})")
         if self.demo:
             self.story = demo_story.Story(d / "billing" / "ledger.sqlite3",
                                           self.settings.exporter.actuator.hook_dir,
@@ -145,10 +165,14 @@ class Stack:
         if self.demo:
             overrides = configs.merge(
                 demo_story.overrides(self.stack.scrape_interval_seconds), overrides)
+        serving = []
+        if self.web_config is not None:
+            overrides = {**overrides, "tls_client_config": {"ca_file": str(self.ca_file)}}
+            serving = ["--web.config.file", str(self.web_config)]
         config = configs.service_config(self.config_file, overrides, workdir / "gpuacct.yaml")
-        argv = [sys.executable, "-m", module, "--config", str(config), *args]
+        argv = [sys.executable, "-m", module, "--config", str(config), *args, *serving]
         proc = ManagedProcess(name, argv, workdir / f"{name}.log",
-                              f"http://{self.stack.host}:{port}{ready_path}")
+                              f"{self._url(port)}{ready_path}")
         return proc.start().wait_ready()
 
     def first_dead(self) -> ManagedProcess | None:

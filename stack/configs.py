@@ -15,12 +15,14 @@ def _duration(seconds: float) -> str:
 
 
 def prometheus_config(stack: StackSettings, exporter_targets: list[str],
-                      rule_files: list[Path]) -> dict[str, Any]:
+                      rule_files: list[Path], ca_file: Path | None = None) -> dict[str, Any]:
     """Scrape configs for every part and gpuacct's rules; the exporter's own `job` label (the
-    user's job) is kept by honor_labels, as the billing engine and the rules expect."""
+    user's job) is kept by honor_labels, as the billing engine and the rules expect.
+    `ca_file`: gpuacct's parts are scraped over TLS, verified against it."""
     host = stack.host
     interval = _duration(stack.scrape_interval_seconds)
     alertmanager = f"{host}:{stack.alertmanager_port}"
+    tls = {"scheme": "https", "tls_config": {"ca_file": str(ca_file)}} if ca_file else {}
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
@@ -30,11 +32,11 @@ def prometheus_config(stack: StackSettings, exporter_targets: list[str],
                 "job_name": "prometheus",
                 "static_configs": [{"targets": [f"{host}:{stack.prometheus_port}"]}],
             },
-            {"job_name": "gpuacct-exporter", "honor_labels": True,
+            {"job_name": "gpuacct-exporter", "honor_labels": True, **tls,
              "static_configs": [{"targets": exporter_targets}]},
-            {"job_name": "gpuacct-billing",
+            {"job_name": "gpuacct-billing", **tls,
              "static_configs": [{"targets": [f"{host}:{stack.billing_port}"]}]},
-            {"job_name": "gpuacct-enforcer",
+            {"job_name": "gpuacct-enforcer", **tls,
              "static_configs": [{"targets": [f"{host}:{stack.enforcer_port}"]}]},
         ],
     }

@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,6 +20,13 @@ class Certificates:
     ca_file: Path  # what clients verify against
     cert_file: Path
     key_file: Path  # 0600
+
+    def web_config(self, path: Path) -> Path:
+        """A `--web.config.file` serving TLS with this certificate."""
+        path.write_text(yaml.safe_dump({"tls_server_config": {
+            "cert_file": str(self.cert_file), "key_file": str(self.key_file)}}),
+            encoding="utf-8")
+        return path
 
 
 def _name(common: str) -> x509.Name:

@@ -18,9 +18,7 @@ gpuacct-enforcer, gpuacct-web, and Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -42,12 +40,19 @@ from playwright.sync_api import expect, sync_playwright
 
 from gpuacct.signing import node_key
 from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
-from stack.configs import merge
 from stack.process import ManagedProcess, free_port
 from stack.servers import influx_query
 from tests.billing_engine.conftest import Rig
 from tests.fixtures import dashboards
-from tests.fixtures.enforcement import MASTER, TOKEN, Cluster, Enforcer, EnforcingNode, key_of
+from tests.fixtures.enforcement import (
+    MASTER,
+    TOKEN,
+    Cluster,
+    Enforcer,
+    EnforcingNode,
+    key_of,
+    reconfigure,
+)
 from tests.fixtures.gpus import A100, RTX3090, device
 from tests.fixtures.notices import ChatReceiver, SmtpServer
 from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
@@ -399,15 +404,6 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
                 f"carol {costs[carol.name]}, dave {costs[dave.name]}", influx)
     assert_no_secret_shows(tmp_path)
     step(chain, "no secret in any log, process title or service environment", time.time())
-
-
-def reconfigure(process: ManagedProcess, config: Path, change: dict[str, Any]) -> None:
-    """`change` merged into a service's config file, SIGHUP, and its log saying it reloaded."""
-    config.write_text(yaml.safe_dump(merge(yaml.safe_load(config.read_text()), change)))
-    before = process.log_path.read_text().count(" reloaded: ")
-    os.kill(process.pid, signal.SIGHUP)
-    wait(lambda: process.log_path.read_text().count(" reloaded: ") > before,
-         f"{process.name} to reload", 10)
 
 
 def rotate_secrets(chain: Chain) -> None:

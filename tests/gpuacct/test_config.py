@@ -236,3 +236,15 @@ def test_service_refuses_bad_config_in_one_line(tmp_path: Path, text: str, key: 
     assert key in result.stderr.splitlines()[0]
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("gpuacct: config error: ")
+
+
+def test_a_client_ca_that_cannot_be_used_is_named_and_a_certificate_needs_its_key(
+        tmp_path: Path) -> None:
+    config = write(tmp_path, "tls_client_config:\n  ca_file: /nonexistent/ca.crt\n")
+    done = subprocess.run([sys.executable, "-m", "billing_engine", "--config", str(config),
+                           "run"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "tls_client_config: cannot use /nonexistent/ca.crt" in done.stderr
+    assert "Traceback" not in done.stderr
+    message = error_of(tmp_path, "tls_client_config:\n  cert_file: /etc/client.crt\n")
+    assert "tls_client_config" in message and "cert_file and key_file go together" in message

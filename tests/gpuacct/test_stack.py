@@ -7,9 +7,11 @@ import os
 import pwd
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import requests
 from stack import demo
 from stack.process import free_port
 from tests.fixtures.servers import promql, wait_for
+from tests.fixtures.tls import plain_http_fails
 from tests.fixtures.users import UnixUser
 
 pytestmark = pytest.mark.integration
@@ -58,13 +61,20 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
                  timeout=90, what="the stack")
         text = log.read_text()
         assert stack.poll() is None, text
-        urls = dict(re.findall(r"^\s+(\w+)\s+(http://\S+)", text, re.M))
+        urls = dict(re.findall(r"^\s+(\w+)\s+(https?://\S+)", text, re.M))
         assert set(urls) == {"influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
                              "billing", "web"}, text
+        # gpuacct's own parts serve TLS from the stack's throwaway CA, and nothing in clear.
+        ca = tmp_path / "state" / "tls" / "ca.crt"
+        context = ssl.create_default_context(cafile=str(ca))
         for name, url in urls.items():
             probe = url + ("ping" if name == "influxdb" else "")
-            with urllib.request.urlopen(probe, timeout=5) as response:
+            ours = name in ("enforcer", "exporter", "billing", "web")
+            assert url.startswith("https://" if ours else "http://"), (name, url)
+            with urllib.request.urlopen(probe, timeout=5, context=context) as response:
                 assert response.status < 300, name
+            if ours:
+                assert plain_http_fails(urllib.parse.urlsplit(url).port or 0, "/"), name
         for name in ("influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
                      "billing", "web"):
             assert (tmp_path / "state" / name).is_dir()
@@ -86,6 +96,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         with urllib.request.urlopen(f"{urls['alertmanager']}api/v2/status", timeout=5) as r:
             am_config = json.load(r)["config"]["original"]
         assert "receiver: enforcer" in am_config and "/v1/alerts" in am_config
+        assert f"ca_file: {ca}" in am_config  # it verifies the enforcer's certificate
         assert (tmp_path / "state" / "webhook-token").stat().st_mode & 0o077 == 0
         assert (tmp_path / "state" / "node-key").stat().st_mode & 0o077 == 0
         wait_for(lambda: promql(prom, 'up{job="gpuacct-enforcer"} == 1'), timeout=30,
@@ -139,8 +150,10 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
         wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
                  timeout=90, what="the stack")
         assert stack.poll() is None, log.read_text()
-        web = re.search(r"^\s+web\s+(http://\S+)/", log.read_text(), re.M).group(1)  # type: ignore[union-attr]
+        web = re.search(r"^\s+web\s+(https://\S+)/", log.read_text(), re.M).group(1)  # type: ignore[union-attr]
         session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would win over the stack's CA
+        session.verify = str(tmp_path / "state" / "tls" / "ca.crt")
         login = session.get(f"{web}/login", timeout=10).text
         csrf = re.search(r'name="csrf" value="([^"]+)"', login).group(1)  # type: ignore[union-attr]
         password = (tmp_path / "state" / "admin-password").read_text().strip()
