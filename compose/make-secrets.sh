@@ -30,6 +30,36 @@ if ! grep -q '^GRAFANA_ADMIN_PASSWORD=' "$dir/.env" 2>/dev/null; then
 fi
 chmod 0600 "$dir/.env"
 
+# TLS for gpuacct's listeners (billing, the enforcer, the web): a CA of this deployment and a
+# certificate for the services' names, this host's name and GPUACCT_TLS_HOSTS (more names or
+# addresses the nodes and users reach the control host by, comma-separated). The CA's key stays
+# here, 0600, to sign the nodes' certificates (docs/operators.md).
+tls=$dir/secrets/tls
+if [ ! -s "$tls/server.crt" ]; then
+    mkdir -p "$tls"
+    names="DNS:billing,DNS:enforcer,DNS:web,DNS:localhost,IP:127.0.0.1,DNS:$(hostname -f 2>/dev/null || hostname)"
+    IFS=, read -ra extra <<<"${GPUACCT_TLS_HOSTS:-}"
+    for host in "${extra[@]}"; do
+        [ -z "$host" ] && continue
+        if [[ $host =~ ^[0-9.]+$|: ]]; then names+=",IP:$host"; else names+=",DNS:$host"; fi
+    done
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=gpuacct CA" -keyout "$tls/ca.key" -out "$tls/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=gpuacct" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 825 -out "$tls/server.crt" \
+        -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$names") \
+        2>/dev/null
+    rm -f "$tls/server.csr" "$tls/ca.srl"
+    made+=(tls)
+fi
+chmod 0700 "$tls"
+chmod 0600 "$tls/ca.key"
+chmod 0644 "$tls/ca.crt" "$tls/server.crt" "$tls/server.key"  # read inside the containers
+
 if [ ${#made[@]} -eq 0 ]; then
     echo "secrets: all present in $dir/secrets and $dir/.env, none changed"
 else
@@ -37,5 +67,6 @@ else
 fi
 echo "web admin password:     $dir/secrets/web-admin-password"
 echo "Grafana admin password: GRAFANA_ADMIN_PASSWORD in $dir/.env"
+echo "TLS:                    CA $dir/secrets/tls/ca.crt (give it to the nodes: install-node.sh --ca-file)"
 echo "a node's key:           docker compose exec enforcer gpuacct-enforcer --config /etc/gpuacct/enforcer.yaml node-key NODE"
 echo "                        (into a file for deploy/install-node.sh --key-file)"

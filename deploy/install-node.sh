@@ -10,6 +10,11 @@
 #   --key-file FILE     this node's key (auth.node_key; on the control host:
 #                       `gpuacct-enforcer node-key NODE` prints it), copied to /etc/gpuacct/node-key
 #   --prometheus-url U  for gpuacct-balance (default http://127.0.0.1:19090)
+#   --ca-file FILE      the CA the enforcer's certificate is verified against (an https://
+#                       --enforcer-url with a private CA; compose: secrets/tls/ca.crt)
+#   --tls-cert FILE --tls-key FILE   serve /metrics and the policy endpoint over TLS with this
+#                       certificate (--web.config.file /etc/gpuacct/web.yml); Prometheus then
+#                       scrapes the node with scheme https
 #   --dry-run-enforcement  only log and report what enforcement would do
 #   --root DIR          install below DIR instead of / (packaging, tests); implies --no-start
 #   --no-start          do not enable and start the service
@@ -17,11 +22,15 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 root="" enforcer="" key="" prometheus="http://127.0.0.1:19090" start=1 dry_run=false
+ca="" cert="" cert_key=""
 while [ $# -gt 0 ]; do
     case $1 in
         --enforcer-url) enforcer=$2; shift 2 ;;
         --key-file) key=$2; shift 2 ;;
         --prometheus-url) prometheus=$2; shift 2 ;;
+        --ca-file) ca=$2; shift 2 ;;
+        --tls-cert) cert=$2; shift 2 ;;
+        --tls-key) cert_key=$2; shift 2 ;;
         --dry-run-enforcement) dry_run=true; shift ;;
         --root) root=$(realpath -m "$2"); start=0; shift 2 ;;
         --no-start) start=0; shift ;;
@@ -33,6 +42,14 @@ done
 if [ -n "$key" ] && [ ! -r "$key" ]; then
     echo "install-node.sh: cannot read the key file $key" >&2; exit 2
 fi
+for file in "$ca" "$cert" "$cert_key"; do
+    if [ -n "$file" ] && [ ! -r "$file" ]; then
+        echo "install-node.sh: cannot read $file" >&2; exit 2
+    fi
+done
+if { [ -n "$cert" ] && [ -z "$cert_key" ]; } || { [ -z "$cert" ] && [ -n "$cert_key" ]; }; then
+    echo "install-node.sh: --tls-cert and --tls-key go together" >&2; exit 2
+fi
 
 opt=$root/opt/gpuacct etc=$root/etc/gpuacct
 echo "==> virtualenv in $opt"
@@ -43,6 +60,16 @@ python3 -m venv "$opt"
 mkdir -p "$etc"
 if [ -n "$key" ]; then
     install -m 0600 "$key" "$etc/node-key"
+fi
+if [ -n "$ca" ] || [ -n "$cert" ]; then
+    mkdir -p "$etc/tls"
+fi
+[ -n "$ca" ] && install -m 0644 "$ca" "$etc/tls/ca.crt"
+if [ -n "$cert" ]; then
+    install -m 0644 "$cert" "$etc/tls/node.crt"
+    install -m 0600 "$cert_key" "$etc/tls/node.key"
+    printf 'tls_server_config:\n  cert_file: /etc/gpuacct/tls/node.crt\n  key_file: /etc/gpuacct/tls/node.key\n' \
+        >"$etc/web.yml"
 fi
 if [ ! -e "$etc/gpuacct.yaml" ]; then
     echo "==> $etc/gpuacct.yaml"
@@ -61,19 +88,34 @@ if [ ! -e "$etc/gpuacct.yaml" ]; then
             echo "auth:"
             echo "  node_key: {file: /etc/gpuacct/node-key}"
         fi
+        if [ -n "$ca" ]; then
+            echo "tls_client_config:"
+            echo "  ca_file: /etc/gpuacct/tls/ca.crt"
+        fi
     } >"$etc/gpuacct.yaml"
 else
     echo "==> keeping $etc/gpuacct.yaml"
 fi
 # Validate it (below --root, the key file is looked for where it was installed).
 "$opt/bin/python" - "$etc/gpuacct.yaml" "$etc" <<'PY' || exit 2
-import sys, yaml
+import pathlib, sys, tempfile, yaml
 from gpuacct.config import ConfigError, settings_from_mapping
-text = open(sys.argv[1], encoding="utf-8").read().replace("/etc/gpuacct/", sys.argv[2] + "/")
+from gpuacct.web_config import WebConfigError, load_web_config
+def text(path):
+    return open(path, encoding="utf-8").read().replace("/etc/gpuacct/", sys.argv[2] + "/")
 try:
-    settings_from_mapping(yaml.safe_load(text), sys.argv[1])
+    settings_from_mapping(yaml.safe_load(text(sys.argv[1])), sys.argv[1])
 except ConfigError as exc:
     sys.exit(f"install-node.sh: config error: {exc}")
+web = pathlib.Path(sys.argv[2]) / "web.yml"
+if web.exists():
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as copy:
+        copy.write(text(web))
+        copy.flush()
+        try:
+            load_web_config(pathlib.Path(copy.name))
+        except WebConfigError as exc:
+            sys.exit(f"install-node.sh: {web}: {exc}")
 PY
 
 echo "==> gpuacct and gpuacct-balance, the login greeting, the systemd unit"
@@ -84,6 +126,11 @@ ln -sfn /opt/gpuacct/bin/gpuacct "$root/usr/local/bin/gpuacct"
 chmod 0644 "$root/etc/profile.d/gpuacct.sh"
 install -m 0644 "$here/deploy/systemd/gpuacct-exporter.service" \
     "$root/etc/systemd/system/gpuacct-exporter.service"
+if [ -e "$etc/web.yml" ]; then  # TLS on the listener: the unit's command with the web config
+    mkdir -p "$root/etc/systemd/system/gpuacct-exporter.service.d"
+    printf '[Service]\nExecStart=\nExecStart=/opt/gpuacct/bin/gpuacct-exporter --config /etc/gpuacct/gpuacct.yaml run --web.config.file /etc/gpuacct/web.yml\n' \
+        >"$root/etc/systemd/system/gpuacct-exporter.service.d/tls.conf"
+fi
 
 if [ "$start" = 1 ]; then
     if [ -d /run/systemd/system ]; then

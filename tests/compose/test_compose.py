@@ -7,9 +7,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
+import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,9 @@ import yaml
 
 from gpuacct.config import InfluxV2Settings, Settings, settings_from_mapping
 from stack.alerting import RULES_DIR, render_alertmanager
+from stack.process import ManagedProcess, free_port
 from tests.fixtures.install import build_wheel
+from tests.fixtures.servers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
@@ -101,8 +107,9 @@ def test_prometheus_config_passes_promtool_with_the_real_rules(tmp_path: Path) -
 def test_alertmanager_config_is_the_stacks_rendered_for_compose_and_amtool_accepts_it() -> None:
     shipped = yaml.safe_load((COMPOSE / "alertmanager/alertmanager.yml").read_text())
     assert shipped == render_alertmanager(RULES_DIR / "alertmanager.yml",
-                                          "http://enforcer:9837/v1/alerts",
-                                          Path("/run/secrets/webhook_token"), {})
+                                          "https://enforcer:9837/v1/alerts",
+                                          Path("/run/secrets/webhook_token"), {},
+                                          Path("/run/secrets/tls_ca"))
     result = subprocess.run(
         ["amtool", "check-config", str(COMPOSE / "alertmanager/alertmanager.yml")],
         capture_output=True, text=True)
@@ -126,22 +133,30 @@ def test_the_services_configs_are_valid_gpuacct_configs(tmp_path: Path) -> None:
     assert billing.billing.ledger == web.billing.ledger  # the shared volume
     assert enforcer.auth.node_master_key is not None
     assert enforcer.auth.node_master_key[0].get_secret_value() == "node-master-key-value"
-    assert web.web.enforcer_url == "http://enforcer:9837"
+    assert web.web.enforcer_url == "https://enforcer:9837"
     assert web.auth.admin_password_hash is not None
+    for settings in (billing, enforcer, web):  # every client verifies make-secrets.sh's CA
+        assert settings.tls_client_config.ca_file == tmp_path / "tls_ca"
 
 
 def test_make_secrets_runs_twice_and_changes_nothing_the_second_time(tmp_path: Path) -> None:
     script = COMPOSE / "make-secrets.sh"
     first = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    assert "secrets made: " + " ".join(SECRETS) + " grafana-admin-password" in first.stdout
-    made = {p.name: p.read_text() for p in (tmp_path / "secrets").iterdir()}
+    assert "secrets made: " + " ".join(SECRETS) + " grafana-admin-password tls" in first.stdout
+    made = {p.name: p.read_text() for p in (tmp_path / "secrets").iterdir() if p.is_file()}
     env = (tmp_path / ".env").read_text()
     assert set(made) == set(SECRETS) and all(len(v.strip()) == 40 for v in made.values())
     assert len(set(made.values())) == len(made)
+    tls = tmp_path / "secrets" / "tls"
+    certificates = {p.name: p.read_bytes() for p in tls.iterdir()}
+    assert set(certificates) == {"ca.crt", "ca.key", "server.crt", "server.key"}
+    assert stat.S_IMODE((tls / "ca.key").stat().st_mode) == 0o600
     second = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True)
     assert "none changed" in second.stdout
-    assert {p.name: p.read_text() for p in (tmp_path / "secrets").iterdir()} == made
+    assert {p.name: p.read_text() for p in (tmp_path / "secrets").iterdir()
+            if p.is_file()} == made
+    assert {p.name: p.read_bytes() for p in tls.iterdir()} == certificates
     assert (tmp_path / ".env").read_text() == env
     assert re.search(r"^GRAFANA_ADMIN_PASSWORD=\w{40}$", env, re.M)
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
@@ -160,3 +175,50 @@ def test_the_dockerfile_installs_a_wheel_with_every_package_and_template(tmp_pat
     assert {n.rsplit("/", 1)[1] for n in names if n.startswith("web/templates/")} == templates
     copied = set(re.findall(r"^COPY (\w+) ", (ROOT / "Dockerfile").read_text(), re.M))
     assert copied == set(PACKAGES)
+
+
+def test_make_secrets_certificate_serves_the_services_names_verified_by_its_ca(
+        tmp_path: Path) -> None:
+    """The compose web config with make-secrets.sh's certificate, on a real gpuacct-billing:
+    a client verifying the CA reaches it by the service's name, as Prometheus does."""
+    made = subprocess.run([str(COMPOSE / "make-secrets.sh"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    tls = tmp_path / "secrets" / "tls"
+    web = tmp_path / "web-tls.yml"
+    web.write_text((COMPOSE / "config" / "web-tls.yml").read_text()
+                   .replace("/run/secrets/tls_cert", str(tls / "server.crt"))
+                   .replace("/run/secrets/tls_key", str(tls / "server.key")))
+    config = tmp_path / "billing.yaml"
+    config.write_text(yaml.safe_dump({"billing": {"ledger": str(tmp_path / "ledger.sqlite3"),
+                                                  "prometheus_url": "http://127.0.0.1:9"}}))
+    port = free_port()
+    billing = ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
+                                         str(config), "run", "--web.listen-address",
+                                         f"127.0.0.1:{port}", "--web.config.file", str(web)],
+                             tmp_path / "billing.log", "")
+    billing.start()
+    try:
+        context = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+
+        def reached_as(name: str) -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname=name):
+                return True
+
+        wait_for(lambda: billing.running() is False or _answers(reached_as), timeout=30,
+                 what="billing over TLS")
+        assert billing.running(), billing.log_tail()
+        for name in ("billing", "enforcer", "web", "localhost"):
+            assert reached_as(name)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            reached_as("elsewhere.example.org")
+    finally:
+        billing.stop()
+
+
+def _answers(check: Callable[[str], bool]) -> bool:
+    try:
+        return check("billing")
+    except OSError:
+        return False

@@ -11,6 +11,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from stack.tls import make_certificates
+
 REPO = Path(__file__).parents[2]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -34,8 +36,11 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     key = tmp_path / "key"
     key.write_text("a-node-key\n")
+    certs = make_certificates(tmp_path / "tls", ["gpu01"])
     argv = [str(REPO / "deploy" / "install-node.sh"), "--root", str(root),
-            "--enforcer-url", "http://control:9837", "--key-file", str(key)]
+            "--enforcer-url", "https://control:9837", "--key-file", str(key),
+            "--ca-file", str(certs.ca_file), "--tls-cert", str(certs.cert_file),
+            "--tls-key", str(certs.key_file)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -46,8 +51,18 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     config = root / "etc" / "gpuacct" / "gpuacct.yaml"
     data = yaml.safe_load(config.read_text())
     assert data["exporter"]["actuator"] == {"dry_run": False,
-                                            "enforcer_url": "http://control:9837"}
+                                            "enforcer_url": "https://control:9837"}
     assert data["auth"] == {"node_key": {"file": "/etc/gpuacct/node-key"}}
+    # TLS: the enforcer verified against the CA, the node's own listener on its certificate.
+    assert data["tls_client_config"] == {"ca_file": "/etc/gpuacct/tls/ca.crt"}
+    tls = root / "etc" / "gpuacct" / "tls"
+    assert (tls / "ca.crt").read_bytes() == certs.ca_file.read_bytes()
+    assert (tls / "node.key").stat().st_mode & 0o777 == 0o600
+    assert yaml.safe_load((root / "etc" / "gpuacct" / "web.yml").read_text()) == {
+        "tls_server_config": {"cert_file": "/etc/gpuacct/tls/node.crt",
+                              "key_file": "/etc/gpuacct/tls/node.key"}}
+    drop_in = root / "etc" / "systemd" / "system" / "gpuacct-exporter.service.d" / "tls.conf"
+    assert "--web.config.file /etc/gpuacct/web.yml" in drop_in.read_text()
     assert config.stat().st_mode & 0o777 == 0o644  # users' gpuacct-balance reads it
     node_key = root / "etc" / "gpuacct" / "node-key"
     assert node_key.read_text() == "a-node-key\n" and node_key.stat().st_mode & 0o777 == 0o600
@@ -114,3 +129,12 @@ def test_install_node_refuses_an_unreadable_key(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "cannot read the key file" in done.stderr
+
+
+def test_install_node_refuses_a_certificate_without_its_key(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "tls", ["gpu01"])
+    done = subprocess.run([str(REPO / "deploy" / "install-node.sh"), "--root",
+                           str(tmp_path / "root"), "--tls-cert", str(certs.cert_file)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--tls-cert and --tls-key go together" in done.stderr
