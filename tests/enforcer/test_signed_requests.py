@@ -258,5 +258,5 @@ def test_node_key_prints_the_key_a_node_is_given(tmp_path: Path) -> None:
     assert node_key_command(" gpu07").returncode == 2
     config.write_text("{}\n")
     missing = node_key_command("gpu07")
-    assert missing.returncode == 1 and "auth.node_master_key must be set" in missing.stderr
+    assert missing.returncode == 2 and "auth.node_master_key must be set" in missing.stderr
     assert "Traceback" not in missing.stderr
