@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from exporter.backends import Devices
 from exporter.fake_nvml import FakeNvml, file_source
 from exporter.nvml import NvmlBackend
 from exporter.sampler import Sampler
@@ -90,7 +91,7 @@ def measure_gpuacct(work: Path, gpu_file: Path, servers: list[ManagedProcess]
                     ) -> tuple[float, float, list[float], float]:
     """Warm cycle CPU (median of 30), cold first cycle CPU, /metrics latencies, RSS in MB."""
     settings = ExporterSettings(state_file=work / "state.json")
-    sampler = Sampler(settings, NvmlBackend(FakeNvml(file_source(gpu_file))))
+    sampler = Sampler(settings, Devices([("nvml", NvmlBackend(FakeNvml(file_source(gpu_file))))]))
     t = time.process_time()
     sampler.cycle()
     cold = time.process_time() - t
@@ -121,7 +122,8 @@ def measure_idle_counting(work: Path, pids: list[int]) -> tuple[float, float]:
     samplers = {}
     for name, idle in (("on", IdleSettings(after_seconds=0)), ("off", None)):
         settings = ExporterSettings(state_file=work / f"state-idle-{name}.json", idle=idle)
-        samplers[name] = Sampler(settings, NvmlBackend(FakeNvml(file_source(gpu_file))))
+        samplers[name] = Sampler(settings, Devices([("nvml", NvmlBackend(FakeNvml(
+            file_source(gpu_file))))]))
         samplers[name].cycle()
     cycles: dict[str, list[float]] = {"on": [], "off": []}
     for _ in range(30):

@@ -188,14 +188,29 @@ def account_reserved(state: UsageState, devices: Iterable[GpuDevice], reserved: 
     return idle_keys
 
 
-def update_jobs(state: UsageState, procs: list[ProcSample], now: float) -> None:
-    """Name each live job after its earliest non-shell process and mark it seen."""
+def update_jobs(state: UsageState, procs: list[ProcSample], now: float,
+                boot_time: float) -> None:
+    """Describe each live job by its earliest non-shell process (name, script, arguments,
+    directory), with the framework any of its processes showed, and mark it seen. What a job
+    was once found to be (its framework, its start) it stays."""
     best: dict[JobKey, ProcSample] = {}
+    frameworks: dict[JobKey, str] = {}
+    first: dict[JobKey, int] = {}
     for p in procs:
         key = (p.identity.user, p.identity.job)
         known = best.get(key)
         rank = (p.identity.is_shell, p.start_ticks)
         if known is None or rank < (known.identity.is_shell, known.start_ticks):
             best[key] = p
+        if p.framework and not frameworks.get(key):
+            frameworks[key] = p.framework
+        first[key] = min(first.get(key, p.start_ticks), p.start_ticks)
     for key, p in best.items():
-        state.jobs[key] = JobInfo(p.identity.name, p.identity.job_source, now)
+        old = state.jobs.get(key)
+        started = float(round(boot_time + first[key] / CLOCK_TICKS))
+        who = p.identity
+        state.jobs[key] = JobInfo(
+            who.name, who.job_source, now,
+            framework=(old.framework if old else "") or frameworks.get(key, ""),
+            script=who.script, args=who.args, cwd=who.cwd,
+            started=min(old.started, started) if old and old.started else started)

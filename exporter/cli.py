@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from exporter.backends import open_backend
+from exporter.backends import open_devices
 from exporter.collector import build_registry
 from exporter.enforce.collector import ActuatorCollector
 from exporter.enforcement import start_enforcement
@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     host, port = parse_listen_address(args.listen_address or settings.listen_address)
 
     try:
-        backend = open_backend(settings.nvml)
+        devices = open_devices(settings)
     except GpuUnavailable as exc:
         print(f"gpuacct-exporter: {exc}", file=sys.stderr)
         return 2
-    sampler = Sampler(settings, backend)
+    sampler = Sampler(settings, devices)
     sampler.cycle()  # the first scrape already has data
     registry = build_registry(lambda: sampler.snapshot)
     enforcement = start_enforcement(all_settings, lambda: sampler.snapshot)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         enforcement.start(stop)
     sampler.run(stop, enforcement.actuator.cycle if enforcement else None)
     server.shutdown()
-    if backend is not None:
-        backend.close()
+    if devices is not None:
+        devices.close()
     log.info("stopped")
     return 0

@@ -6,7 +6,10 @@ Sample of the exposition (values abridged):
                                   gpu_model="NVIDIA A100-SXM4-80GB"} 125.0
     gpuacct_job_gpu_seconds_created{...} 1.7637e+09
     gpuacct_job_cpu_seconds_total{user="alice",job="sid-4242"} 311.42
-    gpuacct_job_info{user="alice",job="sid-4242",name="train.py",source="session"} 1.0
+    gpuacct_job_info{user="alice",job="sid-4242",name="train.py",source="session",
+                     framework="torch",script="train.py",args="--lr 3 --token <redacted>",
+                     cwd="/home/alice/proj"} 1.0
+    gpuacct_job_start_time_seconds{user="alice",job="sid-4242"} 1.7637e+09
     gpuacct_gpu_process_memory_bytes{gpu="0",gpu_uuid="GPU-..",pid="4300",user="alice",
                                      job="sid-4242"} 4.2e+09
     gpuacct_gpu_temperature_celsius{gpu="0",gpu_uuid="GPU-.."} 55.0
@@ -36,7 +39,12 @@ _DEVICE_GAUGES = (
     ("gpuacct_gpu_memory_used_bytes", "GPU memory in use.", "memory_used_bytes"),
     ("gpuacct_gpu_memory_total_bytes", "GPU memory in all.", "memory_total_bytes"),
     ("gpuacct_gpu_temperature_celsius", "GPU core temperature.", "temperature_celsius"),
+    ("gpuacct_gpu_temperature_limit_celsius",
+     "Where the device says it slows down (NVIDIA) or is critical (AMD).",
+     "temperature_limit_celsius"),
     ("gpuacct_gpu_power_watts", "GPU power draw.", "power_watts"),
+    ("gpuacct_gpu_health", "The device's own health verdict: 0 healthy (DCMI: 1 minor alarm, "
+     "2 major, 3 critical).", "health"),
 )
 
 
@@ -70,10 +78,17 @@ class SnapshotCollector(Collector):
             labels=JOB)
         for (user, job), c in sorted(snap.cpu_seconds.items()):
             cpu.add_metric([user, job], c.value, created=c.created)
-        info = GaugeMetricFamily("gpuacct_job_info", "A job seen on this node, with its name.",
-                                 labels=[*JOB, "name", "source"])
+        info = GaugeMetricFamily(
+            "gpuacct_job_info", "A job seen on this node: its name, how it was told apart, its "
+            "framework, script, arguments (secrets redacted) and working directory.",
+            labels=[*JOB, "name", "source", "framework", "script", "args", "cwd"])
+        started = GaugeMetricFamily("gpuacct_job_start_time_seconds",
+                                    "When the job's earliest process started.", labels=JOB)
         for (user, job), j in sorted(snap.jobs.items()):
-            info.add_metric([user, job, j.name, j.source], 1)
+            info.add_metric([user, job, j.name, j.source, j.framework, j.script, j.args, j.cwd],
+                            1)
+            if j.started:
+                started.add_metric([user, job], j.started)
         memory = GaugeMetricFamily("gpuacct_job_memory_bytes",
                                    "Resident memory of a job's live processes.", labels=JOB)
         procs = GaugeMetricFamily("gpuacct_job_processes", "Live processes of a job.", labels=JOB)
@@ -85,7 +100,7 @@ class SnapshotCollector(Collector):
             "exporter.max_jobs_per_user.", labels=["user"])
         for user, n in snap.folded_jobs.items():
             folded.add_metric([user], n)
-        yield from (gpu, idle, cpu, info, memory, procs, folded)
+        yield from (gpu, idle, cpu, info, started, memory, procs, folded)
 
     def _gpu_processes(self, snap: Snapshot) -> Iterator[Metric]:
         labels = [*GPU, "pid", *JOB]
@@ -102,9 +117,12 @@ class SnapshotCollector(Collector):
         yield from (memory, sm)
 
     def _devices(self, devices: tuple[GpuDevice, ...], driver: str | None) -> Iterator[Metric]:
-        info = GaugeMetricFamily("gpuacct_gpu_info", "A GPU or MIG instance on this node.",
-                                 labels=[*GPU, "gpu_model", "driver_version", "parent_uuid"])
-        up = GaugeMetricFamily("gpuacct_gpu_up", "1 if the GPU answers NVML, 0 if it is lost.",
+        info = GaugeMetricFamily("gpuacct_gpu_info",
+                                 "A GPU, MIG instance or NPU on this node, with its vendor.",
+                                 labels=[*GPU, "gpu_model", "vendor", "driver_version",
+                                         "parent_uuid"])
+        up = GaugeMetricFamily("gpuacct_gpu_up",
+                               "1 if the device answers its library, 0 if it is lost.",
                                labels=GPU)
         ecc = CounterMetricFamily("gpuacct_gpu_ecc_errors",
                                   "Memory ECC errors since the driver loaded.",
@@ -116,7 +134,8 @@ class SnapshotCollector(Collector):
             if d.lost:
                 continue
             for unit in d.units:
-                info.add_metric([unit.label, unit.uuid, unit.model, driver or "",
+                info.add_metric([unit.label, unit.uuid, unit.model, d.vendor,
+                                 d.driver_version or driver or "",
                                  d.uuid if unit.uuid != d.uuid else ""], 1)
             for family, (_, _, attr) in zip(gauges, _DEVICE_GAUGES, strict=True):
                 value = getattr(d, attr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal, NotRequired, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from typing_extensions import TypedDict  # pydantic needs it for a TypedDict before 3.12
@@ -34,6 +34,11 @@ class JobInfo:
     name: str
     source: str
     last_seen: float  # unix time the job last had a live process
+    framework: str = ""  # torch, tensorflow, jax, mindspore, paddle; "" when none was seen
+    script: str = ""
+    args: str = ""  # secrets redacted
+    cwd: str = ""
+    started: float = 0.0  # unix time its earliest process started
 
 
 @dataclass
@@ -133,6 +138,11 @@ class JobEntry(TypedDict):
     name: str
     source: str
     last_seen: float
+    framework: NotRequired[str]  # absent in files from before
+    script: NotRequired[str]
+    args: NotRequired[str]
+    cwd: NotRequired[str]
+    started: NotRequired[float]
 
 
 class CursorEntry(TypedDict):

@@ -9,7 +9,8 @@ raises pynvml's own error classes exactly where the real library would:
         "uuid": "GPU-...", "name": "NVIDIA A100-SXM4-80GB",
         "memory_total": 85899345920, "memory_used": 1073741824,
         "utilization": 40, "memory_utilization": 20,      # percent
-        "temperature": 55, "power_mw": 210000, "ecc": {"corrected": 0, "uncorrected": 0},
+        "temperature": 55, "temperature_limit": 87, "power_mw": 210000,
+        "ecc": {"corrected": 0, "uncorrected": 0},
         "lost": false,                                    # every call: NVMLError_GpuIsLost
         "errors": {"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED"},
         "xid_events": [79],                               # delivered once each
@@ -140,6 +141,9 @@ class FakeNvml:
 
     def nvmlDeviceGetTemperature(self, handle: Handle, _sensor: int) -> int:
         return int(self._value(handle, "nvmlDeviceGetTemperature", "temperature"))
+
+    def nvmlDeviceGetTemperatureThreshold(self, handle: Handle, _kind: int) -> int:
+        return int(self._value(handle, "nvmlDeviceGetTemperatureThreshold", "temperature_limit"))
 
     def nvmlDeviceGetPowerUsage(self, handle: Handle) -> int:
         return int(self._value(handle, "nvmlDeviceGetPowerUsage", "power_mw"))

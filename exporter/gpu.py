@@ -1,6 +1,8 @@
-"""What the exporter knows about GPUs, independent of where it came from (NVML, fake, demo).
+"""What the exporter knows about accelerators, independent of where it came from: NVIDIA's NVML,
+AMD SMI, Ascend DCMI, their fakes, the demo. An NPU is a "GPU" here: it is held, billed, reserved
+and enforced on exactly like one, and `vendor` tells them apart.
 
-A value NVML could not give (not supported, not available) is None and is never exported.
+A value the library could not give (not supported, not available) is None and is never exported.
 """
 
 from __future__ import annotations
@@ -35,18 +37,25 @@ class GpuUnit:
 
 @dataclass(frozen=True)
 class GpuDevice:
-    index: int
+    index: int  # node-wide: the devices of every backend are numbered one after the other
     uuid: str
     model: str
+    vendor: str = "nvidia"  # nvidia, amd, huawei
+    driver_version: str | None = None
     lost: bool = False
     utilization_ratio: float | None = None
     memory_utilization_ratio: float | None = None
     memory_used_bytes: int | None = None
     memory_total_bytes: int | None = None
     temperature_celsius: float | None = None
+    # Where the device itself says it slows down or shuts off (NVML's slowdown threshold, AMD's
+    # critical edge temperature): the hot alert's limit, else the rules' default per vendor.
+    temperature_limit_celsius: float | None = None
     power_watts: float | None = None
     ecc_corrected_total: int | None = None
     ecc_uncorrected_total: int | None = None
+    # The device's own verdict where it gives one: 0 healthy; DCMI: 1 minor, 2 major, 3 critical.
+    health: int | None = None
     xid_errors: tuple[int, ...] = ()  # XIDs that arrived since the previous reading
     units: tuple[GpuUnit, ...] = field(default_factory=tuple)
 
@@ -55,6 +64,12 @@ class GpuDevice:
 class GpuReading:
     driver_version: str | None
     devices: tuple[GpuDevice, ...]
+    # What made this reading incomplete (a device lost, a process list the library would not
+    # give): the backend's collector reports failure while any is there.
+    problems: tuple[str, ...] = ()
+    # Values the library does not support on a device (power on some boards, ECC on consumer
+    # GPUs): left out, named once in the log, not a failure.
+    unsupported: tuple[str, ...] = ()
 
 
 class GpuBackend(Protocol):

@@ -55,12 +55,17 @@ def env_job(environ: dict[str, str], names: Sequence[str]) -> str | None:
     return None
 
 
+def interpreter(program: str) -> bool:
+    """Whether a program runs a script named after it (python, bash, node...)."""
+    return bool(_INTERPRETERS.match(os.path.basename(program)))
+
+
 def job_name(argv: Sequence[str], comm: str) -> str:
     """The script a job runs: `train.py` from `python -u train.py --lr 3`, `mod` from `-m mod`."""
     if not argv:
         return comm
     program = os.path.basename(argv[0])
-    if not _INTERPRETERS.match(program):
+    if not interpreter(program):
         return program or comm
     args = iter(argv[1:])
     for arg in args:

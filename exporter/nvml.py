@@ -57,6 +57,8 @@ class NvmlBackend:
         self._gpm: dict[int, bool] = {}  # GPU index -> has GPM (MIG instances' own activity)
         self._gpm_samples: dict[str, Any] = {}  # MIG uuid -> its previous GPM sample
         self._uuids: dict[int, str] = {}
+        self._problems: list[str] = []
+        self._unsupported: list[str] = []
         self._events: Any = None
         self._event_devices: dict[Any, int] = {}
         self._register_xid_events()
@@ -105,42 +107,62 @@ class NvmlBackend:
             count = lib.nvmlDeviceGetCount()
         except NVMLError as exc:
             raise GpuUnavailable(f"NVML cannot count devices: {exc}") from None
-        driver = self._query(lib.nvmlSystemGetDriverVersion)
+        self._problems, self._unsupported = [], []
+        value = self._query(lib.nvmlSystemGetDriverVersion)
+        driver = _text(value) if value is not None else None
         xids = self._drain_xids()
-        devices = tuple(self._read_device(i, xids.get(i, [])) for i in range(count))
-        return GpuReading(_text(driver) if driver is not None else None, devices)
+        devices = tuple(self._read_device(i, xids.get(i, []), driver) for i in range(count))
+        return GpuReading(driver, devices, tuple(self._problems), tuple(self._unsupported))
 
-    def _read_device(self, index: int, xids: list[int]) -> GpuDevice:
+    def _gauge(self, index: int, what: str, fn: Callable[..., T], *args: Any) -> T | None:
+        """A device value; one the GPU does not support is left out and named."""
+        try:
+            return fn(*args)
+        except NVMLError as exc:
+            if exc.value in _LOST_CODES:
+                raise _Lost from None
+            self._unsupported.append(f"GPU {index} {what}: {exc}")
+            return None
+
+    def _read_device(self, index: int, xids: list[int], driver: str | None) -> GpuDevice:
         lib = self.lib
         try:
             handle = lib.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(lib.nvmlDeviceGetUUID(handle))
             self._uuids[index] = uuid
             model = _text(lib.nvmlDeviceGetName(handle))
-            util = self._query(lib.nvmlDeviceGetUtilizationRates, handle)
-            memory = self._query(lib.nvmlDeviceGetMemoryInfo, handle)
-            temp = self._query(lib.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
-            power_mw = self._query(lib.nvmlDeviceGetPowerUsage, handle)
+            util = self._gauge(index, "utilisation", lib.nvmlDeviceGetUtilizationRates, handle)
+            memory = self._gauge(index, "memory", lib.nvmlDeviceGetMemoryInfo, handle)
+            temp = self._gauge(index, "temperature", lib.nvmlDeviceGetTemperature, handle,
+                               pynvml.NVML_TEMPERATURE_GPU)
+            limit = self._gauge(index, "temperature threshold",
+                                lib.nvmlDeviceGetTemperatureThreshold, handle,
+                                pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
+            power_mw = self._gauge(index, "power", lib.nvmlDeviceGetPowerUsage, handle)
             ecc = [
-                self._query(lib.nvmlDeviceGetTotalEccErrors, handle, kind, pynvml.NVML_VOLATILE_ECC)
-                for kind in (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
-                             pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
+                self._gauge(index, f"{name} ECC errors", lib.nvmlDeviceGetTotalEccErrors,
+                            handle, kind, pynvml.NVML_VOLATILE_ECC)
+                for name, kind in (("corrected", pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+                                   ("uncorrected", pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED))
             ]
             units = self._units(handle, index, uuid, model)
         except (_Lost, NVMLError) as exc:
             # A handle that cannot be had or a GPU that fell off the bus: say so, keep the rest.
-            log.warning("GPU %d unreadable: %s", index, exc or "GPU is lost")
+            self._problems.append(f"GPU {index} unreadable: {exc or 'GPU is lost'}")
             uuid = self._uuids.get(index, "")
-            return GpuDevice(index, uuid, "", lost=True, xid_errors=tuple(xids))
+            return GpuDevice(index, uuid, "", driver_version=driver, lost=True,
+                             xid_errors=tuple(xids))
         return GpuDevice(
             index=index,
             uuid=uuid,
             model=model,
+            driver_version=driver,
             utilization_ratio=util.gpu / 100 if util is not None else None,
             memory_utilization_ratio=util.memory / 100 if util is not None else None,
             memory_used_bytes=int(memory.used) if memory is not None else None,
             memory_total_bytes=int(memory.total) if memory is not None else None,
             temperature_celsius=float(temp) if temp is not None else None,
+            temperature_limit_celsius=float(limit) if limit else None,
             power_watts=power_mw / 1000 if power_mw is not None else None,
             ecc_corrected_total=ecc[0],
             ecc_uncorrected_total=ecc[1],
@@ -201,13 +223,23 @@ class NvmlBackend:
 
     def _processes(self, handle: Any, uuid: str) -> tuple[GpuProcess, ...]:
         memory: dict[int, int | None] = {}
+        failed = []
         for fn in (self.lib.nvmlDeviceGetComputeRunningProcesses,
                    self.lib.nvmlDeviceGetGraphicsRunningProcesses):
-            for proc in self._query(fn, handle) or []:
+            try:
+                listed = fn(handle)
+            except NVMLError as exc:
+                if exc.value in _LOST_CODES:
+                    raise _Lost from None
+                failed.append(f"{fn.__name__}: {exc}")
+                continue
+            for proc in listed:
                 # usedGpuMemory is None when NVML cannot tell; a pid listed as both compute
                 # and graphics keeps the larger figure.
                 sizes = [m for m in (memory.get(proc.pid), proc.usedGpuMemory) if m is not None]
                 memory[proc.pid] = max(sizes) if sizes else None
+        if len(failed) == 2:  # nobody on this GPU can be billed
+            self._problems.append(f"GPU {uuid}: no process list ({'; '.join(failed)})")
         sm = self._sm_ratios(handle, uuid)
         return tuple(GpuProcess(pid, mem, sm.get(pid)) for pid, mem in memory.items())
 

@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass
 
 from exporter.jobs import SHELLS, bounded, container_id, env_job, job_name, parse_environ
+from exporter.metadata import framework_from_argv, framework_from_maps, script_and_args, shown
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+FRAMEWORK_RECHECK = 30.0  # seconds between looks at the maps of a process with no framework
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -34,6 +36,10 @@ class ProcIdentity:
     job_source: str  # env, container or session
     name: str
     is_shell: bool
+    script: str = ""  # as given on the command line, bounded
+    args: str = ""  # the script's arguments, secrets redacted, bounded
+    cwd: str = ""
+    framework: str = ""  # from the command line; the mapped libraries may say later
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class ProcSample:
     child_ticks: int  # cutime + cstime: reaped children
     rss_bytes: int
     identity: ProcIdentity
+    framework: str = ""  # from its command line or the libraries it has mapped
 
     @property
     def key(self) -> tuple[int, int]:
@@ -111,6 +118,8 @@ class ProcessTable:
         self._identities = {}
         # Alive but billed to nobody (root, system users): they still take a share of a GPU.
         self.unbilled_pids: set[int] = set()
+        # (pid, start) -> the framework its maps showed, or when to look again
+        self._frameworks: dict[tuple[int, int], str | float] = {}
 
     def scan(self) -> list[ProcSample]:
         """Every billable process now; those that vanish mid-read are simply absent."""
@@ -145,10 +154,29 @@ class ProcessTable:
                 pid=pid, start_ticks=start, ppid=int(f[1]),
                 cpu_ticks=int(f[11]) + int(f[12]), child_ticks=int(f[13]) + int(f[14]),
                 rss_bytes=int(f[21]) * PAGE_SIZE, identity=identity,
+                framework=identity.framework or self._mapped_framework(key, identity),
             ))
         for key in self._identities.keys() - seen:
             del self._identities[key]
+        for key in self._frameworks.keys() - seen:
+            del self._frameworks[key]
         return samples
+
+    def _mapped_framework(self, key: tuple[int, int], identity: ProcIdentity) -> str:
+        """The framework whose libraries the process has mapped; a process that has none yet
+        (an `import torch` takes seconds) is looked at again every FRAMEWORK_RECHECK seconds."""
+        known = self._frameworks.get(key, 0.0)
+        if isinstance(known, str):
+            return known
+        if identity.is_shell or time.monotonic() < known:
+            return ""
+        try:
+            found = framework_from_maps(_read(f"{self.root}/{key[0]}/maps").decode(
+                errors="replace"))
+        except OSError:
+            found = ""
+        self._frameworks[key] = found or time.monotonic() + FRAMEWORK_RECHECK
+        return found
 
     def _identify(self, pid: int, session: int, comm: str) -> ProcIdentity | None:
         """None for processes nobody is billed for (below min_uid, kernel threads)."""
@@ -165,6 +193,11 @@ class ProcessTable:
                 break
         job, cut = bounded(job or f"sid-{session}", self.max_id_length)
         name, cut_name = bounded(job_name(argv, comm), self.max_id_length)
+        script, args = script_and_args(argv)
+        try:
+            cwd = os.readlink(f"{base}/cwd")
+        except OSError:
+            cwd = ""
         user = self.user_names(uid)
         if (cut or cut_name) and job not in self._told and len(self._told) < 10_000:
             self._told.add(job)
@@ -172,7 +205,10 @@ class ProcessTable:
                         "shown as %s (exporter.max_job_id_length %d)", pid, user,
                         job if cut else name, self.max_id_length)
         return ProcIdentity(uid=uid, user=user, job=job, job_source=source, name=name,
-                            is_shell=comm in SHELLS)
+                            is_shell=comm in SHELLS,
+                            script=bounded(script, self.max_id_length)[0] if script else "",
+                            args=shown(args), cwd=shown([cwd]),
+                            framework=framework_from_argv(argv))
 
     def _job_from(self, kind: str, base: str, session: int) -> str | None:
         """The job as one source sees it; an unreadable file means that source has no answer."""

@@ -24,8 +24,9 @@ from exporter.accounting import (
     gpu_index,
     update_jobs,
 )
+from exporter.backends import Devices
 from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
-from exporter.gpu import GpuBackend, GpuReading, GpuUnavailable
+from exporter.gpu import GpuReading
 from exporter.overflow import JobCap
 from exporter.procs import ProcessTable, ProcSample, uptime_seconds
 from gpuacct.config import ExporterSettings
@@ -61,7 +62,7 @@ def _boot_id() -> str:
 
 
 class Sampler:
-    def __init__(self, settings: ExporterSettings, gpus: GpuBackend | None,
+    def __init__(self, settings: ExporterSettings, gpus: Devices | None,
                  proc_root: str = "/proc") -> None:
         self.settings = settings
         self.gpus = gpus
@@ -100,16 +101,9 @@ class Sampler:
         started, now, mono = time.perf_counter(), time.time(), time.monotonic()
         collectors: dict[str, tuple[bool, float]] = {}
 
-        reading = None
+        reading: GpuReading | None = None
         if self.gpus is not None:
-            t = time.perf_counter()
-            try:
-                reading = self.gpus.read()
-            except GpuUnavailable:
-                pass
-            except Exception:  # a broken backend must not stop CPU metering
-                log.exception("GPU reading failed")
-            collectors["nvml"] = (reading is not None, time.perf_counter() - t)
+            reading, collectors = self.gpus.read()
 
         t = time.perf_counter()
         uptime = uptime_seconds(self.proc_root)
@@ -132,7 +126,7 @@ class Sampler:
         idle = self.settings.idle
         idle_now = account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved],
                                elapsed, self.settings.gpu_share, now, idle, busy)
-        update_jobs(state, procs, now)
+        update_jobs(state, procs, now, boot_time=now - uptime)
         idle_now |= account_reserved(state, reading.devices if reading else (), reserved,
                                      elapsed, now, idle, holders, busy)
         end_streaks(state, idle_now)

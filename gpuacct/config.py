@@ -77,6 +77,28 @@ class NvmlSettings(Section):
     fake_file: Path | None = None
 
 
+class AmdSmiSettings(Section):
+    # AMD SMI is asked at most this often (a faster sampler reuses the last reading); its
+    # RETRY and BUSY answers keep the previous reading too.
+    min_interval_seconds: NonNegativeFloat = 1.0
+    fake_file: Path | None = None  # GPUs described by this file (tests), not AMD SMI
+
+
+class DcmiSettings(Section):
+    # Where Ascend's driver puts the library; a bare name is looked up by the loader.
+    library: str = "libdcmi.so"
+    fake_file: Path | None = None  # NPUs described by this file (tests), not DCMI
+
+
+Backend = Literal["nvml", "amdsmi", "dcmi"]
+
+
+def _backend_list(value: Any) -> Any:
+    if isinstance(value, list) and len(set(value)) != len(value):
+        raise ValueError("a backend is named twice")
+    return value
+
+
 class ActuatorSettings(Section):
     """The node side of enforcement, inside gpuacct-exporter (needs `auth.node_key`)."""
 
@@ -129,7 +151,12 @@ class ExporterSettings(Section):
     # long (a Prometheus away for hours still gets its last increment).
     max_retention_seconds: NonNegativeFloat = 86400.0
     state_file: Path = Path("/var/lib/gpuacct/exporter-state.json")
+    # Which device libraries to read: auto is NVML, and AMD SMI and DCMI where their library
+    # is on the node; or a list of nvml, amdsmi, dcmi. Devices are numbered in this order.
+    backends: Annotated[Literal["auto"] | list[Backend], AfterValidator(_backend_list)] = "auto"
     nvml: NvmlSettings = NvmlSettings()
+    amdsmi: AmdSmiSettings = AmdSmiSettings()
+    dcmi: DcmiSettings = DcmiSettings()
     idle: IdleSettings | None = IdleSettings()  # null: no idle-GPU counting
     actuator: ActuatorSettings = ActuatorSettings()
 

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.backends import Devices
 from exporter.collector import build_registry
-from exporter.fake_nvml import FakeNvml
-from exporter.nvml import NvmlBackend
 from exporter.sampler import Sampler
 from gpuacct.config import ExporterSettings
 from tests.fixtures.gpus import FakeGpus
@@ -21,9 +20,11 @@ from tests.fixtures.gpus import FakeGpus
 class Node:
     """A sampler with its registry, as the exporter process has them."""
 
-    def __init__(self, settings: ExporterSettings, gpus: FakeGpus | None) -> None:
+    def __init__(self, settings: ExporterSettings, gpus: FakeGpus | list[FakeGpus] | None) -> None:
+        fakes = gpus if isinstance(gpus, list) else [gpus] if gpus else []
         self.gpus = gpus
-        self.sampler = Sampler(settings, NvmlBackend(FakeNvml(gpus)) if gpus else None)
+        self.sampler = Sampler(settings, Devices([(g.backend_name, g.backend()) for g in fakes])
+                               if fakes else None)
         self.registry: CollectorRegistry = build_registry(lambda: self.sampler.snapshot)
 
     def cycle(self, times: int = 1, pause: float = 0.0) -> None:
@@ -35,6 +36,15 @@ class Node:
     def value(self, metric: str, /, **labels: str) -> float | None:
         return self.registry.get_sample_value(metric, labels)
 
+    def matching(self, metric: str, /, **labels: str) -> float | None:
+        """The value of the first sample of `metric` with these labels (and maybe others)."""
+        return next((value for found, value in self.samples(metric)
+                     if labels.items() <= found.items()), None)
+
+    def value_label(self, metric: str, label: str) -> str:
+        """The value of `label` on the first sample of `metric`."""
+        return next(labels[label] for labels, _ in self.samples(metric))
+
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         return [(s.labels, s.value) for metric in self.registry.collect()
                 for s in metric.samples if s.name == name]
@@ -42,7 +52,7 @@ class Node:
 
 @pytest.fixture
 def make_node(tmp_path: Path) -> Callable[..., Node]:
-    def make(gpus: FakeGpus | None = None, **settings: Any) -> Node:
+    def make(gpus: FakeGpus | list[FakeGpus] | None = None, **settings: Any) -> Node:
         settings.setdefault("state_file", tmp_path / "state.json")
         return Node(ExporterSettings(**settings), gpus)
 
