@@ -118,8 +118,8 @@ class ProcessTable:
         self._identities = {}
         # Alive but billed to nobody (root, system users): they still take a share of a GPU.
         self.unbilled_pids: set[int] = set()
-        # (pid, start) -> the framework its maps showed, or when to look again
-        self._frameworks: dict[tuple[int, int], str | float] = {}
+        # (pid, start) -> the framework its maps showed, or when to look again and the wait
+        self._frameworks: dict[tuple[int, int], str | tuple[float, float]] = {}
 
     def scan(self) -> list[ProcSample]:
         """Every billable process now; those that vanish mid-read are simply absent."""
@@ -163,19 +163,23 @@ class ProcessTable:
         return samples
 
     def _mapped_framework(self, key: tuple[int, int], identity: ProcIdentity) -> str:
-        """The framework whose libraries the process has mapped; a process that has none yet
-        (an `import torch` takes seconds) is looked at again every FRAMEWORK_RECHECK seconds."""
-        known = self._frameworks.get(key, 0.0)
+        """The framework whose libraries the process has mapped. One that has none yet (an
+        `import torch` takes seconds) is looked at again after 1, 2, 4... seconds, then every
+        FRAMEWORK_RECHECK seconds: the maps of a large process are not read every cycle."""
+        known = self._frameworks.get(key, (0.0, 0.5))
         if isinstance(known, str):
             return known
-        if identity.is_shell or time.monotonic() < known:
+        due, wait = known
+        now = time.monotonic()
+        if identity.is_shell or now < due:
             return ""
         try:
             found = framework_from_maps(_read(f"{self.root}/{key[0]}/maps").decode(
                 errors="replace"))
         except OSError:
             found = ""
-        self._frameworks[key] = found or time.monotonic() + FRAMEWORK_RECHECK
+        wait = min(2 * wait, FRAMEWORK_RECHECK)
+        self._frameworks[key] = found or (now + wait, wait)
         return found
 
     def _identify(self, pid: int, session: int, comm: str) -> ProcIdentity | None:

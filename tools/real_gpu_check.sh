@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Proves the NVML path on a real NVIDIA GPU: a CUDA process of an ordinary user shows up in
-# gpuacct-exporter's /metrics with its user, job, GPU memory, and the GPU's model and UUID.
+# Proves the NVML path on a real NVIDIA GPU, through the exporter's device layer (backends: auto):
+# a CUDA process of an ordinary user shows up in gpuacct-exporter's /metrics with its user, job,
+# GPU memory, the GPU's vendor, model and UUID, and the job's metadata: framework torch (from
+# the real libtorch it mapped), its script, and its arguments with the secret redacted.
 # Then enforcement on the same GPU: with the user blocked, a new CUDA process is stopped once
 # NVML shows it; with the user to be killed, a running one is stopped (SIGTERM, then SIGKILL).
 # Run as root from the repository root on a machine with a GPU, PyTorch and gpuacct's deps.
@@ -42,10 +44,10 @@ exporter=$!
 trap 'kill "$exporter" 2>/dev/null || true' EXIT  # also when a step fails
 started=$(date +%s.%N)
 setpriv --reuid="$user" --regid="$user" --clear-groups \
-    env GPUACCT_JOB=gpu-check HOME="$work" "$PY" "$work/train.py" 30 &
+    env GPUACCT_JOB=gpu-check HOME="$work" "$PY" "$work/train.py" 30 --token s3cret-gpu-check &
 train=$!
 echo "exporter pid $exporter, CUDA job pid $train (user $user)" | tee "$OUT/pids.txt"
-sleep 15
+sleep 20  # CUDA is up, torch mapped and seen (maps are looked at 1, 3, 7, 15 s in)
 scrape >"$OUT/metrics-during.txt"
 nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv >"$OUT/nvidia-smi.txt" || true
 nvidia-smi --query-gpu=index,name,uuid,driver_version,temperature.gpu,power.draw,utilization.gpu \
@@ -57,20 +59,53 @@ scrape >"$OUT/metrics-after.txt"
 echo "CUDA job ran $("$PY" -c "print(round($ended - $started, 1))") s from launch (includes CUDA start-up)" \
     | tee -a "$OUT/pids.txt"
 
-# One NVML reading cycle, timed (the exporter's GPU side; nvidia-smi is 0.4-0.6 s a call).
+# What the exporter saw of the CUDA job, checked (each line PASS or FAIL).
+"$PY" - "$OUT/metrics-during.txt" "$user" "$train" <<'EOF' | tee "$OUT/checks.txt"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+text, user, pid = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
+samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+def find(name, **labels):
+    return [s for s in samples if s.name == name and labels.items() <= s.labels.items()]
+checks = {
+    "GPU seconds billed to the user's job": any(
+        s.value > 5 for s in find("gpuacct_job_gpu_seconds_total", user=user, job="gpu-check")),
+    "the process' GPU memory (>= 2 GiB held)": any(
+        s.value >= 2 << 30 for s in find("gpuacct_gpu_process_memory_bytes", pid=pid, user=user)),
+    "the GPU's vendor is nvidia": bool(find("gpuacct_gpu_info", vendor="nvidia")),
+    "the nvml collector succeeded": any(
+        s.value == 1 for s in find("gpuacct_exporter_collector_success", collector="nvml")),
+    "framework torch from the mapped libtorch": bool(
+        find("gpuacct_job_info", user=user, job="gpu-check", framework="torch")),
+    "the secret argument redacted": any(
+        "--token <redacted>" in s.labels["args"] for s in find("gpuacct_job_info", user=user))
+        and "s3cret-gpu-check" not in text,
+}
+for what, ok in checks.items():
+    print("PASS" if ok else "FAIL", what)
+EOF
+# One NVML reading cycle, timed (the exporter's GPU side; nvidia-smi is 0.4-0.6 s a call), and
+# the same through the device layer the exporter reads it by.
 "$PY" - >"$OUT/nvml-timing.txt" <<'EOF'
 import statistics, time
+from exporter.backends import Devices
 from exporter.nvml import NvmlBackend, check_distribution
+def timed(read):
+    times = []
+    for _ in range(200):
+        t = time.perf_counter(); read(); times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000, max(times) * 1000
 b = NvmlBackend()
-times = []
-for _ in range(50):
-    t = time.perf_counter(); r = b.read(); times.append(time.perf_counter() - t)
+r = b.read()
 print("pynvml provider problem:", check_distribution())
-print("devices:", [(d.index, d.model, d.uuid) for d in r.devices])
-print(f"NVML read: median {statistics.median(times)*1000:.2f} ms, max {max(times)*1000:.2f} ms")
-t = time.perf_counter()
-import subprocess; subprocess.run(["nvidia-smi"], capture_output=True)
-print(f"one nvidia-smi call: {(time.perf_counter()-t)*1000:.0f} ms")
+print("devices:", [(d.index, d.vendor, d.model, d.uuid, d.temperature_limit_celsius)
+                   for d in r.devices])
+print("unsupported here:", r.unsupported)
+raw = timed(b.read)
+layered = timed(Devices([("nvml", b)]).read)
+print(f"NVML read: median {raw[0]:.2f} ms, max {raw[1]:.2f} ms")
+print(f"through the device layer: median {layered[0]:.2f} ms, max {layered[1]:.2f} ms "
+      f"({layered[0] / raw[0]:.2f}x)")
 EOF
 # Enforcement on the real GPU: push signed policies to the exporter as the enforcer would.
 push() {  # push block|kill|none for $user; prints what the node reports back
@@ -117,7 +152,7 @@ run_job() {  # run a CUDA job as $user; say how it ended and after how long
 } 2>&1 | tee "$OUT/enforcement.txt"
 
 kill "$exporter"; wait "$exporter" || true
-grep -E '^gpuacct_(job_gpu_seconds_total|gpu_process_memory_bytes|gpu_process_sm|gpu_info|job_info|gpu_memory_used|gpu_temperature|gpu_power|exporter_collector_success)' \
+grep -E '^gpuacct_(job_gpu_seconds_total|gpu_process_memory_bytes|gpu_process_sm|gpu_info|job_info|job_start_time|gpu_memory_used|gpu_temperature|gpu_power|exporter_collector_success)' \
     "$OUT/metrics-during.txt" "$OUT/metrics-after.txt" || true
-cat "$OUT/nvidia-smi.txt" "$OUT/nvml-timing.txt"
+cat "$OUT/nvidia-smi.txt" "$OUT/nvml-timing.txt" "$OUT/checks.txt"
 userdel "$user" || true

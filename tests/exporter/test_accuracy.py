@@ -1,4 +1,5 @@
-"""Accuracy over a minute of jobs starting and stopping on fake GPUs, with real busy processes.
+"""Accuracy over a minute of jobs starting and stopping on a node with an NVIDIA GPU, an AMD GPU
+and an Ascend NPU (each vendor's backend over its fake library), with real busy processes.
 
 Known truth: GPU occupancy is the time between the test putting a pid on a fake GPU and
 taking it off (split 1/k among jobs sharing one); CPU is what each busy process says its own
@@ -23,12 +24,14 @@ from tests.fixtures.users import SCRIPTS, Processes, UnixUser, find_descendant
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-# job, user, gpu, start, stop (seconds from the beginning)
+# job, user, device (0 NVIDIA, 1 AMD, 2 Ascend), start, stop (seconds from the beginning)
 SCHEDULE = [
-    ("a", "alice", 0, 0.0, 62.0),   # alone on GPU 0, then shares it with b
-    ("b", "bob", 0, 10.0, 40.0),    # shares GPU 0 with a
-    ("c", "alice", 1, 20.0, 50.0),  # alone on GPU 1
-    ("d", "carol", 1, 30.0, 45.0),  # shares GPU 1 with c
+    ("a", "alice", 0, 0.0, 62.0),   # alone on the NVIDIA GPU, then shares it with b
+    ("b", "bob", 0, 10.0, 40.0),    # shares it with a
+    ("c", "alice", 1, 20.0, 50.0),  # alone on the AMD GPU
+    ("d", "carol", 1, 30.0, 45.0),  # shares it with c
+    ("e", "bob", 2, 5.0, 55.0),     # alone on the NPU
+    ("f", "carol", 2, 15.0, 35.0),  # shares it with e
 ]
 
 
@@ -47,8 +50,9 @@ def test_gpu_and_cpu_seconds_match_the_truth(
         test_users: dict[str, UnixUser]) -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="rusage-", dir=SCRIPTS))  # the users must write here
     out_dir.chmod(0o777)
-    gpus = FakeGpus([device(0), device(1, name=RTX3090)])
-    node = make_node(gpus, interval_seconds=0.25)
+    fakes = [FakeGpus([device(0, name=RTX3090)]), FakeGpus([device(0, vendor="amd")], vendor="amd"),
+             FakeGpus([device(0, vendor="huawei")], vendor="huawei")]
+    node = make_node(fakes, interval_seconds=0.25)
     stop = threading.Event()
     sampler = threading.Thread(target=node.sampler.run, args=(stop,))
     node.cycle()
@@ -73,13 +77,13 @@ def test_gpu_and_cpu_seconds_match_the_truth(
                 _, pid = busy_job(processes, test_users[user], job, stop_at - start,
                                   out_dir / job)
                 pids[job] = pid
-                gpus.put(gpu, pid)
+                fakes[gpu].put(0, pid)
                 on_gpu[gpu].add(job)
             else:
                 # The program ends by itself at its stop time; NVML stops listing it.
                 while not (out_dir / job).exists() and time.monotonic() - t0 < stop_at + 5:
                     time.sleep(0.01)
-                gpus.remove(pids[job])
+                fakes[gpu].remove(pids[job])
                 on_gpu[gpu].discard(job)
         time.sleep(1.0)  # a few more cycles, so the shells' reaping is seen
     finally:
@@ -88,10 +92,10 @@ def test_gpu_and_cpu_seconds_match_the_truth(
 
     assert time.monotonic() - t0 >= 60
     print()
-    for job, user, *_ in SCHEDULE:
+    for job, user, gpu, *_ in SCHEDULE:
         name = test_users[user].name
         measured_gpu = sum(v for labels, v in node.samples("gpuacct_job_gpu_seconds_total")
-                           if labels["job"] == job)
+                           if labels["job"] == job and labels["gpu"] == str(gpu))
         measured_cpu = node.value("gpuacct_job_cpu_seconds_total", user=name, job=job)
         rusage = float((out_dir / job).read_text())
         print(f"job {job}: GPU {measured_gpu:.3f}s vs {truth[job]:.3f}s known; "

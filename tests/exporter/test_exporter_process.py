@@ -13,7 +13,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.exporter import Exporter, promtool_check_metrics
-from tests.fixtures.gpus import RTX3090, FakeGpus, device
+from tests.fixtures.gpus import (
+    A100,
+    ASCEND910B,
+    MI300X,
+    RTX3090,
+    FakeGpus,
+    device,
+    exporter_config,
+    exporter_environment,
+)
 from tests.fixtures.servers import Server, promql, wait_for
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
@@ -62,23 +71,39 @@ def test_no_config_no_driver_serves_cpu_metrics_and_promtool_is_clean(
     assert log.count("nvml: not available (") == 1
 
 
-def test_fake_gpus_metrics_pass_promtool(start_exporter: Callable[..., Exporter],
-                                         processes: Processes, test_users: Users,
-                                         tmp_path: Path) -> None:
+def test_a_node_of_three_vendors_is_reported_whole_and_passes_promtool(
+        start_exporter: Callable[..., Exporter], processes: Processes, test_users: Users,
+        tmp_path: Path) -> None:
     gpus = FakeGpus([device(0), device(1, name=RTX3090, xid_events=[79])],
                     path=tmp_path / "gpus.json")
-    a = processes.python(test_users["alice"], "idle.py", env={"GPUACCT_JOB": "a"})
-    wait_until_exec(a, "idle.py")
-    gpus.put(0, a.pid)
+    amd = FakeGpus([device(0, vendor="amd")], path=tmp_path / "amd.json", vendor="amd")
+    npus = FakeGpus([device(0, vendor="huawei")], path=tmp_path / "npus.json",
+                    vendor="huawei")
+    alice, bob = test_users["alice"], test_users["bob"]
+    a = processes.python(alice, "idle.py", env={"GPUACCT_JOB": "a"})
+    b = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "b"})
+    c = processes.python(bob, "idle.py", env={"GPUACCT_JOB": "c"})
+    for proc, fake in ((a, gpus), (b, amd), (c, npus)):
+        wait_until_exec(proc, "idle.py")
+        fake.put(0, proc.pid)
     exporter = start_exporter({"exporter": {
         "interval_seconds": 0.2, "state_file": str(tmp_path / "state.json"),
-        "nvml": {"backend": "fake", "fake_file": str(gpus.path)}}})
-    text = wait_for(lambda: (t := exporter.scrape()) and "gpuacct_job_gpu_seconds_total{" in t
-                    and t, timeout=10, what="GPU seconds")
+        **exporter_config(gpus, amd, npus)}}, env=exporter_environment(amd))
+    held = ((alice, "a", "0"), (bob, "b", "2"), (bob, "c", "3"))
+    text = wait_for(lambda: (t := exporter.scrape()) and all(
+        (value_for(t, "gpuacct_job_gpu_seconds_total", user=u.name, job=j, gpu=g) or 0) > 0
+        for u, j, g in held) and t, timeout=10, what="GPU seconds on every device")
     check = promtool_check_metrics(text)
     assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
     assert value_for(text, "gpuacct_gpu_xid_errors_total", gpu="1", xid="79") == 1
     assert value_for(text, "gpuacct_gpu_power_watts", gpu="0") == 60.0
+    # Numbered one after the other, each with its vendor; every backend read in full.
+    assert {(labels["gpu"], labels["vendor"], labels["gpu_model"]) for labels in
+            (dict(k) for k in values(text, "gpuacct_gpu_info"))} == {
+        ("0", "nvidia", A100), ("1", "nvidia", RTX3090), ("2", "amd", MI300X),
+        ("3", "huawei", ASCEND910B)}
+    for collector in ("nvml", "amdsmi", "dcmi", "proc"):
+        assert value_for(text, "gpuacct_exporter_collector_success", collector=collector) == 1
 
 
 def test_kill_9_and_restart_continue_the_counters(
@@ -194,3 +219,26 @@ def test_demo_mode_shows_labelled_simulated_gpus(
     assert value_for(text, "gpuacct_job_gpu_seconds_total", user=carol.name, job="demo",
                      gpu="1", gpu_model="Simulated NVIDIA GeForce RTX 3090 (gpuacct demo)")
     assert "DEMO MODE" in exporter.process.log_path.read_text()
+
+
+def test_missing_vendor_libraries_leave_the_exporter_running(
+        start_exporter: Callable[..., Exporter], tmp_path: Path) -> None:
+    """No ROCm and no Ascend driver on this node, though the config asks for both: the NVIDIA
+    GPUs are still read and billed; each missing library is named once and its collector is 0."""
+    gpus = FakeGpus([device(0)], path=tmp_path / "gpus.json")
+    exporter = start_exporter({"exporter": {
+        "interval_seconds": 0.1, "state_file": str(tmp_path / "state.json"),
+        "backends": ["nvml", "amdsmi", "dcmi"],
+        "nvml": {"backend": "fake", "fake_file": str(gpus.path)},
+        "dcmi": {"library": "/nonexistent/libdcmi.so"}}}, env={"ROCM_PATH": "/nonexistent"})
+    time.sleep(1.0)  # ten cycles
+    text = exporter.scrape()
+    assert {c: value_for(text, "gpuacct_exporter_collector_success", collector=c)
+            for c in ("nvml", "amdsmi", "dcmi", "proc")} == {"nvml": 1, "amdsmi": 0, "dcmi": 0,
+                                                             "proc": 1}
+    assert value_for(text, "gpuacct_gpu_info", gpu="0", vendor="nvidia") == 1
+    log = exporter.process.log_path.read_text()
+    assert log.count("amdsmi: not available (the amdsmi library cannot be loaded") == 1
+    assert log.count("dcmi: not available (DCMI cannot be loaded from "
+                     "/nonexistent/libdcmi.so") == 1
+    assert "Traceback" not in log and exporter.process.popen.poll() is None  # type: ignore[union-attr]
