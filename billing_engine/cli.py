@@ -31,6 +31,7 @@ from typing import get_args
 from billing_engine import accounts_cli as accounts
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
+from billing_engine.job_tracker import JobTracker
 from billing_engine.ledger import (
     Export,
     Ledger,
@@ -42,7 +43,9 @@ from billing_engine.ledger import (
     open_reader,
 )
 from billing_engine.ledger import exists as ledger_exists
+from billing_engine.ledger.jobs import JOB_STORE, JobStore
 from billing_engine.metrics import build_registry
+from gpuacct import sqlite
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -115,7 +118,11 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -
         print(f"gpuacct-billing: {exc}", file=sys.stderr)
         return 1
     prometheus = PrometheusReplicas(billing.prometheus_url, billing.query_timeout_seconds)
-    engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb))
+    jobs = None
+    if billing.jobs is not None:
+        jobs = JobTracker(JobStore(sqlite.beside(billing.ledger, JOB_STORE)), prometheus,
+                          billing.jobs)
+    engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb), jobs=jobs)
     warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
         server = serve(host, port, build_registry(billing, engine), "gpuacct billing", web=web)
@@ -128,6 +135,8 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -
     engine.run(stop_on_signals())
     server.shutdown()
     ledger.close()
+    if jobs is not None:
+        jobs.store.close()
     log.info("stopped")
     return 0
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from billing_engine.accounts import AccountPlans
 from billing_engine.influx import InfluxSink, InfluxUnavailable, LineFormatter
+from billing_engine.job_tracker import JobTracker
 from billing_engine.ledger import (
     AccountPlan,
     LeaseLost,
@@ -102,8 +103,10 @@ def _lines(gpu: dict[LineKey, Decimal], cpu: dict[LineKey, Decimal],
 
 class Engine:
     def __init__(self, settings: BillingSettings, ledger: LedgerWriter, prometheus: Querier,
-                 sink: InfluxSink | None, holder: str | None = None) -> None:
+                 sink: InfluxSink | None, holder: str | None = None,
+                 jobs: JobTracker | None = None) -> None:
         self.settings = settings
+        self.jobs = jobs
         self.ledger = ledger
         self.prometheus = prometheus
         self.sink = sink
@@ -151,6 +154,8 @@ class Engine:
             billed = self._bill_due(now)
             self.drain_outbox()
             self._roll_up(now)
+            if self.jobs is not None:  # the nodes' jobs, as of the same settled moment
+                self.jobs.track(self.due_window(now))
             self.last_tick_ok = True
             return billed
         except Exception:

@@ -90,6 +90,13 @@ class BillingCollector(Collector):
             yield GaugeMetricFamily("gpuacct_billing_influxdb_up",
                                     "1 if the latest InfluxDB write worked.",
                                     value=1 if self.engine.influx_ok else 0)
+            if self.engine.jobs is not None:
+                jobs = GaugeMetricFamily(
+                    "gpuacct_jobs", "Each node's jobs that are running, and those lost (their "
+                    "node stopped answering while they ran).", labels=["node", "state"])
+                for (node, state), count in sorted(self.engine.jobs.store.counts().items()):
+                    jobs.add_metric([node, state], count)
+                yield jobs
             yield CounterMetricFamily(
                 "gpuacct_billing_series_behind", "Series read below their cursor from a "
                 "Prometheus replica that lags; their usage is billed when it catches up.",

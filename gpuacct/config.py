@@ -299,6 +299,15 @@ def _check_url(value: str) -> str:
     return value
 
 
+class JobSettings(Section):
+    """What the control plane keeps of the nodes' jobs (the web's Jobs view)."""
+
+    # A running job whose node has not answered for this long is `lost` (its node may be
+    # down, or only its exporter); it is reconciled when the node answers again.
+    lost_after_seconds: PositiveFloat = 300.0
+    keep_days: Annotated[int, Field(ge=1)] = 90  # finished jobs are forgotten after this
+
+
 class BillingSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9836"
     # One Prometheus, or the replicas of an HA pair (and a long-term store such as
@@ -321,6 +330,9 @@ class BillingSettings(Section):
     # Usage lines (one per user, job, node and GPU model each window) older than this many
     # days are rolled up into one per day; null: keep every line.
     usage_line_days: Annotated[int, Field(ge=1)] | None = 90
+    # The nodes' jobs, kept in jobs.sqlite3 beside the ledger (the schema `jobs` of its
+    # PostgreSQL database); null: not kept.
+    jobs: JobSettings | None = JobSettings()
     opening_balance: Money = Decimal(100)
     trial_mode: bool = False  # record usage and cost, debit nothing
     amount_decimals: Annotated[int, Field(ge=0, le=6)] = 2

@@ -13,10 +13,11 @@ from fastapi.templating import Jinja2Templates
 from billing_engine.ledger import SqliteLedgerReader
 from gpuacct.config import Settings, describe_error
 from gpuacct.secrets import values
-from web import api, ledger_pages, pages, people
+from web import api, jobs, ledger_pages, pages, people
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
 from web.fragments import Fragments
+from web.jobs_view import JobsView
 from web.live import Live
 from web.queries import LedgerView
 from web.status import Accounts
@@ -42,12 +43,14 @@ def create_app(settings: Settings) -> FastAPI:
         fragments=Fragments(),
         sessions=Sessions(values(secret) if secret else [secrets.token_hex(32)]),
         limiter=LoginLimiter(settings.web.login_failures_per_minute),
-        admin_hash=admin_hash.get_secret_value() if admin_hash else None)
+        admin_hash=admin_hash.get_secret_value() if admin_hash else None,
+        jobs=JobsView(settings))
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
     app.include_router(pages.router)
     app.include_router(ledger_pages.router)
     app.include_router(people.router)
     app.include_router(api.router)
+    app.include_router(jobs.router)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:

@@ -17,6 +17,7 @@ from gpuacct.config import Settings
 from gpuacct.secrets import values
 from web.auth import LEGACY_ADMIN, SESSION_COOKIE, LoginLimiter, Role, Sessions, Viewer
 from web.fragments import Fragments
+from web.jobs_view import JobsView
 from web.live import Live
 from web.queries import AccountRow, LedgerView
 from web.status import Accounts
@@ -32,6 +33,7 @@ class Context:
     sessions: Sessions
     limiter: LoginLimiter
     admin_hash: str | None
+    jobs: JobsView
     _writer: LedgerWriter | None = None
     _writer_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -1,0 +1,33 @@
+"""The job store as the web reads it: read-only, opened when first asked for."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import HTTPException
+
+from billing_engine.ledger import SchemaError
+from billing_engine.ledger.jobs import JOB_STORE, JobStore
+from gpuacct import sqlite
+from gpuacct.config import Settings
+
+
+class JobsView:
+    """The job store, read-only, opened when first asked for (gpuacct-billing makes it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.target = sqlite.beside(settings.billing.ledger, JOB_STORE)
+        self._store: JobStore | None = None
+        self._lock = threading.Lock()
+
+    def store(self) -> JobStore:
+        with self._lock:
+            if self._store is None:
+                if not sqlite.exists(self.target):
+                    raise HTTPException(503, "no jobs are kept yet: gpuacct-billing keeps them "
+                                             "(billing.jobs) from its first window on")
+                try:
+                    self._store = JobStore(self.target, readonly=True)
+                except (SchemaError, OSError) as exc:
+                    raise HTTPException(503, f"the job store cannot be read: {exc}") from None
+            return self._store
