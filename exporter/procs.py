@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FRAMEWORK_RECHECK = 30.0  # seconds between looks at the maps of a process with no framework
+FRAMEWORK_WATCH = 600.0  # ... for its first ten minutes
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -118,8 +119,9 @@ class ProcessTable:
         self._identities = {}
         # Alive but billed to nobody (root, system users): they still take a share of a GPU.
         self.unbilled_pids: set[int] = set()
-        # (pid, start) -> the framework its maps showed, or when to look again and the wait
-        self._frameworks: dict[tuple[int, int], str | tuple[float, float]] = {}
+        # (pid, start) -> the framework its maps showed ("" once no longer looked for), or
+        # when to look again, the wait, and when to stop looking
+        self._frameworks: dict[tuple[int, int], str | tuple[float, float, float]] = {}
 
     def scan(self) -> list[ProcSample]:
         """Every billable process now; those that vanish mid-read are simply absent."""
@@ -164,14 +166,18 @@ class ProcessTable:
 
     def _mapped_framework(self, key: tuple[int, int], identity: ProcIdentity) -> str:
         """The framework whose libraries the process has mapped. One that has none yet (an
-        `import torch` takes seconds) is looked at again after 1, 2, 4... seconds, then every
-        FRAMEWORK_RECHECK seconds: the maps of a large process are not read every cycle."""
-        known = self._frameworks.get(key, (0.0, 0.5))
+        `import torch` takes seconds) is looked at again after 1, 2, 4... seconds, at most every
+        FRAMEWORK_RECHECK seconds, and no more once it has been watched for FRAMEWORK_WATCH:
+        frameworks are imported when a program starts, and a large table's maps are not
+        read every cycle."""
+        now = time.monotonic()
+        known = self._frameworks.get(key)
         if isinstance(known, str):
             return known
-        due, wait = known
-        now = time.monotonic()
-        if identity.is_shell or now < due:
+        if identity.is_shell:
+            return ""
+        due, wait, until = known or (now, 0.5, now + FRAMEWORK_WATCH)
+        if now < due:
             return ""
         try:
             found = framework_from_maps(_read(f"{self.root}/{key[0]}/maps").decode(
@@ -179,7 +185,8 @@ class ProcessTable:
         except OSError:
             found = ""
         wait = min(2 * wait, FRAMEWORK_RECHECK)
-        self._frameworks[key] = found or (now + wait, wait)
+        self._frameworks[key] = found if found or now + wait > until else (now + wait, wait,
+                                                                           until)
         return found
 
     def _identify(self, pid: int, session: int, comm: str) -> ProcIdentity | None:

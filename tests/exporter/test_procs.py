@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from exporter import procs
 from exporter.procs import CLOCK_TICKS, PAGE_SIZE, ProcessTable, parse_stat
 
 
@@ -121,3 +124,30 @@ def test_an_exiting_process_keeps_its_job(tmp_path: Path) -> None:
     (tmp_path / "4321" / "environ").write_text("")
     (sample,) = procs.scan()
     assert (sample.identity.job, sample.cpu_ticks) == ("exp7", 925)
+
+
+def test_a_framework_is_looked_for_in_the_maps_with_a_backoff_then_no_more(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(procs.time, "monotonic", lambda: now[0])
+    torch = "7f00-7f01 r-xp 0 08:01 1 /venv/site-packages/torch/lib/libtorch_cuda.so\n"
+    for pid, comm in ((10, "python3"), (11, "python3"), (12, "bash")):
+        make_proc(tmp_path, pid, 2000, comm=comm, session=pid)
+        (tmp_path / str(pid) / "maps").write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n")
+    t = table(tmp_path)
+
+    def frameworks(at: float) -> dict[int, str]:
+        now[0] = 1000.0 + at
+        return {s.pid: s.framework for s in t.scan()}
+
+    assert frameworks(0) == {10: "", 11: "", 12: ""}
+    for pid in (10, 12):
+        (tmp_path / str(pid) / "maps").write_text(torch)  # `import torch` ran
+    assert frameworks(0.5)[10] == ""  # not looked at again yet
+    assert frameworks(1.0) == {10: "torch", 11: "", 12: ""}  # a shell's maps are never read
+    (tmp_path / "10" / "maps").write_text("")
+    assert frameworks(2.0)[10] == "torch"  # once found, kept
+    for at in (3, 7, 15, 31, 61, 91, 601):  # 11 is watched ten minutes, then no more
+        frameworks(at)
+    (tmp_path / "11" / "maps").write_text(torch)
+    assert frameworks(700)[11] == ""
