@@ -89,7 +89,10 @@ def _find(ctx: Ctx, who: Someone, user: str | None, node: str | None, state: Sta
         may_see(who, user, ctx)
     where = JobFilter(user=user or None, node=node or None, state=state,
                       since=_time("since", since), until=_time("until", until))
-    items, total = ctx.jobs.store().jobs(where, page, per_page)
+    store = ctx.jobs.store()
+    if store is None:
+        return [], 0, where
+    items, total = store.jobs(where, page, per_page)
     return items, total, where
 
 
@@ -120,4 +123,5 @@ def jobs_page(request: Request, ctx: Ctx, who: Someone, user: Text = None, node:
         return "/jobs?" + urlencode({**query, "page": to})
     return render(request, "jobs.html", who=who, jobs=[_job(j) for j in items], total=total,
                   page=page, pages=(total + per_page - 1) // per_page, link=link,
-                  filters=query, user=where.user, states=STATES)
+                  filters=query, user=where.user, states=STATES,
+                  kept=ctx.jobs.store() is not None)

@@ -20,12 +20,12 @@ class JobsView:
         self._store: JobStore | None = None
         self._lock = threading.Lock()
 
-    def store(self) -> JobStore:
+    def store(self) -> JobStore | None:
+        """None until gpuacct-billing has made the store: no job is kept yet."""
         with self._lock:
             if self._store is None:
                 if not sqlite.exists(self.target):
-                    raise HTTPException(503, "no jobs are kept yet: gpuacct-billing keeps them "
-                                             "(billing.jobs) from its first window on")
+                    return None
                 try:
                     self._store = JobStore(self.target, readonly=True)
                 except (SchemaError, OSError) as exc:

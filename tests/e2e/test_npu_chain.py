@@ -29,9 +29,10 @@ def test_an_npu_process_is_priced_by_its_model_and_blocked_with_its_user(
         cluster: Cluster, start_prometheus: Any, start_billing: Any, processes: Processes,
         test_users: dict[str, UnixUser], tmp_path: Path) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
-    node = cluster.node("npu01", vendor="huawei",
+    port = free_port()  # the node pulls every second: what it did reaches the audit soon
+    node = cluster.node("npu01", vendor="huawei", enforcer_port=port, pull_seconds=1.0,
                         devices=[device(0, vendor="huawei"), device(1, vendor="huawei")])
-    enforcer = cluster.enforcer([node])
+    enforcer = cluster.enforcer([node], port=port)
     prometheus: Server = start_prometheus([{"job_name": "gpuacct-exporter", "static_configs": [
         {"targets": [node.exporter.base_url.removeprefix("http://")]}]}], interval="500ms")
     ledger = tmp_path / "ledger.sqlite3"
@@ -81,6 +82,9 @@ def test_an_npu_process_is_priced_by_its_model_and_blocked_with_its_user(
     assert status == 200
     assert training.wait(timeout=15) == -signal.SIGTERM
     assert bobs.poll() is None
-    kinds = {(e["action"], e["result"]) for e in enforcer.audit(alice.name)
-             if e["node"] == "npu01"}
-    assert {("block", "ok"), ("kill", "ok")} <= kinds, kinds
+
+    def done() -> set[tuple[str, str]]:  # what the node reported back, as the audit has it
+        return {(e["action"], e["result"]) for e in enforcer.audit(alice.name)
+                if e["node"] == "npu01"}
+    wait_for(lambda: {("block", "ok"), ("kill", "ok")} <= done(), timeout=30,
+             what="the node's block and kill in the audit")
