@@ -14,6 +14,7 @@ import logging
 import time
 
 from billing_engine.ledger.jobs import JobSeen, JobStore, Recorded
+from billing_engine.series import user_job_node
 from gpuacct.config import JobSettings
 from gpuacct.promql import Querier, Sample
 
@@ -22,9 +23,9 @@ DAY = 86400
 
 
 def _job(labels: dict[str, str]) -> tuple[str, str, str]:
-    # Prometheus renames a target's own `job` label to `exported_job` unless honor_labels.
-    return (labels.get("instance", ""), labels.get("user", ""),
-            labels.get("exported_job", labels.get("job", "")))
+    """The job's node, user and id, as the store keys them."""
+    user, job, node = user_job_node(labels)
+    return node, user, job
 
 
 class JobTracker:

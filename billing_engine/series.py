@@ -32,11 +32,16 @@ def series_key(labels: dict[str, str]) -> str:
                                   if k != "__name__"])
 
 
+def user_job_node(labels: dict[str, str]) -> tuple[str, str, str]:
+    """Whose job a series is of, and on which node (the exporter's instance)."""
+    # Prometheus renames a target's own `job` label to `exported_job` unless honor_labels.
+    return (labels.get("user", ""), labels.get("exported_job", labels.get("job", "")),
+            labels.get("instance", ""))
+
+
 def identify(labels: dict[str, str]) -> Series:
     key, family = series_key(labels), _family(labels["__name__"])
-    # Prometheus renames a target's own `job` label to `exported_job` unless honor_labels.
-    job = (labels.get("user", ""), labels.get("exported_job", labels.get("job", "")),
-           labels.get("instance", ""))
+    job = user_job_node(labels)
     if family == "cpu":
         return Series(key, family, job)
     return Series(key, family, (*job, labels.get("gpu_model", "")))

@@ -75,7 +75,8 @@ class Devices:
     def __init__(self, backends: list[tuple[str, GpuBackend]]) -> None:
         self.backends = backends
         self._counts: dict[str, int] = {}
-        self._told: dict[str, set[str]] = {name: set() for name, _ in backends}
+        self._told: dict[str, set[str]] = {}  # each backend's problems, as last named
+        self._unsupported: dict[str, set[str]] = {}
 
     def read(self) -> tuple[GpuReading | None, dict[str, tuple[bool, float]]]:
         """The node's reading (None when no backend could read) and each backend's success
@@ -91,15 +92,14 @@ class Devices:
             try:
                 reading = backend.read()
             except GpuUnavailable as exc:
-                self._tell(name, {f"not available ({exc}): metering without its devices"},
-                           logging.WARNING)
+                self._tell(name, {f"not available ({exc}): metering without its devices"})
             except Exception as exc:  # a broken library must not stop CPU metering
                 self._tell(name, {f"reading failed: {exc!r}"}, logging.ERROR)
             if reading is not None:
                 any_read = True
                 self._counts[name] = len(reading.devices)
-                self._tell(name, set(reading.problems), logging.WARNING)
-                self._tell(f"{name} unsupported", set(reading.unsupported), logging.INFO)
+                self._tell(name, set(reading.problems))
+                self._tell_unsupported(name, set(reading.unsupported))
                 devices.extend(_renumbered(d, offset) for d in reading.devices)
                 problems.extend(f"{name}: {p}" for p in reading.problems)
                 if reading.driver_version:
@@ -112,17 +112,21 @@ class Devices:
         return GpuReading(drivers[0] if len(drivers) == 1 else None, tuple(devices),
                           tuple(problems)), collectors
 
-    def _tell(self, name: str, now: set[str], level: int) -> None:
-        """Name each problem once when it appears, and say when they have all gone."""
+    def _tell(self, name: str, now: set[str], level: int = logging.WARNING) -> None:
+        """Name each problem of a backend once when it appears; say when all have gone."""
         told = self._told.setdefault(name, set())
         for problem in sorted(now - told):
             log.log(level, "%s: %s", name, problem)
-        if told and not now and level > logging.INFO:
+        if told and not now:
             log.info("%s: reading again in full", name)
-        if level > logging.INFO:
-            self._told[name] = now
-        else:
-            told |= now  # an unsupported value stays unsupported: named once for good
+        self._told[name] = now
+
+    def _tell_unsupported(self, name: str, values: set[str]) -> None:
+        """A value a device does not support stays so: named once for good."""
+        told = self._unsupported.setdefault(name, set())
+        for value in sorted(values - told):
+            log.info("%s unsupported: %s", name, value)
+        told |= values
 
     def close(self) -> None:
         for _, backend in self.backends:
@@ -174,7 +178,7 @@ def _amdsmi(settings: ExporterSettings) -> GpuBackend:
 
 
 def _dcmi(settings: ExporterSettings) -> GpuBackend:
-    from exporter.dcmi import DcmiBackend, load_dcmi
+    from exporter.dcmi import DcmiBackend, DcmiLibrary
 
     fake = settings.dcmi.fake_file
     if fake is not None:
@@ -184,7 +188,7 @@ def _dcmi(settings: ExporterSettings) -> GpuBackend:
         log.warning("FAKE DCMI from %s: for tests only", fake)
         return Retrying("dcmi", lambda: DcmiBackend(FakeDcmi(file_source(fake))))
     library = settings.dcmi.library
-    return Retrying("dcmi", lambda: DcmiBackend(load_dcmi(library)))
+    return Retrying("dcmi", lambda: DcmiBackend(DcmiLibrary(library)))
 
 
 def _present(name: str, settings: ExporterSettings) -> bool:

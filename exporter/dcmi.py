@@ -157,10 +157,6 @@ class DcmiLibrary:
         return [(int(p.proc_id), int(p.proc_mem_usage)) for p in procs[:count.value]]
 
 
-def load_dcmi(library: str) -> DcmiLibrary:
-    return DcmiLibrary(library)
-
-
 def dcmi_present(library: str) -> bool:
     try:
         DcmiLibrary(library)
@@ -221,7 +217,7 @@ class DcmiBackend:
         lib = self.lib
         try:
             kind, name = self._call(lib.dcmi_get_device_chip_info, card, chip)
-            uuid = self._uuids.get((card, chip)) or self._uuid(card, chip)
+            uuid = self._uuid(card, chip)
             health = self._call(lib.dcmi_get_device_health, card, chip)
             util = self._gauge(index, "AI-core utilisation", lib.dcmi_get_device_utilization_rate,
                                card, chip, INPUT_TYPE_AICORE)
@@ -249,7 +245,9 @@ class DcmiBackend:
         )
 
     def _uuid(self, card: int, chip: int) -> str:
-        """The chip's die id, stable across reboots and slots; else its place."""
+        """The chip's die id, stable across reboots and slots; else its place. Asked once."""
+        if (card, chip) in self._uuids:
+            return self._uuids[(card, chip)]
         try:
             die = f"NPU-{self._call(self.lib.dcmi_get_device_die_v2, card, chip)}"
         except DcmiError:
