@@ -68,21 +68,24 @@ def test_gpu_and_cpu_seconds_match_the_truth(
     try:
         for at, kind, (job, user, gpu, start, stop_at) in events:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
-            now = time.monotonic() - t0
-            for jobs in on_gpu.values():  # occupancy since the last event, split 1/k
-                for j in jobs:
-                    truth[j] += (now - last) / len(jobs)
-            last = now
             if kind == "start":
-                _, pid = busy_job(processes, test_users[user], job, stop_at - start,
-                                  out_dir / job)
-                pids[job] = pid
-                fakes[gpu].put(0, pid)
-                on_gpu[gpu].add(job)
+                _, pids[job] = busy_job(processes, test_users[user], job, stop_at - start,
+                                        out_dir / job)
             else:
                 # The program ends by itself at its stop time; NVML stops listing it.
                 while not (out_dir / job).exists() and time.monotonic() - t0 < stop_at + 5:
                     time.sleep(0.01)
+            # The truth changes when the fake GPU does, not when the event was due: starting
+            # a user's shell can take a second on a busy 2-core machine.
+            now = time.monotonic() - t0
+            for jobs in on_gpu.values():  # occupancy since the last change, split 1/k
+                for j in jobs:
+                    truth[j] += (now - last) / len(jobs)
+            last = now
+            if kind == "start":
+                fakes[gpu].put(0, pids[job])
+                on_gpu[gpu].add(job)
+            else:
                 fakes[gpu].remove(pids[job])
                 on_gpu[gpu].discard(job)
         time.sleep(1.0)  # a few more cycles, so the shells' reaping is seen
