@@ -7,7 +7,6 @@ administrators and finance everyone's; a manager those of the users charged to t
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -15,6 +14,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from billing_engine.ledger import iso
+from billing_engine.ledger.export import parse_time
 from billing_engine.ledger.jobs import STATES, JobFilter, JobRecord, State
 from web.deps import MONEY, Ctx, Someone, may_see
 from web.pages import render
@@ -48,14 +49,10 @@ class Jobs(BaseModel):
     items: list[Job]
 
 
-def _iso(t: float | None) -> str | None:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
-
-
 def _job(record: JobRecord) -> Job:
     values = asdict(record)
     for key in ("started", "first_seen", "last_seen", "ended", "lost_at"):
-        values[key] = _iso(values[key])
+        values[key] = iso(values[key]) if values[key] else None
     values["first_seen"] = values["first_seen"] or ""
     values["last_seen"] = values["last_seen"] or ""
     del values["id"]
@@ -67,11 +64,9 @@ def _time(name: str, text: str | None) -> float | None:
     if not text:
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, f"{name}: {text!r} is not a date or time (2026-12-04, "
-                                 "2026-12-04T10:00:00Z)") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise HTTPException(400, f"{name}: {exc}") from None
 
 
 Text = Annotated[str | None, Query(max_length=256)]
