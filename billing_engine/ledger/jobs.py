@@ -104,6 +104,8 @@ class JobFilter:
 
 _COLUMNS = ("id, node, user, job, started, name, source, framework, script, args, cwd, "
             "first_seen, last_seen, state, ended, lost_at")
+# A job that stopped running ended when it was last seen so.
+_FINISH = "UPDATE jobs SET state = 'finished', ended = last_seen, lost_at = NULL WHERE id = ?"
 
 
 class JobStore:
@@ -163,14 +165,12 @@ class JobStore:
                         (at, s.name, s.source, s.framework, s.framework, s.script, s.args,
                          s.cwd, id))
                 else:
-                    db.execute("UPDATE jobs SET state = 'finished', ended = last_seen, "
-                               "lost_at = NULL WHERE id = ?", (id,))
+                    db.execute(_FINISH, (id,))
                     finished += 1
             # Open jobs of a node that answered without them: gone, so finished.
             for key, (id, state) in open_rows.items():
                 if key[0] in up and key not in jobs:
-                    db.execute("UPDATE jobs SET state = 'finished', ended = last_seen, "
-                               "lost_at = NULL WHERE id = ?", (id,))
+                    db.execute(_FINISH, (id,))
                     finished += 1
                     reconciled += state == "lost"
             # Running jobs of a node silent for lost_after: lost.
