@@ -61,7 +61,9 @@ case "$cmd" in
         echo "==> lint-imports (the import contract in pyproject.toml)"; "$VENV/bin/lint-imports"
         echo "==> pytest"
         set +e
-        "$VENV/bin/python" -m pytest "$@"
+        # Two workers, each in a PID namespace of its own (tests/fixtures/workers.py):
+        # GPUACCT_TEST_WORKERS=0 runs the tests one after another in this process.
+        "$VENV/bin/python" -m pytest -n "${GPUACCT_TEST_WORKERS:-2}" --dist worksteal "$@"
         rc=$?
         set -e
         if [ $rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi

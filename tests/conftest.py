@@ -26,6 +26,11 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
 )
 from tests.fixtures.tls import tls  # noqa: F401 (fixtures)
 from tests.fixtures.users import lab_group, processes, test_users  # noqa: F401 (fixtures)
+from tests.fixtures.workers import alone_or_beside_others, isolate_workers  # noqa: F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    isolate_workers(config)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -123,7 +123,7 @@ def test_reserve_enforce_queue_restart_release(
     hers = rig.on_gpu(processes, alice, gpu01, 0)
     started = time.monotonic()
     his = rig.on_gpu(processes, bob, gpu01, 1)
-    wait_until(lambda: told(rig.enforcer, bob.name, "gpu01", "reserved by gat-alice"), 10)
+    wait_until(lambda: told(rig.enforcer, bob.name, "gpu01", f"reserved by {alice.name}"), 10)
     wait_until(lambda: his.poll() is not None, 15)
     assert time.monotonic() - started >= GRACE
     assert his.returncode == 0 and hers.poll() is None  # SIGTERM: train.py exits 0 on it

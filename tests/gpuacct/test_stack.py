@@ -137,6 +137,7 @@ def test_stack_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
+@pytest.mark.alone  # two minutes on a 2-core machine, with nothing else running
 def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
         tmp_path: Path) -> None:
     config = stack_config(tmp_path)
