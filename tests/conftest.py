@@ -26,11 +26,17 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
 )
 from tests.fixtures.tls import tls  # noqa: F401 (fixtures)
 from tests.fixtures.users import lab_group, processes, test_users  # noqa: F401 (fixtures)
-from tests.fixtures.workers import alone_or_beside_others, isolate_workers  # noqa: F401
+from tests.fixtures.workers import alone_or_beside_others, isolate_workers
 
 
 def pytest_configure(config: pytest.Config) -> None:
     isolate_workers(config)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with alone_or_beside_others(item):
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -250,6 +250,7 @@ def cpu_share(pids: list[int], seconds: float = 3.0) -> float:
     return (sum(sum(p.cpu_times()[:2]) for p in procs) - before) / seconds
 
 
+@pytest.mark.alone  # measures the CPU the kernel gives: a core to itself
 def test_throttle_on_the_real_cgroup_v1_cpu_controller(
         rig: Callable[..., Rig], processes: Processes, test_users: Users) -> None:
     bob = test_users["bob"]

@@ -179,6 +179,7 @@ def test_a_gpu_held_idle_is_told_once_then_stopped_and_a_busy_one_never(
     assert 'gpuacct_job_gpu_idle_seconds_total{gpu="1"' not in node.exporter.scrape()
 
 
+@pytest.mark.alone  # measures the CPU the kernel gives: a core to itself
 def test_a_cpu_limit_throttles_on_the_real_cgroup_controller(
         tmp_path: Path, cluster: Cluster, processes: Processes,
         test_users: dict[str, UnixUser], static_metrics: Callable[[str], str],

@@ -25,7 +25,7 @@ from billing_engine.ledger import Ledger
 from stack.process import free_port
 from tests.fixtures.enforcement import TOKEN, Cluster
 from tests.fixtures.ldap import Slapd
-from tests.fixtures.users import UnixUser
+from tests.fixtures.users import UnixUser, change_accounts
 from tests.web.conftest import Web
 from tests.web.test_browser import SCREENSHOTS
 from web import api, ledger_pages, pages, people
@@ -216,7 +216,7 @@ def test_users_log_in_with_the_sites_directory(
 def test_a_local_user_logs_in_with_pam(start_web: Callable[..., Web],
                                        test_users: dict[str, UnixUser]) -> None:
     carol = test_users["carol"]
-    subprocess.run(["chpasswd"], input=f"{carol.name}:pam-password-42\n", text=True, check=True)
+    change_accounts(["chpasswd"], input=f"{carol.name}:pam-password-42\n")
     try:
         web = start_web(names=[carol.name], trusted_proxies=None,
                         web_auth={"pam": {"service": "login"}})
@@ -227,4 +227,4 @@ def test_a_local_user_logs_in_with_pam(start_web: Callable[..., Web],
         _, answer = log_in(web, carol.name, "not-her-password")
         assert answer.status_code == 401
     finally:
-        subprocess.run(["passwd", "-d", carol.name], check=True, capture_output=True)
+        change_accounts(["passwd", "-d", carol.name])
