@@ -13,11 +13,12 @@ Pure: no clock, no store. `allocator.service` feeds it the inventory and the que
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
+
+from gpuacct.patterns import ModelMatcher
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def why_never(want: Want, inventory: Iterable[Gpu]) -> str | None:
                     f"(it has {', '.join(map(str, sorted(have)))})")
         candidates = [g for g in candidates if g.index in want.gpus]
     if want.model is not None:
-        pattern = re.compile(want.model, re.IGNORECASE)
+        pattern = ModelMatcher(want.model)
         models = sorted({g.model for g in candidates})
         candidates = [g for g in candidates if pattern.search(g.model)]
         if not candidates:
@@ -127,7 +128,7 @@ class Planner:
                 timeline = self.timelines.get((h.node, index))
                 if timeline is not None and h.until > now:
                     timeline.add(now, h.until)
-        self._patterns: dict[str, re.Pattern[str]] = {}
+        self._patterns: dict[str, ModelMatcher] = {}
         self._earliest: dict[str, dict[tuple[object, ...], Slot | None]] = {}
 
     def _eligible(self, want: Want, node: str) -> list[Gpu]:
@@ -137,7 +138,7 @@ class Planner:
         if want.model is not None:
             pattern = self._patterns.get(want.model)
             if pattern is None:
-                pattern = self._patterns[want.model] = re.compile(want.model, re.IGNORECASE)
+                pattern = self._patterns[want.model] = ModelMatcher(want.model)
             gpus = [g for g in gpus if pattern.search(g.model)]
         return gpus
 
@@ -226,7 +227,7 @@ def first_fit_now(inventory: Iterable[Gpu], held: Iterable[Held], queue: Sequenc
                 continue
             free = [g.index for g in gpus if (node, g.index) not in busy
                     and (want.gpus is None or g.index in want.gpus)
-                    and (want.model is None or re.search(want.model, g.model, re.IGNORECASE))]
+                    and (want.model is None or ModelMatcher(want.model).search(g.model))]
             count = len(want.gpus) if want.gpus is not None else want.count
             if len(free) >= count:
                 granted[want.id] = Slot(want.id, node, tuple(free[:count]), now,

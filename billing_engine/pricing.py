@@ -14,6 +14,7 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from gpuacct.config import PriceVersion
+from gpuacct.patterns import ModelMatcher
 
 MICRO = Decimal("0.000001")
 MIG_PROFILE = re.compile(r"^(?P<gpu>.*?)\s+MIG\s+(?P<slices>\d+)g\.\d+gb", re.I)
@@ -37,7 +38,7 @@ class PriceBook:
         self.reserved_factor = reserved_factor
         self.versions = sorted(versions, key=PriceVersion.starts)
         self.starts = [v.starts() for v in self.versions]
-        self._patterns = [[(re.compile(g.pattern, re.I), g.per_minute) for g in v.gpu]
+        self._patterns = [[(ModelMatcher(g.pattern), g.per_minute) for g in v.gpu]
                           for v in self.versions]
 
     def version_at(self, at: float) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.params import Depends
+from starlette.concurrency import run_in_threadpool
 
 from allocator.service import AllocationError, Allocator, NotFound
 from enforcer.signed import signed_answer, signed_body
@@ -60,8 +61,8 @@ def add_allocation_routes(app: FastAPI, allocator: Allocator, keys: MasterKeys,
     async def forwarded(request: Request) -> Response:
         ask = await signed_body(request, keys, ALLOCATION_PATH, Forwarded, "request",
                                 lambda f: f.caller.node)
-        try:
-            answer = answer_for(allocator, ask)
+        try:  # in a worker thread: the event loop keeps answering while the allocator works
+            answer = await run_in_threadpool(answer_for, allocator, ask)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
         except AllocationError as exc:

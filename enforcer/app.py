@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from enforcer.allocation_api import add_allocation_routes
 from enforcer.desired import Desired
@@ -29,6 +30,7 @@ from enforcer.notifier import Notifier
 from enforcer.payload import Notification
 from enforcer.people_api import add_login_routes, add_notice_routes
 from enforcer.signed import problems, signed_answer, signed_body
+from gpuacct.bounded_body import BoundedBodies
 from gpuacct.policy import SYNC_PATH, SyncRequest
 from gpuacct.secrets import Tokens
 from gpuacct.signing import MasterKeys
@@ -40,10 +42,12 @@ log = logging.getLogger(__name__)
 def create_app(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: MasterKeys,
                registry: CollectorRegistry, scrapers: BasicAuth,
                links: LoginLinks | None = None,
-               notices: tuple[Notices, Notifier] | None = None) -> FastAPI:
+               notices: tuple[Notices, Notifier] | None = None,
+               max_body_bytes: int = 4 * 2**20) -> FastAPI:
     store = desired.store
     app = FastAPI(title="gpuacct-enforcer", version="1",
                   description="Alertmanager's webhook in, the enforcement policy out to nodes.")
+    app.add_middleware(BoundedBodies, max_bytes=max_body_bytes)
     received = Counter("gpuacct_enforcer_alerts_received", "Alerts in webhook deliveries.",
                        ["outcome"], registry=registry)
     for outcome in ("new", "duplicate", "refused"):
@@ -84,13 +88,17 @@ def create_app(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: M
     async def sync(request: Request) -> Response:
         report = await signed_body(request, keys, SYNC_PATH, SyncRequest, "sync request",
                                    lambda r: r.node)
+        # In a worker thread: the store and the allocator's lock never hold up the event loop.
+        await run_in_threadpool(record_sync, report)
+        return signed_answer(keys, report.node, SYNC_PATH, desired.dump())
+
+    def record_sync(report: SyncRequest) -> None:
         store.record_actions(report.node, report.actions)
         if desired.allocator is not None:
             if report.gpus is not None:
                 desired.allocator.report_gpus(report.node, report.gpus)
             desired.allocator.report_use(report.reservation_use)
             desired.allocator.release_idle(report.node, report.release_idle)
-        return signed_answer(keys, report.node, SYNC_PATH, desired.dump())
 
     @app.get("/v1/policy", dependencies=authorized)
     def policy() -> Response:

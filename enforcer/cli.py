@@ -134,7 +134,7 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
     allocator.on_change = allocation_changed
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
     app = create_app(desired, pusher, tokens, keys, registry, BasicAuth(web.basic_auth_users),
-                     links, (notices, notifier))
+                     links, (notices, notifier), settings.enforcer.max_body_bytes)
     pusher.start()
     stop = threading.Event()
     notifier.start(stop)
@@ -142,8 +142,10 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
                                          stop), name="allocator", daemon=True).start()
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
              desired.current().version, settings.enforcer.database)
+    # proxy_headers off: uvicorn would otherwise take the client's address from the
+    # X-Forwarded-For of anyone on this host.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            **uvicorn_options(web))  # type: ignore[arg-type]
+                            proxy_headers=False, **uvicorn_options(web))  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     lost = threading.Event()
     threading.Thread(target=_keep_the_lease, args=(store, holder, settings.enforcer.lease_seconds,

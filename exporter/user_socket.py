@@ -96,6 +96,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class UserSocketServer(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    # Every user of a node may connect at once (a login burst, a script in a loop); the
+    # default backlog of 5 would refuse the sixth with EAGAIN.
+    request_queue_size = 128
 
     def __init__(self, path: Path, forwarder: Forwarder) -> None:
         self.forwarder, self.path = forwarder, path

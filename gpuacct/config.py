@@ -30,7 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from gpuacct.secrets import Rotating, Secret
+from gpuacct.patterns import check_pattern
+from gpuacct.secrets import SECRET_ERROR, PasswordHash, Rotating, Secret
 
 CONFIG_ENV = "GPUACCT_CONFIG"
 
@@ -165,16 +166,9 @@ Money = Annotated[Decimal, Field(allow_inf_nan=False)]
 Price = Annotated[Decimal, Field(allow_inf_nan=False, ge=0)]
 
 
-def _check_pattern(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return value
-
-
-# A regular expression searched in a GPU model's name, any case (prices, reservations).
-ModelPattern = Annotated[str, AfterValidator(_check_pattern)]
+# A regular expression searched in a GPU model's name, any case, by RE2 (prices,
+# reservations): gpuacct.patterns.
+ModelPattern = Annotated[str, AfterValidator(check_pattern)]
 
 
 class GpuPrice(Section):
@@ -414,7 +408,7 @@ class AuthSettings(Section):
     # Alertmanager's bearer token to the enforcer, and the web's. Two during a rotation: the
     # web presents the first, the enforcer accepts either.
     webhook_token: Rotating | None = None
-    admin_password_hash: Secret | None = None
+    admin_password_hash: PasswordHash | None = None
     max_clock_skew_seconds: PositiveFloat = 30.0  # signed node requests older than this fail
 
     @model_validator(mode="before")
@@ -445,6 +439,9 @@ class EnforcerSettings(Section):
     discovery_interval_seconds: PositiveFloat = 30.0
     push_timeout_seconds: PositiveFloat = 5.0
     max_backoff_seconds: PositiveFloat = 30.0
+    # A request body over this is refused (413) before it is read: Alertmanager's deliveries
+    # (bounded by the receiver's max_alerts) and nodes' syncs are far smaller.
+    max_body_bytes: Annotated[int, Field(ge=65536)] = 4 * 2**20
 
 
 class AllocationLimits(Section):
@@ -480,7 +477,7 @@ class WebAdministrator(Section):
     prices, statements, the audit) or manager of group accounts (sees their members, sets the
     members' monthly limits; no money)."""
 
-    password_hash: Secret  # from `gpuacct-web hash-password`
+    password_hash: PasswordHash  # from `gpuacct-web hash-password`
     role: Literal["admin", "finance", "manager"]
     accounts: list[str] = []  # a manager's accounts
 
@@ -548,6 +545,8 @@ class WebSettings(Section):
     user_header: str = "X-Remote-User"
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     login_failures_per_minute: Annotated[int, Field(ge=1)] = 5
+    # A request body over this (a form, a JSON request) is refused (413) before it is read.
+    max_body_bytes: Annotated[int, Field(ge=65536)] = 2**20
     # Named administrators with roles, by login name; auth.admin_password_hash is the one
     # called "admin", with the admin role.
     administrators: dict[AccountName, WebAdministrator] = {}
@@ -655,7 +654,8 @@ def describe_error(error: Mapping[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{where}: unknown key"
     msg = str(error["msg"]).removeprefix("Value error, ")
-    if isinstance(error["input"], Mapping | list):  # a whole section: the message says what
+    # A whole section: the message says what; a secret: its value is never shown.
+    if isinstance(error["input"], Mapping | list) or kind == SECRET_ERROR:
         return f"{where}: {msg}"
     shown = repr(error["input"])
     return f"{where}: {shown if len(shown) <= 80 else shown[:77] + '...'} is not valid: {msg}"

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
+from pydantic_core import PydanticCustomError
+
+# A key, token or session secret shorter than this is refused: 16 random characters are about
+# 96 bits or more (`openssl rand -hex 32` gives 64).
+MIN_KEY_LENGTH = 16
+# The error type of a refused secret: its value is never shown (gpuacct.config.describe_error).
+SECRET_ERROR = "secret"
 
 
 def resolve_secret(raw: Any) -> Any:
@@ -32,7 +39,32 @@ def resolve_secret(raw: Any) -> Any:
     raise ValueError("expected a string, {env: NAME} or {file: PATH}")
 
 
-Secret = Annotated[SecretStr, BeforeValidator(resolve_secret)]
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value():
+        raise PydanticCustomError(SECRET_ERROR, "empty: a secret must have a value")
+    return value
+
+
+def _long_enough(value: SecretStr) -> SecretStr:
+    length = len(value.get_secret_value())
+    if length < MIN_KEY_LENGTH:
+        raise PydanticCustomError(
+            SECRET_ERROR, "{length} characters: a key is at least {minimum} (make one with "
+            "`openssl rand -hex 32`)", {"length": length, "minimum": MIN_KEY_LENGTH})
+    return value
+
+
+def _a_hash(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().startswith("scrypt$"):
+        raise PydanticCustomError(SECRET_ERROR, "not a password hash: make one with "
+                                                "`gpuacct-web hash-password`")
+    return value
+
+
+# A password, a URL with credentials, a token of another system: any value but empty.
+Secret = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_not_empty)]
+# A key or token gpuacct's own parts share: long enough not to be guessed.
+Key = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_long_enough)]
 
 
 def _one_or_two(raw: Any) -> Any:
@@ -41,7 +73,7 @@ def _one_or_two(raw: Any) -> Any:
 
 # A secret that may be two during a rotation (current first, then the next or the last): the
 # first signs, either is accepted.
-Rotating = Annotated[list[Secret], BeforeValidator(_one_or_two), Field(min_length=1, max_length=2)]
+Rotating = Annotated[list[Key], BeforeValidator(_one_or_two), Field(min_length=1, max_length=2)]
 
 
 def values(secrets: Sequence[SecretStr]) -> tuple[str, ...]:
@@ -71,3 +103,5 @@ class Tokens:
 
     def __len__(self) -> int:
         return len(self._tokens)
+# An administrator's password as `gpuacct-web hash-password` hashes it.
+PasswordHash = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_a_hash)]

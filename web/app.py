@@ -7,16 +7,18 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from billing_engine.ledger import SqliteLedgerReader
+from gpuacct.bounded_body import BoundedBodies
 from gpuacct.config import Settings, describe_error
 from gpuacct.secrets import values
 from web import api, jobs, ledger_pages, pages, people
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
 from web.fragments import Fragments
+from web.headers import SecurityHeaders
 from web.jobs_view import JobsView
 from web.live import Live
 from web.queries import LedgerView
@@ -33,9 +35,14 @@ def create_app(settings: Settings) -> FastAPI:
     ledger_path = settings.billing.ledger
     secret = settings.web.session_secret
     admin_hash = settings.auth.admin_password_hash
-    app = FastAPI(title="gpuacct", version="1", docs_url="/api/docs",
+    # No /api/docs: Swagger UI is script from a CDN, which the pages' policy (web.headers)
+    # and an offline lab both refuse; the OpenAPI document is served.
+    app = FastAPI(title="gpuacct", version="1", docs_url=None,
                   openapi_url="/api/v1/openapi.json", redoc_url=None,
                   description="Balances, usage, transactions and recharges of gpuacct.")
+    # Added last, runs first: the headers go on every answer, the 413 included.
+    app.add_middleware(BoundedBodies, max_bytes=settings.web.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     view = LedgerView(SqliteLedgerReader(ledger_path), settings.billing)
     live = Live(settings)
     app.state.ctx = Context(
@@ -66,7 +73,9 @@ def create_app(settings: Settings) -> FastAPI:
             "body", "query", "path", "header")]}) for e in exc.errors())
         if _wants_json(request):
             return JSONResponse({"detail": f"bad request: {problems}"}, 400)
-        return HTMLResponse(f"<p>bad request: {problems}</p>", 400)
+        return app.state.templates.TemplateResponse(  # type: ignore[no-any-return]
+            request, "error.html", {"status": 400, "detail": f"bad request: {problems}"},
+            status_code=400)
 
     @app.get("/-/healthy", include_in_schema=False)
     def healthy() -> PlainTextResponse:

@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
     app = create_app(settings)
     reload_on_sighup(args.config, app.state.ctx.rotate, log)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
+    # proxy_headers off: the page believes X-Forwarded-For from web.trusted_proxies only
+    # (web.deps.client_address); uvicorn would believe anyone on this host.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, proxy_headers=False,
                                            log_level="warning", access_log=False,
                                            **uvicorn_options(web)))  # type: ignore[arg-type]
     server.run()

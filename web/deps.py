@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Response
 
 from billing_engine.ledger import Ledger, LedgerWriter
 from gpuacct.config import Settings
@@ -77,10 +77,33 @@ def context(request: Request) -> Context:
 Ctx = Annotated[Context, Depends(context)]
 
 
+def peer(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def client_address(request: Request, ctx: Context) -> str:
+    """Who is asking, for the login throttle and the audit: the peer, or, from one of
+    web.trusted_proxies only, the nearest address its X-Forwarded-For names (a client can
+    write anything before that)."""
+    address = peer(request)
+    if address in ctx.settings.web.trusted_proxies:
+        forwarded = request.headers.get("x-forwarded-for", "").split(",")[-1].strip()
+        return forwarded[:64] or address
+    return address
+
+
+def set_session(request: Request, response: Response, cookie: str,
+                max_age: int | None = None) -> None:
+    """The session cookie: never for script, never sent from another site, and only over
+    TLS when the page is served over TLS."""
+    response.set_cookie(SESSION_COOKIE, cookie, max_age=max_age, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+
+
 def viewer(request: Request, ctx: Ctx) -> Viewer:
     session = ctx.sessions.read(request.cookies.get(SESSION_COOKIE)) or {}
     web = ctx.settings.web
-    client = request.client.host if request.client else ""
+    client = peer(request)
     kept = session.get("user")
     user = kept if isinstance(kept, str) else None
     if client in web.trusted_proxies and request.headers.get(web.user_header):
@@ -134,6 +157,17 @@ def check_csrf(who: Viewer, token: str | None) -> None:
     if not who.csrf or not token or not hmac.compare_digest(who.csrf, token):
         raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page "
                                  "and try again")
+
+
+def own_or_admin(who: Viewer, user: str) -> bool:
+    """A user's own reservations and notice settings: changed by the user or an admin only
+    (finance and managers see them, no more)."""
+    return who.user == user or who.role == "admin"
+
+
+def may_change(who: Viewer, user: str, what: str) -> None:
+    if not own_or_admin(who, user):
+        raise HTTPException(403, f"you may change only your own {what}")
 
 
 def may_see(who: Viewer, user: str, ctx: Context) -> None:

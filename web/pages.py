@@ -29,8 +29,12 @@ from web.deps import (
     Staff,
     Who,
     check_csrf,
+    client_address,
     fmt,
+    may_change,
     may_see,
+    own_or_admin,
+    set_session,
     visible,
     when,
 )
@@ -72,7 +76,7 @@ def home(who: Who) -> RedirectResponse:
 def login_form(request: Request, ctx: Ctx) -> HTMLResponse:
     cookie, csrf = ctx.sessions.new(None)
     response = render(request, "login.html", csrf=csrf, error=None)
-    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict")
+    set_session(request, response, cookie)
     return response
 
 
@@ -81,15 +85,18 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
           name: Annotated[str, Form(max_length=64)] = "",
           csrf: Annotated[str, Form()] = "") -> Response:
     check_csrf(who, csrf)
-    client = request.client.host if request.client else ""
-    if ctx.limiter.blocked(client):
+    client = client_address(request, ctx)
+    name = name.strip() or LEGACY_ADMIN  # the one password of before had no name
+    # Failures count against the address and against the name: many addresses guessing one
+    # account are held back as one address guessing many.
+    tried = (client, f"account {name}")
+    if any(ctx.limiter.blocked(t) for t in tried):
         return render(request, "login.html", 429, csrf=who.csrf,
                       error="too many failed logins: wait a minute")
-    name = name.strip() or LEGACY_ADMIN  # the one password of before had no name
     found = ctx.administrator(name)
     if found is not None and verify_password(password, found[2]):
         audit(ctx, f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
-        return logged_in(ctx.sessions.new(name)[0], "/admin")
+        return logged_in(request, ctx.sessions.new(name)[0], "/admin")
     person = None
     if found is None and (ctx.settings.web.auth.ldap or ctx.settings.web.auth.pam):
         try:
@@ -98,7 +105,8 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
             return render(request, "login.html", 503, csrf=who.csrf,
                           error=f"{exc}: try again later")
     if person is None:
-        ctx.limiter.failed(client)
+        for t in tried:
+            ctx.limiter.failed(t)
         audit(ctx, f"web client {client}", "login.failed", name)
         return render(request, "login.html", 401, csrf=who.csrf,
                       error="wrong name or password")
@@ -109,7 +117,7 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
             ctx.live.call("POST", f"/v1/notices/settings/{name}/learned",
                           LearnedAddress(address=person.mail))
     cookie, _ = ctx.sessions.new(name if person.role else None, user=name, role=person.role)
-    return logged_in(cookie, "/admin" if person.role else f"/users/{name}")
+    return logged_in(request, cookie, "/admin" if person.role else f"/users/{name}")
 
 
 def audit(ctx: Context, actor: str, action: str, subject: str, detail: str = "") -> None:
@@ -117,11 +125,10 @@ def audit(ctx: Context, actor: str, action: str, subject: str, detail: str = "")
         ctx.writer().audit(actor, action, subject, detail)
 
 
-def logged_in(cookie: str, target: str) -> RedirectResponse:
+def logged_in(request: Request, cookie: str, target: str) -> RedirectResponse:
     """A new session (and CSRF token) on every login."""
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict",
-                        max_age=SESSION_SECONDS)
+    set_session(request, response, cookie, SESSION_SECONDS)
     return response
 
 
@@ -180,16 +187,17 @@ def _user_page(request: Request, ctx: Ctx, who: Viewer, user: str, page: int = 0
                       members=ctx.view.members(account.user) if account.kind == "group" else [],
                       message=message, error=error,
                       problems=ctx.accounts.overview().problems, reservations=mine,
+                      may_release=own_or_admin(who, user),
                       reservations_problem=reservations.problem)
     if cookie:
-        response.set_cookie(SESSION_COOKIE, cookie, httponly=True, samesite="strict")
+        set_session(request, response, cookie)
     return response
 
 
 @router.post("/users/{user}/reservations/{id}/release")
 def release(request: Request, ctx: Ctx, who: Who, user: str, id: int,
             csrf: Annotated[str, Form()] = "") -> Response:
-    may_see(who, user, ctx)
+    may_change(who, user, "reservations")
     check_csrf(who, csrf)
     try:
         text = ctx.live.release(user, id, who.user or who.name or "administrator")

@@ -13,7 +13,7 @@ from gpuacct.config import describe_error
 from gpuacct.login import LINK_PATH, REDEEM_PATH, Redeem, Redeemed
 from gpuacct.notices import NoticeChoice
 from web import export, prices
-from web.deps import Ctx, Someone, Who, check_csrf, may_see
+from web.deps import Ctx, Someone, Who, check_csrf, client_address, may_change, may_see
 from web.live import EnforcerRefused
 from web.pages import audit, logged_in, render
 
@@ -34,10 +34,10 @@ def link(request: Request, ctx: Ctx, token: str) -> Response:
         if exc.status is None or exc.status >= 500:
             raise HTTPException(503, f"logins by link are unavailable now: {exc}") from None
         raise HTTPException(410, str(exc)) from None
-    client = request.client.host if request.client else ""
+    client = client_address(request, ctx)
     audit(ctx, f"{who.user} (web)", "login", who.user,
           f"from {client}, through a link from {who.node}")
-    return logged_in(ctx.sessions.new(user=who.user)[0], f"/users/{who.user}")
+    return logged_in(request, ctx.sessions.new(user=who.user)[0], f"/users/{who.user}")
 
 
 @router.post("/users/{user}/notices")
@@ -45,8 +45,7 @@ def choose_notices(ctx: Ctx, who: Who, user: str, csrf: Annotated[str, Form()] =
                    address: Annotated[str, Form(max_length=254)] = "",
                    channels: Annotated[list[str] | None, Form()] = None) -> Response:
     """A user's own address and channels; nobody else's, except by an admin."""
-    if who.user != user and who.role != "admin":
-        raise HTTPException(403, "you may change only your own notices")
+    may_change(who, user, "notices")
     check_csrf(who, csrf)
     try:
         choice = NoticeChoice(address=address.strip() or None, channels=channels or [])

@@ -27,7 +27,7 @@ from tests.fixtures.tls import Tls
 from tests.fixtures.users import UnixUser
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
-NEW_MASTER, NEW_TOKEN = "next-master-key", "next-webhook-token"
+NEW_MASTER, NEW_TOKEN = "next-master-key-for-tests", "next-webhook-token"
 
 
 def enforced_at_every_step(enforcer: Enforcer, node: EnforcingNode, user: str, step: int,

@@ -244,14 +244,16 @@ def test_node_key_prints_the_key_a_node_is_given(tmp_path: Path) -> None:
     def node_key_command(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "enforcer", "--config", str(config),
                                "node-key", *args], capture_output=True, text=True, timeout=60)
-    config.write_text(yaml.safe_dump({"auth": {"node_master_key": ["new-master", "old"]}}))
+    new, old = "new-master-key-16", "old-master-key-16"
+    config.write_text(yaml.safe_dump({"auth": {"node_master_key": [new, old]}}))
     printed = node_key_command("gpu07")
     assert printed.returncode == 0, printed.stderr
-    assert printed.stdout == node_key(b"new-master", "gpu07").decode() + "\n"
-    assert node_key_command("gpu07", "--next").stdout.strip() == node_key(b"old", "gpu07").decode()
-    assert "new-master" not in printed.stdout + printed.stderr
+    assert printed.stdout == node_key(b"new-master-key-16", "gpu07").decode() + "\n"
+    assert node_key_command("gpu07", "--next").stdout.strip() == node_key(
+        old.encode(), "gpu07").decode()
+    assert "new-master-key-16" not in printed.stdout + printed.stderr
 
-    config.write_text(yaml.safe_dump({"auth": {"node_master_key": "one"}}))
+    config.write_text(yaml.safe_dump({"auth": {"node_master_key": "the-one-master-key"}}))
     refused = node_key_command("gpu07", "--next")
     assert (refused.returncode, refused.stderr.strip()) == (
         2, "gpuacct-enforcer: --next: auth.node_master_key has one key, not two")

@@ -54,8 +54,8 @@ def test_no_or_a_wrong_token_gets_401(cluster: Cluster, token: str | None) -> No
 
 def test_during_a_rotation_either_token_is_accepted(cluster: Cluster) -> None:
     enforcer = cluster.enforcer([], sections={"auth": {
-        "webhook_token": [TOKEN, "the-next-token"], "node_master_key": MASTER}})
-    for user, token in (("u1", TOKEN), ("u2", "the-next-token")):
+        "webhook_token": [TOKEN, "the-next-webhook-token"], "node_master_key": MASTER}})
+    for user, token in (("u1", TOKEN), ("u2", "the-next-webhook-token")):
         status, _ = enforcer.post_alerts(notification(alert(user, "block", "X")), token=token)
         assert status == 200, token
     status, _ = enforcer.post_alerts(notification(alert("u3", "block", "X")), token="old")

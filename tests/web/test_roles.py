@@ -106,9 +106,10 @@ def test_wrong_names_and_passwords_are_refused_and_recorded(web: Web) -> None:
 
 
 @pytest.mark.parametrize(("administrator", "problem"), [
-    ({"password_hash": "x", "role": "manager"}, "a manager needs the accounts they manage"),
-    ({"password_hash": "x", "role": "finance", "accounts": ["a"]}, "only a manager has accounts"),
-    ({"password_hash": "x", "role": "root"}, "web.administrators.eve.role"),
+    ({"password_hash": "scrypt$x", "role": "manager"}, "a manager needs the accounts they manage"),
+    ({"password_hash": "scrypt$x", "role": "finance", "accounts": ["a"]},
+     "only a manager has accounts"),
+    ({"password_hash": "scrypt$x", "role": "root"}, "web.administrators.eve.role"),
 ])
 def test_bad_administrators_are_refused_by_the_config(administrator: dict[str, object],
                                                       problem: str) -> None:

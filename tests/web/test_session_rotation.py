@@ -24,14 +24,14 @@ def test_the_session_secret_rotates_with_sighup(start_web: Callable[..., Web],
     config = tmp_path / "gpuacct.yaml"
     before, _ = web.admin()
     assert logged_in(web, before)
-    reconfigure(web.process, config, {"web": {"session_secret": ["next-secret",
+    reconfigure(web.process, config, {"web": {"session_secret": ["next-session-secret",
                                                                  "s3cret-for-tests"]}})
     assert logged_in(web, before)  # signed with the old secret, still good
     after, _ = web.admin()  # signed with the new one
-    reconfigure(web.process, config, {"web": {"session_secret": "next-secret"}})
+    reconfigure(web.process, config, {"web": {"session_secret": "next-session-secret"}})
     assert logged_in(web, after)
     assert not logged_in(web, before)
     # A reload that would end every session is refused; the secret in use stays.
-    config.write_text(config.read_text().replace("session_secret: next-secret", ""))
+    config.write_text(config.read_text().replace("session_secret: next-session-secret", ""))
     reload_refused(web.process, "web.session_secret is no longer set")
     assert logged_in(web, after)
