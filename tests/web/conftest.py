@@ -22,6 +22,7 @@ from gpuacct.sqlite import Target
 from stack.process import ManagedProcess, free_port
 from tests.fixtures.ledger import forge
 from tests.fixtures.servers import RUNNING
+from tests.fixtures.tls import Tls
 from web.auth import hash_password
 
 PASSWORD = "correct horse battery"
@@ -89,9 +90,10 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
     def start(users: int = 3, windows: int = 5, auth: dict[str, str] | None = None,
               names: list[str] | None = None, port: int | None = None,
               web_auth: dict[str, object] | None = None, ledger_at: Target | None = None,
-              **web: object) -> Web:
+              tls: Tls | None = None, **web: object) -> Web:
         """`auth`: the top-level section (secrets); `web_auth`: web.auth (LDAP, PAM);
-        `ledger_at`: where the ledger is (default: a file beside the config)."""
+        `ledger_at`: where the ledger is (default: a file beside the config); `tls`: served
+        over TLS with its certificate."""
         if web_auth is not None:
             web["auth"] = web_auth
         d = tmp_path / f"web-{len(started)}" if started else tmp_path  # a second one
@@ -109,12 +111,14 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
             "billing": {"ledger": str(ledger)},
             "web": {"session_secret": "s3cret-for-tests", **web},
             "auth": {"admin_password_hash": hash_password(PASSWORD), **(auth or {})}}))
+        served = ["--web.config.file", str(tls.web_config)] if tls else []
+        url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         proc = ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config),
-                                      "run", "--web.listen-address", f"127.0.0.1:{port}"],
-                              d / "web.log", f"http://127.0.0.1:{port}/-/healthy")
+                                      "run", "--web.listen-address", f"127.0.0.1:{port}",
+                                      *served], d / "web.log", f"{url}/-/healthy")
         started.append(proc)
         RUNNING.append(proc)
-        return Web(proc.start().wait_ready(), f"http://127.0.0.1:{port}", ledger)
+        return Web(proc.start().wait_ready(), url, ledger)
 
     yield start
     for proc in started:
