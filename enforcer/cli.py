@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -47,6 +48,7 @@ from gpuacct.config import Settings
 from gpuacct.reload import reload_on_sighup
 from gpuacct.secrets import Tokens, values
 from gpuacct.signing import MasterKeys, node_key
+from gpuacct.sqlite import SchemaError
 from gpuacct.web_config import BasicAuth, WebConfig, uvicorn_options
 
 
@@ -94,6 +96,17 @@ def _rotate(tokens: Tokens, keys: MasterKeys) -> Callable[[Settings], str]:
     return apply
 
 
+T = TypeVar("T")
+
+
+def _opened(what: str, open_store: Callable[[], T]) -> T:
+    """A store, or the enforcer stops with one line naming what is wrong with it."""
+    try:
+        return open_store()
+    except SchemaError as exc:
+        raise SystemExit(f"gpuacct-enforcer: {what}: {exc}") from None
+
+
 def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
         config_path: str | None) -> int:
     try:
@@ -105,8 +118,8 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
     log = setup_logging("gpuacct-enforcer", verbose)
     reload_on_sighup(config_path, _rotate(tokens, keys), log)  # a standby's too
     host, port = parse_listen_address(listen or settings.enforcer.listen_address)
-    store = Store(settings.enforcer.database, Retention(settings.enforcer.delivery_days,
-                                                       settings.enforcer.audit_days))
+    store = _opened("the database", lambda: Store(settings.enforcer.database, Retention(
+        settings.enforcer.delivery_days, settings.enforcer.audit_days)))
     # The same host and port is the same enforcer: restarted, it takes its own lease back.
     holder = f"{socket.gethostname()}:{port}"
     if not _wait_for_the_lease(store, holder, settings.enforcer.lease_seconds, log):
@@ -114,7 +127,8 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
         return 0
     database = (settings.allocator.database
                 or sqlite.beside(settings.enforcer.database, "allocator.sqlite3"))
-    allocator = Allocator(AllocationStore(database), settings.allocator,
+    allocator = Allocator(_opened("the allocator's store", lambda: AllocationStore(database)),
+                          settings.allocator,
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
     registry = CollectorRegistry(auto_describe=False)
@@ -122,8 +136,9 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
     register_allocator_metrics(allocator, registry)
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)
-    notices = Notices(sqlite.beside(settings.enforcer.database, "notices.sqlite3"),
-                      settings.notifications, settings.web.public_url)
+    notices = _opened("the notices' store", lambda: Notices(
+        sqlite.beside(settings.enforcer.database, "notices.sqlite3"), settings.notifications,
+        settings.web.public_url))
     notifier = Notifier(notices, settings.notifications, registry)
 
     def allocation_changed() -> None:

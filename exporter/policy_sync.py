@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from exporter.enforce.actuator import Actuator
-from gpuacct.metrics_http import StartResponse
+from gpuacct.metrics_http import MAX_BODY, StartResponse
 from gpuacct.policy import (
     POLICY_PATH,
     SYNC_PATH,
@@ -27,7 +27,6 @@ from gpuacct.signed_http import ExchangeError, exchange
 from gpuacct.signing import NodeIdentity, SignatureError
 
 log = logging.getLogger(__name__)
-MAX_BODY = 4 << 20
 
 
 class NodeNameEndpoint:

@@ -22,6 +22,9 @@ _LANDING = """<!doctype html><html><head><title>{title}</title></head><body>
 <h1>{title}</h1><p><a href="/metrics">Metrics</a></p></body></html>"""
 
 StartResponse = Callable[..., Any]
+# The largest body any route here takes (a node's signed policy). wsgiref reads no body a
+# route does not read, and takes none in chunks: a declared length is all there is to check.
+MAX_BODY = 4 << 20
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -56,6 +59,10 @@ def make_app(registry: CollectorRegistry, title: str,
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        declared = str(environ.get("CONTENT_LENGTH") or "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY:  # refused before it is read
+            start_response("413 Content Too Large", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"a request body is at most {MAX_BODY} bytes\n".encode()]
         if path == "/metrics":
             if scrapers is not None and not scrapers.allows(environ.get("HTTP_AUTHORIZATION")):
                 start_response("401 Unauthorized", [

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
 from pydantic_core import PydanticCustomError
 
+from gpuacct.files import readable_by_others
+
 # A key, token or session secret shorter than this is refused: 16 random characters are about
 # 96 bits or more (`openssl rand -hex 32` gives 64).
 MIN_KEY_LENGTH = 16
@@ -33,9 +35,13 @@ def resolve_secret(raw: Any) -> Any:
     if set(raw) == {"file"}:
         path = Path(str(raw["file"]))
         try:
-            return path.read_text(encoding="utf-8").strip()
+            exposed = readable_by_others(path)
+            value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+        if exposed:  # a secret every user can read is no secret
+            raise ValueError(exposed)
+        return value
     raise ValueError("expected a string, {env: NAME} or {file: PATH}")
 
 
@@ -55,7 +61,7 @@ def _long_enough(value: SecretStr) -> SecretStr:
 
 
 def _a_hash(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value().startswith("scrypt$"):
+    if not value.get_secret_value().startswith(("$argon2id$", "scrypt$")):
         raise PydanticCustomError(SECRET_ERROR, "not a password hash: make one with "
                                                 "`gpuacct-web hash-password`")
     return value

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpuacct import postgres
+from gpuacct import files, postgres
 
 
 class Connection(Protocol):
@@ -69,7 +69,12 @@ def connect(path: Target, readonly: bool = False, timeout: float = 30.0,
                              isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA query_only=ON")
         return db
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A store holds who used what and paid what: made private, and refused if anyone may
+    # read it (SQLite makes its -wal and -shm files with the same mode).
+    files.create_private(path)
+    problem = files.readable_by_others(path)
+    if problem:
+        raise SchemaError(problem)
     db = sqlite3.connect(path, isolation_level=None, timeout=timeout, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")

@@ -36,6 +36,7 @@ class Stack:
         self.parts: list[tuple[ManagedProcess, str]] = []
         self.ca_file: Path | None = None  # with TLS: what every client verifies against
         self.web_config: Path | None = None  # with TLS: every gpuacct listener's
+        self.alertmanager_user: servers.BasicAuthUser | None = None  # set at start
 
     def _url(self, port: int) -> str:
         """A gpuacct part's base URL (https:// with TLS)."""
@@ -56,17 +57,27 @@ class Stack:
 
     def start(self) -> None:
         s, d, host = self.stack, self.state_dir, self.stack.host
+        # Every store, secret and log below is the stack's alone: no other user may enter.
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
         print(f"gpuacct-stack: state and logs in {d}", flush=True)
         if s.tls:
             self._make_certificates()
             print(f"gpuacct-stack: TLS from a throwaway CA, {self.ca_file}", flush=True)
 
-        influx = servers.start_influxdb(d / "influxdb", s.influxdb_port, s.influxd_binary, host)
+        # InfluxDB, Alertmanager: each lets in one user, whose password only the stack and
+        # its services read (InfluxDB would take points, Alertmanager alerts and silences,
+        # from anyone on this machine).
+        influx_user = servers.BasicAuthUser("gpuacct", alerting.secret_file(
+            d / "influxdb-password"))
+        influx = servers.start_influxdb(d / "influxdb", s.influxdb_port, s.influxd_binary, host,
+                                        admin=influx_user)
         self._started(influx, f"http://{host}:{s.influxdb_port}/")
         database = getattr(self.settings.influxdb, "database", "gpuacct")
-        servers.influx_query(
-            f"http://{host}:{s.influxdb_port}", f'CREATE DATABASE "{database}"', method="POST"
-        )
+        servers.influx_query(f"http://{host}:{s.influxdb_port}", f'CREATE DATABASE "{database}"',
+                             method="POST", auth=influx_user)
+        self.alertmanager_user = servers.BasicAuthUser("gpuacct", alerting.secret_file(
+            d / "alertmanager-password"))
 
         rules_dir = s.rules_dir or alerting.RULES_DIR
         token = alerting.secret_file(d / "webhook-token")
@@ -80,7 +91,8 @@ class Stack:
             am_config = alerting.compress_time(am_config, demo_story.FACTOR)
             rule_files = [self._compressed(path) for path in rule_files]
         am = servers.start_alertmanager(
-            d / "alertmanager", s.alertmanager_port, am_config, s.alertmanager_binary, host)
+            d / "alertmanager", s.alertmanager_port, am_config, s.alertmanager_binary, host,
+            auth=self.alertmanager_user)
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
 
         # The enforcer before the node, so the node's first pull finds it.
@@ -107,7 +119,7 @@ class Stack:
         self._started(exporter, f"{self._url(s.exporter_port)}/metrics")
 
         prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"], rule_files,
-                                                self.ca_file)
+                                                self.ca_file, self.alertmanager_user)
         prom = servers.start_prometheus(
             d / "prometheus", s.prometheus_port, prom_config, s.prometheus_binary, host
         )
@@ -118,7 +130,8 @@ class Stack:
                         "prometheus_url": f"http://{host}:{s.prometheus_port}",
                         "ledger": str(d / "billing" / "ledger.sqlite3")},
             "influxdb": {"version": 1, "url": f"http://{host}:{s.influxdb_port}",
-                         "database": database},
+                         "database": database, "username": influx_user.name,
+                         "password": {"file": str(influx_user.password_file)}},
         })
         self._started(billing, f"{self._url(s.billing_port)}/metrics")
 

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from gpuacct.config import StackSettings
+from stack.servers import BasicAuthUser
 
 
 def _duration(seconds: float) -> str:
@@ -15,17 +16,23 @@ def _duration(seconds: float) -> str:
 
 
 def prometheus_config(stack: StackSettings, exporter_targets: list[str],
-                      rule_files: list[Path], ca_file: Path | None = None) -> dict[str, Any]:
+                      rule_files: list[Path], ca_file: Path | None = None,
+                      alertmanager_user: BasicAuthUser | None = None) -> dict[str, Any]:
     """Scrape configs for every part and gpuacct's rules; the exporter's own `job` label (the
     user's job) is kept by honor_labels, as the billing engine and the rules expect.
-    `ca_file`: gpuacct's parts are scraped over TLS, verified against it."""
+    `ca_file`: gpuacct's parts are scraped over TLS, verified against it;
+    `alertmanager_user`: who Prometheus sends alerts as."""
     host = stack.host
     interval = _duration(stack.scrape_interval_seconds)
     alertmanager = f"{host}:{stack.alertmanager_port}"
     tls = {"scheme": "https", "tls_config": {"ca_file": str(ca_file)}} if ca_file else {}
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "alerting": {"alertmanagers": [{
+            "static_configs": [{"targets": [alertmanager]}],
+            **({"basic_auth": {"username": alertmanager_user.name,
+                               "password_file": str(alertmanager_user.password_file)}}
+               if alertmanager_user else {})}]},
         "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [
             {

@@ -45,11 +45,13 @@ class ManagedProcess:
         ready_url: str,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        ready_headers: dict[str, str] | None = None,  # a server that wants credentials
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.ready_url = ready_url
+        self.ready_headers = ready_headers
         self.env = env
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
@@ -81,7 +83,7 @@ class ManagedProcess:
                 code = None if self.popen is None else self.popen.returncode
                 raise ServerError(f"{self.name} exited with status {code}\n{self.log_tail()}")
             try:
-                http.get(self.ready_url, timeout=2)
+                http.get(self.ready_url, timeout=2, headers=self.ready_headers)
                 return self
             except http.HttpError:
                 pass

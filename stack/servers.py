@@ -7,6 +7,7 @@ Each `start_*` writes the server's config under `workdir`, starts it on loopback
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -19,8 +20,10 @@ import tempfile
 import time
 import urllib.parse
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import psycopg
 import yaml
 
@@ -30,15 +33,41 @@ from stack.process import ManagedProcess, ServerError, free_port
 HOST = "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class BasicAuthUser:
+    """Who a Prometheus-family server lets in (its --web.config.file's basic_auth_users),
+    with the password in a file for its clients (Prometheus' `password_file`, the tests)."""
+
+    name: str
+    password_file: Path
+
+    def header(self) -> dict[str, str]:
+        password = self.password_file.read_text(encoding="utf-8").strip()
+        token = base64.b64encode(f"{self.name}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def web_config(self, path: Path) -> Path:
+        password = self.password_file.read_text(encoding="utf-8").strip().encode()
+        hashed = bcrypt.hashpw(password, bcrypt.gensalt(rounds=10)).decode()
+        path.write_text(yaml.safe_dump({"basic_auth_users": {self.name: hashed}}),
+                        encoding="utf-8")
+        return path
+
+
 def _start_configured(name: str, binary: str, workdir: Path, config: dict[str, object],
-                      flags: list[str], host: str, port: int, timeout: float) -> ManagedProcess:
-    """A Prometheus-family server: its YAML config and data in `workdir`, ready at /-/ready."""
+                      flags: list[str], host: str, port: int, timeout: float,
+                      auth: BasicAuthUser | None = None) -> ManagedProcess:
+    """A Prometheus-family server: its YAML config and data in `workdir`, ready at /-/ready;
+    with `auth`, only that user gets in (its --web.config.file)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / f"{name}.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     argv = [binary, f"--config.file={config_file}", f"--web.listen-address={host}:{port}",
             *flags]
-    proc = ManagedProcess(name, argv, workdir / f"{name}.log", f"http://{host}:{port}/-/ready")
+    if auth is not None:
+        argv.append(f"--web.config.file={auth.web_config(workdir / 'web.yml')}")
+    proc = ManagedProcess(name, argv, workdir / f"{name}.log", f"http://{host}:{port}/-/ready",
+                          ready_headers=auth.header() if auth else None)
     return proc.start().wait_ready(timeout)
 
 
@@ -50,8 +79,9 @@ def start_prometheus(
     host: str = HOST,
     timeout: float = 60.0,
 ) -> ManagedProcess:
+    # No --web.enable-lifecycle: anyone who reaches the port could stop it (POST /-/quit).
     return _start_configured("prometheus", binary, workdir, config, [
-        f"--storage.tsdb.path={workdir / 'data'}", "--web.enable-lifecycle",
+        f"--storage.tsdb.path={workdir / 'data'}",
         # A remote_write target that has gone keeps a stopping Prometheus waiting up to a
         # minute (the default); what it could not send is in its own TSDB anyway.
         "--storage.remote.flush-deadline=2s"], host, port, timeout)
@@ -159,14 +189,18 @@ def start_alertmanager(
     binary: str = "prometheus-alertmanager",
     host: str = HOST,
     timeout: float = 60.0,
+    auth: BasicAuthUser | None = None,
 ) -> ManagedProcess:
+    """With `auth`, nobody else may post alerts or silences (Alertmanager trusts whoever
+    reaches it)."""
     return _start_configured("alertmanager", binary, workdir, config, [
         f"--storage.path={workdir / 'data'}",
         "--cluster.listen-address=",  # a single instance: no gossip port to collide on
-    ], host, port, timeout)
+    ], host, port, timeout, auth)
 
 
-def influxdb_config(workdir: Path, port: int, rpc_port: int, host: str = HOST) -> str:
+def influxdb_config(workdir: Path, port: int, rpc_port: int, host: str = HOST,
+                    auth_enabled: bool = False) -> str:
     return f"""\
 reporting-disabled = true
 bind-address = "{host}:{rpc_port}"
@@ -182,6 +216,7 @@ bind-address = "{host}:{rpc_port}"
 [http]
   bind-address = "{host}:{port}"
   log-enabled = false
+  auth-enabled = {str(auth_enabled).lower()}
 
 [monitor]
   store-enabled = false
@@ -195,21 +230,33 @@ def start_influxdb(
     host: str = HOST,
     rpc_port: int | None = None,
     timeout: float = 60.0,
+    admin: BasicAuthUser | None = None,
 ) -> ManagedProcess:
+    """With `admin`, authentication is on and that user is its administrator (made at the
+    first start): nobody else reads or writes a point."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "influxdb.conf"
     config_file.write_text(
-        influxdb_config(workdir, port, rpc_port or free_port(host), host), encoding="utf-8"
-    )
+        influxdb_config(workdir, port, rpc_port or free_port(host), host, admin is not None),
+        encoding="utf-8")
     argv = [binary, "-config", str(config_file)]
     proc = ManagedProcess("influxdb", argv, workdir / "influxdb.log", f"http://{host}:{port}/ping")
-    return proc.start().wait_ready(timeout)
+    proc.start().wait_ready(timeout)
+    if admin is not None:
+        password = admin.password_file.read_text(encoding="utf-8").strip()
+        # Allowed without credentials only while there is no user; later starts: 401.
+        with contextlib.suppress(http.HttpError):
+            influx_query(f"http://{host}:{port}", f"CREATE USER \"{admin.name}\" WITH PASSWORD "
+                         f"'{password}' WITH ALL PRIVILEGES", method="POST")
+    return proc
 
 
-def influx_query(url: str, query: str, database: str | None = None, method: str = "GET") -> bytes:
+def influx_query(url: str, query: str, database: str | None = None, method: str = "GET",
+                 auth: BasicAuthUser | None = None) -> bytes:
     """One InfluxQL statement through InfluxDB 1.x's /query; returns the JSON body."""
     params = {"q": query} | ({"db": database} if database else {})
     encoded = urllib.parse.urlencode(params)
+    headers = auth.header() if auth else None
     if method == "POST":
-        return http.request("POST", f"{url}/query", 10, encoded.encode()).body
-    return http.get(f"{url}/query?{encoded}", 10)
+        return http.request("POST", f"{url}/query", 10, encoded.encode(), headers).body
+    return http.get(f"{url}/query?{encoded}", 10, headers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -15,25 +16,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import argon2
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 SESSION_COOKIE = "gpuacct_session"
 SESSION_SECONDS = 12 * 3600
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+# OWASP's minimum for argon2id (m=19 MiB, t=2, p=1): 19 MiB and ~50 ms a login, so a burst of
+# logins cannot take the server's memory as scrypt at N=2^17 (128 MiB each) could.
+_HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+log = logging.getLogger(__name__)
 
 
 def hash_password(password: str) -> str:
-    """`scrypt$n$r$p$salt$hash`, for auth.admin_password_hash (`gpuacct-web hash-password`)."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
-    b64 = base64.b64encode
-    return (f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}$"
-            f"{b64(salt).decode()}${b64(digest).decode()}")
+    """An argon2id hash (`$argon2id$v=19$m=...`), for auth.admin_password_hash and
+    web.administrators (`gpuacct-web hash-password`)."""
+    return _HASHER.hash(password)
 
 
 def verify_password(password: str, stored: str) -> bool:
+    """Against an argon2id hash, or a `scrypt$n$r$p$salt$hash` one made before it."""
+    stored = stored.strip()
+    if stored.startswith("$argon2"):
+        try:
+            return _HASHER.verify(stored, password)
+        except argon2.exceptions.Argon2Error:  # mismatch, or not a hash it can read
+            return False
+    return _verify_scrypt(password, stored)
+
+
+def weaker_than_now(stored: str) -> bool:
+    """A hash made with weaker parameters than hash_password uses now (scrypt, or an older
+    argon2id): it still logs in, and the log asks for a new one."""
+    stored = stored.strip()
+    return not stored.startswith("$argon2") or _HASHER.check_needs_rehash(stored)
+
+
+def _verify_scrypt(password: str, stored: str) -> bool:
     try:
-        kind, n, r, p, salt, digest = stored.strip().split("$")
+        kind, n, r, p, salt, digest = stored.split("$")
         if kind != "scrypt":
             return False
         expected = base64.b64decode(digest)

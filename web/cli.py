@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -21,6 +22,8 @@ from gpuacct.cli_common import (
     setup_logging,
     web_config_or_exit,
 )
+from gpuacct.files import readable_by_others
+from gpuacct.postgres import is_url
 from gpuacct.reload import reload_on_sighup
 from gpuacct.web_config import uvicorn_options
 from web.app import create_app
@@ -48,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuacct-web: no ledger at {settings.billing.ledger} (start gpuacct-billing "
               "first, or set billing.ledger)", file=sys.stderr)
         return 1
+    ledger_file = settings.billing.ledger
+    problem = None if is_url(ledger_file) else readable_by_others(Path(ledger_file))
+    if problem:
+        print(f"gpuacct-web: the ledger: {problem}", file=sys.stderr)
+        return 2
     if settings.auth.admin_password_hash is None:
         log.warning("auth.admin_password_hash is not set: nobody can log in as administrator")
     host, port = parse_listen_address(args.listen_address or settings.web.listen_address)

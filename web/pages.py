@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -20,7 +21,14 @@ from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
 from web import directory, export, prices
 from web.actions import Refused, post_money
-from web.auth import LEGACY_ADMIN, SESSION_COOKIE, SESSION_SECONDS, Viewer, verify_password
+from web.auth import (
+    LEGACY_ADMIN,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Viewer,
+    verify_password,
+    weaker_than_now,
+)
 from web.deps import (
     Admin,
     Context,
@@ -42,6 +50,7 @@ from web.live import EnforcerRefused
 from web.status import AccountStatus
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 # Lowest balances first; the biggest spenders first.
 SORTS: dict[str, Callable[[AccountStatus], Any]] = {
     "user": lambda a: a.user, "balance": lambda a: a.balance,
@@ -95,6 +104,10 @@ def login(request: Request, ctx: Ctx, who: Who, password: Annotated[str, Form()]
                       error="too many failed logins: wait a minute")
     found = ctx.administrator(name)
     if found is not None and verify_password(password, found[2]):
+        if weaker_than_now(found[2]):  # the hash is in the config: only its owner can renew it
+            log.warning("administrator %s logs in with a password hash weaker than argon2id "
+                        "at OWASP's parameters: make a new one with `gpuacct-web "
+                        "hash-password` and put it in the config", name)
         audit(ctx, f"{name} (web)", "login", name, f"from {client}, as {found[0]}")
         return logged_in(request, ctx.sessions.new(name)[0], "/admin")
     person = None

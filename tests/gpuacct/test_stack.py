@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -43,18 +46,73 @@ def stack_config(tmp_path: Path) -> Path:
     return config
 
 
+# What a local user tries against the stack's servers, through their public interfaces only:
+# a forged kill for another user, a silence, stopping Prometheus, points into InfluxDB, and
+# reading the stores. Prints each outcome: an HTTP status, or the error.
+ATTACKS = r"""
+import json, sys, urllib.request
+am, prom, influx, state = sys.argv[1:5]
+def status(url, body, kind="application/json"):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                url, data=body.encode(), headers={"Content-Type": kind}), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+def opened(path):
+    try:
+        open(path).close()
+        return "read"
+    except OSError as e:
+        return type(e).__name__
+kill = [{"labels": {"alertname": "Forged", "user": "root", "action": "kill"}}]
+silence = {"matchers": [{"name": "user", "value": ".+", "isRegex": True}],
+           "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+           "createdBy": "me", "comment": "quiet"}
+print(json.dumps({
+    "alert": status(am + "api/v2/alerts", json.dumps(kill)),
+    "silence": status(am + "api/v2/silences", json.dumps(silence)),
+    "quit": status(prom + "-/quit", ""),
+    "write": status(influx + "write?db=gpuacct", "cost,user=x value=1", "text/plain"),
+    "ledger": opened(state + "/billing/ledger.sqlite3"),
+    "enforcer": opened(state + "/enforcer/enforcer.sqlite3"),
+    "token": opened(state + "/webhook-token"),
+}))
+"""
+
+
+def attacks_as(user: UnixUser, urls: dict[str, str], state: Path) -> dict[str, object]:
+    done = subprocess.run(["/usr/bin/python3", "-c", ATTACKS, urls["alertmanager"],
+                           urls["prometheus"], urls["influxdb"], str(state)],
+                          user=user.uid, group=user.gid, extra_groups=[], cwd="/",
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def basic_auth(user: str, password_file: Path) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password_file.read_text().strip()}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def test_stack_starts_everything_and_ctrl_c_stops_it(
         tmp_path: Path, test_users: dict[str, UnixUser], installed_gpuacct: Path) -> None:
     """Run from a wheel installed into a fresh virtualenv, away from this checkout: the
-    rules and templates it needs are inside the installed packages."""
+    rules and templates it needs are inside the installed packages. Its state folder is in
+    a folder every user may enter, as /var/lib is."""
     alice = test_users["alice"].name
     config = stack_config(tmp_path)
     log = tmp_path / "stack.out"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    lib = Path(tempfile.mkdtemp(prefix="gpuacct-stack-"))
+    lib.chmod(0o755)
+    state = lib / "state"
     with log.open("w") as out:
         stack = subprocess.Popen(
             [str(installed_gpuacct / "bin" / "gpuacct-stack"), "--config", str(config),
-             "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT,
+             "--state-dir", str(state)], stdout=out, stderr=subprocess.STDOUT,
             cwd=tmp_path, env=env)
     try:
         wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
@@ -65,7 +123,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert set(urls) == {"influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
                              "billing", "web"}, text
         # gpuacct's own parts serve TLS from the stack's throwaway CA, and nothing in clear.
-        ca = tmp_path / "state" / "tls" / "ca.crt"
+        ca = state / "tls" / "ca.crt"
         context = ssl.create_default_context(cafile=str(ca))
         for name, url in urls.items():
             probe = url + ("ping" if name == "influxdb" else "")
@@ -77,7 +135,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
                 assert plain_http_fails(urllib.parse.urlsplit(url).port or 0, "/"), name
         for name in ("influxdb", "alertmanager", "enforcer", "exporter", "prometheus",
                      "billing", "web"):
-            assert (tmp_path / "state" / name).is_dir()
+            assert (state / name).is_dir()
         # Prometheus scrapes the exporter it was started with.
         prom = urls["prometheus"].rstrip("/")
         up = wait_for(lambda: promql(prom, 'up{job="gpuacct-exporter"} == 1'), timeout=30,
@@ -85,7 +143,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert up
         wait_for(lambda: promql(prom, 'up{job="gpuacct-billing"} == 1'), timeout=30,
                  what="the billing engine scraped")
-        assert (tmp_path / "state" / "billing" / "ledger.sqlite3").exists()
+        assert (state / "billing" / "ledger.sqlite3").exists()
         # The rules are loaded, and Alertmanager routes enforcement to the enforcer's port.
         with urllib.request.urlopen(f"{prom}/api/v1/rules", timeout=5) as response:
             loaded = json.load(response)["data"]["groups"]
@@ -93,12 +151,15 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert groups == {"gpuacct-enforcement", "gpuacct-operations", "gpuacct-recording"}
         site = next((installed_gpuacct / "lib").glob("python3*/site-packages"))
         assert {Path(g["file"]).parent for g in loaded} == {site / "rules"}, loaded
-        with urllib.request.urlopen(f"{urls['alertmanager']}api/v2/status", timeout=5) as r:
+        # Alertmanager lets in only the stack's user, whose password only root reads.
+        am_auth = basic_auth("gpuacct", state / "alertmanager-password")
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{urls['alertmanager']}api/v2/status", headers=am_auth), timeout=5) as r:
             am_config = json.load(r)["config"]["original"]
         assert "receiver: enforcer" in am_config and "/v1/alerts" in am_config
         assert f"ca_file: {ca}" in am_config  # it verifies the enforcer's certificate
-        assert (tmp_path / "state" / "webhook-token").stat().st_mode & 0o077 == 0
-        assert (tmp_path / "state" / "node-key").stat().st_mode & 0o077 == 0
+        assert (state / "webhook-token").stat().st_mode & 0o077 == 0
+        assert (state / "node-key").stat().st_mode & 0o077 == 0
         wait_for(lambda: promql(prom, 'up{job="gpuacct-enforcer"} == 1'), timeout=30,
                  what="the enforcer scraped")
 
@@ -107,14 +168,32 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
                              "severity": "warning"}, "annotations": {"summary": "low"}}]
         urllib.request.urlopen(urllib.request.Request(
             f"{urls['alertmanager']}api/v2/alerts", data=json.dumps(alert).encode(),
-            headers={"Content-Type": "application/json"}), timeout=5).close()
+            headers={"Content-Type": "application/json", **am_auth}), timeout=5).close()
         hook = tmp_path / "hooks" / f"{alice}.json"
         wait_for(hook.exists, timeout=30, what="the notice on the node")
         assert json.loads(hook.read_text())["reasons"][0]["alert"] == "GpuacctBalanceLow"
 
+        # A local user gets nowhere: no alert, no silence, no stop, no point, no store.
+        assert attacks_as(test_users["bob"], urls, state) == {
+            "alert": 401, "silence": 401, "quit": 403, "write": 401,
+            "ledger": "PermissionError", "enforcer": "PermissionError",
+            "token": "PermissionError"}
+        assert state.stat().st_mode & 0o777 == 0o700
+        with urllib.request.urlopen(urllib.request.Request(
+                f"{urls['alertmanager']}api/v2/alerts?filter=alertname%3D%22Forged%22",
+                headers=am_auth), timeout=5) as r:
+            assert json.load(r) == []  # nothing forged arrived
+        # InfluxDB's one user is the stack's; billing is configured with it.
+        influx_auth = basic_auth("gpuacct", state / "influxdb-password")
+        databases = requests.get(f"{urls['influxdb']}query", params={"q": "SHOW DATABASES"},
+                                 headers=influx_auth, timeout=5)
+        assert databases.status_code == 200 and '"gpuacct"' in databases.text
+        billing_config = (state / "billing" / "gpuacct.yaml").read_text()
+        assert "username: gpuacct" in billing_config and "influxdb-password" in billing_config
+
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 7
-        assert (tmp_path / "state" / "admin-password").stat().st_mode & 0o077 == 0
+        assert (state / "admin-password").stat().st_mode & 0o077 == 0
         stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert stack.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
@@ -122,6 +201,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
     finally:
         if stack.poll() is None:
             os.kill(stack.pid, signal.SIGKILL)
+        shutil.rmtree(lib, ignore_errors=True)
 
 
 def test_stack_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ X-Forwarded-For does not reset the login throttle, the cookie is Secure over TLS
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from tests.fixtures.hostile import MIB, post_huge_body, rss_kib
 from tests.fixtures.tls import Tls
 from tests.web.conftest import PASSWORD, Web, csrf_of, proxied
 from web.app import create_app
-from web.auth import hash_password
+from web.auth import hash_password, verify_password, weaker_than_now
 
 pytestmark = pytest.mark.integration
 SCRIPT = "<script>alert(1)</script>"
@@ -199,3 +201,24 @@ def test_a_100_mib_body_is_refused_with_413_and_the_web_barely_grows(
     grown = rss_kib(web.process.pid) - before
     assert grown < 10 * 1024, f"grew {grown} KiB"
     assert requests.get(f"{web.url}/-/healthy", timeout=10).status_code == 200
+
+
+def _scrypt(password: str) -> str:
+    """A hash as gpuacct-web made them before argon2id."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def test_passwords_are_argon2id_and_an_older_hash_logs_in_and_asks_for_a_new_one(
+        start_web: Callable[..., Web]) -> None:
+    new = hash_password("pw")
+    assert new.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert verify_password("pw", new) and not verify_password("pW", new)
+    assert not weaker_than_now(new)
+    old = _scrypt(PASSWORD)
+    assert verify_password(PASSWORD, old) and weaker_than_now(old)
+    web = start_web(auth={"admin_password_hash": old})
+    web.admin()  # logs in
+    assert "admin logs in with a password hash weaker than argon2id" in (
+        web.process.log_path.read_text())

@@ -1,6 +1,7 @@
-"""The enforcer against a hostile client on the network or the machine: bodies far too large,
-patterns that would backtrack for minutes, empty or short secrets. Each is refused with the
-status that says why, changes nothing, and the enforcer keeps answering meanwhile."""
+"""The enforcer and the exporter against a hostile client on the network or the machine:
+bodies far too large, patterns that would backtrack for minutes, empty or short secrets. Each
+is refused with the status that says why, changes nothing, and the service keeps answering
+meanwhile."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from gpuacct.allocation import ALLOCATION_PATH
 from gpuacct.login import LOGIN_PATH
 from gpuacct.policy import SYNC_PATH
 from tests.fixtures.enforcement import MASTER, TOKEN, Cluster, alert, notification
+from tests.fixtures.exporter import Exporter
 from tests.fixtures.hostile import MIB, post_huge_body, rss_kib
 
 LISTENED = [SYNC_PATH, ALLOCATION_PATH, LOGIN_PATH, "/v1/alerts"]
@@ -106,3 +109,16 @@ def test_an_empty_or_short_secret_is_refused_at_start_naming_the_key(
         lines = started.stderr.strip().splitlines()
         assert any(key in line for line in lines), (service, started.stderr)
         assert "Traceback" not in started.stderr and "short-key" not in started.stderr
+
+
+def test_the_exporter_refuses_a_100_mib_body_with_413_and_barely_grows(
+        start_exporter: Callable[..., Exporter]) -> None:
+    exporter = start_exporter({"exporter": {"interval_seconds": 1}})
+    pid = exporter.process.pid
+    exporter.scrape()
+    before = rss_kib(pid)
+    for path in ("/v1/policy", "/metrics", "/"):
+        assert post_huge_body(exporter.port, path, 100 * MIB) == 413, path
+    grown = rss_kib(pid) - before
+    assert grown < 10 * 1024, f"grew {grown} KiB"
+    assert "gpuacct_exporter_build_info" in exporter.scrape()
