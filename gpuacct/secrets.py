@@ -20,6 +20,7 @@ from gpuacct.files import readable_by_others
 # A key, token or session secret shorter than this is refused: 16 random characters are about
 # 96 bits or more (`openssl rand -hex 32` gives 64).
 MIN_KEY_LENGTH = 16
+CONTAINER_SECRETS = Path("/run/secrets")
 # The error type of a refused secret: its value is never shown (gpuacct.config.describe_error).
 SECRET_ERROR = "secret"
 
@@ -39,7 +40,9 @@ def resolve_secret(raw: Any) -> Any:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
-        if exposed:  # a secret every user can read is no secret
+        # A secret every user can read is no secret. /run/secrets is where Docker and Compose
+        # mount a container's own secrets: only that container sees them.
+        if exposed and not path.is_relative_to(CONTAINER_SECRETS):
             raise ValueError(exposed)
         return value
     raise ValueError("expected a string, {env: NAME} or {file: PATH}")

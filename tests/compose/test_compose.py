@@ -119,7 +119,7 @@ def test_alertmanager_config_is_the_stacks_rendered_for_compose_and_amtool_accep
 def test_the_services_configs_are_valid_gpuacct_configs(tmp_path: Path) -> None:
     for name in SECRETS:
         (tmp_path / name.replace("-", "_")).write_text(f"{name}-value\n")
-    (tmp_path / "admin-password-hash").write_text("hash\n")
+    (tmp_path / "admin-password-hash").write_text("$argon2id$hash\n")
 
     def load(service: str) -> Settings:
         text = (COMPOSE / "config" / f"{service}.yaml").read_text()

@@ -35,7 +35,7 @@ def test_the_unit_file_is_clean(tmp_path: Path) -> None:
 def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     key = tmp_path / "key"
-    key.write_text("a-node-key\n")
+    key.write_text("a-node-key-for-tests\n")
     certs = make_certificates(tmp_path / "tls", ["gpu01"])
     argv = [str(REPO / "deploy" / "install-node.sh"), "--root", str(root),
             "--enforcer-url", "https://control:9837", "--key-file", str(key),
@@ -65,7 +65,8 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     assert "--web.config.file /etc/gpuacct/web.yml" in drop_in.read_text()
     assert config.stat().st_mode & 0o777 == 0o644  # users' gpuacct-balance reads it
     node_key = root / "etc" / "gpuacct" / "node-key"
-    assert node_key.read_text() == "a-node-key\n" and node_key.stat().st_mode & 0o777 == 0o600
+    assert node_key.read_text() == "a-node-key-for-tests\n"
+    assert node_key.stat().st_mode & 0o777 == 0o600
     hook = root / "etc" / "profile.d" / "gpuacct.sh"
     printed = subprocess.run([str(bin_dir / "gpuacct-balance"), "--print-hook"],
                              capture_output=True, text=True, timeout=60).stdout

@@ -121,18 +121,18 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 def test_secrets_from_literal_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key_file = tmp_path / "hmac.key"
-    key_file.write_text("from-file\n")
-    monkeypatch.setenv("GPUACCT_TEST_TOKEN", "from-env")
+    key_file.write_text("key-from-a-file-16\n")
+    monkeypatch.setenv("GPUACCT_TEST_TOKEN", "token-from-the-env")
     settings = load_settings(write(tmp_path, (
         "auth:\n"
         f"  node_key: {{file: {key_file}}}\n"
         "  webhook_token: {env: GPUACCT_TEST_TOKEN}\n"
-        "  admin_password_hash: literal\n")))
+        "  admin_password_hash: $argon2id$literal\n")))
     auth = settings.auth
     assert auth.node_key is not None and auth.webhook_token is not None
-    assert [k.get_secret_value() for k in auth.node_key] == ["from-file"]
-    assert [t.get_secret_value() for t in auth.webhook_token] == ["from-env"]
-    assert "from-env" not in repr(settings)  # secrets never show up in logs
+    assert [k.get_secret_value() for k in auth.node_key] == ["key-from-a-file-16"]
+    assert [t.get_secret_value() for t in auth.webhook_token] == ["token-from-the-env"]
+    assert "token-from-the-env" not in repr(settings)  # secrets never show up in logs
 
 
 def test_secret_from_unset_env_fails_with_key(tmp_path: Path,
@@ -145,12 +145,15 @@ def test_secret_from_unset_env_fails_with_key(tmp_path: Path,
 
 def test_rotating_secrets_take_one_or_two_and_the_shared_node_key_is_named(
         tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, "auth:\n  node_master_key: [new, old]\n"
-                                             "  node_key: only\n"))
+    settings = load_settings(write(tmp_path, (
+        "auth:\n  node_master_key: [new-master-key-16, old-master-key-16]\n"
+        "  node_key: the-only-node-key\n")))
     assert settings.auth.node_master_key is not None and settings.auth.node_key is not None
-    assert [k.get_secret_value() for k in settings.auth.node_master_key] == ["new", "old"]
-    assert [k.get_secret_value() for k in settings.auth.node_key] == ["only"]
-    message = error_of(tmp_path, "auth:\n  node_master_key: [a, b, c]\n")
+    assert [k.get_secret_value() for k in settings.auth.node_master_key] == [
+        "new-master-key-16", "old-master-key-16"]
+    assert [k.get_secret_value() for k in settings.auth.node_key] == ["the-only-node-key"]
+    message = error_of(tmp_path, "auth:\n  node_master_key: [" + ", ".join(
+        [f"master-key-number-{i}" for i in range(3)]) + "]\n")
     assert "auth.node_master_key" in message and "at most 2" in message
     message = error_of(tmp_path, "auth:\n  node_hmac_key: s3cret-value\n")
     assert "auth.node_master_key" in message and "auth.node_key" in message

@@ -125,11 +125,15 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         # gpuacct's own parts serve TLS from the stack's throwaway CA, and nothing in clear.
         ca = state / "tls" / "ca.crt"
         context = ssl.create_default_context(cafile=str(ca))
+        # Alertmanager lets in only the stack's user, whose password only root reads.
+        am_auth = basic_auth("gpuacct", state / "alertmanager-password")
         for name, url in urls.items():
             probe = url + ("ping" if name == "influxdb" else "")
             ours = name in ("enforcer", "exporter", "billing", "web")
             assert url.startswith("https://" if ours else "http://"), (name, url)
-            with urllib.request.urlopen(probe, timeout=5, context=context) as response:
+            with urllib.request.urlopen(urllib.request.Request(
+                    probe, headers=am_auth if name == "alertmanager" else {}),
+                    timeout=5, context=context) as response:
                 assert response.status < 300, name
             if ours:
                 assert plain_http_fails(urllib.parse.urlsplit(url).port or 0, "/"), name
@@ -151,8 +155,6 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert groups == {"gpuacct-enforcement", "gpuacct-operations", "gpuacct-recording"}
         site = next((installed_gpuacct / "lib").glob("python3*/site-packages"))
         assert {Path(g["file"]).parent for g in loaded} == {site / "rules"}, loaded
-        # Alertmanager lets in only the stack's user, whose password only root reads.
-        am_auth = basic_auth("gpuacct", state / "alertmanager-password")
         with urllib.request.urlopen(urllib.request.Request(
                 f"{urls['alertmanager']}api/v2/status", headers=am_auth), timeout=5) as r:
             am_config = json.load(r)["config"]["original"]

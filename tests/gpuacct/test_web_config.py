@@ -135,7 +135,7 @@ def test_the_enforcer_serves_tls(
     _, enforcer = start_service("enforcer", {
         "enforcer": {"database": str(tmp_path / "enforcer.sqlite3"),
                      "nodes": ["http://127.0.0.1:9"]},
-        "auth": {"webhook_token": "t", "node_master_key": "m"}}, web,
+        "auth": {"webhook_token": "t" * 16, "node_master_key": "m" * 16}}, web,
         answers(certificates.ca_file, "/-/healthy"))
     assert plain_http_fails(enforcer, "/-/healthy")
     assert get(f"https://127.0.0.1:{enforcer}/-/healthy", certificates.ca_file)[0] == 200

@@ -5,6 +5,7 @@ meanwhile."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -12,10 +13,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
 
+from exporter.user_socket import Forwarder, UserSocketServer
 from gpuacct.allocation import ALLOCATION_PATH
 from gpuacct.login import LOGIN_PATH
 from gpuacct.policy import SYNC_PATH
@@ -90,6 +93,11 @@ SECRETS = {
     "auth.node_key": {"auth": {"node_key": {"file": "/dev/null"}}},
     "auth.admin_password_hash": {"auth": {"admin_password_hash": ""}},
     "influxdb.password": {"influxdb": {"password": ""}},
+    "influxdb.token": {"influxdb": {"version": 2, "url": "http://127.0.0.1:1", "org": "lab",
+                                    "bucket": "gpuacct", "token": ""}},
+    "web.administrators.eve.password_hash": {"web": {"administrators": {
+        "eve": {"password_hash": "not-a-hash", "role": "admin"}}}},
+    "notifications.channels.mail.url": {"notifications": {"channels": {"mail": {"url": ""}}}},
 }
 
 
@@ -101,7 +109,7 @@ def test_an_empty_or_short_secret_is_refused_at_start_naming_the_key(
     base = {"auth": {"webhook_token": TOKEN, "node_master_key": MASTER}}
     config.write_text(yaml.safe_dump({**base, **sections, "auth": {
         **base["auth"], **sections.get("auth", {})}}))
-    for service in ("enforcer", "web", "billing_engine", "exporter"):
+    for service in ("enforcer", "exporter"):  # the control plane's and a node's
         started = subprocess.run([sys.executable, "-m", service, "--config", str(config),
                                   "run"], capture_output=True, text=True,
                                  timeout=60)
@@ -122,3 +130,21 @@ def test_the_exporter_refuses_a_100_mib_body_with_413_and_barely_grows(
     grown = rss_kib(pid) - before
     assert grown < 10 * 1024, f"grew {grown} KiB"
     assert "gpuacct_exporter_build_info" in exporter.scrape()
+
+
+def test_a_burst_of_users_connecting_at_once_is_queued_not_refused(tmp_path: Path) -> None:
+    """The node's user socket before it accepts anything: 100 connections wait in its
+    backlog (the default of 5 would refuse the 7th with EAGAIN)."""
+    server = UserSocketServer(tmp_path / "user.sock", cast(Forwarder, None))
+    clients = []
+    try:
+        for _ in range(100):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            client.connect(str(tmp_path / "user.sock"))  # BlockingIOError past the backlog
+            clients.append(client)
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+    assert len(clients) == 100
