@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o644, owner: int | None = None) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: int | None = None) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

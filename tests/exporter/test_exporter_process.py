@@ -128,6 +128,7 @@ def test_kill_9_and_restart_continue_the_counters(
     exporter.process.popen.wait()  # type: ignore[union-attr]
     killed_at = time.monotonic()
     persisted = json.loads((tmp_path / "state.json").read_text())
+    assert (tmp_path / "state.json").stat().st_mode & 0o777 == 0o600  # users' usage: root's
     exporter.restart()
     after = exporter.scrape()
     assert gpu(after) >= gpu(before)
