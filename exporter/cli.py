@@ -9,6 +9,7 @@ SIGHUP reads auth.node_key again (a key rotation); other settings take a restart
 
 from __future__ import annotations
 
+import os
 import sys
 
 from exporter.backends import open_devices
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     command_or_usage(parser, args, bare="run")
 
     all_settings = load_or_exit(args.config)
+    if os.geteuid() != 0:  # else: a permission error every interval, and half the usage
+        print("gpuacct-exporter: run it as root: it reads every user's processes in /proc "
+              "and acts on them as the enforcer says", file=sys.stderr)
+        return 2
     web = web_config_or_exit(args, "gpuacct-exporter")
     settings = all_settings.exporter
     log = setup_logging("gpuacct-exporter", args.verbose)

@@ -17,7 +17,7 @@ from gpuacct.config import CONFIG_ENV, Settings
 from stack import alerting, configs, servers
 from stack import demo as demo_story
 from stack.process import ManagedProcess, ServerError
-from stack.tls import make_certificates
+from stack.tls import kept_or_made
 from web.auth import hash_password
 
 
@@ -43,10 +43,10 @@ class Stack:
         return f"{'https' if self.ca_file else 'http'}://{self.stack.host}:{port}"
 
     def _make_certificates(self) -> None:
-        """A throwaway CA for this run (its key is not kept) and the listeners' certificate;
-        the stack's own readiness checks verify it too."""
+        """The stack's CA (its key is not kept) and the listeners' certificate, kept across
+        restarts; the stack's own readiness checks verify it too."""
         hosts = list(dict.fromkeys([self.stack.host, "localhost", socket.gethostname()]))
-        certs = make_certificates(self.state_dir / "tls", hosts)
+        certs = kept_or_made(self.state_dir / "tls", hosts)
         self.ca_file = certs.ca_file
         self.web_config = certs.web_config(self.state_dir / "tls" / "web.yml")
         http.use_tls(http.client_context(certs.ca_file))
@@ -61,9 +61,11 @@ class Stack:
         d.mkdir(parents=True, exist_ok=True)
         d.chmod(0o700)
         print(f"gpuacct-stack: state and logs in {d}", flush=True)
+        self._check_ports()
         if s.tls:
             self._make_certificates()
-            print(f"gpuacct-stack: TLS from a throwaway CA, {self.ca_file}", flush=True)
+            print(f"gpuacct-stack: TLS from the stack's CA, {self.ca_file} (kept across "
+                  "restarts)", flush=True)
 
         # InfluxDB, Alertmanager: each lets in one user, whose password only the stack and
         # its services read (InfluxDB would take points, Alertmanager alerts and silences,
@@ -136,9 +138,11 @@ class Stack:
         self._started(billing, f"{self._url(s.billing_port)}/metrics")
 
         password = alerting.secret_file(d / "admin-password")
+        session_secret = alerting.secret_file(d / "web-session-secret")  # sessions outlive restarts
         web = self._start_service("web", "web", ["run"], s.web_port, {
             "billing": {"ledger": str(d / "billing" / "ledger.sqlite3")},
             "web": {"listen_address": f"{host}:{s.web_port}",
+                    "session_secret": {"file": str(session_secret)},
                     "prometheus_url": f"http://{host}:{s.prometheus_port}",
                     "enforcer_url": self._url(s.enforcer_port),
                     "public_url": self._url(s.web_port)},
@@ -152,6 +156,22 @@ class Stack:
                                           self.settings.exporter.actuator.user_socket,
                                           lambda text: print(f"demo: {text}", flush=True))
             self.story.start()
+
+    def _check_ports(self) -> None:
+        """Every port free before anything starts: one in use is named, not found six parts
+        later as a server that exited."""
+        s = self.stack
+        for name in ("prometheus", "alertmanager", "influxdb", "exporter", "billing",
+                     "enforcer", "web"):
+            port = getattr(s, f"{name}_port")
+            with socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((s.host, port))
+                except OSError as exc:
+                    raise ServerError(f"{s.host}:{port} ({name}) cannot be used: "
+                                      f"{exc.strerror}; free it or set stack.{name}_port"
+                                      ) from None
 
     def _node_key(self, master_file: Path, path: Path) -> Path:
         """This host's node key, derived from the master key as `gpuacct-enforcer node-key`

@@ -1,5 +1,5 @@
-"""A throwaway certificate authority and a server certificate from it, for a stack on one
-machine and for the tests: what an operator would otherwise get from their own CA."""
+"""A certificate authority of the stack's own and a server certificate from it, for a stack
+on one machine and for the tests: what an operator would otherwise get from their own CA."""
 
 from __future__ import annotations
 
@@ -75,3 +75,23 @@ def make_certificates(directory: Path, hosts: list[str], days: int = 365) -> Cer
                                                 serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption()))
     return made
+
+
+def kept_or_made(directory: Path, hosts: list[str], days: int = 365) -> Certificates:
+    """The certificates already in `directory` while they serve `hosts` for 30 more days (so
+    browsers and nodes that trust the CA keep trusting it across restarts), else new ones."""
+    kept = Certificates(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    try:
+        cert = x509.load_pem_x509_certificate(kept.cert_file.read_bytes())
+        kept.key_file.stat()
+        kept.ca_file.stat()
+    except (OSError, ValueError):
+        return make_certificates(directory, hosts, days)
+    served = {str(n) for n in cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)}
+    served |= set(cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    if set(hosts) <= served and cert.not_valid_after_utc > soon:
+        return kept
+    return make_certificates(directory, hosts, days)

@@ -9,6 +9,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import psutil
 import pytest
 import requests
 
+from exporter import cli as exporter_cli
 from stack import demo
 from stack.process import free_port
 from tests.fixtures.servers import promql, wait_for
@@ -193,6 +195,19 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         billing_config = (state / "billing" / "gpuacct.yaml").read_text()
         assert "username: gpuacct" in billing_config and "influxdb-password" in billing_config
 
+        # An administrator logged in before a restart is still logged in after it, over the
+        # same CA.
+        admin = requests.Session()
+        admin.trust_env = False  # REQUESTS_CA_BUNDLE would win over the stack's CA
+        admin.verify = str(ca)
+        web = urls["web"].rstrip("/")
+        csrf = re.search(r'name="csrf" value="([^"]+)"',  # type: ignore[union-attr]
+                         admin.get(f"{web}/login", timeout=10).text).group(1)
+        password = (state / "admin-password").read_text().strip()
+        assert admin.post(f"{web}/login", data={"password": password, "csrf": csrf},
+                          timeout=10).url.endswith("/admin")
+        ca_before = ca.read_bytes()
+
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 7
         assert (state / "admin-password").stat().st_mode & 0o077 == 0
@@ -200,6 +215,20 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert stack.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], f"left behind: {alive}"
+
+        with log.open("w") as out:
+            stack = subprocess.Popen(
+                [str(installed_gpuacct / "bin" / "gpuacct-stack"), "--config", str(config),
+                 "--state-dir", str(state)], stdout=out, stderr=subprocess.STDOUT,
+                cwd=tmp_path, env=env)
+        wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
+                 timeout=90, what="the stack, again")
+        assert stack.poll() is None, log.read_text()
+        assert ca.read_bytes() == ca_before
+        page = admin.get(f"{web}/admin", timeout=10)
+        assert page.status_code == 200 and page.url.endswith("/admin"), page.url
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=60) == 0
     finally:
         if stack.poll() is None:
             os.kill(stack.pid, signal.SIGKILL)
@@ -278,3 +307,29 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
             for name in (demo.ALICE, demo.BOB):
                 subprocess.run(["pkill", "-KILL", "-u", name], check=False)
                 subprocess.run(["userdel", name], check=False, capture_output=True)
+
+
+def test_a_port_in_use_is_named_in_one_line_before_anything_starts(tmp_path: Path) -> None:
+    config = stack_config(tmp_path)
+    web_port = int(re.search(r"web_port: (\d+)", config.read_text()).group(1))  # type: ignore[union-attr]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", web_port))
+        taken.listen()
+        result = subprocess.run([sys.executable, "-m", "stack", "--config", str(config),
+                                 "--state-dir", str(tmp_path / "state")],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"gpuacct-stack: 127.0.0.1:{web_port} (web) cannot be "
+                                     "used: Address already in use; free it or set "
+                                     "stack.web_port"), result.stderr
+    assert not (tmp_path / "state" / "influxdb").exists()  # nothing was started
+
+
+def test_the_exporter_started_without_root_says_so_and_exits_2(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not run as a test user: the checkout may be where only root can enter."""
+    monkeypatch.setattr(exporter_cli.os, "geteuid", lambda: 1000)
+    assert exporter_cli.main(["run"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpuacct-exporter: run it as root: it reads every user's processes in /proc and acts "
+        "on them as the enforcer says")
