@@ -157,7 +157,7 @@ def _nvml(settings: ExporterSettings) -> GpuBackend | None:
         from exporter.demo import demo_source
 
         log.warning("DEMO MODE: GPUs are simulated; processes with GPUACCT_DEMO_GPU=N use GPU N")
-        return NvmlBackend(FakeNvml(demo_source()))
+        return NvmlBackend(FakeNvml(demo_source(settings.nvml.demo_users)))
     if settings.nvml.fake_file is None:
         raise GpuUnavailable("exporter.nvml.fake_file is required when backend is fake")
     log.warning("FAKE NVML from %s: for tests only", settings.nvml.fake_file)

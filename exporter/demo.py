@@ -19,10 +19,16 @@ DEMO_GPUS = (
 _MIB = 1 << 20
 
 
-def demo_source() -> Callable[[], dict[str, Any]]:
+def demo_source(users: list[str] | None = None) -> Callable[[], dict[str, Any]]:
+    """`users`: whose processes may be on a simulated GPU (None: anyone's), so a demo never
+    bills or stops another user's process for an environment variable."""
+    allowed = None if users is None else set(users)
+
     def data() -> dict[str, Any]:
         on_gpu: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(DEMO_GPUS))}
-        for proc in psutil.process_iter(["pid", "environ", "memory_info"]):
+        for proc in psutil.process_iter(["pid", "environ", "memory_info", "username"]):
+            if allowed is not None and proc.info.get("username") not in allowed:
+                continue
             env = proc.info.get("environ") or {}
             value = env.get(DEMO_ENV, "")
             if value.isdigit() and int(value) in on_gpu:

@@ -76,6 +76,9 @@ class NvmlSettings(Section):
     # (tests). demo: clearly labelled simulated GPUs for `gpuacct-stack --demo`. off: CPU-only.
     backend: Annotated[Literal["auto", "fake", "demo", "off"], OFF] = "auto"
     fake_file: Path | None = None
+    # demo: only these users' processes are put on a simulated GPU by GPUACCT_DEMO_GPU (the
+    # stack's demo names its own two); none: any user's.
+    demo_users: list[str] | None = None
 
 
 class AmdSmiSettings(Section):

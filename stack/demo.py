@@ -39,7 +39,8 @@ ASK = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.arg
 def overrides(scrape_seconds: float) -> dict[str, dict[str, Any]]:
     """Config for the demo's parts on top of the operator's: quick windows, dear GPUs."""
     return {
-        "exporter": {"interval_seconds": scrape_seconds, "nvml": {"backend": "demo"},
+        "exporter": {"interval_seconds": scrape_seconds,
+                     "nvml": {"backend": "demo", "demo_users": [ALICE, BOB]},
                      "actuator": {"kill_grace_seconds": 3}},
         "billing": {"window_seconds": 5, "settle_seconds": 2.5, "opening_balance": "30",
                     "thresholds": {"warning": "20", "limited": "10", "exhausted": "0"},

@@ -205,12 +205,16 @@ def test_prometheus_reads_each_users_gpu_seconds_and_two_scrapers_double_nothing
 def test_demo_mode_shows_labelled_simulated_gpus(
         start_exporter: Callable[..., Exporter], processes: Processes, test_users: Users,
         tmp_path: Path) -> None:
-    carol = test_users["carol"]
+    carol, dave = test_users["carol"], test_users["dave"]
     job = processes.python(carol, "idle.py", env={"GPUACCT_DEMO_GPU": "1", "GPUACCT_JOB": "demo"})
+    # dave is no demo user: his variable puts nothing on a simulated GPU.
+    outsider = processes.python(dave, "idle.py", env={"GPUACCT_DEMO_GPU": "0",
+                                                      "GPUACCT_JOB": "outside"})
     wait_until_exec(job, "idle.py")
+    wait_until_exec(outsider, "idle.py")
     exporter = start_exporter({"exporter": {
         "interval_seconds": 0.2, "state_file": str(tmp_path / "state.json"),
-        "nvml": {"backend": "demo"}}})
+        "nvml": {"backend": "demo", "demo_users": [carol.name]}}})
     text = wait_for(lambda: (t := exporter.scrape())
                     and (value_for(t, "gpuacct_job_gpu_seconds_total", job="demo") or 0) > 0
                     and t, timeout=10, what="demo GPU seconds")
@@ -220,6 +224,7 @@ def test_demo_mode_shows_labelled_simulated_gpus(
     assert value_for(text, "gpuacct_job_gpu_seconds_total", user=carol.name, job="demo",
                      gpu="1", gpu_model="Simulated NVIDIA GeForce RTX 3090 (gpuacct demo)")
     assert "DEMO MODE" in exporter.process.log_path.read_text()
+    assert not value_for(exporter.scrape(), "gpuacct_job_gpu_seconds_total", user=dave.name)
 
 
 def test_missing_vendor_libraries_leave_the_exporter_running(
