@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,10 +26,28 @@ class ServerError(RuntimeError):
     """A server that exited or never became ready; the message ends with its log tail."""
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, below the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) can be taken as the source port of any outgoing connection before
+    the server binds it, which a busy test run does."""
+    below = _ephemeral_start()
+    for _ in range(1000):
+        port = random.randrange(20000, below) if below > 21000 else random.randrange(1024, 65536)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError(f"no free port on {host}")
 
 
 def _die_with_parent() -> None:
