@@ -74,7 +74,7 @@ class Stack:
             d / "influxdb-password"))
         influx = servers.start_influxdb(d / "influxdb", s.influxdb_port, s.influxd_binary, host,
                                         admin=influx_user)
-        self._started(influx, f"http://{host}:{s.influxdb_port}/")
+        self._started(influx, f"http://{host}:{s.influxdb_port}/ping")  # its / is a 404
         database = getattr(self.settings.influxdb, "database", "gpuacct")
         servers.influx_query(f"http://{host}:{s.influxdb_port}", f'CREATE DATABASE "{database}"',
                              method="POST", auth=influx_user)
