@@ -222,12 +222,13 @@ def first_fit_now(inventory: Iterable[Gpu], held: Iterable[Held], queue: Sequenc
         nodes.setdefault(gpu.node, []).append(gpu)
     granted = {}
     for want in queue:
+        model = ModelMatcher(want.model) if want.model is not None else None
         for node, gpus in nodes.items():
             if want.node not in (None, node):
                 continue
             free = [g.index for g in gpus if (node, g.index) not in busy
                     and (want.gpus is None or g.index in want.gpus)
-                    and (want.model is None or ModelMatcher(want.model).search(g.model))]
+                    and (model is None or model.search(g.model))]
             count = len(want.gpus) if want.gpus is not None else want.count
             if len(free) >= count:
                 granted[want.id] = Slot(want.id, node, tuple(free[:count]), now,

@@ -43,7 +43,7 @@ def create_app(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: M
                registry: CollectorRegistry, scrapers: BasicAuth,
                links: LoginLinks | None = None,
                notices: tuple[Notices, Notifier] | None = None,
-               max_body_bytes: int = 4 * 2**20) -> FastAPI:
+               *, max_body_bytes: int) -> FastAPI:
     store = desired.store
     app = FastAPI(title="gpuacct-enforcer", version="1",
                   description="Alertmanager's webhook in, the enforcement policy out to nodes.")

@@ -149,7 +149,8 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
     allocator.on_change = allocation_changed
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
     app = create_app(desired, pusher, tokens, keys, registry, BasicAuth(web.basic_auth_users),
-                     links, (notices, notifier), settings.enforcer.max_body_bytes)
+                     links, (notices, notifier),
+                     max_body_bytes=settings.enforcer.max_body_bytes)
     pusher.start()
     stop = threading.Event()
     notifier.start(stop)

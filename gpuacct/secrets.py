@@ -74,6 +74,8 @@ def _a_hash(value: SecretStr) -> SecretStr:
 Secret = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_not_empty)]
 # A key or token gpuacct's own parts share: long enough not to be guessed.
 Key = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_long_enough)]
+# An administrator's password as `gpuacct-web hash-password` hashes it.
+PasswordHash = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_a_hash)]
 
 
 def _one_or_two(raw: Any) -> Any:
@@ -112,5 +114,3 @@ class Tokens:
 
     def __len__(self) -> int:
         return len(self._tokens)
-# An administrator's password as `gpuacct-web hash-password` hashes it.
-PasswordHash = Annotated[SecretStr, BeforeValidator(resolve_secret), AfterValidator(_a_hash)]

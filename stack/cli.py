@@ -16,7 +16,7 @@ from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signal
 from gpuacct.config import CONFIG_ENV, Settings
 from stack import alerting, configs, servers
 from stack import demo as demo_story
-from stack.process import ManagedProcess, ServerError
+from stack.process import ManagedProcess, ServerError, bind_error
 from stack.tls import kept_or_made
 from web.auth import hash_password
 
@@ -36,7 +36,6 @@ class Stack:
         self.parts: list[tuple[ManagedProcess, str]] = []
         self.ca_file: Path | None = None  # with TLS: what every client verifies against
         self.web_config: Path | None = None  # with TLS: every gpuacct listener's
-        self.alertmanager_user: servers.BasicAuthUser | None = None  # set at start
 
     def _url(self, port: int) -> str:
         """A gpuacct part's base URL (https:// with TLS)."""
@@ -78,7 +77,7 @@ class Stack:
         database = getattr(self.settings.influxdb, "database", "gpuacct")
         servers.influx_query(f"http://{host}:{s.influxdb_port}", f'CREATE DATABASE "{database}"',
                              method="POST", auth=influx_user)
-        self.alertmanager_user = servers.BasicAuthUser("gpuacct", alerting.secret_file(
+        am_user = servers.BasicAuthUser("gpuacct", alerting.secret_file(
             d / "alertmanager-password"))
 
         rules_dir = s.rules_dir or alerting.RULES_DIR
@@ -94,7 +93,7 @@ class Stack:
             rule_files = [self._compressed(path) for path in rule_files]
         am = servers.start_alertmanager(
             d / "alertmanager", s.alertmanager_port, am_config, s.alertmanager_binary, host,
-            auth=self.alertmanager_user)
+            auth=am_user)
         self._started(am, f"http://{host}:{s.alertmanager_port}/")
 
         # The enforcer before the node, so the node's first pull finds it.
@@ -121,7 +120,7 @@ class Stack:
         self._started(exporter, f"{self._url(s.exporter_port)}/metrics")
 
         prom_config = configs.prometheus_config(s, [f"{host}:{s.exporter_port}"], rule_files,
-                                                self.ca_file, self.alertmanager_user)
+                                                self.ca_file, am_user)
         prom = servers.start_prometheus(
             d / "prometheus", s.prometheus_port, prom_config, s.prometheus_binary, host
         )
@@ -164,14 +163,10 @@ class Stack:
         for name in ("prometheus", "alertmanager", "influxdb", "exporter", "billing",
                      "enforcer", "web"):
             port = getattr(s, f"{name}_port")
-            with socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind((s.host, port))
-                except OSError as exc:
-                    raise ServerError(f"{s.host}:{port} ({name}) cannot be used: "
-                                      f"{exc.strerror}; free it or set stack.{name}_port"
-                                      ) from None
+            problem = bind_error(s.host, port)
+            if problem is not None:
+                raise ServerError(f"{s.host}:{port} ({name}) cannot be used: "
+                                  f"{problem.strerror}; free it or set stack.{name}_port")
 
     def _node_key(self, master_file: Path, path: Path) -> Path:
         """This host's node key, derived from the master key as `gpuacct-enforcer node-key`

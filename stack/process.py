@@ -40,14 +40,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     below = _ephemeral_start()
     for _ in range(1000):
         port = random.randrange(20000, below) if below > 21000 else random.randrange(1024, 65536)
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
+        if bind_error(host, port) is None:
             return port
     raise ServerError(f"no free port on {host}")
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on host:port now (None: it could), binding as the
+    servers do (SO_REUSEADDR: a port left in TIME_WAIT is free)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 def _die_with_parent() -> None:

@@ -87,10 +87,9 @@ def kept_or_made(directory: Path, hosts: list[str], days: int = 365) -> Certific
         kept.ca_file.stat()
     except (OSError, ValueError):
         return make_certificates(directory, hosts, days)
-    served = {str(n) for n in cert.extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value.get_values_for_type(x509.IPAddress)}
-    served |= set(cert.extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    served = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    served |= set(names.get_values_for_type(x509.DNSName))
     soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
     if set(hosts) <= served and cert.not_valid_after_utc > soon:
         return kept

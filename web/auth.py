@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import logging
 import secrets
 import threading
 import time
@@ -24,7 +23,6 @@ SESSION_SECONDS = 12 * 3600
 # OWASP's minimum for argon2id (m=19 MiB, t=2, p=1): 19 MiB and ~50 ms a login, so a burst of
 # logins cannot take the server's memory as scrypt at N=2^17 (128 MiB each) could.
 _HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-log = logging.getLogger(__name__)
 
 
 def hash_password(password: str) -> str:
@@ -39,7 +37,7 @@ def verify_password(password: str, stored: str) -> bool:
     if stored.startswith("$argon2"):
         try:
             return _HASHER.verify(stored, password)
-        except argon2.exceptions.Argon2Error:  # mismatch, or not a hash it can read
+        except (argon2.exceptions.Argon2Error, ValueError):  # a mismatch, or not a hash
             return False
     return _verify_scrypt(password, stored)
 
