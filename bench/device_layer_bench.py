@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from billing_engine.ledger.jobs import JobSeen, JobStore
-from exporter.backends import Devices
+from exporter.devices.node import Devices
 from tests.fixtures.gpus import FakeGpus, device
 
 ROUNDS = 400

@@ -25,9 +25,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from exporter.backends import Devices
-from exporter.fake_nvml import FakeNvml, file_source
-from exporter.nvml import NvmlBackend
+from exporter.devices.fake_nvml import FakeNvml, file_source
+from exporter.devices.node import Devices
+from exporter.devices.nvml import NvmlBackend
 from exporter.sampler import Sampler
 from gpuacct.config import ExporterSettings, IdleSettings
 from stack.process import ManagedProcess, free_port

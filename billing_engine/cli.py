@@ -57,11 +57,11 @@ from gpuacct.cli_common import (
 )
 from gpuacct.config import BillingSettings, Settings
 from gpuacct.limits import limits_above
+from gpuacct.listener import WebConfig
 from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
 from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
 from gpuacct.tiers import account_tier
-from gpuacct.web_config import WebConfig
 
 CLUSTER_GPUS = "count(gpuacct_gpu_info)"  # GPUs and MIG instances: what the limits count
 

@@ -100,7 +100,7 @@ fi
 "$opt/bin/python" - "$etc/gpuacct.yaml" "$etc" <<'PY' || exit 2
 import pathlib, sys, tempfile, yaml
 from gpuacct.config import ConfigError, settings_from_mapping
-from gpuacct.web_config import WebConfigError, load_web_config
+from gpuacct.listener import WebConfigError, load_web_config
 def text(path):
     return open(path, encoding="utf-8").read().replace("/etc/gpuacct/", sys.argv[2] + "/")
 try:

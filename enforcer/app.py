@@ -31,10 +31,10 @@ from enforcer.payload import Notification
 from enforcer.people_api import add_login_routes, add_notice_routes
 from enforcer.signed import problems, signed_answer, signed_body
 from gpuacct.bounded_body import BoundedBodies
+from gpuacct.listener import BasicAuth
 from gpuacct.policy import SYNC_PATH, SyncRequest
 from gpuacct.secrets import Tokens
 from gpuacct.signing import MasterKeys
-from gpuacct.web_config import BasicAuth
 
 log = logging.getLogger(__name__)
 

@@ -45,11 +45,11 @@ from gpuacct.cli_common import (
     web_config_or_exit,
 )
 from gpuacct.config import Settings
+from gpuacct.listener import BasicAuth, WebConfig, uvicorn_options
 from gpuacct.reload import reload_on_sighup
 from gpuacct.secrets import Tokens, values
 from gpuacct.signing import MasterKeys, node_key
 from gpuacct.sqlite import SchemaError
-from gpuacct.web_config import BasicAuth, WebConfig, uvicorn_options
 
 
 def _parser() -> argparse.ArgumentParser:

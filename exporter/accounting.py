@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from exporter.counters import Cursor, GpuKey, JobInfo, JobKey, Streak, UsageState
-from exporter.gpu import GpuDevice, GpuUnit
+from exporter.devices.base import GpuDevice, GpuUnit
 from exporter.procs import CLOCK_TICKS, ProcSample
 from gpuacct.allocation import RESERVATION_JOB
 from gpuacct.config import IdleSettings

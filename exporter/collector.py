@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from exporter.gpu import GpuDevice
+from exporter.devices.base import GpuDevice
 from exporter.sampler import Snapshot
 from gpuacct import __version__
 

@@ -24,9 +24,9 @@ from exporter.accounting import (
     gpu_index,
     update_jobs,
 )
-from exporter.backends import Devices
 from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
-from exporter.gpu import GpuReading
+from exporter.devices.base import GpuReading
+from exporter.devices.node import Devices
 from exporter.overflow import JobCap
 from exporter.procs import ProcessTable, ProcSample, uptime_seconds
 from gpuacct.config import ExporterSettings

@@ -13,7 +13,7 @@ from typing import Any
 
 from gpuacct import http
 from gpuacct.config import ConfigError, Settings, load_settings, split_listen_address
-from gpuacct.web_config import WebConfig, WebConfigError, load_web_config
+from gpuacct.listener import WebConfig, WebConfigError, load_web_config
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

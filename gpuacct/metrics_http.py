@@ -1,5 +1,5 @@
 """/metrics and a landing page on a threading WSGI server, for every gpuacct service; TLS and
-basic auth on /metrics from the listener's web config (gpuacct.web_config)."""
+basic auth on /metrics from the listener's web config (gpuacct.listener)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import CollectorRegistry
 
-from gpuacct.web_config import BasicAuth, WebConfig, ssl_context
+from gpuacct.listener import BasicAuth, WebConfig, ssl_context
 
 log = logging.getLogger(__name__)
 

@@ -88,8 +88,8 @@ EOF
 # the same through the device layer the exporter reads it by.
 "$PY" - >"$OUT/nvml-timing.txt" <<'EOF'
 import statistics, time
-from exporter.backends import Devices
-from exporter.nvml import NvmlBackend, check_distribution
+from exporter.devices.node import Devices
+from exporter.devices.nvml import NvmlBackend, check_distribution
 def timed(read):
     times = []
     for _ in range(200):

@@ -23,9 +23,9 @@ from gpuacct.cli_common import (
     web_config_or_exit,
 )
 from gpuacct.files import readable_by_others
+from gpuacct.listener import uvicorn_options
 from gpuacct.postgres import is_url
 from gpuacct.reload import reload_on_sighup
-from gpuacct.web_config import uvicorn_options
 from web.app import create_app
 from web.auth import hash_password
 

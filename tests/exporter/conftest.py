@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.backends import Devices
 from exporter.collector import build_registry
+from exporter.devices.node import Devices
 from exporter.sampler import Sampler
 from gpuacct.config import ExporterSettings
 from tests.fixtures.gpus import FakeGpus

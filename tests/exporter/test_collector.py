@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from exporter.accounting import GpuHolder
 from exporter.collector import build_registry
 from exporter.counters import Counter, JobInfo
-from exporter.gpu import GpuDevice, GpuProcess, GpuReading, GpuUnit
+from exporter.devices.base import GpuDevice, GpuProcess, GpuReading, GpuUnit
 from exporter.sampler import Snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter.amd_smi import AmdSmiBackend, load_amdsmi
-from exporter.backends import Devices, Retrying, open_devices
-from exporter.dcmi import DcmiBackend, DcmiError, DcmiLibrary, dcmi_present
-from exporter.fake_amd_smi import FakeAmdSmi
-from exporter.fake_dcmi import FakeDcmi
-from exporter.gpu import GpuUnavailable
+from exporter.devices.amd_smi import AmdSmiBackend, load_amdsmi
+from exporter.devices.base import GpuUnavailable, Retrying
+from exporter.devices.dcmi import DcmiBackend, DcmiError, DcmiLibrary, dcmi_present
+from exporter.devices.fake_amd_smi import FakeAmdSmi
+from exporter.devices.fake_dcmi import FakeDcmi
+from exporter.devices.node import Devices, open_devices
 from gpuacct.config import ExporterSettings
 from tests.fixtures.amd_smi_stub import import_amdsmi
 from tests.fixtures.gpus import ASCEND910B, GIB, MI300X, FakeGpus, device
@@ -164,7 +164,7 @@ def test_missing_libraries_are_named_once_and_fail_their_collectors(
 def test_amdsmi_missing_is_unavailable_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where ROCm is not installed, importing amdsmi fails (a KeyError from inside it)."""
     result = subprocess.run(
-        ["python3", "-c", "from exporter.amd_smi import amdsmi_present, load_amdsmi\n"
+        ["python3", "-c", "from exporter.devices.amd_smi import amdsmi_present, load_amdsmi\n"
          "print(amdsmi_present())\nload_amdsmi()"],
         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
                                                          "PYTHONPATH": str(Path.cwd())},

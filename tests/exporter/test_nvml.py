@@ -5,9 +5,9 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from exporter.fake_nvml import FakeNvml
-from exporter.gpu import GpuUnavailable
-from exporter.nvml import NvmlBackend, check_distribution
+from exporter.devices.base import GpuUnavailable
+from exporter.devices.fake_nvml import FakeNvml
+from exporter.devices.nvml import NvmlBackend, check_distribution
 from tests.fixtures.gpus import GIB, RTX3090, FakeGpus, device
 
 

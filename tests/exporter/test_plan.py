@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.accounting import GpuHolder
+from exporter.devices.base import GpuUnit
 from exporter.enforce.plan import (
     IDLE,
     RESERVATION,
@@ -28,7 +29,6 @@ from exporter.enforce.plan import (
     plan_policy,
 )
 from exporter.enforce.state import ActuatorState, Applied, Stopping
-from exporter.gpu import GpuUnit
 from exporter.procs import ProcIdentity, ProcSample
 from exporter.sampler import Snapshot
 from gpuacct.policy import NodePolicy, Notice, Reason, Reservations, ReservedGpu, UserPolicy

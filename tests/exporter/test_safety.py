@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.accounting import GpuHolder
+from exporter.devices.base import GpuUnit
 from exporter.enforce.actuator import Actuator
-from exporter.gpu import GpuUnit
 from exporter.procs import ProcIdentity, ProcSample
 from exporter.sampler import Snapshot
 from exporter.signals import Signaller

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from gpuacct.config import ConfigError, InfluxV2Settings, Settings, load_settings
+from gpuacct.config import (
+    VENDORS,
+    ConfigError,
+    InfluxV2Settings,
+    NvmlSettings,
+    Settings,
+    load_settings,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -163,6 +170,11 @@ def test_rotating_secrets_take_one_or_two_and_the_shared_node_key_is_named(
 def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
     """Every key path of a settings model, nested sections and list items included."""
     for name, field in model.model_fields.items():
+        if field.alias == "@devices":  # each device vendor's section, by its name
+            for vendor, entry in VENDORS.items():
+                yield f"{prefix}{vendor}"
+                yield from _keys(entry.settings, f"{prefix}{vendor}.")
+            continue
         yield f"{prefix}{name}"
         for kind in (field.annotation, *typing.get_args(field.annotation)):
             for inner in (kind, *typing.get_args(kind)):
@@ -212,7 +224,7 @@ def test_every_commented_choice_of_the_example_loads(tmp_path: Path, key: str, c
     """Bare `off` is a YAML boolean; a key that takes "off" takes it too."""
     settings = load_settings(write(tmp_path, text))
     values = {"gpu_share": settings.exporter.gpu_share,
-              "backend": settings.exporter.nvml.backend,
+              "backend": settings.exporter.device("nvml", NvmlSettings).backend,
               "cpu_limiter": settings.exporter.actuator.cpu_limiter,
               "mode": settings.allocator.mode,
               "action": settings.exporter.idle.action if settings.exporter.idle else None}

@@ -8,49 +8,15 @@ problem is named in the log once, when it appears, and once more when it has gon
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
-from exporter.gpu import GpuBackend, GpuDevice, GpuReading, GpuUnavailable, GpuUnit
-from gpuacct.config import Backend, ExporterSettings
+from exporter.devices.base import GpuBackend, GpuDevice, GpuReading, GpuUnavailable, GpuUnit
+from gpuacct.config import VENDORS, ExporterSettings
 
 log = logging.getLogger(__name__)
-
-BACKENDS: tuple[Backend, ...] = ("nvml", "amdsmi", "dcmi")
-
-
-class Retrying:
-    """A vendor library that may not be there yet: unavailable is reported, and opening it
-    retried at most every `retry_seconds`, so a driver loaded later is picked up without a
-    restart."""
-
-    def __init__(self, name: str, opener: Callable[[], GpuBackend],
-                 retry_seconds: float = 60.0) -> None:
-        self.name = name
-        self.opener = opener
-        self.retry_seconds = retry_seconds
-        self._backend: GpuBackend | None = None
-        self._next_try = 0.0
-        self._reason = ""
-
-    def read(self) -> GpuReading:
-        if self._backend is None:
-            if time.monotonic() < self._next_try:
-                raise GpuUnavailable(self._reason)
-            try:
-                self._backend = self.opener()
-                log.info("%s ready", self.name)
-            except GpuUnavailable as exc:
-                self._reason = str(exc)
-                self._next_try = time.monotonic() + self.retry_seconds
-                raise
-        return self._backend.read()
-
-    def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
 
 
 def _renumbered(device: GpuDevice, offset: int) -> GpuDevice:
@@ -136,83 +102,17 @@ class Devices:
                 log.debug("closing %s failed", backend, exc_info=True)
 
 
-def _nvml(settings: ExporterSettings) -> GpuBackend | None:
-    mode = settings.nvml.backend
-    if mode == "off":
-        return None
-    if mode == "auto":
-        def real() -> GpuBackend:
-            from exporter.nvml import NvmlBackend, check_distribution
-
-            problem = check_distribution()
-            if problem:
-                log.warning("%s; install nvidia-ml-py", problem)
-            return NvmlBackend()
-        return Retrying("nvml", real)
-
-    from exporter.fake_nvml import FakeNvml, file_source
-    from exporter.nvml import NvmlBackend
-
-    if mode == "demo":
-        from exporter.demo import demo_source
-
-        log.warning("DEMO MODE: GPUs are simulated; processes with GPUACCT_DEMO_GPU=N use GPU N")
-        return NvmlBackend(FakeNvml(demo_source(settings.nvml.demo_users)))
-    if settings.nvml.fake_file is None:
-        raise GpuUnavailable("exporter.nvml.fake_file is required when backend is fake")
-    log.warning("FAKE NVML from %s: for tests only", settings.nvml.fake_file)
-    return NvmlBackend(FakeNvml(file_source(settings.nvml.fake_file)))
-
-
-def _amdsmi(settings: ExporterSettings) -> GpuBackend:
-    from exporter.amd_smi import AmdSmiBackend, load_amdsmi
-
-    fake = settings.amdsmi.fake_file
-    if fake is not None:
-        from exporter.fake_amd_smi import FakeAmdSmi
-        from exporter.fake_nvml import file_source
-
-        log.warning("FAKE AMD SMI from %s: for tests only", fake)
-        return Retrying("amdsmi", lambda: AmdSmiBackend(FakeAmdSmi(file_source(fake))))
-    return Retrying("amdsmi", lambda: AmdSmiBackend(load_amdsmi()))
-
-
-def _dcmi(settings: ExporterSettings) -> GpuBackend:
-    from exporter.dcmi import DcmiBackend, DcmiLibrary
-
-    fake = settings.dcmi.fake_file
-    if fake is not None:
-        from exporter.fake_dcmi import FakeDcmi
-        from exporter.fake_nvml import file_source
-
-        log.warning("FAKE DCMI from %s: for tests only", fake)
-        return Retrying("dcmi", lambda: DcmiBackend(FakeDcmi(file_source(fake))))
-    library = settings.dcmi.library
-    return Retrying("dcmi", lambda: DcmiBackend(DcmiLibrary(library)))
-
-
-def _present(name: str, settings: ExporterSettings) -> bool:
-    """For `auto`: whether a vendor's library is on this node at all (NVML always counts:
-    a node without it reports the nvml collector down, as it always has)."""
-    if name == "nvml":
-        return True
-    if name == "amdsmi":
-        from exporter.amd_smi import amdsmi_present
-
-        return settings.amdsmi.fake_file is not None or amdsmi_present()
-    from exporter.dcmi import dcmi_present
-
-    return settings.dcmi.fake_file is not None or dcmi_present(settings.dcmi.library)
-
-
 def open_devices(settings: ExporterSettings) -> Devices | None:
-    """The configured backends; None when there are none (CPU-only)."""
+    """The configured backends, each opened by its vendor's module (gpuacct.config.devices);
+    None when there are none (CPU-only)."""
+    modules = {name: importlib.import_module(vendor.module) for name, vendor in VENDORS.items()
+               if settings.backends == "auto" or name in settings.backends}
     names = settings.backends
     if names == "auto":
-        names = [n for n in BACKENDS if _present(n, settings)]
+        names = [n for n, module in modules.items() if module.present(settings.devices[n])]
     backends: list[tuple[str, GpuBackend]] = []
     for name in names:
-        backend = {"nvml": _nvml, "amdsmi": _amdsmi, "dcmi": _dcmi}[name](settings)
+        backend = modules[name].open_backend(settings.devices[name])
         if backend is not None:
             backends.append((name, backend))
     return Devices(backends) if backends else None

@@ -1,8 +1,8 @@
-"""A data-driven stand-in for `exporter.dcmi.DcmiLibrary` (Huawei's libdcmi.so), for tests.
+"""A data-driven stand-in for `exporter.devices.dcmi.DcmiLibrary` (libdcmi.so), for tests.
 
-It reads the same device dicts as the fake NVML (see `exporter.fake_nvml`), each one chip of its
-own card unless `card` and `chip` say otherwise, and fails with DCMI's own return codes where
-the real library would:
+It reads the same device dicts as the fake NVML (see `exporter.devices.fake_nvml`), each one
+chip of its own card unless `card` and `chip` say otherwise, and fails with DCMI's own return
+codes where the real library would:
 
     {"init_error": "NOT_REDAY",                           # optional: dcmi_init fails
      "devices": [{
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from exporter.dcmi import CODES, MAX_PROCESSES, MIB, DcmiError
+from exporter.devices.dcmi import CODES, MAX_PROCESSES, MIB, DcmiError
 
 Data = dict[str, Any]
 

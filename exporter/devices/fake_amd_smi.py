@@ -1,8 +1,8 @@
 """A data-driven stand-in for AMD's `amdsmi` module, for tests (never for billing).
 
-It reads the same device dicts as the fake NVML (see `exporter.fake_nvml`), what a dict lacks
-being what the board does not support, and raises amdsmi's own `AmdSmiLibraryException` with
-amdsmi's own status codes where the real library would:
+It reads the same device dicts as the fake NVML (see `exporter.devices.fake_nvml`), what a dict
+lacks being what the board does not support, and raises amdsmi's own `AmdSmiLibraryException`
+with amdsmi's own status codes where the real library would:
 
     {"init_error": "DRIVER_NOT_LOADED",                  # optional: amdsmi_init fails
      "devices": [{
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
-from exporter.amd_smi import load_amdsmi
+from exporter.devices.amd_smi import load_amdsmi
 
 Data = dict[str, Any]
 

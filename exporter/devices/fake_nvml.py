@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from exporter.nvml import error
+from exporter.devices.nvml import error
 
 Data = dict[str, Any]
 Handle = tuple[int, int | None]  # (device index, MIG index or None)

@@ -13,10 +13,22 @@ from `dcmi_get_device_resource_info`, the only per-process figure DCMI gives.
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from exporter.gpu import GpuDevice, GpuProcess, GpuReading, GpuUnavailable, GpuUnit
+from exporter.devices.base import (
+    GpuBackend,
+    GpuDevice,
+    GpuProcess,
+    GpuReading,
+    GpuUnavailable,
+    GpuUnit,
+    Retrying,
+)
+
+if TYPE_CHECKING:  # the config (pydantic) is not imported where only the library is needed
+    from gpuacct.config import DcmiSettings
 
 T = TypeVar("T")
 
@@ -262,3 +274,22 @@ class DcmiBackend:
             self._problems.append(f"NPU {index}: no process list ({exc})")
             return ()
         return tuple(GpuProcess(pid, memory) for pid, memory in listed)
+
+
+log = logging.getLogger(__name__)
+
+
+def present(settings: DcmiSettings) -> bool:
+    return settings.fake_file is not None or dcmi_present(settings.library)
+
+
+def open_backend(settings: DcmiSettings) -> GpuBackend:
+    fake = settings.fake_file
+    if fake is not None:
+        from exporter.devices.fake_dcmi import FakeDcmi
+        from exporter.devices.fake_nvml import file_source
+
+        log.warning("FAKE DCMI from %s: for tests only", fake)
+        return Retrying("dcmi", lambda: DcmiBackend(FakeDcmi(file_source(fake))))
+    library = settings.library
+    return Retrying("dcmi", lambda: DcmiBackend(DcmiLibrary(library)))

@@ -7,8 +7,13 @@ A value the library could not give (not supported, not available) is None and is
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class GpuUnavailable(Exception):
@@ -78,3 +83,35 @@ class GpuBackend(Protocol):
     def read(self) -> GpuReading: ...
 
     def close(self) -> None: ...
+
+
+class Retrying:
+    """A vendor library that may not be there yet: unavailable is reported, and opening it
+    retried at most every `retry_seconds`, so a driver loaded later is picked up without a
+    restart."""
+
+    def __init__(self, name: str, opener: Callable[[], GpuBackend],
+                 retry_seconds: float = 60.0) -> None:
+        self.name = name
+        self.opener = opener
+        self.retry_seconds = retry_seconds
+        self._backend: GpuBackend | None = None
+        self._next_try = 0.0
+        self._reason = ""
+
+    def read(self) -> GpuReading:
+        if self._backend is None:
+            if time.monotonic() < self._next_try:
+                raise GpuUnavailable(self._reason)
+            try:
+                self._backend = self.opener()
+                log.info("%s ready", self.name)
+            except GpuUnavailable as exc:
+                self._reason = str(exc)
+                self._next_try = time.monotonic() + self.retry_seconds
+                raise
+        return self._backend.read()
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()

@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from exporter.gpu import GpuDevice, GpuProcess, GpuReading, GpuUnavailable, GpuUnit
+from exporter.devices.base import (
+    GpuBackend,
+    GpuDevice,
+    GpuProcess,
+    GpuReading,
+    GpuUnavailable,
+    GpuUnit,
+    Retrying,
+)
+
+if TYPE_CHECKING:  # the config (pydantic) is not imported where only the library is needed
+    from gpuacct.config import AmdSmiSettings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def load_amdsmi() -> Any:
@@ -192,3 +205,18 @@ def _text(exc: Exception) -> str:
     """amdsmi's own short wording: `AMDSMI_STATUS_NOT_SUPPORTED`."""
     info = getattr(exc, "get_error_info", None)
     return str(info(detailed=False)) if info else str(exc)
+
+
+def present(settings: AmdSmiSettings) -> bool:
+    return settings.fake_file is not None or amdsmi_present()
+
+
+def open_backend(settings: AmdSmiSettings) -> GpuBackend:
+    fake = settings.fake_file
+    if fake is not None:
+        from exporter.devices.fake_amd_smi import FakeAmdSmi
+        from exporter.devices.fake_nvml import file_source
+
+        log.warning("FAKE AMD SMI from %s: for tests only", fake)
+        return Retrying("amdsmi", lambda: AmdSmiBackend(FakeAmdSmi(file_source(fake))))
+    return Retrying("amdsmi", lambda: AmdSmiBackend(load_amdsmi()))

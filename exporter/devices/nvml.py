@@ -9,11 +9,22 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pynvml
 
-from exporter.gpu import GpuDevice, GpuProcess, GpuReading, GpuUnavailable, GpuUnit
+from exporter.devices.base import (
+    GpuBackend,
+    GpuDevice,
+    GpuProcess,
+    GpuReading,
+    GpuUnavailable,
+    GpuUnit,
+    Retrying,
+)
+
+if TYPE_CHECKING:  # the config (pydantic) is not imported where only the library is needed
+    from gpuacct.config import NvmlSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -252,3 +263,34 @@ class NvmlBackend:
             self._last_util_ts[uuid] = max(self._last_util_ts.get(uuid, 0), int(sample.timeStamp))
             ratios[sample.pid] = max(ratios.get(sample.pid, 0.0), sample.smUtil / 100)
         return ratios
+
+
+def present(settings: NvmlSettings) -> bool:
+    """NVML always counts for `backends: auto`: a node without it reports the nvml collector
+    down, as it always has."""
+    return True
+
+
+def open_backend(settings: NvmlSettings) -> GpuBackend | None:
+    mode = settings.backend
+    if mode == "off":
+        return None
+    if mode == "auto":
+        def real() -> GpuBackend:
+            problem = check_distribution()
+            if problem:
+                log.warning("%s; install nvidia-ml-py", problem)
+            return NvmlBackend()
+        return Retrying("nvml", real)
+
+    from exporter.devices.fake_nvml import FakeNvml, file_source
+
+    if mode == "demo":
+        from exporter.devices.demo import demo_source
+
+        log.warning("DEMO MODE: GPUs are simulated; processes with GPUACCT_DEMO_GPU=N use GPU N")
+        return NvmlBackend(FakeNvml(demo_source(settings.demo_users)))
+    if settings.fake_file is None:
+        raise GpuUnavailable("exporter.nvml.fake_file is required when backend is fake")
+    log.warning("FAKE NVML from %s: for tests only", settings.fake_file)
+    return NvmlBackend(FakeNvml(file_source(settings.fake_file)))
