@@ -28,7 +28,7 @@ from pathlib import Path
 from exporter.devices.fake_nvml import FakeNvml, file_source
 from exporter.devices.node import Devices
 from exporter.devices.nvml import NvmlBackend
-from exporter.sampler import Sampler
+from exporter.usage.sampler import Sampler
 from gpuacct.config import ExporterSettings, IdleSettings
 from stack.process import ManagedProcess, free_port
 

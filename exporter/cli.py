@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import sys
 
-from exporter.collector import build_registry
 from exporter.devices.base import GpuUnavailable
 from exporter.devices.node import open_devices
 from exporter.enforce.collector import ActuatorCollector
-from exporter.enforcement import start_enforcement
-from exporter.sampler import Sampler
+from exporter.enforce.startup import start_enforcement
+from exporter.usage.collector import build_registry
+from exporter.usage.sampler import Sampler
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,

@@ -24,7 +24,7 @@ from typing import Any
 
 from billing_engine.ledger import Ledger
 from exporter.devices.demo import DEMO_ENV
-from exporter.hookfile import read_hook
+from exporter.enforce.hookfile import read_hook
 
 FACTOR = 60  # 10m -> 10 s in the rules; Alertmanager's group_wait 5s -> 83 ms
 ALICE, BOB = "gpuacct-demo-alice", "gpuacct-demo-bob"

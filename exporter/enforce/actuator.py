@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from exporter.accounting import gpu_index
+from exporter.enforce.hookfile import remove_hook, write_hook
 from exporter.enforce.plan import (
     Kill,
     Limit,
@@ -32,11 +32,11 @@ from exporter.enforce.plan import (
     plan_policy,
 )
 from exporter.enforce.reports import Reports
+from exporter.enforce.signals import Signaller, Target, tell_user
 from exporter.enforce.state import ActuatorState, StateFile, Stopping
-from exporter.hookfile import remove_hook, write_hook
-from exporter.sampler import Snapshot
-from exporter.signals import Signaller, Target, tell_user
-from exporter.throttle import CpuLimiter, LimitError
+from exporter.enforce.throttle import CpuLimiter, LimitError
+from exporter.usage.accounting import gpu_index
+from exporter.usage.sampler import Snapshot
 from gpuacct.config import ActuatorSettings
 from gpuacct.policy import NodeAction, NodePolicy
 

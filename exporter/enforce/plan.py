@@ -12,10 +12,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from exporter.accounting import gpu_index
 from exporter.enforce.state import ActuatorState, Applied, Intruder, ProcKey, Stopping
-from exporter.procs import ProcSample
-from exporter.sampler import Snapshot
+from exporter.usage.accounting import gpu_index
+from exporter.usage.procs import ProcSample
+from exporter.usage.sampler import Snapshot
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
 from gpuacct.policy import NodePolicy, Reservations, Result, UserPolicy
 from gpuacct.wording import duration

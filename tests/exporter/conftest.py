@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import build_registry
 from exporter.devices.node import Devices
-from exporter.sampler import Sampler
+from exporter.usage.collector import build_registry
+from exporter.usage.sampler import Sampler
 from gpuacct.config import ExporterSettings
 from tests.fixtures.gpus import FakeGpus
 

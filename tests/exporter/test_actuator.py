@@ -16,8 +16,8 @@ import pytest
 
 from exporter.enforce.actuator import Actuator
 from exporter.enforce.collector import ActuatorCollector
-from exporter.signals import Signaller, tell_user
-from exporter.throttle import CgroupLimiter, CpuLimiter
+from exporter.enforce.signals import Signaller, tell_user
+from exporter.enforce.throttle import CgroupLimiter, CpuLimiter
 from gpuacct.config import ActuatorSettings
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
 from tests.exporter.conftest import Node

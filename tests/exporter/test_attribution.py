@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from exporter.procs import ProcessTable
+from exporter.usage.procs import ProcessTable
 from tests.exporter.conftest import Node
 from tests.fixtures.gpus import A100, RTX3090, FakeGpus, device
 from tests.fixtures.servers import wait_for

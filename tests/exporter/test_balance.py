@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter.hookfile import write_hook
+from exporter.enforce.hookfile import write_hook
 from gpuacct.policy import Reason, UserPolicy
 from tests.fixtures.servers import Server, promql, wait_for
 from tests.fixtures.users import UnixUser

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from exporter.accounting import GpuHolder
-from exporter.collector import build_registry
-from exporter.counters import Counter, JobInfo
 from exporter.devices.base import GpuDevice, GpuProcess, GpuReading, GpuUnit
-from exporter.sampler import Snapshot
+from exporter.usage.accounting import GpuHolder
+from exporter.usage.collector import build_registry
+from exporter.usage.counters import Counter, JobInfo
+from exporter.usage.sampler import Snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 UUID0 = "GPU-00000000-aaaa-bbbb-cccc-000000000000"

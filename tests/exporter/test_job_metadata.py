@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from exporter.metadata import (
+from exporter.usage.metadata import (
     REDACTED,
     framework_from_argv,
     framework_from_maps,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.jobs import container_id, env_job, job_name, parse_environ
+from exporter.usage.jobs import container_id, env_job, job_name, parse_environ
 
 DOCKER_ID = "4f3c1e8b7a2d" + "0" * 52
 POD_ID = "9a8b7c6d5e4f" + "1" * 52

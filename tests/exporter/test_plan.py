@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import GpuHolder
 from exporter.devices.base import GpuUnit
 from exporter.enforce.plan import (
     IDLE,
@@ -29,8 +28,9 @@ from exporter.enforce.plan import (
     plan_policy,
 )
 from exporter.enforce.state import ActuatorState, Applied, Stopping
-from exporter.procs import ProcIdentity, ProcSample
-from exporter.sampler import Snapshot
+from exporter.usage.accounting import GpuHolder
+from exporter.usage.procs import ProcIdentity, ProcSample
+from exporter.usage.sampler import Snapshot
 from gpuacct.policy import NodePolicy, Notice, Reason, Reservations, ReservedGpu, UserPolicy
 
 NAMES = {0: "root", 999: "postgres", 1000: "ann", 1001: "ben", 1002: "cat"}

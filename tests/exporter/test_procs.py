@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter import procs
-from exporter.procs import CLOCK_TICKS, PAGE_SIZE, ProcessTable, parse_stat
+from exporter.usage import procs
+from exporter.usage.procs import CLOCK_TICKS, PAGE_SIZE, ProcessTable, parse_stat
 
 
 def stat_line(pid: int, comm: str, ppid: int = 1, session: int = 100, utime: int = 50,

@@ -9,12 +9,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import GpuHolder
 from exporter.devices.base import GpuUnit
 from exporter.enforce.actuator import Actuator
-from exporter.procs import ProcIdentity, ProcSample
-from exporter.sampler import Snapshot
-from exporter.signals import Signaller
+from exporter.enforce.signals import Signaller
+from exporter.usage.accounting import GpuHolder
+from exporter.usage.procs import ProcIdentity, ProcSample
+from exporter.usage.sampler import Snapshot
 from gpuacct.config import ActuatorSettings
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
 

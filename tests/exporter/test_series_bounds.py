@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.jobs import bounded
-from exporter.overflow import JobCap
-from exporter.procs import ProcIdentity, ProcSample
+from exporter.usage.jobs import bounded
+from exporter.usage.overflow import JobCap
+from exporter.usage.procs import ProcIdentity, ProcSample
 from tests.fixtures.exporter import Exporter, promtool_check_metrics
 from tests.fixtures.users import SCRIPTS, Processes, UnixUser
 

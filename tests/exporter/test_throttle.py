@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.throttle import CgroupLimiter, LimitError, SystemdLimiter, detect
+from exporter.enforce.throttle import CgroupLimiter, LimitError, SystemdLimiter, detect
 
 
 def test_systemd_sets_and_resets_cpuquota_on_the_user_slice() -> None:

@@ -18,7 +18,7 @@ from typing import cast
 import pytest
 import yaml
 
-from exporter.user_socket import Forwarder, UserSocketServer
+from exporter.users.socket import Forwarder, UserSocketServer
 from gpuacct.allocation import ALLOCATION_PATH
 from gpuacct.login import LOGIN_PATH
 from gpuacct.policy import SYNC_PATH

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from exporter.accounting import (
+from exporter.devices.base import GpuReading
+from exporter.devices.node import Devices
+from exporter.usage.accounting import (
     GpuHolder,
     Reserved,
     account_cpu,
@@ -24,11 +26,17 @@ from exporter.accounting import (
     gpu_index,
     update_jobs,
 )
-from exporter.counters import Counter, GpuKey, JobInfo, JobKey, UsageState, load_state, save_state
-from exporter.devices.base import GpuReading
-from exporter.devices.node import Devices
-from exporter.overflow import JobCap
-from exporter.procs import ProcessTable, ProcSample, uptime_seconds
+from exporter.usage.counters import (
+    Counter,
+    GpuKey,
+    JobInfo,
+    JobKey,
+    UsageState,
+    load_state,
+    save_state,
+)
+from exporter.usage.overflow import JobCap
+from exporter.usage.procs import ProcessTable, ProcSample, uptime_seconds
 from gpuacct.config import ExporterSettings
 
 log = logging.getLogger(__name__)

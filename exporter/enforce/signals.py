@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from exporter.procs import parse_stat, real_uid
+from exporter.usage.procs import parse_stat, real_uid
 from gpuacct.policy import Result
 
 log = logging.getLogger(__name__)

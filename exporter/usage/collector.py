@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.devices.base import GpuDevice
-from exporter.sampler import Snapshot
+from exporter.usage.sampler import Snapshot
 from gpuacct import __version__
 
 JOB = ["user", "job"]

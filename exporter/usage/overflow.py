@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
-from exporter.procs import ProcSample
+from exporter.usage.procs import ProcSample
 
 OVERFLOW_JOB = "overflow"
 JobKey = tuple[str, str]

@@ -16,8 +16,8 @@ import pwd
 import time
 from dataclasses import dataclass
 
-from exporter.jobs import SHELLS, bounded, container_id, env_job, job_name, parse_environ
-from exporter.metadata import framework_from_argv, framework_from_maps, script_and_args, shown
+from exporter.usage.jobs import SHELLS, bounded, container_id, env_job, job_name, parse_environ
+from exporter.usage.metadata import framework_from_argv, framework_from_maps, script_and_args, shown
 
 log = logging.getLogger(__name__)
 

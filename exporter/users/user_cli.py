@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from exporter import balance_cli
+from exporter.users import balance_cli
 from gpuacct.allocation import MAX_GPUS, MAX_SECONDS, Answer, Entry, Summary
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.wording import duration

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Sequence
 
-from exporter.jobs import interpreter
+from exporter.usage.jobs import interpreter
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "mindspore", "paddle")
 # A mapped library's file name, as each framework's wheels name theirs.

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.enforce.actuator import Actuator
-from exporter.policy_sync import NodeNameEndpoint, PolicyEndpoint, Puller
-from exporter.sampler import Snapshot
-from exporter.signals import Signaller
-from exporter.throttle import detect
-from exporter.user_socket import Forwarder, UserSocketServer
+from exporter.enforce.policy_sync import NodeNameEndpoint, PolicyEndpoint, Puller
+from exporter.enforce.signals import Signaller
+from exporter.enforce.throttle import detect
+from exporter.usage.sampler import Snapshot
+from exporter.users.socket import Forwarder, UserSocketServer
 from gpuacct.config import Settings
 from gpuacct.metrics_http import WsgiApp
 from gpuacct.policy import NODE_PATH, POLICY_PATH, NodeGpu

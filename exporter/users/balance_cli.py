@@ -20,7 +20,7 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-from exporter.hookfile import read_hook
+from exporter.enforce.hookfile import read_hook
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.promql import Prometheus, PrometheusUnavailable
 from gpuacct.tiers import HEALTHY, SEVERITY, Tier, tier_of

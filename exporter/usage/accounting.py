@@ -20,9 +20,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exporter.counters import Cursor, GpuKey, JobInfo, JobKey, Streak, UsageState
 from exporter.devices.base import GpuDevice, GpuUnit
-from exporter.procs import CLOCK_TICKS, ProcSample
+from exporter.usage.counters import Cursor, GpuKey, JobInfo, JobKey, Streak, UsageState
+from exporter.usage.procs import CLOCK_TICKS, ProcSample
 from gpuacct.allocation import RESERVATION_JOB
 from gpuacct.config import IdleSettings
 
