@@ -28,6 +28,16 @@ ACTIONS: tuple[Action, ...] = ("notify", "block", "throttle", "kill")
 # What became of something a node did: done, only logged (dry run), refused by the safety
 # rules, the process was gone already, it failed, or this node cannot do it.
 Result = Literal["ok", "dry_run", "refused", "gone", "failed", "unsupported"]
+# What a node reports it did, for the audit log. A new kind is added here first and reaches
+# the enforcer before the nodes that send it (the enforcer refuses a sync naming an unknown one).
+NodeActionKind = Literal[
+    "block", "unblock",  # new GPU work refused, and allowed again
+    "kill", "terminate", "kill_after_grace",  # the decision, each SIGTERM, a SIGKILL after it
+    "throttle", "unthrottle",  # a CPU quota set and lifted
+    "notify",  # told on the user's terminals
+    "release",  # a reservation held idle given up
+    "policy",  # a policy the node refused (its safety rules)
+]
 
 
 class Model(BaseModel):
@@ -93,7 +103,7 @@ class NodeAction(Model):
     id: str  # unique, so a report delivered twice is audited once
     at: float
     user: str
-    action: str  # block, unblock, throttle, unthrottle, kill, terminate, notify, ...
+    action: NodeActionKind
     result: Result
     detail: str = ""
     alert: str = ""

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import assert_never
 
 from exporter.enforce.hookfile import remove_hook, write_hook
 from exporter.enforce.plan import (
@@ -38,7 +39,7 @@ from exporter.enforce.throttle import CpuLimiter, LimitError
 from exporter.usage.accounting import gpu_index
 from exporter.usage.sampler import Snapshot
 from gpuacct.config import ActuatorSettings
-from gpuacct.policy import NodeAction, NodePolicy
+from gpuacct.policy import NodeAction, NodeActionKind, NodePolicy
 
 
 def _uid(user: str) -> int | None:
@@ -151,6 +152,8 @@ class Actuator:
                            step.dry_run, step.now)
             case RemoveHook():
                 remove_hook(self.settings.hook_dir, step.user)
+            case _:
+                assert_never(step)
 
     def _notify(self, step: Notify) -> None:
         first = step.text.splitlines()[0]
@@ -178,7 +181,7 @@ class Actuator:
 
     def _limit(self, step: Limit, state: ActuatorState) -> None:
         assert self.limiter is not None  # planned only where there is one
-        action = "throttle" if step.quota or step.relimit else "unthrottle"
+        action: NodeActionKind = "throttle" if step.quota or step.relimit else "unthrottle"
         applied = state.users.get(step.user)
         try:
             if step.quota:

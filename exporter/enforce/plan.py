@@ -17,7 +17,7 @@ from exporter.usage.accounting import gpu_index
 from exporter.usage.procs import ProcSample
 from exporter.usage.sampler import Snapshot
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
-from gpuacct.policy import NodePolicy, Reservations, Result, UserPolicy
+from gpuacct.policy import NodeActionKind, NodePolicy, Reservations, Result, UserPolicy
 from gpuacct.wording import duration
 
 RESERVATION = "reservation"  # the alert name in reports about reserved GPUs
@@ -31,7 +31,7 @@ class Record:
     """A decision to report (block, unblock, kill, refused...) that needs no kernel call."""
 
     user: str
-    action: str
+    action: NodeActionKind
     result: Result
     detail: str = ""
     alert: str = ""
@@ -316,7 +316,7 @@ def _plan_quota(steps: list[Step], user: str, uid: int, applied: Applied, quota:
                 mine: list[ProcSample], node: Node) -> None:
     if quota == applied.quota:
         return
-    action = "throttle" if quota else "unthrottle"
+    action: NodeActionKind = "throttle" if quota else "unthrottle"
     if node.limiter is None:
         steps.append(Record(user, "throttle", "unsupported", "no CPU limiter on this node"))
     elif node.dry_run:

@@ -10,7 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 
-from gpuacct.policy import NodeAction, Result
+from gpuacct.policy import NodeAction, NodeActionKind, Result
 
 log = logging.getLogger("exporter.actuator")
 MAX_REPORTS = 10_000
@@ -23,7 +23,7 @@ class Reports:
         self.queued: list[NodeAction] = []
         self.counts: Counter[tuple[str, str]] = Counter()
 
-    def record(self, user: str, action: str, result: Result, detail: str = "",
+    def record(self, user: str, action: NodeActionKind, result: Result, detail: str = "",
                alert: str = "") -> None:
         level = logging.WARNING if result in ("failed", "refused") else logging.INFO
         log.log(level, "%s %s: %s %s", action, user, result, detail)

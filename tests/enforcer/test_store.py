@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
 from enforcer.payload import Notification
 from enforcer.store import MIGRATIONS, Retention, Store
-from gpuacct.policy import NodeAction
+from gpuacct.policy import NodeAction, NodeActionKind, SyncRequest
 from gpuacct.sqlite import Target
 from tests.fixtures.enforcement import alert, notification
 
@@ -73,3 +75,14 @@ def test_old_deliveries_and_audit_are_pruned_but_a_firing_alerts_deliveries_stay
     assert store.prune(old + 400 * day) == (0, 3)  # the enforcer's three audit lines
     assert [f.user for f in store.firing()] == ["gat-alice"]
     store.close()
+
+
+def test_a_node_report_of_an_unknown_action_is_refused_by_name() -> None:
+    """NodeAction.action is a closed set (gpuacct.policy.NodeActionKind): the actuator cannot
+    report, nor the enforcer store, an action nobody handles."""
+    report = {"id": "r1", "at": 1.0, "user": "gat-alice", "action": "reboot", "result": "ok"}
+    with pytest.raises(ValidationError) as refused:
+        SyncRequest.model_validate({"node": "n1", "version": 0, "actions": [report]})
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("actions", 0, "action") and "terminate" in error["msg"]
+    assert set(get_args(NodeActionKind)) >= {"block", "kill", "terminate", "throttle", "notify"}
