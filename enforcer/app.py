@@ -60,7 +60,7 @@ def create_app(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: M
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         if request.url.path == "/v1/alerts":
             received.labels("refused").inc()
-        return JSONResponse({"error": f"bad request: {problems(exc)}"}, status_code=400)
+        return JSONResponse({"detail": f"bad request: {problems(exc)}"}, status_code=400)
 
     def bearer(authorization: Annotated[str, Header()] = "") -> None:
         scheme, _, token = authorization.partition(" ")

@@ -3,7 +3,8 @@ node daemon that vouches for who is asking, and the allocator on the control hos
 
 The CLI sends an `Ask` over the node's Unix socket; the daemon reads the caller's uid from the
 socket (SO_PEERCRED), wraps the ask in a `Forwarded` naming the caller and signs it to the
-control plane's `ALLOCATION_PATH`. The answer is an `Answer`, or `{"error": "..."}`.
+control plane's `ALLOCATION_PATH`. The answer is an `Answer`, or `{"detail": "..."}` (the shape
+of every refusal of gpuacct's JSON APIs).
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class Story(threading.Thread):
         except ValueError:
             raise RuntimeError(done.stderr.strip() or "no answer from the node") from None
         if "answer" not in reply:
-            raise RuntimeError(reply.get("error", "no answer"))
+            raise RuntimeError(reply.get("detail", "no answer"))
         answer: dict[str, Any] = reply["answer"]
         return answer
 

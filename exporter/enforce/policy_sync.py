@@ -50,7 +50,7 @@ class PolicyEndpoint:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         def answer(status: str, message: str) -> list[bytes]:
             start_response(status, [("Content-Type", "application/json")])
-            return [json.dumps({"error": message}).encode()]
+            return [json.dumps({"detail": message}).encode()]
 
         if environ["REQUEST_METHOD"] != "PUT":
             return answer("405 Method Not Allowed", "use PUT with a signed policy")

@@ -5,7 +5,7 @@ never what the client writes. The daemon names the caller by that uid, adds this
 and forwards the ask to the control plane signed with the node key (gpuacct.allocation).
 
 One JSON line in, one JSON line out: `{"answer": ...}` (a gpuacct.allocation.Answer), or
-`{"error": "...", "kind": "refused" | "unreachable"}`.
+`{"detail": "...", "kind": "refused" | "unreachable"}`.
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ class Forwarder:
         try:
             user = pwd.getpwuid(uid).pw_name
         except KeyError:
-            return {"error": f"uid {uid} has no name on {self.node}", "kind": "refused"}
+            return {"detail": f"uid {uid} has no name on {self.node}", "kind": "refused"}
         try:
             ask = ASK.validate_json(line)
         except ValidationError as exc:
             problems = "; ".join(describe_error(e) for e in exc.errors(include_url=False))
-            return {"error": f"bad request: {problems}", "kind": "refused"}
+            return {"detail": f"bad request: {problems}", "kind": "refused"}
         forwarded = Forwarded(caller=Caller(node=self.node, uid=uid, user=user), ask=ask,
                               gpus=self.gpus())
         path = LOGIN_PATH if isinstance(ask, Login) else ALLOCATION_PATH
@@ -72,12 +72,12 @@ class Forwarder:
             answer = Answer.model_validate_json(body)
         except ExchangeError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:
-                return {"error": http.detail(exc.detail), "kind": "refused"}
+                return {"detail": http.detail(exc.detail), "kind": "refused"}
             log.warning("cannot forward %s's request: %s", user, exc)
-            return {"error": f"the control plane cannot be reached from {self.node}; try "
+            return {"detail": f"the control plane cannot be reached from {self.node}; try "
                              "again later", "kind": "unreachable"}
         except ValidationError:
-            return {"error": "the control plane's answer is unreadable", "kind": "unreachable"}
+            return {"detail": "the control plane's answer is unreadable", "kind": "unreachable"}
         return {"answer": answer.model_copy(update={"node": self.node}).model_dump(mode="json")}
 
 
@@ -88,7 +88,7 @@ class _Handler(socketserver.StreamRequestHandler):
         uid = peer_uid(self.request)
         line = self.rfile.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
-            reply: dict[str, Any] = {"error": "request too long", "kind": "refused"}
+            reply: dict[str, Any] = {"detail": "request too long", "kind": "refused"}
         else:
             reply = self.server.forwarder.handle(uid, line)
         self.wfile.write(json.dumps(reply).encode() + b"\n")

@@ -115,8 +115,8 @@ def ask(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Answer:
     except (OSError, ValueError) as exc:
         _fail(f"cannot reach this node's gpuacct daemon at {path}: "
               f"{getattr(exc, 'strerror', None) or exc}", 1)
-    if "error" in reply:
-        _fail(str(reply["error"]), 2 if reply.get("kind") == "refused" else 1)
+    if "detail" in reply:
+        _fail(str(reply["detail"]), 2 if reply.get("kind") == "refused" else 1)
     return Answer.model_validate(reply.get("answer", {}))
 
 

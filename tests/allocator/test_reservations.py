@@ -248,7 +248,7 @@ def test_identity_comes_from_the_kernel_and_the_node_key(
                           user=alice.uid, group=alice.gid, extra_groups=[], cwd="/tmp",
                           capture_output=True, text=True, timeout=30)
     reply = json.loads(done.stdout)
-    assert reply["kind"] == "refused" and "user: unknown key" in reply["error"]
+    assert reply["kind"] == "refused" and "user: unknown key" in reply["detail"]
     assert rig.summary() == []
     # What is reserved is the caller's, as the kernel named them.
     rig.gpuacct(alice, "reserve", "1", "--for", "10m")

@@ -89,7 +89,7 @@ def test_unsigned_tampered_wrong_key_stale_and_replayed_requests_get_401_and_do_
     for case, (data, headers) in cases.items():
         status, answer = put(node, data, headers)
         assert status == 401, (case, answer)
-        assert "refused" in json.loads(answer)["error"], case
+        assert "refused" in json.loads(answer)["detail"], case
     assert policy_version(node) == 0
     assert node.hook(alice) is None
 

@@ -37,7 +37,7 @@ def test_a_bad_payload_gets_400_naming_the_problem_and_changes_nothing(
     status, body = enforcer.post_alerts(notification(bad[problem]) if raw is None else None,
                                         raw=raw)
     assert status == 400
-    assert problem in body["error"], body
+    assert problem in body["detail"], body
     policy = enforcer.policy()
     assert (policy["version"], policy["users"]) == (0, {})
     assert enforcer.audit() == []

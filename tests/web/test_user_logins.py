@@ -162,7 +162,7 @@ def test_a_user_logs_in_with_a_link_from_their_node(
     done = subprocess.run(["/usr/bin/python3", "-c", script, socket], capture_output=True,
                           text=True, timeout=30)
     reply = json.loads(done.stdout)
-    assert reply["kind"] == "refused" and "unknown key" in reply["error"], reply
+    assert reply["kind"] == "refused" and "unknown key" in reply["detail"], reply
 
 
 def log_in(web: Web, name: str, password: str) -> tuple[requests.Session, requests.Response]:
