@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from billing_engine.ledger.jobs import JobSeen, JobStore
 from exporter.devices.node import Devices
+from jobstore.store import JobSeen, JobStore
 from tests.fixtures.gpus import FakeGpus, device
 
 ROUNDS = 400

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from billing_engine.ledger import Ledger, UsageLine, WindowBill
+from ledger import Ledger, UsageLine, WindowBill
 from stack.process import ManagedProcess, free_port
 from web.auth import hash_password
 

@@ -3,9 +3,9 @@ listed, or a Unix group's from NSS (looked up at most once a minute)."""
 
 from __future__ import annotations
 
-from billing_engine.ledger import AccountPlan
 from gpuacct.config import BillingSettings
 from gpuacct.limits import GroupMembers
+from ledger import AccountPlan
 
 
 class AccountPlans:

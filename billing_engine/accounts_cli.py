@@ -14,12 +14,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, get_args
 
-from billing_engine.ledger import Ledger, LedgerError, iso, month_start
-from billing_engine.ledger.export import parse_time
-from billing_engine.ledger.statement import Format, parse_month, render
 from gpuacct.config import BillingSettings
 from gpuacct.money import parse_amount
+from gpuacct.periods import iso, month_start, parse_month, parse_time
 from gpuacct.tiers import account_tier
+from ledger import Ledger, LedgerError
+from reports.statement import Format, render
 
 STATUS = {"freeze": "frozen", "thaw": "open", "close": "closed", "reopen": "open"}
 COMMANDS = ("account", "statement", "audit")

@@ -32,18 +32,6 @@ from billing_engine import accounts_cli as accounts
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.job_tracker import JobTracker
-from billing_engine.ledger import (
-    Export,
-    Ledger,
-    LedgerError,
-    Posting,
-    SchemaError,
-    SqliteLedgerReader,
-    export,
-    open_reader,
-)
-from billing_engine.ledger import exists as ledger_exists
-from billing_engine.ledger.jobs import JOB_STORE, JobStore
 from billing_engine.metrics import build_registry
 from gpuacct import sqlite
 from gpuacct.cli_common import (
@@ -62,6 +50,18 @@ from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
 from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
 from gpuacct.tiers import account_tier
+from jobstore.store import JOB_STORE, JobStore
+from ledger import (
+    Export,
+    Ledger,
+    LedgerError,
+    Posting,
+    SchemaError,
+    SqliteLedgerReader,
+    open_reader,
+)
+from ledger import exists as ledger_exists
+from reports import export
 
 CLUSTER_GPUS = "count(gpuacct_gpu_info)"  # GPUs and MIG instances: what the limits count
 

@@ -28,21 +28,20 @@ from typing import Any, TypeVar
 from billing_engine.accounts import AccountPlans
 from billing_engine.influx import InfluxSink, InfluxUnavailable, LineFormatter
 from billing_engine.job_tracker import JobTracker
-from billing_engine.ledger import (
-    AccountPlan,
-    LeaseLost,
-    LedgerWriter,
-    UsageLine,
-    WindowBill,
-    iso,
-)
-from billing_engine.ledger.reader import DAY
 from billing_engine.pricing import PriceBook
 from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
 from gpuacct.config import BillingSettings
 from gpuacct.money import merge_versions
+from gpuacct.periods import DAY, iso
 from gpuacct.promql import PrometheusUnavailable, Querier
+from ledger import (
+    AccountPlan,
+    LeaseLost,
+    LedgerWriter,
+    UsageLine,
+    WindowBill,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Protocol
 from influxdb_client.client.write.point import Point
 from influxdb_client.domain.write_precision import WritePrecision
 
-from billing_engine.ledger import UsageLine
 from billing_engine.pricing import MICRO
 from gpuacct import http
 from gpuacct.config import InfluxV1Settings, InfluxV2Settings
+from ledger import UsageLine
 
 MEASUREMENT = "gpuacct_usage"
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import time
 
-from billing_engine.ledger.jobs import JobSeen, JobStore, Recorded
 from billing_engine.series import user_job_node
 from gpuacct.config import JobSettings
 from gpuacct.promql import Querier, Sample
+from jobstore.store import JobSeen, JobStore, Recorded
 
 log = logging.getLogger(__name__)
 DAY = 86400

@@ -22,17 +22,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from billing_engine.engine import Engine
-from billing_engine.ledger import (
+from gpuacct.config import BillingSettings
+from gpuacct.limits import GroupMembers, set_limits, usage_limits
+from gpuacct.periods import week_start
+from gpuacct.tiers import thresholds
+from ledger import (
     LedgerReader,
     LedgerUnavailable,
     MetricsSnapshot,
     SchemaError,
     SqliteLedgerReader,
-    week_start,
 )
-from gpuacct.config import BillingSettings
-from gpuacct.limits import GroupMembers, set_limits, usage_limits
-from gpuacct.tiers import thresholds
 
 # Each user's week so far: gpuacct_account_week_<name>, from the ledger's weekly sums.
 WEEK_GAUGES = (("gpu_seconds", "GPU seconds billed"),

@@ -22,9 +22,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from billing_engine.ledger import Ledger
 from exporter.devices.demo import DEMO_ENV
 from exporter.enforce.hookfile import read_hook
+from ledger import Ledger
 
 FACTOR = 60  # 10m -> 10 s in the rules; Alertmanager's group_wait 5s -> 83 ms
 ALICE, BOB = "gpuacct-demo-alice", "gpuacct-demo-bob"

@@ -8,9 +8,9 @@ import time
 import uuid
 from decimal import Decimal
 
-from billing_engine.ledger import LedgerError, Posting, SchemaError
 from gpuacct.money import parse_amount
 from gpuacct.notices import NOTICES_PATH, ToldEvent
+from ledger import LedgerError, Posting, SchemaError
 from web.deps import Context, fmt
 from web.live import EnforcerRefused
 

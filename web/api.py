@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from billing_engine.ledger import Posting
 from gpuacct.allocation import Entry
+from ledger import Posting
 from web import prices
 from web.actions import Refused, post_money
 from web.deps import Admin, Ctx, Finance, Someone, Staff, Who, check_csrf, may_see, visible

@@ -10,10 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from billing_engine.ledger import SqliteLedgerReader
 from gpuacct.bounded_body import BoundedBodies
 from gpuacct.config import Settings, describe_error
 from gpuacct.secrets import values
+from ledger import SqliteLedgerReader
 from web import api, jobs, ledger_pages, pages, people
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context

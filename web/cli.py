@@ -13,7 +13,6 @@ from pathlib import Path
 
 import uvicorn
 
-from billing_engine.ledger import exists as ledger_exists
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -26,6 +25,7 @@ from gpuacct.files import readable_by_others
 from gpuacct.listener import uvicorn_options
 from gpuacct.postgres import is_url
 from gpuacct.reload import reload_on_sighup
+from ledger import exists as ledger_exists
 from web.app import create_app
 from web.auth import hash_password
 

@@ -12,9 +12,9 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Response
 
-from billing_engine.ledger import Ledger, LedgerWriter
 from gpuacct.config import Settings
 from gpuacct.secrets import values
+from ledger import Ledger, LedgerWriter
 from web.auth import LEGACY_ADMIN, SESSION_COOKIE, LoginLimiter, Role, Sessions, Viewer
 from web.fragments import Fragments
 from web.jobs_view import JobsView

@@ -9,7 +9,9 @@ from typing import cast, get_args
 from fastapi import HTTPException
 from fastapi.responses import Response
 
-from billing_engine.ledger import Export, export
+from gpuacct.periods import parse_time
+from ledger import Export
+from reports import export
 from web.deps import Context
 
 USER_COLUMN = {"usage": 2, "transactions": 2, "waste": 1}  # the user, or the account
@@ -22,7 +24,7 @@ def csv_response(ctx: Context, what: str, start_text: str, end_text: str,
         raise HTTPException(404, "export usage.csv, transactions.csv or waste.csv")
     kind = cast(Export, what)
     try:
-        start, end = export.parse_time(start_text), export.parse_time(end_text)
+        start, end = parse_time(start_text), parse_time(end_text)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     if end <= start:

@@ -14,9 +14,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
-from billing_engine.ledger import iso
-from billing_engine.ledger.export import parse_time
-from billing_engine.ledger.jobs import STATES, JobFilter, JobRecord, State
+from gpuacct.periods import iso, parse_time
+from jobstore.store import STATES, JobFilter, JobRecord, State
 from web.deps import MONEY, Ctx, Someone, may_see
 from web.pages import render
 

@@ -6,10 +6,10 @@ import threading
 
 from fastapi import HTTPException
 
-from billing_engine.ledger import SchemaError
-from billing_engine.ledger.jobs import JOB_STORE, JobStore
 from gpuacct import sqlite
 from gpuacct.config import Settings
+from jobstore.store import JOB_STORE, JobStore
+from ledger import SchemaError
 
 
 class JobsView:

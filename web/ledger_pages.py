@@ -9,9 +9,10 @@ from urllib.parse import quote_plus
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from billing_engine.ledger import UNASSIGNED, LedgerError, SchemaError, iso, month_start
-from billing_engine.ledger.statement import Format, month_name, parse_month, render
 from gpuacct.money import parse_amount
+from gpuacct.periods import iso, month_name, month_start, parse_month
+from ledger import UNASSIGNED, LedgerError, SchemaError
+from reports.statement import Format, render
 from web.auth import LEGACY_ADMIN
 from web.deps import Admin, Ctx, Finance, Staff, check_csrf
 from web.pages import render as render_page

@@ -14,11 +14,11 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from billing_engine.ledger import LedgerError, Posting, SchemaError, week_start
-from billing_engine.ledger.export import parse_time
 from gpuacct.notices import LearnedAddress
+from gpuacct.periods import parse_time, week_start
 from gpuacct.tiers import RANK
 from gpuacct.wording import duration, enforced
+from ledger import LedgerError, Posting, SchemaError
 from web import directory, export, prices
 from web.actions import Refused, post_money
 from web.auth import (

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from billing_engine.ledger import LedgerError, SchemaError
 from gpuacct.config import GpuPrice, PriceVersion, describe_error
 from gpuacct.money import merge_versions
+from ledger import LedgerError, SchemaError
 from web.actions import Refused
 from web.deps import Context
 

@@ -8,17 +8,16 @@ from decimal import Decimal
 
 from pydantic import BaseModel
 
-from billing_engine.ledger import (
+from gpuacct.config import BillingSettings
+from gpuacct.periods import month_start, week_start
+from gpuacct.tiers import Tier, account_tier
+from ledger import (
     JobUsage,
     LedgerReader,
     MemberMonth,
     Transaction,
     WeekUsage,
-    month_start,
-    week_start,
 )
-from gpuacct.config import BillingSettings
-from gpuacct.tiers import Tier, account_tier
 from web.cache import Memo
 
 __all__ = ["AccountRow", "JobUsage", "LedgerView", "Transaction", "WeekUsage"]

@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
-from billing_engine.ledger import Ledger
 from gpuacct import postgres
 from gpuacct.config import Settings, settings_from_mapping
 from gpuacct.promql import PrometheusReplicas, Querier
 from gpuacct.sqlite import Target
+from ledger import Ledger
 from stack.servers import influx_query
 from tests.fixtures.exporter import Exporter
 from tests.fixtures.gpus import RTX3090, FakeGpus, device

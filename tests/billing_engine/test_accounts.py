@@ -14,20 +14,20 @@ import pypdfium2
 import pytest
 
 from billing_engine.accounts import AccountPlans
-from billing_engine.ledger import (
+from billing_engine.metrics import build_registry
+from gpuacct.config import BillingSettings, ConfigError, settings_from_mapping
+from gpuacct.periods import month_start, parse_month
+from gpuacct.sqlite import Target
+from gpuacct.tiers import account_tier
+from ledger import (
     UNASSIGNED,
     AccountPlan,
     Ledger,
     LedgerError,
     UsageLine,
     WindowBill,
-    month_start,
 )
-from billing_engine.ledger.statement import as_csv, as_html, as_pdf, parse_month
-from billing_engine.metrics import build_registry
-from gpuacct.config import BillingSettings, ConfigError, settings_from_mapping
-from gpuacct.sqlite import Target
-from gpuacct.tiers import account_tier
+from reports.statement import as_csv, as_html, as_pdf
 from tests.fixtures.ledger import sql
 
 NOV = 1793491200  # 2026-11-01T00:00:00Z

@@ -10,8 +10,8 @@ from subprocess import Popen
 
 import pytest
 
-from billing_engine.ledger import Ledger
 from gpuacct.config import GpuPrice, PriceVersion
+from ledger import Ledger
 from tests.billing_engine.conftest import WINDOW, Rig, running
 from tests.fixtures.gpus import A100, RTX3090
 from tests.fixtures.ledger import forge, sql

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.ledger import Ledger, UsageLine, export
 from gpuacct.sqlite import Target
+from ledger import Ledger, UsageLine
+from reports import export
 from tests.fixtures.ledger import forge, sql
 
 

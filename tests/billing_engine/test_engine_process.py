@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.ledger import Ledger
+from ledger import Ledger
 from stack.process import ManagedProcess, free_port
 from tests.billing_engine.conftest import WINDOW, Rig
 from tests.billing_engine.test_billing import check_ledger, start_job, stop_job

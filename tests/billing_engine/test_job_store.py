@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from billing_engine.ledger.jobs import JobFilter, JobSeen, JobStore, Recorded
 from gpuacct.sqlite import Target
+from jobstore.store import JobFilter, JobSeen, JobStore, Recorded
 
 T0 = 1_800_000_000.0
 LOST_AFTER = 300.0

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from billing_engine.ledger import (
+from billing_engine.metrics import build_registry
+from gpuacct.config import BillingSettings
+from ledger import (
     SCHEMA_VERSION,
     Ledger,
     LedgerError,
@@ -19,8 +21,6 @@ from billing_engine.ledger import (
     UsageLine,
     open_reader,
 )
-from billing_engine.metrics import build_registry
-from gpuacct.config import BillingSettings
 from tests.fixtures.ledger import sql
 
 # Made by the ledger code of commit 9a45de9 (schema without a version): two accounts opened

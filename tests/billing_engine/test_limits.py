@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from billing_engine.cli import warn_of_limits_above_the_cluster
-from billing_engine.ledger import Account, MetricsSnapshot
 from billing_engine.metrics import build_registry
 from gpuacct.config import BillingSettings, ConfigError, settings_from_mapping
 from gpuacct.promql import Prometheus
+from ledger import Account, MetricsSnapshot
 from tests.fixtures.servers import Server, promql, wait_for
 from tests.fixtures.users import UnixUser
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from influxdb_client.domain.write_precision import WritePrecision
 
 from billing_engine.influx import LineFormatter, to_point
-from billing_engine.ledger import UsageLine
 from billing_engine.series import SeriesCache, identify
+from ledger import UsageLine
 
 # Tag values as they come: spaces, commas, equals, backslashes (a trailing one too), newlines,
 # quotes, any script.

@@ -5,12 +5,12 @@ from decimal import Decimal
 
 import pytest
 
-from billing_engine.ledger import Ledger, LedgerError
 from billing_engine.pricing import PriceBook
 from billing_engine.series import series_key
 from gpuacct.config import GpuPrice, PriceVersion
 from gpuacct.money import merge_versions, parse_amount
 from gpuacct.sqlite import Target
+from ledger import Ledger, LedgerError
 from tests.fixtures.ledger import forge
 
 D = Decimal

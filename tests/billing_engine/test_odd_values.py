@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from billing_engine.engine import Engine
-from billing_engine.ledger import Ledger
 from gpuacct.config import settings_from_mapping
 from gpuacct.promql import Prometheus
 from gpuacct.sqlite import Target
+from ledger import Ledger
 from tests.fixtures.ledger import sql
 from tests.fixtures.servers import Server, promql, wait_for
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from billing_engine.influx import LineFormatter
-from billing_engine.ledger import Ledger, UsageLine, WindowBill
 from gpuacct.sqlite import Target
+from ledger import Ledger, UsageLine, WindowBill
 from tests.fixtures.ledger import sql
 
 LINES = [UsageLine("alice", "train", "n1:9835", "NVIDIA A100-SXM4-80GB", Decimal("60"),

@@ -7,10 +7,10 @@ from collections import defaultdict
 from decimal import Decimal
 
 from billing_engine.engine import Engine
-from billing_engine.ledger import AccountPlan, Ledger, UsageLine, WindowBill
 from gpuacct.config import BillingSettings
 from gpuacct.promql import PrometheusReplicas
 from gpuacct.sqlite import Target
+from ledger import AccountPlan, Ledger, UsageLine, WindowBill
 from tests.fixtures.ledger import forge, sql
 
 DAY = 86400

@@ -14,8 +14,9 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from billing_engine.ledger import Ledger, week_start
 from billing_engine.metrics import build_registry
+from gpuacct.periods import week_start
+from ledger import Ledger
 from tests.billing_engine.conftest import Rig, running
 from tests.fixtures.gpus import GIB
 from tests.fixtures.ledger import sql

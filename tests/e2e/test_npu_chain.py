@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from billing_engine.ledger import SqliteLedgerReader
+from ledger import SqliteLedgerReader
 from stack.process import free_port
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.gpus import ASCEND910B, device

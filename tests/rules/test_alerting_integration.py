@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from billing_engine.ledger import Ledger
+from ledger import Ledger
 from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
 from stack.process import ManagedProcess, free_port
 from tests.fixtures.servers import RUNNING, Server, Webhooks, wait_for

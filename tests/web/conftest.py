@@ -16,9 +16,9 @@ import requests
 import yaml
 from playwright.sync_api import Browser, sync_playwright
 
-from billing_engine.ledger import Ledger
-from billing_engine.ledger.schema import sum_weeks
 from gpuacct.sqlite import Target
+from ledger import Ledger
+from ledger.schema import sum_weeks
 from stack.process import ManagedProcess, free_port
 from tests.fixtures.ledger import forge
 from tests.fixtures.servers import RUNNING

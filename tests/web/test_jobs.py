@@ -10,8 +10,8 @@ from pathlib import Path
 import requests
 from playwright.sync_api import Browser
 
-from billing_engine.ledger.jobs import JOB_STORE, JobSeen, JobStore
 from gpuacct import sqlite
+from jobstore.store import JOB_STORE, JobSeen, JobStore
 from tests.web.conftest import Web
 
 NOW = time.time()

@@ -12,8 +12,9 @@ from decimal import Decimal
 import pytest
 import requests
 
-from billing_engine.ledger import Ledger, week_start
+from gpuacct.periods import week_start
 from gpuacct.sqlite import Target
+from ledger import Ledger
 from tests.fixtures.ledger import forge
 from tests.web.conftest import NOW, Web
 

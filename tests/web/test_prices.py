@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from billing_engine.ledger import Ledger
+from ledger import Ledger
 from tests.web.conftest import Web
 
 pytestmark = pytest.mark.integration

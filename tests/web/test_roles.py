@@ -12,8 +12,9 @@ from decimal import Decimal
 import pytest
 import requests
 
-from billing_engine.ledger import Ledger, month_start
 from gpuacct.config import ConfigError, settings_from_mapping
+from gpuacct.periods import month_start
+from ledger import Ledger
 from tests.web.conftest import Web
 from web.auth import hash_password
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, expect
 
-from billing_engine.ledger import Ledger
+from ledger import Ledger
 from stack.process import free_port
 from tests.fixtures.enforcement import TOKEN, Cluster
 from tests.fixtures.ldap import Slapd

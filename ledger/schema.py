@@ -8,10 +8,10 @@ is a new migration appended here, never an edit of one that shipped.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from gpuacct import sqlite
+from gpuacct.periods import month_start, week_start
 
 V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,15 +104,6 @@ CREATE TABLE IF NOT EXISTS weekly_usage (
     PRIMARY KEY (week_start, user)
 ) WITHOUT ROWID;
 """
-
-WEEK = 7 * 86400
-MONDAY = 4 * 86400  # 1970-01-01 was a Thursday: Mondays fall 4 days into each epoch week
-
-
-def week_start(t: float) -> int:
-    """The Monday 00:00 UTC on or before `t`."""
-    return int((t - MONDAY) // WEEK * WEEK + MONDAY)
-
 
 WeekRow = tuple[int, str, Decimal, Decimal, Decimal, Decimal]  # week, user, the four sums
 ADD_TO_WEEK = (
@@ -211,18 +202,6 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT ''
 );
 """
-
-
-def month_start(t: float) -> int:
-    """The first of the month, 00:00 UTC, on or before `t`."""
-    day = datetime.fromtimestamp(t, UTC)
-    return int(datetime(day.year, day.month, 1, tzinfo=UTC).timestamp())
-
-
-def next_month(start: int) -> int:
-    day = datetime.fromtimestamp(start, UTC)
-    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
-    return int(datetime(year, month, 1, tzinfo=UTC).timestamp())
 
 
 def sum_months(db: sqlite.Connection) -> None:

@@ -9,7 +9,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal, Protocol
 
-from billing_engine.ledger.records import (
+from gpuacct.config import PriceVersion
+from ledger.records import (
     Account,
     AccountKind,
     AccountPlan,
@@ -26,7 +27,6 @@ from billing_engine.ledger.records import (
     WeekUsage,
     WindowBill,
 )
-from gpuacct.config import PriceVersion
 
 Export = Literal["usage", "transactions", "waste"]
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from billing_engine.ledger import Export, LedgerReader
+from gpuacct.periods import parse_time
+from ledger import Export, LedgerReader
 
 USAGE_HEADER = ["window_start", "window_end", "user", "job", "node", "gpu_model",
                 "gpu_seconds", "cpu_core_seconds", "cost", "gpu_idle_seconds", "idle_cost",
@@ -22,16 +22,6 @@ TRANSACTIONS_HEADER = ["id", "at", "account", "kind", "amount", "balance_after",
                        "window_end", "actor"]
 
 
-def parse_time(text: str) -> float:
-    """A UTC date (`2026-11-01`) or date and time (`2026-11-01T12:00`) as a unix time."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date like 2026-11-01 or 2026-11-01T12:00") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-# Columns people write (user, job and node names, models, reasons), by export.
 TEXT_COLUMNS = {"usage": (2, 3, 4, 5, 11), "transactions": (2, 3, 6, 8), "waste": (1,),
                 "statement": (1, 3, 4)}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -5,41 +5,19 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from billing_engine.ledger.export import as_text
-from billing_engine.ledger.records import Statement
+from gpuacct.periods import day, moment, month_name
+from ledger.records import Statement
+from reports.export import as_text
 
 Format = Literal["csv", "html", "pdf"]
-MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"]))
-
-
-def parse_month(text: str) -> int:
-    """`2026-11` as the Unix time of 2026-11-01 00:00 UTC; ValueError naming the problem."""
-    found = MONTH.match(text.strip())
-    if found is None or not 1 <= int(found[2]) <= 12 or int(found[1]) < 1970:
-        raise ValueError(f"{text!r} is not a month like 2026-11")
-    return int(datetime(int(found[1]), int(found[2]), 1, tzinfo=UTC).timestamp())
-
-
-def month_name(start: int) -> str:
-    return datetime.fromtimestamp(start, UTC).strftime("%Y-%m")
-
-
-def day(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
-
-
-def moment(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def as_csv(statement: Statement) -> str:

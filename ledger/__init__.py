@@ -2,9 +2,10 @@
 outbox. This package owns every SQL statement against those tables; everyone else holds a
 `LedgerReader` (read-only) or a `LedgerWriter` and gets typed rows back."""
 
-from billing_engine.ledger.protocols import Export, LedgerReader, LedgerWriter
-from billing_engine.ledger.reader import SqliteLedgerReader, iso
-from billing_engine.ledger.records import (
+from gpuacct.sqlite import SchemaError, Target, exists
+from ledger.protocols import Export, LedgerReader, LedgerWriter
+from ledger.reader import SqliteLedgerReader
+from ledger.records import (
     BILLING,
     UNASSIGNED,
     Account,
@@ -28,10 +29,8 @@ from billing_engine.ledger.records import (
     WeekUsage,
     WindowBill,
 )
-from billing_engine.ledger.schema import VERSION as SCHEMA_VERSION
-from billing_engine.ledger.schema import month_start, next_month, week_start
-from billing_engine.ledger.writer import Ledger
-from gpuacct.sqlite import SchemaError, Target, exists
+from ledger.schema import VERSION as SCHEMA_VERSION
+from ledger.writer import Ledger
 
 __all__ = [
     "BILLING", "SCHEMA_VERSION", "UNASSIGNED", "Account", "AccountKind", "AccountPlan",
@@ -39,7 +38,7 @@ __all__ = [
     "LedgerError", "LedgerReader", "LedgerUnavailable", "LedgerWriter", "MemberMonth",
     "MetricsSnapshot", "Posting", "SchemaError", "SqliteLedgerReader", "Statement",
     "StatementEntry", "Status", "Transaction", "UsageLine", "WeekUsage", "WindowBill", "exists",
-    "iso", "month_start", "next_month", "open_reader", "week_start",
+    "open_reader",
 ]
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 
-from billing_engine.ledger import schema
-from billing_engine.ledger.protocols import Export
-from billing_engine.ledger.records import (
+from gpuacct import postgres, sqlite
+from gpuacct.config import PriceVersion
+from gpuacct.periods import DAY, iso, month_start, next_month, week_start
+from ledger import schema
+from ledger.protocols import Export
+from ledger.records import (
     BILLING,
     Account,
     AuditEntry,
@@ -30,20 +32,12 @@ from billing_engine.ledger.records import (
     UsageLine,
     WeekUsage,
 )
-from billing_engine.ledger.schema import week_start
-from gpuacct import postgres, sqlite
-from gpuacct.config import PriceVersion
 
 MICROS = "CAST(ROUND(CAST({} AS REAL) * 1000000) AS INTEGER)"
-DAY = 86400
 
 
 def money(micros: int | None) -> Decimal:
     return Decimal(micros or 0).scaleb(-6)
-
-
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SqliteLedgerReader:
@@ -206,7 +200,7 @@ class SqliteLedgerReader:
         found = self.account(account)
         if found is None:
             return None
-        end = schema.next_month(month)
+        end = next_month(month)
         db = self._db()
         when = "COALESCE(window_end, at)"
         with sqlite.read_transaction(db):
@@ -287,7 +281,7 @@ class SqliteLedgerReader:
             now = time.time()
             accounts = self._account_rows()
             charged_to = self.charged_to(now)
-            members = self.member_months(schema.month_start(now))
+            members = self.member_months(month_start(now))
             last, windows = db.execute("SELECT MAX(window_end), COUNT(*) FROM windows"
                                        ).fetchone()
             charged = self._meta("charged_total")

@@ -17,9 +17,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from billing_engine.ledger import schema
-from billing_engine.ledger.reader import DAY, SqliteLedgerReader, iso
-from billing_engine.ledger.records import (
+from gpuacct import sqlite
+from gpuacct.config import PriceVersion
+from gpuacct.periods import DAY, iso, month_start, week_start
+from ledger import schema
+from ledger.reader import SqliteLedgerReader
+from ledger.records import (
     BILLING,
     UNASSIGNED,
     AccountKind,
@@ -30,8 +33,6 @@ from billing_engine.ledger.records import (
     Status,
     WindowBill,
 )
-from gpuacct import sqlite
-from gpuacct.config import PriceVersion
 
 
 class Ledger(SqliteLedgerReader):
@@ -228,7 +229,7 @@ class Ledger(SqliteLedgerReader):
 
     def _add_to_week(self, db: sqlite.Connection, bill: WindowBill) -> None:
         """Add the window's lines to each user's sums for the week it ends in."""
-        week = schema.week_start(bill.end)
+        week = week_start(bill.end)
         users = {ln.user for ln in bill.lines}
         known = schema.week_sums(
             (week, user, *map(Decimal, numbers)) for user, *numbers in db.execute(
@@ -241,7 +242,7 @@ class Ledger(SqliteLedgerReader):
     def _add_to_month(self, db: sqlite.Connection, bill: WindowBill,
                       to: dict[str, str]) -> None:
         """Add the window's cost to each member's sum for its account and month."""
-        month = schema.month_start(bill.end)
+        month = month_start(bill.end)
         sums = {(month, account, user): Decimal(cost) for account, user, cost in db.execute(
             "SELECT account, user, cost FROM monthly_usage WHERE month_start = ?", (month,))
             if to.get(user) == account}
