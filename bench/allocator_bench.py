@@ -29,6 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import percentile
 from fleet import signed_put, start_enforcer, start_nodes
 
 from allocator.placement import Gpu, Held, Want, first_fit_now, plan
@@ -162,7 +163,7 @@ def bench_reserve_to_node() -> None:
                        NodePolicy(version=version + 1))
         for name, values in (("gpuacct reserve -> node", ours), ("direct signed PUT", direct)):
             values.sort()
-            p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+            p99 = percentile(values, 99)
             print(f"  {name:<24} p50 {statistics.median(values) * 1000:6.1f} ms, "
                   f"p99 {p99 * 1000:6.1f} ms ({len(values)} rounds)")
         print(f"  ratio of medians: {statistics.median(ours) / statistics.median(direct):.1f}x")

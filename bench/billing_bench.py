@@ -241,9 +241,10 @@ def one(backend: str, runs_wanted: int) -> int:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process: {rss:.0f} MiB")
         first, steady = (statistics.median(r[i].total for r in runs) for i in (0, 1))
-        share = statistics.median((r[1].total - q) / q for r, q in zip(runs, raws, strict=True))
+        steady_share = statistics.median(
+            (r[1].total - q) / q for r, q in zip(runs, raws, strict=True))
         print(f"RESULT {SERIES} {backend} {first:.3f} {steady:.3f} "
-              f"{statistics.median(raws):.3f} {share:.2f} {rss:.0f}")
+              f"{statistics.median(raws):.3f} {steady_share:.2f} {rss:.0f}")
         return 0
     finally:
         for proc in procs:

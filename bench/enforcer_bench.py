@@ -17,7 +17,6 @@ import os
 import pwd
 import select
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from common import percentile
 from fleet import signed_put, start_enforcer, start_nodes
 
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
@@ -122,11 +122,6 @@ def direct(ports: list[int], n: int, victims: list[subprocess.Popen[bytes]]) -> 
     pushing.join()
     put_all(NodePolicy(version=kill.version + 1))
     return took
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else max(
-        values)
 
 
 def main() -> int:

@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import percentile
+
 from exporter.devices.fake_nvml import FakeNvml, file_source
 from exporter.devices.node import Devices
 from exporter.devices.nvml import NvmlBackend
@@ -57,10 +59,6 @@ def latencies(url: str, n: int) -> list[float]:
             response.read()
         out.append(time.perf_counter() - t)
     return out
-
-
-def p(values: list[float], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
 def spawn(users: list[pwd.struct_passwd]) -> list[subprocess.Popen[bytes]]:
@@ -161,14 +159,14 @@ def report(ours: float, cold: float, our_lat: list[float], our_rss: float,
     rows = [("gpuacct-exporter (sampling cycle)", ours, our_lat, our_rss)]
     rows += [(f"process-exporter by user, {k}", *v) for k, v in peers.items()]
     for name, cpu, lat, rss in rows:
-        print(f"{name:34} {cpu * 1000:17.1f} ms {p(lat, .5) * 1000:10.1f} ms"
-              f" {p(lat, .99) * 1000:10.1f} ms {rss:5.0f} MB")
+        print(f"{name:34} {cpu * 1000:17.1f} ms {percentile(lat, 50) * 1000:10.1f} ms"
+              f" {percentile(lat, 99) * 1000:10.1f} ms {rss:5.0f} MB")
     print()
     print(f"gpuacct cold first cycle (reads identities once): {cold * 1000:.1f} ms")
     for label, (cpu, _, _) in peers.items():
         print(f"ratio gpuacct cycle CPU / process-exporter ({label}) scrape CPU: "
               f"{ours / cpu:.3f}  (target <= 0.2)")
-    print(f"gpuacct /metrics p99: {p(our_lat, .99) * 1000:.1f} ms (target < 50 ms); "
+    print(f"gpuacct /metrics p99: {percentile(our_lat, 99) * 1000:.1f} ms (target < 50 ms); "
           f"RSS {our_rss:.0f} MB (target < 80 MB)")
 
 

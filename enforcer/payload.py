@@ -53,7 +53,7 @@ class Alert(BaseModel):
         quota = self.labels.get("cpu_quota_percent")
         return Reason(
             alert=self.labels.get("alertname", "unnamed"),
-            action=self.labels["action"],  # type: ignore[arg-type]  # checked above
+            action=self.labels["action"],  # checked above
             summary=self.annotations.get("summary", ""),
             description=self.annotations.get("description", ""),
             cpu_quota_percent=int(quota) if quota and self.labels["action"] == "throttle"

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 JobKey = tuple[str, str]  # user, job
 GpuKey = tuple[str, str, str, str, str]  # user, job, gpu, gpu_uuid, gpu_model
-STATE_VERSION = 1
+STATE_VERSION: Literal[1] = 1
 
 
 @dataclass

@@ -36,7 +36,7 @@ def clock() -> Clock:
 
 
 def make(path: Target, clock: Clock, **settings: object) -> Allocator:
-    allocator = Allocator(AllocationStore(path), AllocatorSettings(**settings),  # type: ignore[arg-type]
+    allocator = Allocator(AllocationStore(path), AllocatorSettings(**settings),
                           clock=clock)
     allocator.report_gpus("gpu01", gpus(2))
     allocator.report_gpus("gpu02", gpus(2, "RTX 3090"))
@@ -49,7 +49,7 @@ def allocator(store_target: Target, clock: Clock) -> Allocator:
 
 
 def ask(count: int, hours: float = 1, **kw: object) -> Reserve:
-    return Reserve(count=count, seconds=hours * HOUR, **kw)  # type: ignore[arg-type]
+    return Reserve(count=count, seconds=hours * HOUR, **kw)
 
 
 def test_grant_queue_release_and_the_next_is_granted(allocator: Allocator,

@@ -10,7 +10,7 @@ import os
 from decimal import Decimal
 from pathlib import Path
 
-import pypdfium2
+import pypdfium2  # type: ignore[import-untyped]
 import pytest
 
 from billing_engine.accounts import AccountPlans

@@ -175,7 +175,7 @@ def test_trial_mode_records_usage_and_cost_but_debits_nothing(
 
 def test_catch_up_after_an_absence_is_bounded_by_max_backfill(rig: Rig) -> None:
     engine = rig.engine(max_backfill_seconds=5 * WINDOW)
-    ledger = engine.ledger
+    ledger = rig.ledger_path
     now = time.time()
     long_ago = engine.due_window(now) - 50 * WINDOW
     with forge(ledger) as db:  # as if billing had begun long ago and then stopped

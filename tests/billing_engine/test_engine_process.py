@@ -143,7 +143,8 @@ def test_two_engines_on_postgresql_the_active_one_killed_ten_times(
             active = wait_for(holder, timeout=15, what="an engine to hold the lease")
             time.sleep(rng.uniform(0.05, 2 * WINDOW))  # anywhere: mid-window, mid-commit
             os.kill(active.pid, signal.SIGKILL)
-            active.popen.wait()  # type: ignore[union-attr]
+            assert active.popen is not None
+            active.popen.wait()
             killed = time.monotonic()
             standby = next(e for e in engines if e is not active)
             wait_for(lambda: holder() is standby, timeout=15,  # noqa: B023 (this turn's)

@@ -3,6 +3,8 @@ goes silent, reconciled when it answers again; filters and pages for the web."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gpuacct.sqlite import Target
@@ -17,8 +19,8 @@ def seen(job: str, node: str = "gpu1:9835", user: str = "alice", running: bool =
     return JobSeen(node, user, job, started=T0 - 100, running=running, **meta)
 
 
-def states(store: JobStore, **where: str) -> dict[str, str]:
-    items, _ = store.jobs(JobFilter(**where), per_page=1000)  # type: ignore[arg-type]
+def states(store: JobStore, **where: Any) -> dict[str, str]:
+    items, _ = store.jobs(JobFilter(**where), per_page=1000)
     return {j.job: j.state for j in items}
 
 

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ TABLES = ("accounts", "transactions", "usage_lines", "cursors", "windows", "infl
           "price_versions", "meta", "lease")
 
 
-def contents(path: Path) -> dict[str, list[tuple[object, ...]]]:
+def contents(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     db = sql(path)
     try:
         return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in TABLES}

@@ -58,10 +58,10 @@ def test_the_weeks_waste_equals_the_ledger_and_the_counters(
         rig: Rig, processes: Processes, test_users: dict[str, UnixUser]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
     procs = {}
-    for user, gpu, sm in ((alice, 0, 0), (bob, 1, 50)):  # alice idle-holds GPU 0, bob works
-        procs[user.name] = processes.python(user, "train.py", "120")
-        wait_until_exec(procs[user.name], "train.py")
-        rig.gpus.put(gpu, procs[user.name].pid, used_memory=2 * GIB, sm_util=sm)
+    for worker, gpu, sm in ((alice, 0, 0), (bob, 1, 50)):  # alice idle-holds GPU 0, bob works
+        procs[worker.name] = processes.python(worker, "train.py", "120")
+        wait_until_exec(procs[worker.name], "train.py")
+        rig.gpus.put(gpu, procs[worker.name].pid, used_memory=2 * GIB, sm_util=sm)
     with running(rig.engine()):
         time.sleep(6)
         for proc in procs.values():

@@ -96,11 +96,11 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
 
 def pins(text: str) -> dict[str, str]:
     """`name==version` lines (pip freeze, a constraints file) by canonical name."""
-    found = {}
+    found: dict[str, str] = {}
     for line in text.splitlines():
         name, sep, version = line.partition("==")
         if sep and not line.startswith("#"):
-            found[canonicalize_name(name)] = version.strip()
+            found[str(canonicalize_name(name))] = version.strip()
     return found
 
 

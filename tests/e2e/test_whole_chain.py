@@ -219,9 +219,9 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
             with capsys.disabled():
                 print(text, flush=True)
 
-        for port, path in ((node.exporter.port, "/metrics"), (billing_port, "/metrics"),
-                           (enforcer.port, "/-/healthy"), (web_port, "/-/healthy")):
-            assert plain_http_fails(port, path), f"port {port} answered plain HTTP"
+        for port, route in ((node.exporter.port, "/metrics"), (billing_port, "/metrics"),
+                            (enforcer.port, "/-/healthy"), (web_port, "/-/healthy")):
+            assert plain_http_fails(port, route), f"port {port} answered plain HTTP"
         yield Chain(node, prometheus, rig, enforcer, services[1],
                     f"https://127.0.0.1:{web_port}", time.time(), say, installed_gpuacct,
                     sockets / "user.sock", smtp_server, chat_receiver, tls, token)
@@ -396,7 +396,8 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         costs[user] = costs.get(user, Decimal(0)) + Decimal(cost)
     influx = wait(lambda: chain.rig.influx_sums() == {
         u: int(c * 1_000_000) for u, c in costs.items()}, "InfluxDB to hold every cost", 30)
-    balances = dict(sqlite_rows(chain.rig.ledger_path, "SELECT name, balance FROM accounts"))
+    balances: dict[str, str] = dict(sqlite_rows(chain.rig.ledger_path,
+                                                "SELECT name, balance FROM accounts"))
     for user in (bob, carol.name, dave.name):  # carol's and dave's: their reserved time
         assert costs[user] > 0 and Decimal(balances[user]) == OPENING - costs[user]
     assert Decimal(balances[alice]) == OPENING + 100 - costs[alice]
@@ -486,7 +487,7 @@ def told_by_mail_and_chat(chain: Chain, user: str, recharged: float) -> None:
     assert any("balance is" in m.body for m in mails if m.subject == recharge)
 
 
-def sqlite_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+def sqlite_rows(path: Path | str, query: str) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return list(db.execute(query))

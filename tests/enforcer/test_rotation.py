@@ -5,6 +5,8 @@ against a throwaway CA, as a deployment runs it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 
@@ -54,7 +56,7 @@ def test_node_keys_and_the_webhook_token_rotate_step_by_step_with_sighup(
     old_key, new_key = key_of("gpu01").decode(), node_key(NEW_MASTER.encode(), "gpu01").decode()
     enforced_at_every_step(enforcer, node, user, 0, TOKEN)
 
-    steps = [  # docs/enforcement.md, "Rotating the keys"
+    steps: list[tuple[Any, dict[str, Any], str]] = [  # docs/enforcement.md, "Rotating the keys"
         (node.exporter, {"auth": {"node_key": [old_key, new_key]}}, TOKEN),
         (enforcer, {"auth": {"node_master_key": [NEW_MASTER, MASTER],
                              "webhook_token": [TOKEN, NEW_TOKEN]}}, NEW_TOKEN),

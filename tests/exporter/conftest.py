@@ -36,6 +36,12 @@ class Node:
     def value(self, metric: str, /, **labels: str) -> float | None:
         return self.registry.get_sample_value(metric, labels)
 
+    def present(self, metric: str, /, **labels: str) -> float:
+        """The sample's value; the test fails if there is none."""
+        found = self.value(metric, **labels)
+        assert found is not None, f"no {metric} with {labels}"
+        return found
+
     def matching(self, metric: str, /, **labels: str) -> float | None:
         """The value of the first sample of `metric` with these labels (and maybe others)."""
         return next((value for found, value in self.samples(metric)

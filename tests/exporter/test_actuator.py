@@ -82,7 +82,7 @@ def gpu_process(rig: Rig, processes: Processes, user: UnixUser, gpu: int,
                 script: str = "idle.py") -> subprocess.Popen[bytes]:
     proc = processes.python(user, script, env={"GPUACCT_JOB": f"job-{gpu}"})
     wait_until_exec(proc, script)
-    assert rig.node.gpus is not None
+    assert isinstance(rig.node.gpus, FakeGpus)
     rig.node.gpus.put(gpu, proc.pid)
     return proc
 
@@ -175,7 +175,7 @@ def test_kill_terminates_gpu_process_trees_and_sigkills_after_the_grace(
         kids = psutil.Process(stubborn.pid).children()
         child = kids[0] if kids and "idle.py" in " ".join(kids[0].cmdline()) else None
     assert child is not None
-    assert r.node.gpus is not None
+    assert isinstance(r.node.gpus, FakeGpus)
     r.node.gpus.put(0, stubborn.pid)
     bobs = gpu_process(r, processes, bob, gpu=1)
     r.cycle()

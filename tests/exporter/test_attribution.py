@@ -89,7 +89,7 @@ def test_env_var_job_with_name_gpu_uuid_and_model(
                       vendor=vendor, driver_version=node.value_label(
                           "gpuacct_gpu_info", "driver_version"), parent_uuid="") == 1
     assert node.value("gpuacct_job_processes", user=alice.name, job="4711") == 1
-    assert node.value("gpuacct_job_memory_bytes", user=alice.name, job="4711") > 1 << 20
+    assert node.present("gpuacct_job_memory_bytes", user=alice.name, job="4711") > 1 << 20
 
 
 @pytest.fixture
@@ -270,7 +270,7 @@ def test_mig_device(make_node: Callable[..., Node], processes: Processes,
     node = make_node(gpus)
     gpu_job(processes, gpus, alice, "a", mig=0)
     node.cycle(2, pause=0.2)
-    assert node.value("gpuacct_job_gpu_seconds_total", user=alice.name, job="a", gpu="0/mig0",
+    assert node.present("gpuacct_job_gpu_seconds_total", user=alice.name, job="a", gpu="0/mig0",
                       gpu_uuid="MIG-1111", gpu_model=f"{A100} MIG 1g.10gb") > 0
     assert node.value("gpuacct_gpu_info", gpu="0/mig0", gpu_uuid="MIG-1111",
                       gpu_model=f"{A100} MIG 1g.10gb", vendor="nvidia", driver_version="550.54.15",

@@ -249,16 +249,17 @@ def test_a_node_with_nvidia_amd_and_ascend_numbers_them_in_turn() -> None:
 
 
 def test_auto_reads_nvml_and_only_the_libraries_that_are_there(tmp_path: Path) -> None:
-    settings = ExporterSettings(state_file=tmp_path / "s.json",
-                                dcmi={"library": "/nonexistent/libdcmi.so"})
+    settings = ExporterSettings.model_validate({"state_file": tmp_path / "s.json",
+                                                "dcmi": {"library": "/nonexistent/libdcmi.so"}})
     devices = open_devices(settings)
     assert devices is not None
     assert [name for name, _ in devices.backends] == ["nvml", "amdsmi"]  # amdsmi imports here
     npus = npu()
     npus.path = tmp_path / "npus.json"
     npus.save()
-    settings = ExporterSettings(state_file=tmp_path / "s.json", backends=["dcmi"],
-                                dcmi={"fake_file": str(npus.path)})
+    settings = ExporterSettings.model_validate({"state_file": tmp_path / "s.json",
+                                                "backends": ["dcmi"],
+                                                "dcmi": {"fake_file": str(npus.path)}})
     devices = open_devices(settings)
     assert devices is not None and [name for name, _ in devices.backends] == ["dcmi"]
     reading, collectors = devices.read()

@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -193,8 +194,11 @@ def test_prometheus_reads_each_users_gpu_seconds_and_two_scrapers_double_nothing
     truth = exporter.scrape()
     query = "sum by (user) (gpuacct_job_gpu_seconds_total)"
     for prom in replicas:
-        result = wait_for(lambda p=prom: len(promql(p.url, query)) == 2 and promql(p.url, query),
-                          timeout=10, what="both users in PromQL")
+        def both_users(p: Server = prom) -> list[dict[str, Any]]:
+            found = promql(p.url, query)
+            return found if len(found) == 2 else []
+
+        result = wait_for(both_users, timeout=10, what="both users in PromQL")
         by_user = {r["metric"]["user"]: float(r["value"][1]) for r in result}
         assert by_user == pytest.approx({
             alice.name: value_for(truth, "gpuacct_job_gpu_seconds_total", user=alice.name),

@@ -123,6 +123,6 @@ def test_real_processes_are_named_with_framework_script_and_redacted_arguments(
     assert "s3cret" not in exposition and "abc123" not in exposition
     assert "hunter2" not in exposition
 
-    started = node.value("gpuacct_job_start_time_seconds", user=alice.name, job="resnet")
+    started = node.present("gpuacct_job_start_time_seconds", user=alice.name, job="resnet")
     assert started == pytest.approx(psutil.Process(trainer.pid).create_time(), abs=1.5)
     assert started <= time.time()

@@ -81,7 +81,7 @@ def reserved(user: str | None, mode: str = "open", grace: float = 60.0,
              node_name: str = "gpu01") -> Reservations:
     """GPU 0 of `node_name` reserved for `user` for an hour (None: not reserved)."""
     gpus = (ReservedGpu(gpu=0, user=user, id=7, ends=NOW + 3600),) if user else ()
-    return Reservations(mode=mode, grace_seconds=grace,  # type: ignore[arg-type]
+    return Reservations(mode=mode, grace_seconds=grace,
                         nodes={node_name: gpus})
 
 
@@ -186,8 +186,9 @@ def test_new_processes_of_a_throttled_user_join_the_quota_except_under_systemd()
                                              ("ann", frozenset({"ann"}))])
 def test_root_system_and_protected_users_are_refused_whole(user: str,
                                                            protected: frozenset[str]) -> None:
-    wanted = policy(**{user: UserPolicy(block=True, kill=True, cpu_quota_percent=10,
-                                        reasons=(KILL,))})
+    users: dict[str, UserPolicy] = {user: UserPolicy(block=True, kill=True,
+                                                     cpu_quota_percent=10, reasons=(KILL,))}
+    wanted = NodePolicy(version=1, users=users, reservations=Reservations())
     procs = snapshot([proc(5, UIDS[user])], on_gpu=(5,))
     plan = plan_policy(ActuatorState(), wanted, procs, node(protected=protected))
     assert kinds(plan) == ["Record:policy:refused", "RemoveHook"]
@@ -384,7 +385,7 @@ def test_no_plan_ever_targets_a_process_it_must_not(
         for step in cycle.steps:  # a block alone never stops what ran when it began
             user = (cycle.state.users[step.user] if isinstance(step, Stop)
                     and step.alert not in (RESERVATION, IDLE) else None)
-            if user is not None and user.kill_since is None:
+            if user is not None and user.kill_since is None and isinstance(step, Stop):
                 assert not {p.key for p in step.targets} & user.baseline
         state = plan_grace(cycle.state, where.now).state
 
@@ -404,7 +405,7 @@ def test_the_planner_needs_no_privilege() -> None:
         test_sigkill_follows_once_the_grace_is_over,
         test_the_hook_says_what_is_in_force_and_whether_it_is_a_dry_run,
         test_no_plan_ever_targets_a_process_it_must_not,
-        *[lambda a=a: test_a_throttle_is_planned_as_the_node_can_do_it(*a)  # type: ignore[misc]
+        *[lambda a=a: test_a_throttle_is_planned_as_the_node_can_do_it(*a)
           for a in [("cgroup1", False, ["Limit", "WriteHook"]),
                     (None, False, ["Record:throttle:unsupported", "WriteHook"])]],
         *[lambda u=u, p=p: test_root_system_and_protected_users_are_refused_whole(u, p)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter.usage import procs
 from exporter.usage.procs import CLOCK_TICKS, PAGE_SIZE, ProcessTable, parse_stat
 
 
@@ -129,7 +128,7 @@ def test_an_exiting_process_keeps_its_job(tmp_path: Path) -> None:
 def test_a_framework_is_looked_for_in_the_maps_with_a_backoff_then_no_more(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
-    monkeypatch.setattr(procs.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("exporter.usage.procs.time.monotonic", lambda: now[0])
     torch = "7f00-7f01 r-xp 0 08:01 1 /venv/site-packages/torch/lib/libtorch_cuda.so\n"
     for pid, comm in ((10, "python3"), (11, "python3"), (12, "bash")):
         make_proc(tmp_path, pid, 2000, comm=comm, session=pid)

@@ -70,6 +70,6 @@ def test_reserved_gpus_the_holder_does_not_keep_busy_count_as_idle_held(
     billed = gpu_seconds(node)
     assert set(idle) == {("reservation-10", "0"), ("reservation-11", "1"),
                          ("reservation-12", "2")}
-    for (job, gpu), seconds in idle.items():
+    for (job, unit), seconds in idle.items():
         # From the streak's start (the first cycle's part is not seen), never more than billed.
-        assert billed[(alice.name, job, gpu)] - 0.15 <= seconds <= billed[(alice.name, job, gpu)]
+        assert billed[(alice.name, job, unit)] - 0.15 <= seconds <= billed[(alice.name, job, unit)]

@@ -8,10 +8,10 @@ import sqlite3
 import psycopg
 import pytest
 
-from gpuacct import postgres, sqlite
+from gpuacct import sqlite
 
 
-def drop(db: postgres.Connection, url: str) -> None:
+def drop(db: sqlite.Connection, url: str) -> None:
     """The server ends this connection, as a restart or a failover would."""
     (pid,) = db.execute("SELECT pg_backend_pid()").fetchone()
     with psycopg.connect(url, autocommit=True) as admin:

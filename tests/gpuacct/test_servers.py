@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from influxdb_client import Point, WritePrecision
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from stack.process import free_port
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 def test_influxdb_write_and_read_back(influxdb: Server) -> None:
     influx_query(influxdb.url, 'CREATE DATABASE "t"', method="POST")
-    point = (Point("usage").tag("user", "alice").field("cost", 1.25).field("cost_micros", 1250000)
+    point = (Point("usage").tag("user", "alice")  # type: ignore[no-untyped-call]
+             .field("cost", 1.25).field("cost_micros", 1250000)
              .time(1_700_000_000, WritePrecision.S))
     request = urllib.request.Request(
         f"{influxdb.url}/write?db=t&precision=s",

@@ -330,7 +330,7 @@ def test_a_port_in_use_is_named_in_one_line_before_anything_starts(tmp_path: Pat
 def test_the_exporter_started_without_root_says_so_and_exits_2(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Not run as a test user: the checkout may be where only root can enter."""
-    monkeypatch.setattr(exporter_cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("exporter.cli.os.geteuid", lambda: 1000)
     assert exporter_cli.main(["run"]) == 2
     assert capsys.readouterr().err.strip() == (
         "gpuacct-exporter: run it as root: it reads every user's processes in /proc and acts "

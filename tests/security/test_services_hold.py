@@ -13,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -86,7 +86,7 @@ def test_a_hostile_model_pattern_never_stalls_the_enforcer(cluster: Cluster) -> 
     assert enforcer.get(ALLOCATION_PATH)["entries"] == []
 
 
-SECRETS = {
+SECRETS: dict[str, dict[str, dict[str, Any]]] = {
     "auth.webhook_token": {"auth": {"webhook_token": ""}},
     "auth.node_master_key": {"auth": {"node_master_key": "short-key"}},
     "web.session_secret": {"web": {"session_secret": ["a-session-secret-of-length", ""]}},

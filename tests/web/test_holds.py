@@ -67,7 +67,7 @@ def test_script_in_every_parameter_of_every_route_comes_back_escaped(
     tried = 0
     for route in routes(web):
         names = query_names(route.dependant)
-        for method in route.methods:
+        for method in route.methods or ():
             for make in visitors.values():
                 session = make()  # anew: /login and /logout end the session they are sent
                 # Every path parameter hostile, then each query parameter in turn.
@@ -112,7 +112,7 @@ def test_every_state_changing_route_lets_through_exactly_the_roles_docs_name(
     web = start_web(administrators=STAFF, login_failures_per_minute=100)
     table = _table()
     before = web.balance("bob")
-    changing = {f"{m} {r.path_format}" for r in routes(web) for m in r.methods
+    changing = {f"{m} {r.path_format}" for r in routes(web) for m in r.methods or ()
                 if m in ("POST", "PUT", "PATCH", "DELETE")}
     assert changing == set(table), "docs/web.md's table and the app's routes differ"
 

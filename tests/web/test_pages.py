@@ -180,7 +180,7 @@ def test_the_waste_report_shows_each_users_idle_held_gpu_time_of_the_week(
                          params={"from": monday, "to": "2100-01-01"}, timeout=10)
     mine = [r for r in csv.DictReader(io.StringIO(answer.text)) if r["user"] == "alice"]
     assert (Decimal(mine[0]["gpu_idle_seconds"]), Decimal(mine[0]["idle_cost"]),
-            mine[0]["idle_share"]) == (30 * windows, Decimal("0.05") * windows, "0.5000")
+            mine[0]["idle_share"]) == (Decimal(30 * windows), Decimal("0.05") * windows, "0.5000")
     assert session.get(f"{web.url}/admin/waste", params={"week": "someday"},
                        timeout=10).status_code == 400
     # A user sees their own weeks on their page, and not the report.
