@@ -16,44 +16,45 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from gpuacct import sqlite
+from gpuacct import store
 from gpuacct.policy import NodeGpu
 
 SCHEMA_V1 = """
 CREATE TABLE requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user TEXT NOT NULL,
-    asked_on TEXT NOT NULL,          -- the node the user asked from
-    count INTEGER NOT NULL CHECK (count > 0),
-    seconds REAL NOT NULL CHECK (seconds > 0),
+    id {id_never_reused},
+    "user" TEXT NOT NULL,
+    asked_on TEXT NOT NULL,          -- the node the "user" asked from
+    count BIGINT NOT NULL CHECK (count > 0),
+    seconds DOUBLE PRECISION NOT NULL CHECK (seconds > 0),
     model TEXT, node TEXT, gpus TEXT,  -- what was asked for (gpus: JSON list)
-    submitted REAL NOT NULL,
+    submitted DOUBLE PRECISION NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('queued', 'granted', 'ended')),
-    granted_node TEXT, granted_gpus TEXT, started REAL, ends REAL,
-    ended REAL, end_reason TEXT,
-    warned INTEGER NOT NULL DEFAULT 0  -- the expiry notice went out
+    granted_node TEXT, granted_gpus TEXT, started DOUBLE PRECISION, ends DOUBLE PRECISION,
+    ended DOUBLE PRECISION, end_reason TEXT,
+    warned BIGINT NOT NULL DEFAULT 0  -- the expiry notice went out
 );
 CREATE INDEX requests_open ON requests (state) WHERE state != 'ended';
 CREATE TABLE inventory (
-    node TEXT NOT NULL, gpu INTEGER NOT NULL, model TEXT NOT NULL, reported REAL NOT NULL,
+    node TEXT NOT NULL, gpu BIGINT NOT NULL, model TEXT NOT NULL,
+    reported DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (node, gpu)
 );
-CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 CREATE TABLE notices (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL, user TEXT NOT NULL, nodes TEXT NOT NULL, text TEXT NOT NULL
+    id {id_never_reused},
+    at DOUBLE PRECISION NOT NULL, "user" TEXT NOT NULL, nodes TEXT NOT NULL, text TEXT NOT NULL
 );
 CREATE TABLE audit (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    request INTEGER,
-    user TEXT NOT NULL,
-    actor TEXT NOT NULL,   -- who: the user, 'allocator', or an administrator
+    id {id},
+    at DOUBLE PRECISION NOT NULL,
+    request BIGINT,
+    "user" TEXT NOT NULL,
+    actor TEXT NOT NULL,   -- who: the "user", 'allocator', or an administrator
     event TEXT NOT NULL,   -- queued, granted, released, expired, idle, cancelled, notice...
     detail TEXT NOT NULL DEFAULT ''
 );
 """
-MIGRATIONS = [sqlite.statements(SCHEMA_V1)]
+MIGRATIONS = [store.statements(SCHEMA_V1)]
 
 State = Literal["queued", "granted", "ended"]
 
@@ -89,7 +90,7 @@ class Event:
     detail: str
 
 
-_COLUMNS = ("id, user, asked_on, count, seconds, model, node, gpus, submitted, state, "
+_COLUMNS = ('id, "user", asked_on, count, seconds, model, node, gpus, submitted, state, '
             "granted_node, granted_gpus, started, ends, ended, end_reason, warned")
 
 
@@ -120,8 +121,8 @@ class Changes:
     def add(self, user: str, asked_on: str, count: int, seconds: float, model: str | None,
             node: str | None, gpus: tuple[int, ...] | None) -> int:
         (id,) = self._db.execute(
-            "INSERT INTO requests (user, asked_on, count, seconds, model, node, gpus, "
-            "submitted, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued') RETURNING id",
+            'INSERT INTO requests ("user", asked_on, count, seconds, model, node, gpus, '
+            "submitted, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued') RETURNING id",
             (user, asked_on, count, seconds, model, node,
              json.dumps(list(gpus)) if gpus is not None else None, self.now)).fetchone()
         self.dirty = True
@@ -129,62 +130,62 @@ class Changes:
 
     def grant(self, id: int, node: str, gpus: tuple[int, ...], ends: float) -> None:
         self._db.execute(
-            "UPDATE requests SET state = 'granted', granted_node = ?, granted_gpus = ?, "
-            "started = ?, ends = ? WHERE id = ? AND state = 'queued'",
+            "UPDATE requests SET state = 'granted', granted_node = $1, granted_gpus = $2, "
+            "started = $3, ends = $4 WHERE id = $5 AND state = 'queued'",
             (node, json.dumps(list(gpus)), self.now, ends, id))
         self.dirty = True
 
     def end(self, id: int, reason: str) -> None:
-        self._db.execute("UPDATE requests SET state = 'ended', ended = ?, end_reason = ? "
-                         "WHERE id = ? AND state != 'ended'", (self.now, reason, id))
+        self._db.execute("UPDATE requests SET state = 'ended', ended = $1, end_reason = $2 "
+                         "WHERE id = $3 AND state != 'ended'", (self.now, reason, id))
         self.dirty = True
 
     def warned(self, id: int) -> None:
-        self._db.execute("UPDATE requests SET warned = 1 WHERE id = ?", (id,))
+        self._db.execute("UPDATE requests SET warned = 1 WHERE id = $1", (id,))
 
     def settings(self, fingerprint: int) -> None:
         """What nodes are told besides the reservations (mode, grace) changed if its
         fingerprint did: that too is a new version."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
         if row is None or int(row[0]) != fingerprint:
-            self._db.execute("INSERT INTO meta VALUES ('settings', ?) ON CONFLICT (key) DO UPDATE "
+            self._db.execute("INSERT INTO meta VALUES ('settings', $1) ON CONFLICT (key) DO UPDATE "
                              "SET value = excluded.value",
                              (fingerprint,))
             self.dirty = row is not None  # the first settings are no change for any node
 
     def notice(self, user: str, nodes: tuple[str, ...], text: str) -> None:
-        self._db.execute("INSERT INTO notices (at, user, nodes, text) VALUES (?, ?, ?, ?)",
+        self._db.execute('INSERT INTO notices (at, "user", nodes, text) VALUES ($1, $2, $3, $4)',
                          (self.now, user, json.dumps(list(nodes)), text))
         self.dirty = True
 
     def prune_notices(self, before: float) -> None:
-        if self._db.execute("DELETE FROM notices WHERE at < ?", (before,)).rowcount:
+        if self._db.execute("DELETE FROM notices WHERE at < $1", (before,)).rowcount:
             self.dirty = True
 
     def audit(self, request: int | None, user: str, actor: str, event: str,
               detail: str = "") -> None:
-        self._db.execute("INSERT INTO audit (at, request, user, actor, event, detail) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
+        self._db.execute('INSERT INTO audit (at, request, "user", actor, event, detail) '
+                         "VALUES ($1, $2, $3, $4, $5, $6)",
                          (self.now, request, user, actor, event, detail))
 
     def inventory(self, node: str, gpus: Iterable[NodeGpu]) -> bool:
         """Replace what `node` has; True if that changed anything."""
         new = sorted((g.index, g.model) for g in gpus)
-        old = self._db.execute("SELECT gpu, model FROM inventory WHERE node = ? ORDER BY gpu",
+        old = self._db.execute("SELECT gpu, model FROM inventory WHERE node = $1 ORDER BY gpu",
                                (node,)).fetchall()
         if [tuple(r) for r in old] == new:
             return False
-        self._db.execute("DELETE FROM inventory WHERE node = ?", (node,))
-        self._db.executemany("INSERT INTO inventory VALUES (?, ?, ?, ?)",
+        self._db.execute("DELETE FROM inventory WHERE node = $1", (node,))
+        self._db.executemany("INSERT INTO inventory VALUES ($1, $2, $3, $4)",
                              [(node, i, m, self.now) for i, m in new])
         return True
 
 
 class AllocationStore:
-    def __init__(self, path: sqlite.Target) -> None:
+    def __init__(self, path: store.Target) -> None:
         self.path = path
-        self.db = sqlite.connect(path, schema="allocator")
-        sqlite.migrate(self.db, MIGRATIONS, f"allocator store {path}")
+        self.db = store.connect(path, schema="allocator")
+        store.migrate(self.db, MIGRATIONS, f"allocator store {path}")
         self._lock = threading.RLock()
 
     @contextmanager
@@ -193,12 +194,12 @@ class AllocationStore:
         (in milliseconds, so a version is higher than any before even if the database was
         lost and began again)."""
         now = time.time() if now is None else now
-        with self._lock, sqlite.transaction(self.db):
+        with self._lock, store.transaction(self.db):
             changes = Changes(self, now)
             yield changes
             if changes.dirty:
                 self.db.execute(
-                    "INSERT INTO meta VALUES ('version', ?) ON CONFLICT (key) DO UPDATE SET "
+                    "INSERT INTO meta VALUES ('version', $1) ON CONFLICT (key) DO UPDATE SET "
                     "value = CASE WHEN meta.value + 1 > excluded.value THEN meta.value + 1 "
                     "ELSE excluded.value END", (int(now * 1000),))
 
@@ -213,7 +214,7 @@ class AllocationStore:
             f"SELECT {_COLUMNS} FROM requests WHERE state != 'ended' ORDER BY id")]
 
     def request(self, id: int) -> Request | None:
-        row = self.db.execute(f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (id,)).fetchone()
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM requests WHERE id = $1", (id,)).fetchone()
         return _request(row) if row else None
 
     def inventory(self) -> list[tuple[str, int, str]]:
@@ -222,12 +223,12 @@ class AllocationStore:
 
     def notices(self) -> list[StoredNotice]:
         return [StoredNotice(id, user, tuple(json.loads(nodes)), text) for id, user, nodes, text
-                in self.db.execute("SELECT id, user, nodes, text FROM notices ORDER BY id")]
+                in self.db.execute('SELECT id, "user", nodes, text FROM notices ORDER BY id')]
 
     def audit(self, user: str | None = None, limit: int = 1000) -> list[Event]:
         rows = self.db.execute(
-            "SELECT at, request, user, actor, event, detail FROM audit "
-            "WHERE ? IS NULL OR user = ? ORDER BY id DESC LIMIT ?", (user, user, limit))
+            'SELECT at, request, "user", actor, event, detail FROM audit '
+            'WHERE "user" = $1 OR $1 IS NULL ORDER BY id DESC LIMIT $2', (user, limit))
         return [Event(*r) for r in rows][::-1]
 
     def close(self) -> None:

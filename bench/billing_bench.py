@@ -47,7 +47,7 @@ from billing_engine.engine import QUERY, Engine
 from billing_engine.influx import InfluxV1, LineFormatter
 from gpuacct.config import BillingSettings, InfluxV1Settings
 from gpuacct.promql import Prometheus
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger, UsageLine, WindowBill
 from stack import servers
 from stack.process import ManagedProcess, free_port

@@ -33,7 +33,7 @@ from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.job_tracker import JobTracker
 from billing_engine.metrics import build_registry
-from gpuacct import sqlite
+from gpuacct import store
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -56,8 +56,8 @@ from ledger import (
     Ledger,
     LedgerError,
     Posting,
+    ReadOnlyLedger,
     SchemaError,
-    SqliteLedgerReader,
     open_reader,
 )
 from ledger import exists as ledger_exists
@@ -102,7 +102,7 @@ def _open_ledger(settings: BillingSettings) -> Ledger:
         raise SystemExit(f"gpuacct-billing: {exc}") from None
 
 
-def _open_reader(settings: BillingSettings) -> SqliteLedgerReader:
+def _open_reader(settings: BillingSettings) -> ReadOnlyLedger:
     """Read-only; a ledger of an older schema is migrated first, as any writer would."""
     _open_ledger(settings).close()
     return open_reader(settings.ledger)
@@ -120,7 +120,7 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -
     prometheus = PrometheusReplicas(billing.prometheus_url, billing.query_timeout_seconds)
     jobs = None
     if billing.jobs is not None:
-        jobs = JobTracker(JobStore(sqlite.beside(billing.ledger, JOB_STORE)), prometheus,
+        jobs = JobTracker(JobStore(store.beside(billing.ledger, JOB_STORE)), prometheus,
                           billing.jobs)
     engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb), jobs=jobs)
     warn_of_limits_above_the_cluster(billing, prometheus, log)

@@ -30,8 +30,8 @@ from ledger import (
     LedgerReader,
     LedgerUnavailable,
     MetricsSnapshot,
+    ReadOnlyLedger,
     SchemaError,
-    SqliteLedgerReader,
 )
 
 # Each user's week so far: gpuacct_account_week_<name>, from the ledger's weekly sums.
@@ -45,7 +45,7 @@ class BillingCollector(Collector):
                  ledger: LedgerReader | None = None) -> None:
         self.settings = settings
         self.engine = engine
-        self.ledger = ledger or SqliteLedgerReader(settings.ledger)
+        self.ledger = ledger or ReadOnlyLedger(settings.ledger)
         self.members = GroupMembers(settings.group_limits, "billing.group_limits")
 
     def _read(self) -> MetricsSnapshot | None:

@@ -14,7 +14,6 @@ import json
 import logging
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -34,7 +33,6 @@ from enforcer.nodes import Pusher
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.store import Retention, Store
-from gpuacct import sqlite
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -49,7 +47,7 @@ from gpuacct.listener import BasicAuth, WebConfig, uvicorn_options
 from gpuacct.reload import reload_on_sighup
 from gpuacct.secrets import Tokens, values
 from gpuacct.signing import MasterKeys, node_key
-from gpuacct.sqlite import SchemaError
+from gpuacct.store import SchemaError, StoreError, beside, exists
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +124,7 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
         store.close()
         return 0
     database = (settings.allocator.database
-                or sqlite.beside(settings.enforcer.database, "allocator.sqlite3"))
+                or beside(settings.enforcer.database, "allocator.sqlite3"))
     allocator = Allocator(_opened("the allocator's store", lambda: AllocationStore(database)),
                           settings.allocator,
                           restriction=lambda user: _restriction(store, user))
@@ -137,7 +135,7 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)
     notices = _opened("the notices' store", lambda: Notices(
-        sqlite.beside(settings.enforcer.database, "notices.sqlite3"), settings.notifications,
+        beside(settings.enforcer.database, "notices.sqlite3"), settings.notifications,
         settings.web.public_url))
     notifier = Notifier(notices, settings.notifications, registry)
 
@@ -192,7 +190,7 @@ def _wait_for_the_lease(store: Store, holder: str, seconds: float,
                 log.info("standby: the enforcer %s acts; taking over when its lease ends",
                          store.lease_holder())
                 said = True
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             log.warning("standby: cannot reach the database: %s", exc)
         if stop.wait(min(1.0, seconds / 4)):
             return False
@@ -215,7 +213,7 @@ def _keep_the_lease(store: Store, holder: str, seconds: float, server: uvicorn.S
                 renewed = time.monotonic()
                 continue
             log.error("the lease went to %s: stopping", store.lease_holder())
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             if time.monotonic() - renewed < seconds * 0.75:
                 log.warning("cannot renew the lease yet: %s", exc)
                 continue
@@ -278,13 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         print(node_key(masters[1 if args.next else 0], args.node).decode())
         return 0
     if command in ("policy", "audit"):
-        if not sqlite.exists(settings.enforcer.database):
+        if not exists(settings.enforcer.database):
             print(f"gpuacct-enforcer: no state at {settings.enforcer.database}", file=sys.stderr)
             return 1
-        store = Store(settings.enforcer.database)
+        state = Store(settings.enforcer.database)
         if args.command == "policy":
-            print(json.dumps(json.loads(store.dump_policy()), indent=2))
-        for e in store.audit(args.user, args.limit) if args.command == "audit" else ():
+            print(json.dumps(json.loads(state.dump_policy()), indent=2))
+        for e in state.audit(args.user, args.limit) if args.command == "audit" else ():
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
             print(f"{stamp}  {e.node:<24} {e.user:<16} {e.action:<10} {e.result:<9} "
                   f"{e.alert}  {e.detail}")

@@ -19,29 +19,31 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from enforcer.store import Firing
-from gpuacct import sqlite
+from gpuacct import store
 from gpuacct.config import NotificationSettings
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS active (
-    user TEXT NOT NULL, notice TEXT NOT NULL, event TEXT NOT NULL, since REAL NOT NULL,
+    "user" TEXT NOT NULL, notice TEXT NOT NULL, event TEXT NOT NULL,
+    since DOUBLE PRECISION NOT NULL,
     alerts TEXT NOT NULL,  -- the alerts it was composed of, one a line
-    PRIMARY KEY (user, notice)
+    PRIMARY KEY ("user", notice)
 );
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY,
-    event TEXT NOT NULL, channel TEXT NOT NULL, user TEXT NOT NULL, address TEXT,
+    id {id},
+    event TEXT NOT NULL, channel TEXT NOT NULL, "user" TEXT NOT NULL, address TEXT,
     subject TEXT NOT NULL, body TEXT NOT NULL,
-    created REAL NOT NULL, due REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    sent REAL, error TEXT NOT NULL DEFAULT '',
+    created DOUBLE PRECISION NOT NULL, due DOUBLE PRECISION NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    sent DOUBLE PRECISION, error TEXT NOT NULL DEFAULT '',
     UNIQUE (event, channel)
 );
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (due) WHERE sent IS NULL;
 CREATE TABLE IF NOT EXISTS settings (
-    user TEXT PRIMARY KEY, address TEXT, channels TEXT  -- a JSON list; NULL: the defaults
+    "user" TEXT PRIMARY KEY, address TEXT, channels TEXT  -- a JSON list; NULL: the defaults
 );
 """
-MIGRATIONS = [sqlite.statements(SCHEMA_V1)]
+MIGRATIONS = [store.statements(SCHEMA_V1)]
 FIRST_RETRY_SECONDS = 5.0
 
 
@@ -71,11 +73,11 @@ class Backlog:
 
 
 class Notices:
-    def __init__(self, path: sqlite.Target, settings: NotificationSettings,
+    def __init__(self, path: store.Target, settings: NotificationSettings,
                  page_url: str | None) -> None:
         self.settings, self.page_url = settings, page_url
-        self.db = sqlite.connect(path, schema="notices")
-        sqlite.migrate(self.db, MIGRATIONS, f"notices {path}")
+        self.db = store.connect(path, schema="notices")
+        store.migrate(self.db, MIGRATIONS, f"notices {path}")
         self._lock = threading.Lock()
 
     # -- what users are owed --------------------------------------------------------------
@@ -90,12 +92,12 @@ class Notices:
         for f in firing:
             notices[(f.user, f.notice)].append(f)
         started = 0
-        with self._lock, sqlite.transaction(self.db):
-            only = "" if users is None else f" WHERE user IN ({sqlite.placeholders(len(users))})"
+        with self._lock, store.transaction(self.db):
+            only = "" if users is None else f' WHERE "user" IN ({store.placeholders(len(users))})'
             active = {(u, n): (e, a) for u, n, e, a in self.db.execute(
-                "SELECT user, notice, event, alerts FROM active" + only, list(users or ()))}
+                'SELECT "user", notice, event, alerts FROM active' + only, list(users or ()))}
             for key in active.keys() - notices.keys():
-                self.db.execute("DELETE FROM active WHERE user = ? AND notice = ?", key)
+                self.db.execute('DELETE FROM active WHERE "user" = $1 AND notice = $2', key)
             for (user, notice), alerts in notices.items():
                 names = "\n".join(a.reason.alert for a in alerts)
                 event, told = active.get((user, notice), (None, None))
@@ -103,13 +105,13 @@ class Notices:
                     continue  # on, as it was told
                 subject, body = self._compose(user, alerts)
                 if event is not None:  # still on: a later alert of it joins the unsent rows
-                    self.db.execute("UPDATE outbox SET subject = ?, body = ? WHERE event = ? "
+                    self.db.execute("UPDATE outbox SET subject = $1, body = $2 WHERE event = $3 "
                                     "AND sent IS NULL", (subject, body, event))
-                    self.db.execute("UPDATE active SET alerts = ? WHERE user = ? AND "
-                                    "notice = ?", (names, user, notice))
+                    self.db.execute('UPDATE active SET alerts = $1 WHERE "user" = $2 AND '
+                                    "notice = $3", (names, user, notice))
                     continue
                 event = f"{notice}:{user}:{int(now * 1000)}"
-                self.db.execute("INSERT INTO active VALUES (?, ?, ?, ?, ?)",
+                self.db.execute("INSERT INTO active VALUES ($1, $2, $3, $4, $5)",
                                 (user, notice, event, now, names))
                 self._enqueue(event, user, subject, body, now)
                 started += 1
@@ -119,8 +121,8 @@ class Notices:
              now: float | None = None) -> bool:
         """An event reported by another part (a recharge): queued once per `event` key."""
         now = time.time() if now is None else now
-        with self._lock, sqlite.transaction(self.db):
-            if self.db.execute("SELECT 1 FROM outbox WHERE event = ?", (event,)).fetchone():
+        with self._lock, store.transaction(self.db):
+            if self.db.execute("SELECT 1 FROM outbox WHERE event = $1", (event,)).fetchone():
                 return False
             self._enqueue(event, user, subject, body + self._footer(user), now)
         return True
@@ -144,14 +146,14 @@ class Notices:
             address = choice.address or (spec.address.replace("{user}", user)
                                          if spec.address else None)
             self.db.execute(
-                "INSERT OR IGNORE INTO outbox (event, channel, user, address, subject, body, "
-                "created, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                'INSERT INTO outbox (event, channel, "user", address, subject, body, created, due) '
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                 (event, channel, user, address, subject, body, now, now))
 
     # -- each user's choice ---------------------------------------------------------------
 
     def _choice(self, user: str) -> UserChoice:
-        row = self.db.execute("SELECT address, channels FROM settings WHERE user = ?",
+        row = self.db.execute('SELECT address, channels FROM settings WHERE "user" = $1',
                               (user,)).fetchone()
         configured = list(self.settings.channels)
         default = (self.settings.default_channels if self.settings.default_channels is not None
@@ -171,18 +173,19 @@ class Notices:
         if unknown:
             raise ValueError(f"no channel named {', '.join(sorted(unknown))}; there are: "
                              f"{', '.join(self.settings.channels) or 'none'}")
-        with self._lock, sqlite.transaction(self.db):
-            self.db.execute("INSERT INTO settings VALUES (?, ?, ?) ON CONFLICT (user) DO UPDATE "
-                            "SET address = excluded.address, channels = excluded.channels",
+        with self._lock, store.transaction(self.db):
+            self.db.execute('INSERT INTO settings VALUES ($1, $2, $3) ON CONFLICT ("user") '
+                            "DO UPDATE SET address = excluded.address, "
+                            "channels = excluded.channels",
                             (user, address or None,
                              None if channels is None else json.dumps(channels)))
             return self._choice(user)
 
     def learn_address(self, user: str, address: str) -> None:
         """An address from the directory, kept unless the user set their own."""
-        with self._lock, sqlite.transaction(self.db):
-            self.db.execute("INSERT INTO settings (user, address) VALUES (?, ?) "
-                            "ON CONFLICT (user) DO UPDATE SET address = excluded.address "
+        with self._lock, store.transaction(self.db):
+            self.db.execute('INSERT INTO settings ("user", address) VALUES ($1, $2) '
+                            'ON CONFLICT ("user") DO UPDATE SET address = excluded.address '
                             "WHERE settings.address IS NULL", (user, address))
 
     # -- the sender's side ----------------------------------------------------------------
@@ -193,14 +196,14 @@ class Notices:
         now = time.time() if now is None else now
         with self._lock:
             spent = dict(self.db.execute(
-                "SELECT user, COUNT(DISTINCT event) FROM outbox WHERE sent > ? GROUP BY user",
+                'SELECT "user", COUNT(DISTINCT event) FROM outbox WHERE sent > $1 GROUP BY "user"',
                 (now - 3600,)).fetchall())
             rows = self.db.execute(
-                "SELECT id, event, channel, user, address, subject, body, attempts FROM outbox "
-                "WHERE sent IS NULL AND due <= ? ORDER BY id LIMIT ?", (now, limit)).fetchall()
+                'SELECT id, event, channel, "user", address, subject, body, attempts FROM outbox '
+                "WHERE sent IS NULL AND due <= $1 ORDER BY id LIMIT $2", (now, limit)).fetchall()
             started = {e for (e,) in self.db.execute(
                 "SELECT DISTINCT event FROM outbox WHERE sent IS NOT NULL AND event IN "
-                f"({sqlite.placeholders(len(rows))})", [r[1] for r in rows])}
+                f"({store.placeholders(len(rows))})", [r[1] for r in rows])}
         cap, chosen = self.settings.per_user_per_hour, []
         for r in rows:
             row = Row(*r)
@@ -213,17 +216,17 @@ class Notices:
         return chosen
 
     def sent(self, row: Row, now: float | None = None) -> None:
-        with self._lock, sqlite.transaction(self.db):
-            self.db.execute("UPDATE outbox SET sent = ?, error = '' WHERE id = ?",
+        with self._lock, store.transaction(self.db):
+            self.db.execute("UPDATE outbox SET sent = $1, error = '' WHERE id = $2",
                             (time.time() if now is None else now, row.id))
 
     def failed(self, row: Row, error: str, now: float | None = None) -> float:
         """Tried again after a backoff that doubles up to retry_max_seconds; when."""
         now = time.time() if now is None else now
         wait = min(self.settings.retry_max_seconds, FIRST_RETRY_SECONDS * 2.0 ** row.attempts)
-        with self._lock, sqlite.transaction(self.db):
-            self.db.execute("UPDATE outbox SET attempts = attempts + 1, due = ?, error = ? "
-                            "WHERE id = ?", (now + wait, error[:500], row.id))
+        with self._lock, store.transaction(self.db):
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1, due = $1, error = $2 "
+                            "WHERE id = $3", (now + wait, error[:500], row.id))
         return now + wait
 
     def backlog(self) -> list[Backlog]:
@@ -237,9 +240,9 @@ class Notices:
     def history(self, user: str | None = None, limit: int = 100) -> list[dict[str, object]]:
         with self._lock:
             cursor = self.db.execute(
-                "SELECT event, channel, user, subject, created, sent, attempts, error "
-                "FROM outbox WHERE ? IS NULL OR user = ? ORDER BY id DESC LIMIT ?",
-                (user, user, limit))
+                'SELECT event, channel, "user", subject, created, sent, attempts, error '
+                'FROM outbox WHERE "user" = $1 OR $1 IS NULL ORDER BY id DESC LIMIT $2',
+                (user, limit))
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()][::-1]
 

@@ -14,29 +14,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from gpuacct import sqlite
+from gpuacct import store
 
 SCHEMA_V1 = """
 CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id_never_reused},
     node TEXT NOT NULL,            -- the exporter's instance, as Prometheus labels it
-    user TEXT NOT NULL,
+    "user" TEXT NOT NULL,
     job TEXT NOT NULL,
-    started REAL NOT NULL,         -- when its earliest process started (0: not reported)
+    started DOUBLE PRECISION NOT NULL,  -- when its earliest process started (0: not reported)
     name TEXT NOT NULL, source TEXT NOT NULL, framework TEXT NOT NULL, script TEXT NOT NULL,
     args TEXT NOT NULL, cwd TEXT NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,       -- the last time its node reported it running
+    first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL,       -- the last time its node reported it running
     state TEXT NOT NULL CHECK (state IN ('running', 'finished', 'lost')),
-    ended REAL,                    -- finished: when it was last seen running
-    lost_at REAL,                  -- lost: when its node was declared silent
-    UNIQUE (node, user, job, started)
+    ended DOUBLE PRECISION,                    -- finished: when it was last seen running
+    lost_at DOUBLE PRECISION,                  -- lost: when its node was declared silent
+    UNIQUE (node, "user", job, started)
 );
-CREATE INDEX jobs_by_user ON jobs (user, first_seen);
+CREATE INDEX jobs_by_user ON jobs ("user", first_seen);
 CREATE INDEX jobs_open ON jobs (node, state) WHERE state != 'finished';
-CREATE TABLE nodes (node TEXT PRIMARY KEY, last_up REAL NOT NULL);
+CREATE TABLE nodes (node TEXT PRIMARY KEY, last_up DOUBLE PRECISION NOT NULL);
 """
-MIGRATIONS = [sqlite.statements(SCHEMA_V1)]
+MIGRATIONS = [store.statements(SCHEMA_V1)]
 JOB_STORE = "jobs.sqlite3"  # beside the ledger's file
 State = Literal["running", "finished", "lost"]
 STATES: tuple[State, ...] = ("running", "finished", "lost")
@@ -102,23 +102,23 @@ class JobFilter:
     until: float | None = None  # began at or before this
 
 
-_COLUMNS = ("id, node, user, job, started, name, source, framework, script, args, cwd, "
+_COLUMNS = ('id, node, "user", job, started, name, source, framework, script, args, cwd, '
             "first_seen, last_seen, state, ended, lost_at")
 # A job that stopped running ended when it was last seen so.
-_FINISH = "UPDATE jobs SET state = 'finished', ended = last_seen, lost_at = NULL WHERE id = ?"
+_FINISH = "UPDATE jobs SET state = 'finished', ended = last_seen, lost_at = NULL WHERE id = $1"
 
 
 class JobStore:
     """The writer is the active billing engine; `readonly` opens it for the web."""
 
-    def __init__(self, path: sqlite.Target, readonly: bool = False) -> None:
+    def __init__(self, path: store.Target, readonly: bool = False) -> None:
         self.path = path
-        self.db = sqlite.connect(path, readonly=readonly, timeout=5.0 if readonly else 30.0,
+        self.db = store.connect(path, readonly=readonly, timeout=5.0 if readonly else 30.0,
                                  schema="jobs")
         if readonly:
-            sqlite.require_version(self.db, len(MIGRATIONS), f"job store {path}")
+            store.require_version(self.db, len(MIGRATIONS), f"job store {path}")
         else:
-            sqlite.migrate(self.db, MIGRATIONS, f"job store {path}")
+            store.migrate(self.db, MIGRATIONS, f"job store {path}")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -131,37 +131,38 @@ class JobStore:
         up = set(nodes_up)
         jobs = {s.key: s for s in seen if s.node in up}
         new = finished = lost = reconciled = 0
-        with self._lock, sqlite.transaction(self.db):
+        with self._lock, store.transaction(self.db):
             db = self.db
-            db.executemany("INSERT INTO nodes VALUES (?, ?) ON CONFLICT (node) DO UPDATE SET "
+            db.executemany("INSERT INTO nodes VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET "
                            "last_up = excluded.last_up", [(n, at) for n in sorted(up)])
             open_rows = {(n, u, j, s): (i, state) for i, n, u, j, s, state in db.execute(
-                "SELECT id, node, user, job, started, state FROM jobs WHERE state != 'finished'")}
+                'SELECT id, node, "user", job, started, state FROM jobs '
+                "WHERE state != 'finished'")}
             for key, s in jobs.items():
                 meta = (s.name, s.source, s.framework, s.script, s.args, s.cwd)
                 found = open_rows.get(key)
                 if found is None:
-                    row = db.execute("SELECT id FROM jobs WHERE node = ? AND user = ? AND "
-                                     "job = ? AND started = ?", key).fetchone()
+                    row = db.execute('SELECT id FROM jobs WHERE node = $1 AND "user" = $2 AND '
+                                     "job = $3 AND started = $4", key).fetchone()
                     if row is None:
                         db.execute(
-                            "INSERT INTO jobs (node, user, job, started, name, source, "
+                            'INSERT INTO jobs (node, "user", job, started, name, source, '
                             "framework, script, args, cwd, first_seen, last_seen, state, ended) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                             (*key, *meta, at, at, "running" if s.running else "finished",
                              None if s.running else at))
                         new += 1
                     elif s.running:  # seen finished before, running again: a restart
-                        db.execute("UPDATE jobs SET state = 'running', last_seen = ?, "
-                                   "ended = NULL WHERE id = ?", (at, row[0]))
+                        db.execute("UPDATE jobs SET state = 'running', last_seen = $1, "
+                                   "ended = NULL WHERE id = $2", (at, row[0]))
                     continue
                 id, state = found
                 reconciled += state == "lost"
                 if s.running:
                     db.execute(
-                        "UPDATE jobs SET state = 'running', last_seen = ?, lost_at = NULL, "
-                        "name = ?, source = ?, framework = CASE WHEN ? != '' THEN ? ELSE "
-                        "framework END, script = ?, args = ?, cwd = ? WHERE id = ?",
+                        "UPDATE jobs SET state = 'running', last_seen = $1, lost_at = NULL, "
+                        "name = $2, source = $3, framework = CASE WHEN $4 != '' THEN $5 ELSE "
+                        "framework END, script = $6, args = $7, cwd = $8 WHERE id = $9",
                         (at, s.name, s.source, s.framework, s.framework, s.script, s.args,
                          s.cwd, id))
                 else:
@@ -175,8 +176,8 @@ class JobStore:
                     reconciled += state == "lost"
             # Running jobs of a node silent for lost_after: lost.
             lost = db.execute(
-                "UPDATE jobs SET state = 'lost', lost_at = ? WHERE state = 'running' AND node IN "
-                "(SELECT node FROM nodes WHERE last_up <= ?)", (at, at - lost_after)).rowcount
+                "UPDATE jobs SET state = 'lost', lost_at = $1 WHERE state = 'running' AND node IN "
+                "(SELECT node FROM nodes WHERE last_up <= $2)", (at, at - lost_after)).rowcount
         return Recorded(new, finished, max(lost, 0), reconciled)
 
     # -- reading
@@ -185,24 +186,27 @@ class JobStore:
         """One page of the jobs that match, newest first, and how many match in all."""
         clauses: list[str] = []
         values: list[str | float] = []
-        for column, value in (("user", where.user), ("node", where.node),
+        for column, value in (('"user"', where.user), ("node", where.node),
                               ("state", where.state)):
             if value is not None:
-                clauses.append(f"{column} = ?")
                 values.append(value)
+                clauses.append(f"{column} = ${len(values)}")
         if where.since is not None:  # still running then, or ended after it
-            clauses.append("(state != 'finished' OR COALESCE(ended, last_seen) >= ?)")
             values.append(where.since)
+            clauses.append("(state != 'finished' OR COALESCE(ended, last_seen) >= "
+                           f"${len(values)})")
         if where.until is not None:
-            clauses.append("CASE WHEN started > 0 THEN started ELSE first_seen END <= ?")
             values.append(where.until)
+            clauses.append("CASE WHEN started > 0 THEN started ELSE first_seen END "
+                           f"<= ${len(values)}")
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock, sqlite.read_transaction(self.db):
+        with self._lock, store.read_transaction(self.db):
             (total,) = self.db.execute(f"SELECT COUNT(*) FROM jobs {condition}",
                                        values).fetchone()
             rows = self.db.execute(
                 f"SELECT {_COLUMNS} FROM jobs {condition} ORDER BY first_seen DESC, id DESC "
-                "LIMIT ? OFFSET ?", (*values, per_page, page * per_page)).fetchall()
+                f"LIMIT ${len(values) + 1} OFFSET ${len(values) + 2}",
+                (*values, per_page, page * per_page)).fetchall()
         return [JobRecord(*r) for r in rows], int(total)
 
     def counts(self) -> dict[tuple[str, State], int]:
@@ -214,7 +218,7 @@ class JobStore:
 
     def prune(self, before: float) -> int:
         """Finished jobs that ended before `before` go."""
-        with self._lock, sqlite.transaction(self.db):
+        with self._lock, store.transaction(self.db):
             gone: int = self.db.execute("DELETE FROM jobs WHERE state = 'finished' AND "
-                                        "ended < ?", (before,)).rowcount
+                                        "ended < $1", (before,)).rowcount
         return gone

@@ -7,12 +7,11 @@ number of micro-units and turned back into a Decimal here.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 
-from gpuacct import postgres, sqlite
+from gpuacct import store
 from gpuacct.config import PriceVersion
 from gpuacct.periods import DAY, iso, month_start, next_month, week_start
 from ledger import schema
@@ -33,34 +32,35 @@ from ledger.records import (
     WeekUsage,
 )
 
-MICROS = "CAST(ROUND(CAST({} AS REAL) * 1000000) AS INTEGER)"
+MICROS = "CAST(ROUND(CAST({} AS DOUBLE PRECISION) * 1000000) AS BIGINT)"
 
 
 def money(micros: int | None) -> Decimal:
     return Decimal(micros or 0).scaleb(-6)
 
 
-class SqliteLedgerReader:
-    """Implements `LedgerReader` on a ledger file that gpuacct-billing keeps migrated."""
+class ReadOnlyLedger:
+    """Implements `LedgerReader` on a ledger (a SQLite file or a PostgreSQL schema) that
+    gpuacct-billing keeps migrated."""
 
-    def __init__(self, path: sqlite.Target) -> None:
+    def __init__(self, path: store.Target) -> None:
         self.path = path
-        self.where = postgres.redacted(str(path))  # for messages
-        self._readers = sqlite.PerThread(self._open_reader)
+        self.where = store.redacted(str(path))  # for messages
+        self._readers = store.PerThread(self._open_reader)
 
-    def _open_reader(self) -> sqlite.Connection:
-        db = sqlite.connect(self.path, readonly=True, timeout=5.0, schema="ledger")
-        sqlite.require_version(db, schema.VERSION, f"ledger {self.where}")
+    def _open_reader(self) -> store.Database:
+        db = store.connect(self.path, readonly=True, timeout=5.0, schema="ledger")
+        store.require_version(db, schema.VERSION, f"ledger {self.where}")
         return db
 
-    def _db(self) -> sqlite.Connection:
+    def _db(self) -> store.Database:
         return self._readers.get()
 
     def close(self) -> None:
         self._readers.close()
 
     def _meta(self, key: str) -> str | None:
-        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._db().execute("SELECT value FROM meta WHERE key = $1", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     # -- billing state
@@ -90,8 +90,8 @@ class SqliteLedgerReader:
         return [UsageLine(user, job, node, model, Decimal(gpu), Decimal(cpu), Decimal(cost),
                           Decimal(idle), Decimal(idle_cost))
                 for user, job, node, model, gpu, cpu, cost, idle, idle_cost in self._db().execute(
-                    "SELECT user, job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost, "
-                    "gpu_idle_seconds, idle_cost FROM usage_lines WHERE window_end = ?", (end,))]
+                    'SELECT "user", job, node, gpu_model, gpu_seconds, cpu_core_seconds, cost, '
+                    "gpu_idle_seconds, idle_cost FROM usage_lines WHERE window_end = $1", (end,))]
 
     def outbox_windows(self) -> list[int]:
         """Windows whose points InfluxDB has not acknowledged, oldest first."""
@@ -105,7 +105,7 @@ class SqliteLedgerReader:
 
     # -- accounts and money
     def balance(self, account: str) -> Decimal | None:
-        row = self._db().execute("SELECT balance FROM accounts WHERE name = ?",
+        row = self._db().execute("SELECT balance FROM accounts WHERE name = $1",
                                  (account,)).fetchone()
         return None if row is None else Decimal(row[0])
 
@@ -125,11 +125,11 @@ class SqliteLedgerReader:
     def accounts(self, cost_since: float) -> list[Account]:
         cost = dict(self._db().execute(
             f"SELECT account, SUM({MICROS.format('cost')}) FROM usage_lines "
-            "WHERE window_end >= ? GROUP BY account", (cost_since,)).fetchall())
+            "WHERE window_end >= $1 GROUP BY account", (cost_since,)).fetchall())
         return self._account_rows(cost=cost)
 
     def account(self, name: str) -> Account | None:
-        found = self._account_rows("WHERE name = ?", (name,))
+        found = self._account_rows("WHERE name = $1", (name,))
         return found[0] if found else None
 
     def charged_to(self, at: float) -> dict[str, str]:
@@ -137,8 +137,9 @@ class SqliteLedgerReader:
         found = {name: name for (name,) in self._db().execute(
             "SELECT name FROM accounts WHERE kind = 'personal'")}
         for user, account in self._db().execute(
-                "SELECT user, account FROM memberships m WHERE effective = (SELECT MAX(effective) "
-                "FROM memberships WHERE user = m.user AND effective <= ?)", (at,)):
+                'SELECT "user", account FROM memberships m WHERE effective = '
+                '(SELECT MAX(effective) FROM memberships WHERE "user" = m."user" '
+                "AND effective <= $1)", (at,)):
             if account:  # "": left every group, back to their own account if they have one
                 found[user] = account
         return found
@@ -151,9 +152,9 @@ class SqliteLedgerReader:
         member with a limit or some usage."""
         db = self._db()
         limits = {(a, u): Decimal(m) for a, u, m in db.execute(
-            "SELECT account, user, monthly FROM member_limits")}
+            'SELECT account, "user", monthly FROM member_limits')}
         costs = {(a, u): Decimal(c) for a, u, c in db.execute(
-            "SELECT account, user, cost FROM monthly_usage WHERE month_start = ?", (month,))}
+            'SELECT account, "user", cost FROM monthly_usage WHERE month_start = $1', (month,))}
         return [MemberMonth(a, u, costs.get((a, u), Decimal(0)), limits.get((a, u)))
                 for a, u in sorted(limits.keys() | costs.keys())
                 if account is None or a == account]
@@ -163,17 +164,17 @@ class SqliteLedgerReader:
         return [AuditEntry(id=i, at=at, actor=actor, action=action, target=target,
                            detail=detail)
                 for i, at, actor, action, target, detail in self._db().execute(
-                    "SELECT id, at, actor, action, target, detail FROM audit WHERE at >= ? "
-                    "ORDER BY id DESC LIMIT ?", (since, limit))]
+                    "SELECT id, at, actor, action, target, detail FROM audit WHERE at >= $1 "
+                    "ORDER BY id DESC LIMIT $2", (since, limit))]
 
     def transactions(self, account: str, page: int, size: int
                      ) -> tuple[list[Transaction], int]:
         db = self._db()
-        total = db.execute("SELECT COUNT(*) FROM transactions WHERE account = ?",
+        total = db.execute("SELECT COUNT(*) FROM transactions WHERE account = $1",
                            (account,)).fetchone()[0]
         rows = db.execute(
             "SELECT id, at, kind, amount, balance_after, reason, actor FROM transactions "
-            "WHERE account = ? ORDER BY id DESC LIMIT ? OFFSET ?", (account, size, page * size))
+            "WHERE account = $1 ORDER BY id DESC LIMIT $2 OFFSET $3", (account, size, page * size))
         return [Transaction(id=i, at=at, kind=kind, amount=Decimal(a),
                             balance_after=Decimal(b), reason=reason, actor=actor)
                 for i, at, kind, a, b, reason, actor in rows], total
@@ -184,14 +185,14 @@ class SqliteLedgerReader:
                             reason=reason, actor=actor)
                 for i, at, kind, a, b, reason, actor in self._db().execute(
                     "SELECT id, at, kind, amount, balance_after, reason, actor FROM transactions "
-                    "WHERE account = ? AND kind != 'charge' ORDER BY id DESC LIMIT ?",
+                    "WHERE account = $1 AND kind != 'charge' ORDER BY id DESC LIMIT $2",
                     (account, limit))]
 
     def daily_charges(self, account: str, since: int) -> dict[int, Decimal]:
         """Day start (UTC) -> the account's usage charges of windows ending that day."""
         return {int(day): -money(micros) for day, micros in self._db().execute(
             f"SELECT window_end / {DAY} * {DAY}, SUM({MICROS.format('amount')}) FROM "
-            "transactions WHERE account = ? AND kind = 'charge' AND window_end >= ? GROUP BY 1",
+            "transactions WHERE account = $1 AND kind = 'charge' AND window_end >= $2 GROUP BY 1",
             (account, since))}
 
     def statement(self, account: str, month: int) -> Statement | None:
@@ -203,27 +204,27 @@ class SqliteLedgerReader:
         end = next_month(month)
         db = self._db()
         when = "COALESCE(window_end, at)"
-        with sqlite.read_transaction(db):
+        with store.read_transaction(db):
             opening = db.execute(
                 f"SELECT SUM({MICROS.format('amount')}) FROM transactions "
-                f"WHERE account = ? AND {when} < ?", (account, month)).fetchone()[0]
+                f"WHERE account = $1 AND {when} < $2", (account, month)).fetchone()[0]
             entries = [StatementEntry(float(day), "charges", -charged, "usage", BILLING)
                        for day, charged in self.daily_charges(account, month).items()
                        if day < end]
             entries += [StatementEntry(at, kind, Decimal(amount), reason, actor)
                         for at, kind, amount, reason, actor in db.execute(
                             "SELECT at, kind, amount, reason, actor FROM transactions "
-                            f"WHERE account = ? AND kind != 'charge' AND {when} >= ? AND "
-                            f"{when} < ?", (account, month, end))]
+                            f"WHERE account = $1 AND kind != 'charge' AND {when} >= $2 AND "
+                            f"{when} < $3", (account, month, end))]
             members = [(m.user, m.cost) for m in self.member_months(month, account) if m.cost]
         return Statement(found, month, end, money(opening), sorted(entries, key=lambda e: e.at),
                          members)
 
     def usage_by_job(self, user: str, since: float, until: float = 1e12) -> list[JobUsage]:
         rows = self._db().execute(
-            "SELECT job, node, gpu_model, SUM(CAST(gpu_seconds AS REAL)), "
-            f"SUM(CAST(cpu_core_seconds AS REAL)), SUM({MICROS.format('cost')}) "
-            "FROM usage_lines WHERE user = ? AND window_end >= ? AND window_end < ? "
+            "SELECT job, node, gpu_model, SUM(CAST(gpu_seconds AS DOUBLE PRECISION)), "
+            f"SUM(CAST(cpu_core_seconds AS DOUBLE PRECISION)), SUM({MICROS.format('cost')}) "
+            'FROM usage_lines WHERE "user" = $1 AND window_end >= $2 AND window_end < $3 '
             "GROUP BY job, node, gpu_model ORDER BY 6 DESC LIMIT 200", (user, since, until))
         return [JobUsage(job, node, model, gpu / 3600, cpu / 3600, money(cost))
                 for job, node, model, gpu, cpu, cost in rows]
@@ -234,15 +235,15 @@ class SqliteLedgerReader:
                 self._db().execute(
                     f"SELECT window_end / {DAY} * {DAY}, gpu_model, "
                     f"SUM({MICROS.format('cost')}) FROM usage_lines "
-                    "WHERE user = ? AND window_end >= ? GROUP BY 1, 2", (user, since))]
+                    'WHERE "user" = $1 AND window_end >= $2 GROUP BY 1, 2', (user, since))]
 
     def weekly_usage(self, start: float, end: float, user: str | None = None
                      ) -> list[WeekUsage]:
         """Each user's weeks that begin in [start, end), by week then user."""
         rows = self._db().execute(
-            "SELECT week_start, user, gpu_seconds, gpu_idle_seconds, cost, idle_cost "
-            "FROM weekly_usage WHERE week_start >= ? AND week_start < ? "
-            "AND (? IS NULL OR user = ?) ORDER BY week_start, user", (start, end, user, user))
+            'SELECT week_start, "user", gpu_seconds, gpu_idle_seconds, cost, idle_cost '
+            "FROM weekly_usage WHERE week_start >= $1 AND week_start < $2 "
+            'AND ("user" = $3 OR $3 IS NULL) ORDER BY week_start, "user"', (start, end, user))
         return [WeekUsage(int(week), name, *map(Decimal, numbers))
                 for week, name, *numbers in rows]
 
@@ -250,12 +251,12 @@ class SqliteLedgerReader:
         """Usage lines of windows ending in [start, end), or transactions made in it."""
         if what == "usage":
             found = self._db().execute(
-                "SELECT COALESCE(u.covers_from, w.window_start), u.window_end, u.user, u.job, "
+                'SELECT COALESCE(u.covers_from, w.window_start), u.window_end, u."user", u.job, '
                 "u.node, u.gpu_model, u.gpu_seconds, u.cpu_core_seconds, u.cost, "
                 "u.gpu_idle_seconds, u.idle_cost, u.account "
                 "FROM usage_lines u JOIN windows w USING (window_end) "
-                "WHERE u.window_end >= ? AND u.window_end < ? "
-                "ORDER BY u.window_end, u.user, u.job, u.node, u.gpu_model", (start, end))
+                "WHERE u.window_end >= $1 AND u.window_end < $2 "
+                'ORDER BY u.window_end, u."user", u.job, u.node, u.gpu_model', (start, end))
             return ([iso(r[0]), iso(r[1]), *r[2:]] for r in found)
         if what == "waste":
             return ([iso(w.week_start), w.user, str(w.gpu_seconds), str(w.gpu_idle_seconds),
@@ -264,7 +265,7 @@ class SqliteLedgerReader:
                     for w in self.weekly_usage(week_start(start), end))
         found = self._db().execute(
             "SELECT id, at, account, kind, amount, balance_after, reason, window_end, actor "
-            "FROM transactions WHERE at >= ? AND at < ? ORDER BY id", (start, end))
+            "FROM transactions WHERE at >= $1 AND at < $2 ORDER BY id", (start, end))
         return ([str(r[0]), iso(r[1]), *r[2:7], iso(r[7]) if r[7] is not None else "", r[8]]
                 for r in found)
 
@@ -272,12 +273,12 @@ class SqliteLedgerReader:
         """LedgerUnavailable (or SchemaError) when the ledger cannot be read now."""
         try:
             return self._metrics_snapshot()
-        except sqlite3.Error as exc:
+        except store.StoreError as exc:
             raise LedgerUnavailable(f"ledger {self.where}: {exc}") from None
 
     def _metrics_snapshot(self) -> MetricsSnapshot:
         db = self._db()
-        with sqlite.read_transaction(db):  # one consistent view of the numbers
+        with store.read_transaction(db):  # one consistent view of the numbers
             now = time.time()
             accounts = self._account_rows()
             charged_to = self.charged_to(now)

@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 from gpuacct.bounded_body import BoundedBodies
 from gpuacct.config import Settings, describe_error
 from gpuacct.secrets import values
-from ledger import SqliteLedgerReader
+from ledger import ReadOnlyLedger
 from web import api, jobs, ledger_pages, pages, people
 from web.auth import LoginLimiter, Sessions
 from web.deps import Context
@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Added last, runs first: the headers go on every answer, the 413 included.
     app.add_middleware(BoundedBodies, max_bytes=settings.web.max_body_bytes)
     app.add_middleware(SecurityHeaders)
-    view = LedgerView(SqliteLedgerReader(ledger_path), settings.billing)
+    view = LedgerView(ReadOnlyLedger(ledger_path), settings.billing)
     live = Live(settings)
     app.state.ctx = Context(
         settings=settings, view=view, live=live, accounts=Accounts(view, live),

@@ -23,8 +23,8 @@ from gpuacct.cli_common import (
 )
 from gpuacct.files import readable_by_others
 from gpuacct.listener import uvicorn_options
-from gpuacct.postgres import is_url
 from gpuacct.reload import reload_on_sighup
+from gpuacct.store import is_url
 from ledger import exists as ledger_exists
 from web.app import create_app
 from web.auth import hash_password

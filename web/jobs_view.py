@@ -6,7 +6,7 @@ import threading
 
 from fastapi import HTTPException
 
-from gpuacct import sqlite
+from gpuacct import store
 from gpuacct.config import Settings
 from jobstore.store import JOB_STORE, JobStore
 from ledger import SchemaError
@@ -16,7 +16,7 @@ class JobsView:
     """The job store, read-only, opened when first asked for (gpuacct-billing makes it)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.target = sqlite.beside(settings.billing.ledger, JOB_STORE)
+        self.target = store.beside(settings.billing.ledger, JOB_STORE)
         self._store: JobStore | None = None
         self._lock = threading.Lock()
 
@@ -24,7 +24,7 @@ class JobsView:
         """None until gpuacct-billing has made the store: no job is kept yet."""
         with self._lock:
             if self._store is None:
-                if not sqlite.exists(self.target):
+                if not store.exists(self.target):
                     return None
                 try:
                     self._store = JobStore(self.target, readonly=True)

@@ -13,7 +13,7 @@ from allocator.store import AllocationStore
 from gpuacct.allocation import Reserve
 from gpuacct.config import AllocationLimits, AllocatorSettings
 from gpuacct.policy import NodeGpu
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 
 HOUR = 3600.0
 

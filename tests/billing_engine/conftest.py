@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
-from gpuacct import postgres
+from gpuacct import store
 from gpuacct.config import Settings, settings_from_mapping
 from gpuacct.promql import PrometheusReplicas, Querier
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger
 from stack.servers import influx_query
 from tests.fixtures.exporter import Exporter
@@ -59,7 +59,7 @@ class Rig:
     @property
     def ledger_path(self) -> Target:
         target: str = self.config["billing"]["ledger"]
-        return target if postgres.is_url(target) else Path(target)
+        return target if store.is_url(target) else Path(target)
 
     def engine(self, querier: Callable[[list[str]], Querier] = PrometheusReplicas,
                **billing: Any) -> Engine:
@@ -90,7 +90,8 @@ class Rig:
             lambda: [Decimal(0), Decimal(0)])
         try:
             for user, job, model, gpu, cpu in sql(ledger).execute(
-                    "SELECT user, job, gpu_model, gpu_seconds, cpu_core_seconds FROM usage_lines"):
+                    'SELECT "user", job, gpu_model, gpu_seconds, cpu_core_seconds '
+                    "FROM usage_lines"):
                 if user in self.users:
                     totals[(user, job, model)][0] += Decimal(gpu)
                     totals[(user, job, "")][1] += Decimal(cpu)

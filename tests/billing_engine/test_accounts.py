@@ -17,7 +17,7 @@ from billing_engine.accounts import AccountPlans
 from billing_engine.metrics import build_registry
 from gpuacct.config import BillingSettings, ConfigError, settings_from_mapping
 from gpuacct.periods import month_start, parse_month
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from gpuacct.tiers import account_tier
 from ledger import (
     UNASSIGNED,
@@ -202,7 +202,7 @@ def test_a_statement_equals_the_ledger_to_the_micro_unit(ledger: Ledger) -> None
     assert statement.closing == ledger.balance("vision-lab")
     month = Decimal(sum(Decimal(a) for (a,) in sql(ledger).execute(
         "SELECT amount FROM transactions WHERE account = 'vision-lab' AND "
-        "COALESCE(window_end, at) >= ?", (NOV,))))
+        "COALESCE(window_end, at) >= $1", (NOV,))))
     assert statement.closing - statement.opening == month
     assert statement.charges == sum((c for _, c in statement.members), Decimal(0))
     assert dict(statement.members)["alice"] == Decimal("3.999996")

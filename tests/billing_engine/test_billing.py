@@ -42,7 +42,7 @@ def stop_job(rig: Rig, proc: Popen[bytes]) -> None:
 def cost_micros(ledger: Ledger, user: str) -> int:
     """What the ledger says a user's usage cost, in micro-units (InfluxDB's cost_micros)."""
     return int(sum(Decimal(c) for (c,) in sql(ledger).execute(
-        "SELECT cost FROM usage_lines WHERE user = ?", (user,))) * 1_000_000)
+        'SELECT cost FROM usage_lines WHERE "user" = $1', (user,))) * 1_000_000)
 
 
 def check_ledger(rig: Rig, opening: Decimal = Decimal(100), debited: bool = True) -> Ledger:
@@ -50,7 +50,7 @@ def check_ledger(rig: Rig, opening: Decimal = Decimal(100), debited: bool = True
     ledger = Ledger(rig.ledger_path)
     costs: dict[str, Decimal] = {}
     for user, model, gpu, cpu, cost in sql(ledger).execute(
-            "SELECT user, gpu_model, gpu_seconds, cpu_core_seconds, cost FROM usage_lines"):
+            'SELECT "user", gpu_model, gpu_seconds, cpu_core_seconds, cost FROM usage_lines'):
         expected = ((Decimal(gpu) * PRICE[model] + Decimal(cpu) * CPU_PRICE) / 60).quantize(
             Decimal("0.000001"), rounding=ROUND_HALF_EVEN)
         assert Decimal(cost) == expected, (user, model, gpu, cpu, cost)
@@ -111,8 +111,8 @@ def test_prometheus_away_for_three_windows_is_billed_late_and_exact(
         stop_job(rig, job)
         rig.wait_until_billed()
     ledger = check_ledger(rig)
-    late = sql(ledger).execute("SELECT COUNT(*) FROM windows WHERE window_end > ? AND "
-                             "billed_at > ? + 3 * ?", (stopped, stopped, WINDOW)).fetchone()[0]
+    late = sql(ledger).execute("SELECT COUNT(*) FROM windows WHERE window_end > $1 AND "
+                             "billed_at > $2 + 3 * $3", (stopped, stopped, WINDOW)).fetchone()[0]
     assert late >= 3  # the windows of the outage were billed after it, in order
 
 
@@ -169,7 +169,7 @@ def test_trial_mode_records_usage_and_cost_but_debits_nothing(
     assert sql(ledger).execute("SELECT COUNT(*) FROM transactions WHERE kind = 'charge'"
                              ).fetchone()[0] == 0
     cost = sum(Decimal(c) for (c,) in sql(ledger).execute(
-        "SELECT cost FROM usage_lines WHERE user = ?", (alice.name,)))
+        'SELECT cost FROM usage_lines WHERE "user" = $1', (alice.name,)))
     assert cost > Decimal("0.02")
 
 
@@ -179,7 +179,7 @@ def test_catch_up_after_an_absence_is_bounded_by_max_backfill(rig: Rig) -> None:
     now = time.time()
     long_ago = engine.due_window(now) - 50 * WINDOW
     with forge(ledger) as db:  # as if billing had begun long ago and then stopped
-        db.execute("INSERT INTO meta VALUES ('billing_start', ?) ON CONFLICT (key) "
+        db.execute("INSERT INTO meta VALUES ('billing_start', $1) ON CONFLICT (key) "
                    "DO UPDATE SET value = excluded.value", (str(long_ago),))
     assert engine.tick(now) == 6  # the newest five window lengths, one by one, and no more
     ends = [r[0] for r in sql(ledger).execute("SELECT window_end FROM windows ORDER BY 1")]
@@ -206,7 +206,7 @@ def test_a_price_version_added_to_the_ledger_prices_the_windows_from_its_time(
     lines = sql(ledger).execute(
         "SELECT w.window_start, u.gpu_seconds, u.cpu_core_seconds, u.cost, u.price_effective "
         "FROM usage_lines u "
-        "JOIN windows w USING (window_end) WHERE u.user = ? AND u.gpu_model = ?",
+        "JOIN windows w USING (window_end) WHERE u.user = $1 AND u.gpu_model = $2",
         (alice.name, A100)).fetchall()
     repriced = [line for line in lines if line[0] >= effective]
     assert repriced and len(repriced) < len(lines)

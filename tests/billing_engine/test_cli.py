@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuacct.sqlite import Target
+from gpuacct import store
+from gpuacct.store import Target
 from ledger import Ledger, UsageLine
 from reports import export
 from tests.fixtures.ledger import forge, sql
@@ -144,9 +145,10 @@ def test_csv_export_exact_utf8_and_in_range(ledger_config: tuple[Path, Target],
     with forge(ledger) as db:
         for end_text, ln in lines.items():
             end = ts(end_text)
-            db.execute("INSERT INTO windows VALUES (?, ?, ?, 1, ?)",
+            db.execute("INSERT INTO windows VALUES ($1, $2, $3, 1, $4)",
                        (end, end - 60, end, str(ln.cost)))
-            db.execute("INSERT INTO usage_lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL)",
+            db.execute("INSERT INTO usage_lines VALUES "
+                       "($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11, NULL)",
                        (end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
                         str(ln.cpu_core_seconds), str(ln.cost), str(ln.gpu_idle_seconds),
                         str(ln.idle_cost), ln.user))
@@ -189,13 +191,13 @@ def test_backup_is_a_whole_copy_and_never_overwrites(
         file_ledger_config: tuple[Path, Path]) -> None:
     config, path = file_ledger_config
     assert cli(config, "recharge", "alice", "12.50").returncode == 0
-    writer = forge(path)  # a billing engine in the middle of a window: backup still works
-    writer.execute("BEGIN IMMEDIATE")
+    writer = store.connect(path)  # a billing engine in the middle of a window: backup works
+    writer.begin_write()
     copy = path.with_name("backup.sqlite3")
     try:
         done = cli(config, "backup", str(copy))
     finally:
-        writer.execute("ROLLBACK")
+        writer.rollback()
         writer.close()
     assert done.returncode == 0, done.stderr
     assert f"copied to {copy}" in done.stdout

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from jobstore.store import JobFilter, JobSeen, JobStore, Recorded
 
 T0 = 1_800_000_000.0

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from billing_engine.metrics import build_registry
+from gpuacct import store
 from gpuacct.config import BillingSettings
 from ledger import (
     SCHEMA_VERSION,
     Ledger,
     LedgerError,
+    ReadOnlyLedger,
     SchemaError,
-    SqliteLedgerReader,
     UsageLine,
     open_reader,
 )
@@ -50,9 +51,9 @@ def old_ledger(tmp_path: Path) -> Path:
 def test_an_old_ledger_migrates_in_place_and_keeps_every_balance_line_and_cursor(
         old_ledger: Path) -> None:
     before = contents(old_ledger)
-    assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (0,)
+    assert sql(old_ledger).schema_version() == 0
     ledger = Ledger(old_ledger)
-    assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert sql(old_ledger).schema_version() == SCHEMA_VERSION
     # Version 3 adds the idle columns (nothing idle before) and sums each user's weeks; version
     # 4 makes each user their own account, names each transaction's actor and each line's
     # account; version 5 gives each cursor its counter's beginning, unknown (NULL) until read,
@@ -90,7 +91,7 @@ def test_an_old_ledger_migrates_in_place_and_keeps_every_balance_line_and_cursor
     assert ledger.invariant_violations() == []
     ledger.close()
     Ledger(old_ledger).close()  # opening again migrates nothing
-    assert sql(old_ledger).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert sql(old_ledger).schema_version() == SCHEMA_VERSION
 
 
 def test_a_reader_neither_migrates_nor_writes(old_ledger: Path) -> None:
@@ -98,10 +99,10 @@ def test_a_reader_neither_migrates_nor_writes(old_ledger: Path) -> None:
     with pytest.raises(SchemaError, match="start gpuacct-billing once to migrate it"):
         reader.balances()
     Ledger(old_ledger).close()
-    reader = SqliteLedgerReader(old_ledger)
+    reader = ReadOnlyLedger(old_ledger)
     assert reader.balance("alice") == Decimal("145.749997")
     db = reader._db()  # the handle the web holds: a write through it fails
-    with pytest.raises(sqlite3.OperationalError, match=r"readonly|read-only"):
+    with pytest.raises(store.ReadOnlyError, match=r"readonly|read-only"):
         db.execute("UPDATE accounts SET balance = '1000000' WHERE name = 'alice'")
     assert reader.balance("alice") == Decimal("145.749997")
     assert not hasattr(reader, "post") and not hasattr(reader, "commit_window")
@@ -146,7 +147,7 @@ def test_a_version_3_ledger_migrates_with_every_balance_and_line(tmp_path: Path)
     before = {t: sql(path).execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
               for t in ("accounts", "transactions", "usage_lines", "weekly_usage")}
     ledger = Ledger(path)
-    assert sql(path).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert sql(path).schema_version() == SCHEMA_VERSION
     # Every user is their own account: names, balances, what was charged, unchanged.
     assert [(a.name, a.kind, a.owner, a.status, str(a.balance), str(a.charged), a.opened_at)
             for a in ledger.accounts(0)] == [

@@ -9,7 +9,7 @@ from billing_engine.pricing import PriceBook
 from billing_engine.series import series_key
 from gpuacct.config import GpuPrice, PriceVersion
 from gpuacct.money import merge_versions, parse_amount
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger, LedgerError
 from tests.fixtures.ledger import forge
 
@@ -120,7 +120,7 @@ def test_the_ledger_takes_price_versions_only_from_now_on(store_target: Target) 
     ledger = Ledger(store_target)
     now = datetime(2026, 11, 22, 12, tzinfo=UTC).timestamp()
     with forge(ledger) as db:
-        db.execute("INSERT INTO windows VALUES (?, ?, ?, 0, '0')", (now + 60, now, now))
+        db.execute("INSERT INTO windows VALUES ($1, $2, $3, 0, '0')", (now + 60, now, now))
     cases = [(now - 1, "cannot change the past"), (now + 30, "cannot change the past")]
     for effective, message in cases:
         with pytest.raises(LedgerError, match=message):

@@ -15,7 +15,7 @@ import pytest
 from billing_engine.engine import Engine
 from gpuacct.config import settings_from_mapping
 from gpuacct.promql import Prometheus
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger
 from tests.fixtures.ledger import sql
 from tests.fixtures.servers import Server, promql, wait_for
@@ -59,7 +59,7 @@ def counters() -> Iterator[tuple[Counters, str]]:
 
 def billed(ledger: Ledger) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = {}
-    for user, seconds in sql(ledger).execute("SELECT user, gpu_seconds FROM usage_lines"):
+    for user, seconds in sql(ledger).execute('SELECT "user", gpu_seconds FROM usage_lines'):
         totals[user] = totals.get(user, Decimal(0)) + Decimal(seconds)
     return totals
 

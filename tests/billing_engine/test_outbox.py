@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from billing_engine.influx import LineFormatter
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger, UsageLine, WindowBill
 from tests.fixtures.ledger import sql
 
@@ -53,7 +53,6 @@ def test_an_older_ledgers_waiting_points_become_windows(tmp_path: Path) -> None:
     old.close()
     ledger = Ledger(path)
     assert ledger.outbox_windows() == [120, 180]
-    assert sql(ledger).execute("SELECT name FROM sqlite_master WHERE name = 'outbox'"
-                             ).fetchone() is None
+    assert not sql(ledger).has_table("outbox")
     Ledger(path).close()  # opening again changes nothing
     assert ledger.outbox_windows() == [120, 180]

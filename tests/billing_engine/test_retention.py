@@ -9,7 +9,7 @@ from decimal import Decimal
 from billing_engine.engine import Engine
 from gpuacct.config import BillingSettings
 from gpuacct.promql import PrometheusReplicas
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import AccountPlan, Ledger, UsageLine, WindowBill
 from tests.fixtures.ledger import forge, sql
 
@@ -110,7 +110,7 @@ def test_a_day_whose_points_wait_for_influxdb_is_not_rolled_up(store_target: Tar
     ledger = four_days(store_target)
     assert ledger.acquire_lease("test", 3600)
     with forge(ledger) as db:
-        db.execute("INSERT INTO influx_outbox (window_end) VALUES (?)", (START + STEP,))
+        db.execute("INSERT INTO influx_outbox (window_end) VALUES ($1)", (START + STEP,))
     assert ledger.roll_up_day(START + 3 * DAY) is None
     ledger.outbox_done(START + STEP)
     assert ledger.roll_up_day(START + 3 * DAY) == START

@@ -42,8 +42,8 @@ def ledger_lines(ledger: Ledger, since: int, until: float = 2e9) -> dict[str, li
     [since, until)."""
     sums: dict[str, list[Decimal]] = {}
     for user, gpu, idle, cost, idle_cost in sql(ledger).execute(
-            "SELECT user, gpu_seconds, gpu_idle_seconds, cost, idle_cost FROM usage_lines "
-            "WHERE window_end >= ? AND window_end < ?", (since, until)):
+            'SELECT "user", gpu_seconds, gpu_idle_seconds, cost, idle_cost FROM usage_lines '
+            "WHERE window_end >= $1 AND window_end < $2", (since, until)):
         row = sums.setdefault(user, [Decimal(0)] * 4)
         for i, value in enumerate((gpu, idle, cost, idle_cost)):
             row[i] += Decimal(value)
@@ -91,7 +91,7 @@ def test_the_weeks_waste_equals_the_ledger_and_the_counters(
     # rounding per line).
     idle_cost = (idle[alice.name] * A100_PER_MINUTE / 60).quantize(Decimal("0.000001"),
                                                                   rounding=ROUND_HALF_EVEN)
-    windows = sql(ledger).execute("SELECT COUNT(*) FROM usage_lines WHERE user = ? AND "
+    windows = sql(ledger).execute('SELECT COUNT(*) FROM usage_lines WHERE "user" = $1 AND '
                                   "gpu_idle_seconds != '0'", (alice.name,)).fetchone()[0]
     assert abs(report[alice.name].idle_cost - idle_cost) <= Decimal("0.000001") * windows
     assert 0 < report[alice.name].idle_share <= 1

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ledger import SqliteLedgerReader
+from ledger import ReadOnlyLedger
 from stack.process import free_port
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
 from tests.fixtures.gpus import ASCEND910B, device
@@ -50,16 +50,15 @@ def test_an_npu_process_is_priced_by_its_model_and_blocked_with_its_user(
     def lines() -> list[tuple[str, Decimal, Decimal]]:
         if not ledger.exists():
             return []
-        with sql(ledger) as db:
-            return [(model, Decimal(gpu), Decimal(cost)) for model, gpu, cost in db.execute(
-                "SELECT gpu_model, gpu_seconds, cost FROM usage_lines WHERE user = ? AND "
-                "job = 'pangu' AND CAST(gpu_seconds AS REAL) > 0", (alice.name,))]
+        return [(model, Decimal(gpu), Decimal(cost)) for model, gpu, cost in sql(ledger).execute(
+                'SELECT gpu_model, gpu_seconds, cost FROM usage_lines WHERE "user" = $1 AND '
+                "job = 'pangu' AND CAST(gpu_seconds AS DOUBLE PRECISION) > 0", (alice.name,))]
     found = wait_for(lambda: len(lines()) >= 3 and lines(), timeout=30,
                      what="three billed windows of the NPU job")
     for model, seconds, cost in found:
         assert model == ASCEND910B
         assert cost == (seconds * NPU_PRICE / 60).quantize(Decimal("0.000001"))
-    usage = SqliteLedgerReader(ledger).usage_by_job(alice.name, 0)
+    usage = ReadOnlyLedger(ledger).usage_by_job(alice.name, 0)
     assert [(u.job, u.gpu_model) for u in usage] == [("pangu", ASCEND910B)]
 
     # Blocked: alice's running NPU job is spared, a new one is stopped; bob is not touched.

@@ -383,7 +383,7 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         proc.wait()
     truth = chain.rig.wait_until_billed(timeout=60)
     assert {k[0] for k in truth} == {alice, bob, carol.name, dave.name}
-    ledger = sqlite_rows(chain.rig.ledger_path, "SELECT user, job, gpu_model, gpu_seconds, "
+    ledger = sqlite_rows(chain.rig.ledger_path, 'SELECT "user", job, gpu_model, gpu_seconds, '
                          "cpu_core_seconds, cost FROM usage_lines")
     costs: dict[str, Decimal] = {}
     for user, job, model, gpu, cpu, cost in ledger:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from tests.fixtures.enforcement import Cluster
 
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from enforcer.payload import Notification
 from enforcer.store import MIGRATIONS, Retention, Store
 from gpuacct.policy import NodeAction, NodeActionKind, SyncRequest
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from tests.fixtures.enforcement import alert, notification
 
 

@@ -94,7 +94,7 @@ def test_a_group_account_pays_for_three_members_and_its_tiers_block_them_all(
 
     def billed() -> dict[str, Decimal]:
         totals: dict[str, Decimal] = {}
-        for user, seconds in ledger_rows(ledger, "SELECT user, gpu_seconds FROM usage_lines"):
+        for user, seconds in ledger_rows(ledger, 'SELECT "user", gpu_seconds FROM usage_lines'):
             totals[user] = totals.get(user, Decimal(0)) + Decimal(seconds)
         return totals
     wait_until(lambda: billed() == truth, timeout=30)

@@ -16,7 +16,7 @@ import requests
 import yaml
 from playwright.sync_api import Browser, sync_playwright
 
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger
 from ledger.schema import sum_weeks
 from stack.process import ManagedProcess, free_port
@@ -41,11 +41,11 @@ def fill_ledger(path: Target, users: int = 3, windows: int = 5,
     cost = {name: Decimal("0.123457") * (i + 1) for i, name in enumerate(names)}
     with forge(ledger) as db:  # the windows' usage lines, as an engine billed them
         for end in ends:
-            db.execute("INSERT INTO windows VALUES (?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO windows VALUES ($1, $2, $3, $4, $5)",
                        (end, end - 60, NOW, len(names), "0"))
             # alice held her GPU idle for half of each minute.
             db.executemany("INSERT INTO usage_lines VALUES "
-                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", [
+                           "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)", [
                 (end, name, f"job-{i % 7}", "gpu01:9835",
                  "NVIDIA A100-SXM4-80GB" if i % 2 == 0 else "NVIDIA GeForce RTX 3090",
                  "60", "12.5", str(cost[name]), 0.0, "30" if i == 0 else "0",

@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 from playwright.sync_api import Browser
 
-from gpuacct import sqlite
+from gpuacct import store
 from jobstore.store import JOB_STORE, JobSeen, JobStore
 from tests.web.conftest import Web
 
@@ -18,7 +18,7 @@ NOW = time.time()
 
 
 def fill_jobs(web: Web) -> None:
-    store = JobStore(sqlite.beside(web.ledger, JOB_STORE))
+    jobs = JobStore(store.beside(web.ledger, JOB_STORE))
     alice = [JobSeen("gpu01:9835", "alice", f"train-{i}", NOW - 3600 + i, name="train.py",
                      framework="torch", script="train.py",
                      args="--epochs 3 --token <redacted>", cwd="/home/alice/proj")
@@ -26,9 +26,9 @@ def fill_jobs(web: Web) -> None:
     bob = [JobSeen("npu01:9835", "bob", "ms-1", NOW - 600, framework="mindspore",
                    script="msrun", args="--worker_num 8"),
            JobSeen("gpu02:9835", "bob", "old", NOW - 7200, running=False)]
-    store.record(NOW - 120, ["gpu01:9835", "npu01:9835", "gpu02:9835"], alice + bob, 60)
-    store.record(NOW - 30, ["gpu01:9835", "gpu02:9835"], alice[:29], 60)  # npu01 went silent
-    store.close()
+    jobs.record(NOW - 120, ["gpu01:9835", "npu01:9835", "gpu02:9835"], alice + bob, 60)
+    jobs.record(NOW - 30, ["gpu01:9835", "gpu02:9835"], alice[:29], 60)  # npu01 went silent
+    jobs.close()
 
 
 def as_user(web: Web, user: str, path: str) -> requests.Response:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from gpuacct.periods import week_start
-from gpuacct.sqlite import Target
+from gpuacct.store import Target
 from ledger import Ledger
 from tests.fixtures.ledger import forge
 from tests.web.conftest import NOW, Web
@@ -221,7 +221,7 @@ def test_a_users_page_sets_recharges_apart_and_escapes_what_users_named(
     web = start_web()
     end = int(NOW // 60 * 60)
     with forge(web.ledger) as db:
-        db.execute("INSERT INTO usage_lines VALUES (?, 'alice', ?, 'gpu01:9835', '', '0', '1', "
+        db.execute("INSERT INTO usage_lines VALUES ($1, 'alice', $2, 'gpu01:9835', '', '0', '1', "
                    "'0', 0, '0', '0', 'alice', NULL)",
                    (end - 60, "<script>alert(1)</script>=HYPERLINK(1)"))
     ledger = Ledger(web.ledger)
