@@ -37,18 +37,15 @@ from gpuacct import store
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
-    parse_listen_address,
     service_parser,
-    setup_logging,
     stop_on_signals,
-    web_config_or_exit,
 )
-from gpuacct.config import BillingSettings, Settings
+from gpuacct.config import BillingSettings
 from gpuacct.limits import limits_above
-from gpuacct.listener import WebConfig
 from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
 from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
+from gpuacct.service import Service, start
 from gpuacct.tiers import account_tier
 from jobstore.store import JOB_STORE, JobStore
 from ledger import (
@@ -108,10 +105,9 @@ def _open_reader(settings: BillingSettings) -> ReadOnlyLedger:
     return open_reader(settings.ledger)
 
 
-def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -> int:
+def run(service: Service) -> int:
+    settings, log, host, port = service.settings, service.log, service.host, service.port
     billing = settings.billing
-    log = setup_logging("gpuacct-billing", verbose)
-    host, port = parse_listen_address(listen or billing.listen_address)
     try:
         ledger = Ledger(billing.ledger)
     except SchemaError as exc:
@@ -125,7 +121,8 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig) -
     engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb), jobs=jobs)
     warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
-        server = serve(host, port, build_registry(billing, engine), "gpuacct billing", web=web)
+        server = serve(host, port, build_registry(billing, engine), "gpuacct billing",
+                       web=service.listener)
     except OSError as exc:
         print(f"gpuacct-billing: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -204,10 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     command = command_or_usage(parser, args)
-    settings = load_or_exit(args.config)
     if command == "run":
-        return run(settings, args.listen_address, args.verbose,
-                   web_config_or_exit(args, "gpuacct-billing"))
+        return run(start("gpuacct-billing", args, lambda s: s.billing.listen_address))
+    settings = load_or_exit(args.config)
     if command == "balances":
         return balances(settings.billing)
     if command == "backup":

@@ -36,16 +36,13 @@ from enforcer.store import Retention, Store
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
-    parse_listen_address,
     service_parser,
-    setup_logging,
     stop_on_signals,
-    web_config_or_exit,
 )
 from gpuacct.config import Settings
-from gpuacct.listener import BasicAuth, WebConfig, uvicorn_options
-from gpuacct.reload import reload_on_sighup
+from gpuacct.listener import BasicAuth
 from gpuacct.secrets import Tokens, values
+from gpuacct.service import Service, start
 from gpuacct.signing import MasterKeys, node_key
 from gpuacct.store import SchemaError, StoreError, beside, exists
 
@@ -105,17 +102,15 @@ def _opened(what: str, open_store: Callable[[], T]) -> T:
         raise SystemExit(f"gpuacct-enforcer: {what}: {exc}") from None
 
 
-def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
-        config_path: str | None) -> int:
+def run(service: Service) -> int:
+    settings, log, host, port = service.settings, service.log, service.host, service.port
     try:
         webhook_tokens, masters = _secrets(settings)
     except ValueError as exc:
         raise SystemExit(f"gpuacct-enforcer: {exc}") from None
     tokens = Tokens(webhook_tokens)
     keys = MasterKeys(masters, settings.auth.max_clock_skew_seconds)
-    log = setup_logging("gpuacct-enforcer", verbose)
-    reload_on_sighup(config_path, _rotate(tokens, keys), log)  # a standby's too
-    host, port = parse_listen_address(listen or settings.enforcer.listen_address)
+    service.reload_on_sighup(_rotate(tokens, keys))  # a standby's too
     store = _opened("the database", lambda: Store(settings.enforcer.database, Retention(
         settings.enforcer.delivery_days, settings.enforcer.audit_days)))
     # The same host and port is the same enforcer: restarted, it takes its own lease back.
@@ -146,7 +141,8 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
 
     allocator.on_change = allocation_changed
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
-    app = create_app(desired, pusher, tokens, keys, registry, BasicAuth(web.basic_auth_users),
+    app = create_app(desired, pusher, tokens, keys, registry,
+                     BasicAuth(service.listener.basic_auth_users),
                      links, (notices, notifier),
                      max_body_bytes=settings.enforcer.max_body_bytes)
     pusher.start()
@@ -156,11 +152,7 @@ def run(settings: Settings, listen: str | None, verbose: bool, web: WebConfig,
                                          stop), name="allocator", daemon=True).start()
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
              desired.current().version, settings.enforcer.database)
-    # proxy_headers off: uvicorn would otherwise take the client's address from the
-    # X-Forwarded-For of anyone on this host.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            proxy_headers=False, **uvicorn_options(web))  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
+    server = service.asgi_server(app)
     lost = threading.Event()
     threading.Thread(target=_keep_the_lease, args=(store, holder, settings.enforcer.lease_seconds,
                                                    server, stop, lost, log),
@@ -256,10 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     command = command_or_usage(parser, args)
-    settings = load_or_exit(args.config)
     if command == "run":
-        return run(settings, args.listen_address, args.verbose,
-                   web_config_or_exit(args, "gpuacct-enforcer"), args.config)
+        return run(start("gpuacct-enforcer", args, lambda s: s.enforcer.listen_address))
+    settings = load_or_exit(args.config)
     if command == "node-key":
         try:
             masters = _masters(settings)

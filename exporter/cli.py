@@ -20,15 +20,11 @@ from exporter.usage.collector import build_registry
 from exporter.usage.sampler import Sampler
 from gpuacct.cli_common import (
     command_or_usage,
-    load_or_exit,
-    parse_listen_address,
     service_parser,
-    setup_logging,
     stop_on_signals,
-    web_config_or_exit,
 )
 from gpuacct.metrics_http import serve
-from gpuacct.reload import reload_on_sighup
+from gpuacct.service import start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,15 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command_or_usage(parser, args, bare="run")
 
-    all_settings = load_or_exit(args.config)
+    service = start("gpuacct-exporter", args, lambda s: s.exporter.listen_address)
     if os.geteuid() != 0:  # else: a permission error every interval, and half the usage
         print("gpuacct-exporter: run it as root: it reads every user's processes in /proc "
               "and acts on them as the enforcer says", file=sys.stderr)
         return 2
-    web = web_config_or_exit(args, "gpuacct-exporter")
-    settings = all_settings.exporter
-    log = setup_logging("gpuacct-exporter", args.verbose)
-    host, port = parse_listen_address(args.listen_address or settings.listen_address)
+    all_settings, settings, log = service.settings, service.settings.exporter, service.log
+    host, port = service.host, service.port
 
     try:
         devices = open_devices(settings)
@@ -61,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler.reserved = enforcement.actuator.reserved_gpus
     try:
         server = serve(host, port, registry, "gpuacct exporter",
-                       enforcement.routes if enforcement else None, sampler.scraped, web)
+                       enforcement.routes if enforcement else None, sampler.scraped,
+                       service.listener)
     except OSError as exc:
         print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -69,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
              host, port, settings.interval_seconds, settings.state_file)
 
     stop = stop_on_signals()
-    reload_on_sighup(args.config, enforcement.rotate if enforcement
-                     else lambda _: "nothing: enforcement is off", log)
+    service.reload_on_sighup(enforcement.rotate if enforcement
+                             else lambda _: "nothing: enforcement is off")
     if enforcement:
         enforcement.start(stop)
     sampler.run(stop, enforcement.actuator.cycle if enforcement else None)

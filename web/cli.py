@@ -11,19 +11,12 @@ import getpass
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from gpuacct.cli_common import (
     command_or_usage,
-    load_or_exit,
-    parse_listen_address,
     service_parser,
-    setup_logging,
-    web_config_or_exit,
 )
 from gpuacct.files import readable_by_others
-from gpuacct.listener import uvicorn_options
-from gpuacct.reload import reload_on_sighup
+from gpuacct.service import start
 from gpuacct.store import is_url
 from ledger import exists as ledger_exists
 from web.app import create_app
@@ -44,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(hash_password(password))
         return 0
-    settings = load_or_exit(args.config)
-    web = web_config_or_exit(args, "gpuacct-web")
-    log = setup_logging("gpuacct-web", args.verbose)
+    service = start("gpuacct-web", args, lambda s: s.web.listen_address)
+    settings, log, host, port = service.settings, service.log, service.host, service.port
     if not ledger_exists(settings.billing.ledger):
         print(f"gpuacct-web: no ledger at {settings.billing.ledger} (start gpuacct-billing "
               "first, or set billing.ledger)", file=sys.stderr)
@@ -58,14 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.auth.admin_password_hash is None:
         log.warning("auth.admin_password_hash is not set: nobody can log in as administrator")
-    host, port = parse_listen_address(args.listen_address or settings.web.listen_address)
     log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
     app = create_app(settings)
-    reload_on_sighup(args.config, app.state.ctx.rotate, log)
-    # proxy_headers off: the page believes X-Forwarded-For from web.trusted_proxies only
-    # (web.deps.client_address); uvicorn would believe anyone on this host.
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, proxy_headers=False,
-                                           log_level="warning", access_log=False,
-                                           **uvicorn_options(web)))  # type: ignore[arg-type]
+    service.reload_on_sighup(app.state.ctx.rotate)
+    # The page believes X-Forwarded-For from web.trusted_proxies only (web.deps.client_address).
+    server = service.asgi_server(app)
     server.run()
     return 0 if server.started else 1
