@@ -95,6 +95,11 @@ class Sampler:
         # The GPUs of this node reserved now, and for whom (set by the node's actuator).
         self.reserved: Callable[[], Reserved] = dict
 
+    @property
+    def last_cycle(self) -> float | None:
+        """When the last cycle read the node (time.monotonic()); None before the first."""
+        return self._last_mono
+
     def scraped(self, environ: dict[str, Any]) -> None:
         """A Prometheus scrape of /metrics: who (its `scraper` parameter, else its address)
         and when. Other requests (a curl by hand) are not scrapers to wait for."""

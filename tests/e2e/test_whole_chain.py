@@ -55,9 +55,10 @@ from tests.fixtures.enforcement import (
 )
 from tests.fixtures.gpus import A100, RTX3090, device
 from tests.fixtures.notices import ChatReceiver, SmtpServer
+from tests.fixtures.scenarios import gpu_job as start_gpu_job
 from tests.fixtures.servers import RUNNING, Server, gpuacct_scrape_configs
 from tests.fixtures.tls import Tls, plain_http_fails
-from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+from tests.fixtures.users import Processes, UnixUser
 from web.auth import hash_password
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.root]
@@ -233,10 +234,8 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
 
 
 def gpu_job(chain: Chain, processes: Processes, user: UnixUser, job: str, gpu: int) -> Popen[bytes]:
-    proc = processes.python(user, "train.py", "600", env={"GPUACCT_JOB": job})
-    wait_until_exec(proc, "train.py")
-    chain.node.gpus.put(gpu, proc.pid)
-    return proc
+    return start_gpu_job(processes, chain.node.gpus, user, job, gpu, script="train.py",
+                         args=("600",))
 
 
 def recharge_in_the_browser(web_url: str, user: str, amount: str, tls: Tls) -> None:

@@ -33,6 +33,12 @@ class Node:
                 time.sleep(pause)
             self.sampler.cycle()
 
+    def last_cycle(self) -> float:
+        """When the sampler's last cycle read the node (time.monotonic())."""
+        at = self.sampler.last_cycle
+        assert at is not None, "no cycle has run"
+        return at
+
     def value(self, metric: str, /, **labels: str) -> float | None:
         return self.registry.get_sample_value(metric, labels)
 

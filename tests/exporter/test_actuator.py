@@ -22,6 +22,7 @@ from gpuacct.config import ActuatorSettings
 from gpuacct.policy import NodePolicy, Reason, UserPolicy
 from tests.exporter.conftest import Node
 from tests.fixtures.gpus import FakeGpus, device
+from tests.fixtures.scenarios import gpu_job
 from tests.fixtures.servers import wait_for
 from tests.fixtures.users import SCRIPTS, Processes, UnixUser, wait_until_exec
 
@@ -67,7 +68,7 @@ class Rig:
 
 
 @pytest.fixture
-def rig(make_node: Callable[..., Node], tmp_path: Path,
+def actuator_rig(make_node: Callable[..., Node], tmp_path: Path,
         test_users: Users) -> Iterator[Callable[..., Rig]]:
     def make(**settings: Any) -> Rig:
         gpus = FakeGpus([device(0), device(1)])
@@ -80,11 +81,8 @@ def rig(make_node: Callable[..., Node], tmp_path: Path,
 
 def gpu_process(rig: Rig, processes: Processes, user: UnixUser, gpu: int,
                 script: str = "idle.py") -> subprocess.Popen[bytes]:
-    proc = processes.python(user, script, env={"GPUACCT_JOB": f"job-{gpu}"})
-    wait_until_exec(proc, script)
     assert isinstance(rig.node.gpus, FakeGpus)
-    rig.node.gpus.put(gpu, proc.pid)
-    return proc
+    return gpu_job(processes, rig.node.gpus, user, f"job-{gpu}", gpu, script=script)
 
 
 @pytest.fixture
@@ -120,10 +118,10 @@ def read_terminal(master: int, timeout: float = 3.0) -> str:
 
 
 def test_block_stops_a_later_gpu_process_within_one_cycle_and_tells_the_user(
-        rig: Callable[..., Rig], processes: Processes, test_users: Users,
+        actuator_rig: Callable[..., Rig], processes: Processes, test_users: Users,
         terminal: Callable[[UnixUser], int]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
-    r = rig()
+    r = actuator_rig()
     tty = terminal(alice)
     time.sleep(0.2)
     earlier = gpu_process(r, processes, alice, gpu=0)
@@ -161,9 +159,9 @@ def test_block_stops_a_later_gpu_process_within_one_cycle_and_tells_the_user(
 
 
 def test_kill_terminates_gpu_process_trees_and_sigkills_after_the_grace(
-        rig: Callable[..., Rig], processes: Processes, test_users: Users) -> None:
+        actuator_rig: Callable[..., Rig], processes: Processes, test_users: Users) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
-    r = rig()
+    r = actuator_rig()
     # A GPU process that ignores SIGTERM, with a child that does not.
     stubborn = processes.run(alice, ["/usr/bin/python3", "-c", (
         "import signal, subprocess, time; "
@@ -191,10 +189,10 @@ def test_kill_terminates_gpu_process_trees_and_sigkills_after_the_grace(
     assert bobs.poll() is None
 
 
-def test_dry_run_acts_on_nothing(rig: Callable[..., Rig], processes: Processes,
+def test_dry_run_acts_on_nothing(actuator_rig: Callable[..., Rig], processes: Processes,
                                  test_users: Users, terminal: Callable[[UnixUser], int]) -> None:
     alice = test_users["alice"]
-    r = rig(dry_run=True, cpu_limiter="cgroup1",
+    r = actuator_rig(dry_run=True, cpu_limiter="cgroup1",
             limiter=CgroupLimiter(Path("/sys/fs/cgroup"), 1))
     tty = terminal(alice)
     running = gpu_process(r, processes, alice, gpu=0)
@@ -213,10 +211,10 @@ def test_dry_run_acts_on_nothing(rig: Callable[..., Rig], processes: Processes,
                                                       "throttle"}
 
 
-def test_protected_users_are_never_touched(rig: Callable[..., Rig], processes: Processes,
+def test_protected_users_are_never_touched(actuator_rig: Callable[..., Rig], processes: Processes,
                                            test_users: Users) -> None:
     carol = test_users["carol"]
-    r = rig(protected_users=[carol.name])
+    r = actuator_rig(protected_users=[carol.name])
     proc = gpu_process(r, processes, carol, gpu=0)
     r.cycle()
     r.apply(**{carol.name: UserPolicy(block=True, kill=True, reasons=(KILL,))})
@@ -233,9 +231,9 @@ def quota_ratios(r: Rig) -> dict[str, float]:
 
 
 def test_a_quota_no_limiter_could_apply_is_not_reported_as_in_force(
-        rig: Callable[..., Rig], test_users: Users) -> None:
+        actuator_rig: Callable[..., Rig], test_users: Users) -> None:
     bob = test_users["bob"]
-    r = rig()  # a node with no CPU limiter (cpu_limiter: off, or none found)
+    r = actuator_rig()  # a node with no CPU limiter (cpu_limiter: off, or none found)
     r.cycle()
     r.apply(**{bob.name: UserPolicy(cpu_quota_percent=50)})
     assert r.results("throttle") == ["unsupported"]
@@ -252,9 +250,9 @@ def cpu_share(pids: list[int], seconds: float = 3.0) -> float:
 
 @pytest.mark.alone  # measures the CPU the kernel gives: a core to itself
 def test_throttle_on_the_real_cgroup_v1_cpu_controller(
-        rig: Callable[..., Rig], processes: Processes, test_users: Users) -> None:
+        actuator_rig: Callable[..., Rig], processes: Processes, test_users: Users) -> None:
     bob = test_users["bob"]
-    r = rig(limiter=CgroupLimiter(Path("/sys/fs/cgroup"), 1))
+    r = actuator_rig(limiter=CgroupLimiter(Path("/sys/fs/cgroup"), 1))
     busy = processes.python(bob, "train.py", "120")
     wait_until_exec(busy, "train.py")
     r.cycle()

@@ -8,7 +8,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from subprocess import Popen
 from typing import Any
 
 import psutil
@@ -17,6 +16,7 @@ import pytest
 from exporter.usage.procs import ProcessTable
 from tests.exporter.conftest import Node
 from tests.fixtures.gpus import A100, RTX3090, FakeGpus, device
+from tests.fixtures.scenarios import gpu_job
 from tests.fixtures.servers import wait_for
 from tests.fixtures.users import SCRIPTS, Processes, UnixUser, find_descendant, wait_until_exec
 
@@ -36,15 +36,6 @@ def gpu_seconds(node: Node, user: str, job: str, gpu: str = "0") -> float:
             return value
     raise AssertionError(f"no gpu seconds for {user}/{job} on {gpu}: "
                          f"{node.samples('gpuacct_job_gpu_seconds_total')}")
-
-
-def gpu_job(processes: Processes, gpus: FakeGpus, user: UnixUser | int, job: str, gpu: int = 0,
-            **put: Any) -> Popen[bytes]:
-    """A user's idle program in job `job`, listed by the fake NVML on `gpu`."""
-    proc = processes.python(user, "idle.py", env={"GPUACCT_JOB": job})
-    wait_until_exec(proc, "idle.py")
-    gpus.put(gpu, proc.pid, **put)
-    return proc
 
 
 def test_a_process_seen_before_its_exec_gets_its_job_from_the_program_it_runs(
@@ -171,7 +162,7 @@ def test_two_jobs_share_one_gpu_half_each(
     node.cycle()
     started = time.monotonic()
     node.cycle(3, pause=0.3)
-    elapsed = node.sampler._last_mono - started  # type: ignore[operator]
+    elapsed = node.last_cycle() - started
     assert elapsed > 0
     total = time.monotonic() - started
     ga, gb = gpu_seconds(node, alice.name, "a"), gpu_seconds(node, bob.name, "b")
@@ -190,9 +181,9 @@ def test_sharing_policies(make_node: Callable[..., Node], processes: Processes,
     gpu_job(processes, gpus, alice, "a", used_memory=3 << 30)
     gpu_job(processes, gpus, bob, "b", used_memory=1 << 30)
     node.cycle()
-    t0 = node.sampler._last_mono
+    t0 = node.last_cycle()
     node.cycle(2, pause=0.3)
-    elapsed = node.sampler._last_mono - t0  # type: ignore[operator]
+    elapsed = node.last_cycle() - t0
     assert gpu_seconds(node, alice.name, "a") == pytest.approx(expected_a * elapsed)
     b_share = 1.0 if policy == "full" else 0.25
     assert gpu_seconds(node, bob.name, "b") == pytest.approx(b_share * elapsed)
@@ -213,9 +204,9 @@ def test_pid_gone_between_nvml_and_proc(
     gpus.put(0, a.pid)
     gpus.put(0, gone.pid)
     node.cycle()
-    t0 = node.sampler._last_mono
+    t0 = node.last_cycle()
     node.cycle(pause=0.3)
-    elapsed = node.sampler._last_mono - t0  # type: ignore[operator]
+    elapsed = node.last_cycle() - t0
     assert gpu_seconds(node, alice.name, "a") == pytest.approx(elapsed)  # not shared with a ghost
     assert all(labels["user"] == alice.name
                for labels, _ in node.samples("gpuacct_job_gpu_seconds_total"))
@@ -234,9 +225,9 @@ def test_unbilled_process_still_takes_its_share(
         wait_until_exec(p, "idle.py")
         gpus.put(0, p.pid)
     node.cycle()
-    t0 = node.sampler._last_mono
+    t0 = node.last_cycle()
     node.cycle(pause=0.3)
-    elapsed = node.sampler._last_mono - t0  # type: ignore[operator]
+    elapsed = node.last_cycle() - t0
     assert gpu_seconds(node, alice.name, "a") == pytest.approx(elapsed / 2)
     assert {labels["user"] for labels, _ in node.samples("gpuacct_job_gpu_seconds_total")} == {
         alice.name}

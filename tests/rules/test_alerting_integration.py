@@ -34,7 +34,7 @@ def firing(hooks: Webhooks, status: str = "firing") -> set[tuple[str, str]]:
             for hook in hooks.received for a in hook["body"]["alerts"] if a["status"] == status}
 
 
-def rig(tmp_path: Path, balances: dict[str, int], start_prometheus: Callable[..., Server],
+def alerting_rig(tmp_path: Path, balances: dict[str, int], start_prometheus: Callable[..., Server],
         start_alertmanager: Callable[[dict[str, Any]], Server], webhook_receiver: Webhooks,
         factor: int = FACTOR) -> tuple[ManagedProcess, Path, Server]:
     """A billing engine serving these balances, the real rules (compressed `factor`-fold) in
@@ -76,7 +76,7 @@ def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
         tmp_path: Path, start_prometheus: Callable[..., Server],
         start_alertmanager: Callable[[dict[str, Any]], Server],
         webhook_receiver: Webhooks) -> None:
-    engine, config, _ = rig(tmp_path, {"alice": 20, "bob": 5, "carol": -1, "dan": 500},
+    engine, config, _ = alerting_rig(tmp_path, {"alice": 20, "bob": 5, "carol": -1, "dan": 500},
                             start_prometheus, start_alertmanager, webhook_receiver)
     try:
         tiers = {
@@ -136,7 +136,7 @@ def test_enforcement_holds_through_a_billing_outage(
     """gpuacct-billing stopped for 20 (compressed) minutes: bob stays blocked, and the operator
     is alerted (GpuacctBillingDown); an hour after the last scrape, the tiers lift. Compressed
     120-fold: a minute is half a second, the hour 30 s."""
-    engine, _, prometheus = rig(tmp_path, {"bob": 5}, start_prometheus, start_alertmanager,
+    engine, _, prometheus = alerting_rig(tmp_path, {"bob": 5}, start_prometheus, start_alertmanager,
                                 webhook_receiver, factor=120)
     try:
         block = ("bob", "GpuacctBalanceLimitedBlockGpu")

@@ -25,6 +25,7 @@ from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_f
 from stack.process import free_port
 from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
 from tests.fixtures.gpus import GIB
+from tests.fixtures.scenarios import gpu_job as start_gpu_job
 from tests.fixtures.servers import Server
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
@@ -63,10 +64,8 @@ def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, clust
 
 def gpu_job(processes: Processes, user: UnixUser, node: EnforcingNode, gpu: int,
             **on_gpu: Any) -> Any:
-    proc = processes.python(user, "train.py", "600")
-    wait_until_exec(proc, "train.py")
-    node.gpus.put(gpu, proc.pid, **on_gpu)
-    return proc
+    return start_gpu_job(processes, node.gpus, user, None, gpu, script="train.py", args=("600",),
+                         **on_gpu)
 
 
 def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
