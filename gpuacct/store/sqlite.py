@@ -20,10 +20,13 @@ from gpuacct.store.errors import (
     StoreError,
 )
 
+_NAMES = tuple(str(number) for number in range(1, 1000))  # SQLite's most parameters: 999
+
 
 def _named(params: Params) -> dict[str, Any]:
-    """`$1, $2, ...` as SQLite names them: "1", "2", ..."""
-    return {str(number): value for number, value in enumerate(params, 1)}
+    """`$1, $2, ...` as SQLite names them: "1", "2", ... (a dict built in C: 100,000 rows a
+    window)."""
+    return dict(zip(_NAMES, params, strict=False))
 
 
 def _raise(exc: sqlite3.Error) -> NoReturn:
