@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,14 +22,13 @@ from exporter.devices.base import (
     GpuReading,
     GpuUnavailable,
     GpuUnit,
-    Retrying,
+    library_or_fake,
 )
 
 if TYPE_CHECKING:  # the config (pydantic) is not imported where only the library is needed
     from gpuacct.config import AmdSmiSettings
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 def load_amdsmi() -> Any:
@@ -212,11 +210,9 @@ def present(settings: AmdSmiSettings) -> bool:
 
 
 def open_backend(settings: AmdSmiSettings) -> GpuBackend:
-    fake = settings.fake_file
-    if fake is not None:
+    def over_fake(data: Callable[[], Any]) -> GpuBackend:
         from exporter.devices.fake_amd_smi import FakeAmdSmi
-        from exporter.devices.fake_nvml import file_source
 
-        log.warning("FAKE AMD SMI from %s: for tests only", fake)
-        return Retrying("amdsmi", lambda: AmdSmiBackend(FakeAmdSmi(file_source(fake))))
-    return Retrying("amdsmi", lambda: AmdSmiBackend(load_amdsmi()))
+        return AmdSmiBackend(FakeAmdSmi(data))
+    return library_or_fake("amdsmi", "AMD SMI", settings.fake_file, over_fake,
+                           lambda: AmdSmiBackend(load_amdsmi()))

@@ -11,7 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +116,16 @@ class Retrying:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+
+
+def library_or_fake(name: str, label: str, fake_file: Path | None,
+                    over_fake: Callable[[Callable[[], Any]], GpuBackend],
+                    real: Callable[[], GpuBackend]) -> GpuBackend:
+    """A vendor's library, retried until it is there; for tests, its backend over the fake
+    library that `fake_file` describes (the device dicts of exporter.devices.fake_nvml)."""
+    if fake_file is None:
+        return Retrying(name, real)
+    from exporter.devices.fake_nvml import file_source
+
+    log.warning("FAKE %s from %s: for tests only", label, fake_file)
+    return Retrying(name, lambda: over_fake(file_source(fake_file)))

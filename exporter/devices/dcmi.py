@@ -13,7 +13,6 @@ from `dcmi_get_device_resource_info`, the only per-process figure DCMI gives.
 from __future__ import annotations
 
 import ctypes
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -24,7 +23,7 @@ from exporter.devices.base import (
     GpuReading,
     GpuUnavailable,
     GpuUnit,
-    Retrying,
+    library_or_fake,
 )
 
 if TYPE_CHECKING:  # the config (pydantic) is not imported where only the library is needed
@@ -276,20 +275,16 @@ class DcmiBackend:
         return tuple(GpuProcess(pid, memory) for pid, memory in listed)
 
 
-log = logging.getLogger(__name__)
-
 
 def present(settings: DcmiSettings) -> bool:
     return settings.fake_file is not None or dcmi_present(settings.library)
 
 
 def open_backend(settings: DcmiSettings) -> GpuBackend:
-    fake = settings.fake_file
-    if fake is not None:
+    def over_fake(data: Callable[[], Any]) -> GpuBackend:
         from exporter.devices.fake_dcmi import FakeDcmi
-        from exporter.devices.fake_nvml import file_source
 
-        log.warning("FAKE DCMI from %s: for tests only", fake)
-        return Retrying("dcmi", lambda: DcmiBackend(FakeDcmi(file_source(fake))))
+        return DcmiBackend(FakeDcmi(data))
     library = settings.library
-    return Retrying("dcmi", lambda: DcmiBackend(DcmiLibrary(library)))
+    return library_or_fake("dcmi", "DCMI", settings.fake_file, over_fake,
+                           lambda: DcmiBackend(DcmiLibrary(library)))
