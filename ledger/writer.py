@@ -91,10 +91,10 @@ class Ledger(ReadOnlyLedger):
     # -- billing
     def _move_cursors(self, db: store.Database, values: dict[str, Decimal],
                       end: int, births: dict[str, float]) -> None:
-        db.executemany("INSERT INTO cursors (series, value, window_end) VALUES ($1, $2, $3) "
+        db.insert_rows("cursors (series, value, window_end)",
+                       [(key, str(value), end) for key, value in values.items()],
                        "ON CONFLICT (series) DO UPDATE SET value = excluded.value, "
-                       "window_end = excluded.window_end",
-                       [(key, str(value), end) for key, value in values.items()])
+                       "window_end = excluded.window_end")
         db.executemany("UPDATE cursors SET created = $1 WHERE series = $2",
                        [(born, key) for key, born in births.items()])
 
@@ -124,10 +124,9 @@ class Ledger(ReadOnlyLedger):
             charges: dict[str, Decimal] = defaultdict(Decimal)
             for line in bill.lines:
                 charges[to[line.user]] += line.cost
-            db.executemany(
-                'INSERT INTO usage_lines (window_end, "user", job, node, gpu_model, gpu_seconds, '
-                "cpu_core_seconds, cost, price_effective, gpu_idle_seconds, idle_cost, account) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            db.insert_rows(
+                'usage_lines (window_end, "user", job, node, gpu_model, gpu_seconds, '
+                "cpu_core_seconds, cost, price_effective, gpu_idle_seconds, idle_cost, account)",
                 [(bill.end, ln.user, ln.job, ln.node, ln.gpu_model, str(ln.gpu_seconds),
                   str(ln.cpu_core_seconds), str(ln.cost), bill.price_effective,
                   str(ln.gpu_idle_seconds), str(ln.idle_cost), to[ln.user])
@@ -182,11 +181,10 @@ class Ledger(ReadOnlyLedger):
             db.execute("DELETE FROM usage_lines WHERE window_end >= $1 AND window_end < $2", span)
             # One user is charged to one account in a window: each line's latest window is
             # its own, so no two rolled lines share a key.
-            db.executemany(
-                'INSERT INTO usage_lines ("user", job, node, gpu_model, account, window_end, '
+            db.insert_rows(
+                'usage_lines ("user", job, node, gpu_model, account, window_end, '
                 "covers_from, price_effective, gpu_seconds, cpu_core_seconds, cost, "
-                "gpu_idle_seconds, idle_cost) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                "gpu_idle_seconds, idle_cost)",
                 [(*key, end, start, price, *map(str, numbers))
                  for key, (end, start, price, *numbers) in rolled.items()])
             self._set_meta(db, "rolled_until", str(day + DAY))

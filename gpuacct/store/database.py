@@ -3,7 +3,8 @@
 `$1, $2, ...` parameters (SQLite's and PostgreSQL's own), `"user"` quoted, `ON CONFLICT`,
 `DOUBLE PRECISION` and `BIGINT`. What differs is asked of the engine by name, never rewritten:
 a DDL script's slots ({id}, {money}, {without_rowid}), the schema version, a table's columns,
-and how a writing or a reading transaction begins."""
+how a writing or a reading transaction begins, and a bulk insert's parameters (`insert_rows`:
+the engine writes the VALUES list it binds fastest, from the columns named)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ class Database(Protocol):
     def execute(self, sql: str, params: Params = ()) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> Any: ...
+
+    def insert_rows(self, into: str, rows: Sequence[Params], then: str = "") -> None:
+        """`INSERT INTO {into} VALUES (a parameter per value) {then}` for each of `rows` (a
+        window's many usage lines and cursors): `into` names the table and its columns,
+        `then` (an ON CONFLICT clause) takes no parameters."""
 
     def begin_write(self) -> None:
         """One writer at a time, until commit or rollback."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -117,6 +117,11 @@ class PostgresDatabase:
             cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(self._usable())
             cursor.executemany(sql, list(rows))
             return cursor
+
+    def insert_rows(self, into: str, rows: Sequence[Params], then: str = "") -> None:
+        if rows:
+            marks = ", ".join(f"${n}" for n in range(1, len(rows[0]) + 1))
+            self.executemany(f"INSERT INTO {into} VALUES ({marks}) {then}", rows)
 
     def begin_write(self) -> None:
         self._run("BEGIN ISOLATION LEVEL READ COMMITTED", (), retry=True)

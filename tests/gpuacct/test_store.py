@@ -87,6 +87,25 @@ def test_the_stores_sql_runs_as_written_on_both(store_target: Target) -> None:
     assert not db.in_transaction
 
 
+def test_a_bulk_insert_binds_its_rows_by_position_on_both(store_target: Target) -> None:
+    """`insert_rows`: the engine writes the parameters, the ON CONFLICT clause applies, and a
+    value holding `$1` or `?` is only a value."""
+    db = store.connect(store_target, schema="t")
+    with store.transaction(db):
+        store.statements('CREATE TABLE cursors (series TEXT PRIMARY KEY, "user" TEXT NOT NULL, '
+                         "value {money} NOT NULL);")(db)
+        db.insert_rows('cursors (series, "user", value)',
+                       [("a", "alice", "1.5"), ("b", "$1 ?", "2")])
+        db.insert_rows('cursors (series, "user", value)', [("a", "alice", "7"), ("c", "x", "3")],
+                       "ON CONFLICT (series) DO UPDATE SET value = excluded.value")
+        db.insert_rows("cursors (series, value)", [])  # nothing to write: no statement
+    assert db.execute('SELECT series, "user", value FROM cursors ORDER BY series').fetchall() == [
+        ("a", "alice", _money(db, "7")), ("b", "$1 ?", _money(db, "2")),
+        ("c", "x", _money(db, "3"))]
+    with pytest.raises(store.IntegrityError):
+        db.insert_rows('cursors (series, "user", value)', [("a", "alice", "9")])
+
+
 def _money(db: store.Database, text: str) -> object:
     from decimal import Decimal
 
