@@ -113,12 +113,14 @@ def run(service: Service) -> int:
     except SchemaError as exc:
         print(f"gpuacct-billing: {exc}", file=sys.stderr)
         return 1
-    prometheus = PrometheusReplicas(billing.prometheus_url, billing.query_timeout_seconds)
+    prometheus = PrometheusReplicas(billing.prometheus_url, billing.query_timeout_seconds,
+                                    service.tls)
     jobs = None
     if billing.jobs is not None:
         jobs = JobTracker(JobStore(store.beside(billing.ledger, JOB_STORE)), prometheus,
                           billing.jobs)
-    engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb), jobs=jobs)
+    engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb, service.tls),
+                    jobs=jobs)
     warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
         server = serve(host, port, build_registry(billing, engine), "gpuacct billing",

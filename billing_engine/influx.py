@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ssl
 import urllib.parse
 from decimal import Decimal
 from typing import Protocol
@@ -81,18 +82,19 @@ class InfluxSink(Protocol):
 
 
 class InfluxV1:
-    def __init__(self, settings: InfluxV1Settings, timeout: float = 10.0) -> None:
+    def __init__(self, settings: InfluxV1Settings, timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         params = {"db": settings.database, "precision": "s"}
         if settings.username:
             params["u"] = settings.username
         if settings.password:
             params["p"] = settings.password.get_secret_value()
         self.url = f"{settings.url.rstrip('/')}/write?{urllib.parse.urlencode(params)}"
-        self.timeout = timeout
+        self.timeout, self.tls = timeout, tls
 
     def write(self, lines: list[str]) -> None:
         try:
-            http.request("POST", self.url, self.timeout, "\n".join(lines).encode())
+            http.request("POST", self.url, self.timeout, "\n".join(lines).encode(), tls=self.tls)
         except http.HttpError as exc:
             if exc.status is None:
                 raise InfluxUnavailable(f"InfluxDB unreachable: {exc}") from None
@@ -104,12 +106,14 @@ class InfluxV2:
     """InfluxDB 2.x through influxdb-client's synchronous write API (no 2.x server is packaged
     for Debian bookworm, so the tests exercise 1.x)."""
 
-    def __init__(self, settings: InfluxV2Settings, timeout: float = 10.0) -> None:
+    def __init__(self, settings: InfluxV2Settings, timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.client = InfluxDBClient(url=settings.url, token=settings.token.get_secret_value(),
-                                     org=settings.org, timeout=int(timeout * 1000))
+                                     org=settings.org, timeout=int(timeout * 1000),
+                                     ssl_context=tls)
         self.api = self.client.write_api(write_options=SYNCHRONOUS)
         self.bucket = settings.bucket
 
@@ -121,7 +125,9 @@ class InfluxV2:
             raise InfluxUnavailable(f"InfluxDB 2.x write failed: {exc}") from None
 
 
-def make_sink(settings: InfluxV1Settings | InfluxV2Settings) -> InfluxSink:
+def make_sink(settings: InfluxV1Settings | InfluxV2Settings,
+              tls: ssl.SSLContext | None = None) -> InfluxSink:
+    """The writer `settings` name; https:// servers verified with `tls`."""
     if isinstance(settings, InfluxV2Settings):
-        return InfluxV2(settings)
-    return InfluxV1(settings)
+        return InfluxV2(settings, tls=tls)
+    return InfluxV1(settings, tls=tls)

@@ -125,7 +125,7 @@ def run(service: Service) -> int:
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
     registry = CollectorRegistry(auto_describe=False)
-    pusher = Pusher(desired, keys, settings.enforcer, registry)
+    pusher = Pusher(desired, keys, settings.enforcer, registry, tls=service.tls)
     register_allocator_metrics(allocator, registry)
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)

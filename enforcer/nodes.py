@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -25,10 +26,11 @@ from gpuacct.signing import MasterKeys
 log = logging.getLogger(__name__)
 
 
-def discover(prometheus_url: str, job: str, timeout: float = 5.0) -> list[str]:
+def discover(prometheus_url: str, job: str, timeout: float = 5.0,
+             tls: ssl.SSLContext | None = None) -> list[str]:
     """Base URLs of the active scrape targets of `job`, from Prometheus' target API."""
     url = f"{prometheus_url.rstrip('/')}/api/v1/targets?state=active"
-    targets = json.loads(http.get(url, timeout))["data"]["activeTargets"]
+    targets = json.loads(http.get(url, timeout, tls=tls))["data"]["activeTargets"]
     nodes = set()
     for target in targets:
         if target.get("scrapePool") == job or target.get("labels", {}).get("job") == job:
@@ -51,8 +53,9 @@ class PushMetrics:
 
 class NodeWorker:
     def __init__(self, url: str, desired: Desired, keys: MasterKeys,
-                 settings: EnforcerSettings, metrics: PushMetrics) -> None:
-        self.url = url
+                 settings: EnforcerSettings, metrics: PushMetrics,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.url, self.tls = url, tls
         self.node: str | None = None  # the name it signs with, asked before the first push
         self.acked = -1
         self.wake = threading.Event()
@@ -88,7 +91,7 @@ class NodeWorker:
     def _node_name(self) -> str:
         try:
             answer = http.get(self.url.rstrip("/") + NODE_PATH,
-                              self._settings.push_timeout_seconds)
+                              self._settings.push_timeout_seconds, tls=self.tls)
             name = json.loads(answer)["node"]
         except http.HttpError as exc:
             raise ExchangeError(f"{self.url}{NODE_PATH}: {exc}", exc.status) from None
@@ -105,7 +108,7 @@ class NodeWorker:
                               lambda *m: self._keys.sign(node, *m),
                               lambda method, path, headers, data: self._keys.verify(
                                   method, path, headers, data, node=node),
-                              self._settings.push_timeout_seconds)
+                              self._settings.push_timeout_seconds, self.tls)
         except ExchangeError:
             self.node = None  # renamed, or another node now: asked again next time
             raise
@@ -120,16 +123,18 @@ class NodeWorker:
 
 
 class Pusher:
-    """A worker per node; the node list is fixed by config or refreshed from Prometheus."""
+    """A worker per node; the node list is fixed by config or refreshed from Prometheus.
+    `tls` verifies https:// nodes and Prometheus."""
 
     def __init__(self, desired: Desired, keys: MasterKeys,
                  settings: EnforcerSettings, registry: CollectorRegistry,
-                 discover_nodes: Callable[[], list[str]] | None = None) -> None:
+                 discover_nodes: Callable[[], list[str]] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._desired, self._keys = desired, keys
-        self._settings = settings
+        self._settings, self._tls = settings, tls
         self._metrics = PushMetrics(registry)
-        self._discover = discover_nodes or (lambda: discover(settings.prometheus_url,
-                                                             settings.exporter_job))
+        self._discover = discover_nodes or (lambda: discover(
+            settings.prometheus_url, settings.exporter_job, tls=tls))
         self.workers: dict[str, NodeWorker] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -156,7 +161,7 @@ class Pusher:
             for url in set(urls) - self.workers.keys():
                 log.info("node %s", url)
                 worker = NodeWorker(url, self._desired, self._keys,
-                                    self._settings, self._metrics)
+                                    self._settings, self._metrics, self._tls)
                 self.workers[url] = worker
                 worker.start()
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(settings, devices)
     sampler.cycle()  # the first scrape already has data
     registry = build_registry(lambda: sampler.snapshot)
-    enforcement = start_enforcement(all_settings, lambda: sampler.snapshot)
+    enforcement = start_enforcement(all_settings, lambda: sampler.snapshot, service.tls)
     if enforcement:
         registry.register(ActuatorCollector(enforcement.actuator))
         sampler.reserved = enforcement.actuator.reserved_gpus

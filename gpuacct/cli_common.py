@@ -11,7 +11,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gpuacct import http
 from gpuacct.config import ConfigError, Settings, load_settings, split_listen_address
 from gpuacct.listener import WebConfig, WebConfigError, load_web_config
 
@@ -74,16 +73,11 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 
 def load_or_exit(path: str | None) -> Settings:
-    """Settings, or the config problems on stderr and exit status 2. From here on, every HTTPS
-    request of this process verifies servers as tls_client_config says."""
+    """Settings, or the config problems on stderr and exit status 2 (tls_client_config's
+    files are read now: one that cannot be used is a config problem too)."""
     try:
         settings = load_settings(path)
-        tls = settings.tls_client_config
-        if tls.ca_file or tls.cert_file:
-            try:
-                http.use_tls(http.client_context(tls.ca_file, tls.cert_file, tls.key_file))
-            except ValueError as exc:
-                raise ConfigError(f"tls_client_config: {exc}") from None
+        settings.tls_client_config.context()
         return settings
     except ConfigError as exc:
         print(f"gpuacct: config error: {exc}".replace("\n", "\ngpuacct: config error: "),

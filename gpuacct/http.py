@@ -11,9 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# How every HTTPS request of this process verifies servers; None: the system's CAs only.
-_context: ssl.SSLContext | None = None
-
 
 class HttpError(Exception):
     """The server could not be reached (`status` None), or answered outside 2xx."""
@@ -46,18 +43,14 @@ def client_context(ca_file: Path | None, cert_file: Path | None = None,
     return context
 
 
-def use_tls(context: ssl.SSLContext | None) -> None:
-    """Every later request of this process verifies servers with `context`."""
-    global _context
-    _context = context
-
-
 def request(method: str, url: str, timeout: float, body: bytes | None = None,
-            headers: Mapping[str, str] | None = None) -> Response:
-    """The answer, read whole; HttpError otherwise, with at most 500 bytes of an error body."""
+            headers: Mapping[str, str] | None = None,
+            tls: ssl.SSLContext | None = None) -> Response:
+    """The answer, read whole; HttpError otherwise, with at most 500 bytes of an error body.
+    An https:// server is verified with `tls` (None: against the system's CAs only)."""
     prepared = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(prepared, timeout=timeout, context=_context) as answer:
+        with urllib.request.urlopen(prepared, timeout=timeout, context=tls) as answer:
             return Response(answer.status, dict(answer.headers.items()), answer.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read(500).decode(errors="replace").strip()
@@ -75,5 +68,6 @@ def detail(body: str) -> str:
     return found if isinstance(found, str) else body
 
 
-def get(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> bytes:
-    return request("GET", url, timeout, headers=headers).body
+def get(url: str, timeout: float, headers: Mapping[str, str] | None = None,
+        tls: ssl.SSLContext | None = None) -> bytes:
+    return request("GET", url, timeout, headers=headers, tls=tls).body

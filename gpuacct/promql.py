@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import urllib.parse
 from decimal import Decimal
 from typing import NamedTuple, Protocol
@@ -28,14 +29,16 @@ class Querier(Protocol):
 
 
 class Prometheus:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.tls = tls
 
     def instant(self, query: str, at: float) -> list[Sample]:
         params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
         try:
-            body = orjson.loads(http.get(f"{self.url}/api/v1/query?{params}", self.timeout))
+            body = orjson.loads(http.get(f"{self.url}/api/v1/query?{params}", self.timeout,
+                                           tls=self.tls))
         except (http.HttpError, orjson.JSONDecodeError) as exc:
             raise PrometheusUnavailable(f"{self.url}: {exc}") from None
         if not isinstance(body, dict) or body.get("status") != "success":
@@ -51,10 +54,11 @@ class PrometheusReplicas:
     Replicas may lag each other by a scrape or by an outage; the billing engine, not this
     class, makes sure that reading one behind another never bills anything twice."""
 
-    def __init__(self, urls: list[str], timeout: float = 10.0) -> None:
+    def __init__(self, urls: list[str], timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         if not urls:
             raise ValueError("no Prometheus URL")
-        self.replicas = [Prometheus(url, timeout) for url in urls]
+        self.replicas = [Prometheus(url, timeout, tls) for url in urls]
         self.current = 0
 
     @property

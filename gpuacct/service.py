@@ -1,11 +1,13 @@
 """How every gpuacct daemon starts, in one place: its settings (or their problems and exit 2),
-its listener (address, and TLS and basic auth from --web.config.file), its log, secrets
-re-read on SIGHUP, and an ASGI server that believes no forwarded address."""
+its listener (address, and TLS and basic auth from --web.config.file), how its requests
+verify HTTPS servers (passed to each client, never set for the whole process), its log,
+secrets re-read on SIGHUP, and an ASGI server that believes no forwarded address."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ class Service:
     port: int
     log: logging.Logger
     config_path: str | None
+    tls: ssl.SSLContext | None  # for this service's HTTPS requests (tls_client_config)
 
     def reload_on_sighup(self, apply: Callable[[Settings], str]) -> None:
         """Secrets rotated without a restart (gpuacct.reload)."""
@@ -56,4 +59,5 @@ def start(name: str, args: argparse.Namespace,
     listener = web_config_or_exit(args, name)
     log = setup_logging(name, args.verbose)
     host, port = parse_listen_address(args.listen_address or listen_address(settings))
-    return Service(name, settings, listener, host, port, log, args.config)
+    return Service(name, settings, listener, host, port, log, args.config,
+                   settings.tls_client_config.context())

@@ -3,6 +3,7 @@ answer is used only if it is signed too, by the same node's key (see gpuacct.sig
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping
 
 from gpuacct import http
@@ -22,10 +23,11 @@ class ExchangeError(Exception):
 
 
 def exchange(base_url: str, method: str, path: str, body: bytes, sign: Sign, check: Check,
-             timeout: float) -> bytes:
+             timeout: float, tls: ssl.SSLContext | None = None) -> bytes:
     headers = {"Content-Type": "application/json", **sign(method, path, body)}
     try:
-        response = http.request(method, base_url.rstrip("/") + path, timeout, body, headers)
+        response = http.request(method, base_url.rstrip("/") + path, timeout, body, headers,
+                                tls=tls)
     except http.HttpError as exc:
         raise ExchangeError(f"{base_url}{path}: {exc}", exc.status, exc.reason) from None
     answer = response.body

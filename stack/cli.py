@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class Stack:
         self.parts: list[tuple[ManagedProcess, str]] = []
         self.ca_file: Path | None = None  # with TLS: what every client verifies against
         self.web_config: Path | None = None  # with TLS: every gpuacct listener's
+        self.tls: ssl.SSLContext | None = None  # with TLS: the readiness checks' verifier
 
     def _url(self, port: int) -> str:
         """A gpuacct part's base URL (https:// with TLS)."""
@@ -48,7 +50,7 @@ class Stack:
         certs = kept_or_made(self.state_dir / "tls", hosts)
         self.ca_file = certs.ca_file
         self.web_config = certs.web_config(self.state_dir / "tls" / "web.yml")
-        http.use_tls(http.client_context(certs.ca_file))
+        self.tls = http.client_context(certs.ca_file)
 
     def _started(self, proc: ManagedProcess, url: str) -> None:
         self.parts.append((proc, url))
@@ -200,7 +202,7 @@ class Stack:
         config = configs.service_config(self.config_file, overrides, workdir / "gpuacct.yaml")
         argv = [sys.executable, "-m", module, "--config", str(config), *args, *serving]
         proc = ManagedProcess(name, argv, workdir / f"{name}.log",
-                              f"{self._url(port)}{ready_path}")
+                              f"{self._url(port)}{ready_path}", ready_tls=self.tls)
         return proc.start().wait_ready()
 
     def first_dead(self) -> ManagedProcess | None:

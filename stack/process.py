@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -72,12 +73,13 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         ready_headers: dict[str, str] | None = None,  # a server that wants credentials
+        ready_tls: ssl.SSLContext | None = None,  # verifies an https:// ready_url
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.ready_url = ready_url
-        self.ready_headers = ready_headers
+        self.ready_headers, self.ready_tls = ready_headers, ready_tls
         self.env = env
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
@@ -109,7 +111,7 @@ class ManagedProcess:
                 code = None if self.popen is None else self.popen.returncode
                 raise ServerError(f"{self.name} exited with status {code}\n{self.log_tail()}")
             try:
-                http.get(self.ready_url, timeout=2, headers=self.ready_headers)
+                http.get(self.ready_url, timeout=2, headers=self.ready_headers, tls=self.ready_tls)
                 return self
             except http.HttpError:
                 pass

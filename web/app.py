@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import ssl
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -31,7 +32,8 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, tls: ssl.SSLContext | None = None) -> FastAPI:
+    """The web of `settings`; `tls` verifies https:// Prometheus and enforcer."""
     ledger_path = settings.billing.ledger
     secret = settings.web.session_secret
     admin_hash = settings.auth.admin_password_hash
@@ -44,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BoundedBodies, max_bytes=settings.web.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     view = LedgerView(ReadOnlyLedger(ledger_path), settings.billing)
-    live = Live(settings)
+    live = Live(settings, tls=tls)
     app.state.ctx = Context(
         settings=settings, view=view, live=live, accounts=Accounts(view, live),
         fragments=Fragments(),

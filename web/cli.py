@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.auth.admin_password_hash is None:
         log.warning("auth.admin_password_hash is not set: nobody can log in as administrator")
     log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
-    app = create_app(settings)
+    app = create_app(settings, service.tls)
     service.reload_on_sighup(app.state.ctx.rotate)
     # The page believes X-Forwarded-For from web.trusted_proxies only (web.deps.client_address).
     server = service.asgi_server(app)

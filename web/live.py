@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -71,9 +72,11 @@ class Answer(Generic[T]):
 
 
 class Live:
-    def __init__(self, settings: Settings, ttl_seconds: float = 15.0) -> None:
+    def __init__(self, settings: Settings, ttl_seconds: float = 15.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         web = settings.web
-        self.prometheus = Prometheus(web.prometheus_url, TIMEOUT_SECONDS)
+        self.tls = tls  # verifies https:// Prometheus and enforcer
+        self.prometheus = Prometheus(web.prometheus_url, TIMEOUT_SECONDS, tls)
         self.exporter_job = settings.enforcer.exporter_job
         self.enforcer_url = web.enforcer_url
         token = settings.auth.webhook_token
@@ -125,7 +128,7 @@ class Live:
         url = self.enforcer_url.rstrip("/") + path
         try:
             return Answer(model.model_validate_json(http.get(
-                url, TIMEOUT_SECONDS, {"Authorization": f"Bearer {self.token}"})))
+                url, TIMEOUT_SECONDS, {"Authorization": f"Bearer {self.token}"}, self.tls)))
         except http.HttpError as exc:
             return Answer(None, f"{what} unknown: {url}: {exc}")
         except ValidationError as exc:
@@ -159,7 +162,7 @@ class Live:
             answer = http.request(method, url, TIMEOUT_SECONDS,
                                   body.model_dump_json().encode() if body else None,
                                   {"Authorization": f"Bearer {self.token}",
-                                   "Content-Type": "application/json"})
+                                   "Content-Type": "application/json"}, self.tls)
         except http.HttpError as exc:
             raise EnforcerRefused(http.detail(exc.reason) if exc.status else
                                   f"the enforcer cannot be reached: {exc}", exc.status) from None

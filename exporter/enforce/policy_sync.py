@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -88,9 +89,10 @@ class Puller:
 
     def __init__(self, actuator: Actuator, enforcer_url: str, identity: NodeIdentity,
                  interval: float, timeout: float = 10.0,
-                 gpus: Callable[[], tuple[NodeGpu, ...] | None] = lambda: None) -> None:
+                 gpus: Callable[[], tuple[NodeGpu, ...] | None] = lambda: None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.actuator, self.url, self.identity = actuator, enforcer_url, identity
-        self.interval, self.timeout, self.gpus = interval, timeout, gpus
+        self.interval, self.timeout, self.gpus, self.tls = interval, timeout, gpus, tls
 
     def sync(self) -> bool:
         reports = self.actuator.take_reports()
@@ -101,7 +103,7 @@ class Puller:
                               release_idle=self.actuator.idle_releases())
         try:
             answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
-                              self.identity.sign, self.identity.verify, self.timeout)
+                              self.identity.sign, self.identity.verify, self.timeout, self.tls)
             policy = NodePolicy.model_validate_json(answer)
         except (ExchangeError, ValidationError) as exc:
             self.actuator.return_reports(reports)

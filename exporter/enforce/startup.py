@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,8 +54,10 @@ def node_gpus(snapshot: Snapshot) -> tuple[NodeGpu, ...] | None:
                  if not d.lost)
 
 
-def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enforcement | None:
-    """The node's enforcement, or None (logged) when it is off or has no key to trust."""
+def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
+                      tls: ssl.SSLContext | None = None) -> Enforcement | None:
+    """The node's enforcement, or None (logged) when it is off or has no key to trust; `tls`
+    verifies an https:// enforcer."""
     actuator_settings = settings.exporter.actuator
     if not actuator_settings.enabled:
         log.info("enforcement is off (exporter.actuator.enabled)")
@@ -76,9 +79,9 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot]) -> Enf
     url = actuator_settings.enforcer_url
     if url:
         puller = Puller(actuator, url, identity, actuator_settings.pull_interval_seconds,
-                        gpus=lambda: node_gpus(latest()))
+                        gpus=lambda: node_gpus(latest()), tls=tls)
         if actuator_settings.user_socket is not None:
-            forwarder = Forwarder(identity, url, lambda: node_gpus(latest()))
+            forwarder = Forwarder(identity, url, lambda: node_gpus(latest()), tls=tls)
             try:
                 user_socket = UserSocketServer(actuator_settings.user_socket, forwarder)
             except OSError as exc:

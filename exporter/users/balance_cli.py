@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = load_or_exit(args.config)
     user = args.user or me
-    prometheus = Prometheus(settings.client.prometheus_url, settings.client.timeout_seconds)
+    prometheus = Prometheus(settings.client.prometheus_url, settings.client.timeout_seconds,
+                            settings.tls_client_config.context())
     hook = read_hook(settings.exporter.actuator.hook_dir, user)
     status = gather(user, prometheus, hook.model_dump(mode="json") if hook else None)
     if args.json:

@@ -16,6 +16,7 @@ import os
 import pwd
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -48,9 +49,10 @@ class Forwarder:
     """Turns one user's ask into the signed request to the control plane."""
 
     def __init__(self, identity: NodeIdentity, enforcer_url: str,
-                 gpus: Callable[[], tuple[NodeGpu, ...] | None], timeout: float = 10.0) -> None:
+                 gpus: Callable[[], tuple[NodeGpu, ...] | None], timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.identity, self.node, self.url = identity, identity.node, enforcer_url
-        self.gpus, self.timeout = gpus, timeout
+        self.gpus, self.timeout, self.tls = gpus, timeout, tls
 
     def handle(self, uid: int, line: bytes) -> dict[str, Any]:
         try:
@@ -68,7 +70,7 @@ class Forwarder:
         try:
             body = exchange(self.url, "POST", path,
                             forwarded.model_dump_json().encode(), self.identity.sign,
-                            self.identity.verify, self.timeout)
+                            self.identity.verify, self.timeout, self.tls)
             answer = Answer.model_validate_json(body)
         except ExchangeError as exc:
             if exc.status is not None and 400 <= exc.status < 500 and exc.status != 401:

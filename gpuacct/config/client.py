@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from pydantic import (
@@ -9,7 +10,8 @@ from pydantic import (
     model_validator,
 )
 
-from gpuacct.config.base import Section
+from gpuacct import http
+from gpuacct.config.base import ConfigError, Section
 
 
 class ClientSettings(Section):
@@ -33,3 +35,13 @@ class TlsClientSettings(Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
+
+    def context(self) -> ssl.SSLContext | None:
+        """The SSL context a client of this process passes to `gpuacct.http` (None: the
+        system's CAs alone). ConfigError names a file that cannot be used."""
+        if self.ca_file is None and self.cert_file is None:
+            return None
+        try:
+            return http.client_context(self.ca_file, self.cert_file, self.key_file)
+        except ValueError as exc:
+            raise ConfigError(f"tls_client_config: {exc}") from None

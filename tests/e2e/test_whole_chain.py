@@ -205,10 +205,12 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
         ManagedProcess("billing", [sys.executable, "-m", "billing_engine", "--config",
                                    str(config_path), "run", "--web.listen-address",
                                    f"127.0.0.1:{billing_port}", *serving],
-                       tmp_path / "billing.log", f"https://127.0.0.1:{billing_port}/metrics"),
+                       tmp_path / "billing.log", f"https://127.0.0.1:{billing_port}/metrics",
+                       ready_tls=tls.context),
         ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config_path), "run",
                                "--web.listen-address", f"127.0.0.1:{web_port}", *serving],
-                       tmp_path / "web.log", f"https://127.0.0.1:{web_port}/-/healthy"),
+                       tmp_path / "web.log", f"https://127.0.0.1:{web_port}/-/healthy",
+                       ready_tls=tls.context),
     ]
     for service in services:
         RUNNING.append(service)

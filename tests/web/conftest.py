@@ -115,7 +115,8 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., Web]]:
         url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         proc = ManagedProcess("web", [sys.executable, "-m", "web", "--config", str(config),
                                       "run", "--web.listen-address", f"127.0.0.1:{port}",
-                                      *served], d / "web.log", f"{url}/-/healthy")
+                                      *served], d / "web.log", f"{url}/-/healthy",
+                              ready_tls=tls.context if tls else None)
         started.append(proc)
         RUNNING.append(proc)
         return Web(proc.start().wait_ready(), url, ledger)
