@@ -163,9 +163,9 @@ def two_windows(ledger_at: Target, n: int, prom_url: str, influx_url: str,
                                window_seconds=WINDOW, query_timeout_seconds=60)
     ledger = TimedLedger(settings.ledger)
     sink = TimedSink(InfluxV1Settings(url=influx_url, database=f"bench{n}"))
-    engine = Engine(settings, ledger, Prometheus(prom_url, 600), sink)
+    engine = Engine(settings, ledger, Prometheus(prom_url, 600), sink, holder="bench")
     servers.influx_query(influx_url, f'CREATE DATABASE "bench{n}"', method="POST")
-    assert ledger.acquire_lease(engine.holder, 600)
+    assert ledger.acquire_lease("bench", 600)
     engine._begin(end - 2 * WINDOW)
     runs = []
     for window_end in (end - WINDOW, end):

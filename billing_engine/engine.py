@@ -32,6 +32,7 @@ from billing_engine.pricing import PriceBook
 from billing_engine.series import LineKey, Series, SeriesCache
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
 from gpuacct.config import BillingSettings
+from gpuacct.lease import Lease
 from gpuacct.money import merge_versions
 from gpuacct.periods import DAY, iso
 from gpuacct.promql import PrometheusUnavailable, Querier
@@ -110,10 +111,11 @@ class Engine:
         self.prometheus = prometheus
         self.sink = sink
         self.prices = PriceBook(settings.prices, settings.reserved_price_factor)
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = Lease(ledger, holder or
+                           f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                           settings.lease_seconds, log)
         self.last_tick_seconds = 0.0
         self.last_tick_ok = True
-        self._standby = False  # said once: another engine holds the lease
         self.influx_ok = True
         self.series_behind = 0  # series read below their cursor from a lagging replica
         self.formatter = LineFormatter()
@@ -138,14 +140,8 @@ class Engine:
         started = time.perf_counter()
         now = time.time() if now is None else now
         try:
-            if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
-                if not self._standby:
-                    log.info("standby: another engine holds the lease; billing when it ends")
-                    self._standby = True
+            if not self.lease.take():
                 return 0
-            if self._standby:
-                log.info("took the lease: this engine bills now")
-                self._standby = False
             self._sync_accounts(now)
             self.prices = PriceBook(merge_versions(
                 self.settings.prices, [v for v, _, _ in self.ledger.price_versions()]),
@@ -206,7 +202,7 @@ class Engine:
             previous = end
             if len(windows) > 1 and (n % 60 == 0 or n == len(windows)):
                 log.info("caught up %d of %d windows (to %s)", n, len(windows), iso(end))
-            if not self.ledger.acquire_lease(self.holder, self.settings.lease_seconds):
+            if not self.lease.take():
                 raise LeaseLost("the billing lease went to another engine")
         return len(windows)
 
@@ -302,7 +298,7 @@ class Engine:
                                    cost(model, idle, Decimal(0), reserved) if idle else idle))
         bill = WindowBill(end=end, previous=previous, expected_last=after, lines=lines,
                           cursors=moved, price_effective=self.prices.starts[version],
-                          holder=self.holder, opening_balance=self.settings.opening_balance,
+                          holder=self.lease.holder, opening_balance=self.settings.opening_balance,
                           trial_mode=self.settings.trial_mode,
                           reason=f"usage in the window ending {iso(end)}",
                           unknown_users=self.settings.unknown_users, births=began)
@@ -357,4 +353,4 @@ class Engine:
                 log.exception("billing tick failed")
                 failing = "error"
             stop.wait(poll)
-        self.ledger.release_lease(self.holder)
+        self.lease.release()

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from allocator.metrics import register as register_allocator_metrics
@@ -40,11 +39,12 @@ from gpuacct.cli_common import (
     stop_on_signals,
 )
 from gpuacct.config import Settings
+from gpuacct.lease import Lease
 from gpuacct.listener import BasicAuth
 from gpuacct.secrets import Tokens, values
 from gpuacct.service import Service, start
 from gpuacct.signing import MasterKeys, node_key
-from gpuacct.store import SchemaError, StoreError, beside, exists
+from gpuacct.store import SchemaError, beside, exists
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,10 +114,15 @@ def run(service: Service) -> int:
     store = _opened("the database", lambda: Store(settings.enforcer.database, Retention(
         settings.enforcer.delivery_days, settings.enforcer.audit_days)))
     # The same host and port is the same enforcer: restarted, it takes its own lease back.
-    holder = f"{socket.gethostname()}:{port}"
-    if not _wait_for_the_lease(store, holder, settings.enforcer.lease_seconds, log):
+    lease = Lease(store, f"{socket.gethostname()}:{port}", settings.enforcer.lease_seconds, log)
+    # Nothing is served on standby: Alertmanager retries a refused webhook, and a node pulls
+    # from whichever enforcer answers.
+    if not lease.wait(stop_on_signals()):
         store.close()
         return 0
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's own handlers from here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    store.reload()  # what another enforcer decided while this one stood by
     database = (settings.allocator.database
                 or beside(settings.enforcer.database, "allocator.sqlite3"))
     allocator = Allocator(_opened("the allocator's store", lambda: AllocationStore(database)),
@@ -153,66 +158,16 @@ def run(service: Service) -> int:
     log.info("webhook on %s:%d, policy version %d, state in %s", host, port,
              desired.current().version, settings.enforcer.database)
     server = service.asgi_server(app)
-    lost = threading.Event()
-    threading.Thread(target=_keep_the_lease, args=(store, holder, settings.enforcer.lease_seconds,
-                                                   server, stop, lost, log),
-                     name="lease", daemon=True).start()
+    lease.keep(stop, on_lost=lambda: setattr(server, "should_exit", True))
     server.run()
     stop.set()
     pusher.stop()
-    store.release_lease(holder)
+    lease.release()
     store.close()
     allocator.store.close()
     notices.close()
     log.info("stopped")
-    return 0 if server.started and not lost.is_set() else 1
-
-
-def _wait_for_the_lease(store: Store, holder: str, seconds: float,
-                        log: logging.Logger) -> bool:
-    """Standby until this enforcer holds the lease (another may act on the same database);
-    False if stopped first. Nothing is served meanwhile: Alertmanager retries a refused
-    webhook, and a node pulls from whichever enforcer answers."""
-    stop, said = stop_on_signals(), False
-    while True:
-        try:
-            if store.acquire_lease(holder, seconds):
-                break
-            if not said:
-                log.info("standby: the enforcer %s acts; taking over when its lease ends",
-                         store.lease_holder())
-                said = True
-        except StoreError as exc:
-            log.warning("standby: cannot reach the database: %s", exc)
-        if stop.wait(min(1.0, seconds / 4)):
-            return False
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's own handlers from here
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    if said:
-        store.reload()  # what the other enforcer decided
-        log.info("took over: this enforcer (%s) acts now", holder)
-    return True
-
-
-def _keep_the_lease(store: Store, holder: str, seconds: float, server: uvicorn.Server,
-                    stop: threading.Event, lost: threading.Event, log: logging.Logger) -> None:
-    """Renew the lease a few times per period; if it cannot be renewed before it ends
-    (another enforcer took it, or the database was away), stop acting: never two at once."""
-    renewed = time.monotonic()
-    while not stop.wait(seconds / 4):
-        try:
-            if store.acquire_lease(holder, seconds):
-                renewed = time.monotonic()
-                continue
-            log.error("the lease went to %s: stopping", store.lease_holder())
-        except StoreError as exc:
-            if time.monotonic() - renewed < seconds * 0.75:
-                log.warning("cannot renew the lease yet: %s", exc)
-                continue
-            log.error("cannot renew the lease before it ends (%s): stopping", exc)
-        lost.set()
-        server.should_exit = True
-        return
+    return 0 if server.started and not lease.lost.is_set() else 1
 
 
 def tell_allocations(allocator: Allocator, notices: Notices) -> int:

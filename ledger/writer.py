@@ -85,6 +85,10 @@ class Ledger(ReadOnlyLedger):
         with self._tx() as db:
             store.drop_lease(db, holder)
 
+    def lease_holder(self) -> str | None:
+        with self._tx() as db:
+            return store.lease_holder(db, time.time())
+
     def _holds_lease(self, db: store.Database, holder: str) -> bool:
         return store.lease_holder(db, time.time()) == holder
 
