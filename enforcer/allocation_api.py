@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.params import Depends
+from fastapi import APIRouter, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from allocator.service import AllocationError, Allocator, NotFound
+from enforcer.deps import AUTHORIZED, Alloc, Keys
 from enforcer.signed import signed_answer, signed_body
 from gpuacct.allocation import (
     ALLOCATION_PATH,
@@ -35,7 +35,6 @@ from gpuacct.allocation import (
     Summary,
 )
 from gpuacct.login import LOGIN_PATH
-from gpuacct.signing import MasterKeys
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +54,48 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
     return Answer(text="", summary=allocator.summary(mine))
 
 
-def add_allocation_routes(app: FastAPI, allocator: Allocator, keys: MasterKeys,
-                          authorized: list[Depends]) -> None:
-    @app.post(ALLOCATION_PATH, include_in_schema=False)
-    async def forwarded(request: Request) -> Response:
-        ask = await signed_body(request, keys, ALLOCATION_PATH, Forwarded, "request",
-                                lambda f: f.caller.node)
-        try:  # in a worker thread: the event loop keeps answering while the allocator works
-            answer = await run_in_threadpool(answer_for, allocator, ask)
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        except AllocationError as exc:
-            raise HTTPException(400, f"refused: {exc}") from None
-        return signed_answer(keys, ask.caller.node, ALLOCATION_PATH,
-                             answer.model_dump_json().encode())
+router = APIRouter(include_in_schema=False)  # the signed route: its own authentication
+authorized = APIRouter(dependencies=AUTHORIZED)
 
-    @app.post(CANCEL_PATH, dependencies=authorized)
-    def cancel(body: Cancel) -> dict[str, Any]:
-        try:
-            outcome = allocator.cancel(body.id, body.admin, body.reason)
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        log.info("%s by %s", outcome.text, body.admin)
-        return {"text": outcome.text}
 
-    @app.post(RELEASE_PATH, dependencies=authorized)
-    def release_for(body: ReleaseFor) -> dict[str, Any]:
-        try:
-            outcomes = allocator.release(body.user, body.id, body.actor)
-        except NotFound as exc:
-            raise HTTPException(404, str(exc)) from None
-        return {"text": "\n".join(o.text for o in outcomes)}
+@router.post(ALLOCATION_PATH)
+async def forwarded(request: Request, allocator: Alloc, keys: Keys) -> Response:
+    ask = await signed_body(request, keys, ALLOCATION_PATH, Forwarded, "request",
+                            lambda f: f.caller.node)
+    try:  # in a worker thread: the event loop keeps answering while the allocator works
+        answer = await run_in_threadpool(answer_for, allocator, ask)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except AllocationError as exc:
+        raise HTTPException(400, f"refused: {exc}") from None
+    return signed_answer(keys, ask.caller.node, ALLOCATION_PATH,
+                         answer.model_dump_json().encode())
 
-    @app.get(ALLOCATION_PATH, dependencies=authorized)
-    def summary(user: str | None = None) -> Summary:
-        return allocator.summary(user)
 
-    @app.get(f"{ALLOCATION_PATH}/audit", dependencies=authorized)
-    def audit(user: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        return [vars(e) for e in allocator.store.audit(user, max(1, min(limit, 100_000)))]
+@authorized.post(CANCEL_PATH)
+def cancel(allocator: Alloc, body: Cancel) -> dict[str, Any]:
+    try:
+        outcome = allocator.cancel(body.id, body.admin, body.reason)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    log.info("%s by %s", outcome.text, body.admin)
+    return {"text": outcome.text}
+
+
+@authorized.post(RELEASE_PATH)
+def release_for(allocator: Alloc, body: ReleaseFor) -> dict[str, Any]:
+    try:
+        outcomes = allocator.release(body.user, body.id, body.actor)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return {"text": "\n".join(o.text for o in outcomes)}
+
+
+@authorized.get(ALLOCATION_PATH)
+def summary(allocator: Alloc, user: str | None = None) -> Summary:
+    return allocator.summary(user)
+
+
+@authorized.get(f"{ALLOCATION_PATH}/audit")
+def audit(allocator: Alloc, user: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    return [vars(e) for e in allocator.store.audit(user, max(1, min(limit, 100_000)))]

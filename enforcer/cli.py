@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from allocator.metrics import register as register_allocator_metrics
 from allocator.service import Allocator
 from allocator.store import AllocationStore
-from enforcer.app import create_app
+from enforcer.app import create_app, new_control
 from enforcer.desired import Desired
 from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
@@ -146,9 +146,9 @@ def run(service: Service) -> int:
 
     allocator.on_change = allocation_changed
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
-    app = create_app(desired, pusher, tokens, keys, registry,
-                     BasicAuth(service.listener.basic_auth_users),
-                     links, (notices, notifier),
+    app = create_app(new_control(desired, pusher, tokens, keys, registry,
+                                 BasicAuth(service.listener.basic_auth_users),
+                                 links, (notices, notifier)),
                      max_body_bytes=settings.enforcer.max_body_bytes)
     pusher.start()
     stop = threading.Event()
