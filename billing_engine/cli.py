@@ -42,7 +42,6 @@ from gpuacct.cli_common import (
 )
 from gpuacct.config import BillingSettings
 from gpuacct.limits import limits_above
-from gpuacct.metrics_http import serve
 from gpuacct.money import parse_amount
 from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
 from gpuacct.service import Service, start
@@ -123,8 +122,7 @@ def run(service: Service) -> int:
                     jobs=jobs)
     warn_of_limits_above_the_cluster(billing, prometheus, log)
     try:
-        server = serve(host, port, build_registry(billing, engine), "gpuacct billing",
-                       web=service.listener)
+        server = service.metrics_server(build_registry(billing, engine), "gpuacct billing")
     except OSError as exc:
         print(f"gpuacct-billing: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1

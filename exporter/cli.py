@@ -23,7 +23,6 @@ from gpuacct.cli_common import (
     service_parser,
     stop_on_signals,
 )
-from gpuacct.metrics_http import serve
 from gpuacct.service import start
 
 
@@ -54,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         registry.register(ActuatorCollector(enforcement.actuator))
         sampler.reserved = enforcement.actuator.reserved_gpus
     try:
-        server = serve(host, port, registry, "gpuacct exporter",
-                       enforcement.routes if enforcement else None, sampler.scraped,
-                       service.listener)
+        server = service.metrics_server(registry, "gpuacct exporter",
+                                        enforcement.routes if enforcement else None,
+                                        sampler.scraped)
     except OSError as exc:
         print(f"gpuacct-exporter: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 1

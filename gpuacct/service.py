@@ -1,14 +1,16 @@
 """How every gpuacct daemon starts, in one place: its settings (or their problems and exit 2),
 its listener (address, and TLS and basic auth from --web.config.file), how its requests
 verify HTTPS servers (passed to each client, never set for the whole process), its log,
-secrets re-read on SIGHUP, and an ASGI server that believes no forwarded address."""
+secrets re-read on SIGHUP, and its HTTP listener: an ASGI server (uvicorn) for a service with
+an API, a threading WSGI server for one that serves /metrics alone (the exporter and the
+billing engine stay light: no event loop, no uvicorn import)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +22,13 @@ from gpuacct.cli_common import (
 )
 from gpuacct.config import Settings
 from gpuacct.listener import WebConfig, uvicorn_options
+from gpuacct.metrics_http import WsgiApp, serve
 from gpuacct.reload import reload_on_sighup
 
 if TYPE_CHECKING:  # uvicorn is imported by the daemons that serve ASGI only (not the exporter)
     import uvicorn
+    from prometheus_client.exposition import ThreadingWSGIServer
+    from prometheus_client.registry import CollectorRegistry
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,14 @@ class Service:
     def reload_on_sighup(self, apply: Callable[[Settings], str]) -> None:
         """Secrets rotated without a restart (gpuacct.reload)."""
         reload_on_sighup(self.config_path, apply, self.log)
+
+    def metrics_server(self, registry: CollectorRegistry, title: str,
+                       routes: Mapping[str, WsgiApp] | None = None,
+                       on_scrape: Callable[[dict[str, Any]], None] | None = None
+                       ) -> ThreadingWSGIServer:
+        """/metrics of `registry` and `routes` on the service's address with its TLS and basic
+        auth, served from a thread; OSError if the address cannot be bound."""
+        return serve(self.host, self.port, registry, title, routes, on_scrape, self.listener)
 
     def asgi_server(self, app: Any) -> uvicorn.Server:
         """uvicorn on the service's address with its TLS. proxy_headers off: uvicorn would
