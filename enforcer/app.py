@@ -6,16 +6,13 @@ like every exporter) and `GET /-/healthy`.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, FastAPI, Header, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from enforcer import allocation_api, people_api, policy_api
-from enforcer.deps import Control, Ctl
+from enforcer.deps import Control
 from enforcer.desired import Desired
 from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
@@ -24,18 +21,11 @@ from enforcer.notifier import Notifier
 from enforcer.signed import problems
 from gpuacct.bounded_body import BoundedBodies
 from gpuacct.listener import BasicAuth
+from gpuacct.metrics_asgi import metrics_router
 from gpuacct.secrets import Tokens
 from gpuacct.signing import MasterKeys
 
 ops = APIRouter(include_in_schema=False)
-
-
-@ops.get("/metrics")
-def metrics(ctl: Ctl, authorization: Annotated[str | None, Header()] = None) -> Response:
-    if not ctl.scrapers.allows(authorization):
-        return PlainTextResponse("unauthorized: basic_auth_users of --web.config.file\n",
-                                 401, {"WWW-Authenticate": 'Basic realm="gpuacct"'})
-    return Response(generate_latest(ctl.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @ops.get("/-/healthy")
@@ -65,6 +55,7 @@ def create_app(control: Control, *, max_body_bytes: int) -> FastAPI:
         app.include_router(people_api.redeeming)
     if control.notices is not None:
         app.include_router(people_api.notices)
+    app.include_router(metrics_router(control.registry, control.scrapers))
     app.include_router(ops)
     return app
 

@@ -32,6 +32,7 @@ from enforcer.nodes import Pusher
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.store import Retention, Store
+from gpuacct.build import BuildInfo
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -130,6 +131,7 @@ def run(service: Service) -> int:
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
     registry = CollectorRegistry(auto_describe=False)
+    registry.register(BuildInfo())
     pusher = Pusher(desired, keys, settings.enforcer, registry, tls=service.tls)
     register_allocator_metrics(allocator, registry)
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from gpuacct.build import add_version_argument
 from gpuacct.config import ConfigError, Settings, load_settings, split_listen_address
 from gpuacct.listener import WebConfig, WebConfigError, load_web_config
 
@@ -43,6 +44,7 @@ def service_parser(prog: str, doc: str | None, run_help: str, serves: str,
     before any command (the exporter's form in units written before it had `run`)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     add_config_argument(parser)
     if bare_runs:
         _run_arguments(parser, serves, None)

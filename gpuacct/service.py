@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gpuacct.build import BuildInfo
 from gpuacct.cli_common import (
     load_or_exit,
     parse_listen_address,
@@ -50,8 +51,10 @@ class Service:
                        routes: Mapping[str, WsgiApp] | None = None,
                        on_scrape: Callable[[dict[str, Any]], None] | None = None
                        ) -> ThreadingWSGIServer:
-        """/metrics of `registry` and `routes` on the service's address with its TLS and basic
-        auth, served from a thread; OSError if the address cannot be bound."""
+        """/metrics of `registry` (and the build's info) and `routes` on the service's address
+        with its TLS and basic auth, served from a thread; OSError if the address cannot be
+        bound."""
+        registry.register(BuildInfo())
         return serve(self.host, self.port, registry, title, routes, on_scrape, self.listener)
 
     def asgi_server(self, app: Any) -> uvicorn.Server:

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from gpuacct import http, signing
+from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
 from gpuacct.config import CONFIG_ENV, Settings
 from stack import alerting, configs, servers
@@ -217,6 +218,7 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuacct-stack", description=__doc__)
+    add_version_argument(parser)
     add_config_argument(parser)
     parser.add_argument("--state-dir", type=Path, help="where configs, data and logs live")
     parser.add_argument("--demo", action="store_true",

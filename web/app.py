@@ -10,9 +10,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
+from prometheus_client import CollectorRegistry
 
 from gpuacct.bounded_body import BoundedBodies
+from gpuacct.build import BuildInfo
 from gpuacct.config import Settings, describe_error
+from gpuacct.listener import BasicAuth
+from gpuacct.metrics_asgi import metrics_router
 from gpuacct.secrets import values
 from ledger import ReadOnlyLedger
 from web import api, jobs, ledger_pages, pages, people
@@ -32,8 +36,10 @@ def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-def create_app(settings: Settings, tls: ssl.SSLContext | None = None) -> FastAPI:
-    """The web of `settings`; `tls` verifies https:// Prometheus and enforcer."""
+def create_app(settings: Settings, tls: ssl.SSLContext | None = None,
+               scrapers: BasicAuth | None = None) -> FastAPI:
+    """The web of `settings`; `tls` verifies https:// Prometheus and enforcer; `scrapers` may
+    read /metrics (the listener's basic_auth_users; None: anyone, like every exporter)."""
     ledger_path = settings.billing.ledger
     secret = settings.web.session_secret
     admin_hash = settings.auth.admin_password_hash
@@ -55,6 +61,9 @@ def create_app(settings: Settings, tls: ssl.SSLContext | None = None) -> FastAPI
         admin_hash=admin_hash.get_secret_value() if admin_hash else None,
         jobs=JobsView(settings))
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BuildInfo())
+    app.include_router(metrics_router(registry, scrapers or BasicAuth({})))
     app.include_router(pages.router)
     app.include_router(ledger_pages.router)
     app.include_router(people.router)

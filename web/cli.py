@@ -16,6 +16,7 @@ from gpuacct.cli_common import (
     service_parser,
 )
 from gpuacct.files import readable_by_others
+from gpuacct.listener import BasicAuth
 from gpuacct.service import start
 from gpuacct.store import is_url
 from ledger import exists as ledger_exists
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.auth.admin_password_hash is None:
         log.warning("auth.admin_password_hash is not set: nobody can log in as administrator")
     log.info("serving on %s:%d, ledger %s", host, port, settings.billing.ledger)
-    app = create_app(settings, service.tls)
+    app = create_app(settings, service.tls, BasicAuth(service.listener.basic_auth_users))
     service.reload_on_sighup(app.state.ctx.rotate)
     # The page believes X-Forwarded-For from web.trusted_proxies only (web.deps.client_address).
     server = service.asgi_server(app)

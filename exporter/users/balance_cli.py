@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from exporter.enforce.hookfile import read_hook
+from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.promql import Prometheus, PrometheusUnavailable
 from gpuacct.tiers import HEALTHY, SEVERITY, Tier, tier_of
@@ -129,6 +130,7 @@ def greeting(status: Status) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuacct-balance", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     add_config_argument(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--greeting", action="store_true", help="short, for the login hook")

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from exporter.users import balance_cli
 from gpuacct.allocation import MAX_GPUS, MAX_SECONDS, Answer, Entry, Summary
+from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.wording import duration
 
@@ -83,6 +84,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuacct", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     add_config_argument(parser)
     parser.add_argument("--socket", type=Path, help=f"the node daemon's socket (${SOCKET_ENV})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import platform
 import ssl
 import subprocess
 import sys
@@ -17,10 +18,13 @@ import bcrypt
 import pytest
 import yaml
 
+from gpuacct import __version__
+from ledger import Ledger
 from stack.process import ManagedProcess, free_port
 from stack.tls import Certificates, make_certificates
 from tests.fixtures.servers import RUNNING, Server, promql, wait_for
 from tests.fixtures.tls import plain_http_fails
+from tests.gpuacct.test_build import checkout_revision
 
 PASSWORD = "scrape-password"
 
@@ -111,7 +115,7 @@ def test_the_exporter_and_billing_serve_tls_and_prometheus_scrapes_them_verifyin
         assert get(url, certificates.ca_file, "prometheus", "wrong")[0] == 401
         assert get(url, certificates.ca_file, "nobody", PASSWORD)[0] == 401
         status, text = get(url, certificates.ca_file, "prometheus", PASSWORD)
-        assert status == 200 and "# TYPE" in text
+        assert status == 200 and build_info() in text
         status, _ = get(f"https://127.0.0.1:{port}/", certificates.ca_file)
         assert status == 200  # the landing page: only /metrics asks for a password
 
@@ -141,7 +145,30 @@ def test_the_enforcer_serves_tls(
     assert get(f"https://127.0.0.1:{enforcer}/-/healthy", certificates.ca_file)[0] == 200
     metrics = f"https://127.0.0.1:{enforcer}/metrics"
     assert get(metrics, certificates.ca_file, "prometheus", "wrong")[0] == 401
-    assert get(metrics, certificates.ca_file, "prometheus", PASSWORD)[0] == 200
+    status, text = get(metrics, certificates.ca_file, "prometheus", PASSWORD)
+    assert status == 200 and build_info() in text
+
+
+def test_the_web_serves_its_build_on_metrics_to_the_scrapers_alone(
+        tmp_path: Path, certificates: Certificates,
+        start_service: Callable[..., tuple[ManagedProcess, int]]) -> None:
+    ledger = tmp_path / "billing" / "ledger.sqlite3"
+    ledger.parent.mkdir()
+    Ledger(ledger).close()
+    _, web = start_service("web", {"billing": {"ledger": str(ledger)},
+                                   "web": {"session_secret": "s" * 32}},
+                           web_config(tmp_path, certificates), answers(certificates.ca_file))
+    metrics = f"https://127.0.0.1:{web}/metrics"
+    assert get(metrics, certificates.ca_file)[0] == 401
+    assert get(metrics, certificates.ca_file, "prometheus", "wrong")[0] == 401
+    status, text = get(metrics, certificates.ca_file, "prometheus", PASSWORD)
+    assert status == 200 and build_info() in text
+
+
+def build_info() -> str:
+    """The sample every service's /metrics carries."""
+    return (f'gpuacct_build_info{{pythonversion="{platform.python_version()}",'
+            f'revision="{checkout_revision()}",version="{__version__}"}} 1.0')
 
 
 @pytest.mark.parametrize(("config", "problem"), [
