@@ -20,16 +20,21 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 def verify_unit(unit: Path, tmp_path: Path, executable: Path) -> str:
     """systemd-analyze's complaints about the unit, with ExecStart pointed at `executable`."""
     copy = tmp_path / unit.name
-    copy.write_text(unit.read_text().replace("/opt/gpuacct/bin/gpuacct-exporter",
-                                             str(executable)))
+    copy.write_text(unit.read_text().replace(f"/opt/gpuacct/bin/{unit.stem}", str(executable)))
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                           text=True, timeout=60)
     return (done.stdout + done.stderr).strip()
 
 
-def test_the_unit_file_is_clean(tmp_path: Path) -> None:
-    unit = REPO / "deploy" / "systemd" / "gpuacct-exporter.service"
+@pytest.mark.parametrize("service", ["exporter", "billing", "enforcer", "web"])
+def test_the_unit_files_are_clean(tmp_path: Path, service: str) -> None:
+    unit = REPO / "deploy" / "systemd" / f"gpuacct-{service}.service"
     assert verify_unit(unit, tmp_path, Path("/bin/true")) == ""
+    text = unit.read_text()
+    assert "NoNewPrivileges=yes" in text
+    if service != "exporter":  # the node's actuator is root on purpose; the rest need nothing
+        assert "User=gpuacct" in text and "CapabilityBoundingSet=\n" in text
+        assert "ProtectSystem=strict" in text
 
 
 def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
