@@ -33,7 +33,6 @@ from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.job_tracker import JobTracker
 from billing_engine.metrics import build_registry
-from gpuacct import store
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -45,8 +44,9 @@ from gpuacct.limits import limits_above
 from gpuacct.money import parse_amount
 from gpuacct.promql import PrometheusReplicas, PrometheusUnavailable, Querier
 from gpuacct.service import Service, start
+from gpuacct.store import places
 from gpuacct.tiers import account_tier
-from jobstore.store import JOB_STORE, JobStore
+from jobstore.store import JobStore
 from ledger import (
     Export,
     Ledger,
@@ -116,7 +116,7 @@ def run(service: Service) -> int:
                                     service.tls)
     jobs = None
     if billing.jobs is not None:
-        jobs = JobTracker(JobStore(store.beside(billing.ledger, JOB_STORE)), prometheus,
+        jobs = JobTracker(JobStore(places.jobs(settings)), prometheus,
                           billing.jobs)
     engine = Engine(billing, ledger, prometheus, make_sink(settings.influxdb, service.tls),
                     jobs=jobs)

@@ -45,7 +45,7 @@ from gpuacct.listener import BasicAuth
 from gpuacct.secrets import Tokens, values
 from gpuacct.service import Service, start
 from gpuacct.signing import MasterKeys, node_key
-from gpuacct.store import SchemaError, beside, exists
+from gpuacct.store import SchemaError, exists, places
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,9 +124,8 @@ def run(service: Service) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn's own handlers from here
     signal.signal(signal.SIGINT, signal.default_int_handler)
     store.reload()  # what another enforcer decided while this one stood by
-    database = (settings.allocator.database
-                or beside(settings.enforcer.database, "allocator.sqlite3"))
-    allocator = Allocator(_opened("the allocator's store", lambda: AllocationStore(database)),
+    allocator = Allocator(_opened("the allocator's store",
+                                  lambda: AllocationStore(places.allocator(settings))),
                           settings.allocator,
                           restriction=lambda user: _restriction(store, user))
     desired = Desired(store, allocator)
@@ -137,7 +136,7 @@ def run(service: Service) -> int:
     links = LoginLinks(settings.web.public_url, settings.web.auth.link_seconds,
                        settings.exporter.min_uid)
     notices = _opened("the notices' store", lambda: Notices(
-        beside(settings.enforcer.database, "notices.sqlite3"), settings.notifications,
+        places.notices(settings), settings.notifications,
         settings.web.public_url))
     notifier = Notifier(notices, settings.notifications, registry)
 

@@ -37,7 +37,6 @@ CREATE INDEX jobs_open ON jobs (node, state) WHERE state != 'finished';
 CREATE TABLE nodes (node TEXT PRIMARY KEY, last_up DOUBLE PRECISION NOT NULL);
 """
 MIGRATIONS = [store.statements(SCHEMA_V1)]
-JOB_STORE = "jobs.sqlite3"  # beside the ledger's file
 State = Literal["running", "finished", "lost"]
 STATES: tuple[State, ...] = ("running", "finished", "lost")
 

@@ -8,7 +8,8 @@ from fastapi import HTTPException
 
 from gpuacct import store
 from gpuacct.config import Settings
-from jobstore.store import JOB_STORE, JobStore
+from gpuacct.store import places
+from jobstore.store import JobStore
 from ledger import SchemaError
 
 
@@ -16,7 +17,7 @@ class JobsView:
     """The job store, read-only, opened when first asked for (gpuacct-billing makes it)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.target = store.beside(settings.billing.ledger, JOB_STORE)
+        self.target = places.jobs(settings)
         self._store: JobStore | None = None
         self._lock = threading.Lock()
 

@@ -11,14 +11,15 @@ import requests
 from playwright.sync_api import Browser
 
 from gpuacct import store
-from jobstore.store import JOB_STORE, JobSeen, JobStore
+from gpuacct.store.places import JOBS
+from jobstore.store import JobSeen, JobStore
 from tests.web.conftest import Web
 
 NOW = time.time()
 
 
 def fill_jobs(web: Web) -> None:
-    jobs = JobStore(store.beside(web.ledger, JOB_STORE))
+    jobs = JobStore(store.beside(web.ledger, JOBS))
     alice = [JobSeen("gpu01:9835", "alice", f"train-{i}", NOW - 3600 + i, name="train.py",
                      framework="torch", script="train.py",
                      args="--epochs 3 --token <redacted>", cwd="/home/alice/proj")
