@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from allocator.service import AllocationError, Allocator, NotFound
@@ -54,6 +55,11 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
     return Answer(text="", summary=allocator.summary(mine))
 
 
+async def not_found(request: Request, exc: Exception) -> JSONResponse:
+    """A request that is not there, or not the caller's: 404 from any allocation route."""
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
 router = APIRouter(include_in_schema=False)  # the signed route: its own authentication
 authorized = APIRouter(dependencies=AUTHORIZED)
 
@@ -64,8 +70,8 @@ async def forwarded(request: Request, allocator: Alloc, keys: Keys) -> Response:
                             lambda f: f.caller.node)
     try:  # in a worker thread: the event loop keeps answering while the allocator works
         answer = await run_in_threadpool(answer_for, allocator, ask)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    except NotFound:
+        raise  # 404 (not_found)
     except AllocationError as exc:
         raise HTTPException(400, f"refused: {exc}") from None
     return signed_answer(keys, ask.caller.node, ALLOCATION_PATH,
@@ -74,20 +80,14 @@ async def forwarded(request: Request, allocator: Alloc, keys: Keys) -> Response:
 
 @authorized.post(CANCEL_PATH)
 def cancel(allocator: Alloc, body: Cancel) -> dict[str, Any]:
-    try:
-        outcome = allocator.cancel(body.id, body.admin, body.reason)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    outcome = allocator.cancel(body.id, body.admin, body.reason)
     log.info("%s by %s", outcome.text, body.admin)
     return {"text": outcome.text}
 
 
 @authorized.post(RELEASE_PATH)
 def release_for(allocator: Alloc, body: ReleaseFor) -> dict[str, Any]:
-    try:
-        outcomes = allocator.release(body.user, body.id, body.actor)
-    except NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    outcomes = allocator.release(body.user, body.id, body.actor)
     return {"text": "\n".join(o.text for o in outcomes)}
 
 

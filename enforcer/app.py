@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from allocator.service import NotFound
 from enforcer import allocation_api, people_api, policy_api
 from enforcer.deps import Control
 from enforcer.desired import Desired
@@ -48,6 +49,7 @@ def create_app(control: Control, *, max_body_bytes: int) -> FastAPI:
     app.include_router(policy_api.router)
     app.include_router(policy_api.authorized)
     if control.desired.allocator is not None:
+        app.add_exception_handler(NotFound, allocation_api.not_found)
         app.include_router(allocation_api.router)
         app.include_router(allocation_api.authorized)
     if control.links is not None:
