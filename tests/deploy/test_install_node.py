@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -17,16 +18,21 @@ REPO = Path(__file__).parents[2]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def verify_unit(unit: Path, tmp_path: Path, executable: Path) -> str:
-    """systemd-analyze's complaints about the unit, with ExecStart pointed at `executable`."""
-    copy = tmp_path / unit.name
-    copy.write_text(unit.read_text().replace(f"/opt/gpuacct/bin/{unit.stem}", str(executable)))
-    done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+def verify_unit(unit: Path, tmp_path: Path, executable: Path, *beside: Path) -> str:
+    """systemd-analyze's complaints about the unit (and the units `beside` it, such as a
+    timer's service), with every gpuacct program in ExecStart pointed at `executable`."""
+    copies = []
+    for path in (unit, *beside):
+        copy = tmp_path / path.name
+        copy.write_text(re.sub(r"/opt/gpuacct/bin/gpuacct-[a-z]+", str(executable),
+                               path.read_text()))
+        copies.append(str(copy))
+    done = subprocess.run(["systemd-analyze", "verify", *copies], capture_output=True,
                           text=True, timeout=60)
     return (done.stdout + done.stderr).strip()
 
 
-@pytest.mark.parametrize("service", ["exporter", "billing", "enforcer", "web"])
+@pytest.mark.parametrize("service", ["exporter", "billing", "enforcer", "web", "backup"])
 def test_the_unit_files_are_clean(tmp_path: Path, service: str) -> None:
     unit = REPO / "deploy" / "systemd" / f"gpuacct-{service}.service"
     assert verify_unit(unit, tmp_path, Path("/bin/true")) == ""
@@ -35,6 +41,15 @@ def test_the_unit_files_are_clean(tmp_path: Path, service: str) -> None:
     if service != "exporter":  # the node's actuator is root on purpose; the rest need nothing
         assert "User=gpuacct" in text and "CapabilityBoundingSet=\n" in text
         assert "ProtectSystem=strict" in text
+
+
+def test_the_backup_timer_is_clean_and_daily(tmp_path: Path) -> None:
+    units = REPO / "deploy" / "systemd"
+    timer = units / "gpuacct-backup.timer"
+    assert verify_unit(timer, tmp_path, Path("/bin/true"), units / "gpuacct-backup.service") == ""
+    assert "OnCalendar=daily" in timer.read_text()
+    assert "backup /var/lib/gpuacct-backups --keep 14" in (
+        units / "gpuacct-backup.service").read_text()
 
 
 def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
