@@ -33,24 +33,29 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def make_certificates(directory: Path, hosts: list[str], days: int = 365) -> Certificates:
-    """A new CA in `directory` and a certificate it signs for `hosts` (names or IP
-    addresses). The CA's key is not kept: nothing else can be signed with it."""
-    directory.mkdir(parents=True, exist_ok=True)
+def new_ca(common: str, days: int = 3650) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA certificate and its key, for signing server and node certificates only."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("gpuacct throwaway CA"))
-          .issuer_name(_name("gpuacct throwaway CA")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                       crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False,
-                                       decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(_name(common))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                         crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def issue(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, hosts: list[str],
+          days: int = 365) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate for `hosts` (names or IP addresses; the first is its subject) that serves
+    TLS and authenticates as a client, signed by the CA, and its new key."""
+    now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -67,13 +72,41 @@ def make_certificates(directory: Path, hosts: list[str], days: int = 365) -> Cer
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
+    return cert, key
+
+
+def write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Made 0600 before a byte of the key is written."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+def serves(cert: x509.Certificate, hosts: list[str], days: int = 30) -> bool:
+    """Whether the certificate names every one of `hosts` for `days` more days."""
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    served = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    served |= set(names.get_values_for_type(x509.DNSName))
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days)
+    return set(hosts) <= served and cert.not_valid_after_utc > soon
+
+
+def make_certificates(directory: Path, hosts: list[str], days: int = 365) -> Certificates:
+    """A new CA in `directory` and a certificate it signs for `hosts` (names or IP
+    addresses). The CA's key is not kept: nothing else can be signed with it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = new_ca("gpuacct throwaway CA", days)
+    cert, key = issue(ca, ca_key, hosts, days)
     made = Certificates(directory / "ca.crt", directory / "server.crt", directory / "server.key")
-    made.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    made.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    made.key_file.touch(mode=0o600)
-    made.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    write_cert(made.ca_file, ca)
+    write_cert(made.cert_file, cert)
+    write_key(made.key_file, key)
     return made
 
 
@@ -87,10 +120,4 @@ def kept_or_made(directory: Path, hosts: list[str], days: int = 365) -> Certific
         kept.ca_file.stat()
     except (OSError, ValueError):
         return make_certificates(directory, hosts, days)
-    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    served = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
-    served |= set(names.get_values_for_type(x509.DNSName))
-    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
-    if set(hosts) <= served and cert.not_valid_after_utc > soon:
-        return kept
-    return make_certificates(directory, hosts, days)
+    return kept if serves(cert, hosts) else make_certificates(directory, hosts, days)
