@@ -1,16 +1,23 @@
-"""gpuacct-admin: the control host's day-two operations.
+"""gpuacct-admin: the control host's trust and day-two operations.
 
-  gpuacct-admin backup DIR [--keep N]   every store, consistent while the services run
-  gpuacct-admin restore DIR/gpuacct-... the backup's stores in place (services stopped)
+  gpuacct-admin init --host NAME          the CA, certificate, secrets and config, made once
+  gpuacct-admin node add NAME ADDRESS     enrol a GPU node: its key, certificate, scrape entry
+  gpuacct-admin node remove NAME          it can no longer sync, and is no longer scraped
+  gpuacct-admin backup DIR [--keep N]     every store, consistent while the services run
+  gpuacct-admin restore DIR/gpuacct-...   the backup's stores in place (services stopped)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import urllib.parse
 from pathlib import Path
 
+import yaml
+
 from admin.backup import AdminError, restore, take
+from admin.deployment import EXPORTER_PORT, Etc, init, node_add, node_remove
 from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, command_or_usage, load_or_exit
 from gpuacct.store import StoreError
@@ -35,13 +42,73 @@ def _parser() -> argparse.ArgumentParser:
     again = sub.add_parser("restore", help="put a backup's stores in place (stop the "
                                            "services first, on every host)")
     again.add_argument("folder", type=Path, metavar="BACKUP")
+    init = sub.add_parser("init", help="make the deployment's CA, certificate, secrets and "
+                                       "config where missing (run again: nothing changes)")
+    init.add_argument("--host", action="append", default=[], metavar="NAME",
+                      help="a name or address nodes and users reach this host by (repeat)")
+    node = sub.add_parser("node", help="enrol or remove a GPU node")
+    verbs = node.add_subparsers(dest="verb", metavar="add|remove", required=True)
+    add = verbs.add_parser("add", help="enrol a node and write the bundle its install takes")
+    add.add_argument("name", help="the node's host name, as `hostname` prints it there")
+    add.add_argument("address", help="the address Prometheus and the enforcer reach it at")
+    add.add_argument("--port", type=int, default=EXPORTER_PORT,
+                     help=f"its exporter's port (default {EXPORTER_PORT})")
+    remove = verbs.add_parser("remove", help="take a node out: its key stops working")
+    remove.add_argument("name")
+    for each in (init, add, remove):
+        each.add_argument("--etc", type=Path, default=Path("/etc/gpuacct"), metavar="DIR",
+                          help="where the deployment's files are (default /etc/gpuacct)")
     return parser
+
+
+def _enforcer_url(etc: Etc) -> str:
+    """The enforcer as nodes reach it: the host the web's public URL names, port 9837."""
+    try:
+        config = yaml.safe_load((etc.path / "gpuacct.yaml").read_text()) or {}
+        public = urllib.parse.urlsplit(config["web"]["public_url"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return "https://CONTROL-HOST:9837"
+    return f"https://{public.hostname}:9837"
+
+
+def _trust(args: argparse.Namespace) -> int:
+    etc = Etc(args.etc)
+    if args.command == "init":
+        done = init(etc, args.host)
+        print(f"made: {', '.join(done.made) or 'nothing'}")
+        print(f"kept: {', '.join(done.kept) or 'nothing'}")
+        return 0
+    if args.verb == "remove":
+        node_remove(etc, args.name)
+        print(f"{args.name} removed: it can no longer sync, and Prometheus stops scraping it")
+        return 0
+    if not 1 <= args.port <= 65535:
+        raise AdminError(f"--port {args.port}: not a port")
+    bundle = node_add(etc, args.name, args.address, args.port)
+    to = "/etc/gpuacct-enrol"
+    print(f"enrolled {args.name}; its bundle: {bundle}\n"
+          f"copy it to the node and install there, as root:\n"
+          f"  scp -r {bundle} root@{args.address}:{to}\n"
+          f"  deploy/install-node.sh --enforcer-url {_enforcer_url(etc)} "
+          f"--key-file {to}/node-key --ca-file {to}/ca.crt --tls-cert {to}/node.crt "
+          f"--tls-key {to}/node.key")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     command = command_or_usage(parser, args)
+    if command in ("init", "node"):
+        try:
+            return _trust(args)
+        except AdminError as exc:
+            print(f"gpuacct-admin {command}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"gpuacct-admin {command}: {exc.filename or ''}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
     settings = load_or_exit(args.config)
     try:
         if command == "backup":

@@ -27,6 +27,7 @@ from allocator.service import Allocator
 from allocator.store import AllocationStore
 from enforcer.app import create_app, new_control
 from enforcer.desired import Desired
+from enforcer.inventory import Enrolled
 from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
 from enforcer.notices import Notices
@@ -110,7 +111,9 @@ def run(service: Service) -> int:
     except ValueError as exc:
         raise SystemExit(f"gpuacct-enforcer: {exc}") from None
     tokens = Tokens(webhook_tokens)
-    keys = MasterKeys(masters, settings.auth.max_clock_skew_seconds)
+    inventory = settings.enforcer.enrolled_nodes_file
+    keys = MasterKeys(masters, settings.auth.max_clock_skew_seconds,
+                      Enrolled(inventory) if inventory else None)
     service.reload_on_sighup(_rotate(tokens, keys))  # a standby's too
     store = _opened("the database", lambda: Store(settings.enforcer.database, Retention(
         settings.enforcer.delivery_days, settings.enforcer.audit_days)))

@@ -124,10 +124,13 @@ class NodeIdentity:
 
 class MasterKeys:
     """The enforcer's side: every node's keys, derived from the master keys (the first signs,
-    any verifies)."""
+    any verifies). `enrolled`: whether a node may sign at all (the node inventory); None:
+    every node the master key derives a key for."""
 
-    def __init__(self, masters: Sequence[bytes], max_skew_seconds: float) -> None:
+    def __init__(self, masters: Sequence[bytes], max_skew_seconds: float,
+                 enrolled: Callable[[str], bool] | None = None) -> None:
         self.masters = tuple(masters)
+        self.enrolled = enrolled
         # Bounded: any caller can name any node.
         self._derived: LRUCache[tuple[bytes, str], bytes] = LRUCache(maxsize=4096)
         self._verifier = Verifier(self.keys_for, max_skew_seconds)
@@ -151,5 +154,8 @@ class MasterKeys:
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                node: str | None = None) -> str:
-        """The node that signed it (`node`: it must be that one)."""
-        return self._verifier.verify(method, path, headers, body, node=node)
+        """The node that signed it (`node`: it must be that one), if it is enrolled."""
+        signer = self._verifier.verify(method, path, headers, body, node=node)
+        if self.enrolled is not None and not self.enrolled(signer):
+            raise SignatureError(f"node {signer!r} is not enrolled (gpuacct-admin node add)")
+        return signer

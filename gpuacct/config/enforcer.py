@@ -29,6 +29,10 @@ class EnforcerSettings(Section):
     nodes: list[str] = []  # node base URLs (http://node:9835); empty: ask Prometheus
     prometheus_url: str = "http://127.0.0.1:19090"
     exporter_job: str = "gpuacct-exporter"  # the scrape job whose targets are the nodes
+    # The node inventory gpuacct-admin keeps (a file_sd list, label `__gpuacct_node`): only
+    # the nodes named there may sync, ask or log in; a node removed can no longer. None: any
+    # node holding a key derived from auth.node_master_key.
+    enrolled_nodes_file: Path | None = None
     discovery_interval_seconds: PositiveFloat = 30.0
     push_timeout_seconds: PositiveFloat = 5.0
     max_backoff_seconds: PositiveFloat = 30.0

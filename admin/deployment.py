@@ -1,0 +1,254 @@
+"""The deployment's own trust, kept in /etc/gpuacct on the control host: its CA (the key never
+leaves this folder), the control host's certificate, the secrets the services share, the config
+that names them, and the node inventory: a Prometheus file_sd list (`nodes/nodes.yml`) that
+Prometheus scrapes and the enforcer reads to know which nodes may sign (a node removed from it
+can no longer sync; enforcer.inventory). `init` makes what is missing and keeps what exists;
+`node add` enrols a node (its key, its certificate, its entry) and writes the bundle its
+install takes."""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from admin.backup import AdminError
+from enforcer.inventory import NODE_LABEL
+from gpuacct.signing import node_key
+from stack.tls import issue, new_ca, serves, write_cert, write_key
+
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")  # a host name, as nodes are named
+HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+EXPORTER_PORT = 9835
+SERVICES = "gpuacct"  # the control host's services' user and group (deploy/systemd)
+SECRETS = ("webhook-token", "node-master-key", "session-secret")
+
+
+@dataclass(frozen=True)
+class Etc:
+    """/etc/gpuacct, or the same layout under another folder (an install into a root)."""
+
+    path: Path
+
+    @property
+    def tls(self) -> Path:
+        return self.path / "tls"
+
+    @property
+    def secrets(self) -> Path:
+        return self.path / "secrets"
+
+    @property
+    def nodes(self) -> Path:
+        return self.path / "nodes"
+
+    @property
+    def inventory(self) -> Path:
+        return self.nodes / "nodes.yml"
+
+
+@dataclass
+class Outcome:
+    made: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def _services_gid() -> int | None:
+    """The group the services run as (the units' `gpuacct`), where it exists."""
+    try:
+        return grp.getgrnam(SERVICES).gr_gid
+    except KeyError:
+        return None
+
+
+def _folder(path: Path, mode: int) -> None:
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    path.chmod(mode)
+    _share(path, mode)
+
+
+def _share(path: Path, mode: int) -> None:
+    """A mode with group bits is for the services' group: the file is given to it."""
+    gid = _services_gid()
+    if mode & 0o070 and gid is not None:
+        os.chown(path, -1, gid)
+
+
+def _write(path: Path, text: str, mode: int = 0o600) -> None:
+    """`mode` before a byte is written; replaced whole (a reader never sees half)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    partial.touch(mode=0o600)
+    partial.chmod(mode & 0o600)
+    partial.write_text(text)
+    _share(partial, mode)
+    partial.chmod(mode)
+    partial.rename(path)
+
+
+def check_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        if not HOST_NAME.match(host):
+            raise AdminError(f"{host!r} is neither an IP address nor a host name") from None
+        return host
+
+
+def _load_ca(etc: Etc) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((etc.tls / "ca.crt").read_bytes())
+        key = serialization.load_pem_private_key((etc.tls / "ca.key").read_bytes(), None)
+    except (OSError, ValueError) as exc:
+        raise AdminError(f"no usable CA in {etc.tls} ({exc}): run `gpuacct-admin init` "
+                         "first") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise AdminError(f"{etc.tls / 'ca.key'} is not the key gpuacct-admin made")
+    return cert, key
+
+
+def _control_config(etc: Etc, hosts: list[str]) -> dict[str, Any]:
+    secret = {name: {"file": str(etc.secrets / name)} for name in SECRETS}
+    public = hosts[0]
+    return {
+        "auth": {"webhook_token": secret["webhook-token"],
+                 "node_master_key": secret["node-master-key"]},
+        "tls_client_config": {"ca_file": str(etc.tls / "ca.crt")},
+        "billing": {"listen_address": "0.0.0.0:9836",
+                    "prometheus_url": "http://127.0.0.1:9090"},
+        "enforcer": {"listen_address": "0.0.0.0:9837",
+                     "prometheus_url": "http://127.0.0.1:9090",
+                     "enrolled_nodes_file": str(etc.inventory)},
+        "web": {"listen_address": "0.0.0.0:9838", "public_url": f"https://{public}:9838",
+                "enforcer_url": "https://127.0.0.1:9837",
+                "prometheus_url": "http://127.0.0.1:9090",
+                "session_secret": secret["session-secret"]},
+    }
+
+
+def init(etc: Etc, hosts: list[str]) -> Outcome:
+    """Everything the control host's services need that is missing; what exists is kept (a
+    second run changes no secret, no CA, no session)."""
+    if not hosts:
+        raise AdminError("name the control host as nodes and users reach it: --host NAME")
+    hosts = [check_host(h) for h in hosts]
+    done = Outcome()
+    # Readable where Prometheus (nodes/nodes.yml) or the services (their group) must read;
+    # the CA's key and the nodes' bundles are root's alone.
+    for folder, mode in ((etc.path, 0o755), (etc.tls, 0o755), (etc.secrets, 0o750),
+                         (etc.nodes, 0o755)):
+        _folder(folder, mode)
+    for name in SECRETS:
+        path = etc.secrets / name
+        if path.exists():
+            done.kept.append(f"secrets/{name}")
+        else:
+            _write(path, secrets.token_hex(32) + "\n", 0o640)
+            done.made.append(f"secrets/{name}")
+    if (etc.tls / "ca.crt").exists():
+        ca, ca_key = _load_ca(etc)
+        done.kept.append("tls/ca.crt")
+    else:
+        ca, ca_key = new_ca("gpuacct deployment CA")
+        write_key(etc.tls / "ca.key", ca_key)
+        write_cert(etc.tls / "ca.crt", ca)
+        done.made.append("tls/ca.crt")
+    try:
+        current = x509.load_pem_x509_certificate((etc.tls / "server.crt").read_bytes())
+        fresh = serves(current, [*hosts, "127.0.0.1", "localhost"])
+    except (OSError, ValueError):
+        fresh = False
+    if fresh:
+        done.kept.append("tls/server.crt")
+    else:
+        cert, key = issue(ca, ca_key, [*hosts, "127.0.0.1", "localhost"])
+        write_key(etc.tls / "server.key", key)
+        _share(etc.tls / "server.key", 0o640)
+        (etc.tls / "server.key").chmod(0o640)
+        write_cert(etc.tls / "server.crt", cert)
+        done.made.append("tls/server.crt")
+    for name, content in (
+            ("web.yml", {"tls_server_config": {"cert_file": str(etc.tls / "server.crt"),
+                                               "key_file": str(etc.tls / "server.key")}}),
+            ("gpuacct.yaml", _control_config(etc, hosts))):
+        if (etc.path / name).exists():
+            done.kept.append(name)  # the operator's, perhaps edited
+        else:  # names files, holds no secret
+            _write(etc.path / name, yaml.safe_dump(content, sort_keys=False), 0o640)
+            done.made.append(name)
+    if not etc.inventory.exists():
+        _write_inventory(etc, [])
+        done.made.append("nodes/nodes.yml")
+    return done
+
+
+def inventory(etc: Etc) -> list[dict[str, Any]]:
+    if not etc.inventory.exists():
+        raise AdminError(f"no node inventory at {etc.inventory}: run `gpuacct-admin init` first")
+    try:
+        entries = yaml.safe_load(etc.inventory.read_text()) or []
+    except (OSError, yaml.YAMLError) as exc:
+        raise AdminError(f"cannot read {etc.inventory}: {exc}") from None
+    if not isinstance(entries, list):
+        raise AdminError(f"{etc.inventory} is not a file_sd list")
+    return entries
+
+
+def _write_inventory(etc: Etc, entries: list[dict[str, Any]]) -> None:
+    entries = sorted(entries, key=_name_of)
+    # Names and addresses, no secret: Prometheus reads it as its own user.
+    _write(etc.inventory, "# gpuacct's GPU nodes, as gpuacct-admin node add and remove keep "
+                          "them\n" + yaml.safe_dump(entries, sort_keys=False), 0o644)
+
+
+def _name_of(entry: dict[str, Any]) -> str:
+    return str(entry.get("labels", {}).get(NODE_LABEL, ""))
+
+
+def node_add(etc: Etc, name: str, address: str, port: int = EXPORTER_PORT) -> Path:
+    """Enrol the node: its entry in the inventory, and its bundle (key, CA, certificate);
+    the bundle's folder. Again with the same address: the same node, its bundle remade."""
+    if not NODE_NAME.match(name):
+        raise AdminError(f"{name!r} is not a node name (letters, digits, dots and dashes)")
+    address = check_host(address)
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    ca, ca_key = _load_ca(etc)
+    entries = inventory(etc)
+    for entry in entries:
+        if _name_of(entry) == name and entry.get("targets") != [target]:
+            raise AdminError(f"{name} is enrolled at {entry.get('targets')}: `gpuacct-admin "
+                             f"node remove {name}` first")
+    master = (etc.secrets / "node-master-key").read_text().strip().splitlines()[0]
+    bundle = etc.nodes / name
+    _folder(bundle, 0o700)
+    _write(bundle / "node-key", node_key(master.encode(), name).decode() + "\n")
+    cert, key = issue(ca, ca_key, [name, address])
+    write_key(bundle / "node.key", key)
+    write_cert(bundle / "node.crt", cert)
+    shutil.copyfile(etc.tls / "ca.crt", bundle / "ca.crt")
+    kept = [e for e in entries if _name_of(e) != name]
+    _write_inventory(etc, [*kept, {"targets": [target], "labels": {NODE_LABEL: name}}])
+    return bundle
+
+
+def node_remove(etc: Etc, name: str) -> None:
+    """Out of the inventory (the enforcer refuses its signature from then on, Prometheus
+    stops scraping it) and its bundle deleted."""
+    entries = inventory(etc)
+    kept = [e for e in entries if _name_of(e) != name]
+    if len(kept) == len(entries):
+        raise AdminError(f"no node {name!r} is enrolled (see {etc.inventory})")
+    _write_inventory(etc, kept)
+    shutil.rmtree(etc.nodes / name, ignore_errors=True)
