@@ -3,6 +3,8 @@
   gpuacct-exporter run [--web.listen-address HOST:PORT] [--web.config.file FILE] [-v]
                                                                sample and serve /metrics
   gpuacct-exporter [--web.listen-address HOST:PORT] [-v]       the same (older units' form)
+  gpuacct-exporter release      lift every quota and remove every notice enforcement set here
+                                (a node leaving gpuacct; `gpuacct-stack` at its stop)
 
 SIGHUP reads auth.node_key again (a key rotation); other settings take a restart.
 """
@@ -15,22 +17,37 @@ import sys
 from exporter.devices.base import GpuUnavailable
 from exporter.devices.node import open_devices
 from exporter.enforce.collector import ActuatorCollector
+from exporter.enforce.release import release_all
 from exporter.enforce.startup import start_enforcement
 from exporter.usage.collector import build_registry
 from exporter.usage.sampler import Sampler
 from gpuacct.cli_common import (
     command_or_usage,
+    load_or_exit,
     service_parser,
     stop_on_signals,
 )
+from gpuacct.config import Settings
 from gpuacct.service import start
 
 
+def release(settings: Settings) -> int:
+    if os.geteuid() != 0:
+        print("gpuacct-exporter release: run it as root: it writes cgroups", file=sys.stderr)
+        return 2
+    released = release_all(settings.exporter.actuator)
+    print(f"released: {', '.join(released) or 'nobody was under enforcement'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, _ = service_parser("gpuacct-exporter", __doc__, "sample this node and serve "
-                               "/metrics", "/metrics", bare_runs=True)
+    parser, sub = service_parser("gpuacct-exporter", __doc__, "sample this node and serve "
+                                 "/metrics", "/metrics", bare_runs=True)
+    sub.add_parser("release", help="lift every CPU quota and remove every notice this node's "
+                                   "enforcement set (stop the exporter first)")
     args = parser.parse_args(argv)
-    command_or_usage(parser, args, bare="run")
+    if command_or_usage(parser, args, bare="run") == "release":
+        return release(load_or_exit(args.config))
 
     service = start("gpuacct-exporter", args, lambda s: s.exporter.listen_address)
     if os.geteuid() != 0:  # else: a permission error every interval, and half the usage

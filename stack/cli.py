@@ -12,10 +12,11 @@ from typing import Any
 
 import yaml
 
+from exporter.enforce.release import release_all
 from gpuacct import http, signing
 from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit, stop_on_signals
-from gpuacct.config import CONFIG_ENV, Settings
+from gpuacct.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from stack import alerting, configs, servers
 from stack import demo as demo_story
 from stack.process import ManagedProcess, ServerError, bind_error
@@ -214,6 +215,21 @@ class Stack:
             self.story.stop()
         for proc, _ in reversed(self.parts):
             proc.stop()
+        self._release()
+
+    def _release(self) -> None:
+        """What the stack's exporter enforced on this machine's users, taken back: no CPU
+        quota, cgroup or login notice outlives the stack."""
+        config = self.state_dir / "exporter" / "gpuacct.yaml"
+        if not any(proc.name == "exporter" for proc, _ in self.parts) or not config.exists():
+            return
+        try:
+            released = release_all(load_settings(str(config)).exporter.actuator)
+        except (ConfigError, OSError) as exc:
+            print(f"gpuacct-stack: cannot release what enforcement set: {exc}", file=sys.stderr)
+            return
+        if released:
+            print(f"  released {', '.join(released)}: quotas lifted, notices removed", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

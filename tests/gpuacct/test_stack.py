@@ -28,7 +28,7 @@ from stack import demo
 from stack.process import free_port
 from tests.fixtures.servers import promql, wait_for
 from tests.fixtures.tls import plain_http_fails
-from tests.fixtures.users import UnixUser
+from tests.fixtures.users import Processes, UnixUser, wait_until_exec
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,8 @@ def basic_auth(user: str, password_file: Path) -> dict[str, str]:
 
 
 def test_stack_starts_everything_and_ctrl_c_stops_it(
-        tmp_path: Path, test_users: dict[str, UnixUser], installed_gpuacct: Path) -> None:
+        tmp_path: Path, test_users: dict[str, UnixUser], installed_gpuacct: Path,
+        processes: Processes) -> None:
     """Run from a wheel installed into a fresh virtualenv, away from this checkout: the
     rules and templates it needs are inside the installed packages. Its state folder is in
     a folder every user may enter, as /var/lib is."""
@@ -178,6 +179,19 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         hook = tmp_path / "hooks" / f"{alice}.json"
         wait_for(hook.exists, timeout=30, what="the notice on the node")
         assert json.loads(hook.read_text())["reasons"][0]["alert"] == "GpuacctBalanceLow"
+        # A throttle puts carol's running work under a CPU quota, in a cgroup of gpuacct's.
+        carol = test_users["carol"]
+        busy = processes.python(carol, "train.py", "300")
+        wait_until_exec(busy, "train.py")
+        throttle = [{"labels": {"alertname": "GpuacctCpuLimit", "user": carol.name,
+                                "action": "throttle", "cpu_quota_percent": "50",
+                                "severity": "warning"}, "annotations": {"summary": "slow"}}]
+        urllib.request.urlopen(urllib.request.Request(
+            f"{urls['alertmanager']}api/v2/alerts", data=json.dumps(throttle).encode(),
+            headers={"Content-Type": "application/json", **am_auth}), timeout=5).close()
+        quota = Path(f"/sys/fs/cgroup/cpu/gpuacct/user-{carol.uid}")
+        wait_for(lambda: str(busy.pid) in (quota / "cgroup.procs").read_text().split()
+                 if quota.is_dir() else False, timeout=30, what="carol's work under the quota")
 
         # A local user gets nowhere: no alert, no silence, no stop, no point, no store.
         assert attacks_as(test_users["bob"], urls, state) == {
@@ -217,6 +231,11 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert stack.wait(timeout=60) == 0
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], f"left behind: {alive}"
+        # Nothing it enforced outlives it: no quota, no cgroup, no notice; carol's work runs on.
+        assert not quota.exists()
+        assert list((tmp_path / "hooks").iterdir()) == []
+        assert busy.poll() is None
+        assert "released" in log.read_text()
 
         with log.open("w") as out:
             stack = subprocess.Popen(
