@@ -141,3 +141,28 @@ def test_a_host_without_a_ledger_has_nothing_to_back_up(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "no ledger at" in done.stderr and "nothing worth a backup" in done.stderr
     assert list((tmp_path / "backups").iterdir()) == []  # no partial folder left
+
+
+@pytest.mark.integration
+def test_stores_in_postgresql_are_dumped_and_their_restore_is_named(
+        tmp_path: Path, pg_database: str) -> None:
+    """Every store in one PostgreSQL database: one pg_dump of it, which pg_restore reads; a
+    restore says how to restore it rather than half-doing it."""
+    config = tmp_path / "pg.yaml"
+    config.write_text(yaml.safe_dump({"billing": {"ledger": pg_database},
+                                      "enforcer": {"database": pg_database}}))
+    ledger = Ledger(pg_database)
+    ledger.open_account("alice", Decimal("42.00"), time.time())
+    ledger.close()
+    Store(pg_database).close()
+    done = admin(config, "backup", str(tmp_path / "backups"))
+    assert done.returncode == 0, done.stderr
+    [folder] = (tmp_path / "backups").iterdir()
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    assert {s["engine"] for s in manifest["stores"].values()} == {"postgresql"}
+    assert {s["file"] for s in manifest["stores"].values()} == {"postgresql-1.dump"}
+    listed = subprocess.run(["pg_restore", "--list", str(folder / "postgresql-1.dump")],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "TABLE ledger accounts" in listed.stdout, listed.stderr
+    refused = admin(config, "restore", str(folder))
+    assert refused.returncode == 2 and "pg_restore --clean" in refused.stderr, refused.stderr
