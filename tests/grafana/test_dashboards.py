@@ -4,6 +4,7 @@ processes of test users), the billing engine and the enforcer."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,19 +54,28 @@ def test_panels_fit_the_grid_without_overlapping() -> None:
 
 def _datasource_refs(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     refs = [(f"variable {v['name']}", v["datasource"])
-            for v in dashboard["templating"]["list"] if "datasource" in v]
+            for v in dashboard["templating"]["list"] if isinstance(v.get("datasource"), dict)]
     for panel in dashboard["panels"]:
         refs.append((panel["title"], panel["datasource"]))
         refs += [(f"{panel['title']} {t['refId']}", t["datasource"]) for t in panel["targets"]]
     return refs
 
 
-def test_every_datasource_reference_resolves_to_a_provisioned_datasource() -> None:
+def test_every_datasource_is_a_variable_so_the_dashboards_import_into_any_grafana() -> None:
+    """No datasource uid is written into a dashboard: each reference names a datasource
+    variable of its type, which Grafana fills with the provisioned datasource or, imported
+    elsewhere, with one of the operator's."""
     provisioned = dashboards.provisioned_datasources()
     assert set(provisioned.values()) == {"prometheus", "influxdb"}
     for name, dashboard in dashboards.dashboards().items():
+        kinds = {v["name"]: v["query"] for v in dashboard["templating"]["list"]
+                 if v["type"] == "datasource"}
+        assert set(kinds.values()) <= set(provisioned.values()), name
         for where, ref in _datasource_refs(dashboard):
-            assert provisioned.get(ref["uid"]) == ref["type"], (name, where, ref)
+            variable = ref["uid"].removeprefix("${").removesuffix("}")
+            assert ref["uid"] == f"${{{variable}}}", (name, where, ref)
+            assert kinds.get(variable) == ref["type"], (name, where, ref)
+        assert not set(provisioned) & set(json.dumps(dashboard).split('"')), name
 
 
 def test_the_provider_loads_the_folder_compose_mounts_the_dashboards_into() -> None:
