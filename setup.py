@@ -21,9 +21,11 @@ def _revision() -> str:
 class BuildWithRevision(build_py):
     def run(self) -> None:
         super().run()
+        package = Path(self.build_lib) / "gpuacct"
+        # An editable install builds no package folder: gpuacct.build asks git instead.
         revision = _revision()
-        if revision:
-            (Path(self.build_lib) / "gpuacct" / "REVISION").write_text(revision + "\n")
+        if revision and package.is_dir() and not getattr(self, "editable_mode", False):
+            (package / "REVISION").write_text(revision + "\n")
 
 
 setup(cmdclass={"build_py": BuildWithRevision})
