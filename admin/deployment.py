@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from admin.backup import AdminError
 from enforcer.inventory import NODE_LABEL
+from gpuacct.files import write_atomically
 from gpuacct.signing import node_key
 from stack.tls import issue, new_ca, serves, write_cert, write_key
 
@@ -87,15 +88,9 @@ def _share(path: Path, mode: int) -> None:
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
-    """`mode` before a byte is written; replaced whole (a reader never sees half)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.unlink(missing_ok=True)
-    partial.touch(mode=0o600)
-    partial.chmod(mode & 0o600)
-    partial.write_text(text)
-    _share(partial, mode)
-    partial.chmod(mode)
-    partial.rename(path)
+    """Replaced whole (a reader never sees half); group bits are for the services' group."""
+    write_atomically(path, text.encode(), mode,
+                     group=_services_gid() if mode & 0o070 else None)
 
 
 def check_host(host: str) -> str:

@@ -6,15 +6,17 @@ import os
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: int | None = None) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+def write_atomically(path: Path, data: bytes, mode: int = 0o600, owner: int | None = None,
+                     group: int | None = None) -> None:
+    """Write to a temporary file beside `path` (its mode, owner and group set before a byte
+    is written), fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)
-        if owner is not None:
-            os.fchown(fd, owner, -1)
+        if owner is not None or group is not None:
+            os.fchown(fd, -1 if owner is None else owner, -1 if group is None else group)
         os.write(fd, data)
         os.fsync(fd)
     finally:
