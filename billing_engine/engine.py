@@ -173,10 +173,14 @@ class Engine:
 
     def _sync_accounts(self, now: float) -> None:
         """The config's group accounts into the ledger, whenever they (or a Unix group's
-        members) change; the changes count from now on."""
+        members) change; the changes count from the start of the first window not yet billed
+        (windows are charged by the membership at their start: a member synced mid-window
+        would otherwise pay that window from an account of their own)."""
         plans = self.plans()
         if plans != self._synced:
-            changed = self.ledger.sync_accounts(plans, now, CONFIG_ACTOR)
+            unbilled = (self.ledger.last_window() or self.ledger.billing_start()
+                        or self.due_window(now))
+            changed = self.ledger.sync_accounts(plans, min(now, unbilled), CONFIG_ACTOR)
             if changed:
                 log.info("billing.accounts: %d change(s) to accounts, members and limits", changed)
             self._synced = plans

@@ -197,9 +197,17 @@ class Ledger(ReadOnlyLedger):
     def _charged_to(self, db: store.Database, users: set[str], bill: WindowBill,
                     now: float) -> dict[str, str]:
         """Each user's account for a window: their membership at its start, else their own
-        account, else `unknown_users` decides (and the user becomes that account's member).
-        A closed account takes nothing: its users' usage goes to the unassigned account."""
+        account, else the first membership that began within the window (a member added
+        mid-window, as the config is synced when the engine starts, is never given an account
+        of their own for it), else `unknown_users` decides (and the user becomes that
+        account's member). A closed account takes nothing: its users' usage goes to the
+        unassigned account."""
         found = self.charged_to(bill.previous)
+        for user, account in db.execute(
+                'SELECT "user", account FROM memberships m WHERE effective = (SELECT '
+                'MIN(effective) FROM memberships WHERE "user" = m."user" AND effective > $1 '
+                "AND effective < $2 AND account <> '')", (bill.previous, bill.end)):
+            found.setdefault(user, account)
         status = dict(db.execute("SELECT name, status FROM accounts").fetchall())
         to: dict[str, str] = {}
         for user in sorted(users):

@@ -130,6 +130,27 @@ def test_membership_changed_mid_day_charges_each_window_by_its_start(ledger: Led
         ledger.set_membership("bob", "vision-lab", "admin", noon)
 
 
+def test_a_member_added_mid_window_is_charged_to_the_group_for_that_window(
+        ledger: Ledger) -> None:
+    """The engine syncs the config's members when it starts, in the middle of its first
+    window: that window is the group's, and no account of the member's own is opened."""
+    ledger.sync_accounts([lab({"alice"})], NOV - 30, "config")
+    bill(ledger, NOV, [line("alice", "1.000000")])  # the window began at NOV - 60
+    ledger.set_membership("bob", "vision-lab", "admin", NOV + 20)  # bob, never seen before
+    bill(ledger, NOV + 60, [line("bob", "2.000000")])
+    assert ledger.balances() == {"vision-lab": Decimal(497)}
+    assert {r for r in sql(ledger).execute("SELECT DISTINCT account FROM usage_lines")} == {
+        ("vision-lab",)}
+    statement = ledger.statement("vision-lab", NOV)
+    assert statement is not None and dict(statement.members) == {
+        "alice": Decimal(1), "bob": Decimal(2)}
+    # Someone with an account of their own who joins mid-window pays that window themselves.
+    ledger.open_account("carol", Decimal(10), NOV + 61, "admin")
+    ledger.set_membership("carol", "vision-lab", "admin", NOV + 90)
+    bill(ledger, NOV + 120, [line("carol", "1.000000")])
+    assert ledger.balance("carol") == Decimal(9)
+
+
 def test_an_account_opened_and_funded_before_any_usage_is_used(ledger: Ledger) -> None:
     ledger.open_account("dave", Decimal(0), NOV - 3600, "finance (cli)")
     ledger.post("dave", "recharge", Decimal(250), NOV - 3000, "r1", "grant 9",

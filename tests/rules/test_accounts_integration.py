@@ -5,7 +5,11 @@ three, through the real Alertmanager and enforcer; the ledger equals the counter
 
 from __future__ import annotations
 
+import csv
+import io
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -18,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stack.process import free_port
 from tests.fixtures.enforcement import Cluster, EnforcingNode, wait_until
 from tests.fixtures.gpus import device
-from tests.fixtures.servers import Server
+from tests.fixtures.servers import Server, promql
 from tests.fixtures.users import Processes, UnixUser
 from tests.rules.test_limits_integration import gpu_job, policy_chain
 
@@ -105,3 +109,66 @@ def test_a_group_account_pays_for_three_members_and_its_tiers_block_them_all(
                 Decimal(0))
     assert Decimal(balance) == Decimal("0.60") - costs
     assert ledger_rows(ledger, "SELECT name FROM accounts") == [("gat-group",)]
+
+
+def test_a_member_at_work_when_billing_starts_is_charged_to_the_group_from_the_first_window(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], start_prometheus: Callable[..., Server],
+        start_billing: Callable[[dict[str, Any], int], object]) -> None:
+    """alice trains before the engine starts: the engine learns her membership in the middle
+    of its first window, and that window is the group's like every later one. No account of
+    her own is opened (unknown_users: open would fund one with free money), and the group's
+    statement says what the ledger says, to the micro-unit."""
+    alice = test_users["alice"]
+    node = cluster.node("gpu01")
+    port = free_port()
+    prometheus = start_prometheus([
+        {"job_name": "gpuacct-exporter", "honor_labels": True, "static_configs": [
+            {"targets": [f"127.0.0.1:{node.exporter.port}"]}]}], interval="500ms")
+    job = gpu_job(processes, alice, node, 0)
+    series = f'gpuacct_job_gpu_seconds_total{{user="{alice.name}"}}'
+    wait_until(lambda: promql(prometheus.url, series), timeout=15)
+    time.sleep(3.5)  # settle + a window: the engine's first window has her usage in it
+    ledger = tmp_path / "ledger.sqlite3"
+    config = tmp_path / f"billing-{port}.yaml"
+    start_billing({"billing": {
+        "ledger": str(ledger), "prometheus_url": prometheus.url, "window_seconds": 2,
+        "settle_seconds": 1.2, "lease_seconds": 2, "unknown_users": "open",
+        "opening_balance": "1000",
+        "accounts": {"gat-first": {"owner": alice.name, "members": [alice.name],
+                                   "opening_balance": "5"}}},
+        "influxdb": {"url": "http://127.0.0.1:9"}}, port)
+    wait_until(lambda: len(ledger_rows(ledger, "SELECT window_end FROM usage_lines")) >= 3,
+               timeout=40)
+    job.kill()
+    job.wait()
+    node.gpus.remove(job.pid)
+    time.sleep(1.0)  # the exporter's last sample of the job
+    # What the engine bills: the counter's growth from the moment billing began.
+    [(start,)] = ledger_rows(ledger, "SELECT value FROM meta WHERE key = 'billing_start'")
+    [before] = promql(prometheus.url, series, at=float(start))
+    truth = gpu_seconds([node], {alice.name})[alice.name] - Decimal(before["value"][1])
+
+    def billed() -> Decimal:
+        return sum((Decimal(s) for (s,) in ledger_rows(
+            ledger, "SELECT gpu_seconds FROM usage_lines")), Decimal(0))
+    wait_until(lambda: billed() == truth, timeout=30)
+    first = ledger_rows(ledger, "SELECT MIN(window_end) FROM windows")[0][0]
+    assert ledger_rows(ledger, f"SELECT account FROM usage_lines WHERE window_end = {first}"
+                       ) == [("gat-first",)]
+    assert ledger_rows(ledger, "SELECT DISTINCT account FROM usage_lines") == [("gat-first",)]
+    assert ledger_rows(ledger, "SELECT name FROM accounts") == [("gat-first",)]
+    [(balance,)] = ledger_rows(ledger, "SELECT balance FROM accounts")
+    costs = sum((Decimal(c) for (c,) in ledger_rows(ledger, "SELECT cost FROM usage_lines")),
+                Decimal(0))
+    assert costs > 0 and Decimal(balance) == Decimal(5) - costs
+
+    month = time.strftime("%Y-%m", time.gmtime(first))
+    statement = subprocess.run(
+        [sys.executable, "-m", "billing_engine", "--config", str(config), "statement",
+         "--account", "gat-first", "--month", month], capture_output=True, text=True,
+        timeout=60, check=True).stdout
+    rows = list(csv.reader(io.StringIO(statement)))
+    assert ["member", "", alice.name, str(costs), "usage charged to gat-first", ""] in rows
+    [closing] = [r for r in rows if r[0] == "closing"]
+    assert Decimal(closing[3]) == Decimal(balance)
