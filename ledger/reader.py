@@ -35,6 +35,9 @@ from ledger.records import (
 MICROS = "CAST(ROUND(CAST({} AS DOUBLE PRECISION) * 1000000) AS BIGINT)"
 
 
+MICRO = Decimal(1).scaleb(-6)  # every amount a statement shows has six decimals
+
+
 def money(micros: int | None) -> Decimal:
     return Decimal(micros or 0).scaleb(-6)
 
@@ -211,7 +214,7 @@ class ReadOnlyLedger:
             entries = [StatementEntry(float(day), "charges", -charged, "usage", BILLING)
                        for day, charged in self.daily_charges(account, month).items()
                        if day < end]
-            entries += [StatementEntry(at, kind, Decimal(amount), reason, actor)
+            entries += [StatementEntry(at, kind, Decimal(amount).quantize(MICRO), reason, actor)
                         for at, kind, amount, reason, actor in db.execute(
                             "SELECT at, kind, amount, reason, actor FROM transactions "
                             f"WHERE account = $1 AND kind != 'charge' AND {when} >= $2 AND "

@@ -245,6 +245,22 @@ def test_a_statement_equals_the_ledger_to_the_micro_unit(ledger: Ledger) -> None
     page.render(scale=1.5).to_pil().save(SCREENSHOTS / "statement-pdf.png")
 
 
+def test_every_amount_of_a_statement_has_six_decimals(ledger: Ledger) -> None:
+    """An account opened within the month at 1 shows its opening posting as 1.000000, like
+    every other amount."""
+    ledger.open_account("ivy", Decimal(1), NOV + 60, "admin")
+    ledger.post("ivy", "recharge", Decimal("2.5"), NOV + 120, "r1", "grant", actor="admin")
+    bill(ledger, NOV + 180, [line("ivy", "0.25")])
+    statement = ledger.statement("ivy", NOV)
+    assert statement is not None
+    amounts = [str(e.amount) for e in statement.entries]
+    assert {e.kind: str(e.amount) for e in statement.entries} == {
+        "opening": "1.000000", "recharge": "2.500000", "charges": "-0.250000"}
+    rows = list(csv.reader(io.StringIO(as_csv(statement))))
+    assert [r[3] for r in rows if r[0] == "posting"] == amounts
+    assert str(statement.opening) == "0.000000" and str(statement.closing) == "3.250000"
+
+
 def test_member_limits_and_plans_from_the_config(tmp_path: Path) -> None:
     settings = BillingSettings(ledger=tmp_path / "l.sqlite3", accounts={
         "vision-lab": {"members": ["alice", "bob"], "member_monthly_limits": {"bob": "50"}}})
