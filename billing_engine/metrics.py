@@ -133,10 +133,13 @@ class BillingCollector(Collector):
             frozen.add_metric([user, name], 1 if account.status == "frozen" else 0)
             for tier, value in thresholds(self.settings, name).items():
                 threshold.add_metric([user, name, tier], float(value))
-            for resource, most in usage_limits(self.settings, user).items():
-                limit.add_metric([user, resource], most)
             if account.kind == "unassigned":
                 unassigned.add_metric([user], 1)
+        # Limits hold from a user's first process: those the config names are published
+        # before the ledger has billed them.
+        for user in sorted(snapshot.charged_to.keys() | self.settings.user_limits.keys()):
+            for resource, most in usage_limits(self.settings, user).items():
+                limit.add_metric([user, resource], most)
         yield from (balance, threshold, charged, frozen, unassigned, limit)
 
     def _accounts(self, snapshot: MetricsSnapshot) -> Iterator[Metric]:

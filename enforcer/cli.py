@@ -26,7 +26,7 @@ from allocator.metrics import register as register_allocator_metrics
 from allocator.service import Allocator
 from allocator.store import AllocationStore
 from enforcer.app import create_app, new_control
-from enforcer.desired import Desired
+from enforcer.desired import Desired, allowances
 from enforcer.inventory import Enrolled
 from enforcer.logins import LoginLinks
 from enforcer.nodes import Pusher
@@ -131,7 +131,7 @@ def run(service: Service) -> int:
                                   lambda: AllocationStore(places.allocator(settings))),
                           settings.allocator,
                           restriction=lambda user: _restriction(store, user))
-    desired = Desired(store, allocator)
+    desired = Desired(store, allocator, allowances(settings.billing))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BuildInfo())
     pusher = Pusher(desired, keys, settings.enforcer, registry, tls=service.tls)

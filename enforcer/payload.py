@@ -8,11 +8,11 @@ Alertmanager does not retry) and a message naming the alert and the label.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gpuacct.policy import ACTIONS, USER_NAME, Reason
+from gpuacct.policy import ACTIONS, USER_NAME, AllowanceKind, Reason
 
 
 class Alert(BaseModel):
@@ -38,6 +38,10 @@ class Alert(BaseModel):
             if not quota.isdigit() or not 1 <= int(quota) <= 100_000:
                 raise ValueError("a throttle needs labels.cpu_quota_percent, a whole number "
                                  f"from 1, got {quota!r}")
+        allowance = self.labels.get("allowance")
+        if allowance is not None and allowance not in get_args(AllowanceKind):
+            raise ValueError(f"labels.allowance must be one of "
+                             f"{', '.join(get_args(AllowanceKind))}, got {allowance!r}")
         return self
 
     @property
@@ -57,7 +61,8 @@ class Alert(BaseModel):
             summary=self.annotations.get("summary", ""),
             description=self.annotations.get("description", ""),
             cpu_quota_percent=int(quota) if quota and self.labels["action"] == "throttle"
-            else None)
+            else None,
+            allowance=self.labels.get("allowance"))  # checked above
 
 
 class Notification(BaseModel):

@@ -51,6 +51,8 @@ async def sync(request: Request, ctl: Ctl, keys: Keys) -> Response:
 
 def _record_sync(ctl: Ctl, report: SyncRequest) -> None:
     ctl.store.record_actions(report.node, report.actions)
+    if report.held is not None:
+        ctl.desired.report_held(report.node, report.held)
     allocator = ctl.desired.allocator
     if allocator is not None:
         if report.gpus is not None:

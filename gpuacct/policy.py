@@ -44,7 +44,19 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Reason(Model):
+class Desired(BaseModel):
+    """Part of the desired state the enforcer sends: a node ignores a field it does not know,
+    so a control host one version ahead of its nodes keeps them working."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# The allowance a reason stands for (its alert's `allowance` label): the nodes hold the user to
+# it themselves, at the moment a GPU process appears (Allowances).
+AllowanceKind = Literal["gpus", "gpu_memory_bytes"]
+
+
+class Reason(Desired):
     """One firing alert behind a user's policy, as the user is told about it."""
 
     alert: str
@@ -52,16 +64,17 @@ class Reason(Model):
     summary: str = ""
     description: str = ""
     cpu_quota_percent: int | None = None
+    allowance: AllowanceKind | None = None
 
 
-class UserPolicy(Model):
+class UserPolicy(Desired):
     block: bool = False
     cpu_quota_percent: int | None = Field(default=None, ge=1)  # of one CPU, like systemd's
     kill: bool = False
     reasons: tuple[Reason, ...] = ()
 
 
-class ReservedGpu(Model):
+class ReservedGpu(Desired):
     """A GPU of a node reserved for `user` by reservation `id` until `ends`."""
 
     gpu: int = Field(ge=0)
@@ -70,7 +83,7 @@ class ReservedGpu(Model):
     ends: float
 
 
-class Notice(Model):
+class Notice(Desired):
     """Something a user is told on their terminals, once, on each of `nodes`."""
 
     id: int
@@ -79,7 +92,7 @@ class Notice(Model):
     text: str
 
 
-class Reservations(Model):
+class Reservations(Desired):
     """The allocator's part of the desired state: what is reserved, per node name, and what
     users are to be told about their reservations."""
 
@@ -89,12 +102,54 @@ class Reservations(Model):
     notices: tuple[Notice, ...] = ()
 
 
-class NodePolicy(Model):
+class Allowance(Desired):
+    """The most a user's GPU processes may hold at once, cluster-wide; None: no limit
+    (billing.limits, billing.user_limits)."""
+
+    gpus: int | None = Field(default=None, ge=0)
+    gpu_memory_bytes: int | None = Field(default=None, ge=0)
+
+    def holds(self, kind: AllowanceKind) -> bool:
+        return getattr(self, kind) is not None
+
+
+class Held(Desired):
+    """What a user's GPU processes hold on one node: GPUs (or MIG instances) and memory."""
+
+    gpus: int = Field(default=0, ge=0)
+    gpu_memory_bytes: int = Field(default=0, ge=0)
+
+    def __add__(self, other: Held) -> Held:
+        return Held(gpus=self.gpus + other.gpus,
+                    gpu_memory_bytes=self.gpu_memory_bytes + other.gpu_memory_bytes)
+
+
+class Allowances(Desired):
+    """What the nodes hold users to at the moment a GPU process appears: each user's
+    allowance (`default` for a user not named), and what each user holds on each node as the
+    nodes last said in their syncs. Outside the version: the config and the nodes' holdings
+    change it, and a node takes it from every answer. Two nodes admitting a user's processes
+    at once can pass the allowance by what one sync interval lets in."""
+
+    default: Allowance = Allowance()
+    users: dict[str, Allowance] = {}
+    held: dict[str, dict[str, Held]] = {}  # user -> node -> held
+
+    def of(self, user: str) -> Allowance:
+        return self.users.get(user, self.default)
+
+    def elsewhere(self, user: str, node: str) -> Held:
+        """What the user holds on the other nodes."""
+        return sum((h for n, h in self.held.get(user, {}).items() if n != node), Held())
+
+
+class NodePolicy(Desired):
     """The full desired state; a higher version replaces a lower one whole."""
 
     version: int = Field(default=0, ge=0)
     users: dict[str, UserPolicy] = {}
     reservations: Reservations = Reservations()
+    allowances: Allowances = Allowances()
 
 
 class NodeAction(Model):
@@ -126,6 +181,8 @@ class SyncRequest(Model):
     reservation_use: dict[int, float] = {}
     # Reservations on this node to end because their GPUs were held idle (exporter.idle).
     release_idle: tuple[int, ...] = ()
+    # What each user's GPU processes hold on this node now (None: not said; keep the last).
+    held: dict[str, Held] | None = None
 
 
 class PushResult(Model):

@@ -13,6 +13,14 @@ def duration(seconds: float) -> str:
     return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
+def memory(size: float) -> str:
+    """Bytes as people read GPU memory: 40 GiB, 512 MiB, 1.5 GiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} B"
+
+
 def enforced(policy: Mapping[str, Any] | None) -> list[str]:
     """What a user policy (a UserPolicy's fields, or a node's hook file) does, in words."""
     if not policy:

@@ -28,6 +28,7 @@ from exporter.enforce.plan import (
     Step,
     Stop,
     WriteHook,
+    held,
     plan_cycle,
     plan_grace,
     plan_policy,
@@ -39,7 +40,7 @@ from exporter.enforce.throttle import CpuLimiter, LimitError
 from exporter.usage.accounting import gpu_index
 from exporter.usage.sampler import Snapshot
 from gpuacct.config import ActuatorSettings
-from gpuacct.policy import NodeAction, NodeActionKind, NodePolicy
+from gpuacct.policy import Held, NodeAction, NodeActionKind, NodePolicy
 
 
 def _uid(user: str) -> int | None:
@@ -105,9 +106,17 @@ class Actuator:
         self.reports.give_back(reports)
 
     # -- deciding, then acting
+    def held(self) -> dict[str, Held]:
+        """What each user's GPU processes hold here now, for the enforcer's count."""
+        return held(self._latest())
+
     def apply(self, policy: NodePolicy) -> bool:
-        """Act on what changed; False if the policy is not newer than the one in force."""
+        """Act on what changed; False if the policy is not newer than the one in force. The
+        allowances ride outside the version: they are taken from every policy."""
         with self.lock:
+            if policy.allowances != self.state.allowances:
+                self.state.allowances = policy.allowances
+                self.store.save(self.state)
             plan = plan_policy(self.state, policy, self._latest(), self._node())
             if plan is None:
                 return False

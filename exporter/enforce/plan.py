@@ -17,11 +17,20 @@ from exporter.usage.accounting import gpu_index
 from exporter.usage.procs import ProcSample
 from exporter.usage.sampler import Snapshot
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
-from gpuacct.policy import NodeActionKind, NodePolicy, Reservations, Result, UserPolicy
-from gpuacct.wording import duration
+from gpuacct.policy import (
+    Allowance,
+    Held,
+    NodeActionKind,
+    NodePolicy,
+    Reservations,
+    Result,
+    UserPolicy,
+)
+from gpuacct.wording import duration, memory
 
 RESERVATION = "reservation"  # the alert name in reports about reserved GPUs
 IDLE = "idle"  # ... and about GPU processes stopped for holding a GPU idle
+ALLOWANCE = "allowance"  # ... and about GPU processes that would pass the user's allowance
 
 UNLIMITED = UserPolicy()
 
@@ -168,6 +177,7 @@ def plan_cycle(state: ActuatorState, snapshot: Snapshot, node: Node) -> Plan:
             plan.steps.append(Limit(user, applied.uid, applied.quota, tuple(p.pid for p in mine),
                                     frozenset(p.key for p in mine), applied.quota,
                                     relimit=True))
+    _plan_allowances(plan, snapshot, node)
     _plan_intruders(plan, snapshot, node)
     if node.idle_action != "none":
         _plan_idle(plan, snapshot, node)
@@ -207,6 +217,85 @@ def _plan_idle(plan: Plan, snapshot: Snapshot, node: Node) -> None:
                                    f"{label} on {node.name} idle for "
                                    f"{duration(node.now - since)} since you were told",
                                    node.now + node.kill_grace_seconds, track=True))
+
+
+def _plan_allowances(plan: Plan, snapshot: Snapshot, node: Node) -> None:
+    """At the moment a user's GPU process appears: let it in if what the user holds with it,
+    here and (as the enforcer last counted) on the other nodes, fits their allowance, else stop
+    it. A process that ends frees its share at once, so the next one starts; a process let in
+    is never stopped for what others do after it."""
+    state = plan.state
+    by_pid, children, stopping = _tables(state, snapshot)
+    stopping |= {p.key for step in plan.steps if isinstance(step, Stop) for p in step.targets}
+    alive = {p.key for p in snapshot.procs}
+    units: dict[ProcKey, dict[str, int]] = defaultdict(dict)  # GPU unit -> memory held
+    owner: dict[ProcKey, str] = {}
+    for h in snapshot.holders:
+        proc = by_pid.get(h.pid)
+        if proc is not None:
+            held = units[proc.key]
+            held[h.unit.label] = held.get(h.unit.label, 0) + (h.used_memory_bytes or 0)
+            owner[proc.key] = h.user
+    admitted: dict[str, list[ProcKey]] = {}
+    for user in sorted(set(owner.values())):
+        allowance = state.allowances.of(user)
+        kept = [k for k in state.admitted.get(user, ()) if k in alive]
+        holding: dict[str, int] = {}
+        for key in kept:
+            holding = _with(holding, units.get(key, {}))
+        uid = node.uid_of(user)
+        exempt = uid is None or node.refusal(uid) is not None
+        elsewhere = state.allowances.elsewhere(user, node.name)
+        for key in sorted((k for k, u in owner.items() if u == user and k not in kept
+                           and k not in stopping), key=lambda k: (k[1], k[0])):
+            after = _with(holding, units[key])
+            why = None if exempt else _over(allowance, elsewhere, after)
+            if why is not None:
+                plan.steps.append(Stop(user, tuple(_tree(by_pid[key[0]], children)), ALLOWANCE,
+                                       why, node.now + node.kill_grace_seconds, track=True))
+                if not node.dry_run:
+                    continue
+            kept.append(key)
+            holding = after
+        admitted[user] = kept
+    state.admitted = admitted
+
+
+def _with(holding: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """GPU units and their memory, more added."""
+    return {u: holding.get(u, 0) + more.get(u, 0) for u in holding.keys() | more.keys()}
+
+
+def _over(allowance: Allowance, elsewhere: Held, holding: dict[str, int]) -> str | None:
+    """Why holding `holding` here besides `elsewhere` passes the allowance; None: it fits."""
+    gpus = len(holding) + elsewhere.gpus
+    if allowance.gpus is not None and gpus > allowance.gpus:
+        return f"it would be on {gpus} GPUs at once; you may use {allowance.gpus}"
+    used = sum(holding.values()) + elsewhere.gpu_memory_bytes
+    if allowance.gpu_memory_bytes is not None and used > allowance.gpu_memory_bytes:
+        return (f"it would hold {memory(used)} of GPU memory at once; you may hold "
+                f"{memory(allowance.gpu_memory_bytes)}")
+    return None
+
+
+def held(snapshot: Snapshot) -> dict[str, Held]:
+    """What each user's GPU processes hold on this node: GPU units and memory."""
+    units: dict[str, dict[str, int]] = defaultdict(dict)
+    for h in snapshot.holders:
+        mine = units[h.user]
+        mine[h.unit.label] = mine.get(h.unit.label, 0) + (h.used_memory_bytes or 0)
+    return {user: Held(gpus=len(u), gpu_memory_bytes=sum(u.values()))
+            for user, u in sorted(units.items())}
+
+
+def blocking(policy: UserPolicy, allowance: Allowance) -> bool:
+    """Whether new GPU work is refused. A block whose every reason is an allowance this node
+    holds the user to is left to the allowance: a new process over it is stopped at once, and
+    one that fits starts even while the alert that records the limit still fires."""
+    blocks = [r for r in policy.reasons if r.action in ("block", "kill")]
+    left = bool(blocks) and all(r.action == "block" and r.allowance is not None
+                                and allowance.holds(r.allowance) for r in blocks)
+    return policy.block and not left
 
 
 def _reservation_id(job: str) -> int | None:
@@ -282,12 +371,13 @@ def _plan_user(plan: Plan, user: str, wanted: UserPolicy, snapshot: Snapshot,
             text = f"{reason.summary}\n{reason.description}".strip() or reason.alert
             steps.append(Notify(user, uid, text, reason.alert))
     mine = _procs_of(snapshot, uid)
-    if wanted.block and applied.block_since is None:
+    block = blocking(wanted, state.allowances.of(user))
+    if block and applied.block_since is None:
         applied.block_since = node.now
         applied.baseline = {p.key for p in mine}
         steps.append(Record(user, "block", result, f"{len(mine)} running processes left alone",
                             _alert(wanted, "block", "kill")))
-    elif not wanted.block and applied.block_since is not None:
+    elif not block and applied.block_since is not None:
         applied.block_since, applied.baseline = None, set()
         steps.append(Record(user, "unblock", result))
     if wanted.kill and applied.kill_since is None:
@@ -300,8 +390,8 @@ def _plan_user(plan: Plan, user: str, wanted: UserPolicy, snapshot: Snapshot,
                           node.now + node.kill_grace_seconds, track=wanted.block))
     elif not wanted.kill:
         applied.kill_since = None
-    if not wanted.block:  # recharged: whatever was still to be killed may live
-        state.stopping = [s for s in state.stopping if s.user != user]
+    if not block:  # recharged: whatever was still to be killed may live
+        state.stopping = [s for s in state.stopping if s.user != user or s.alert == ALLOWANCE]
     _plan_quota(steps, user, uid, applied, wanted.cpu_quota_percent, mine, node)
     applied.policy = wanted
     if wanted == UNLIMITED:
@@ -309,7 +399,8 @@ def _plan_user(plan: Plan, user: str, wanted: UserPolicy, snapshot: Snapshot,
         steps.append(RemoveHook(user))
     else:
         state.users[user] = applied
-        steps.append(WriteHook(user, uid, wanted, node.dry_run, node.now))
+        steps.append(WriteHook(user, uid, wanted.model_copy(update={"block": block}),
+                               node.dry_run, node.now))
 
 
 def _plan_quota(steps: list[Step], user: str, uid: int, applied: Applied, quota: int | None,

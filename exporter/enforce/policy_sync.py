@@ -100,7 +100,8 @@ class Puller:
                               version=max(self.actuator.state.version, 0), actions=tuple(reports),
                               gpus=self.gpus(),
                               reservation_use=dict(self.actuator.last_used),
-                              release_idle=self.actuator.idle_releases())
+                              release_idle=self.actuator.idle_releases(),
+                              held=self.actuator.held())
         try:
             answer = exchange(self.url, "POST", SYNC_PATH, request.model_dump_json().encode(),
                               self.identity.sign, self.identity.verify, self.timeout, self.tls)

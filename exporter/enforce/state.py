@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from gpuacct.files import write_atomically
-from gpuacct.policy import ReservedGpu, UserPolicy
+from gpuacct.policy import Allowances, ReservedGpu, UserPolicy
 
 log = logging.getLogger(__name__)
 ProcKey = tuple[int, int]  # (pid, start ticks): one process, never a later one with its pid
@@ -55,6 +55,8 @@ class ActuatorState(BaseModel):
     intruders: dict[str, Intruder] = {}  # by "pid:start ticks"
     told: list[int] = []  # the notices already told (their ids)
     idle_released: list[int] = []  # reservations this node asked to end for being held idle
+    allowances: Allowances = Allowances()  # the GPU allowances, as the enforcer last sent
+    admitted: dict[str, list[ProcKey]] = {}  # per user, the GPU processes let in
 
 
 class StateFile:

@@ -45,6 +45,17 @@ def test_each_account_has_its_limits_over_the_defaults(tmp_path: Path) -> None:
                      ("bob", "gpu_memory_bytes"): 1 << 34, ("bob", "cpu_cores"): 2.5}
 
 
+def test_a_user_the_config_names_has_limits_before_the_ledger_knows_them(
+        tmp_path: Path) -> None:
+    """dave has never been billed: his limit is published from his first process on."""
+    settings = BillingSettings.model_validate({
+        "ledger": str(tmp_path / "l.sqlite3"), "user_limits": {"dave": {"gpus": 1}}})
+    registry = build_registry(settings, None, Snapshots())  # type: ignore[arg-type]
+    limit = {(s.labels["user"], s.labels["resource"]): s.value
+             for m in registry.collect() if m.name == "gpuacct_limit" for s in m.samples}
+    assert limit == {("dave", "gpus"): 1}
+
+
 @pytest.mark.parametrize(("limits", "problem"), [
     ({"gpus": -1}, "billing.limits.gpus: -1 is not valid"),
     ({"gpus": "many"}, "billing.limits.gpus: 'many' is not valid"),

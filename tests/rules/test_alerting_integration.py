@@ -111,7 +111,8 @@ def test_balances_become_enforcement_webhooks_and_a_recharge_resolves_them(
         kill = next(a for h in webhook_receiver.received for a in h["body"]["alerts"]
                     if a["labels"]["alertname"] == "GpuacctBalanceExhaustedKillGpu")
         assert kill["labels"] == {"alertname": "GpuacctBalanceExhaustedKillGpu", "user": "carol",
-                                  "action": "kill", "tier": "exhausted", "severity": "critical"}
+                                  "account": "carol", "action": "kill", "tier": "exhausted",
+                                  "severity": "critical"}
         assert kill["annotations"]["description"].startswith(
             "carol's balance has been exhausted for 10 minutes (-1 left)")
 

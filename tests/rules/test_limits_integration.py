@@ -12,6 +12,7 @@ holders, stopped; one at 50% is never flagged.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +24,15 @@ import yaml
 
 from stack.alerting import RULES_DIR, compress_time, render_alertmanager, rule_files
 from stack.process import free_port
-from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
+from tests.fixtures.enforcement import (
+    TOKEN,
+    Cluster,
+    Enforcer,
+    EnforcingNode,
+    alert,
+    notification,
+    wait_until,
+)
 from tests.fixtures.gpus import GIB
 from tests.fixtures.scenarios import gpu_job as start_gpu_job
 from tests.fixtures.servers import Server
@@ -37,15 +46,18 @@ EVALUATION = EVALUATION_MS / 1000
 
 def policy_chain(tmp_path: Path, nodes: list[EnforcingNode], billing: str, cluster: Cluster,
                  start_prometheus: Callable[..., Server],
-                 start_alertmanager: Callable[[dict[str, Any]], Server]
+                 start_alertmanager: Callable[[dict[str, Any]], Server],
+                 alertmanager_speed: int = 60, **enforcer_config: Any
                  ) -> tuple[Enforcer, Server]:
-    """The enforcer for `nodes`, Alertmanager, and Prometheus on the nodes and `billing` with
-    every rule file, all times divided by 60; the enforcer and Prometheus."""
-    enforcer = cluster.enforcer(nodes)
+    """The enforcer for `nodes` (with `enforcer_config`), Alertmanager, and Prometheus on the
+    nodes and `billing` with every rule file, all times divided by 60 (Alertmanager's by
+    `alertmanager_speed`); the enforcer and Prometheus."""
+    enforcer = cluster.enforcer(nodes, **enforcer_config)
     token = tmp_path / "token"
     token.write_text(TOKEN)
     am = start_alertmanager(compress_time(render_alertmanager(
-        RULES_DIR / "alertmanager.yml", f"{enforcer.url}/v1/alerts", token, {}), 60))
+        RULES_DIR / "alertmanager.yml", f"{enforcer.url}/v1/alerts", token, {}),
+        alertmanager_speed))
     rules = []
     for path in rule_files():
         fast = tmp_path / path.name
@@ -109,6 +121,78 @@ def test_a_gpu_limit_blocks_the_next_gpu_process_and_lifts_below_it(
     again = gpu_job(processes, alice, nodes[1], 1)
     time.sleep(1.0)  # four sampling cycles: it is not stopped
     assert again.poll() is None and first.poll() is None
+
+
+def test_a_new_users_gpu_limit_holds_from_the_first_process_at_the_node(
+        tmp_path: Path, cluster: Cluster, processes: Processes,
+        test_users: dict[str, UnixUser], start_prometheus: Callable[..., Server],
+        start_alertmanager: Callable[[dict[str, Any]], Server],
+        start_billing: Callable[[dict[str, Any], int], object]) -> None:
+    """carol has never been billed and may use 1 GPU. Her node has her allowance from the
+    enforcer and decides at the moment a GPU process appears, not after an alert's round trip
+    (Alertmanager here at a tenth of its times: group_wait 3 s, group_interval 30 s): a second
+    GPU is stopped within a sampling interval; when the first process ends, the next starts and
+    is left alone while the limit's alert still fires; after a block lifts, of two processes
+    ten seconds apart the second is stopped within a sampling interval."""
+    carol = test_users["carol"]
+    limits = {"user_limits": {carol.name: {"gpus": 1}}}
+    billing, port = free_port(), free_port()
+    node = cluster.node("gpu01", enforcer_port=port, pull_seconds=1)
+    enforcer, _ = policy_chain(tmp_path, [node], f"127.0.0.1:{billing}", cluster,
+                               start_prometheus, start_alertmanager, alertmanager_speed=10,
+                               port=port, sections={"billing": limits})
+    start_billing({"billing": {"ledger": str(tmp_path / "ledger.sqlite3"),
+                               "prometheus_url": "http://127.0.0.1:9", **limits}}, billing)
+    state = tmp_path / "gpu01" / "actuator.json"
+    wait_until(lambda: carol.name in json.loads(state.read_text())["allowances"]["users"]
+               if state.exists() else False, timeout=30)
+
+    def reasons() -> set[str]:
+        hook = node.hook(carol.name)
+        return {r["alert"] for r in hook["reasons"]} if hook else set()
+
+    def stopped_for_allowance(pid: int) -> list[dict[str, Any]]:
+        return [e for e in enforcer.audit(carol.name) if e["action"] == "terminate"
+                and e["alert"] == "allowance" and f"pid {pid} " in e["detail"] + " "]
+
+    def second_gpu_is_stopped(first: Any, gpu: int) -> None:
+        started = time.monotonic()
+        second = gpu_job(processes, carol, node, gpu)
+        wait_until(lambda: second.poll() is not None, timeout=10)
+        took = time.monotonic() - started
+        assert took <= SAMPLING + 1.0, f"the second GPU process ran {took:.2f}s"
+        node.gpus.remove(second.pid)
+        wait_until(lambda: stopped_for_allowance(second.pid), timeout=15)
+        assert first.poll() is None  # the first runs on
+
+    first = gpu_job(processes, carol, node, 0)
+    second_gpu_is_stopped(first, 1)
+    wait_until(lambda: "GpuacctGpuLimitReached" in reasons(), timeout=30)  # the record
+    assert node.hook(carol.name)["block"] is False  # type: ignore[index]
+
+    # The first ends; the next starts at once and is not signalled, though the alert fires on.
+    first.kill()
+    first.wait()
+    node.gpus.remove(first.pid)
+    third = gpu_job(processes, carol, node, 1)
+    assert "GpuacctGpuLimitReached" in reasons()
+    time.sleep(2.0)  # eight sampling cycles
+    assert third.poll() is None
+    assert not [e for e in enforcer.audit(carol.name) if e["action"] == "terminate"
+                and f"pid {third.pid} " in e["detail"] + " "]
+    third.kill()
+    third.wait()
+    node.gpus.remove(third.pid)
+
+    # A block (her balance) lifts; then two processes ten seconds apart: the second stops.
+    block = alert(carol.name, "block", "GpuacctBalanceLimitedBlockGpu")
+    assert enforcer.post_alerts(notification(block))[0] == 200
+    wait_until(lambda: (node.hook(carol.name) or {}).get("block"), timeout=15)
+    assert enforcer.post_alerts(notification({**block, "status": "resolved"}))[0] == 200
+    wait_until(lambda: not (node.hook(carol.name) or {}).get("block"), timeout=15)
+    fourth = gpu_job(processes, carol, node, 0)
+    time.sleep(10.0)
+    second_gpu_is_stopped(fourth, 1)
 
 
 def test_a_groups_gpu_limit_blocks_every_member_and_nobody_else(
