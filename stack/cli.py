@@ -23,6 +23,10 @@ from stack.process import ManagedProcess, ServerError, bind_error
 from stack.tls import kept_or_made
 from web.auth import hash_password
 
+# The state dir's folders that only the stack reads (run/ is the users').
+PRIVATE_FOLDERS = ("influxdb", "alertmanager", "prometheus", "enforcer", "exporter", "billing",
+                   "web", "tls", "rules")
+
 
 class Stack:
     """The parts, started in dependency order and stopped in reverse."""
@@ -58,13 +62,50 @@ class Stack:
         self.parts.append((proc, url))
         print(f"  {proc.name:<14} {url}", flush=True)
 
+    @property
+    def public(self) -> Path:
+        """What local users reach: their socket, their notices, the config `gpuacct` reads.
+        In the state dir, so two stacks on one machine never share them."""
+        return self.state_dir / "run"
+
+    def _private_folders(self) -> None:
+        """Users may pass through the state dir to `run/` but list nothing in it; every store,
+        secret and log is in a folder, or a 0600 file, only the stack reads."""
+        d = self.state_dir
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o711)
+        for name in PRIVATE_FOLDERS:
+            (d / name).mkdir(exist_ok=True)
+            (d / name).chmod(0o700)
+        self.public.mkdir(exist_ok=True)
+        self.public.chmod(0o755)
+        closed = next((f for f in d.parents if not f.stat().st_mode & 0o001), None)
+        if closed is not None:
+            print(f"gpuacct-stack: local users cannot reach {self.public} ({closed} is closed "
+                  "to them): their gpuacct commands will not work; use a --state-dir they may "
+                  "pass through", file=sys.stderr, flush=True)
+
+    def _users_paths(self) -> dict[str, str]:
+        """Where the node daemon meets local users: their notices and their socket."""
+        return {"hook_dir": str(self.public / "users"),
+                "user_socket": str(self.public / "user.sock")}
+
+    def _user_config(self) -> Path:
+        """The config local users' `gpuacct` commands read: the stack's ports, socket and
+        notices (nothing secret)."""
+        path = self.public / "gpuacct.yaml"
+        path.write_text(yaml.safe_dump({
+            "client": {"prometheus_url": f"http://{self.stack.host}:"
+                                         f"{self.stack.prometheus_port}"},
+            "exporter": {"actuator": self._users_paths()}}), encoding="utf-8")
+        path.chmod(0o644)
+        return path
+
     def start(self) -> None:
         s, d, host = self.stack, self.state_dir, self.stack.host
-        # Every store, secret and log below is the stack's alone: no other user may enter.
-        d.mkdir(parents=True, exist_ok=True)
-        d.chmod(0o700)
-        print(f"gpuacct-stack: state and logs in {d}", flush=True)
         self._check_ports()
+        self._private_folders()
+        print(f"gpuacct-stack: state and logs in {d}", flush=True)
         if s.tls:
             self._make_certificates()
             print(f"gpuacct-stack: TLS from the stack's CA, {self.ca_file} (kept across "
@@ -117,7 +158,8 @@ class Stack:
                 "listen_address": f"{host}:{s.exporter_port}",
                 "state_file": str(d / "exporter" / "state.json"),
                 "actuator": {"enforcer_url": self._url(s.enforcer_port),
-                             "state_file": str(d / "exporter" / "actuator.json")},
+                             "state_file": str(d / "exporter" / "actuator.json"),
+                             **self._users_paths()},
             },
             "auth": {"node_key": {"file": str(node_key)}},
         })
@@ -153,10 +195,12 @@ class Stack:
                 password.read_text(encoding="utf-8").strip())},
         }, ready_path="/-/healthy")
         self._started(web, f"{self._url(s.web_port)}/  (admin password in {password})")
+        config = self._user_config()
+        print(f"gpuacct-stack: local users: GPUACCT_CONFIG={config} gpuacct balance",
+              flush=True)
         if self.demo:
             self.story = demo_story.Story(d / "billing" / "ledger.sqlite3",
-                                          self.settings.exporter.actuator.hook_dir,
-                                          self.settings.exporter.actuator.user_socket,
+                                          self.public / "users", self.public / "user.sock",
                                           lambda text: print(f"demo: {text}", flush=True))
             self.story.start()
 

@@ -39,7 +39,9 @@ ASK = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.arg
 def overrides(scrape_seconds: float) -> dict[str, dict[str, Any]]:
     """Config for the demo's parts on top of the operator's: quick windows, dear GPUs."""
     return {
-        "exporter": {"interval_seconds": scrape_seconds,
+        # The demo meters, bills and acts on its own users only: never on another local
+        # user's work, whatever it is or its environment says.
+        "exporter": {"interval_seconds": scrape_seconds, "only_users": [ALICE, BOB],
                      "nvml": {"backend": "demo", "demo_users": [ALICE, BOB]},
                      "actuator": {"kill_grace_seconds": 3}},
         "billing": {"window_seconds": 5, "settle_seconds": 2.5, "opening_balance": "30",

@@ -60,9 +60,11 @@ class Signaller:
                  identity: Callable[[int], tuple[int, int] | None] = read_identity,
                  deliver: Callable[[int, int], None] = signal.pidfd_send_signal,
                  close: Callable[[int], None] = os.close,
-                 user_name: Callable[[int], str | None] = _user_name) -> None:
+                 user_name: Callable[[int], str | None] = _user_name,
+                 only_users: Iterable[str] | None = None) -> None:
         self.min_uid = max(min_uid, 1)  # root is never a target, whatever min_uid says
         self.protected = frozenset(protected_users)
+        self.only = None if only_users is None else frozenset(only_users)
         self.dry_run = dry_run
         self._open, self._identity, self._deliver, self._close = (open_pid, identity, deliver,
                                                                  close)
@@ -75,6 +77,8 @@ class Signaller:
         name = self._user_name(uid)
         if name in self.protected:
             return f"{name} is a protected user"
+        if self.only is not None and name not in self.only:
+            return f"{name or f'uid {uid}'} is not one of exporter.only_users"
         return None
 
     def send(self, target: Target, sig: int) -> tuple[Result, str]:

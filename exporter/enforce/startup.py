@@ -67,7 +67,7 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
         return None
     limiter = detect(actuator_settings.cpu_limiter, actuator_settings.cgroup_root)
     signaller = Signaller(settings.exporter.min_uid, actuator_settings.protected_users,
-                          actuator_settings.dry_run)
+                          actuator_settings.dry_run, only_users=settings.exporter.only_users)
     node = actuator_settings.node_name or socket.gethostname()
     identity = NodeIdentity(node, [k.encode() for k in values(settings.auth.node_key)],
                             settings.auth.max_clock_skew_seconds)

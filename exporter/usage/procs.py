@@ -106,8 +106,10 @@ def real_uid(status: bytes) -> int:
 
 class ProcessTable:
     def __init__(self, min_uid: int, job_sources: list[str], job_env_vars: list[str],
-                 proc_root: str = "/proc", max_id_length: int = 128) -> None:
+                 proc_root: str = "/proc", max_id_length: int = 128,
+                 only_users: list[str] | None = None) -> None:
         self.min_uid = min_uid
+        self.only = None if only_users is None else frozenset(only_users)
         self.job_sources = job_sources
         self.job_env_vars = job_env_vars
         self.max_id_length = max_id_length
@@ -190,10 +192,12 @@ class ProcessTable:
         return found
 
     def _identify(self, pid: int, session: int, comm: str) -> ProcIdentity | None:
-        """None for processes nobody is billed for (below min_uid, kernel threads)."""
+        """None for processes nobody is billed for (below min_uid, kernel threads, users
+        not in only_users)."""
         base = f"{self.root}/{pid}"
         uid = real_uid(_read(f"{base}/status"))
-        if uid < self.min_uid:
+        if uid < self.min_uid or (self.only is not None and self.user_names(uid)
+                                  not in self.only):
             return None
         argv = [a.decode(errors="replace") for a in _read(f"{base}/cmdline").split(b"\0") if a]
         job, source = None, "session"

@@ -76,7 +76,7 @@ class Sampler:
         self.gpus = gpus
         self.table = ProcessTable(settings.min_uid, list(settings.job_sources),
                                   list(settings.job_env_vars), proc_root,
-                                  settings.max_job_id_length)
+                                  settings.max_job_id_length, settings.only_users)
         self.cap = JobCap(settings.max_jobs_per_user)
         self.proc_root = proc_root
         # No state yet: what runs now predates us and is only baselined.

@@ -74,6 +74,9 @@ class ExporterSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9835"
     interval_seconds: PositiveFloat = 5.0
     min_uid: Annotated[int, Field(ge=0)] = 1000
+    # None: every user from min_uid. A list: only these users' processes are metered, billed
+    # and acted on (gpuacct-stack --demo: its own demo users, never anyone else's work).
+    only_users: list[str] | None = None
     job_sources: list[Literal["env", "container", "session"]] = ["env", "container", "session"]
     job_env_vars: list[str] = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID", "GPUACCT_JOB"]
     # How k jobs on one GPU share its time: split (1/k each), full (each the whole time),

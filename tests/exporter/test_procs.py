@@ -65,6 +65,16 @@ def test_system_users_and_kernel_threads_are_not_billed(tmp_path: Path) -> None:
     assert t.unbilled_pids == {1, 2}
 
 
+def test_only_users_are_billed_when_only_users_is_set(tmp_path: Path) -> None:
+    """gpuacct-stack --demo meters its own users only (uids without a passwd entry are
+    named uid_<n>)."""
+    make_proc(tmp_path, 3, 54321)
+    make_proc(tmp_path, 4, 54322)
+    t = ProcessTable(1000, ["session"], [], str(tmp_path), only_users=["uid_54322"])
+    assert [s.pid for s in t.scan()] == [4]
+    assert t.unbilled_pids == {3}
+
+
 def test_vanished_and_garbled_entries_are_skipped(tmp_path: Path) -> None:
     make_proc(tmp_path, 20, 1000)
     (tmp_path / "21").mkdir()  # exited: the directory is there, its files are not

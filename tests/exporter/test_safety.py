@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from exporter.devices.base import GpuUnit
 from exporter.enforce.actuator import Actuator
-from exporter.enforce.signals import Signaller
+from exporter.enforce.signals import Signaller, Target
 from exporter.usage.accounting import GpuHolder
 from exporter.usage.procs import ProcIdentity, ProcSample
 from exporter.usage.sampler import Snapshot
@@ -87,3 +87,18 @@ def test_no_signal_reaches_a_process_it_must_not(
     if dry_run:
         assert sent == []
     event(f"signals sent: {'some' if sent else 'none'}")
+
+
+def test_only_users_leaves_everyone_else_alone() -> None:
+    """gpuacct-stack --demo enforces on its demo users only: another local user's process is
+    never signalled, whatever the policy or the environment says."""
+    sent: list[int] = []
+    signaller = Signaller(MIN_UID, [], False, open_pid=lambda pid: pid,
+                          identity=lambda pid: (pid * 10, 1001 if pid == 2 else 1000),
+                          deliver=lambda fd, sig: sent.append(fd), close=lambda fd: None,
+                          user_name=NAMES.get, only_users=["ann"])
+    assert signaller.refusal(1000) is None
+    assert signaller.refusal(1001) == "ben is not one of exporter.only_users"
+    assert signaller.send(Target(2, 20, 1001, "train"), 15)[0] == "refused"
+    assert signaller.send(Target(1, 10, 1000, "train"), 15)[0] == "ok"
+    assert sent == [1]

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 
 def stack_config(tmp_path: Path) -> Path:
-    """Free ports, quick scrapes, hook files in the test's directory."""
+    """Free ports, quick scrapes."""
     config = tmp_path / "gpuacct.yaml"
     config.write_text(
         "stack:\n"
@@ -43,8 +44,7 @@ def stack_config(tmp_path: Path) -> Path:
         f"  billing_port: {free_port()}\n  enforcer_port: {free_port()}\n"
         f"  web_port: {free_port()}\n"
         "  scrape_interval_seconds: 1\n"
-        "exporter:\n  interval_seconds: 1\n"
-        f"  actuator:\n    hook_dir: {tmp_path / 'hooks'}\n")
+        "exporter:\n  interval_seconds: 1\n")
     return config
 
 
@@ -52,7 +52,7 @@ def stack_config(tmp_path: Path) -> Path:
 # a forged kill for another user, a silence, stopping Prometheus, points into InfluxDB, and
 # reading the stores. Prints each outcome: an HTTP status, or the error.
 ATTACKS = r"""
-import json, sys, urllib.request
+import json, os, sys, urllib.request
 am, prom, influx, state = sys.argv[1:5]
 def status(url, body, kind="application/json"):
     try:
@@ -67,6 +67,12 @@ def opened(path):
         return "read"
     except OSError as e:
         return type(e).__name__
+def listed(path):
+    try:
+        os.listdir(path)
+        return "listed"
+    except OSError as e:
+        return type(e).__name__
 kill = [{"labels": {"alertname": "Forged", "user": "root", "action": "kill"}}]
 silence = {"matchers": [{"name": "user", "value": ".+", "isRegex": True}],
            "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
@@ -79,6 +85,8 @@ print(json.dumps({
     "ledger": opened(state + "/billing/ledger.sqlite3"),
     "enforcer": opened(state + "/enforcer/enforcer.sqlite3"),
     "token": opened(state + "/webhook-token"),
+    "state": listed(state),
+    "logs": listed(state + "/billing"),
 }))
 """
 
@@ -176,7 +184,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         urllib.request.urlopen(urllib.request.Request(
             f"{urls['alertmanager']}api/v2/alerts", data=json.dumps(alert).encode(),
             headers={"Content-Type": "application/json", **am_auth}), timeout=5).close()
-        hook = tmp_path / "hooks" / f"{alice}.json"
+        hook = state / "run" / "users" / f"{alice}.json"
         wait_for(hook.exists, timeout=30, what="the notice on the node")
         assert json.loads(hook.read_text())["reasons"][0]["alert"] == "GpuacctBalanceLow"
         # A throttle puts carol's running work under a CPU quota, in a cgroup of gpuacct's.
@@ -192,13 +200,25 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         quota = Path(f"/sys/fs/cgroup/cpu/gpuacct/user-{carol.uid}")
         wait_for(lambda: str(busy.pid) in (quota / "cgroup.procs").read_text().split()
                  if quota.is_dir() else False, timeout=30, what="carol's work under the quota")
+        # carol's own `gpuacct balance` finds the stack's moved ports and her notice through
+        # the config the stack wrote for local users.
+        assert f"local users: GPUACCT_CONFIG={state}/run/gpuacct.yaml gpuacct balance" in \
+            log.read_text()
+        balance = subprocess.run(
+            [str(installed_gpuacct / "bin" / "gpuacct"), "balance"], user=carol.uid,
+            group=carol.gid, extra_groups=[], cwd="/", capture_output=True, text=True,
+            env={"PATH": "/usr/bin:/bin", "GPUACCT_CONFIG": f"{state}/run/gpuacct.yaml"},
+            timeout=60)
+        assert balance.returncode == 0, balance.stderr
+        assert "no account yet" in balance.stdout, balance.stdout  # Prometheus answered
+        assert "CPU limited to 50% of one core" in balance.stdout, balance.stdout
 
         # A local user gets nowhere: no alert, no silence, no stop, no point, no store.
         assert attacks_as(test_users["bob"], urls, state) == {
             "alert": 401, "silence": 401, "quit": 403, "write": 401,
             "ledger": "PermissionError", "enforcer": "PermissionError",
-            "token": "PermissionError"}
-        assert state.stat().st_mode & 0o777 == 0o700
+            "token": "PermissionError", "state": "PermissionError", "logs": "PermissionError"}
+        assert state.stat().st_mode & 0o777 == 0o711  # passed through to run/, never listed
         with urllib.request.urlopen(urllib.request.Request(
                 f"{urls['alertmanager']}api/v2/alerts?filter=alertname%3D%22Forged%22",
                 headers=am_auth), timeout=5) as r:
@@ -233,7 +253,7 @@ def test_stack_starts_everything_and_ctrl_c_stops_it(
         assert alive == [], f"left behind: {alive}"
         # Nothing it enforced outlives it: no quota, no cgroup, no notice; carol's work runs on.
         assert not quota.exists()
-        assert list((tmp_path / "hooks").iterdir()) == []
+        assert list((state / "run" / "users").iterdir()) == []
         assert busy.poll() is None
         assert "released" in log.read_text()
 
@@ -271,14 +291,22 @@ def test_stack_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
 @pytest.mark.root
 @pytest.mark.alone  # two minutes on a 2-core machine, with nothing else running
 def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, test_users: dict[str, UnixUser], processes: Processes) -> None:
+    """The whole story, while a local user outside the demo (bob) runs a process that says it
+    is on simulated GPU 0: the demo never bills, tells or touches him."""
     config = stack_config(tmp_path)
+    bob = test_users["bob"]
+    outsider = processes.python(bob, "train.py", "600", env={"GPUACCT_DEMO_GPU": "0"})
+    wait_until_exec(outsider, "train.py")
+    lib = Path(tempfile.mkdtemp(prefix="gpuacct-demo-"))  # the demo users reach run/ in it
+    lib.chmod(0o755)
+    state = lib / "state"
     started = time.monotonic()
     log = tmp_path / "stack.out"
     with log.open("w") as out:
         stack = subprocess.Popen(
             [sys.executable, "-m", "stack", "--demo", "--config", str(config),
-             "--state-dir", str(tmp_path / "state")], stdout=out, stderr=subprocess.STDOUT)
+             "--state-dir", str(state)], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "running" in log.read_text() or stack.poll() is not None,
                  timeout=90, what="the stack")
@@ -286,10 +314,10 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
         web = re.search(r"^\s+web\s+(https://\S+)/", log.read_text(), re.M).group(1)  # type: ignore[union-attr]
         session = requests.Session()
         session.trust_env = False  # REQUESTS_CA_BUNDLE would win over the stack's CA
-        session.verify = str(tmp_path / "state" / "tls" / "ca.crt")
+        session.verify = str(state / "tls" / "ca.crt")
         login = session.get(f"{web}/login", timeout=10).text
         csrf = re.search(r'name="csrf" value="([^"]+)"', login).group(1)  # type: ignore[union-attr]
-        password = (tmp_path / "state" / "admin-password").read_text().strip()
+        password = (state / "admin-password").read_text().strip()
         assert session.post(f"{web}/login", data={"password": password, "csrf": csrf},
                             timeout=10).url.endswith("/admin")
 
@@ -316,6 +344,15 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
         assert "queued: request 2, position 1, estimated start" in story[-3]
         assert "released: reservation 1" in story[-2]
         assert "new GPU work is blocked" not in page()
+        assert outsider.poll() is None  # never signalled
+        assert not (state / "run" / "users" / f"{bob.name}.json").exists()  # never told
+        ledger = sqlite3.connect(f"file:{state / 'billing' / 'ledger.sqlite3'}?mode=ro",
+                                 uri=True)
+        try:
+            users = {u for (u,) in ledger.execute('SELECT DISTINCT "user" FROM usage_lines')}
+        finally:
+            ledger.close()
+        assert users == {demo.ALICE, demo.BOB}  # never billed
 
         stack.send_signal(signal.SIGTERM)
         assert stack.wait(timeout=60) == 0
@@ -328,6 +365,7 @@ def test_the_demo_plays_the_story_and_the_web_page_shows_it_within_two_minutes(
             for name in (demo.ALICE, demo.BOB):
                 subprocess.run(["pkill", "-KILL", "-u", name], check=False)
                 subprocess.run(["userdel", name], check=False, capture_output=True)
+        shutil.rmtree(lib, ignore_errors=True)
 
 
 def test_a_port_in_use_is_named_in_one_line_before_anything_starts(tmp_path: Path) -> None:

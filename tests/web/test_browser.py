@@ -60,7 +60,7 @@ def test_admin_recharges_a_user_in_the_browser(start_web: Callable[..., Web],
     assert download.value.suggested_filename == f"statement-alice-{month}.csv"
     rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
     [recharge] = [r[3:] for r in rows if r[0] == "posting" and r[2] == "recharge"]
-    assert recharge == ["25.50", "grant 42", "admin (web)"]
+    assert recharge == ["25.500000", "grant 42", "admin (web)"]
     [closing] = [r[3] for r in rows if r[0] == "closing"]
     assert closing == "124.882715"  # the ledger's balance, to the micro-unit
     page.goto(f"{web.url}/admin/accounts/alice/statement?month={month}")
