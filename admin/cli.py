@@ -3,6 +3,7 @@
   gpuacct-admin init --host NAME          the CA, certificate, secrets and config, made once
   gpuacct-admin node add NAME ADDRESS     enrol a GPU node: its key, certificate, scrape entry
   gpuacct-admin node remove NAME          it can no longer sync, and is no longer scraped
+  gpuacct-admin wheelhouse CHECKOUT       the wheels nodes install from, with no index
   gpuacct-admin backup DIR [--keep N]     every store, consistent while the services run
   gpuacct-admin restore DIR/gpuacct-...   the backup's stores in place (services stopped)
 """
@@ -11,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.parse
 from pathlib import Path
 
-import yaml
-
+from admin import wheelhouse as wheelhouse_folder
 from admin.backup import AdminError, restore, take
 from admin.deployment import EXPORTER_PORT, Etc, init, node_add, node_remove
 from gpuacct.build import add_version_argument
@@ -53,22 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("address", help="the address Prometheus and the enforcer reach it at")
     add.add_argument("--port", type=int, default=EXPORTER_PORT,
                      help=f"its exporter's port (default {EXPORTER_PORT})")
+    add.add_argument("--wheelhouse", type=Path, metavar="DIR",
+                     help="the wheels the node installs from (default "
+                          f"{wheelhouse_folder.DEFAULT}, where it exists)")
+    wheels = sub.add_parser("wheelhouse", help="build the wheels nodes install from: gpuacct "
+                                               "and its dependencies at this host's versions")
+    wheels.add_argument("source", type=Path, help="a gpuacct checkout or wheel")
+    wheels.add_argument("--into", type=Path, default=wheelhouse_folder.DEFAULT, metavar="DIR",
+                        help=f"(default {wheelhouse_folder.DEFAULT})")
     remove = verbs.add_parser("remove", help="take a node out: its key stops working")
     remove.add_argument("name")
     for each in (init, add, remove):
         each.add_argument("--etc", type=Path, default=Path("/etc/gpuacct"), metavar="DIR",
                           help="where the deployment's files are (default /etc/gpuacct)")
     return parser
-
-
-def _enforcer_url(etc: Etc) -> str:
-    """The enforcer as nodes reach it: the host the web's public URL names, port 9837."""
-    try:
-        config = yaml.safe_load((etc.path / "gpuacct.yaml").read_text()) or {}
-        public = urllib.parse.urlsplit(config["web"]["public_url"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        return "https://CONTROL-HOST:9837"
-    return f"https://{public.hostname}:9837"
 
 
 def _trust(args: argparse.Namespace) -> int:
@@ -84,14 +81,25 @@ def _trust(args: argparse.Namespace) -> int:
         return 0
     if not 1 <= args.port <= 65535:
         raise AdminError(f"--port {args.port}: not a port")
-    bundle = node_add(etc, args.name, args.address, args.port)
-    to = "/etc/gpuacct-enrol"
-    print(f"enrolled {args.name}; its bundle: {bundle}\n"
-          f"copy it to the node and install there, as root:\n"
-          f"  scp -r {bundle} root@{args.address}:{to}\n"
-          f"  deploy/install-node.sh --enforcer-url {_enforcer_url(etc)} "
-          f"--key-file {to}/node-key --ca-file {to}/ca.crt --tls-cert {to}/node.crt "
-          f"--tls-key {to}/node.key")
+    given = args.wheelhouse is not None
+    wheelhouse = args.wheelhouse or wheelhouse_folder.DEFAULT
+    if given or wheelhouse.exists():
+        wheelhouse_folder.check(wheelhouse)
+    else:
+        wheelhouse = None
+    bundle = node_add(etc, args.name, args.address, args.port, wheelhouse)
+    to = "/root/gpuacct-enrol"
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    print(f"enrolled {args.name}; its bundle: {bundle}")
+    if wheelhouse is None:
+        print(f"no wheelhouse at {wheelhouse_folder.DEFAULT} (gpuacct-admin wheelhouse): the "
+              f"node needs a gpuacct checkout and a package index; from the checkout, as root:"
+              f"\n  deploy/install-node.sh --bundle {to}  (after: scp -r {bundle} "
+              f"root@{host}:{to})")
+        return 0
+    print(f"install it on the node, from this host, as root (no package index needed there):"
+          f"\n  ssh root@{host} rm -rf {to} && scp -rq {bundle} root@{host}:{to} && "
+          f"ssh root@{host} {to}/install-node.sh --bundle {to}")
     return 0
 
 
@@ -99,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     command = command_or_usage(parser, args)
+    if command == "wheelhouse":
+        try:
+            names = wheelhouse_folder.build(args.source, args.into)
+        except AdminError as exc:
+            print(f"gpuacct-admin wheelhouse: {exc}", file=sys.stderr)
+            return 2
+        print(f"{len(names)} wheels in {args.into}, "
+              f"{next(n for n in names if n.startswith('gpuacct-'))} among them")
+        return 0
     if command in ("init", "node"):
         try:
             return _trust(args)

@@ -14,7 +14,9 @@ import os
 import re
 import secrets
 import shutil
+import urllib.parse
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -212,9 +214,22 @@ def _name_of(entry: dict[str, Any]) -> str:
     return str(entry.get("labels", {}).get(NODE_LABEL, ""))
 
 
-def node_add(etc: Etc, name: str, address: str, port: int = EXPORTER_PORT) -> Path:
-    """Enrol the node: its entry in the inventory, and its bundle (key, CA, certificate);
-    the bundle's folder. Again with the same address: the same node, its bundle remade."""
+def enforcer_url(etc: Etc) -> str:
+    """The enforcer as nodes reach it: the host the web's public URL names, port 9837."""
+    try:
+        config = yaml.safe_load((etc.path / "gpuacct.yaml").read_text()) or {}
+        public = urllib.parse.urlsplit(config["web"]["public_url"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return "https://CONTROL-HOST:9837"
+    return f"https://{public.hostname}:9837"
+
+
+def node_add(etc: Etc, name: str, address: str, port: int = EXPORTER_PORT,
+             wheelhouse: Path | None = None) -> Path:
+    """Enrol the node: its entry in the inventory, and its bundle (key, CA, certificate, the
+    enforcer's URL, the installer and its unit, and, given one, the wheelhouse it installs
+    from); the bundle's folder. Again with the same address: the same node, its bundle
+    remade."""
     if not NODE_NAME.match(name):
         raise AdminError(f"{name!r} is not a node name (letters, digits, dots and dashes)")
     address = check_host(address)
@@ -233,6 +248,17 @@ def node_add(etc: Etc, name: str, address: str, port: int = EXPORTER_PORT) -> Pa
     write_key(bundle / "node.key", key)
     write_cert(bundle / "node.crt", cert)
     shutil.copyfile(etc.tls / "ca.crt", bundle / "ca.crt")
+    _write(bundle / "enforcer-url", enforcer_url(etc) + "\n", 0o644)
+    installer = resources.files("deploy")
+    for packaged, copy in (("install-node.sh", "install-node.sh"),
+                           ("systemd/gpuacct-exporter.service", "gpuacct-exporter.service")):
+        _write(bundle / copy, installer.joinpath(packaged).read_text(encoding="utf-8"),
+               0o755 if copy.endswith(".sh") else 0o644)
+    link = bundle / "wheelhouse"
+    if link.is_symlink():
+        link.unlink()
+    if wheelhouse is not None:  # scp -r and tar -h copy what it points at
+        link.symlink_to(wheelhouse.resolve())
     kept = [e for e in entries if _name_of(e) != name]
     _write_inventory(etc, [*kept, {"targets": [target], "labels": {NODE_LABEL: name}}])
     return bundle

@@ -4,8 +4,13 @@
 # login greeting.
 #
 #   deploy/install-node.sh --enforcer-url http://control:9837 --key-file node-key
+#   /root/gpuacct-enrol/install-node.sh --bundle /root/gpuacct-enrol
 #
 # Options:
+#   --bundle DIR        what `gpuacct-admin node add` made for this node on the control host:
+#                       its key, CA and certificate, the enforcer's URL, and the wheelhouse it
+#                       installs from with no package index (this script is in it too)
+#   --wheelhouse DIR    install gpuacct and its dependencies from these wheels only
 #   --enforcer-url URL  where the node pulls its enforcement policy (gpuacct-enforcer)
 #   --key-file FILE     this node's key (auth.node_key; on the control host:
 #                       `gpuacct-enforcer node-key NODE` prints it), copied to /etc/gpuacct/node-key
@@ -20,11 +25,18 @@
 #   --no-start          do not enable and start the service
 # Run it again to upgrade: the virtualenv is updated, an existing config is kept.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
+self=$(cd "$(dirname "$0")" && pwd)
 root="" enforcer="" key="" prometheus="http://127.0.0.1:19090" start=1 dry_run=false
-ca="" cert="" cert_key=""
+ca="" cert="" cert_key="" wheelhouse=""
 while [ $# -gt 0 ]; do
     case $1 in
+        --bundle)
+            bundle=$(realpath "$2"); shift 2
+            key=$bundle/node-key ca=$bundle/ca.crt cert=$bundle/node.crt
+            cert_key=$bundle/node.key
+            enforcer=$(cat "$bundle/enforcer-url")
+            [ -d "$bundle/wheelhouse" ] && wheelhouse=$bundle/wheelhouse ;;
+        --wheelhouse) wheelhouse=$(realpath "$2"); shift 2 ;;
         --enforcer-url) enforcer=$2; shift 2 ;;
         --key-file) key=$2; shift 2 ;;
         --prometheus-url) prometheus=$2; shift 2 ;;
@@ -34,7 +46,7 @@ while [ $# -gt 0 ]; do
         --dry-run-enforcement) dry_run=true; shift ;;
         --root) root=$(realpath -m "$2"); start=0; shift 2 ;;
         --no-start) start=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "install-node.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -51,11 +63,21 @@ if { [ -n "$cert" ] && [ -z "$cert_key" ]; } || { [ -z "$cert" ] && [ -n "$cert_
     echo "install-node.sh: --tls-cert and --tls-key go together" >&2; exit 2
 fi
 
+if [ -n "$wheelhouse" ] && ! ls "$wheelhouse"/gpuacct-*.whl >/dev/null 2>&1; then
+    echo "install-node.sh: no gpuacct wheel in $wheelhouse" >&2; exit 2
+fi
+
 opt=$root/opt/gpuacct etc=$root/etc/gpuacct
 echo "==> virtualenv in $opt"
 python3 -m venv "$opt"
-"$opt/bin/pip" install --quiet -c "$here/constraints.txt" --upgrade pip
-"$opt/bin/pip" install --quiet -c "$here/constraints.txt" --upgrade "$here"
+if [ -n "$wheelhouse" ]; then  # the control host's versions, no package index
+    "$opt/bin/pip" install --quiet --disable-pip-version-check --no-index \
+        --find-links "$wheelhouse" --upgrade gpuacct
+else  # from the checkout this script is in
+    here=$(cd "$self/.." && pwd)
+    "$opt/bin/pip" install --quiet -c "$here/constraints.txt" --upgrade pip
+    "$opt/bin/pip" install --quiet -c "$here/constraints.txt" --upgrade "$here"
+fi
 
 mkdir -p "$etc"
 if [ -n "$key" ]; then
@@ -124,8 +146,9 @@ ln -sfn /opt/gpuacct/bin/gpuacct-balance "$root/usr/local/bin/gpuacct-balance"
 ln -sfn /opt/gpuacct/bin/gpuacct "$root/usr/local/bin/gpuacct"
 "$opt/bin/gpuacct-balance" --print-hook >"$root/etc/profile.d/gpuacct.sh"
 chmod 0644 "$root/etc/profile.d/gpuacct.sh"
-install -m 0644 "$here/deploy/systemd/gpuacct-exporter.service" \
-    "$root/etc/systemd/system/gpuacct-exporter.service"
+unit=$self/systemd/gpuacct-exporter.service  # in a checkout; in a bundle, beside this script
+[ -e "$unit" ] || unit=$self/gpuacct-exporter.service
+install -m 0644 "$unit" "$root/etc/systemd/system/gpuacct-exporter.service"
 if [ -e "$etc/web.yml" ]; then  # TLS on the listener: the unit's command with the web config
     mkdir -p "$root/etc/systemd/system/gpuacct-exporter.service.d"
     printf '[Service]\nExecStart=\nExecStart=/opt/gpuacct/bin/gpuacct-exporter --config /etc/gpuacct/gpuacct.yaml run --web.config.file /etc/gpuacct/web.yml\n' \

@@ -66,7 +66,8 @@ def test_a_node_is_enrolled_with_its_own_key_and_certificate_then_removed(
     assert admin("init", "--etc", str(etc), "--host", "control.lab").returncode == 0
     added = admin("node", "add", "gpu07", "10.0.0.17", "--etc", str(etc))
     assert added.returncode == 0, added.stderr
-    assert "--enforcer-url https://control.lab:9837 --key-file" in added.stdout
+    assert "deploy/install-node.sh --bundle /root/gpuacct-enrol" in added.stdout
+    assert (etc / "nodes" / "gpu07" / "enforcer-url").read_text() == "https://control.lab:9837\n"
     bundle = etc / "nodes" / "gpu07"
     assert bundle.stat().st_mode & 0o777 == 0o700
     assert yaml.safe_load((etc / "nodes" / "nodes.yml").read_text()) == [
