@@ -24,9 +24,11 @@ from enforcer.deps import AUTHORIZED, Alloc, Keys
 from enforcer.signed import signed_answer, signed_body
 from gpuacct.allocation import (
     ALLOCATION_PATH,
+    BALANCE_PATH,
     CANCEL_PATH,
     RELEASE_PATH,
     Answer,
+    Balance,
     Cancel,
     Forwarded,
     Login,
@@ -51,6 +53,8 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
         return Answer(text="\n".join(o.text for o in allocator.release(caller.user, ask.id)))
     if isinstance(ask, Login):
         raise AllocationError(f"a login is asked at {LOGIN_PATH}, not here")
+    if isinstance(ask, Balance):
+        raise AllocationError(f"a balance is asked at {BALANCE_PATH}, not here")
     mine = caller.user if ask.op == "reservations" else None
     return Answer(text="", summary=allocator.summary(mine))
 
@@ -75,7 +79,7 @@ async def forwarded(request: Request, allocator: Alloc, keys: Keys) -> Response:
     except AllocationError as exc:
         raise HTTPException(400, f"refused: {exc}") from None
     return signed_answer(keys, ask.caller.node, ALLOCATION_PATH,
-                         answer.model_dump_json().encode())
+                         answer.model_dump_json(exclude_defaults=True).encode())
 
 
 @authorized.post(CANCEL_PATH)

@@ -1,7 +1,7 @@
 """The enforcer's HTTP API: its routers (enforcer.policy_api, enforcer.allocation_api when
-the allocator runs here, enforcer.people_api for login links and notices), one error body
-(`{"detail": ...}`) for all, and `GET /metrics` (basic auth from --web.config.file, else open
-like every exporter) and `GET /-/healthy`.
+the allocator runs here, enforcer.people_api for login links, notices and users' balances),
+one error body (`{"detail": ...}`) for all, and `GET /metrics` (basic auth from
+--web.config.file, else open like every exporter) and `GET /-/healthy`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from enforcer.signed import problems
 from gpuacct.bounded_body import BoundedBodies
 from gpuacct.listener import BasicAuth
 from gpuacct.metrics_asgi import metrics_router
+from gpuacct.promql import Prometheus
 from gpuacct.secrets import Tokens
 from gpuacct.signing import MasterKeys
 
@@ -57,6 +58,8 @@ def create_app(control: Control, *, max_body_bytes: int) -> FastAPI:
         app.include_router(people_api.redeeming)
     if control.notices is not None:
         app.include_router(people_api.notices)
+    if control.prometheus is not None:
+        app.include_router(people_api.balances)
     app.include_router(metrics_router(control.registry, control.scrapers))
     app.include_router(ops)
     return app
@@ -65,7 +68,8 @@ def create_app(control: Control, *, max_body_bytes: int) -> FastAPI:
 def new_control(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: MasterKeys,
                 registry: CollectorRegistry, scrapers: BasicAuth,
                 links: LoginLinks | None = None,
-                notices: tuple[Notices, Notifier] | None = None) -> Control:
+                notices: tuple[Notices, Notifier] | None = None,
+                prometheus: Prometheus | None = None) -> Control:
     """The control plane's parts, with its metrics registered in `registry`."""
     received = Counter("gpuacct_enforcer_alerts_received", "Alerts in webhook deliveries.",
                        ["outcome"], registry=registry)
@@ -76,4 +80,4 @@ def new_control(desired: Desired, pusher: Pusher, webhook_tokens: Tokens, keys: 
     version.set_function(lambda: desired.current().version)
     notice_store, notifier = notices if notices is not None else (None, None)
     return Control(desired, pusher, webhook_tokens, keys, registry, scrapers, received, links,
-                   notice_store, notifier)
+                   notice_store, notifier, prometheus)

@@ -43,6 +43,7 @@ from gpuacct.cli_common import (
 from gpuacct.config import Settings
 from gpuacct.lease import Lease
 from gpuacct.listener import BasicAuth
+from gpuacct.promql import Prometheus
 from gpuacct.secrets import Tokens, values
 from gpuacct.service import Service, start
 from gpuacct.signing import MasterKeys, node_key
@@ -152,7 +153,10 @@ def run(service: Service) -> int:
     notices.alerts_changed(store.firing())  # what started while the enforcer was away
     app = create_app(new_control(desired, pusher, tokens, keys, registry,
                                  BasicAuth(service.listener.basic_auth_users),
-                                 links, (notices, notifier)),
+                                 links, (notices, notifier),
+                                 Prometheus(settings.enforcer.prometheus_url,
+                                            settings.enforcer.push_timeout_seconds,
+                                            service.tls)),
                      max_body_bytes=settings.enforcer.max_body_bytes)
     pusher.start()
     stop = threading.Event()

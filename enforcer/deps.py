@@ -18,6 +18,7 @@ from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.store import Store
 from gpuacct.listener import BasicAuth
+from gpuacct.promql import Prometheus
 from gpuacct.secrets import Tokens
 from gpuacct.signing import MasterKeys
 
@@ -36,6 +37,7 @@ class Control:
     links: LoginLinks | None = None
     notices: Notices | None = None
     notifier: Notifier | None = None
+    prometheus: Prometheus | None = None  # where users' balances are read for their nodes
 
     @property
     def store(self) -> Store:

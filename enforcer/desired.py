@@ -79,4 +79,15 @@ class Desired:
             return self._cached
 
     def dump(self) -> bytes:
+        """The whole desired state, every field (GET /v1/policy)."""
         return self.current().model_dump_json().encode()
+
+    def for_nodes(self) -> bytes:
+        return encode(self.current())
+
+
+def encode(policy: NodePolicy) -> bytes:
+    """The policy as nodes are sent it: a field at its default is left out (the node fills it
+    in), so a node from before a field was added still takes the policy while the field is not
+    used (nodes before 0.2 refuse fields they do not know)."""
+    return policy.model_dump_json(exclude_defaults=True).encode()

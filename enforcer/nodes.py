@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from enforcer.desired import Desired
+from enforcer.desired import Desired, encode
 from gpuacct import http
 from gpuacct.config import EnforcerSettings
 from gpuacct.policy import NODE_PATH, POLICY_PATH, PushResult
@@ -78,7 +78,7 @@ class NodeWorker:
                 self.wake.wait(60.0)
                 continue
             try:
-                self.push(policy.model_dump_json().encode())
+                self.push(encode(policy))
                 backoff = 0.5
             except ExchangeError as exc:
                 log.warning("push of policy %d failed, retry in %.1fs: %s", policy.version,

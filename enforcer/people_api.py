@@ -1,8 +1,10 @@
 """The control plane's routes about people rather than policy: one-time login links
-(gpuacct.login) and notices (enforcer.notices).
+(gpuacct.login), notices (enforcer.notices) and users' balances for their nodes.
 
 - `POST /v1/login`: a node's signed forward of a user's `gpuacct web`; the answer, signed,
   holds the link. 400 names why none is given (root, a system user, no web.public_url).
+- `POST /v1/balance`: a node's signed forward of a user's `gpuacct balance`; the answer,
+  signed, holds the balance as the control plane's Prometheus has it (gpuacct.balance).
 - `POST /v1/login/redeem`: the web page trades a link's token for the user it was given to,
   once (bearer token); 410 for a used, expired or unknown one.
 - `POST /v1/notices`: an event another part reports (the web's recharges), queued once per key.
@@ -15,18 +17,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from enforcer.deps import AUTHORIZED, Keys, Links, Outbox
+from enforcer.deps import AUTHORIZED, Ctl, Keys, Links, Outbox
 from enforcer.logins import LinkRefused
 from enforcer.notices import Notices
 from enforcer.signed import signed_answer, signed_body
-from gpuacct.allocation import Answer, Forwarded, Login
+from gpuacct.allocation import BALANCE_PATH, Answer, Balance, Forwarded, Login
+from gpuacct.balance import gather
 from gpuacct.login import LOGIN_PATH, REDEEM_PATH, Redeem, Redeemed
 from gpuacct.notices import NOTICES_PATH, LearnedAddress, NoticeChoice, ToldEvent
 from gpuacct.policy import UserName
 from gpuacct.wording import duration
 
 logins = APIRouter(include_in_schema=False)  # the signed route: its own authentication
+balances = APIRouter(include_in_schema=False)  # signed too
 redeeming = APIRouter(dependencies=AUTHORIZED, include_in_schema=False)
 notices = APIRouter(dependencies=AUTHORIZED)
 
@@ -44,8 +49,21 @@ async def login(request: Request, links: Links, keys: Keys) -> Response:
         raise HTTPException(400, f"refused: {exc}") from None
     text = (f"Open this link in your browser within {duration(links.seconds)}; it logs you "
             f"in as {caller.user} once:\n{link}")
-    return signed_answer(keys, caller.node, LOGIN_PATH,
-                         Answer(text=text).model_dump_json().encode())
+    answer = Answer(text=text).model_dump_json(exclude_defaults=True)
+    return signed_answer(keys, caller.node, LOGIN_PATH, answer.encode())
+
+
+@balances.post(BALANCE_PATH)
+async def balance(request: Request, ctl: Ctl, keys: Keys) -> Response:
+    """A user's balance for their node, which vouches for who asks: read from Prometheus here,
+    where the node may not reach it."""
+    asked = await signed_body(request, keys, BALANCE_PATH, Forwarded, "request",
+                              lambda f: f.caller.node)
+    if not isinstance(asked.ask, Balance) or ctl.prometheus is None:
+        raise HTTPException(400, f"bad request: {BALANCE_PATH} takes a balance")
+    status = await run_in_threadpool(gather, asked.caller.user, ctl.prometheus, None)
+    answer = Answer(text="", balance=status).model_dump_json(exclude_defaults=True)
+    return signed_answer(keys, asked.caller.node, BALANCE_PATH, answer.encode())
 
 
 @redeeming.post(REDEEM_PATH)

@@ -46,7 +46,7 @@ async def sync(request: Request, ctl: Ctl, keys: Keys) -> Response:
                                lambda r: r.node)
     # In a worker thread: the store and the allocator's lock never hold up the event loop.
     await run_in_threadpool(_record_sync, ctl, report)
-    return signed_answer(keys, report.node, SYNC_PATH, ctl.desired.dump())
+    return signed_answer(keys, report.node, SYNC_PATH, ctl.desired.for_nodes())
 
 
 def _record_sync(ctl: Ctl, report: SyncRequest) -> None:

@@ -4,4 +4,4 @@ This package holds what the services share: configuration, the command-line plum
 `gpuacct-stack`, which runs every part on one machine.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

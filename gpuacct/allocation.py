@@ -13,12 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from gpuacct.balance import Status
 from gpuacct.config import ModelPattern
-from gpuacct.policy import Model, NodeGpu, UserName
+from gpuacct.policy import Desired, Model, NodeGpu, UserName
 
 ALLOCATION_PATH = "/v1/allocation"
 CANCEL_PATH = "/v1/allocation/cancel"  # administrators, with the webhook's bearer token
 RELEASE_PATH = "/v1/allocation/release"  # the web page, for a user it has authenticated
+BALANCE_PATH = "/v1/balance"  # a node asks for its caller's balance (signed)
 MAX_GPUS = 1024
 MAX_SECONDS = 366 * 86400.0  # beyond a year is a mistake, whatever the limits say
 # The job a reserved GPU's time is counted and billed under, for its holder.
@@ -59,7 +61,14 @@ class Login(Model):
     op: Literal["login"]
 
 
-Ask = Annotated[Reserve | Release | Show | Login, Field(discriminator="op")]
+class Balance(Model):
+    """`gpuacct balance`: the caller's balance, from the control plane's Prometheus
+    (BALANCE_PATH), for a node that may not reach Prometheus itself; not an allocation."""
+
+    op: Literal["balance"]
+
+
+Ask = Annotated[Reserve | Release | Show | Login | Balance, Field(discriminator="op")]
 
 
 class Caller(Model):
@@ -90,7 +99,7 @@ class ReleaseFor(Model):
     actor: str = Field(min_length=1, max_length=64)
 
 
-class Entry(Model):
+class Entry(Desired):
     id: int
     user: str
     state: str  # queued, granted
@@ -106,13 +115,14 @@ class Entry(Model):
     estimated_start: float | None
 
 
-class Summary(Model):
+class Summary(Desired):
     now: float
     entries: tuple[Entry, ...]
     gpus: int  # in the cluster, as the nodes reported them
 
 
-class Answer(Model):
+class Answer(Desired):  # what nodes and the CLI are sent
     text: str
     summary: Summary | None = None
+    balance: Status | None = None
     node: str = ""  # the node that answered the CLI (set by its daemon)

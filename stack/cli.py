@@ -147,7 +147,9 @@ class Stack:
         enforcer = self._start_service("enforcer", "enforcer", ["run"], s.enforcer_port, {
             "enforcer": {"listen_address": f"{host}:{s.enforcer_port}",
                          "database": str(d / "enforcer" / "enforcer.sqlite3"),
-                         "nodes": [self._url(s.exporter_port)]},
+                         "nodes": [self._url(s.exporter_port)],
+                         # users' balances, read for their `gpuacct balance`
+                         "prometheus_url": f"http://{host}:{s.prometheus_port}"},
             "web": {"public_url": self._url(s.web_port)},  # `gpuacct web`'s links
             "auth": auth,
         })

@@ -25,7 +25,12 @@ from tests.fixtures.servers import (  # noqa: F401 (fixtures)
     webhook_receiver,
 )
 from tests.fixtures.tls import tls  # noqa: F401 (fixtures)
-from tests.fixtures.users import lab_group, processes, test_users  # noqa: F401 (fixtures)
+from tests.fixtures.users import (  # noqa: F401 (fixtures)
+    lab_group,
+    processes,
+    shared_dir,
+    test_users,
+)
 from tests.fixtures.workers import alone_or_beside_others, isolate_workers
 
 

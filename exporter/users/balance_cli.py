@@ -13,67 +13,22 @@ import argparse
 import json
 import os
 import pwd
+import socket
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from pathlib import Path
 
 from exporter.enforce.hookfile import read_hook
+from gpuacct.allocation import Answer
+from gpuacct.balance import Status, gather
 from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit
-from gpuacct.promql import Prometheus, PrometheusUnavailable
-from gpuacct.tiers import HEALTHY, SEVERITY, Tier, tier_of
+from gpuacct.promql import Prometheus
+from gpuacct.tiers import HEALTHY, SEVERITY
 from gpuacct.wording import duration, enforced
 
-
-@dataclass
-class Status:
-    user: str
-    account: str | None = None  # the account charged, when it is not the user's own
-    balance: str | None = None
-    tier: Tier | None = None
-    thresholds: dict[str, str] = field(default_factory=dict)
-    cost_per_hour: str | None = None
-    seconds_left: float | None = None
-    enforcement: dict[str, Any] | None = None
-    problem: str | None = None  # why the numbers are missing
-    # This week (from Monday 00:00 UTC) as billed: gpu_seconds, gpu_idle_seconds, cost,
-    # idle_cost, from gpuacct_account_week_*.
-    week: dict[str, str] = field(default_factory=dict)
-
-
-def _one(prometheus: Prometheus, query: str) -> list[tuple[dict[str, str], Decimal]]:
-    return [(s.labels, s.value) for s in prometheus.instant(query, time.time())]
-
-
-def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None) -> Status:
-    status = Status(user=user, enforcement=enforcement)
-    selector = f'{{user="{user}"}}'
-    try:
-        balance = _one(prometheus, f"min by (account) (gpuacct_account_balance{selector})")
-        tiers = _one(prometheus, f"max by (tier) (gpuacct_account_threshold{selector})")
-        rate = _one(prometheus, f"max(user:gpuacct_cost_per_hour:rate1h{selector})")
-        left = _one(prometheus, f"min(user:gpuacct_seconds_until_exhausted:rate1h{selector})")
-        week = _one(prometheus, 'max by (__name__) ({__name__=~"gpuacct_account_week_'
-                    f'(gpu_seconds|gpu_idle_seconds|cost|idle_cost)",user="{user}"}})')
-    except PrometheusUnavailable as exc:
-        status.problem = f"balance unknown: {exc}"
-        return status
-    if not balance:
-        status.problem = "no account yet: it opens with your first billed minute"
-        return status
-    labels, value = balance[0]
-    status.account = labels.get("account") if labels.get("account") != user else None
-    status.balance = f"{value:.2f}"
-    status.thresholds = {labels["tier"]: f"{v:.2f}" for labels, v in tiers}
-    status.tier = tier_of(value, {labels["tier"]: v for labels, v in tiers})
-    status.cost_per_hour = f"{rate[0][1]:.2f}" if rate else "0.00"
-    status.seconds_left = float(left[0][1]) if left else None
-    status.week = {labels["__name__"].removeprefix("gpuacct_account_week_"): str(v)
-                   for labels, v in week}
-    return status
+SOCKET_ENV = "GPUACCT_SOCKET"  # the node daemon's socket, where the config does not say
 
 
 def week_line(week: dict[str, str]) -> str | None:
@@ -127,6 +82,21 @@ def greeting(status: Status) -> str:
     return "\n".join(lines)
 
 
+def from_node(path: Path, timeout: float = 10.0) -> Status | None:
+    """The caller's balance as the control plane has it, asked through this node's daemon
+    (which says who asks, and reaches the control plane where the node may not reach
+    Prometheus); None where there is no daemon or it cannot tell."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(b'{"op": "balance"}\n')
+            reply = json.loads(s.makefile("rb").readline(1 << 20) or b"{}")
+        return Answer.model_validate(reply["answer"]).balance
+    except (OSError, ValueError, KeyError, TypeError):  # ValidationError is a ValueError
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuacct-balance", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = load_or_exit(args.config)
     user = args.user or me
-    prometheus = Prometheus(settings.client.prometheus_url, settings.client.timeout_seconds,
-                            settings.tls_client_config.context())
     hook = read_hook(settings.exporter.actuator.hook_dir, user)
-    status = gather(user, prometheus, hook.model_dump(mode="json") if hook else None)
+    daemon = os.environ.get(SOCKET_ENV) or settings.exporter.actuator.user_socket
+    status = from_node(Path(daemon)) if daemon and user == me else None
+    if status is None:  # no daemon here, or it cannot tell: Prometheus, if this host reaches it
+        prometheus = Prometheus(settings.client.prometheus_url, settings.client.timeout_seconds,
+                                settings.tls_client_config.context())
+        status = gather(user, prometheus, None)
+    status.enforcement = hook.model_dump(mode="json") if hook else None
     if args.json:
-        print(json.dumps(asdict(status), indent=2))
+        print(json.dumps(status.model_dump(mode="json"), indent=2))
     elif args.greeting:
         text = greeting(status)
         if text:

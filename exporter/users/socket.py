@@ -26,7 +26,16 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from gpuacct import http
-from gpuacct.allocation import ALLOCATION_PATH, Answer, Ask, Caller, Forwarded, Login
+from gpuacct.allocation import (
+    ALLOCATION_PATH,
+    BALANCE_PATH,
+    Answer,
+    Ask,
+    Balance,
+    Caller,
+    Forwarded,
+    Login,
+)
 from gpuacct.config import describe_error
 from gpuacct.login import LOGIN_PATH
 from gpuacct.policy import NodeGpu
@@ -66,7 +75,8 @@ class Forwarder:
             return {"detail": f"bad request: {problems}", "kind": "refused"}
         forwarded = Forwarded(caller=Caller(node=self.node, uid=uid, user=user), ask=ask,
                               gpus=self.gpus())
-        path = LOGIN_PATH if isinstance(ask, Login) else ALLOCATION_PATH
+        path = (LOGIN_PATH if isinstance(ask, Login) else BALANCE_PATH
+                if isinstance(ask, Balance) else ALLOCATION_PATH)
         try:
             body = exchange(self.url, "POST", path,
                             forwarded.model_dump_json().encode(), self.identity.sign,

@@ -31,7 +31,7 @@ from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.wording import duration
 
-SOCKET_ENV = "GPUACCT_SOCKET"
+SOCKET_ENV = balance_cli.SOCKET_ENV
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(?:\d+[smhd])+$")
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 GRACE = 2.0  # seconds a process on someone else's GPU is given
 
 
-@pytest.fixture
-def sockets() -> Iterator[Path]:
-    """A folder every test user can reach (pytest's tmp_path is root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="gpuacct-sock-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Rig:
@@ -106,9 +96,9 @@ def told(enforcer: Enforcer, user: str, node: str, text: str) -> bool:
 
 
 def test_reserve_enforce_queue_restart_release(
-        cluster: Cluster, sockets: Path, installed_gpuacct: Path, processes: Processes,
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path, processes: Processes,
         test_users: dict[str, UnixUser]) -> None:
-    rig = Rig(cluster, sockets, installed_gpuacct)
+    rig = Rig(cluster, shared_dir, installed_gpuacct)
     gpu01, gpu02 = rig.nodes
     alice, bob, carol, dave, erin = (test_users[n] for n in
                                      ("alice", "bob", "carol", "dave", "erin"))
@@ -217,9 +207,9 @@ BAD_INPUT = [
 
 
 def test_bad_input_is_one_line_and_exit_2_and_queues_nothing(
-        cluster: Cluster, sockets: Path, installed_gpuacct: Path,
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path,
         test_users: dict[str, UnixUser]) -> None:
-    rig = Rig(cluster, sockets, installed_gpuacct)
+    rig = Rig(cluster, shared_dir, installed_gpuacct)
     for args, message in BAD_INPUT:
         err = rig.gpuacct(test_users["alice"], *args, expect=2)
         assert len(err.strip().splitlines()) == 1 and message in err, (args, err)
@@ -228,9 +218,9 @@ def test_bad_input_is_one_line_and_exit_2_and_queues_nothing(
 
 
 def test_identity_comes_from_the_kernel_and_the_node_key(
-        cluster: Cluster, sockets: Path, installed_gpuacct: Path,
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path,
         test_users: dict[str, UnixUser]) -> None:
-    rig = Rig(cluster, sockets, installed_gpuacct)
+    rig = Rig(cluster, shared_dir, installed_gpuacct)
     alice = test_users["alice"]
     # A request to the control plane without the node's signature changes nothing.
     body = json.dumps({"caller": {"node": "gpu01", "uid": alice.uid, "user": alice.name},
@@ -244,7 +234,7 @@ def test_identity_comes_from_the_kernel_and_the_node_key(
     script = ("import json, socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
               "s.sendall(json.dumps({'op': 'reserve', 'count': 1, 'seconds': 60, "
               "'user': 'root'}).encode() + b'\\n'); print(s.makefile().readline())")
-    done = subprocess.run(["/usr/bin/python3", "-c", script, str(sockets / "gpu01.sock")],
+    done = subprocess.run(["/usr/bin/python3", "-c", script, str(shared_dir / "gpu01.sock")],
                           user=alice.uid, group=alice.gid, extra_groups=[], cwd="/tmp",
                           capture_output=True, text=True, timeout=30)
     reply = json.loads(done.stdout)
@@ -256,12 +246,12 @@ def test_identity_comes_from_the_kernel_and_the_node_key(
 
 
 def test_a_reservation_held_idle_is_released_by_the_nodes_idle_action(
-        cluster: Cluster, sockets: Path, installed_gpuacct: Path, processes: Processes,
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path, processes: Processes,
         test_users: dict[str, UnixUser]) -> None:
     """exporter.idle.action release: a reservation whose holder keeps its GPU idle (here a
     process at 0%) ends that long after it became idle-held; the holder is told, the GPU goes
     to the one queued, and a reservation kept busy is left alone."""
-    rig = Rig(cluster, sockets, installed_gpuacct,
+    rig = Rig(cluster, shared_dir, installed_gpuacct,
               idle={"after_seconds": 1, "action": "release", "action_after_seconds": 2})
     gpu01, _ = rig.nodes
     alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))

@@ -3,6 +3,7 @@ each limited user holds on each node as the nodes' syncs said, outside the polic
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -70,3 +71,16 @@ def test_an_allowance_label_must_name_an_allowance() -> None:
     good["labels"]["allowance"] = "gpus"
     [firing] = Notification.model_validate(notification(good)).alerts
     assert firing.reason().allowance == "gpus"
+
+
+def test_a_policy_without_limits_has_nothing_an_older_node_would_refuse(
+        tmp_path: Path) -> None:
+    """Nodes before 0.2 refuse fields they do not know: the enforcer leaves out every field at
+    its default, so they take the policy as long as no limit is configured."""
+    store = Store(tmp_path / "enforcer.sqlite3")
+    store.receive(Notification.model_validate(notification(alert("dave", "block", "X"))))
+    body = json.loads(Desired(store).for_nodes())
+    assert "allowances" not in body
+    [reason] = body["users"]["dave"]["reasons"]
+    assert "allowance" not in reason
+    assert NodePolicy.model_validate(body) == Desired(store).current()

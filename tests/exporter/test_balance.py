@@ -3,11 +3,9 @@ enforcement from the hook file the actuator writes."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +20,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the test users can read (pytest's own shared_dir is root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="gpuacct-balance-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def run_as(user: UnixUser, argv: list[str], env: dict[str, str]) -> str:

@@ -91,7 +91,7 @@ def test_every_recording_rule_is_used_by_a_dashboard_the_web_page_the_cli_or_an_
     records = [r["record"] for g in rules["groups"] for r in g["rules"]]
     users = "\n".join(p.read_text() for p in [
         *dashboards.DASHBOARDS.glob("*.json"), *(ROOT / "web").rglob("*.py"),
-        ROOT / "exporter/users/balance_cli.py", *(ROOT / "rules").glob("*.rules.yml")])
+        ROOT / "gpuacct/balance.py", *(ROOT / "rules").glob("*.rules.yml")])
     for record in records:
         used = users.replace(f"record: {record}", "")
         assert record in used, f"{record} is used by nothing"
