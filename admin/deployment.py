@@ -29,12 +29,16 @@ from admin.backup import AdminError
 from enforcer.inventory import NODE_LABEL
 from gpuacct.files import write_atomically
 from gpuacct.signing import node_key
+from stack.alerting import RULES_DIR, render_alertmanager, rule_files
 from stack.tls import issue, new_ca, serves, write_cert, write_key
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")  # a host name, as nodes are named
 HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 EXPORTER_PORT = 9835
+SERVICE_PORTS = {"billing": 9836, "enforcer": 9837, "web": 9838}
+PROMETHEUS, ALERTMANAGER = "127.0.0.1:9090", "127.0.0.1:9093"
+MONITORING = "prometheus"  # the user Debian's Prometheus and Alertmanager run as
 SERVICES = "gpuacct"  # the control host's services' user and group (deploy/systemd)
 SECRETS = ("webhook-token", "node-master-key", "session-secret")
 
@@ -118,19 +122,20 @@ def _load_ca(etc: Etc) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 def _control_config(etc: Etc, hosts: list[str]) -> dict[str, Any]:
     secret = {name: {"file": str(etc.secrets / name)} for name in SECRETS}
-    public = hosts[0]
+    public, port = hosts[0], SERVICE_PORTS
     return {
         "auth": {"webhook_token": secret["webhook-token"],
                  "node_master_key": secret["node-master-key"]},
         "tls_client_config": {"ca_file": str(etc.tls / "ca.crt")},
-        "billing": {"listen_address": "0.0.0.0:9836",
-                    "prometheus_url": "http://127.0.0.1:9090"},
-        "enforcer": {"listen_address": "0.0.0.0:9837",
-                     "prometheus_url": "http://127.0.0.1:9090",
+        "billing": {"listen_address": f"0.0.0.0:{port['billing']}",
+                    "prometheus_url": f"http://{PROMETHEUS}"},
+        "enforcer": {"listen_address": f"0.0.0.0:{port['enforcer']}",
+                     "prometheus_url": f"http://{PROMETHEUS}",
                      "enrolled_nodes_file": str(etc.inventory)},
-        "web": {"listen_address": "0.0.0.0:9838", "public_url": f"https://{public}:9838",
-                "enforcer_url": "https://127.0.0.1:9837",
-                "prometheus_url": "http://127.0.0.1:9090",
+        "web": {"listen_address": f"0.0.0.0:{port['web']}",
+                "public_url": f"https://{public}:{port['web']}",
+                "enforcer_url": f"https://127.0.0.1:{port['enforcer']}",
+                "prometheus_url": f"http://{PROMETHEUS}",
                 "session_secret": secret["session-secret"]},
     }
 
@@ -188,7 +193,55 @@ def init(etc: Etc, hosts: list[str]) -> Outcome:
     if not etc.inventory.exists():
         _write_inventory(etc, [])
         done.made.append("nodes/nodes.yml")
+    _monitoring(etc, done)
     return done
+
+
+def _group(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _monitoring(etc: Etc, done: Outcome) -> None:
+    """Prometheus' and Alertmanager's configs for this deployment (kept once written: the
+    operator's to edit), and gpuacct's rules beside them (replaced every run: they are
+    gpuacct's code, and an upgrade brings new ones). Both servers listen on loopback: users
+    reach balances through their nodes' daemons, Grafana and the services from this host."""
+    _folder(etc.path / "rules", 0o755)
+    for rule_file in rule_files():
+        _write(etc.path / "rules" / rule_file.name, rule_file.read_text(encoding="utf-8"),
+               0o644)
+    # Alertmanager runs as Debian's `prometheus` user: its own copy of the webhook token.
+    token = etc.secrets / "alertmanager-webhook-token"
+    write_atomically(token, (etc.secrets / "webhook-token").read_bytes(), 0o640,
+                     group=_group(MONITORING))
+    ca = str(etc.tls / "ca.crt")
+    tls = {"scheme": "https", "tls_config": {"ca_file": ca}}
+    configs = {
+        "prometheus.yml": {
+            "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [ALERTMANAGER]}]}]},
+            "rule_files": [str(etc.path / "rules" / "*.rules.yml")],
+            "scrape_configs": [
+                {"job_name": "prometheus", "static_configs": [{"targets": [PROMETHEUS]}]},
+                # The nodes, as `node add` and `node remove` keep them (re-read on change).
+                {"job_name": "gpuacct-exporter", "honor_labels": True, **tls,
+                 "file_sd_configs": [{"files": [str(etc.inventory)]}]},
+                *({"job_name": f"gpuacct-{name}", **tls,
+                   "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                  for name, port in SERVICE_PORTS.items())]},
+        "alertmanager.yml": render_alertmanager(
+            RULES_DIR / "alertmanager.yml", f"https://127.0.0.1:{SERVICE_PORTS['enforcer']}"
+            "/v1/alerts", token, {}, etc.tls / "ca.crt"),
+    }
+    for name, config in configs.items():
+        if (etc.path / name).exists():
+            done.kept.append(name)
+        else:  # no secret inside: the servers' own user reads it
+            _write(etc.path / name, yaml.safe_dump(config, sort_keys=False), 0o644)
+            done.made.append(name)
 
 
 def inventory(etc: Etc) -> list[dict[str, Any]]:
@@ -215,13 +268,13 @@ def _name_of(entry: dict[str, Any]) -> str:
 
 
 def enforcer_url(etc: Etc) -> str:
-    """The enforcer as nodes reach it: the host the web's public URL names, port 9837."""
+    """The enforcer as nodes reach it: the host the web's public URL names, its port."""
     try:
         config = yaml.safe_load((etc.path / "gpuacct.yaml").read_text()) or {}
         public = urllib.parse.urlsplit(config["web"]["public_url"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        return "https://CONTROL-HOST:9837"
-    return f"https://{public.hostname}:9837"
+        return f"https://CONTROL-HOST:{SERVICE_PORTS['enforcer']}"
+    return f"https://{public.hostname}:{SERVICE_PORTS['enforcer']}"
 
 
 def node_add(etc: Etc, name: str, address: str, port: int = EXPORTER_PORT,

@@ -47,7 +47,10 @@ def test_init_makes_the_deployment_once_and_keeps_it(tmp_path: Path) -> None:
         "gpuacct.yaml": 0o640, "web.yml": 0o640, "nodes/nodes.yml": 0o644,
         "secrets/webhook-token": 0o640, "secrets/node-master-key": 0o640,
         "secrets/session-secret": 0o640, "tls/ca.crt": 0o644, "tls/ca.key": 0o600,
-        "tls/server.crt": 0o644, "tls/server.key": 0o640}
+        "tls/server.crt": 0o644, "tls/server.key": 0o640, "prometheus.yml": 0o644,
+        "alertmanager.yml": 0o644, "secrets/alertmanager-webhook-token": 0o640,
+        "rules/enforcement.rules.yml": 0o644, "rules/operations.rules.yml": 0o644,
+        "rules/recording.rules.yml": 0o644}
     again = admin("init", "--etc", str(etc), "--host", "control.lab", "--host", "10.0.0.1")
     assert again.returncode == 0 and "made: nothing" in again.stdout, again.stdout
     assert files(etc) == made  # no secret, no CA, no certificate changed
