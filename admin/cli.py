@@ -16,7 +16,7 @@ from pathlib import Path
 
 from admin import wheelhouse as wheelhouse_folder
 from admin.backup import AdminError, restore, take
-from admin.deployment import EXPORTER_PORT, Etc, init, node_add, node_remove
+from admin.deployment import ADMIN_PASSWORD, EXPORTER_PORT, Etc, init, node_add, node_remove
 from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, command_or_usage, load_or_exit
 from gpuacct.store import StoreError
@@ -74,6 +74,8 @@ def _trust(args: argparse.Namespace) -> int:
         done = init(etc, args.host)
         print(f"made: {', '.join(done.made) or 'nothing'}")
         print(f"kept: {', '.join(done.kept) or 'nothing'}")
+        print(f"the web's administrator password is in {etc.secrets / ADMIN_PASSWORD} (root "
+              "only)")
         return 0
     if args.verb == "remove":
         node_remove(etc, args.name)

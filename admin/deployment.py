@@ -31,6 +31,7 @@ from gpuacct.files import write_atomically
 from gpuacct.signing import node_key
 from stack.alerting import RULES_DIR, render_alertmanager, rule_files
 from stack.tls import issue, new_ca, serves, write_cert, write_key
+from web.auth import hash_password
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")  # a host name, as nodes are named
 HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -41,6 +42,7 @@ PROMETHEUS, ALERTMANAGER = "127.0.0.1:9090", "127.0.0.1:9093"
 MONITORING = "prometheus"  # the user Debian's Prometheus and Alertmanager run as
 SERVICES = "gpuacct"  # the control host's services' user and group (deploy/systemd)
 SECRETS = ("webhook-token", "node-master-key", "session-secret")
+ADMIN_PASSWORD = "admin-password"  # the web's administrator (the operator reads it)
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,12 @@ def _load_ca(etc: Etc) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 def _control_config(etc: Etc, hosts: list[str]) -> dict[str, Any]:
     secret = {name: {"file": str(etc.secrets / name)} for name in SECRETS}
     public, port = hosts[0], SERVICE_PORTS
+    password = (etc.secrets / ADMIN_PASSWORD).read_text(encoding="utf-8").strip()
     return {
         "auth": {"webhook_token": secret["webhook-token"],
-                 "node_master_key": secret["node-master-key"]},
+                 "node_master_key": secret["node-master-key"],
+                 # its argon2id hash: the password itself stays in secrets/, root's alone
+                 "admin_password_hash": hash_password(password)},
         "tls_client_config": {"ca_file": str(etc.tls / "ca.crt")},
         "billing": {"listen_address": f"0.0.0.0:{port['billing']}",
                     "prometheus_url": f"http://{PROMETHEUS}"},
@@ -152,12 +157,13 @@ def init(etc: Etc, hosts: list[str]) -> Outcome:
     for folder, mode in ((etc.path, 0o755), (etc.tls, 0o755), (etc.secrets, 0o750),
                          (etc.nodes, 0o755)):
         _folder(folder, mode)
-    for name in SECRETS:
+    for name in (*SECRETS, ADMIN_PASSWORD):
         path = etc.secrets / name
         if path.exists():
             done.kept.append(f"secrets/{name}")
-        else:
-            _write(path, secrets.token_hex(32) + "\n", 0o640)
+        else:  # the web administrator's password is the operator's to read, not the services'
+            _write(path, secrets.token_urlsafe(24 if name == ADMIN_PASSWORD else 32) + "\n",
+                   0o600 if name == ADMIN_PASSWORD else 0o640)
             done.made.append(f"secrets/{name}")
     if (etc.tls / "ca.crt").exists():
         ca, ca_key = _load_ca(etc)

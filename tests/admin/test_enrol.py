@@ -23,6 +23,7 @@ from stack.process import free_port
 from tests.enforcer.test_signed_requests import send
 from tests.fixtures.enforcement import Cluster, key_of
 from tests.fixtures.servers import Server, wait_for
+from web.auth import verify_password
 
 pytestmark = [pytest.mark.root]
 
@@ -46,7 +47,8 @@ def test_init_makes_the_deployment_once_and_keeps_it(tmp_path: Path) -> None:
     assert {name: mode for name, (mode, _) in made.items()} == {
         "gpuacct.yaml": 0o640, "web.yml": 0o640, "nodes/nodes.yml": 0o644,
         "secrets/webhook-token": 0o640, "secrets/node-master-key": 0o640,
-        "secrets/session-secret": 0o640, "tls/ca.crt": 0o644, "tls/ca.key": 0o600,
+        "secrets/session-secret": 0o640, "secrets/admin-password": 0o600,
+        "tls/ca.crt": 0o644, "tls/ca.key": 0o600,
         "tls/server.crt": 0o644, "tls/server.key": 0o640, "prometheus.yml": 0o644,
         "alertmanager.yml": 0o644, "secrets/alertmanager-webhook-token": 0o640,
         "rules/enforcement.rules.yml": 0o644, "rules/operations.rules.yml": 0o644,
@@ -56,6 +58,9 @@ def test_init_makes_the_deployment_once_and_keeps_it(tmp_path: Path) -> None:
     assert files(etc) == made  # no secret, no CA, no certificate changed
     settings = load_settings(str(etc / "gpuacct.yaml"))  # every secret it names resolves
     assert settings.enforcer.enrolled_nodes_file == etc / "nodes" / "nodes.yml"
+    password = (etc / "secrets" / "admin-password").read_text().strip()
+    assert settings.auth.admin_password_hash is not None and verify_password(
+        password, settings.auth.admin_password_hash.get_secret_value())  # the web's admin
     server = x509.load_pem_x509_certificate((etc / "tls" / "server.crt").read_bytes())
     server.verify_directly_issued_by(
         x509.load_pem_x509_certificate((etc / "tls" / "ca.crt").read_bytes()))
