@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gpuacct.promql import Prometheus, PrometheusUnavailable
+from gpuacct.money import shown
+from gpuacct.promql import PrometheusUnavailable, Querier
 from gpuacct.tiers import Tier, tier_of
 
 
@@ -30,11 +31,11 @@ class Status(BaseModel):
     week: dict[str, str] = {}
 
 
-def _one(prometheus: Prometheus, query: str) -> list[tuple[dict[str, str], Decimal]]:
+def _one(prometheus: Querier, query: str) -> list[tuple[dict[str, str], Decimal]]:
     return [(s.labels, s.value) for s in prometheus.instant(query, time.time())]
 
 
-def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None) -> Status:
+def gather(user: str, prometheus: Querier, enforcement: dict[str, Any] | None) -> Status:
     status = Status(user=user, enforcement=enforcement)
     selector = f'{{user="{user}"}}'
     try:
@@ -52,10 +53,10 @@ def gather(user: str, prometheus: Prometheus, enforcement: dict[str, Any] | None
         return status
     labels, value = balance[0]
     status.account = labels.get("account") if labels.get("account") != user else None
-    status.balance = f"{value:.2f}"
-    status.thresholds = {labels["tier"]: f"{v:.2f}" for labels, v in tiers}
+    status.balance = shown(value)
+    status.thresholds = {labels["tier"]: shown(v) for labels, v in tiers}
     status.tier = tier_of(value, {labels["tier"]: v for labels, v in tiers})
-    status.cost_per_hour = f"{rate[0][1]:.2f}" if rate else "0.00"
+    status.cost_per_hour = shown(rate[0][1] if rate else Decimal(0))
     status.seconds_left = float(left[0][1]) if left else None
     status.week = {labels["__name__"].removeprefix("gpuacct_account_week_"): str(v)
                    for labels, v in week}

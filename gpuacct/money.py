@@ -1,5 +1,5 @@
 """Amounts typed by people (CLI, web forms): exact decimals, or a message saying what is wrong;
-and the price versions in force."""
+amounts as people are shown them; and the price versions in force."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ def parse_amount(text: str, decimals: int, maximum: Decimal, *,
     if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
         raise ValueError(f"{text!r} has more than {decimals} decimal places")
     return amount
+
+
+CENT = Decimal("0.01")
+
+
+def shown(amount: Decimal) -> str:
+    """Money as people read it, the same string in `gpuacct balance`, the web page and the
+    notices: two decimals (half to even, as the ledger's sums), thousands apart: 1,234.50;
+    never -0.00."""
+    cents = amount.quantize(CENT)
+    return f"{cents if cents else abs(cents):,}"
 
 
 def merge_versions(configured: list[PriceVersion],

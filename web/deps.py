@@ -7,12 +7,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Response
 
 from gpuacct.config import Settings
+from gpuacct.money import shown
 from gpuacct.secrets import values
 from ledger import Ledger, LedgerWriter
 from web.auth import LEGACY_ADMIN, SESSION_COOKIE, LoginLimiter, Role, Sessions, Viewer
@@ -191,8 +191,7 @@ def visible(who: Viewer, ctx: Context, accounts: list[A]) -> list[A]:
     return [a for a in accounts if a.user in who.manages or charged_to(a.user) in who.manages]
 
 
-def fmt(amount: Decimal) -> str:
-    return f"{amount.quantize(Decimal('0.01')):,}"
+fmt = shown  # the pages' name for it
 
 
 def when(at: float) -> str:

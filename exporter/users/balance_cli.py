@@ -24,6 +24,7 @@ from gpuacct.allocation import Answer
 from gpuacct.balance import Status, gather
 from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.money import shown
 from gpuacct.promql import Prometheus
 from gpuacct.tiers import HEALTHY, SEVERITY
 from gpuacct.wording import duration, enforced
@@ -39,7 +40,7 @@ def week_line(week: dict[str, str]) -> str | None:
     cost, idle_cost = Decimal(week.get("cost", 0)), Decimal(week.get("idle_cost", 0))
     share = f" ({idle / gpu:.0%})" if gpu else ""
     return (f"{gpu / 3600:.2f} GPU-hours, {idle / 3600:.2f} of them idle-held{share}; "
-            f"idle cost {idle_cost:.2f} of {cost:.2f}")
+            f"idle cost {shown(idle_cost)} of {shown(cost)}")
 
 
 def render(status: Status) -> str:
