@@ -62,6 +62,7 @@ class Actuator:
         self.lock = threading.RLock()  # the state: apply, cycle and the collector
         self.store = StateFile(settings.state_file)
         self.state = self.store.load()
+        self.state.admitted = None  # a start never stops GPU work that runs already
         self.reports = Reports(clock)
         self.last_applied = 0.0
         self.last_used: dict[int, float] = {}  # reservation id -> holder last seen on it

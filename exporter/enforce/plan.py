@@ -236,6 +236,10 @@ def _plan_allowances(plan: Plan, snapshot: Snapshot, node: Node) -> None:
             held = units[proc.key]
             held[h.unit.label] = held.get(h.unit.label, 0) + (h.used_memory_bytes or 0)
             owner[proc.key] = h.user
+    if state.admitted is None:  # the first cycle: what runs already is let in
+        state.admitted = {u: sorted(k for k, o in owner.items() if o == u)
+                          for u in set(owner.values())}
+        return
     admitted: dict[str, list[ProcKey]] = {}
     for user in sorted(set(owner.values())):
         allowance = state.allowances.of(user)

@@ -56,7 +56,9 @@ class ActuatorState(BaseModel):
     told: list[int] = []  # the notices already told (their ids)
     idle_released: list[int] = []  # reservations this node asked to end for being held idle
     allowances: Allowances = Allowances()  # the GPU allowances, as the enforcer last sent
-    admitted: dict[str, list[ProcKey]] = {}  # per user, the GPU processes let in
+    # Per user, the GPU processes let in; None until the first cycle, which lets in whatever
+    # runs then (an upgrade or a first start never stops work that was already running).
+    admitted: dict[str, list[ProcKey]] | None = None
 
 
 class StateFile:

@@ -35,7 +35,8 @@ def on(gpus: dict[int, tuple[str, int]], *others: int) -> Snapshot:
 
 
 def state(allowance: Allowance, held_elsewhere: Held | None = None) -> ActuatorState:
-    return ActuatorState(allowances=Allowances(
+    """A node past its first cycle (nothing ran then), with ann's allowance."""
+    return ActuatorState(admitted={}, allowances=Allowances(
         users={"ann": allowance},
         held={"ann": {"gpu02": held_elsewhere}} if held_elsewhere else {}))
 
@@ -118,3 +119,15 @@ def test_a_limit_alert_is_left_to_the_allowance_other_blocks_are_not() -> None:
 def test_what_each_user_holds_is_counted_for_the_enforcer() -> None:
     assert held(on({10: ("0", GIB), 20: ("0", GIB), 30: ("1/mig2", 2 * GIB)})) == {
         "ann": Held(gpus=2, gpu_memory_bytes=4 * GIB)}
+
+
+def test_what_runs_at_the_first_cycle_is_let_in_whatever_the_allowance() -> None:
+    """An upgrade (or a first start) never stops work that was running before it."""
+    first = ActuatorState(allowances=Allowances(users={"ann": Allowance(gpus=1)}))
+    assert first.admitted is None
+    running = plan_cycle(first, on({10: ("0", GIB), 20: ("1", GIB)}), node())
+    assert stopped(running.steps) == [] and running.state.admitted == {
+        "ann": [(10, 100), (20, 200)]}
+    more = plan_cycle(running.state, on({10: ("0", GIB), 20: ("1", GIB), 30: ("2", GIB)}),
+                      node(now=NOW + 1))
+    assert stopped(more.steps) == [30]  # over the allowance from then on
