@@ -74,10 +74,10 @@ class Outcome:
     kept: list[str] = field(default_factory=list)
 
 
-def _services_gid() -> int | None:
-    """The group the services run as (the units' `gpuacct`), where it exists."""
+def _group(name: str) -> int | None:
+    """The group's id, where it exists (the services' `gpuacct`, Debian's `prometheus`)."""
     try:
-        return grp.getgrnam(SERVICES).gr_gid
+        return grp.getgrnam(name).gr_gid
     except KeyError:
         return None
 
@@ -90,7 +90,7 @@ def _folder(path: Path, mode: int) -> None:
 
 def _share(path: Path, mode: int) -> None:
     """A mode with group bits is for the services' group: the file is given to it."""
-    gid = _services_gid()
+    gid = _group(SERVICES)
     if mode & 0o070 and gid is not None:
         os.chown(path, -1, gid)
 
@@ -98,7 +98,7 @@ def _share(path: Path, mode: int) -> None:
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
     """Replaced whole (a reader never sees half); group bits are for the services' group."""
     write_atomically(path, text.encode(), mode,
-                     group=_services_gid() if mode & 0o070 else None)
+                     group=_group(SERVICES) if mode & 0o070 else None)
 
 
 def check_host(host: str) -> str:
@@ -201,13 +201,6 @@ def init(etc: Etc, hosts: list[str]) -> Outcome:
         done.made.append("nodes/nodes.yml")
     _monitoring(etc, done)
     return done
-
-
-def _group(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return None
 
 
 def _monitoring(etc: Etc, done: Outcome) -> None:

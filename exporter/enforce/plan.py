@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from exporter.enforce.state import ActuatorState, Applied, Intruder, ProcKey, Stopping
-from exporter.usage.accounting import gpu_index
+from exporter.usage.accounting import GpuHolder, gpu_index
 from exporter.usage.procs import ProcSample
 from exporter.usage.sampler import Snapshot
 from gpuacct.allocation import RESERVATION_JOB_PREFIX
@@ -33,6 +34,7 @@ IDLE = "idle"  # ... and about GPU processes stopped for holding a GPU idle
 ALLOWANCE = "allowance"  # ... and about GPU processes that would pass the user's allowance
 
 UNLIMITED = UserPolicy()
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -228,14 +230,8 @@ def _plan_allowances(plan: Plan, snapshot: Snapshot, node: Node) -> None:
     by_pid, children, stopping = _tables(state, snapshot)
     stopping |= {p.key for step in plan.steps if isinstance(step, Stop) for p in step.targets}
     alive = {p.key for p in snapshot.procs}
-    units: dict[ProcKey, dict[str, int]] = defaultdict(dict)  # GPU unit -> memory held
-    owner: dict[ProcKey, str] = {}
-    for h in snapshot.holders:
-        proc = by_pid.get(h.pid)
-        if proc is not None:
-            held = units[proc.key]
-            held[h.unit.label] = held.get(h.unit.label, 0) + (h.used_memory_bytes or 0)
-            owner[proc.key] = h.user
+    owner = {by_pid[h.pid].key: h.user for h in snapshot.holders if h.pid in by_pid}
+    units = _units(snapshot, lambda h: by_pid[h.pid].key if h.pid in by_pid else None)
     if state.admitted is None:  # the first cycle: what runs already is let in
         state.admitted = {u: sorted(k for k, o in owner.items() if o == u)
                           for u in set(owner.values())}
@@ -282,14 +278,23 @@ def _over(allowance: Allowance, elsewhere: Held, holding: dict[str, int]) -> str
     return None
 
 
+def _units(snapshot: Snapshot, key: Callable[[GpuHolder], K | None]
+           ) -> dict[K, dict[str, int]]:
+    """The GPU units (and the memory on each) the snapshot's holders hold, by `key` (None:
+    left out)."""
+    units: dict[K, dict[str, int]] = defaultdict(dict)
+    for h in snapshot.holders:
+        k = key(h)
+        if k is not None:
+            held = units[k]
+            held[h.unit.label] = held.get(h.unit.label, 0) + (h.used_memory_bytes or 0)
+    return units
+
+
 def held(snapshot: Snapshot) -> dict[str, Held]:
     """What each user's GPU processes hold on this node: GPU units and memory."""
-    units: dict[str, dict[str, int]] = defaultdict(dict)
-    for h in snapshot.holders:
-        mine = units[h.user]
-        mine[h.unit.label] = mine.get(h.unit.label, 0) + (h.used_memory_bytes or 0)
     return {user: Held(gpus=len(u), gpu_memory_bytes=sum(u.values()))
-            for user, u in sorted(units.items())}
+            for user, u in sorted(_units(snapshot, lambda h: h.user).items())}
 
 
 def blocking(policy: UserPolicy, allowance: Allowance) -> bool:

@@ -18,6 +18,7 @@ import sys
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from exporter.enforce.hookfile import read_hook
 from gpuacct.allocation import Answer
@@ -83,16 +84,22 @@ def greeting(status: Status) -> str:
     return "\n".join(lines)
 
 
+def daemon_reply(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One JSON line to this node's daemon, its JSON line back (OSError, ValueError)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        reply: dict[str, Any] = json.loads(s.makefile("rb").readline(1 << 20) or b"{}")
+    return reply
+
+
 def from_node(path: Path, timeout: float = 10.0) -> Status | None:
     """The caller's balance as the control plane has it, asked through this node's daemon
     (which says who asks, and reaches the control plane where the node may not reach
     Prometheus); None where there is no daemon or it cannot tell."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(b'{"op": "balance"}\n')
-            reply = json.loads(s.makefile("rb").readline(1 << 20) or b"{}")
+        reply = daemon_reply(path, {"op": "balance"}, timeout)
         return Answer.model_validate(reply["answer"]).balance
     except (OSError, ValueError, KeyError, TypeError):  # ValidationError is a ValueError
         return None

@@ -16,10 +16,8 @@ daemon about your connection; nothing you type can change it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -109,11 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 def ask(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Answer:
     """One request to the node daemon; exits with its message when it is refused."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(str(path))
-            s.sendall(json.dumps(request).encode() + b"\n")
-            reply = json.loads(s.makefile("rb").readline() or b"{}")
+        reply = balance_cli.daemon_reply(path, request, timeout)
     except (OSError, ValueError) as exc:
         _fail(f"cannot reach this node's gpuacct daemon at {path}: "
               f"{getattr(exc, 'strerror', None) or exc}", 1)
