@@ -6,6 +6,7 @@
   gpuacct-admin wheelhouse CHECKOUT       the wheels nodes install from, with no index
   gpuacct-admin backup DIR [--keep N]     every store, consistent while the services run
   gpuacct-admin restore DIR/gpuacct-...   the backup's stores in place (services stopped)
+  gpuacct-admin influxdb-user             InfluxDB's user and database (its unit runs it)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from admin import influxdb
 from admin import wheelhouse as wheelhouse_folder
 from admin.backup import AdminError, restore, take
 from admin.deployment import ADMIN_PASSWORD, EXPORTER_PORT, Etc, init, node_add, node_remove
@@ -62,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"(default {wheelhouse_folder.DEFAULT})")
     remove = verbs.add_parser("remove", help="take a node out: its key stops working")
     remove.add_argument("name")
-    for each in (init, add, remove):
+    influx = sub.add_parser("influxdb-user", help="make InfluxDB's user gpuacct and its "
+                                                  "database, once InfluxDB answers")
+    for each in (init, add, remove, influx):
         each.add_argument("--etc", type=Path, default=Path("/etc/gpuacct"), metavar="DIR",
                           help="where the deployment's files are (default /etc/gpuacct)")
     return parser
@@ -70,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _trust(args: argparse.Namespace) -> int:
     etc = Etc(args.etc)
+    if args.command == "influxdb-user":
+        print(influxdb.make_user(etc.secrets))
+        return 0
     if args.command == "init":
         done = init(etc, args.host)
         print(f"made: {', '.join(done.made) or 'nothing'}")
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(names)} wheels in {args.into}, "
               f"{next(n for n in names if n.startswith('gpuacct-'))} among them")
         return 0
-    if command in ("init", "node"):
+    if command in ("init", "node", "influxdb-user"):
         try:
             return _trust(args)
         except AdminError as exc:

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from admin import influxdb
 from admin.backup import AdminError
 from enforcer.inventory import NODE_LABEL
 from gpuacct.files import write_atomically
@@ -41,7 +42,8 @@ SERVICE_PORTS = {"billing": 9836, "enforcer": 9837, "web": 9838}
 PROMETHEUS, ALERTMANAGER = "127.0.0.1:9090", "127.0.0.1:9093"
 MONITORING = "prometheus"  # the user Debian's Prometheus and Alertmanager run as
 SERVICES = "gpuacct"  # the control host's services' user and group (deploy/systemd)
-SECRETS = ("webhook-token", "node-master-key", "session-secret")
+SECRETS = ("webhook-token", "node-master-key", "session-secret", influxdb.PASSWORD)
+GRAFANA = "grafana"  # the user Debian-style Grafana installs run as
 ADMIN_PASSWORD = "admin-password"  # the web's administrator (the operator reads it)
 
 
@@ -132,6 +134,9 @@ def _control_config(etc: Etc, hosts: list[str]) -> dict[str, Any]:
                  # its argon2id hash: the password itself stays in secrets/, root's alone
                  "admin_password_hash": hash_password(password)},
         "tls_client_config": {"ca_file": str(etc.tls / "ca.crt")},
+        "influxdb": {"version": 1, "url": f"http://{influxdb.INFLUXDB}",
+                     "database": influxdb.DATABASE, "username": influxdb.USER,
+                     "password": secret[influxdb.PASSWORD]},
         "billing": {"listen_address": f"0.0.0.0:{port['billing']}",
                     "prometheus_url": f"http://{PROMETHEUS}"},
         "enforcer": {"listen_address": f"0.0.0.0:{port['enforcer']}",
@@ -153,8 +158,9 @@ def init(etc: Etc, hosts: list[str]) -> Outcome:
     hosts = [check_host(h) for h in hosts]
     done = Outcome()
     # Readable where Prometheus (nodes/nodes.yml) or the services (their group) must read;
-    # the CA's key and the nodes' bundles are root's alone.
-    for folder, mode in ((etc.path, 0o755), (etc.tls, 0o755), (etc.secrets, 0o750),
+    # the CA's key and the nodes' bundles are root's alone. secrets/ is not listed, and each
+    # file there says whose it is (Alertmanager's and Grafana's copies are for their groups).
+    for folder, mode in ((etc.path, 0o755), (etc.tls, 0o755), (etc.secrets, 0o711),
                          (etc.nodes, 0o755)):
         _folder(folder, mode)
     for name in (*SECRETS, ADMIN_PASSWORD):
@@ -200,6 +206,7 @@ def init(etc: Etc, hosts: list[str]) -> Outcome:
         _write_inventory(etc, [])
         done.made.append("nodes/nodes.yml")
     _monitoring(etc, done)
+    _grafana(etc)
     return done
 
 
@@ -241,6 +248,39 @@ def _monitoring(etc: Etc, done: Outcome) -> None:
         else:  # no secret inside: the servers' own user reads it
             _write(etc.path / name, yaml.safe_dump(config, sort_keys=False), 0o644)
             done.made.append(name)
+
+
+def _grafana(etc: Etc) -> None:
+    """Provisioning for a Grafana on this host (install-control.sh puts it in place where
+    /etc/grafana/provisioning exists) and the dashboards, replaced every run like the rules.
+    Grafana reads InfluxDB's password from its own copy, for its own group."""
+    home = etc.path / "grafana"
+    for folder in (home, home / "dashboards", home / "provisioning",
+                   home / "provisioning" / "datasources", home / "provisioning" / "dashboards"):
+        _folder(folder, 0o755)
+    for dashboard in resources.files("grafana").joinpath("dashboards").iterdir():
+        if dashboard.name.endswith(".json"):
+            _write(home / "dashboards" / dashboard.name, dashboard.read_text(encoding="utf-8"),
+                   0o644)
+    password = etc.secrets / f"grafana-{influxdb.PASSWORD}"
+    write_atomically(password, (etc.secrets / influxdb.PASSWORD).read_bytes(), 0o640,
+                     group=_group(GRAFANA))
+    datasources = {"apiVersion": 1, "datasources": [
+        {"name": "Prometheus", "uid": "gpuacct-prometheus", "type": "prometheus",
+         "access": "proxy", "url": f"http://{PROMETHEUS}", "isDefault": True,
+         "editable": False, "jsonData": {"httpMethod": "POST", "timeInterval": "15s"}},
+        {"name": "InfluxDB", "uid": "gpuacct-influxdb", "type": "influxdb", "access": "proxy",
+         "url": f"http://{influxdb.INFLUXDB}", "user": influxdb.USER, "editable": False,
+         "jsonData": {"version": "InfluxQL", "dbName": influxdb.DATABASE, "httpMode": "GET"},
+         "secureJsonData": {"password": f"$__file{{{password}}}"}}]}
+    dashboards = {"apiVersion": 1, "providers": [
+        {"name": "gpuacct", "folder": "gpuacct", "type": "file", "disableDeletion": True,
+         "allowUiUpdates": False, "updateIntervalSeconds": 60,
+         "options": {"path": str(home / "dashboards")}}]}
+    for kind, content in (("datasources", datasources), ("dashboards", dashboards)):
+        _write(home / "provisioning" / kind / "gpuacct.yml",
+               "# gpuacct-admin init's, for a Grafana on this host\n"
+               + yaml.safe_dump(content, sort_keys=False), 0o644)
 
 
 def inventory(etc: Etc) -> list[dict[str, Any]]:

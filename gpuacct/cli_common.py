@@ -20,7 +20,8 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML config file (default: $GPUACCT_CONFIG, else built-in defaults)",
+        help="YAML config file (default: $GPUACCT_CONFIG, else /etc/gpuacct/gpuacct.yaml "
+             "where readable, else built-in defaults)",
     )
 
 

@@ -24,6 +24,9 @@ from gpuacct.config.stack import StackSettings
 from gpuacct.config.web import WebSettings
 
 CONFIG_ENV = "GPUACCT_CONFIG"
+# An installed host's (install-node.sh, gpuacct-admin init): read where this user may read it,
+# so users' commands on a node and the operator's on the control host need no option.
+SYSTEM_CONFIG = Path("/etc/gpuacct/gpuacct.yaml")
 
 
 class Settings(Section):
@@ -54,20 +57,33 @@ def settings_from_mapping(data: Any, source: str = "config") -> Settings:
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
-    """Settings from `path`, else `$GPUACCT_CONFIG`, else the defaults."""
+    """Settings from `path`, else `$GPUACCT_CONFIG`, else /etc/gpuacct/gpuacct.yaml where this
+    user may read it, else the defaults."""
     chosen = path if path is not None else os.environ.get(CONFIG_ENV) or None
     if chosen is None:
-        return Settings()
+        if not os.access(SYSTEM_CONFIG, os.R_OK):
+            return Settings()
+        chosen = SYSTEM_CONFIG
+        if os.geteuid() != 0:  # a user's command: the host's secrets are root's, not needed
+            return settings_from_mapping(_without_auth(_read(chosen)), str(chosen))
+    return settings_from_mapping(_read(chosen), str(chosen))
+
+
+def _read(chosen: str | os.PathLike[str]) -> Any:
     source = str(chosen)
     try:
         text = Path(chosen).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    return settings_from_mapping(data, source)
+
+
+def _without_auth(data: Any) -> Any:
+    return {k: v for k, v in data.items() if k != "auth"} if isinstance(data, Mapping) \
+        else data

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from gpuacct.config import load_settings
+from gpuacct.config import InfluxV1Settings, load_settings
 from gpuacct.policy import SyncRequest
 from gpuacct.signing import sign
 from stack.process import free_port
@@ -52,12 +52,22 @@ def test_init_makes_the_deployment_once_and_keeps_it(tmp_path: Path) -> None:
         "tls/server.crt": 0o644, "tls/server.key": 0o640, "prometheus.yml": 0o644,
         "alertmanager.yml": 0o644, "secrets/alertmanager-webhook-token": 0o640,
         "rules/enforcement.rules.yml": 0o644, "rules/operations.rules.yml": 0o644,
-        "rules/recording.rules.yml": 0o644}
+        "rules/recording.rules.yml": 0o644, "secrets/influxdb-password": 0o640,
+        "secrets/grafana-influxdb-password": 0o640,
+        **{f"grafana/dashboards/{name}.json": 0o644
+           for name in ("billing", "cluster", "operations", "user")},
+        "grafana/provisioning/datasources/gpuacct.yml": 0o644,
+        "grafana/provisioning/dashboards/gpuacct.yml": 0o644}
+    assert (etc / "secrets").stat().st_mode & 0o777 == 0o711  # not listed; each file its own
     again = admin("init", "--etc", str(etc), "--host", "control.lab", "--host", "10.0.0.1")
     assert again.returncode == 0 and "made: nothing" in again.stdout, again.stdout
     assert files(etc) == made  # no secret, no CA, no certificate changed
     settings = load_settings(str(etc / "gpuacct.yaml"))  # every secret it names resolves
     assert settings.enforcer.enrolled_nodes_file == etc / "nodes" / "nodes.yml"
+    influx = settings.influxdb
+    assert isinstance(influx, InfluxV1Settings) and influx.password is not None
+    assert influx.password.get_secret_value() == \
+        (etc / "secrets" / "influxdb-password").read_text().strip()
     password = (etc / "secrets" / "admin-password").read_text().strip()
     assert settings.auth.admin_password_hash is not None and verify_password(
         password, settings.auth.admin_password_hash.get_secret_value())  # the web's admin
