@@ -6,7 +6,9 @@ are free for its whole duration, around the reservations held now and the slots 
 for the requests ahead of it. A slot that starts now is a grant; the others are estimated starts.
 A later request can start before an earlier one only in a gap that leaves every earlier slot
 where it was, so a backfilled request never delays anyone ahead of it. Held reservations count
-as busy until their end: a release only ever makes the estimates earlier.
+as busy until their end: a release only ever makes the estimates earlier. A GPU another user's
+process runs on (`in_use`, as its node reports it) is busy for everyone else with no known end:
+it is never planned for them while that process runs.
 
 Pure: no clock, no store. `allocator.service` feeds it the inventory and the queue.
 """
@@ -14,7 +16,7 @@ Pure: no clock, no store. `allocator.service` feeds it the inventory and the que
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -40,6 +42,7 @@ class Want:
     model: str | None = None
     node: str | None = None
     gpus: tuple[int, ...] | None = None
+    preempt: bool = False  # an administrator's: placed over running work
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,11 @@ class Planner:
     a slot is planned on that node, so a queue of requests of a few shapes costs one search
     per node and shape, then one per placement."""
 
-    def __init__(self, inventory: Iterable[Gpu], held: Iterable[Held], now: float) -> None:
+    def __init__(self, inventory: Iterable[Gpu], held: Iterable[Held], now: float,
+                 in_use: Mapping[tuple[str, int], frozenset[str]] | None = None) -> None:
         self.now = now
+        self.in_use = {k: users for k, users in (in_use or {}).items() if users}
+        self._busy_nodes = {node for node, _ in self.in_use}
         self.nodes: dict[str, list[Gpu]] = {}
         for gpu in sorted(inventory, key=lambda g: (g.node, g.index)):
             self.nodes.setdefault(gpu.node, []).append(gpu)
@@ -133,6 +139,9 @@ class Planner:
 
     def _eligible(self, want: Want, node: str) -> list[Gpu]:
         gpus = self.nodes[node]
+        if node in self._busy_nodes and not want.preempt:  # someone else's work runs there
+            gpus = [g for g in gpus
+                    if not self.in_use.get((node, g.index), frozenset()) - {want.user}]
         if want.gpus is not None:
             gpus = [g for g in gpus if g.index in want.gpus]
         if want.model is not None:
@@ -179,12 +188,14 @@ class Planner:
         """Plan one request at its earliest slot, the first node first among equals (and keep
         it planned); None if it never fits."""
         count = len(want.gpus) if want.gpus is not None else want.count
-        shape = (want.model, want.gpus, count, want.seconds)
         best: Slot | None = None
         for node in [want.node] if want.node is not None else self.nodes:
             if node not in self.nodes:
                 continue
             memo = self._earliest.setdefault(node, {})
+            # Where another's work runs, what is free depends on who asks.
+            shape = (want.model, want.gpus, count, want.seconds,
+                     want.user if node in self._busy_nodes else None, want.preempt)
             if shape not in memo:
                 gpus = self._eligible(want, node)
                 memo[shape] = (self._earliest_on(want, gpus, self.now, float("inf"))
@@ -201,9 +212,11 @@ class Planner:
 
 
 def plan(inventory: Iterable[Gpu], held: Iterable[Held], queue: Sequence[Want],
-         now: float) -> dict[int, Slot]:
-    """A slot for every request of the queue (in queue order) that can ever fit."""
-    planner = Planner(inventory, held, now)
+         now: float, in_use: Mapping[tuple[str, int], frozenset[str]] | None = None
+         ) -> dict[int, Slot]:
+    """A slot for every request of the queue (in queue order) that can ever fit around what
+    is held and what runs."""
+    planner = Planner(inventory, held, now, in_use)
     slots = {}
     for want in queue:
         slot = planner.place(want)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from allocator.placement import Gpu, Held, Slot, Want, plan, why_never
 from allocator.store import AllocationStore, Changes, Request
-from gpuacct.allocation import Entry, Reserve, Summary
+from gpuacct.allocation import ANOTHER_USER, Entry, GpuStatus, Reserve, Summary
 from gpuacct.config import AllocatorSettings
 from gpuacct.policy import NodeGpu, Notice, Reservations, ReservedGpu
 from gpuacct.wording import duration
@@ -58,6 +58,10 @@ class Allocator:
         # report it; a node that never reported a reservation's use never idles it out).
         self._used: dict[int, float] = {}
         self._idle_told: set[int] = set()
+        # (node, GPU) -> whose processes run on it, as its node last said (open mode keeps
+        # everyone else off it; strict mode stops unreserved work instead).
+        self._in_use: dict[tuple[str, int], frozenset[str]] = {}
+        self._live: dict[tuple[str, int], NodeGpu] = {}  # each GPU as its node last said
         with self._lock:
             now = self.clock()
             with self.store.change(now) as c:
@@ -73,6 +77,13 @@ class Allocator:
                 changed = c.inventory(node, gpus)
             if changed:
                 log.info("%s has %d GPUs", node, len(gpus))
+            self._live = {k: v for k, v in self._live.items() if k[0] != node}
+            self._live.update(((node, g.index), g) for g in gpus)
+            in_use = {k: v for k, v in self._in_use.items() if k[0] != node}
+            in_use.update(((node, g.index), frozenset(g.users)) for g in gpus if g.users)
+            moved = in_use != self._in_use
+            self._in_use = in_use
+            if changed or (moved and self.settings.mode == "open"):
                 self._plan(now)
 
     def report_use(self, used: dict[int, float]) -> None:
@@ -104,14 +115,23 @@ class Allocator:
 
     # --- what users ask ----------------------------------------------------------------
 
-    def reserve(self, user: str, asked_on: str, ask: Reserve) -> Outcome:
+    def reserve(self, user: str, asked_on: str, ask: Reserve,
+                preempt_by: str | None = None, why: str = "") -> Outcome:
+        """A user's request; `preempt_by`: an administrator's for the user, placed over the
+        work that runs on its GPUs (its owners are told, then stopped after the grace)."""
         with self._lock:
             now = self.clock()
             self._check(user, asked_on, ask)
+            if ask.dry_run:
+                return Outcome(self._would(user, asked_on, ask, now))
             with self.store.change(now) as c:
                 id = c.add(user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
-                           ask.gpus)
-                c.audit(id, user, user, "queued", _asked(ask))
+                           ask.gpus, preempt_by is not None)
+                if preempt_by is None:
+                    c.audit(id, user, user, "queued", _asked(ask))
+                else:
+                    c.audit(id, user, preempt_by, "queued to preempt",
+                            _asked(ask) + (f": {why}" if why else ""))
             self._plan(now, asking=id)
             request = self.store.request(id)
             assert request is not None
@@ -224,7 +244,8 @@ class Allocator:
         held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
                 for r in open_ if r.state == "granted"]
         queue = [r for r in open_ if r.state == "queued"]
-        slots = plan(self.inventory(), held, [_want(r) for r in queue], now)
+        slots = plan(self.inventory(), held, [_want(r) for r in queue], now,
+                     self._in_use if self.settings.mode == "open" else None)
         starting = [(r, slots[r.id]) for r in queue
                     if r.id in slots and slots[r.id].start <= now]
         if starting:
@@ -259,8 +280,46 @@ class Allocator:
         entry = self._entry(r, now)
         when = (f"estimated start {clock_time(entry.estimated_start)} "
                 f"(in {duration(entry.estimated_start - now)})"
-                if entry.estimated_start is not None else "no estimated start yet")
+                if entry.estimated_start is not None else self._waiting_on(r))
         return f"queued: request {r.id}, position {entry.position}, {when}"
+
+    def _would(self, user: str, asked_on: str, ask: Reserve, now: float) -> str:
+        """What the request would get if asked now, behind everything queued: planned, not
+        kept."""
+        probe = Request(0, user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
+                        ask.gpus, now, "queued")
+        open_ = self.store.open_requests()
+        held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
+                for r in open_ if r.state == "granted"]
+        queue = [r for r in open_ if r.state == "queued"] + [probe]
+        slot = plan(self.inventory(), held, [_want(r) for r in queue], now,
+                    self._in_use if self.settings.mode == "open" else None).get(0)
+        position = len(queue)
+        if slot is None:
+            return f"would queue at position {position}, {self._waiting_on(probe)}"
+        where = f"GPU {','.join(map(str, slot.gpus))} on {slot.node}"
+        if slot.start <= now:
+            return f"would be granted now: {where} (nothing was reserved: --dry-run)"
+        return (f"would queue at position {position}: {where}, estimated start "
+                f"{clock_time(slot.start)} (in {duration(slot.start - now)}); nothing was "
+                "queued (--dry-run)")
+
+    def _waiting_on(self, r: Request) -> str:
+        """Why a queued request has no estimated start: the GPUs it could have that others'
+        processes hold, with no known end."""
+        want = _want(r)
+        busy: dict[str, list[str]] = {}
+        if self.settings.mode == "open":
+            for (node, index), users in sorted(self._in_use.items()):
+                others = sorted(users - {r.user})
+                if others and want.node in (None, node) and (want.gpus is None
+                                                               or index in want.gpus):
+                    busy.setdefault(", ".join(others), []).append(f"GPU {index} on {node}")
+        if not busy:
+            return "no estimated start yet"
+        held = "; ".join(f"{', '.join(gpus)} by {users}" for users, gpus in busy.items())
+        return (f"no estimated start: it waits for GPUs in use ({held}), whose work has no "
+                "known end")
 
     def _entry(self, r: Request, now: float, position: int | None = None) -> Entry:
         slot = self._slots.get(r.id)
@@ -287,6 +346,35 @@ class Allocator:
                                                else None))
             return Summary(now=now, entries=tuple(entries), gpus=len(self.store.inventory()))
 
+    def gpus(self, viewer: str | None = None) -> tuple[GpuStatus, ...]:
+        """Every GPU of the cluster: who works on it, who reserved it until when, and whether
+        a reservation would get it now. With allocator.show_holders false, `viewer` (None: an
+        administrator) sees only their own name."""
+        def name(user: str) -> str:
+            hidden = not self.settings.show_holders and viewer is not None and user != viewer
+            return ANOTHER_USER if hidden else user
+
+        with self._lock:
+            now = self.clock()
+            reserved = {(r.granted_node, g): r for r in self.store.open_requests()
+                        if r.state == "granted" and r.ends is not None and r.ends > now
+                        for g in r.granted_gpus}
+            shown = []
+            for node, index, model in self.store.inventory():
+                live, r = self._live.get((node, index)), reserved.get((node, index))
+                users = live.users if live else ()
+                shown.append(GpuStatus(
+                    node=node, index=index, model=model,
+                    users=tuple(dict.fromkeys(name(u) for u in users)),
+                    memory_total_bytes=live.memory_total_bytes if live else None,
+                    memory_used_bytes=live.memory_used_bytes if live else None,
+                    utilization=live.utilization if live else None,
+                    reserved_by=name(r.user) if r else None,
+                    reserved_until=r.ends if r else None,
+                    # strict mode stops unreserved work: only a reservation keeps a GPU
+                    free=r is None and (not users or self.settings.mode == "strict")))
+            return tuple(shown)
+
     def desired(self) -> Reservations:
         """The allocator's part of the state pushed to every node."""
         nodes: dict[str, list[ReservedGpu]] = {}
@@ -307,7 +395,7 @@ class Allocator:
 
 def _want(r: Request) -> Want:
     node = r.node if r.node is not None or r.gpus is None else r.asked_on
-    return Want(r.id, r.user, r.count, r.seconds, r.model, node, r.gpus)
+    return Want(r.id, r.user, r.count, r.seconds, r.model, node, r.gpus, r.preempt)
 
 
 def _name(r: Request) -> str:

@@ -54,7 +54,10 @@ CREATE TABLE audit (
     detail TEXT NOT NULL DEFAULT ''
 );
 """
-MIGRATIONS = [store.statements(SCHEMA_V1)]
+# v2: a request an administrator placed over running work (`preempt`): placement ignores the
+# processes on the GPUs it gets, whose owners are told and stopped after the grace.
+SCHEMA_V2 = "ALTER TABLE requests ADD COLUMN preempt BIGINT NOT NULL DEFAULT 0;"
+MIGRATIONS = [store.statements(SCHEMA_V1), store.statements(SCHEMA_V2)]
 
 State = Literal["queued", "granted", "ended"]
 
@@ -78,6 +81,7 @@ class Request:
     ended: float | None = None
     end_reason: str | None = None
     warned: bool = False
+    preempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,14 +95,14 @@ class Event:
 
 
 _COLUMNS = ('id, "user", asked_on, count, seconds, model, node, gpus, submitted, state, '
-            "granted_node, granted_gpus, started, ends, ended, end_reason, warned")
+            "granted_node, granted_gpus, started, ends, ended, end_reason, warned, preempt")
 
 
 def _request(row: tuple[object, ...]) -> Request:
     values = list(row)
     values[7] = tuple(json.loads(str(values[7]))) if values[7] is not None else None
     values[11] = tuple(json.loads(str(values[11]))) if values[11] is not None else ()
-    values[16] = bool(values[16])
+    values[16], values[17] = bool(values[16]), bool(values[17])
     return Request(*values)  # type: ignore[arg-type]
 
 
@@ -119,12 +123,14 @@ class Changes:
         self.dirty = False
 
     def add(self, user: str, asked_on: str, count: int, seconds: float, model: str | None,
-            node: str | None, gpus: tuple[int, ...] | None) -> int:
+            node: str | None, gpus: tuple[int, ...] | None, preempt: bool = False) -> int:
         (id,) = self._db.execute(
             'INSERT INTO requests ("user", asked_on, count, seconds, model, node, gpus, '
-            "submitted, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued') RETURNING id",
+            "submitted, state, preempt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued', $9) "
+            "RETURNING id",
             (user, asked_on, count, seconds, model, node,
-             json.dumps(list(gpus)) if gpus is not None else None, self.now)).fetchone()
+             json.dumps(list(gpus)) if gpus is not None else None, self.now,
+             int(preempt))).fetchone()
         self.dirty = True
         return int(id)
 

@@ -33,6 +33,7 @@ from billing_engine.engine import Engine
 from billing_engine.influx import make_sink
 from billing_engine.job_tracker import JobTracker
 from billing_engine.metrics import build_registry
+from billing_engine.pricing import MICRO
 from gpuacct.cli_common import (
     command_or_usage,
     load_or_exit,
@@ -157,7 +158,8 @@ def balances(billing: BillingSettings) -> int:
     ledger = _open_reader(billing)
     print(f"{'account':<24} {'kind':<10} {'status':<7} {'balance':>16}  tier")
     for a in ledger.accounts(cost_since=time.time()):
-        print(f"{a.name:<24} {a.kind:<10} {a.status:<7} {a.balance:>16}  "
+        # Exact, as the ledger holds it: six decimals on every line.
+        print(f"{a.name:<24} {a.kind:<10} {a.status:<7} {a.balance.quantize(MICRO):>16}  "
               f"{account_tier(billing, a.name, a.balance)}")
     return 0
 

@@ -4,6 +4,8 @@
   the caller's uid (read from its Unix socket); the answer is signed too. 400 names a bad or
   refused ask, 404 a request that is not the caller's, 401 an unsigned request.
 - `POST /v1/allocation/cancel`: an administrator ends any request (bearer token).
+- `POST /v1/allocation/preempt`: an administrator reserves for a user over running work
+  (bearer token; audited, the work's owners told and stopped after the grace).
 - `POST /v1/allocation/release`: the web page releases a user's own request for them (bearer
   token; the page has authenticated the user).
 - `GET /v1/allocation`: every reservation and the queue, with positions and estimated starts
@@ -26,12 +28,16 @@ from gpuacct.allocation import (
     ALLOCATION_PATH,
     BALANCE_PATH,
     CANCEL_PATH,
+    GPUS_PATH,
+    PREEMPT_PATH,
     RELEASE_PATH,
     Answer,
     Balance,
     Cancel,
     Forwarded,
+    Gpus,
     Login,
+    Preempt,
     Release,
     ReleaseFor,
     Reserve,
@@ -55,6 +61,8 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
         raise AllocationError(f"a login is asked at {LOGIN_PATH}, not here")
     if isinstance(ask, Balance):
         raise AllocationError(f"a balance is asked at {BALANCE_PATH}, not here")
+    if ask.op == "gpus":
+        return Answer(text="", gpus=allocator.gpus(caller.user))
     mine = caller.user if ask.op == "reservations" else None
     return Answer(text="", summary=allocator.summary(mine))
 
@@ -89,6 +97,18 @@ def cancel(allocator: Alloc, body: Cancel) -> dict[str, Any]:
     return {"text": outcome.text}
 
 
+@authorized.post(PREEMPT_PATH)
+def preempt(allocator: Alloc, body: Preempt) -> dict[str, Any]:
+    assert body.ask.node is not None  # Preempt's validator
+    try:
+        outcome = allocator.reserve(body.user, body.ask.node, body.ask, body.admin,
+                                    body.reason)
+    except AllocationError as exc:
+        raise HTTPException(400, f"refused: {exc}") from None
+    log.info("preemption for %s by %s: %s", body.user, body.admin, outcome.text)
+    return {"text": outcome.text}
+
+
 @authorized.post(RELEASE_PATH)
 def release_for(allocator: Alloc, body: ReleaseFor) -> dict[str, Any]:
     outcomes = allocator.release(body.user, body.id, body.actor)
@@ -98,6 +118,12 @@ def release_for(allocator: Alloc, body: ReleaseFor) -> dict[str, Any]:
 @authorized.get(ALLOCATION_PATH)
 def summary(allocator: Alloc, user: str | None = None) -> Summary:
     return allocator.summary(user)
+
+
+@authorized.get(GPUS_PATH)
+def gpus(allocator: Alloc, user: str | None = None) -> Gpus:
+    """Every GPU, as `user` may see it (none: an administrator, every name)."""
+    return Gpus(now=allocator.clock(), gpus=allocator.gpus(user))
 
 
 @authorized.get(f"{ALLOCATION_PATH}/audit")

@@ -4,11 +4,15 @@
                             (SIGHUP: read auth.webhook_token and auth.node_master_key again)
   gpuacct-enforcer policy   the desired policy now, per user
   gpuacct-enforcer audit [--user USER] [--limit N]   what was decided and what each node did
+  gpuacct-enforcer preempt USER N --for D --node NODE --reason WHY [--gpus 0,1]
+                            reserve for USER over the work running there: its owners are
+                            told, then stopped after the grace (audited)
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import json
 import logging
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from allocator.metrics import register as register_allocator_metrics
 from allocator.service import Allocator
@@ -33,6 +38,15 @@ from enforcer.nodes import Pusher
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.store import Retention, Store
+from gpuacct import http
+from gpuacct.allocation import (
+    PREEMPT_PATH,
+    Preempt,
+    Reserve,
+    UsageError,
+    parse_duration,
+    parse_gpus,
+)
 from gpuacct.build import BuildInfo
 from gpuacct.cli_common import (
     command_or_usage,
@@ -63,7 +77,51 @@ def _parser() -> argparse.ArgumentParser:
                      "host name")
     key.add_argument("--next", action="store_true",
                      help="from the second master key (during a rotation)")
+    preempt = sub.add_parser("preempt", help="reserve GPUs for a user over the work running "
+                             "on them (its owners told, then stopped after the grace)")
+    preempt.add_argument("user")
+    preempt.add_argument("count", metavar="N")
+    preempt.add_argument("--for", dest="duration", required=True, metavar="DURATION")
+    preempt.add_argument("--node", required=True)
+    preempt.add_argument("--gpus", metavar="0,1")
+    preempt.add_argument("--reason", required=True, help="why, for the audit")
+    preempt.add_argument("--admin", default=getpass.getuser(),
+                         help="who asks (default: your login)")
+    preempt.add_argument("--url", help="the running enforcer (default: web.enforcer_url)")
     return parser
+
+
+def _preempt(settings: Settings, args: argparse.Namespace) -> int:
+    """The running enforcer's allocator, asked with the webhook's token."""
+    try:
+        if not args.count.isdigit():
+            raise UsageError(f"{args.count!r}: expected a number of GPUs such as 1")
+        gpus = parse_gpus(args.gpus) if args.gpus else None
+        ask = Reserve(count=int(args.count),
+                      seconds=parse_duration(args.duration), node=args.node, gpus=gpus)
+        body = Preempt(user=args.user, admin=args.admin, reason=args.reason, ask=ask)
+    except (UsageError, ValidationError) as exc:
+        problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        print(f"gpuacct-enforcer preempt: {problem}", file=sys.stderr)
+        return 2
+    url = args.url or settings.web.enforcer_url
+    tokens = values(settings.auth.webhook_token or ())
+    if not url or not tokens:
+        print("gpuacct-enforcer preempt: needs the enforcer's URL (web.enforcer_url or --url) "
+              "and auth.webhook_token", file=sys.stderr)
+        return 2
+    try:
+        answer = http.request("POST", url.rstrip("/") + PREEMPT_PATH, 30,
+                              body.model_dump_json().encode(),
+                              {"Authorization": f"Bearer {tokens[0]}",
+                               "Content-Type": "application/json"},
+                              settings.tls_client_config.context())
+    except http.HttpError as exc:
+        problem = http.detail(exc.reason) if exc.status else f"cannot reach {url}: {exc}"
+        print(f"gpuacct-enforcer preempt: {problem}", file=sys.stderr)
+        return 1
+    print(json.loads(answer.body)["text"])
+    return 0
 
 
 def _masters(settings: Settings) -> list[bytes]:
@@ -229,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(node_key(masters[1 if args.next else 0], args.node).decode())
         return 0
+    if command == "preempt":
+        return _preempt(settings, args)
     if command in ("policy", "audit"):
         if not exists(settings.enforcer.database):
             print(f"gpuacct-enforcer: no state at {settings.enforcer.database}", file=sys.stderr)

@@ -9,6 +9,7 @@ of every refusal of gpuacct's JSON APIs).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -16,9 +17,11 @@ from pydantic import Field, model_validator
 from gpuacct.balance import Status
 from gpuacct.config import ModelPattern
 from gpuacct.policy import Desired, Model, NodeGpu, UserName
+from gpuacct.wording import duration
 
 ALLOCATION_PATH = "/v1/allocation"
 CANCEL_PATH = "/v1/allocation/cancel"  # administrators, with the webhook's bearer token
+PREEMPT_PATH = "/v1/allocation/preempt"  # administrators: a reservation over running work
 RELEASE_PATH = "/v1/allocation/release"  # the web page, for a user it has authenticated
 BALANCE_PATH = "/v1/balance"  # a node asks for its caller's balance (signed)
 MAX_GPUS = 1024
@@ -28,6 +31,36 @@ RESERVATION_JOB = "reservation-{id}"
 RESERVATION_JOB_PREFIX = "reservation-"
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:\d+[smhd])+$")
+
+
+class UsageError(ValueError):
+    """A bad argument of a reservation, said in one line (exit 2)."""
+
+
+def parse_duration(text: str) -> float:
+    value = text.strip().lower()
+    if not _DURATION.match(value):
+        raise UsageError(f"--for {text!r}: expected a duration such as 30m, 2h, 1d or 1h30m")
+    seconds = float(sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", value)))
+    if seconds <= 0:
+        raise UsageError(f"--for {text!r}: a reservation lasts longer than nothing")
+    if seconds > MAX_SECONDS:
+        raise UsageError(f"--for {text!r}: at most {duration(MAX_SECONDS)}")
+    return seconds
+
+
+def parse_gpus(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--gpus {text!r}: expected GPU indices such as 0,1")
+    gpus = tuple(int(p) for p in parts)
+    if len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus {text!r}: a GPU is named twice")
+    return gpus
+
+
 class Reserve(Model):
     op: Literal["reserve"] = "reserve"
     count: int = Field(ge=1, le=MAX_GPUS)
@@ -35,6 +68,7 @@ class Reserve(Model):
     model: ModelPattern | None = None
     node: str | None = None
     gpus: tuple[Annotated[int, Field(ge=0)], ...] | None = None  # exactly these, on one node
+    dry_run: bool = False  # what it would get, and when: nothing queued
 
     @model_validator(mode="after")
     def _gpus_are_the_count(self) -> Reserve:
@@ -52,7 +86,7 @@ class Release(Model):
 
 
 class Show(Model):
-    op: Literal["queue", "reservations"]
+    op: Literal["queue", "reservations", "gpus"]
 
 
 class Login(Model):
@@ -91,6 +125,22 @@ class Cancel(Model):
     reason: str = Field(default="", max_length=200)
 
 
+class Preempt(Model):
+    """An administrator's reservation for `user` on a node, granted over the work running on
+    its GPUs: their owners are told, then stopped after the grace. Audited with `reason`."""
+
+    user: UserName
+    admin: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=200)
+    ask: Reserve
+
+    @model_validator(mode="after")
+    def _on_a_node(self) -> Preempt:
+        if self.ask.node is None:
+            raise ValueError("a preemption names its node")
+        return self
+
+
 class ReleaseFor(Model):
     """A user's release, asked through the web page (which vouches for who they are)."""
 
@@ -121,8 +171,34 @@ class Summary(Desired):
     gpus: int  # in the cluster, as the nodes reported them
 
 
+class GpuStatus(Desired):
+    """One GPU as `gpuacct gpus` shows it: what its node last reported, and the allocator's
+    reservation on it."""
+
+    node: str
+    index: int
+    model: str
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    utilization: float | None = None
+    users: tuple[str, ...] = ()  # whose processes run on it
+    reserved_by: str | None = None
+    reserved_until: float | None = None
+    free: bool = False  # no one's process on it, not reserved: a reservation gets it now
+
+
+GPUS_PATH = "/v1/allocation/gpus"  # every GPU, for the web page (bearer token)
+ANOTHER_USER = "another user"  # a holder's name where allocator.show_holders is false
+
+
+class Gpus(Desired):
+    now: float
+    gpus: tuple[GpuStatus, ...]
+
+
 class Answer(Desired):  # what nodes and the CLI are sent
     text: str
     summary: Summary | None = None
+    gpus: tuple[GpuStatus, ...] = ()
     balance: Status | None = None
     node: str = ""  # the node that answered the CLI (set by its daemon)

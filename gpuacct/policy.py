@@ -167,6 +167,12 @@ class NodeAction(Model):
 class NodeGpu(Model):
     index: int = Field(ge=0)
     model: str
+    # Whose processes run on it now: placement grants no one a GPU another user works on.
+    users: tuple[str, ...] = ()
+    # What `gpuacct gpus` shows, as of the node's last report.
+    memory_total_bytes: int | None = Field(default=None, ge=0)
+    memory_used_bytes: int | None = Field(default=None, ge=0)
+    utilization: float | None = Field(default=None, ge=0, le=1)
 
 
 class SyncRequest(Model):

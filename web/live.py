@@ -8,6 +8,7 @@ import json
 import math
 import ssl
 import time
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from gpuacct import http
 from gpuacct.allocation import (
     ALLOCATION_PATH,
     CANCEL_PATH,
+    GPUS_PATH,
     RELEASE_PATH,
     Cancel,
+    Gpus,
     ReleaseFor,
     Summary,
 )
@@ -139,6 +142,12 @@ class Live:
     def reservations(self) -> Answer[Summary | None]:
         return self._cached("reservations", lambda: self._ask_enforcer(
             "reservations", ALLOCATION_PATH, Summary))
+
+    def gpus(self, user: str | None) -> Answer[Gpus | None]:
+        """Every GPU as `user` may see it (None: an administrator)."""
+        query = f"?{urllib.parse.urlencode({'user': user})}" if user is not None else ""
+        return self._cached(f"gpus {user}", lambda: self._ask_enforcer(
+            "GPUs", GPUS_PATH + query, Gpus))
 
     def release(self, user: str, id: int, actor: str) -> str:
         return self._change(RELEASE_PATH, ReleaseFor(user=user, id=id, actor=actor))

@@ -34,6 +34,7 @@ from web.deps import (
     Context,
     Ctx,
     Finance,
+    Someone,
     Staff,
     Who,
     check_csrf,
@@ -310,6 +311,15 @@ def add_prices(request: Request, ctx: Ctx, who: Finance, effective: Annotated[st
         return _prices_page(request, ctx, who, error=f"new prices refused: {exc}", form=form)
     return RedirectResponse(f"/admin/prices?message=new+prices+in+force+from+"
                             f"{version.effective:%Y-%m-%d+%H:%M:%S}+UTC", status_code=303)
+
+
+@router.get("/gpus")
+def gpus_page(request: Request, ctx: Ctx, who: Someone) -> HTMLResponse:
+    """Every GPU, for anyone logged in: what `gpuacct gpus` shows on a node."""
+    answer = ctx.live.gpus(None if who.admin else who.user)
+    listed = answer.value
+    return render(request, "gpus.html", who=who, gpus=listed.gpus if listed else (),
+                  now=listed.now if listed else time.time(), problem=answer.problem)
 
 
 @router.get("/admin/nodes")

@@ -47,11 +47,22 @@ class Enforcement:
 
 
 def node_gpus(snapshot: Snapshot) -> tuple[NodeGpu, ...] | None:
-    """The GPUs this node can give out (None until the first reading)."""
+    """The GPUs this node can give out and whose processes run on each now (None until the
+    first reading)."""
     if snapshot.gpus is None:
         return None
-    return tuple(NodeGpu(index=d.index, model=d.model) for d in snapshot.gpus.devices
-                 if not d.lost)
+    users: dict[int, set[str]] = {}
+    for h in snapshot.holders:
+        users.setdefault(int(h.unit.label.split("/")[0]), set()).add(h.user)
+    return tuple(NodeGpu(index=d.index, model=d.model, users=tuple(sorted(users.get(d.index, ()))),
+                         memory_total_bytes=d.memory_total_bytes,
+                         memory_used_bytes=d.memory_used_bytes,
+                         utilization=_ratio(d.utilization_ratio))
+                 for d in snapshot.gpus.devices if not d.lost)
+
+
+def _ratio(value: float | None) -> float | None:
+    return None if value is None else min(max(value, 0.0), 1.0)
 
 
 def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],

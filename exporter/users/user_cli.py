@@ -1,8 +1,10 @@
 """gpuacct: a user's own command on a GPU node.
 
   gpuacct balance [...]                  your balance and what is enforced (gpuacct-balance)
-  gpuacct reserve N --for DURATION [--model PATTERN] [--node NODE] [--gpus 0,1]
+  gpuacct reserve N --for DURATION [--model PATTERN] [--node NODE] [--gpus 0,1] [--dry-run]
                                          reserve N GPUs on one node, or queue for them
+  gpuacct gpus [--free] [--model PATTERN] [--json]
+                                         every GPU: who works on it, who reserved it, free now
   gpuacct queue                          everything reserved and queued, with estimated starts
   gpuacct reservations                   yours
   gpuacct release [ID]                   end a reservation or queued request (all of yours)
@@ -16,48 +18,30 @@ daemon about your connection; nothing you type can change it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 from exporter.users import balance_cli
-from gpuacct.allocation import MAX_GPUS, MAX_SECONDS, Answer, Entry, Summary
+from gpuacct.allocation import (
+    MAX_GPUS,
+    Answer,
+    Entry,
+    GpuStatus,
+    Summary,
+    UsageError,
+    parse_duration,
+    parse_gpus,
+)
 from gpuacct.build import add_version_argument
 from gpuacct.cli_common import add_config_argument, load_or_exit
+from gpuacct.patterns import ModelMatcher
 from gpuacct.wording import duration
 
 SOCKET_ENV = balance_cli.SOCKET_ENV
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^(?:\d+[smhd])+$")
-
-
-class UsageError(Exception):
-    """Bad input, said in one line (exit 2)."""
-
-
-def parse_duration(text: str) -> float:
-    value = text.strip().lower()
-    if not _DURATION.match(value):
-        raise UsageError(f"--for {text!r}: expected a duration such as 30m, 2h, 1d or 1h30m")
-    seconds = float(sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", value)))
-    if seconds <= 0:
-        raise UsageError(f"--for {text!r}: a reservation lasts longer than nothing")
-    if seconds > MAX_SECONDS:
-        raise UsageError(f"--for {text!r}: at most {duration(MAX_SECONDS)}")
-    return seconds
-
-
-def parse_gpus(text: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",")]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise UsageError(f"--gpus {text!r}: expected GPU indices such as 0,1")
-    gpus = tuple(int(p) for p in parts)
-    if len(set(gpus)) != len(gpus):
-        raise UsageError(f"--gpus {text!r}: a GPU is named twice")
-    return gpus
 
 
 def _count(text: str) -> int:
@@ -94,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     reserve.add_argument("--model", help="a pattern searched in the GPU model, any case")
     reserve.add_argument("--node", help="on this node (default: any; with --gpus, this one)")
     reserve.add_argument("--gpus", help="exactly these GPU indices, e.g. 0,1")
+    reserve.add_argument("--dry-run", action="store_true",
+                         help="say what it would get and when; reserve and queue nothing")
+    gpus = sub.add_parser("gpus", help="every GPU: who works on it, who reserved it, what is "
+                                       "free now")
+    gpus.add_argument("--free", action="store_true", help="only the GPUs free now")
+    gpus.add_argument("--model", help="only GPUs whose model matches (a pattern, any case)")
+    gpus.add_argument("--json", action="store_true", help="as JSON, for scripts")
     sub.add_parser("queue", help="all reservations and the queue")
     sub.add_parser("reservations", help="your reservations and queued requests")
     release = sub.add_parser("release", help="end a reservation or queued request")
@@ -145,6 +136,41 @@ def render(summary: Summary, title: str) -> str:
                      for r in rows)
 
 
+def _gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / (1 << 30):.1f}"
+
+
+def render_gpus(gpus: tuple[GpuStatus, ...], now: float) -> str:
+    if not gpus:
+        return "no GPU matches"
+    rows = [("NODE", "GPU", "MODEL", "MEMORY GiB", "UTIL", "IN USE BY", "RESERVED", "FREE")]
+    for g in gpus:
+        reserved = (f"{g.reserved_by} until {_when(g.reserved_until, now)}"
+                    if g.reserved_by else "-")
+        rows.append((g.node, str(g.index), g.model,
+                     f"{_gib(g.memory_used_bytes)}/{_gib(g.memory_total_bytes)}",
+                     "-" if g.utilization is None else f"{g.utilization:.0%}",
+                     ", ".join(g.users) or "-", reserved, "yes" if g.free else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                      for r in rows)
+    free = sum(g.free for g in gpus)
+    return f"{table}\n{free} of {len(gpus)} GPU{'' if len(gpus) == 1 else 's'} free now"
+
+
+def _gpus(path: Path, free: bool, model: str | None, as_json: bool) -> None:
+    try:
+        pattern = ModelMatcher(model) if model is not None else None
+    except ValueError as exc:
+        raise UsageError(f"--model {model!r}: {exc}") from None
+    shown = tuple(g for g in ask(path, {"op": "gpus"}).gpus
+                  if (g.free or not free) and (pattern is None or pattern.search(g.model)))
+    if as_json:
+        print(json.dumps([g.model_dump() for g in shown], indent=2))
+    else:
+        print(render_gpus(shown, time.time()))
+
+
 def my_gpus_here(answer: Answer) -> list[Entry]:
     assert answer.summary is not None
     return [e for e in answer.summary.entries
@@ -168,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reserve":
             request: dict[str, Any] = {"op": "reserve", "count": args.count,
                                        "seconds": parse_duration(args.duration),
-                                       "model": args.model, "node": args.node}
+                                       "model": args.model, "node": args.node,
+                                       "dry_run": args.dry_run}
             if args.gpus is not None:
                 request["gpus"] = parse_gpus(args.gpus)
                 if len(request["gpus"]) != args.count:
                     raise UsageError(f"--gpus {args.gpus}: {len(request['gpus'])} GPUs named "
                                      f"but {args.count} asked for")
             print(ask(path, request).text)
+        elif args.command == "gpus":
+            _gpus(path, args.free, args.model, args.json)
         elif args.command in ("queue", "reservations"):
             answer = ask(path, {"op": args.command})
             assert answer.summary is not None

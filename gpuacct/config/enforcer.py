@@ -55,6 +55,9 @@ class AllocatorSettings(Section):
     # strict: a GPU process needs a reservation of its user on that GPU.
     mode: Literal["open", "strict"] = "open"
     grace_seconds: NonNegativeFloat = 60.0  # told, then stopped: someone else's reserved GPU
+    # `gpuacct gpus` and the web's GPUs page name who works on and reserved each GPU; false:
+    # each user sees their own name only ("another user" for the rest).
+    show_holders: bool = True
     max_gpus: Annotated[int, Field(ge=1)] = 8  # per user, held and queued at once
     max_seconds: PositiveFloat = 7 * 86400.0  # the longest reservation
     user_limits: dict[str, AllocationLimits] = {}

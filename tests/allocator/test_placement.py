@@ -170,3 +170,28 @@ def test_each_slot_is_the_earliest_there_is(
             >= want.count for node in {n for n, _ in lines})), None)
         slot = planner.place(want)
         assert (slot.start if slot else None) == earliest
+
+
+def test_a_gpu_another_user_works_on_is_never_planned_for_anyone_else() -> None:
+    """bob's process runs on n0's GPU 0: ann gets GPU 1, bob himself may have GPU 0, and a
+    request that needs both waits for ever (no slot: the process has no known end)."""
+    gpus = cluster(1, 2)
+    in_use = {("n0", 0): frozenset({"bob"})}
+    assert plan(gpus, [], [Want(1, "ann", 1, HOUR)], NOW, in_use)[1].gpus == (1,)
+    assert plan(gpus, [], [Want(1, "bob", 1, HOUR)], NOW, in_use)[1].gpus == (0,)
+    assert plan(gpus, [], [Want(1, "ann", 2, HOUR)], NOW, in_use) == {}
+    # Without the process, the same request starts now.
+    assert plan(gpus, [], [Want(1, "ann", 2, HOUR)], NOW, {})[1].start == NOW
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios(), st.data())
+def test_no_slot_is_on_a_gpu_another_user_works_on(
+        scenario: tuple[list[Gpu], list[Held], list[Want]], data: st.DataObject) -> None:
+    gpus, held, wants = scenario
+    in_use = {(g.node, g.index): frozenset({data.draw(st.sampled_from(["u0", "u1", "x"]))})
+              for g in gpus if data.draw(st.booleans())}
+    for slot in plan(gpus, held, wants, NOW, in_use).values():
+        want = next(w for w in wants if w.id == slot.id)
+        for i in slot.gpus:
+            assert not in_use.get((slot.node, i), frozenset()) - {want.user}

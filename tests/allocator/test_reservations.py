@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -183,6 +184,87 @@ def test_reserve_enforce_queue_restart_release(
     assert took <= 1.5, f"gpu02 converged {took:.2f}s after it came back"
     assert ("cancelled", "ann") in [(e["event"], e["actor"])
                                     for e in rig.enforcer.get("/v1/allocation/audit")]
+
+
+def on_gpus(node: EnforcingNode, user: UnixUser) -> set[str]:
+    """The GPUs the node's exporter sees the user's processes on."""
+    found = set()
+    for line in node.exporter.scrape().splitlines():
+        if line.startswith("gpuacct_gpu_process_memory_bytes{") and f'user="{user.name}"' in line:
+            found.add(line.split('gpu="')[1].split('"')[0])
+    return found
+
+
+def test_a_reservation_never_takes_a_gpu_someone_works_on(
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path, processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    """open mode: bob trains unreserved on GPU 0 of gpu01, so alice's reservation gets GPU 1.
+    With bob on both GPUs of gpu02, carol's request waits, saying whose work it waits for,
+    and bob is never signalled; when one of his processes ends, carol gets that GPU."""
+    rig = Rig(cluster, shared_dir, installed_gpuacct)
+    gpu01, gpu02 = rig.nodes
+    alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
+    first = rig.on_gpu(processes, bob, gpu01, 0)
+    wait_until(lambda: on_gpus(gpu01, bob) == {"0"})
+    out = rig.gpuacct(alice, "reserve", "1", "--for", "1h", "--node", "gpu01", "--dry-run")
+    assert out.strip() == "would be granted now: GPU 1 on gpu01 (nothing was reserved: --dry-run)"
+    assert rig.summary() == []
+    out = rig.gpuacct(alice, "reserve", "1", "--for", "1h", "--node", "gpu01")
+    assert out.startswith("granted: reservation 1, GPU 1 on gpu01 until"), out
+
+    # Anyone sees what is free: gpu01's GPUs are taken (bob works on 0, alice reserved 1).
+    table = rig.gpuacct(carol, "gpus").splitlines()
+    assert table[0].split()[:4] == ["NODE", "GPU", "MODEL", "MEMORY"]
+    rows = {tuple(line.split()[:2]): line for line in table[1:-1]}
+    assert bob.name in rows[("gpu01", "0")] and rows[("gpu01", "0")].endswith("no")
+    assert f"{alice.name} until" in rows[("gpu01", "1")] and rows[("gpu01", "1")].endswith("no")
+    assert rows[("gpu02", "0")].endswith("yes") and table[-1] == "2 of 4 GPUs free now"
+    free = json.loads(rig.gpuacct(carol, "gpus", "--free", "--json"))
+    assert [(g["node"], g["index"], g["free"]) for g in free] == [("gpu02", 0, True),
+                                                                  ("gpu02", 1, True)]
+    assert free[0]["memory_total_bytes"] == 80 << 30 and free[0]["users"] == []
+    assert rig.gpuacct(carol, "gpus", "--model", "H100") == "no GPU matches\n"
+    err = rig.gpuacct(carol, "gpus", "--model", "(", expect=2)
+    assert err.startswith("gpuacct: --model '(': not a regular expression"), err
+
+    second, third = rig.on_gpu(processes, bob, gpu02, 0), rig.on_gpu(processes, bob, gpu02, 1)
+    wait_until(lambda: on_gpus(gpu02, bob) == {"0", "1"})
+    out = rig.gpuacct(carol, "reserve", "1", "--for", "1h", "--node", "gpu02", "--dry-run")
+    assert out.strip() == (
+        f"would queue at position 1, no estimated start: it waits for GPUs in use (GPU 0 on "
+        f"gpu02, GPU 1 on gpu02 by {bob.name}), whose work has no known end"), out
+    out = rig.gpuacct(carol, "reserve", "1", "--for", "1h", "--node", "gpu02", node="gpu02")
+    assert out.strip() == (
+        f"queued: request 2, position 1, no estimated start: it waits for GPUs in use (GPU 0 "
+        f"on gpu02, GPU 1 on gpu02 by {bob.name}), whose work has no known end"), out
+    time.sleep(2 * GRACE + 1)
+    assert all(p.poll() is None for p in (first, second, third))  # never signalled
+    assert not any(e["user"] == bob.name for e in rig.enforcer.audit(bob.name)
+                   if e["action"] in ("kill", "stop"))
+
+    # One of bob's processes ends: its GPU goes to carol at gpu02's next report.
+    third.terminate()
+    third.wait(10)
+    gpu02.gpus.remove(third.pid)
+    gpu02.gpus.save()
+    wait_until(lambda: ("1", carol.name) in rig.reserved_metric(gpu02), 10)
+    assert first.poll() is None and second.poll() is None
+
+    # An administrator preempts bob's work on gpu01's GPU 0 for carol, on purpose: audited,
+    # bob told, then stopped after the grace.
+    preempted = subprocess.run(
+        [sys.executable, "-m", "enforcer", "--config", str(rig.enforcer.config), "preempt",
+         carol.name, "1", "--for", "30m", "--node", "gpu01", "--gpus", "0", "--reason",
+         "paper deadline", "--admin", "ann", "--url", rig.enforcer.url],
+        capture_output=True, text=True, timeout=60)
+    assert preempted.returncode == 0, preempted.stderr
+    assert preempted.stdout.startswith("granted: reservation 3, GPU 0 on gpu01"), preempted
+    started = time.monotonic()
+    wait_until(lambda: told(rig.enforcer, bob.name, "gpu01", f"reserved by {carol.name}"), 10)
+    wait_until(lambda: first.poll() is not None, 15)
+    assert time.monotonic() - started >= GRACE and second.poll() is None
+    assert ("queued to preempt", "ann", "1 GPU for 30m, node gpu01, GPUs 0: paper deadline") in [
+        (e["event"], e["actor"], e["detail"]) for e in rig.enforcer.get("/v1/allocation/audit")]
 
 
 BAD_INPUT = [
