@@ -1,6 +1,7 @@
 """Only what pyproject.toml cannot say: a wheel records the git revision it was built from in
 gpuacct/REVISION, which gpuacct.build reads (`--version`, `gpuacct_build_info`)."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from setuptools.command.build_py import build_py
 
 
 def _revision() -> str:
+    given = os.environ.get("GPUACCT_BUILD_REVISION")  # a copy of a checkout, built elsewhere
+    if given:
+        return given
     try:
         found = subprocess.run(["git", "-c", "safe.directory=*", "rev-parse", "--short=12",
                                 "HEAD"], capture_output=True, text=True, timeout=30,

@@ -5,7 +5,9 @@ at the versions the control host itself runs, so a node installs with no package
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,33 @@ def pins() -> list[str]:
             if name not in ("gpuacct", "pip", "setuptools", "wheel")]
 
 
+# What a checkout holds that a wheel is not built from.
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                    "__pycache__", ".mypy_cache", ".ruff_cache",
+                                    ".pytest_cache", ".hypothesis", "node_modules")
+
+
+def buildable(source: Path, work: Path) -> tuple[Path, dict[str, str]]:
+    """What pip builds from, and its environment: a checkout is copied first (pip builds in
+    the source tree: two builds of one checkout at once would share its build/ folder, and a
+    read-only checkout could not be built at all), its git revision passed on for the wheel's
+    build info."""
+    env = dict(os.environ)
+    if not source.is_dir():
+        return source, env
+    try:
+        found = subprocess.run(["git", "-c", "safe.directory=*", "rev-parse", "--short=12",
+                                "HEAD"], capture_output=True, text=True, timeout=30,
+                               check=False, cwd=source)
+        if found.returncode == 0 and found.stdout.strip():
+            env["GPUACCT_BUILD_REVISION"] = found.stdout.strip()
+    except OSError:
+        pass  # no git: the wheel says "unknown"
+    copy = work / "source"
+    shutil.copytree(source, copy, ignore=NOT_SOURCE, symlinks=True)
+    return copy, env
+
+
 def build(source: Path, into: Path) -> list[str]:
     """Wheels of gpuacct from `source` (a checkout or a wheel) and of its dependencies, into
     `into`, replaced whole once every wheel is there; the wheels' names."""
@@ -34,10 +63,11 @@ def build(source: Path, into: Path) -> list[str]:
         constraints = Path(work) / "constraints.txt"
         constraints.write_text("\n".join(pins()) + "\n", encoding="utf-8")
         wheels = Path(work) / "wheels"
+        built, env = buildable(source.resolve(), Path(work))
         done = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-             "--wheel-dir", str(wheels), "-c", str(constraints), str(source)],
-            capture_output=True, text=True, timeout=1800, check=False)
+             "--wheel-dir", str(wheels), "-c", str(constraints), str(built)],
+            capture_output=True, text=True, timeout=1800, check=False, env=env)
         if done.returncode != 0:
             tail = " / ".join(done.stderr.strip().splitlines()[-3:])
             raise AdminError(f"pip could not build the wheels: {tail}")

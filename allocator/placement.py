@@ -15,6 +15,7 @@ Pure: no clock, no store. `allocator.service` feeds it the inventory and the que
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,8 +118,9 @@ class Planner:
     """The cluster's GPUs with what is held and planned on each, for one planning pass.
 
     A node's earliest slot for one shape of request (model, GPUs, count, length) is kept until
-    a slot is planned on that node, so a queue of requests of a few shapes costs one search
-    per node and shape, then one per placement."""
+    a slot is planned on that node, and the nodes' earliest slots for a shape are kept in a
+    heap, so a queue of requests of a few shapes costs one search per node and shape, then a
+    few per placement."""
 
     def __init__(self, inventory: Iterable[Gpu], held: Iterable[Held], now: float,
                  in_use: Mapping[tuple[str, int], frozenset[str]] | None = None) -> None:
@@ -135,7 +137,11 @@ class Planner:
                 if timeline is not None and h.until > now:
                     timeline.add(now, h.until)
         self._patterns: dict[str, ModelMatcher] = {}
+        self._matched: dict[tuple[str, str], bool] = {}
         self._earliest: dict[str, dict[tuple[object, ...], Slot | None]] = {}
+        self._order = {node: i for i, node in enumerate(self.nodes)}
+        self._planned = dict.fromkeys(self.nodes, 0)  # slots planned on each node so far
+        self._heaps: dict[tuple[object, ...], list[tuple[float, int, str, int]]] = {}
 
     def _eligible(self, want: Want, node: str) -> list[Gpu]:
         gpus = self.nodes[node]
@@ -145,11 +151,19 @@ class Planner:
         if want.gpus is not None:
             gpus = [g for g in gpus if g.index in want.gpus]
         if want.model is not None:
-            pattern = self._patterns.get(want.model)
-            if pattern is None:
-                pattern = self._patterns[want.model] = ModelMatcher(want.model)
-            gpus = [g for g in gpus if pattern.search(g.model)]
+            gpus = [g for g in gpus if self._matches(want.model, g.model)]
         return gpus
+
+    def _matches(self, pattern: str, model: str) -> bool:
+        """Whether the model name matches: a cluster has a few models, a queue a few
+        patterns, so each pair is searched once a pass."""
+        found = self._matched.get((pattern, model))
+        if found is None:
+            matcher = self._patterns.get(pattern)
+            if matcher is None:
+                matcher = self._patterns[pattern] = ModelMatcher(pattern)
+            found = self._matched[(pattern, model)] = matcher.search(model)
+        return found
 
     def _earliest_on(self, want: Want, gpus: list[Gpu], after: float,
                      before: float) -> Slot | None:
@@ -169,7 +183,7 @@ class Planner:
                     continue
                 if s - free_from >= length and free_from < before:
                     events += [(free_from, 0, g.index), (s - length, 1, g.index)]
-                free_from = max(free_from, e)
+                free_from = e  # later than free_from: the interval was not skipped
             if free_from < before:
                 events.append((free_from, 0, g.index))  # free for good from here
         events.sort()
@@ -184,30 +198,62 @@ class Planner:
                 return Slot(want.id, gpus[0].node, chosen, time, time + length)
         return None
 
+    def _on(self, want: Want, node: str, count: int) -> Slot | None:
+        """The node's earliest slot for the request, kept until a slot is planned there."""
+        memo = self._earliest.setdefault(node, {})
+        # Where another's work runs, what is free depends on who asks.
+        shape = (want.model, want.gpus, count, want.seconds,
+                 want.user if node in self._busy_nodes else None, want.preempt)
+        if shape not in memo:
+            gpus = self._eligible(want, node)
+            memo[shape] = (self._earliest_on(want, gpus, self.now, float("inf"))
+                           if len(gpus) >= count else None)
+        return memo[shape]
+
+    def _earliest_of_free_nodes(self, want: Want, count: int) -> Slot | None:
+        """The earliest slot over the nodes nobody else works on, the first node first among
+        equals: a heap per shape of request, each node's entry refreshed only after a slot
+        was planned on it, so a pass costs a few heap steps a request, not one look a node."""
+        shape = (want.model, want.count, want.seconds)
+        heap = self._heaps.get(shape)
+        if heap is None:
+            heap = self._heaps[shape] = []
+            for node in self.nodes:
+                if node not in self._busy_nodes:
+                    slot = self._on(want, node, count)
+                    if slot is not None:
+                        heap.append((slot.start, self._order[node], node, self._planned[node]))
+            heapq.heapify(heap)
+        while heap:
+            _, order, node, planned = heap[0]
+            if planned == self._planned[node]:
+                return self._on(want, node, count)
+            slot = self._on(want, node, count)  # something was planned there since
+            if slot is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (slot.start, order, node, self._planned[node]))
+        return None
+
     def place(self, want: Want) -> Slot | None:
         """Plan one request at its earliest slot, the first node first among equals (and keep
         it planned); None if it never fits."""
         count = len(want.gpus) if want.gpus is not None else want.count
-        best: Slot | None = None
-        for node in [want.node] if want.node is not None else self.nodes:
-            if node not in self.nodes:
-                continue
-            memo = self._earliest.setdefault(node, {})
-            # Where another's work runs, what is free depends on who asks.
-            shape = (want.model, want.gpus, count, want.seconds,
-                     want.user if node in self._busy_nodes else None, want.preempt)
-            if shape not in memo:
-                gpus = self._eligible(want, node)
-                memo[shape] = (self._earliest_on(want, gpus, self.now, float("inf"))
-                               if len(gpus) >= count else None)
-            slot = memo[shape]
-            if slot is not None and (best is None or slot.start < best.start):
-                best = slot
-        if best is None:
+        if want.node is not None or want.gpus is not None or want.preempt:
+            nodes = [want.node] if want.node is not None else list(self.nodes)
+            found = [s for n in nodes if n in self.nodes
+                     for s in [self._on(want, n, count)] if s is not None]
+        else:  # any node: the heap over the free ones, and each busy one asked itself
+            found = [s for s in [self._earliest_of_free_nodes(want, count),
+                                 *(self._on(want, n, count) for n in self._busy_nodes)]
+                     if s is not None]
+        if not found:
             return None
+        best = min(found, key=lambda s: (s.start, self._order[s.node]))
         for index in best.gpus:
             self.timelines[(best.node, index)].add(best.start, best.end)
         self._earliest.pop(best.node, None)
+        self._planned[best.node] += 1
         return Slot(want.id, best.node, best.gpus, best.start, best.end)
 
 

@@ -58,9 +58,13 @@ class Allocator:
         # report it; a node that never reported a reservation's use never idles it out).
         self._used: dict[int, float] = {}
         self._idle_told: set[int] = set()
-        # (node, GPU) -> whose processes run on it, as its node last said (open mode keeps
-        # everyone else off it; strict mode stops unreserved work instead).
+        # (node, GPU) -> whose unreserved work runs on it, as its node last said: open mode
+        # keeps everyone else off it; strict mode stops unreserved work instead. Work seen on
+        # a GPU while its user held a reservation there is the reservation's (`_reserved_work`,
+        # until it ends): it counts as the reservation does, and when the reservation ends
+        # (expired, released idle) the GPU is given out again, that work told and stopped.
         self._in_use: dict[tuple[str, int], frozenset[str]] = {}
+        self._reserved_work: set[tuple[str, int, str]] = set()
         self._live: dict[tuple[str, int], NodeGpu] = {}  # each GPU as its node last said
         with self._lock:
             now = self.clock()
@@ -80,11 +84,25 @@ class Allocator:
             self._live = {k: v for k, v in self._live.items() if k[0] != node}
             self._live.update(((node, g.index), g) for g in gpus)
             in_use = {k: v for k, v in self._in_use.items() if k[0] != node}
-            in_use.update(((node, g.index), frozenset(g.users)) for g in gpus if g.users)
+            in_use.update(self._unreserved_work(node, gpus))
             moved = in_use != self._in_use
             self._in_use = in_use
             if changed or (moved and self.settings.mode == "open"):
                 self._plan(now)
+
+    def _unreserved_work(self, node: str, gpus: tuple[NodeGpu, ...]
+                         ) -> dict[tuple[str, int], frozenset[str]]:
+        """Whose work on each of the node's GPUs is not a reservation's; what is remembers
+        it was, for as long as it runs there."""
+        seen = {(node, g.index, u) for g in gpus for u in g.users}
+        holders = {(node, gpu, r.user) for r in self.store.open_requests()
+                   if r.state == "granted" and r.granted_node == node
+                   for gpu in r.granted_gpus} if seen else set()
+        self._reserved_work = {w for w in self._reserved_work if w[0] != node or w in seen}
+        self._reserved_work |= seen & holders
+        return {(node, g.index): users for g in gpus
+                if (users := frozenset(u for u in g.users
+                                       if (node, g.index, u) not in self._reserved_work))}
 
     def report_use(self, used: dict[int, float]) -> None:
         with self._lock:

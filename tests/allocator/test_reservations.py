@@ -252,6 +252,7 @@ def test_a_reservation_never_takes_a_gpu_someone_works_on(
 
     # An administrator preempts bob's work on gpu01's GPU 0 for carol, on purpose: audited,
     # bob told, then stopped after the grace.
+    started = time.monotonic()
     preempted = subprocess.run(
         [sys.executable, "-m", "enforcer", "--config", str(rig.enforcer.config), "preempt",
          carol.name, "1", "--for", "30m", "--node", "gpu01", "--gpus", "0", "--reason",
@@ -259,7 +260,6 @@ def test_a_reservation_never_takes_a_gpu_someone_works_on(
         capture_output=True, text=True, timeout=60)
     assert preempted.returncode == 0, preempted.stderr
     assert preempted.stdout.startswith("granted: reservation 3, GPU 0 on gpu01"), preempted
-    started = time.monotonic()
     wait_until(lambda: told(rig.enforcer, bob.name, "gpu01", f"reserved by {carol.name}"), 10)
     wait_until(lambda: first.poll() is not None, 15)
     assert time.monotonic() - started >= GRACE and second.poll() is None
