@@ -15,15 +15,17 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from allocator.fairshare import Factors, Usage, prioritize
 from allocator.placement import Gpu, Held, Slot, Want, plan, why_never
 from allocator.store import AllocationStore, Changes, Request
-from gpuacct.allocation import ANOTHER_USER, Entry, GpuStatus, Reserve, Summary
+from gpuacct.allocation import ANOTHER_USER, Entry, GpuStatus, Priority, Reserve, Summary
 from gpuacct.config import AllocatorSettings
 from gpuacct.policy import NodeGpu, Notice, Reservations, ReservedGpu
 from gpuacct.wording import duration
 
 log = logging.getLogger(__name__)
 NOTICE_SECONDS = 3600.0  # a notice goes out with the desired state this long
+PROBE = 2**62  # a dry run's request: after every real one among equals
 
 
 class AllocationError(Exception):
@@ -47,8 +49,12 @@ def clock_time(t: float) -> str:
 class Allocator:
     def __init__(self, store: AllocationStore, settings: AllocatorSettings,
                  restriction: Callable[[str], str | None] = lambda user: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 usage: Callable[[float], Usage] = lambda now: Usage()) -> None:
         self.store, self.settings, self.clock = store, settings, clock
+        self.usage = usage  # each account's decayed usage, for fair share (the ledger's)
+        self._order: list[int] = []  # the queue's ids, highest priority first
+        self._factors: dict[int, Factors] = {}
         self.restriction = restriction  # why a user may not have new GPUs now (blocked...)
         self.on_change: Callable[[], None] = lambda: None
         self.on_grant: Callable[[float], None] = lambda waited: None
@@ -248,7 +254,9 @@ class Allocator:
                                  f"gpuacct: your {_name(r)} ends at {clock_time(r.ends)} "
                                  f"(in {duration(r.ends - now)})")
                 c.prune_notices(now - NOTICE_SECONDS)
-            if ended:
+            queued = [r for r in self.store.open_requests() if r.state == "queued"]
+            reordered = [r.id for r, _ in self._ranked(queued, now)] != self._order
+            if ended or reordered:  # time alone moves only the order (age, decayed usage)
                 self._plan(now)
             elif c.dirty:
                 self.on_change()  # notices to send
@@ -261,7 +269,10 @@ class Allocator:
         open_ = self.store.open_requests()
         held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
                 for r in open_ if r.state == "granted"]
-        queue = [r for r in open_ if r.state == "queued"]
+        ranked = self._ranked([r for r in open_ if r.state == "queued"], now)
+        queue = [r for r, _ in ranked]
+        self._order = [r.id for r in queue]
+        self._factors = {r.id: f for r, f in ranked}
         slots = plan(self.inventory(), held, [_want(r) for r in queue], now,
                      self._in_use if self.settings.mode == "open" else None)
         starting = [(r, slots[r.id]) for r in queue
@@ -277,11 +288,18 @@ class Allocator:
                                  f"gpuacct: your request {r.id} is granted: {where} until "
                                  f"{clock_time(now + r.seconds)}; `gpuacct run -- CMD` there")
         self._slots = {id: s for id, s in slots.items() if s.start > now}
+        started = {r.id for r, _ in starting}
+        self._order = [id for id in self._order if id not in started]
         for r, _ in starting:
             self.on_grant(now - r.submitted)
         if starting:
             log.info("granted %s", ", ".join(str(r.id) for r, _ in starting))
         self.on_change()
+
+    def _ranked(self, queue: list[Request], now: float) -> list[tuple[Request, Factors]]:
+        usage = self.usage(now)
+        return prioritize(queue, now, usage.decayed, lambda user: usage.accounts.get(user, user),
+                          self.settings.priority)
 
     def _nodes_of(self, r: Request) -> tuple[str, ...]:
         return tuple(dict.fromkeys(n for n in (r.asked_on, r.granted_node) if n))
@@ -304,15 +322,16 @@ class Allocator:
     def _would(self, user: str, asked_on: str, ask: Reserve, now: float) -> str:
         """What the request would get if asked now, behind everything queued: planned, not
         kept."""
-        probe = Request(0, user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
+        probe = Request(PROBE, user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
                         ask.gpus, now, "queued")
         open_ = self.store.open_requests()
         held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
                 for r in open_ if r.state == "granted"]
-        queue = [r for r in open_ if r.state == "queued"] + [probe]
+        queue = [r for r, _ in self._ranked(
+            [r for r in open_ if r.state == "queued"] + [probe], now)]
         slot = plan(self.inventory(), held, [_want(r) for r in queue], now,
-                    self._in_use if self.settings.mode == "open" else None).get(0)
-        position = len(queue)
+                    self._in_use if self.settings.mode == "open" else None).get(PROBE)
+        position = [r.id for r in queue].index(PROBE) + 1
         if slot is None:
             return f"would queue at position {position}, {self._waiting_on(probe)}"
         where = f"GPU {','.join(map(str, slot.gpus))} on {slot.node}"
@@ -339,30 +358,31 @@ class Allocator:
         return (f"no estimated start: it waits for GPUs in use ({held}), whose work has no "
                 "known end")
 
-    def _entry(self, r: Request, now: float, position: int | None = None) -> Entry:
+    def _entry(self, r: Request, now: float) -> Entry:
         slot = self._slots.get(r.id)
-        if position is None and r.state == "queued":
-            queued = [q.id for q in self.store.open_requests() if q.state == "queued"]
-            position = queued.index(r.id) + 1
+        factors = self._factors.get(r.id) if r.state == "queued" else None
+        position = (self._order.index(r.id) + 1 if r.state == "queued" and r.id in self._order
+                    else None)
         return Entry(id=r.id, user=r.user, state=r.state, count=r.count, seconds=r.seconds,
                      model=r.model, node=r.granted_node or (slot.node if slot else r.node),
                      gpus=r.granted_gpus or (slot.gpus if slot else r.gpus or ()),
                      submitted=r.submitted, started=r.started, ends=r.ends,
                      position=position,
-                     estimated_start=slot.start if slot else None)
+                     estimated_start=slot.start if slot else None,
+                     priority=Priority(**vars(factors)) if factors else None)
 
     def summary(self, user: str | None = None) -> Summary:
-        """Everything open (or one user's), with queue positions and estimated starts."""
+        """Everything open (or one user's): the reservations, then the queue in its order,
+        with positions, estimated starts and each request's priority factors."""
         with self._lock:
             now = self.clock()
-            entries, position = [], 0
-            for r in self.store.open_requests():
-                if r.state == "queued":
-                    position += 1
-                if user in (None, r.user):
-                    entries.append(self._entry(r, now, position if r.state == "queued"
-                                               else None))
-            return Summary(now=now, entries=tuple(entries), gpus=len(self.store.inventory()))
+            open_ = [r for r in self.store.open_requests() if user in (None, r.user)]
+            rank = {id: i for i, id in enumerate(self._order)}
+            open_.sort(key=lambda r: (r.state == "queued",
+                                      rank.get(r.id, len(rank)) if r.state == "queued" else 0,
+                                      r.id))
+            return Summary(now=now, entries=tuple(self._entry(r, now) for r in open_),
+                           gpus=len(self.store.inventory()))
 
     def gpus(self, viewer: str | None = None) -> tuple[GpuStatus, ...]:
         """Every GPU of the cluster: who works on it, who reserved it until when, and whether

@@ -38,6 +38,7 @@ from enforcer.nodes import Pusher
 from enforcer.notices import Notices
 from enforcer.notifier import Notifier
 from enforcer.store import Retention, Store
+from enforcer.usage import LedgerUsage
 from gpuacct import http
 from gpuacct.allocation import (
     PREEMPT_PATH,
@@ -189,7 +190,8 @@ def run(service: Service) -> int:
     allocator = Allocator(_opened("the allocator's store",
                                   lambda: AllocationStore(places.allocator(settings))),
                           settings.allocator,
-                          restriction=lambda user: _restriction(store, user))
+                          restriction=lambda user: _restriction(store, user),
+                          usage=LedgerUsage(settings))
     desired = Desired(store, allocator, allowances(settings.billing))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BuildInfo())

@@ -149,6 +149,17 @@ class ReleaseFor(Model):
     actor: str = Field(min_length=1, max_length=64)
 
 
+class Priority(Desired):
+    """Why a queued request is where it is (allocator.fairshare): `gpuacct queue --explain`."""
+
+    account: str
+    age: float
+    fairshare: float
+    usage: float
+    shares: float
+    priority: float
+
+
 class Entry(Desired):
     id: int
     user: str
@@ -163,6 +174,7 @@ class Entry(Desired):
     ends: float | None
     position: int | None  # in the queue, from 1
     estimated_start: float | None
+    priority: Priority | None = None  # a queued request's factors
 
 
 class Summary(Desired):

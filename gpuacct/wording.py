@@ -13,6 +13,20 @@ def duration(seconds: float) -> str:
     return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
+YEAR = 365 * 86400.0
+
+
+def time_left(seconds: float) -> str:
+    """A balance's time left at the current rate, for a column: a duration or "over a year"."""
+    return "over a year" if seconds > YEAR else duration(seconds)
+
+
+def runs_out(seconds: float, about: str = "") -> str:
+    """When a balance runs out at the current rate: "runs out in 2h 30m", or "lasts over a
+    year" (a rate that rounds to 0.00 would otherwise say "6828d 16h")."""
+    return "lasts over a year" if seconds > YEAR else f"runs out in {about}{duration(seconds)}"
+
+
 def memory(size: float) -> str:
     """Bytes as people read GPU memory: 40 GiB, 512 MiB, 1.5 GiB."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):

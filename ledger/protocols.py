@@ -58,6 +58,8 @@ class LedgerReader(Protocol):
 
     def account(self, name: str) -> Account | None: ...
 
+    def hourly_costs(self, since: int) -> list[tuple[str, int, Decimal]]: ...
+
     def charged_to(self, at: float) -> dict[str, str]:
         """user -> the account their usage goes to at `at`."""
 

@@ -135,6 +135,14 @@ class ReadOnlyLedger:
         found = self._account_rows("WHERE name = $1", (name,))
         return found[0] if found else None
 
+    def hourly_costs(self, since: int) -> list[tuple[str, int, Decimal]]:
+        """(account, hour start, what its usage cost in windows ending that hour) since
+        `since`: fair share's usage, decayed by the allocator."""
+        return [(str(account), int(hour), money(micros)) for account, hour, micros in
+                self._db().execute(
+                    f"SELECT account, window_end / 3600 * 3600, SUM({MICROS.format('cost')}) "
+                    "FROM usage_lines WHERE window_end >= $1 GROUP BY 1, 2", (since,))]
+
     def charged_to(self, at: float) -> dict[str, str]:
         """user -> the account their usage goes to at `at` (users known to the ledger)."""
         found = {name: name for (name,) in self._db().execute(

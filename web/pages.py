@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from gpuacct.notices import LearnedAddress
 from gpuacct.periods import parse_time, week_start
 from gpuacct.tiers import RANK
-from gpuacct.wording import duration, enforced
+from gpuacct.wording import duration, enforced, runs_out, time_left
 from ledger import LedgerError, Posting, SchemaError
 from web import directory, export, prices
 from web.actions import Refused, post_money
@@ -64,7 +64,8 @@ def templates(request: Request) -> Jinja2Templates:
     return t
 
 
-HELPERS = {"fmt": fmt, "when": when, "enforced": enforced, "duration": duration}
+HELPERS = {"fmt": fmt, "when": when, "enforced": enforced, "duration": duration,
+           "runs_out": runs_out, "time_left": time_left}
 
 
 def render(request: Request, name: str, status: int = 200, **values: Any) -> HTMLResponse:

@@ -28,7 +28,7 @@ from gpuacct.cli_common import add_config_argument, load_or_exit
 from gpuacct.money import shown
 from gpuacct.promql import Prometheus
 from gpuacct.tiers import HEALTHY, SEVERITY
-from gpuacct.wording import duration, enforced
+from gpuacct.wording import enforced, runs_out
 
 SOCKET_ENV = "GPUACCT_SOCKET"  # the node daemon's socket, where the config does not say
 
@@ -56,7 +56,7 @@ def render(status: Status) -> str:
         out.append(f"  balance      {status.balance}  (tier: {status.tier}; {limits})")
         spending = f"  spending     {status.cost_per_hour} an hour over the last hour"
         if status.seconds_left is not None:
-            spending += f"; at that rate it runs out in {duration(status.seconds_left)}"
+            spending += f"; at that rate it {runs_out(status.seconds_left)}"
         out.append(spending)
         week = week_line(status.week)
         if week:
@@ -77,7 +77,7 @@ def greeting(status: Status) -> str:
     if status.tier and status.tier != HEALTHY:
         head += f" ({status.tier})"
     if status.seconds_left is not None:
-        head += f", runs out in about {duration(status.seconds_left)}"
+        head += f", {runs_out(status.seconds_left, 'about ')}"
     lines = [head + (f": {'; '.join(what)}" if what else ". Please recharge soon.")]
     lines += [f"  {r.get('summary')}" for r in (status.enforcement or {}).get("reasons", [])
               if r.get("summary")][:3]

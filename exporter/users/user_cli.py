@@ -5,7 +5,8 @@
                                          reserve N GPUs on one node, or queue for them
   gpuacct gpus [--free] [--model PATTERN] [--json]
                                          every GPU: who works on it, who reserved it, free now
-  gpuacct queue                          everything reserved and queued, with estimated starts
+  gpuacct queue [--explain]              everything reserved and queued, with estimated starts
+                                         (--explain: each request's priority and factors)
   gpuacct reservations                   yours
   gpuacct release [ID]                   end a reservation or queued request (all of yours)
   gpuacct run -- CMD...                  run CMD on the GPUs you reserved on this node
@@ -85,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     gpus.add_argument("--free", action="store_true", help="only the GPUs free now")
     gpus.add_argument("--model", help="only GPUs whose model matches (a pattern, any case)")
     gpus.add_argument("--json", action="store_true", help="as JSON, for scripts")
-    sub.add_parser("queue", help="all reservations and the queue")
+    queue = sub.add_parser("queue", help="all reservations and the queue")
+    queue.add_argument("--explain", action="store_true",
+                       help="each queued request's priority and its factors (like sprio)")
     sub.add_parser("reservations", help="your reservations and queued requests")
     release = sub.add_parser("release", help="end a reservation or queued request")
     release.add_argument("id", type=_id, nargs="?", help="default: every one of yours")
@@ -171,6 +174,25 @@ def _gpus(path: Path, free: bool, model: str | None, as_json: bool) -> None:
         print(render_gpus(shown, time.time()))
 
 
+def explain(summary: Summary) -> str:
+    """The queue in its order with each request's priority factors (allocator.fairshare)."""
+    queued = [e for e in summary.entries if e.state == "queued" and e.priority is not None]
+    if not queued:
+        return "nobody is waiting"
+    rows = [("POS", "ID", "USER", "ACCOUNT", "PRIORITY", "AGE", "FAIRSHARE", "USAGE", "SHARES")]
+    for e in queued:
+        p = e.priority
+        assert p is not None
+        rows.append((str(e.position or "-"), str(e.id), e.user, p.account, f"{p.priority:.0f}",
+                     f"{p.age:.3f}", f"{p.fairshare:.3f}", f"{p.usage:.1%}", f"{p.shares:.1%}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                      for r in rows)
+    return (f"{table}\npriority = age weight x AGE + fair-share weight x FAIRSHARE; "
+            "FAIRSHARE = 2^-(USAGE/SHARES): USAGE is the account's part of all usage (decayed), "
+            "SHARES its part of the shares")
+
+
 def my_gpus_here(answer: Answer) -> list[Entry]:
     assert answer.summary is not None
     return [e for e in answer.summary.entries
@@ -207,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("queue", "reservations"):
             answer = ask(path, {"op": args.command})
             assert answer.summary is not None
-            print(render(answer.summary, "reserved or queued" if args.command == "queue"
-                         else "your reservations"))
+            if getattr(args, "explain", False):
+                print(explain(answer.summary))
+            else:
+                print(render(answer.summary, "reserved or queued" if args.command == "queue"
+                             else "your reservations"))
         elif args.command == "release":
             print(ask(path, {"op": "release", "id": args.id}).text)
         elif args.command == "run":

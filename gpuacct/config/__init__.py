@@ -32,7 +32,12 @@ from gpuacct.config.billing import (
 )
 from gpuacct.config.client import ClientSettings, TlsClientSettings
 from gpuacct.config.devices import VENDORS, AmdSmiSettings, DcmiSettings, NvmlSettings, Vendor
-from gpuacct.config.enforcer import AllocationLimits, AllocatorSettings, EnforcerSettings
+from gpuacct.config.enforcer import (
+    AllocationLimits,
+    AllocatorSettings,
+    EnforcerSettings,
+    PrioritySettings,
+)
 from gpuacct.config.exporter import ActuatorSettings, ExporterSettings, IdleSettings
 from gpuacct.config.influxdb import InfluxSettings, InfluxV1Settings, InfluxV2Settings
 from gpuacct.config.loading import CONFIG_ENV, Settings, load_settings, settings_from_mapping
@@ -80,6 +85,7 @@ __all__ = [
     "Port",
     "Price",
     "PriceVersion",
+    "PrioritySettings",
     "Section",
     "Settings",
     "StackSettings",

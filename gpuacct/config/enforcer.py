@@ -46,6 +46,24 @@ class AllocationLimits(Section):
     max_seconds: PositiveFloat | None = None  # the longest reservation
 
 
+class PrioritySettings(Section):
+    """The queue's order (Slurm's multifactor priority): a request's priority is
+    age_weight x its age (up to age_max_seconds, as a fraction) plus fairshare_weight x its
+    account's fair-share factor 2^(-usage/shares), where usage is the account's cost in the
+    ledger decayed with half_life_seconds, as a fraction of every account's, and shares its
+    configured shares as a fraction of every account's that asks or used (default 1 each).
+    Ties go to the earlier request; backfill never delays a request ahead. With age_weight
+    above fairshare_weight nobody starves: a request that waited age_max_seconds is ahead of
+    every one that waited less than (1 - fairshare_weight / age_weight) of that, whatever the
+    usage, so newcomers never pass it."""
+
+    age_weight: NonNegativeFloat = 10000.0
+    age_max_seconds: PositiveFloat = 86400.0
+    fairshare_weight: NonNegativeFloat = 5000.0
+    half_life_seconds: PositiveFloat = 7 * 86400.0
+    shares: dict[str, PositiveFloat] = {}  # account -> shares
+
+
 class AllocatorSettings(Section):
     """GPU reservations and their queue, kept and served by gpuacct-enforcer."""
 
@@ -65,6 +83,7 @@ class AllocatorSettings(Section):
     # Released when no process of the holder used it for this long (told at half); 0: never.
     idle_release_seconds: NonNegativeFloat = 1800.0
     check_interval_seconds: PositiveFloat = 5.0  # expiries and idle releases are looked at
+    priority: PrioritySettings = PrioritySettings()
 
     def limits(self, user: str) -> tuple[int, float]:
         own = self.user_limits.get(user, AllocationLimits())

@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
+from ledger import Ledger
 from stack.process import free_port
+from tests.allocator.test_fairshare import usage_at
 from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
 from tests.fixtures.gpus import device
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
@@ -34,6 +36,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 GRACE = 2.0  # seconds a process on someone else's GPU is given
 
 
+
+
+def gpuacct(venv: Path, socket: Path, user: UnixUser, *args: str, expect: int = 0) -> str:
+    """The installed `gpuacct` as a test user, on a node's socket: what it printed."""
+    done = subprocess.run(
+        [str(venv / "bin" / "gpuacct"), "--socket", str(socket), *args], user=user.uid,
+        group=user.gid, extra_groups=[], cwd="/tmp", env={"PATH": "/usr/bin:/bin",
+                                                          "HOME": "/tmp"},
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == expect, (done.stdout, done.stderr)
+    return done.stdout if expect == 0 else done.stderr
 
 
 class Rig:
@@ -61,13 +74,7 @@ class Rig:
 
     def gpuacct(self, user: UnixUser, *args: str, node: str = "gpu01",
                 expect: int = 0) -> str:
-        done = subprocess.run(
-            [str(self.venv / "bin" / "gpuacct"), "--socket", str(self.sockets / f"{node}.sock"),
-             *args], user=user.uid, group=user.gid, extra_groups=[], cwd="/tmp",
-            env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, capture_output=True, text=True,
-            timeout=30)
-        assert done.returncode == expect, (done.stdout, done.stderr)
-        return done.stdout if expect == 0 else done.stderr
+        return gpuacct(self.venv, self.sockets / f"{node}.sock", user, *args, expect=expect)
 
     def on_gpu(self, processes: Processes, user: UnixUser, node: EnforcingNode,
                gpu: int) -> subprocess.Popen[bytes]:
@@ -265,6 +272,35 @@ def test_a_reservation_never_takes_a_gpu_someone_works_on(
     assert time.monotonic() - started >= GRACE and second.poll() is None
     assert ("queued to preempt", "ann", "1 GPU for 30m, node gpu01, GPUs 0: paper deadline") in [
         (e["event"], e["actor"], e["detail"]) for e in rig.enforcer.get("/v1/allocation/audit")]
+
+
+def test_the_queue_is_ordered_by_fair_share_from_the_ledger(
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path, tmp_path: Path,
+        test_users: dict[str, UnixUser]) -> None:
+    """alice used much (the ledger says so), carol nothing: carol, asking after alice, is
+    first, and `gpuacct queue --explain` says why."""
+    alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
+    ledger = tmp_path / "ledger.sqlite3"
+    Ledger(ledger).close()
+    usage_at(ledger, alice.name, time.time() - 3600, "100")
+    port = free_port()
+    node = cluster.node("gpu01", enforcer_port=port, pull_seconds=1.0, devices=[device(0)],
+                        user_socket=str(shared_dir / "gpu01.sock"))
+    cluster.enforcer([node], port, sections={"billing": {"ledger": str(ledger)}})
+    socket = shared_dir / "gpu01.sock"
+    wait_until(socket.exists, 20)
+
+    def ask(user: UnixUser, *args: str) -> str:
+        return gpuacct(installed_gpuacct, socket, user, *args)
+
+    assert ask(bob, "reserve", "1", "--for", "1h").startswith("granted")
+    assert "position 1" in ask(alice, "reserve", "1", "--for", "1h")
+    assert "position 1" in ask(carol, "reserve", "1", "--for", "1h")  # ahead of her
+    lines = ask(carol, "queue", "--explain").splitlines()
+    assert [line.split()[2] for line in lines[1:3]] == [carol.name, alice.name]
+    assert lines[1].split()[6:] == ["1.000", "0.0%", "50.0%"]
+    assert lines[2].split()[6:] == ["0.250", "100.0%", "50.0%"]
+    assert lines[3].startswith("priority = age weight x AGE + fair-share weight x FAIRSHARE")
 
 
 BAD_INPUT = [

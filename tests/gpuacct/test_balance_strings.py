@@ -10,6 +10,7 @@ import pytest
 from exporter.users.balance_cli import render
 from gpuacct.balance import gather
 from gpuacct.promql import Sample
+from gpuacct.wording import runs_out, time_left
 from web.deps import fmt
 
 AMOUNTS = ["0", "12.5", "-0.004", "-0.005", "2.675", "999.995", "1234.565", "-1234.5",
@@ -47,3 +48,11 @@ def test_the_strings_people_see() -> None:
     assert [fmt(Decimal(a)) for a in AMOUNTS] == [
         "0.00", "12.50", "0.00", "0.00", "2.68", "1,000.00", "1,234.56", "-1,234.50",
         "1,000,000.00", "-98,765,432.11"]
+
+
+def test_a_balance_that_lasts_over_a_year_says_so() -> None:
+    """A rate that rounds to 0.00 an hour once said "runs out in 6828d 16h"."""
+    assert runs_out(9000.0) == "runs out in 2h 30m"
+    assert runs_out(9000.0, "about ") == "runs out in about 2h 30m"
+    assert runs_out(590_000_000.0) == "lasts over a year"
+    assert time_left(590_000_000.0) == "over a year" and time_left(86400.0 * 3) == "3d 0h"
