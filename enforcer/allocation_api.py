@@ -36,6 +36,7 @@ from gpuacct.allocation import (
     Cancel,
     Forwarded,
     Gpus,
+    Hold,
     Login,
     Preempt,
     Release,
@@ -54,13 +55,15 @@ def answer_for(allocator: Allocator, forwarded: Forwarded) -> Answer:
         allocator.report_gpus(caller.node, forwarded.gpus)
     if isinstance(ask, Reserve):
         outcome = allocator.reserve(caller.user, caller.node, ask)
-        return Answer(text=outcome.text)
+        return Answer(text=outcome.text, id=outcome.request.id if outcome.request else None)
     if isinstance(ask, Release):
         return Answer(text="\n".join(o.text for o in allocator.release(caller.user, ask.id)))
     if isinstance(ask, Login):
         raise AllocationError(f"a login is asked at {LOGIN_PATH}, not here")
     if isinstance(ask, Balance):
         raise AllocationError(f"a balance is asked at {BALANCE_PATH}, not here")
+    if isinstance(ask, Hold):
+        raise AllocationError("a hold is kept by the node's daemon, not here")
     if ask.op == "gpus":
         return Answer(text="", gpus=allocator.gpus(caller.user))
     mine = caller.user if ask.op == "reservations" else None

@@ -85,6 +85,15 @@ class Release(Model):
     id: int | None = Field(default=None, ge=1)  # none: every one of the caller's
 
 
+class Hold(Model):
+    """A waiting run's hold on its request (`gpuacct run --gpus N`): the node daemon keeps
+    the connection open and withdraws or releases request `id` when it closes, however the
+    waiting `gpuacct` ended; `keep` sent before closing leaves it (granted elsewhere)."""
+
+    op: Literal["hold"]
+    id: int = Field(ge=1)
+
+
 class Show(Model):
     op: Literal["queue", "reservations", "gpus"]
 
@@ -102,7 +111,7 @@ class Balance(Model):
     op: Literal["balance"]
 
 
-Ask = Annotated[Reserve | Release | Show | Login | Balance, Field(discriminator="op")]
+Ask = Annotated[Reserve | Release | Show | Login | Balance | Hold, Field(discriminator="op")]
 
 
 class Caller(Model):
@@ -210,6 +219,7 @@ class Gpus(Desired):
 
 class Answer(Desired):  # what nodes and the CLI are sent
     text: str
+    id: int | None = None  # the request a reserve made
     summary: Summary | None = None
     gpus: tuple[GpuStatus, ...] = ()
     balance: Status | None = None

@@ -34,6 +34,7 @@ from gpuacct.allocation import (
     Balance,
     Caller,
     Forwarded,
+    Hold,
     Login,
 )
 from gpuacct.config import describe_error
@@ -93,6 +94,13 @@ class Forwarder:
         return {"answer": answer.model_copy(update={"node": self.node}).model_dump(mode="json")}
 
 
+    def release(self, uid: int, id: int) -> None:
+        """A waiting run's request, withdrawn or released as its caller (a hold's end)."""
+        reply = self.handle(uid, json.dumps({"op": "release", "id": id}).encode())
+        if "answer" in reply:
+            log.info("uid %d's run ended: %s", uid, reply["answer"]["text"])
+
+
 class _Handler(socketserver.StreamRequestHandler):
     server: UserSocketServer
 
@@ -101,9 +109,29 @@ class _Handler(socketserver.StreamRequestHandler):
         line = self.rfile.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
             reply: dict[str, Any] = {"detail": "request too long", "kind": "refused"}
+        elif (held := _hold(line)) is not None:
+            self._hold(uid, held)
+            return
         else:
             reply = self.server.forwarder.handle(uid, line)
         self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+    def _hold(self, uid: int, held: Hold) -> None:
+        """Kept open for as long as the waiting run lives; its end ends the request, unless
+        the run said `keep` (its grant is on another node, for the user to use there)."""
+        self.wfile.write(b'{"held": true}\n')
+        self.wfile.flush()
+        said = self.rfile.readline(16)  # blocks until the run says keep, or closes
+        if said.strip() != b"keep":
+            self.server.forwarder.release(uid, held.id)
+
+
+def _hold(line: bytes) -> Hold | None:
+    try:
+        ask = ASK.validate_json(line)
+    except ValidationError:
+        return None
+    return ask if isinstance(ask, Hold) else None
 
 
 class UserSocketServer(socketserver.ThreadingUnixStreamServer):

@@ -10,6 +10,9 @@
   gpuacct reservations                   yours
   gpuacct release [ID]                   end a reservation or queued request (all of yours)
   gpuacct run -- CMD...                  run CMD on the GPUs you reserved on this node
+  gpuacct run --gpus N --for D [--model M] [--node X|any] -- CMD...
+                                         reserve or queue, wait, run CMD when granted; the
+                                         reservation ends with CMD (or when this is killed)
   gpuacct web                            a one-time link that logs you in to your web page
 
 Durations: 90s, 30m, 2h, 1d, 1h30m. Who you are is what the kernel tells this node's gpuacct
@@ -21,6 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,7 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("reservations", help="your reservations and queued requests")
     release = sub.add_parser("release", help="end a reservation or queued request")
     release.add_argument("id", type=_id, nargs="?", help="default: every one of yours")
-    run = sub.add_parser("run", help="run a command on your reserved GPUs here")
+    run = sub.add_parser("run", help="run a command on your reserved GPUs here; with --gpus, "
+                                     "reserve or queue, wait, and run it when granted")
+    run.add_argument("--gpus", dest="count", type=_count, metavar="N",
+                     help="reserve N GPUs (or queue), wait, run CMD on them, release at its end")
+    run.add_argument("--for", dest="duration", metavar="DURATION",
+                     help="with --gpus: how long at most (the reservation's length)")
+    run.add_argument("--model", help="with --gpus: a pattern searched in the GPU model")
+    run.add_argument("--node", help="with --gpus: this node (default), another, or `any` "
+                                    "(granted elsewhere: says where, runs nothing)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
     sub.add_parser("web", help="a one-time link to your web page, no password")
     return parser
@@ -236,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                              else "your reservations"))
         elif args.command == "release":
             print(ask(path, {"op": "release", "id": args.id}).text)
+        elif args.command == "run" and args.count is not None:
+            return _waiting_run(path, args)
         elif args.command == "run":
             return _run(path, args.cmd)
         elif args.command == "web":
@@ -243,6 +259,85 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _fail(str(exc), 2)
     return 0
+
+
+POLL_SECONDS = 0.25  # how often a waiting run asks whether its request was granted
+
+
+def _waiting_run(path: Path, args: argparse.Namespace) -> int:
+    """Reserve or queue; hold the request through the node daemon (its connection's end, by
+    exit or by kill, withdraws or releases it); wait for the grant; run CMD on the GPUs as
+    this user; pass its exit status through."""
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise UsageError("run: give the command after --, e.g. gpuacct run --gpus 1 --for 2h "
+                         "-- python train.py")
+    if args.duration is None:
+        raise UsageError("run --gpus: say for how long with --for, e.g. --for 2h")
+    here = ask(path, {"op": "reservations"}).node
+    node = None if args.node == "any" else args.node or here
+    answer = ask(path, {"op": "reserve", "count": args.count, "seconds":
+                        parse_duration(args.duration), "model": args.model, "node": node})
+    if answer.id is None:
+        _fail("the control plane is older than this node: it does not say which request it "
+              "made, so this run cannot hold it; use gpuacct reserve, then gpuacct run", 1)
+    hold = _hold(path, answer.id)
+    print(answer.text.splitlines()[0], flush=True)
+    entry, hold = _granted(path, answer.id, hold)
+    if entry.node != here:
+        hold.sendall(b"keep\n")  # the reservation is the user's, to use on that node
+        print(f"granted on {entry.node}, GPU {','.join(map(str, entry.gpus))}: run it there "
+              f"(`gpuacct run -- CMD` on {entry.node}); nothing was run here")
+        return 0
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+           "CUDA_VISIBLE_DEVICES": ",".join(map(str, entry.gpus))}
+    print(f"granted: GPU {','.join(map(str, entry.gpus))} on {here}; running {cmd[0]}",
+          flush=True)
+    try:
+        child = subprocess.Popen(cmd, env=env)
+    except OSError as exc:
+        _fail(f"cannot run {cmd[0]}: {exc.strerror}", 127)
+    while True:
+        try:
+            return child.wait()  # then this process exits: the daemon releases the GPUs
+        except KeyboardInterrupt:
+            continue  # Ctrl-C reached CMD too; its exit ends the run
+
+
+def _hold(path: Path, id: int) -> socket.socket:
+    """The connection the node daemon holds request `id` by, for this process's life."""
+    hold = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        hold.connect(str(path))
+        hold.sendall(json.dumps({"op": "hold", "id": id}).encode() + b"\n")
+        if b'"held"' not in hold.makefile("rb").readline(1024):
+            raise OSError("the daemon did not hold the request")
+    except OSError as exc:
+        ask(path, {"op": "release", "id": id})
+        _fail(f"cannot hold request {id} at {path}: {exc}", 1)
+    return hold
+
+
+def _granted(path: Path, id: int, hold: socket.socket) -> tuple[Entry, socket.socket]:
+    """Wait for request `id`'s grant, saying when its place in the queue changes; a daemon
+    that restarted meanwhile is asked to hold the request again."""
+    said = None
+    while True:
+        if select.select([hold], [], [], 0)[0] and not hold.recv(64):
+            hold.close()
+            hold = _hold(path, id)
+        answer = ask(path, {"op": "reservations"})
+        assert answer.summary is not None
+        mine = [e for e in answer.summary.entries if e.id == id]
+        if not mine:
+            _fail(f"request {id} ended before it was granted (cancelled, or released "
+                  "elsewhere)", 1)
+        if mine[0].state == "granted":
+            return mine[0], hold
+        if mine[0].position != said:
+            said = mine[0].position
+            print(f"waiting: position {said} in the queue", flush=True)
+        time.sleep(POLL_SECONDS)
 
 
 def _run(path: Path, cmd: list[str]) -> int:

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from tests.allocator.test_fairshare import usage_at
 from tests.fixtures.enforcement import TOKEN, Cluster, Enforcer, EnforcingNode, wait_until
 from tests.fixtures.gpus import device
 from tests.fixtures.users import Processes, UnixUser, wait_until_exec
+from tests.web.conftest import Web, proxied
+from tests.web.test_gpus_page import cells
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -204,7 +207,7 @@ def on_gpus(node: EnforcingNode, user: UnixUser) -> set[str]:
 
 def test_a_reservation_never_takes_a_gpu_someone_works_on(
         cluster: Cluster, shared_dir: Path, installed_gpuacct: Path, processes: Processes,
-        test_users: dict[str, UnixUser]) -> None:
+        test_users: dict[str, UnixUser], start_web: Callable[..., Web]) -> None:
     """open mode: bob trains unreserved on GPU 0 of gpu01, so alice's reservation gets GPU 1.
     With bob on both GPUs of gpu02, carol's request waits, saying whose work it waits for,
     and bob is never signalled; when one of his processes ends, carol gets that GPU."""
@@ -233,6 +236,13 @@ def test_a_reservation_never_takes_a_gpu_someone_works_on(
     assert rig.gpuacct(carol, "gpus", "--model", "H100") == "no GPU matches\n"
     err = rig.gpuacct(carol, "gpus", "--model", "(", expect=2)
     assert err.startswith("gpuacct: --model '(': not a regular expression"), err
+    # The web's GPUs page lists what the command lists.
+    web = start_web(enforcer_url=rig.enforcer.url, auth={"webhook_token": TOKEN})
+    listed = json.loads(rig.gpuacct(carol, "gpus", "--json"))
+    page = proxied(carol.name).get(f"{web.url}/gpus", timeout=10).text
+    assert [(r[0], r[1], r[2], r[5], r[6].split(" until")[0], r[7]) for r in cells(page)] == [
+        (g["node"], str(g["index"]), g["model"], ", ".join(g["users"]) or "—",
+         g["reserved_by"] or "—", "yes" if g["free"] else "no") for g in listed]
 
     second, third = rig.on_gpu(processes, bob, gpu02, 0), rig.on_gpu(processes, bob, gpu02, 1)
     wait_until(lambda: on_gpus(gpu02, bob) == {"0", "1"})
@@ -301,6 +311,52 @@ def test_the_queue_is_ordered_by_fair_share_from_the_ledger(
     assert lines[1].split()[6:] == ["1.000", "0.0%", "50.0%"]
     assert lines[2].split()[6:] == ["0.250", "100.0%", "50.0%"]
     assert lines[3].startswith("priority = age weight x AGE + fair-share weight x FAIRSHARE")
+
+
+def test_a_waiting_run_starts_when_its_turn_comes_and_ends_with_its_command(
+        cluster: Cluster, shared_dir: Path, installed_gpuacct: Path, processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    """bob's `gpuacct run --gpus 1` waits behind alice's reservation of gpu01, starts its
+    command within a second of her release, on the GPU it was granted, passes its exit
+    status through and ends the reservation with it; carol's waiting run, killed, withdraws
+    her request."""
+    rig = Rig(cluster, shared_dir, installed_gpuacct)
+    alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
+    assert rig.gpuacct(alice, "reserve", "2", "--for", "1h", "--node", "gpu01").startswith(
+        "granted: reservation 1")
+    out = shared_dir / "bob-started"
+    out.touch()
+    os.chown(out, bob.uid, bob.gid)
+    script = ("import os, sys, time; open(sys.argv[1], 'w').write(f'{time.time()} "
+              "{os.environ[\"CUDA_VISIBLE_DEVICES\"]}'); sys.exit(3)")
+    waiting = processes.run(bob, [str(installed_gpuacct / "bin" / "gpuacct"), "--socket",
+                                  str(shared_dir / "gpu01.sock"), "run", "--gpus", "1", "--for",
+                                  "30m", "--", "/usr/bin/python3", "-c", script, str(out)])
+    wait_until(lambda: [(e["user"], e["state"]) for e in rig.summary()][1:] == [
+        (bob.name, "queued")], 15)
+    time.sleep(1)  # it is waiting, polling
+    released = time.time()
+    assert rig.gpuacct(alice, "release").startswith("released: reservation 1")
+    assert waiting.wait(15) == 3  # the command's own exit status
+    started, gpus = out.read_text().split()
+    assert float(started) - released < 1.0, f"started {float(started) - released:.2f}s late"
+    assert gpus in ("0", "1")
+    wait_until(lambda: rig.summary() == [], 10)  # the reservation ended with the command
+    events = [(e["user"], e["event"]) for e in rig.enforcer.get("/v1/allocation/audit")]
+    assert (bob.name, "granted") in events and (bob.name, "released") in events
+
+    # A waiting run that is killed takes its request with it.
+    rig.gpuacct(alice, "reserve", "2", "--for", "1h", "--node", "gpu01")
+    hers = processes.run(carol, [str(installed_gpuacct / "bin" / "gpuacct"), "--socket",
+                                 str(shared_dir / "gpu01.sock"), "run", "--gpus", "1", "--for",
+                                 "30m", "--", "/bin/true"])
+    wait_until(lambda: (carol.name, "queued") in [(e["user"], e["state"])
+                                                  for e in rig.summary()], 15)
+    os.killpg(hers.pid, signal.SIGKILL)
+    hers.wait()
+    wait_until(lambda: carol.name not in [e["user"] for e in rig.summary()], 10)
+    assert (carol.name, "withdrawn", carol.name) in [
+        (e["user"], e["event"], e["actor"]) for e in rig.enforcer.get("/v1/allocation/audit")]
 
 
 BAD_INPUT = [
