@@ -77,7 +77,7 @@ def bench_placement() -> None:
     print(f"  naive first fit on free GPUs:                     {naive * 1000:8.1f} ms a decision,"
           f" {naive / len(wants) * 1e6:6.1f} us a request; {len(granted)} granted, "
           f"no estimate for the other {len(wants) - len(granted)}")
-    print(f"  ratio planned / naive: {ours / naive:.1f}x")
+    print(f"  ratio planned / naive: {ours / naive:.2f}x")
     # Half the cluster free: most requests are granted at once.
     free = held[::2]
     ours, slots = timed(plan, gpus, free, wants, NOW)
@@ -86,7 +86,7 @@ def bench_placement() -> None:
     now_slots = sum(1 for s in slots.values() if s.start <= NOW)
     print("placement: the same, half the GPUs free")
     print(f"  planned: {ours * 1000:8.1f} ms a decision ({now_slots} granted now); naive: "
-          f"{naive * 1000:6.1f} ms ({len(granted)} granted); ratio {ours / naive:.1f}x")
+          f"{naive * 1000:6.1f} ms ({len(granted)} granted); ratio {ours / naive:.2f}x")
     # The queue's order before a pass: fair share over 40 users' decayed usage, and age.
     rng = random.Random(2)
     usage = {f"u{n}": rng.uniform(0, 1000) for n in range(40)}

@@ -195,3 +195,31 @@ def test_no_slot_is_on_a_gpu_another_user_works_on(
         want = next(w for w in wants if w.id == slot.id)
         for i in slot.gpus:
             assert not in_use.get((slot.node, i), frozenset()) - {want.user}
+
+
+class _Forgetful(Planner):
+    """The same planner knowing nothing from one request to the next: every node is looked at
+    afresh for every request."""
+
+    def place(self, want: Want) -> Slot | None:
+        self._known = [{} for _ in self._known]
+        for kept in (self._heaps, self._members, self._counts, self._grown, self._joined):
+            kept.clear()
+        return super().place(want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.data())
+def test_what_the_planner_keeps_between_requests_changes_nothing(
+        scenario: tuple[list[Gpu], list[Held], list[Want]], data: st.DataObject) -> None:
+    """The heaps and the earliest starts kept from request to request (refreshed as nodes
+    change, joined as gaps grow) give exactly the slots of looking at every node afresh."""
+    gpus, held, wants = scenario
+    in_use = {(g.node, g.index): frozenset({data.draw(st.sampled_from(["u0", "u1", "x"]))})
+              for g in gpus if data.draw(st.integers(0, 4)) == 0}
+    wants = [Want(w.id, w.user, w.count, w.seconds, w.model, w.node,
+                  preempt=data.draw(st.integers(0, 9)) == 0) for w in wants]
+    kept = Planner(gpus, held, NOW, in_use, wants)
+    afresh = _Forgetful(gpus, held, NOW, in_use)
+    for want in wants:
+        assert kept.place(want) == afresh.place(want)
