@@ -86,12 +86,21 @@ class Release(Model):
 
 
 class Hold(Model):
-    """A waiting run's hold on its request (`gpuacct run --gpus N`): the node daemon keeps
-    the connection open and withdraws or releases request `id` when it closes, however the
-    waiting `gpuacct` ended; `keep` sent before closing leaves it (granted elsewhere)."""
+    """A waiting run's hold on its request (`gpuacct run --gpus N`): the node daemon makes
+    the request (`reserve`) and answers on the same connection, or takes over request `id`
+    (after the daemon restarted), then keeps the connection open and withdraws or releases
+    the request when it closes, however the waiting `gpuacct` ended: no request is ever left
+    without a hold. `keep` sent before closing leaves it (granted elsewhere)."""
 
     op: Literal["hold"]
-    id: int = Field(ge=1)
+    id: int | None = Field(default=None, ge=1)
+    reserve: Reserve | None = None
+
+    @model_validator(mode="after")
+    def _one_request(self) -> Hold:
+        if (self.id is None) == (self.reserve is None):
+            raise ValueError("a hold names a request (id) or makes one (reserve), not both")
+        return self
 
 
 class Show(Model):

@@ -118,12 +118,23 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _hold(self, uid: int, held: Hold) -> None:
         """Kept open for as long as the waiting run lives; its end ends the request, unless
-        the run said `keep` (its grant is on another node, for the user to use there)."""
-        self.wfile.write(b'{"held": true}\n')
-        self.wfile.flush()
-        said = self.rfile.readline(16)  # blocks until the run says keep, or closes
-        if said.strip() != b"keep":
-            self.server.forwarder.release(uid, held.id)
+        the run said `keep` (its grant is on another node, for the user to use there). A
+        request made here is answered on this connection, so one whose run is gone before
+        the answer comes is ended all the same."""
+        id = held.id
+        reply: dict[str, Any] = {"held": True}
+        if held.reserve is not None:  # answered here; its id is what is held
+            reply = self.server.forwarder.handle(uid, held.reserve.model_dump_json().encode())
+            answer = reply.get("answer")
+            id = answer.get("id") if isinstance(answer, dict) else None
+        try:
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+            self.wfile.flush()
+            said = self.rfile.readline(16) if id is not None else b"keep"  # until keep or close
+        except OSError:  # the run is gone
+            said = b""
+        if id is not None and said.strip() != b"keep":
+            self.server.forwarder.release(uid, id)
 
 
 def _hold(line: bytes) -> Hold | None:

@@ -119,6 +119,11 @@ def ask(path: Path, request: dict[str, Any], timeout: float = 15.0) -> Answer:
     except (OSError, ValueError) as exc:
         _fail(f"cannot reach this node's gpuacct daemon at {path}: "
               f"{getattr(exc, 'strerror', None) or exc}", 1)
+    return _answer(reply)
+
+
+def _answer(reply: dict[str, Any]) -> Answer:
+    """The daemon's answer; exits with its message when it is refused."""
     if "detail" in reply:
         _fail(str(reply["detail"]), 2 if reply.get("kind") == "refused" else 1)
     return Answer.model_validate(reply.get("answer", {}))
@@ -276,12 +281,13 @@ def _waiting_run(path: Path, args: argparse.Namespace) -> int:
         raise UsageError("run --gpus: say for how long with --for, e.g. --for 2h")
     here = ask(path, {"op": "reservations"}).node
     node = None if args.node == "any" else args.node or here
-    answer = ask(path, {"op": "reserve", "count": args.count, "seconds":
-                        parse_duration(args.duration), "model": args.model, "node": node})
+    hold, reply = _hold(path, {"reserve": {
+        "count": args.count, "seconds": parse_duration(args.duration), "model": args.model,
+        "node": node}})
+    answer = _answer(reply)
     if answer.id is None:
         _fail("the control plane is older than this node: it does not say which request it "
               "made, so this run cannot hold it; use gpuacct reserve, then gpuacct run", 1)
-    hold = _hold(path, answer.id)
     print(answer.text.splitlines()[0], flush=True)
     entry, hold = _granted(path, answer.id, hold)
     if entry.node != here:
@@ -304,17 +310,26 @@ def _waiting_run(path: Path, args: argparse.Namespace) -> int:
             continue  # Ctrl-C reached CMD too; its exit ends the run
 
 
-def _hold(path: Path, id: int) -> socket.socket:
-    """The connection the node daemon holds request `id` by, for this process's life."""
+def _hold(path: Path, request: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]:
+    """The connection the node daemon holds a request by, for this process's life (it
+    makes the request, `reserve`, or takes over request `id`), and its first reply."""
     hold = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         hold.connect(str(path))
-        hold.sendall(json.dumps({"op": "hold", "id": id}).encode() + b"\n")
-        if b'"held"' not in hold.makefile("rb").readline(1024):
-            raise OSError("the daemon did not hold the request")
-    except OSError as exc:
+        hold.sendall(json.dumps({"op": "hold", **request}).encode() + b"\n")
+        reply: dict[str, Any] = json.loads(hold.makefile("rb").readline(1 << 20) or b"{}")
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot reach this node's gpuacct daemon at {path}: "
+              f"{getattr(exc, 'strerror', None) or exc}", 1)
+    return hold, reply
+
+
+def _rehold(path: Path, id: int) -> socket.socket:
+    """Request `id` held again, by a daemon that restarted."""
+    hold, reply = _hold(path, {"id": id})
+    if reply.get("held") is not True:
         ask(path, {"op": "release", "id": id})
-        _fail(f"cannot hold request {id} at {path}: {exc}", 1)
+        _fail(f"cannot hold request {id} at {path}: {reply.get('detail', reply)}", 1)
     return hold
 
 
@@ -325,7 +340,7 @@ def _granted(path: Path, id: int, hold: socket.socket) -> tuple[Entry, socket.so
     while True:
         if select.select([hold], [], [], 0)[0] and not hold.recv(64):
             hold.close()
-            hold = _hold(path, id)
+            hold = _rehold(path, id)
         answer = ask(path, {"op": "reservations"})
         assert answer.summary is not None
         mine = [e for e in answer.summary.entries if e.id == id]

@@ -196,13 +196,11 @@ def test_reserve_enforce_queue_restart_release(
                                     for e in rig.enforcer.get("/v1/allocation/audit")]
 
 
-def on_gpus(node: EnforcingNode, user: UnixUser) -> set[str]:
-    """The GPUs the node's exporter sees the user's processes on."""
-    found = set()
-    for line in node.exporter.scrape().splitlines():
-        if line.startswith("gpuacct_gpu_process_memory_bytes{") and f'user="{user.name}"' in line:
-            found.add(line.split('gpu="')[1].split('"')[0])
-    return found
+def known_on(rig: Rig, asker: UnixUser, node: str, user: UnixUser) -> set[str]:
+    """The GPUs of the node the allocator knows the user works on (from the node's reports:
+    the exporter sees a process a report before the allocator does)."""
+    return {str(g["index"]) for g in json.loads(rig.gpuacct(asker, "gpus", "--json"))
+            if g["node"] == node and user.name in g["users"]}
 
 
 def test_a_reservation_never_takes_a_gpu_someone_works_on(
@@ -215,7 +213,7 @@ def test_a_reservation_never_takes_a_gpu_someone_works_on(
     gpu01, gpu02 = rig.nodes
     alice, bob, carol = (test_users[n] for n in ("alice", "bob", "carol"))
     first = rig.on_gpu(processes, bob, gpu01, 0)
-    wait_until(lambda: on_gpus(gpu01, bob) == {"0"})
+    wait_until(lambda: known_on(rig, alice, "gpu01", bob) == {"0"})
     out = rig.gpuacct(alice, "reserve", "1", "--for", "1h", "--node", "gpu01", "--dry-run")
     assert out.strip() == "would be granted now: GPU 1 on gpu01 (nothing was reserved: --dry-run)"
     assert rig.summary() == []
@@ -245,7 +243,7 @@ def test_a_reservation_never_takes_a_gpu_someone_works_on(
          g["reserved_by"] or "—", "yes" if g["free"] else "no") for g in listed]
 
     second, third = rig.on_gpu(processes, bob, gpu02, 0), rig.on_gpu(processes, bob, gpu02, 1)
-    wait_until(lambda: on_gpus(gpu02, bob) == {"0", "1"})
+    wait_until(lambda: known_on(rig, carol, "gpu02", bob) == {"0", "1"})
     out = rig.gpuacct(carol, "reserve", "1", "--for", "1h", "--node", "gpu02", "--dry-run")
     assert out.strip() == (
         f"would queue at position 1, no estimated start: it waits for GPUs in use (GPU 0 on "
