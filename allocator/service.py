@@ -266,15 +266,10 @@ class Allocator:
     def _plan(self, now: float, asking: int | None = None) -> None:
         """Plan the queue and grant what starts now; whoever is granted is told on their
         terminals, but the one asking right now (`asking`), who reads it in the answer."""
-        open_ = self.store.open_requests()
-        held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
-                for r in open_ if r.state == "granted"]
-        ranked = self._ranked([r for r in open_ if r.state == "queued"], now)
+        ranked, slots = self._planned(now)
         queue = [r for r, _ in ranked]
         self._order = [r.id for r in queue]
         self._factors = {r.id: f for r, f in ranked}
-        slots = plan(self.inventory(), held, [_want(r) for r in queue], now,
-                     self._in_use if self.settings.mode == "open" else None)
         starting = [(r, slots[r.id]) for r in queue
                     if r.id in slots and slots[r.id].start <= now]
         if starting:
@@ -295,6 +290,17 @@ class Allocator:
         if starting:
             log.info("granted %s", ", ".join(str(r.id) for r, _ in starting))
         self.on_change()
+
+    def _planned(self, now: float, *extra: Request
+                 ) -> tuple[list[tuple[Request, Factors]], dict[int, Slot]]:
+        """The queue (with `extra` requests) in priority order, and its plan around what is
+        granted and, in open mode, what runs."""
+        open_ = self.store.open_requests()
+        held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
+                for r in open_ if r.state == "granted"]
+        ranked = self._ranked([r for r in open_ if r.state == "queued"] + list(extra), now)
+        return ranked, plan(self.inventory(), held, [_want(r) for r, _ in ranked], now,
+                            self._in_use if self.settings.mode == "open" else None)
 
     def _ranked(self, queue: list[Request], now: float) -> list[tuple[Request, Factors]]:
         usage = self.usage(now)
@@ -324,14 +330,9 @@ class Allocator:
         kept."""
         probe = Request(PROBE, user, asked_on, ask.count, ask.seconds, ask.model, ask.node,
                         ask.gpus, now, "queued")
-        open_ = self.store.open_requests()
-        held = [Held(r.granted_node or "", r.granted_gpus, r.ends or now)
-                for r in open_ if r.state == "granted"]
-        queue = [r for r, _ in self._ranked(
-            [r for r in open_ if r.state == "queued"] + [probe], now)]
-        slot = plan(self.inventory(), held, [_want(r) for r in queue], now,
-                    self._in_use if self.settings.mode == "open" else None).get(PROBE)
-        position = [r.id for r in queue].index(PROBE) + 1
+        ranked, slots = self._planned(now, probe)
+        slot = slots.get(PROBE)
+        position = [r.id for r, _ in ranked].index(PROBE) + 1
         if slot is None:
             return f"would queue at position {position}, {self._waiting_on(probe)}"
         where = f"GPU {','.join(map(str, slot.gpus))} on {slot.node}"
