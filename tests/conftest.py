@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures.enforcement import cluster  # noqa: F401 (fixtures)
 from tests.fixtures.exporter import start_exporter  # noqa: F401 (fixtures)
+from tests.fixtures.gating import devices_group  # noqa: F401 (fixtures)
 from tests.fixtures.install import installed_gpuacct  # noqa: F401 (fixtures)
 from tests.fixtures.ldap import slapd  # noqa: F401 (fixtures)
 from tests.fixtures.ledger import store_target  # noqa: F401 (fixtures)

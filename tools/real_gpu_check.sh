@@ -3,8 +3,10 @@
 # a CUDA process of an ordinary user shows up in gpuacct-exporter's /metrics with its user, job,
 # GPU memory, the GPU's vendor, model and UUID, and the job's metadata: framework torch (from
 # the real libtorch it mapped), its script, and its arguments with the secret redacted.
-# Then enforcement on the same GPU: with the user blocked, a new CUDA process is stopped once
-# NVML shows it; with the user to be killed, a running one is stopped (SIGTERM, then SIGKILL).
+# Then enforcement on the same GPU: with the user blocked, a new CUDA process started from the
+# user's shell fails at start where the node gates GPU device nodes (cgroup v1 devices: EPERM on
+# /dev/nvidia0, "no CUDA-capable device"), else it is stopped once NVML shows it; with the user
+# to be killed, a running one is stopped (SIGTERM, then SIGKILL).
 # Run as root from the repository root on a machine with a GPU, PyTorch and gpuacct's deps.
 #   OUT=/tmp/gpu-check PYTHON=python3 tools/real_gpu_check.sh
 set -euo pipefail
@@ -33,7 +35,8 @@ exporter:
   interval_seconds: 1
   state_file: $work/state.json
   actuator: {node_name: gpu-check, kill_grace_seconds: 5, cpu_limiter: "off",
-             hook_dir: $work/hooks, state_file: $work/actuator.json}
+             hook_dir: $work/hooks, state_file: $work/actuator.json,
+             device_gating: auto, cgroup_group: gpuacct-gpucheck}
 YAML
 
 scrape() { "$PY" -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:$PORT/metrics').read().decode())"; }
@@ -127,18 +130,23 @@ for a in PushResult.model_validate_json(answer).actions:
     print(f"  node reports: {a.action} {a.result} {a.detail}")
 PY
 }
-run_job() {  # run a CUDA job as $user; say how it ended and after how long
+run_job() {  # run a CUDA job as $user from a shell of theirs; say how it ended and when
     local launched code=0
     launched=$(date +%s.%N)
+    # The shell waits 3 s first: the node moves it into the user's device group meanwhile,
+    # as it would have moved the user's login shell long before.
     setpriv --reuid="$user" --regid="$user" --clear-groups \
-        env GPUACCT_JOB="$1" HOME="$work" "$PY" "$work/train.py" 60 >/dev/null 2>&1 || code=$?
+        env GPUACCT_JOB="$1" HOME="$work" sh -c "sleep 3; exec $PY $work/train.py 60" \
+        >"$OUT/job-$1.log" 2>&1 || code=$?
     echo "  job $1 ended with exit status $code after" \
         "$("$PY" -c "print(round($(date +%s.%N) - $launched, 1))") s (60 s unless stopped)"
 }
 {
     echo "== block: $user may not start new GPU work"
     push block
+    scrape | grep '^gpuacct_gpu_device_gating_info' || true
     run_job blocked-job
+    grep -h -m1 -i -E 'cuda-capable|no CUDA|RuntimeError' "$OUT/job-blocked-job.log" || true
     push block  # collects the node's reports
     echo "== kill: $user's running GPU work is stopped"
     push none
@@ -152,6 +160,12 @@ run_job() {  # run a CUDA job as $user; say how it ended and after how long
 } 2>&1 | tee "$OUT/enforcement.txt"
 
 kill "$exporter"; wait "$exporter" || true
+for group in /sys/fs/cgroup/devices/gpuacct-gpucheck/user-*; do  # what gating made, if any
+    [ -d "$group" ] || continue
+    for pid in $(cat "$group/cgroup.procs"); do echo "$pid" >/sys/fs/cgroup/devices/cgroup.procs || true; done
+    rmdir "$group"
+done
+rmdir /sys/fs/cgroup/devices/gpuacct-gpucheck 2>/dev/null || true
 grep -E '^gpuacct_(job_gpu_seconds_total|gpu_process_memory_bytes|gpu_process_sm|gpu_info|job_info|job_start_time|gpu_memory_used|gpu_temperature|gpu_power|exporter_collector_success)' \
     "$OUT/metrics-during.txt" "$OUT/metrics-after.txt" || true
 cat "$OUT/nvidia-smi.txt" "$OUT/nvml-timing.txt" "$OUT/checks.txt"

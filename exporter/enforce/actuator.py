@@ -8,6 +8,7 @@ restarts (`StateFile`).
 
 from __future__ import annotations
 
+import logging
 import pwd
 import signal
 import threading
@@ -16,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import assert_never
 
+from exporter.enforce.gating import DeviceGate, GateError, denied
 from exporter.enforce.hookfile import remove_hook, write_hook
 from exporter.enforce.plan import (
     Kill,
@@ -38,9 +40,12 @@ from exporter.enforce.signals import Signaller, Target, tell_user
 from exporter.enforce.state import ActuatorState, StateFile, Stopping
 from exporter.enforce.throttle import CpuLimiter, LimitError
 from exporter.usage.accounting import gpu_index
+from exporter.usage.procs import ProcSample
 from exporter.usage.sampler import Snapshot
 from gpuacct.config import ActuatorSettings
 from gpuacct.policy import Held, NodeAction, NodeActionKind, NodePolicy
+
+log = logging.getLogger(__name__)
 
 
 def _uid(user: str) -> int | None:
@@ -55,9 +60,12 @@ class Actuator:
                  limiter: CpuLimiter | None, latest: Callable[[], Snapshot],
                  tell: Callable[[int, str], int] = tell_user,
                  clock: Callable[[], float] = time.time,
-                 uid_of: Callable[[str], int | None] = _uid) -> None:
+                 uid_of: Callable[[str], int | None] = _uid,
+                 gate: DeviceGate | None = None, gating: str = "off") -> None:
         self.settings, self.node = settings, node
         self.signaller, self.limiter = signaller, limiter
+        self.gate, self.gating = gate, gating  # gating: the mechanism, or why there is none
+        self._gate_failed: dict[int, str] = {}  # uid -> the last failure, said once
         self._latest, self._tell, self._clock, self._uid_of = latest, tell, clock, uid_of
         self.lock = threading.RLock()  # the state: apply, cycle and the collector
         self.store = StateFile(settings.state_file)
@@ -122,6 +130,7 @@ class Actuator:
             if plan is None:
                 return False
             self._carry_out(plan)
+            self._close_devices(self._latest())
             self.last_applied = self._clock()
             self.store.save(self.state)
             return True
@@ -132,8 +141,32 @@ class Actuator:
             before = self.reports.recorded()
             self._carry_out(plan_cycle(self.state, snapshot, self._node()))
             self._carry_out(plan_grace(self.state, self._clock()))
+            self._close_devices(snapshot)
             if self.reports.recorded() != before:
                 self.store.save(self.state)
+
+    def _close_devices(self, snapshot: Snapshot) -> None:
+        """Each user's GPU device nodes closed or opened as the state says, and the user's
+        processes running now held to it; never root, system or protected users."""
+        if self.gate is None or self.settings.dry_run:
+            return
+        procs: dict[int, list[ProcSample]] = defaultdict(list)
+        for p in snapshot.procs:
+            procs[p.identity.uid].append(p)
+        gpus = {d.index for d in self.gate.devices}
+        now = self._clock()
+        for uid, mine in sorted(procs.items()):
+            if self.signaller.refusal(uid):
+                continue
+            closed = denied(self.state, mine[0].identity.user, gpus, now)
+            try:
+                self.gate.apply(uid, closed, [p.key for p in mine])
+            except GateError as exc:
+                if self._gate_failed.get(uid) != str(exc):
+                    log.warning("cannot gate uid %d's GPU devices: %s", uid, exc)
+                self._gate_failed[uid] = str(exc)
+            else:
+                self._gate_failed.pop(uid, None)
 
     def _carry_out(self, plan: Plan) -> None:
         self.state = plan.state

@@ -20,7 +20,8 @@ class ActuatorCollector(Collector):
         gpuacct_enforcement_actions_total{action,result} 3.0
         gpuacct_node_policy_version 1763812345678.0
         gpuacct_gpu_reserved{gpu="0",user="alice"} 1.0
-        gpuacct_gpu_reservation_end_timestamp_seconds{gpu="0",user="alice"} 1.76e+09"""
+        gpuacct_gpu_reservation_end_timestamp_seconds{gpu="0",user="alice"} 1.76e+09
+        gpuacct_gpu_device_gating_info{mechanism="cgroup1",reason=""} 1.0"""
         blocked = GaugeMetricFamily("gpuacct_node_user_blocked",
                                     "1 while the user may start no new GPU work here.",
                                     labels=["user"])
@@ -56,6 +57,12 @@ class ActuatorCollector(Collector):
                                  labels=["node"])
         info.add_metric([actuator.node], 1)
         yield info
+        gating = GaugeMetricFamily(
+            "gpuacct_gpu_device_gating_info", "How users' access to the GPUs' device nodes is "
+            "held here: cgroup1, or none (and why), or off.", labels=["mechanism", "reason"])
+        mechanism, _, reason = actuator.gating.partition(": ")
+        gating.add_metric([mechanism, reason], 1)
+        yield gating
         yield GaugeMetricFamily("gpuacct_node_policy_version",
                                 "Version of the enforcement policy in force here.",
                                 value=max(version, 0))

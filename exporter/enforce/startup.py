@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.enforce.actuator import Actuator
+from exporter.enforce.gating import open_gate
 from exporter.enforce.policy_sync import NodeNameEndpoint, PolicyEndpoint, Puller
 from exporter.enforce.signals import Signaller
 from exporter.enforce.throttle import detect
@@ -82,7 +83,10 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
     node = actuator_settings.node_name or socket.gethostname()
     identity = NodeIdentity(node, [k.encode() for k in values(settings.auth.node_key)],
                             settings.auth.max_clock_skew_seconds)
-    actuator = Actuator(actuator_settings, node, signaller, limiter, latest)
+    gate, gating = open_gate(actuator_settings.device_gating, actuator_settings.cgroup_root,
+                             actuator_settings.device_root, actuator_settings.cgroup_group)
+    actuator = Actuator(actuator_settings, node, signaller, limiter, latest, gate=gate,
+                        gating=gating)
     idle = settings.exporter.idle
     if idle is not None:
         actuator.idle_action, actuator.idle_action_after = idle.action, idle.action_after_seconds
@@ -98,8 +102,9 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
             except OSError as exc:
                 log.warning("no gpuacct user commands here: cannot listen on %s: %s",
                             actuator_settings.user_socket, exc.strerror)
-    log.info("enforcement on as node %s: CPU limiter %s%s, policy %s", node,
-             limiter.name if limiter else "none", ", DRY RUN" if actuator_settings.dry_run
+    log.info("enforcement on as node %s: CPU limiter %s, GPU device gating %s%s, policy %s",
+             node, limiter.name if limiter else "none", gating,
+             ", DRY RUN" if actuator_settings.dry_run
              else "", f"pulled from {actuator_settings.enforcer_url}" if puller
              else "pushed only")
     routes: dict[str, WsgiApp] = {POLICY_PATH: PolicyEndpoint(actuator, identity),

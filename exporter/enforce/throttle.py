@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from exporter.enforce.cgroups import group_of, write
+
 log = logging.getLogger(__name__)
 PERIOD_US = 100_000
 
@@ -57,10 +59,7 @@ class SystemdLimiter:
 
 
 def _write(path: Path, value: str) -> None:
-    try:
-        path.write_text(value)
-    except OSError as exc:
-        raise LimitError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+    write(path, value, LimitError)
 
 
 class CgroupLimiter:
@@ -88,16 +87,7 @@ class CgroupLimiter:
 
     def _current_group(self, pid: int) -> str | None:
         """The pid's group in this hierarchy, relative to its root."""
-        try:
-            lines = Path(f"{self.proc_root}/{pid}/cgroup").read_text().splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            _, controllers, path = line.split(":", 2)
-            if (self.version == 2 and controllers == "") or (
-                    self.version == 1 and "cpu" in controllers.split(",")):
-                return path
-        return None
+        return group_of(pid, None if self.version == 2 else "cpu", self.proc_root)
 
     def limit(self, uid: int, percent: int, pids: Iterable[int]) -> None:
         if self._slice(uid).is_dir():

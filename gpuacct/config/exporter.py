@@ -49,6 +49,13 @@ class ActuatorSettings(Section):
     # How CPU is limited: auto picks systemd, else cgroup v2, else cgroup v1.
     cpu_limiter: Annotated[Literal["auto", "systemd", "cgroup2", "cgroup1", "off"], OFF] = "auto"
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    # Which GPUs' device nodes each user may open, held by the kernel (a blocked user's new
+    # GPU program fails at start; a reserved GPU is closed to all but its holder): auto uses
+    # the cgroup v1 devices controller where it is mounted; off leaves it to the kill path.
+    device_gating: Annotated[Literal["auto", "cgroup1", "off"], OFF] = "auto"
+    device_root: Path = Path("/dev")  # where the GPUs' device nodes are
+    # Our groups' parent under each cgroup controller: one folder name.
+    cgroup_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")] = "gpuacct"
     hook_dir: Path = Path("/run/gpuacct/users")  # one file per user for the login hook
     # Where users' `gpuacct` commands reach this daemon (who asks is read from the socket).
     user_socket: Path | None = Path("/run/gpuacct/user.sock")

@@ -18,6 +18,7 @@ gpuacct-enforcer, gpuacct-web, and Chromium."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -52,7 +53,9 @@ from tests.fixtures.enforcement import (
     EnforcingNode,
     key_of,
     reconfigure,
+    wait_until,
 )
+from tests.fixtures.gating import HAS_DEVICES_V1, make_devices, remove_group
 from tests.fixtures.gpus import A100, RTX3090, device
 from tests.fixtures.notices import ChatReceiver, SmtpServer
 from tests.fixtures.scenarios import gpu_job as start_gpu_job
@@ -97,6 +100,18 @@ class Chain:
     tls: Tls
     token_file: Path  # Alertmanager's bearer token to the enforcer
     token: str = TOKEN  # the one the test presents, until the rotation
+    devices: Path | None = None  # the node's GPU device nodes, where it gates them
+
+    def open_in_shell(self, shell: Path) -> str:
+        """What a new program started in a user's shell (`SHELL`, reading `shell`) gets when
+        it opens the node's first GPU: an errno's name, or ok."""
+        assert self.devices is not None
+        (shell / "cmd.new").write_text(str(self.devices / "nvidia0"))
+        (shell / "cmd.new").replace(shell / "cmd")
+        wait_until(lambda: (shell / "out").exists() and not (shell / "cmd").exists(), 10)
+        result = (shell / "out").read_text()
+        (shell / "out").unlink()
+        return result
 
     def enforcer_audit(self, user: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.enforcer.get(f"/v1/audit?user={user}", self.token)
@@ -151,11 +166,18 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
     sockets = Path(tempfile.mkdtemp(prefix="gpuacct-e2e-"))
     sockets.chmod(0o755)  # the test users reach the node's socket
     enforcer_port = free_port()
+    # Where the kernel allows it, the node also gates the GPUs' device nodes (made here).
+    devices, group = sockets / "dev", f"gpuacct-e2e-{os.getpid()}-{time.monotonic_ns()}"
+    gating: dict[str, Any] = {}
+    if HAS_DEVICES_V1:
+        make_devices(devices)
+        gating = {"device_gating": "cgroup1", "device_root": str(devices),
+                  "cgroup_group": group}
     node = cluster.node("gpu01", enforcer_port=enforcer_port,
                         devices=[device(0, name=A100), device(1, name=RTX3090),
                                  device(2, name=RTX3090)],
                         cpu_limiter="auto", kill_grace_seconds=2,
-                        user_socket=str(sockets / "user.sock"))
+                        user_socket=str(sockets / "user.sock"), **gating)
     web_port = free_port()
     enforcer = cluster.enforcer([node], port=enforcer_port, sections={
         "web": {"public_url": f"https://127.0.0.1:{web_port}"},
@@ -227,12 +249,47 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
             assert plain_http_fails(port, route), f"port {port} answered plain HTTP"
         yield Chain(node, prometheus, rig, enforcer, services[1],
                     f"https://127.0.0.1:{web_port}", time.time(), say, installed_gpuacct,
-                    sockets / "user.sock", smtp_server, chat_receiver, tls, token)
+                    sockets / "user.sock", smtp_server, chat_receiver, tls, token,
+                    devices=devices if HAS_DEVICES_V1 else None)
     finally:
         for service in services:
             service.stop()
             RUNNING.remove(service)
+        node.exporter.process.stop()  # then its device groups can go
+        remove_group(group)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+# A user's login shell, as far as the test needs one: runs what `cmd` names (a device node) as
+# a new program of its own that opens it, and writes what the open got to `out`.
+SHELL = """\
+import os, subprocess, sys, time
+here = sys.argv[1]
+program = ("import errno, os, sys\\ntry:\\n    os.open(sys.argv[1], os.O_RDWR)\\n"
+           "except OSError as exc:\\n    print(errno.errorcode[exc.errno], end='')\\n"
+           "    sys.exit(1)\\nprint('ok', end='')")
+while True:
+    cmd = os.path.join(here, "cmd")
+    if os.path.exists(cmd):
+        device = open(cmd).read()
+        done = subprocess.run([sys.executable, "-c", program, device], capture_output=True,
+                              text=True)
+        with open(os.path.join(here, "out.new"), "w") as f:
+            f.write(done.stdout)
+        os.replace(os.path.join(here, "out.new"), os.path.join(here, "out"))
+        os.unlink(cmd)
+    time.sleep(0.05)
+"""
+
+
+def login_shell(chain: Chain, processes: Processes, user: UnixUser) -> Path:
+    """A folder the user's shell reads its commands from (`Chain.open_in_shell`)."""
+    assert chain.devices is not None
+    here = chain.devices.parent / f"shell-{user.name}"
+    here.mkdir()
+    os.chown(here, user.uid, user.gid)
+    processes.run(user, ["/usr/bin/python3", "-c", SHELL, str(here)])
+    return here
 
 
 def gpu_job(chain: Chain, processes: Processes, user: UnixUser, job: str, gpu: int) -> Popen[bytes]:
@@ -263,6 +320,7 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         tmp_path: Path) -> None:
     alice, bob = test_users["alice"].name, test_users["bob"].name
     chain.say("")
+    shell = login_shell(chain, processes, test_users["alice"]) if chain.devices else None
     old = gpu_job(chain, processes, test_users["alice"], "big-model", gpu=0)
     bobs = gpu_job(chain, processes, test_users["bob"], "small-model", gpu=1)
     step(chain, "alice runs on an A100, bob on an RTX 3090", time.time())
@@ -295,6 +353,10 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     chain.node.gpus.remove(new.pid)
     step(chain, "limited: her new GPU process is stopped (SIGTERM)", at, crossing,
          "crossing limited")
+    if shell is not None:  # where the kernel gates devices, a new one never gets the GPU
+        assert chain.open_in_shell(shell) == "EPERM"
+        step(chain, "limited: a new GPU program in her shell fails at start (EPERM on "
+             "/dev/nvidia0); nothing to stop", time.time())
 
     # Exhausted: CPU quota 10%, told the kill is coming; after the rule's `for`, killed.
     at = wait(lambda: chain.node_metric("gpuacct_node_user_cpu_quota_ratio", alice) == 0.1,
@@ -323,6 +385,8 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert chain.node_metric("gpuacct_node_user_blocked", alice) in (None, 0.0)
     assert chain.node_metric("gpuacct_node_user_cpu_quota_ratio", alice) is None
     step(chain, "alerts resolved: block and quota lifted", at, recharged, "the recharge")
+    if shell is not None:  # past the cgroup again (no driver behind the test's node)
+        wait_until(lambda: chain.open_in_shell(shell) == "ENXIO", 10)
     again = gpu_job(chain, processes, test_users["alice"], "resumed", gpu=0)
     time.sleep(3)  # a dozen sampling cycles: it is not stopped
     assert again.poll() is None

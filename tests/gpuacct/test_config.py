@@ -226,6 +226,7 @@ def test_every_commented_choice_of_the_example_loads(tmp_path: Path, key: str, c
     values = {"gpu_share": settings.exporter.gpu_share,
               "backend": settings.exporter.device("nvml", NvmlSettings).backend,
               "cpu_limiter": settings.exporter.actuator.cpu_limiter,
+              "device_gating": settings.exporter.actuator.device_gating,
               "mode": settings.allocator.mode,
               "action": settings.exporter.idle.action if settings.exporter.idle else None}
     assert values[key] == choice.strip('"')

@@ -1,0 +1,164 @@
+"""Which GPUs' device nodes each user may open, held by the kernel.
+
+A blocked user's new GPU program fails at start ("no CUDA-capable device") instead of being
+killed a sampling interval later, and a GPU reserved for someone is closed to everyone else (in
+strict mode, every GPU its user has not reserved). Handles opened before are left alone: the kill
+path stays for them. Only the GPUs' own nodes are ever closed (/dev/nvidiaN, /dev/dri/renderD*,
+/dev/davinciN); control devices (nvidiactl, nvidia-uvm, kfd, davinci_manager) stay open.
+
+`denied` decides, purely; a gate carries it out. `DevicesV1Gate` uses the cgroup v1 `devices`
+controller: a group per user (`<devices>/<group>/user-<uid>`), the user's processes moved into it
+each cycle (what they start inherits it), and each GPU's node denied or allowed there.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from exporter.enforce.cgroups import group_of, write
+from exporter.enforce.state import ActuatorState, ProcKey
+
+log = logging.getLogger(__name__)
+
+# A GPU's device node under the device root, and the number of its first GPU.
+GPU_NODES = ((re.compile(r"nvidia(\d+)"), "", 0),
+             (re.compile(r"renderD(\d+)"), "dri", 128),
+             (re.compile(r"davinci(\d+)"), "", 0))
+
+
+class GateError(Exception):
+    """The kernel refused a step; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int  # the GPU's number, as the device node names it
+    path: Path
+    major: int
+    minor: int
+
+    @property
+    def rule(self) -> str:
+        return f"c {self.major}:{self.minor} rwm"
+
+
+def gpu_devices(root: Path) -> list[GpuDevice]:
+    """The GPUs' character device nodes under `root` (/dev). They are numbered as the
+    exporter numbers GPUs: NVIDIA's, then AMD's, then Ascend's, each vendor's in its order."""
+    found: list[GpuDevice] = []
+    for pattern, folder, first in GPU_NODES:
+        offset = len(found)  # after the previous vendors' GPUs
+        try:
+            names = os.listdir(root / folder)
+        except OSError:
+            continue
+        numbered = sorted((int(m[1]) - first, name) for name in names
+                          if (m := pattern.fullmatch(name)) and int(m[1]) >= first)
+        for number, name in numbered:
+            path = root / folder / name
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            if stat.S_ISCHR(info.st_mode):
+                found.append(GpuDevice(offset + number, path, os.major(info.st_rdev),
+                                       os.minor(info.st_rdev)))
+    return found
+
+
+def denied(state: ActuatorState, user: str, gpus: Iterable[int], now: float) -> frozenset[int]:
+    """The GPUs the user may not open now: all of them while blocked; else those reserved for
+    someone else, and in strict mode those the user has not reserved."""
+    applied = state.users.get(user)
+    if applied is not None and applied.block_since is not None:
+        return frozenset(gpus)
+    holders = {r.gpu: r.user for r in state.reserved if r.ends > now}
+    return frozenset(i for i in gpus
+                     if (holders[i] != user if i in holders else state.mode == "strict"))
+
+
+class DeviceGate(Protocol):
+    name: str
+    devices: Sequence[GpuDevice]
+
+    def apply(self, uid: int, closed: frozenset[int], procs: Sequence[ProcKey]) -> None:
+        """Close these GPUs to the uid's processes (`procs`, the ones running now) and open
+        the others; raises GateError."""
+
+
+class DevicesV1Gate:
+    """The cgroup v1 `devices` controller, mounted at `root`."""
+
+    name = "cgroup1"
+
+    def __init__(self, root: Path, group: str, devices: Sequence[GpuDevice],
+                 proc_root: str = "/proc") -> None:
+        self.root, self.group, self.proc_root = root, group, proc_root
+        self.devices: Sequence[GpuDevice] = tuple(devices)
+        # What the kernel holds, by uid; None: a group an earlier run left, written again.
+        self._closed: dict[int, frozenset[int] | None] = {
+            int(g.name.removeprefix("user-")): None for g in (root / group).glob("user-*")
+            if g.name.removeprefix("user-").isdigit()}
+        self._moved: dict[int, set[ProcKey]] = {}
+
+    def apply(self, uid: int, closed: frozenset[int], procs: Sequence[ProcKey]) -> None:
+        if not closed and uid not in self._closed:
+            return  # never closed anything to this user: nothing to open
+        group = self.root / self.group / f"user-{uid}"
+        try:
+            group.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GateError(f"cannot create {group}: {exc.strerror}") from None
+        if self._closed.get(uid) != closed:
+            for device in self.devices:
+                kind = "deny" if device.index in closed else "allow"
+                write(group / f"devices.{kind}", device.rule, GateError)
+            self._closed[uid] = closed
+        if not closed:
+            self._moved.pop(uid, None)
+            return
+        moved = self._moved.setdefault(uid, set())
+        moved &= set(procs)
+        inside = f"/{self.group}/user-{uid}"
+        for key in procs:
+            if key in moved:
+                continue
+            now_in = group_of(key[0], "devices", self.proc_root)
+            if now_in is None:
+                continue  # gone meanwhile
+            # Only from the root group: a process in another (a container's, a systemd unit
+            # with a device policy of its own) is held there, and moving it would loosen that.
+            if now_in in ("/", inside):
+                try:
+                    (group / "cgroup.procs").write_text(str(key[0]))
+                except OSError as exc:
+                    if exc.errno == errno.ESRCH:
+                        continue
+                    raise GateError(f"cannot move {key[0]} into {group}: {exc.strerror}") from None
+            moved.add(key)
+
+def open_gate(choice: str, cgroup_root: Path, device_root: Path,
+              group: str) -> tuple[DevicesV1Gate | None, str]:
+    """The gate `choice` (auto, cgroup1, off) asks for and this node allows, or None, with
+    the mechanism's name as `/metrics` says it, or why there is none."""
+    if choice == "off":
+        return None, "off"
+    devices = gpu_devices(device_root)
+    if not devices:
+        return None, f"none: no GPU device nodes under {device_root}"
+    controller = cgroup_root / "devices"
+    if (controller / "devices.allow").exists():
+        return DevicesV1Gate(controller, group, devices), "cgroup1"
+    reason = (f"none: no cgroup v1 devices controller at {controller} (device programs on "
+              "cgroup v2 are not built yet)")
+    if choice == "cgroup1":
+        raise GateError(f"exporter.actuator.device_gating: cgroup1: {reason}")
+    return None, reason
