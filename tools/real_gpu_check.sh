@@ -4,9 +4,9 @@
 # GPU memory, the GPU's vendor, model and UUID, and the job's metadata: framework torch (from
 # the real libtorch it mapped), its script, and its arguments with the secret redacted.
 # Then enforcement on the same GPU: with the user blocked, a new CUDA process started from the
-# user's shell fails at start where the node gates GPU device nodes (cgroup v1 devices: EPERM on
-# /dev/nvidia0, "no CUDA-capable device"), else it is stopped once NVML shows it; with the user
-# to be killed, a running one is stopped (SIGTERM, then SIGKILL).
+# user's shell fails at start where the node gates GPU device nodes (cgroup v1 devices or a v2
+# device program: EPERM on /dev/nvidia0, "no CUDA-capable device"), else it is stopped once NVML
+# shows it; with the user to be killed, a running one is stopped (SIGTERM, then SIGKILL).
 # Run as root from the repository root on a machine with a GPU, PyTorch and gpuacct's deps.
 #   OUT=/tmp/gpu-check PYTHON=python3 tools/real_gpu_check.sh
 set -euo pipefail
@@ -160,12 +160,14 @@ run_job() {  # run a CUDA job as $user from a shell of theirs; say how it ended 
 } 2>&1 | tee "$OUT/enforcement.txt"
 
 kill "$exporter"; wait "$exporter" || true
-for group in /sys/fs/cgroup/devices/gpuacct-gpucheck/user-*; do  # what gating made, if any
-    [ -d "$group" ] || continue
-    for pid in $(cat "$group/cgroup.procs"); do echo "$pid" >/sys/fs/cgroup/devices/cgroup.procs || true; done
-    rmdir "$group"
+for root in /sys/fs/cgroup/devices /sys/fs/cgroup/unified /sys/fs/cgroup; do  # what gating made
+    for group in "$root"/gpuacct-gpucheck/user-*; do
+        [ -d "$group" ] || continue
+        for pid in $(cat "$group/cgroup.procs"); do echo "$pid" >"$root/cgroup.procs" || true; done
+        rmdir "$group"
+    done
+    rmdir "$root/gpuacct-gpucheck" 2>/dev/null || true
 done
-rmdir /sys/fs/cgroup/devices/gpuacct-gpucheck 2>/dev/null || true
 grep -E '^gpuacct_(job_gpu_seconds_total|gpu_process_memory_bytes|gpu_process_sm|gpu_info|job_info|job_start_time|gpu_memory_used|gpu_temperature|gpu_power|exporter_collector_success)' \
     "$OUT/metrics-during.txt" "$OUT/metrics-after.txt" || true
 cat "$OUT/nvidia-smi.txt" "$OUT/nvml-timing.txt" "$OUT/checks.txt"

@@ -6,9 +6,10 @@ strict mode, every GPU its user has not reserved). Handles opened before are lef
 path stays for them. Only the GPUs' own nodes are ever closed (/dev/nvidiaN, /dev/dri/renderD*,
 /dev/davinciN); control devices (nvidiactl, nvidia-uvm, kfd, davinci_manager) stay open.
 
-`denied` decides, purely; a gate carries it out. `DevicesV1Gate` uses the cgroup v1 `devices`
-controller: a group per user (`<devices>/<group>/user-<uid>`), the user's processes moved into it
-each cycle (what they start inherits it), and each GPU's node denied or allowed there.
+`denied` decides, purely; a gate carries it out, on a group per user (`<group>/user-<uid>`) the
+user's processes are moved into each cycle (what they start inherits it): `DevicesV1Gate` denies
+or allows each GPU's node there with the cgroup v1 `devices` controller, `DevicesBpfGate`
+attaches a cgroup v2 device program that refuses them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from exporter.enforce import bpf_devices
 from exporter.enforce.cgroups import group_of, write
 from exporter.enforce.state import ActuatorState, ProcKey
 
@@ -94,10 +96,12 @@ class DeviceGate(Protocol):
         the others; raises GateError."""
 
 
-class DevicesV1Gate:
-    """The cgroup v1 `devices` controller, mounted at `root`."""
+class _GroupGate:
+    """A group per user (`<root>/<group>/user-<uid>`), the user's processes moved into it from
+    the root group; what a group lets open is each mechanism's own."""
 
-    name = "cgroup1"
+    name = ""
+    controller: str | None = None  # the v1 hierarchy processes are found in; None: the unified
 
     def __init__(self, root: Path, group: str, devices: Sequence[GpuDevice],
                  proc_root: str = "/proc") -> None:
@@ -109,6 +113,9 @@ class DevicesV1Gate:
             if g.name.removeprefix("user-").isdigit()}
         self._moved: dict[int, set[ProcKey]] = {}
 
+    def _close(self, group: Path, closed: frozenset[int]) -> None:
+        raise NotImplementedError
+
     def apply(self, uid: int, closed: frozenset[int], procs: Sequence[ProcKey]) -> None:
         if not closed and uid not in self._closed:
             return  # never closed anything to this user: nothing to open
@@ -118,9 +125,7 @@ class DevicesV1Gate:
         except OSError as exc:
             raise GateError(f"cannot create {group}: {exc.strerror}") from None
         if self._closed.get(uid) != closed:
-            for device in self.devices:
-                kind = "deny" if device.index in closed else "allow"
-                write(group / f"devices.{kind}", device.rule, GateError)
+            self._close(group, closed)
             self._closed[uid] = closed
         if not closed:
             self._moved.pop(uid, None)
@@ -131,7 +136,7 @@ class DevicesV1Gate:
         for key in procs:
             if key in moved:
                 continue
-            now_in = group_of(key[0], "devices", self.proc_root)
+            now_in = group_of(key[0], self.controller, self.proc_root)
             if now_in is None:
                 continue  # gone meanwhile
             # Only from the root group: a process in another (a container's, a systemd unit
@@ -145,20 +150,53 @@ class DevicesV1Gate:
                     raise GateError(f"cannot move {key[0]} into {group}: {exc.strerror}") from None
             moved.add(key)
 
+
+class DevicesV1Gate(_GroupGate):
+    """The cgroup v1 `devices` controller, mounted at `root`: each GPU's node denied or
+    allowed in the user's group."""
+
+    name, controller = "cgroup1", "devices"
+
+    def _close(self, group: Path, closed: frozenset[int]) -> None:
+        for device in self.devices:
+            kind = "deny" if device.index in closed else "allow"
+            write(group / f"devices.{kind}", device.rule, GateError)
+
+
+class DevicesBpfGate(_GroupGate):
+    """cgroup v2, mounted at `root`: a device program on the user's group that refuses the
+    closed GPUs' nodes (attached in place of the one before)."""
+
+    name, controller = "cgroup2", None
+
+    def _close(self, group: Path, closed: frozenset[int]) -> None:
+        refused = [(d.major, d.minor) for d in self.devices if d.index in closed]
+        try:
+            bpf_devices.attach(group, bpf_devices.program(refused))
+        except bpf_devices.BpfError as exc:
+            raise GateError(str(exc)) from None
+
+
 def open_gate(choice: str, cgroup_root: Path, device_root: Path,
-              group: str) -> tuple[DevicesV1Gate | None, str]:
-    """The gate `choice` (auto, cgroup1, off) asks for and this node allows, or None, with
-    the mechanism's name as `/metrics` says it, or why there is none."""
+              group: str) -> tuple[DeviceGate | None, str]:
+    """The gate `choice` (auto, cgroup1, cgroup2, off) asks for and this node allows, or
+    None, with the mechanism's name as `/metrics` says it, or why there is none. auto: the v1
+    devices controller where it is mounted, else cgroup v2's device programs."""
     if choice == "off":
         return None, "off"
     devices = gpu_devices(device_root)
     if not devices:
         return None, f"none: no GPU device nodes under {device_root}"
-    controller = cgroup_root / "devices"
-    if (controller / "devices.allow").exists():
-        return DevicesV1Gate(controller, group, devices), "cgroup1"
-    reason = (f"none: no cgroup v1 devices controller at {controller} (device programs on "
-              "cgroup v2 are not built yet)")
+    v1 = cgroup_root / "devices"
+    if choice in ("auto", "cgroup1") and (v1 / "devices.allow").exists():
+        return DevicesV1Gate(v1, group, devices), "cgroup1"
+    # cgroup v2 alone is mounted at the root; beside v1 (hybrid), at unified/.
+    v2 = cgroup_root if (cgroup_root / "cgroup.controllers").exists() else cgroup_root / "unified"
+    if choice in ("auto", "cgroup2") and (v2 / "cgroup.procs").exists():
+        refused = bpf_devices.available()
+        if refused is None:
+            return DevicesBpfGate(v2, group, devices), "cgroup2"
+        return None, f"none: {refused}"
     if choice == "cgroup1":
-        raise GateError(f"exporter.actuator.device_gating: cgroup1: {reason}")
-    return None, reason
+        return None, f"none: no cgroup v1 devices controller at {v1}"
+    return None, f"none: no cgroup v1 devices controller at {v1}, no cgroup v2 at {v2}"

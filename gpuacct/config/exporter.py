@@ -51,8 +51,9 @@ class ActuatorSettings(Section):
     cgroup_root: Path = Path("/sys/fs/cgroup")
     # Which GPUs' device nodes each user may open, held by the kernel (a blocked user's new
     # GPU program fails at start; a reserved GPU is closed to all but its holder): auto uses
-    # the cgroup v1 devices controller where it is mounted; off leaves it to the kill path.
-    device_gating: Annotated[Literal["auto", "cgroup1", "off"], OFF] = "auto"
+    # the cgroup v1 devices controller where it is mounted, else a cgroup v2 device program;
+    # off leaves it to the kill path.
+    device_gating: Annotated[Literal["auto", "cgroup1", "cgroup2", "off"], OFF] = "auto"
     device_root: Path = Path("/dev")  # where the GPUs' device nodes are
     # Our groups' parent under each cgroup controller: one folder name.
     cgroup_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")] = "gpuacct"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -100,13 +101,13 @@ class Chain:
     tls: Tls
     token_file: Path  # Alertmanager's bearer token to the enforcer
     token: str = TOKEN  # the one the test presents, until the rotation
-    devices: Path | None = None  # the node's GPU device nodes, where it gates them
+    gating: tuple[Path, str] | None = None  # the node's GPU device nodes and its device group
 
     def open_in_shell(self, shell: Path) -> str:
         """What a new program started in a user's shell (`SHELL`, reading `shell`) gets when
         it opens the node's first GPU: an errno's name, or ok."""
-        assert self.devices is not None
-        (shell / "cmd.new").write_text(str(self.devices / "nvidia0"))
+        assert self.gating is not None
+        (shell / "cmd.new").write_text(str(self.gating[0] / "nvidia0"))
         (shell / "cmd.new").replace(shell / "cmd")
         wait_until(lambda: (shell / "out").exists() and not (shell / "cmd").exists(), 10)
         result = (shell / "out").read_text()
@@ -250,7 +251,7 @@ def chain(cluster: Cluster, start_prometheus: Callable[..., Server],
         yield Chain(node, prometheus, rig, enforcer, services[1],
                     f"https://127.0.0.1:{web_port}", time.time(), say, installed_gpuacct,
                     sockets / "user.sock", smtp_server, chat_receiver, tls, token,
-                    devices=devices if HAS_DEVICES_V1 else None)
+                    gating=(devices, group) if HAS_DEVICES_V1 else None)
     finally:
         for service in services:
             service.stop()
@@ -282,14 +283,18 @@ while True:
 """
 
 
-def login_shell(chain: Chain, processes: Processes, user: UnixUser) -> Path:
-    """A folder the user's shell reads its commands from (`Chain.open_in_shell`)."""
-    assert chain.devices is not None
-    here = chain.devices.parent / f"shell-{user.name}"
+def login_shell(chain: Chain, processes: Processes, user: UnixUser) -> tuple[Path, Popen[bytes]]:
+    """A shell of the user's, once the node has moved it into the user's device group, and the
+    folder it reads its commands from (`Chain.open_in_shell`)."""
+    assert chain.gating is not None
+    devices, group = chain.gating
+    here = devices.parent / f"shell-{user.name}"
     here.mkdir()
     os.chown(here, user.uid, user.gid)
-    processes.run(user, ["/usr/bin/python3", "-c", SHELL, str(here)])
-    return here
+    shell = processes.run(user, ["/usr/bin/python3", "-c", SHELL, str(here)])
+    wait_until(lambda: f":devices:/{group}/user-{user.uid}\n" in Path(
+        f"/proc/{shell.pid}/cgroup").read_text(), 10)
+    return here, shell
 
 
 def gpu_job(chain: Chain, processes: Processes, user: UnixUser, job: str, gpu: int) -> Popen[bytes]:
@@ -320,7 +325,6 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
         tmp_path: Path) -> None:
     alice, bob = test_users["alice"].name, test_users["bob"].name
     chain.say("")
-    shell = login_shell(chain, processes, test_users["alice"]) if chain.devices else None
     old = gpu_job(chain, processes, test_users["alice"], "big-model", gpu=0)
     bobs = gpu_job(chain, processes, test_users["bob"], "small-model", gpu=1)
     step(chain, "alice runs on an A100, bob on an RTX 3090", time.time())
@@ -353,8 +357,11 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     chain.node.gpus.remove(new.pid)
     step(chain, "limited: her new GPU process is stopped (SIGTERM)", at, crossing,
          "crossing limited")
-    if shell is not None:  # where the kernel gates devices, a new one never gets the GPU
-        assert chain.open_in_shell(shell) == "EPERM"
+    if chain.gating is not None:  # where the kernel gates devices, a new one never gets a GPU
+        here, shell = login_shell(chain, processes, test_users["alice"])
+        assert chain.open_in_shell(here) == "EPERM"
+        os.killpg(shell.pid, signal.SIGKILL)  # her spending stops with her GPU work, as before
+        shell.wait()
         step(chain, "limited: a new GPU program in her shell fails at start (EPERM on "
              "/dev/nvidia0); nothing to stop", time.time())
 
@@ -385,8 +392,6 @@ def test_a_job_is_metered_billed_warned_blocked_throttled_killed_and_restored(
     assert chain.node_metric("gpuacct_node_user_blocked", alice) in (None, 0.0)
     assert chain.node_metric("gpuacct_node_user_cpu_quota_ratio", alice) is None
     step(chain, "alerts resolved: block and quota lifted", at, recharged, "the recharge")
-    if shell is not None:  # past the cgroup again (no driver behind the test's node)
-        wait_until(lambda: chain.open_in_shell(shell) == "ENXIO", 10)
     again = gpu_job(chain, processes, test_users["alice"], "resumed", gpu=0)
     time.sleep(3)  # a dozen sampling cycles: it is not stopped
     assert again.poll() is None

@@ -1,8 +1,9 @@
 """GPU device gating on the real kernel: device nodes made with mknod under a test folder (the
-node daemon's device root), the cgroup v1 `devices` controller, real test users' processes
-opening them. Without a driver behind a node, open() fails with ENXIO once past the cgroup,
-and with EPERM where the cgroup refuses it; /dev/null's numbers stand in for a GPU whose driver
-answers, so an already-open handle can be seen to survive."""
+node daemon's device root), the cgroup v1 `devices` controller and a cgroup v2 device program
+(BPF), real test users' processes opening them. Without a driver behind a node, open() fails
+with ENXIO once past the cgroup, and with EPERM where the cgroup refuses it; /dev/null's
+numbers stand in for a GPU whose driver answers, so an already-open handle can be seen to
+survive."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from exporter.enforce.gating import DevicesV1Gate, GpuDevice, denied, gpu_device
 from exporter.enforce.state import ActuatorState, Applied
 from gpuacct.policy import ReservedGpu
 from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
-from tests.fixtures.gating import CONTROLS, GPUS, HAS_DEVICES_V1, make_devices
+from tests.fixtures.gating import BPF_REFUSED, CONTROLS, GPUS, HAS_DEVICES_V1, make_devices
 from tests.fixtures.gpus import device
 from tests.fixtures.users import Processes, UnixUser
 
@@ -67,18 +68,26 @@ def closed(*names: str) -> dict[str, str]:
     return {**OPEN, **dict.fromkeys(names, "EPERM")}
 
 
+MECHANISMS = [
+    pytest.param("cgroup1", marks=pytest.mark.skipif(
+        not HAS_DEVICES_V1, reason="no cgroup v1 devices controller here")),
+    pytest.param("cgroup2", marks=pytest.mark.skipif(
+        BPF_REFUSED is not None, reason=f"no cgroup v2 device programs here: {BPF_REFUSED}")),
+]
+
+
 @pytest.mark.integration
 @pytest.mark.root
-@pytest.mark.skipif(not HAS_DEVICES_V1, reason="no cgroup v1 devices controller here")
+@pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_a_blocked_or_another_users_gpu_is_closed_at_open(
-        devices_group: str, cluster: Cluster, shared_dir: Path, processes: Processes,
-        test_users: dict[str, UnixUser]) -> None:
+        mechanism: str, devices_group: str, cluster: Cluster, shared_dir: Path,
+        processes: Processes, test_users: dict[str, UnixUser]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
     root = shared_dir / "dev"
     make_devices(root)
     enforcer = cluster.enforcer([], allocator={"mode": "open"})
     node = cluster.node("gpu01", enforcer_port=enforcer.port, pull_seconds=0.5,
-                        devices=[device(i) for i in range(4)], device_gating="cgroup1",
+                        devices=[device(i) for i in range(4)], device_gating=mechanism,
                         device_root=str(root), cgroup_group=devices_group)
     outs = {}
     for user in (alice, bob):
@@ -87,7 +96,7 @@ def test_a_blocked_or_another_users_gpu_is_closed_at_open(
         outs[user.name] = shared_dir / user.name / "seen.json"
         probe(processes, user, root, outs[user.name])
     wait_until(lambda: seen(outs[alice.name]) == OPEN and seen(outs[bob.name]) == OPEN)
-    assert ('gpuacct_gpu_device_gating_info{mechanism="cgroup1",reason=""} 1.0'
+    assert (f'gpuacct_gpu_device_gating_info{{mechanism="{mechanism}",reason=""}} 1.0'
             in node.exporter.scrape())
 
     # Blocked: no GPU node opens for alice (what she holds open still works); bob untouched.
@@ -138,9 +147,11 @@ def test_without_gpu_nodes_or_a_devices_controller_there_is_no_gate(tmp_path: Pa
         None, f"none: no GPU device nodes under {tmp_path}")
     assert open_gate("off", tmp_path, tmp_path, "g") == (None, "off")
     make_devices(tmp_path / "dev")
-    gate, why = open_gate("auto", tmp_path, tmp_path / "dev", "g")
-    assert gate is None and why.startswith(
-        f"none: no cgroup v1 devices controller at {tmp_path / 'devices'}")
+    assert open_gate("auto", tmp_path, tmp_path / "dev", "g") == (
+        None, f"none: no cgroup v1 devices controller at {tmp_path / 'devices'}, no cgroup v2 "
+        f"at {tmp_path / 'unified'}")
+    assert open_gate("cgroup1", tmp_path, tmp_path / "dev", "g") == (
+        None, f"none: no cgroup v1 devices controller at {tmp_path / 'devices'}")
 
 
 def test_a_gate_writes_only_what_changed(tmp_path: Path) -> None:
