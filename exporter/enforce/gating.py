@@ -15,7 +15,6 @@ attaches a cgroup v2 device program that refuses them.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import stat
@@ -27,8 +26,6 @@ from typing import Protocol
 from exporter.enforce import bpf_devices
 from exporter.enforce.cgroups import group_of, write
 from exporter.enforce.state import ActuatorState, ProcKey
-
-log = logging.getLogger(__name__)
 
 # A GPU's device node under the device root, and the number of its first GPU.
 GPU_NODES = ((re.compile(r"nvidia(\d+)"), "", 0),
@@ -42,7 +39,7 @@ class GateError(Exception):
 
 @dataclass(frozen=True)
 class GpuDevice:
-    index: int  # the GPU's number, as the device node names it
+    index: int  # the GPU's, as the exporter numbers GPUs
     path: Path
     major: int
     minor: int

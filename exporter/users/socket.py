@@ -36,6 +36,7 @@ from gpuacct.allocation import (
     Forwarded,
     Hold,
     Login,
+    Release,
 )
 from gpuacct.config import describe_error
 from gpuacct.login import LOGIN_PATH
@@ -64,16 +65,12 @@ class Forwarder:
         self.identity, self.node, self.url = identity, identity.node, enforcer_url
         self.gpus, self.timeout, self.tls = gpus, timeout, tls
 
-    def handle(self, uid: int, line: bytes) -> dict[str, Any]:
+    def forward(self, uid: int, ask: Any) -> dict[str, Any]:
+        """An ask (gpuacct.allocation.Ask) to the control plane as the uid's; its reply."""
         try:
             user = pwd.getpwuid(uid).pw_name
         except KeyError:
             return {"detail": f"uid {uid} has no name on {self.node}", "kind": "refused"}
-        try:
-            ask = ASK.validate_json(line)
-        except ValidationError as exc:
-            problems = "; ".join(describe_error(e) for e in exc.errors(include_url=False))
-            return {"detail": f"bad request: {problems}", "kind": "refused"}
         forwarded = Forwarded(caller=Caller(node=self.node, uid=uid, user=user), ask=ask,
                               gpus=self.gpus())
         path = (LOGIN_PATH if isinstance(ask, Login) else BALANCE_PATH
@@ -96,7 +93,7 @@ class Forwarder:
 
     def release(self, uid: int, id: int) -> None:
         """A waiting run's request, withdrawn or released as its caller (a hold's end)."""
-        reply = self.handle(uid, json.dumps({"op": "release", "id": id}).encode())
+        reply = self.forward(uid, Release(id=id))
         if "answer" in reply:
             log.info("uid %d's run ended: %s", uid, reply["answer"]["text"])
 
@@ -107,13 +104,12 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         uid = peer_uid(self.request)
         line = self.rfile.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            reply: dict[str, Any] = {"detail": "request too long", "kind": "refused"}
-        elif (held := _hold(line)) is not None:
-            self._hold(uid, held)
+        ask = {"detail": "request too long", "kind": "refused"} if len(line) > MAX_LINE \
+            else parse(line)
+        if isinstance(ask, Hold):
+            self._hold(uid, ask)
             return
-        else:
-            reply = self.server.forwarder.handle(uid, line)
+        reply = ask if isinstance(ask, dict) else self.server.forwarder.forward(uid, ask)
         self.wfile.write(json.dumps(reply).encode() + b"\n")
 
     def _hold(self, uid: int, held: Hold) -> None:
@@ -124,7 +120,7 @@ class _Handler(socketserver.StreamRequestHandler):
         id = held.id
         reply: dict[str, Any] = {"held": True}
         if held.reserve is not None:  # answered here; its id is what is held
-            reply = self.server.forwarder.handle(uid, held.reserve.model_dump_json().encode())
+            reply = self.server.forwarder.forward(uid, held.reserve)
             answer = reply.get("answer")
             id = answer.get("id") if isinstance(answer, dict) else None
         try:
@@ -137,12 +133,13 @@ class _Handler(socketserver.StreamRequestHandler):
             self.server.forwarder.release(uid, id)
 
 
-def _hold(line: bytes) -> Hold | None:
+def parse(line: bytes) -> Any:
+    """The ask a line says (gpuacct.allocation.Ask), or the reply refusing it."""
     try:
-        ask = ASK.validate_json(line)
-    except ValidationError:
-        return None
-    return ask if isinstance(ask, Hold) else None
+        return ASK.validate_json(line)
+    except ValidationError as exc:
+        problems = "; ".join(describe_error(e) for e in exc.errors(include_url=False))
+        return {"detail": f"bad request: {problems}", "kind": "refused"}
 
 
 class UserSocketServer(socketserver.ThreadingUnixStreamServer):

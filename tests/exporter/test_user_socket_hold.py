@@ -25,10 +25,8 @@ class SlowControlPlane(Forwarder):
         super().__init__(NodeIdentity("gpu01", [b"k" * 32], 60), "http://127.0.0.1:9", lambda: None)
         self.answer, self.released = threading.Event(), list[tuple[int, int]]()
 
-    def handle(self, uid: int, line: bytes) -> dict[str, Any]:
-        ask = json.loads(line)
-        if ask.get("op") != "reserve":
-            return super().handle(uid, line)
+    def forward(self, uid: int, ask: Any) -> dict[str, Any]:
+        assert ask.op == "reserve", ask
         self.answer.wait(10)
         return {"answer": {"text": "queued: request 7, position 1", "id": 7}}
 
