@@ -8,10 +8,11 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv prometheus prometheus-alertmanager influxdb util-linux passwd procps)
 # Only for the tests and benchmarks: the browser the page is tested in, the HTTP load tool, and
-# a Compose parser for compose/ (without Docker itself: no container is started), a C compiler
-# for the stand-in libamd_smi.so, libdcmi.so and framework libraries the tests build, and Pango,
-# which WeasyPrint prints PDF statements with.
-TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk docker-compose libpango-1.0-0 libpangoft2-1.0-0 slapd ldap-utils victoria-metrics postgresql gcc libc6-dev)
+# a Compose parser for compose/, a C compiler for the stand-in libamd_smi.so, libdcmi.so and
+# framework libraries the tests build, Pango, which WeasyPrint prints PDF statements with, and
+# a Docker engine with a static busybox, the one image the container tests run (none can be
+# pulled).
+TEST_APT_PACKAGES=(chromium fonts-dejavu-core wrk docker-compose libpango-1.0-0 libpangoft2-1.0-0 slapd ldap-utils victoria-metrics postgresql gcc libc6-dev docker.io busybox-static)
 VENV=.venv
 
 install_debian_packages() {

@@ -46,8 +46,17 @@ from ledger import (
 
 log = logging.getLogger(__name__)
 
-QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_total"}'
-CREATED_QUERY = '{__name__=~"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_created"}'
+
+def usage_query(suffix: str, unattributed: bool = False) -> str:
+    """Every usage counter's `_total` or `_created` series; with `unattributed`, also the GPU
+    time nobody was found for (billed where billing.unattributed_account is set)."""
+    names = f"gpuacct_job_(gpu|gpu_idle|cpu)_seconds_{suffix}"
+    if unattributed:
+        names += f"|gpuacct_unattributed_gpu_seconds_{suffix}"
+    return '{__name__=~"' + names + '"}'
+
+
+QUERY = usage_query("total")
 OUTBOX_BATCH = 5000
 _UNKNOWN = -1  # no window ends here: the cursor cache must be read from the ledger
 CONFIG_ACTOR = "config (billing.accounts)"
@@ -119,7 +128,11 @@ class Engine:
         self.influx_ok = True
         self.series_behind = 0  # series read below their cursor from a lagging replica
         self.formatter = LineFormatter()
-        self.series = SeriesCache(frozenset(settings.replica_labels))
+        self.series = SeriesCache(frozenset(settings.replica_labels),
+                                  unattributed_account=settings.unattributed_account)
+        unattributed = settings.unattributed_account is not None
+        self.query = usage_query("total", unattributed)
+        self.created_query = usage_query("created", unattributed)
         # The cursors as of the window `_cursors_after` (None: none billed yet), kept between
         # windows rather than read back each minute; only a window's commit changes them.
         self._cursors: dict[str, Decimal] = {}
@@ -212,8 +225,8 @@ class Engine:
 
     def _begin(self, t0: int) -> None:
         """First run: what the counters hold at t0 predates gpuacct and is not billed."""
-        totals = self._read(QUERY, t0)
-        births = {key: float(born) for key, born in self._read(CREATED_QUERY, t0).items()
+        totals = self._read(self.query, t0)
+        births = {key: float(born) for key, born in self._read(self.created_query, t0).items()
                   if key in totals}
         if not self.ledger.begin_billing(t0, totals, births):
             return
@@ -257,12 +270,12 @@ class Engine:
     def bill_window(self, end: int, previous: int) -> None:
         """Bill the usage that the counters gained between the window `previous` and `end`."""
         start = Decimal(self.ledger.billing_start() or end)
-        totals = self._counters(QUERY, end)
+        totals = self._counters(self.query, end)
         cursors, births, after = self._cursor_cache()
         # When series began: for new ones, ones whose beginning is not known yet, and ones
         # read below their cursor. In steady state there are none.
         known = births.keys()
-        created = (self._read(CREATED_QUERY, end) if any(
+        created = (self._read(self.created_query, end) if any(
             series.key not in known or value < cursors[series.key]
             for series, value in totals) else {})
 

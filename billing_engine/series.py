@@ -9,6 +9,7 @@ LineKey = tuple[str, ...]  # (user, job, node, gpu_model) for GPU series, (user,
 
 
 Family = Literal["gpu", "idle", "cpu"]  # GPU-seconds, idle-held GPU-seconds, CPU core-seconds
+UNATTRIBUTED = "gpuacct_unattributed_gpu_seconds"  # GPU time of root or of nobody's container
 
 
 class Series(NamedTuple):
@@ -57,14 +58,27 @@ def identify_without(labels: dict[str, str], replica_labels: frozenset[str]) -> 
         replicated=True)
 
 
+def attributed(labels: dict[str, str], account: str) -> dict[str, str]:
+    """An unattributed GPU series as a GPU series of `account`'s, on the job
+    `unattributed-<container>` (`unattributed-host` for root outside any container)."""
+    if not labels["__name__"].startswith(UNATTRIBUTED):
+        return labels
+    suffix = labels["__name__"].removeprefix(UNATTRIBUTED)
+    return {**labels, "__name__": f"gpuacct_job_gpu_seconds{suffix}", "user": account,
+            "exported_job": f"unattributed-{labels.get('container') or 'host'}"}
+
+
 class SeriesCache:
     """`identify`, remembered by the labels as Prometheus sends them: the same series come
-    back every minute, and sorting and joining 20,000 label sets took a tenth of a window."""
+    back every minute, and sorting and joining 20,000 label sets took a tenth of a window.
+    With `unattributed_account`, unattributed GPU series are that account's."""
 
     def __init__(self, replica_labels: frozenset[str] = frozenset(),
-                 limit: int = 200_000) -> None:
+                 limit: int = 200_000, unattributed_account: str | None = None) -> None:
+        account = unattributed_account
         self._identify = functools.lru_cache(maxsize=limit)(
-            lambda raw: identify_without(dict(raw), replica_labels))
+            lambda raw: identify_without(attributed(dict(raw), account) if account
+                                         else dict(raw), replica_labels))
 
     def __call__(self, labels: dict[str, str]) -> Series:
         series: Series = self._identify(tuple(labels.items()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+from exporter.containers.proxy import DockerProxy
 from exporter.devices.base import GpuUnavailable
 from exporter.devices.node import open_devices
 from exporter.enforce.collector import ActuatorCollector
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sampler = Sampler(settings, devices)
     sampler.cycle()  # the first scrape already has data
-    registry = build_registry(lambda: sampler.snapshot)
+    registry = build_registry(lambda: sampler.snapshot, settings.actuator.node_name or "")
     enforcement = start_enforcement(all_settings, lambda: sampler.snapshot, service.tls)
     if enforcement:
         registry.register(ActuatorCollector(enforcement.actuator))
@@ -80,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
              host, port, settings.interval_seconds, settings.state_file)
 
     stop = stop_on_signals()
+    containers = settings.containers
+    if containers.proxy_socket is not None and containers.docker_socket is not None:
+        try:
+            DockerProxy(containers.proxy_socket, containers.docker_socket,
+                        containers.proxy_group).start(stop)
+            log.info("users' Docker socket on %s (group %s), to %s", containers.proxy_socket,
+                     containers.proxy_group, containers.docker_socket)
+        except KeyError:
+            log.error("no users' Docker socket: exporter.containers.proxy_group %s is no group",
+                      containers.proxy_group)
+        except OSError as exc:
+            log.error("no users' Docker socket: cannot listen on %s: %s",
+                      containers.proxy_socket, exc.strerror)
     service.reload_on_sighup(enforcement.rotate if enforcement
                              else lambda _: "nothing: enforcement is off")
     if enforcement:

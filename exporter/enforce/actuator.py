@@ -46,6 +46,7 @@ from gpuacct.config import ActuatorSettings
 from gpuacct.policy import Held, NodeAction, NodeActionKind, NodePolicy
 
 log = logging.getLogger(__name__)
+UNATTRIBUTED = "(unattributed)"  # whose the stops of unattributed containers are, in the audit
 
 
 def _uid(user: str) -> int | None:
@@ -75,6 +76,8 @@ class Actuator:
         self.last_applied = 0.0
         self.last_used: dict[int, float] = {}  # reservation id -> holder last seen on it
         self.idle_action, self.idle_action_after = "none", 0.0  # exporter.idle
+        self.unattributed_action = "none"  # exporter.unattributed.action
+        self._unattributed_stops: dict[str, tuple[float, bool]] = {}  # id -> SIGTERM at, KILLed
 
     def _node(self) -> Node:
         return Node(now=self._clock(), dry_run=self.settings.dry_run,
@@ -142,6 +145,7 @@ class Actuator:
             self._carry_out(plan_cycle(self.state, snapshot, self._node()))
             self._carry_out(plan_grace(self.state, self._clock()))
             self._close_devices(snapshot)
+            self._stop_unattributed(snapshot)
             if self.reports.recorded() != before:
                 self.store.save(self.state)
 
@@ -167,6 +171,27 @@ class Actuator:
                 self._gate_failed[uid] = str(exc)
             else:
                 self._gate_failed.pop(uid, None)
+
+    def _stop_unattributed(self, snapshot: Snapshot) -> None:
+        """With exporter.unattributed.action stop: each container on a GPU that nobody could be
+        found for is sent SIGTERM through its engine, SIGKILL after the grace. Root outside
+        any container is never signalled: it is only counted (and alerted on)."""
+        if self.unattributed_action != "stop":
+            return
+        now, grace = self._clock(), self.settings.kill_grace_seconds
+        on_gpu = {who.id: who for who in snapshot.unattributed.values() if who.id}
+        for id, who in sorted(on_gpu.items()):
+            sent, killed = self._unattributed_stops.get(id, (None, False))
+            if sent is not None and (killed or now - sent < grace):
+                continue
+            sig = signal.SIGTERM if sent is None else signal.SIGKILL
+            result, detail = self.signaller.to_container(
+                id, sig, f"{sig.name} to unattributed container {who.container} ({who.image})")
+            self.reports.record(UNATTRIBUTED, "terminate" if sent is None else
+                                "kill_after_grace", result, detail)
+            self._unattributed_stops[id] = (now if sent is None else sent, sent is not None)
+        for id in self._unattributed_stops.keys() - on_gpu.keys():
+            del self._unattributed_stops[id]
 
     def _carry_out(self, plan: Plan) -> None:
         self.state = plan.state
@@ -210,7 +235,8 @@ class Actuator:
     def _stop(self, step: Stop, state: ActuatorState) -> None:
         stopped: dict[int, list[str]] = defaultdict(list)
         for p in step.targets:
-            target = (p.pid, p.start_ticks, p.identity.uid, p.identity.name)
+            target = (p.pid, p.start_ticks, p.identity.uid, p.identity.name,
+                      p.identity.container)
             result, detail = self.signaller.send(Target(*target), signal.SIGTERM)
             self.reports.record(step.user, "terminate", result, detail, step.alert)
             if result in ("ok", "dry_run") and step.track:
@@ -226,9 +252,12 @@ class Actuator:
         assert self.limiter is not None  # planned only where there is one
         action: NodeActionKind = "throttle" if step.quota or step.relimit else "unthrottle"
         applied = state.users.get(step.user)
+        # A container's processes stay in its engine's groups (which hold its own limits).
+        contained = {p.pid for p in self._latest().procs if p.identity.container}
         try:
             if step.quota:
-                self.limiter.limit(step.uid, step.quota, list(step.pids))
+                self.limiter.limit(step.uid, step.quota,
+                                   [pid for pid in step.pids if pid not in contained])
             else:
                 self.limiter.lift(step.uid)
         except LimitError as exc:

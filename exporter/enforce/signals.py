@@ -2,7 +2,9 @@
 
 A signal goes through a pidfd opened first, then the process is checked again — same start
 time, same real uid, a uid that may be touched — so neither a reused pid nor a process that
-changed hands between the decision and the signal is ever hit.
+changed hands between the decision and the signal is ever hit. A process in a container of a
+user's (it runs as root) is stopped through its container engine: the signal goes to the
+container, once the process is found to be the same.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from exporter.containers.docker_api import DockerApi, DockerUnavailable
 from exporter.usage.procs import parse_stat, real_uid
 from gpuacct.policy import Result
 
@@ -26,8 +29,9 @@ class Target:
 
     pid: int
     start_ticks: int
-    uid: int
+    uid: int  # the user's (for a container's process, its owner's)
     name: str = ""
+    container: str = ""  # the full id of the user's container it runs in
 
 
 def read_identity(pid: int, proc_root: str = "/proc") -> tuple[int, int] | None:
@@ -61,7 +65,8 @@ class Signaller:
                  deliver: Callable[[int, int], None] = signal.pidfd_send_signal,
                  close: Callable[[int], None] = os.close,
                  user_name: Callable[[int], str | None] = _user_name,
-                 only_users: Iterable[str] | None = None) -> None:
+                 only_users: Iterable[str] | None = None,
+                 engine: DockerApi | None = None) -> None:
         self.min_uid = max(min_uid, 1)  # root is never a target, whatever min_uid says
         self.protected = frozenset(protected_users)
         self.only = None if only_users is None else frozenset(only_users)
@@ -69,6 +74,7 @@ class Signaller:
         self._open, self._identity, self._deliver, self._close = (open_pid, identity, deliver,
                                                                  close)
         self._user_name = user_name
+        self.engine = engine
 
     def refusal(self, uid: int) -> str | None:
         """Why processes of `uid` may never be signalled or throttled, or None."""
@@ -87,6 +93,8 @@ class Signaller:
         refused = self.refusal(target.uid)
         if refused:
             return "refused", f"{what}: {refused}"
+        if target.container:
+            return self._to_container(target, sig, what)
         try:
             fd = self._open(target.pid)
         except (ProcessLookupError, OSError):
@@ -110,6 +118,31 @@ class Signaller:
             return "ok", what
         finally:
             self._close(fd)
+
+
+    def _to_container(self, target: Target, sig: int, what: str) -> tuple[Result, str]:
+        what = f"{what} in container {target.container[:12]}"
+        now = self._identity(target.pid)
+        if now is None:
+            return "gone", what
+        if now[0] != target.start_ticks:
+            return "refused", f"{what}: not the same process any more"
+        return self.to_container(target.container, sig, what)
+
+    def to_container(self, container: str, sig: int, what: str) -> tuple[Result, str]:
+        """`sig` to a container's main process through its engine (whoever runs in it: the
+        caller has decided that it may be stopped)."""
+        if self.engine is None:
+            return "unsupported", f"{what}: no container engine to stop it through " \
+                                  "(exporter.containers.docker_socket)"
+        if self.dry_run:
+            log.warning("dry run: would send %s", what)
+            return "dry_run", what
+        try:
+            result = self.engine.kill(container, signal.Signals(sig).name)
+        except DockerUnavailable as exc:
+            return "failed", f"{what}: {exc}"
+        return ("ok" if result == "ok" else "gone"), what
 
 
 def _tty_path(tty_nr: int) -> str | None:

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from exporter.containers.docker_api import DockerApi
 from exporter.enforce.actuator import Actuator
 from exporter.enforce.gating import open_gate
 from exporter.enforce.policy_sync import NodeNameEndpoint, PolicyEndpoint, Puller
@@ -78,8 +79,10 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
         log.warning("enforcement is off: auth.node_key is not set, so no policy can be trusted")
         return None
     limiter = detect(actuator_settings.cpu_limiter, actuator_settings.cgroup_root)
+    engine = settings.exporter.containers.docker_socket
     signaller = Signaller(settings.exporter.min_uid, actuator_settings.protected_users,
-                          actuator_settings.dry_run, only_users=settings.exporter.only_users)
+                          actuator_settings.dry_run, only_users=settings.exporter.only_users,
+                          engine=DockerApi(engine) if engine else None)
     node = actuator_settings.node_name or socket.gethostname()
     identity = NodeIdentity(node, [k.encode() for k in values(settings.auth.node_key)],
                             settings.auth.max_clock_skew_seconds)
@@ -90,6 +93,7 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
     idle = settings.exporter.idle
     if idle is not None:
         actuator.idle_action, actuator.idle_action_after = idle.action, idle.action_after_seconds
+    actuator.unattributed_action = settings.exporter.unattributed.action
     puller = user_socket = None
     url = actuator_settings.enforcer_url
     if url:

@@ -30,7 +30,8 @@ class Stopping(BaseModel):
     """A process sent SIGTERM, to get SIGKILL at `deadline` if it is still there."""
 
     user: str
-    target: tuple[int, int, int, str]  # pid, start ticks, uid, name
+    # pid, start ticks, uid, name, and the container (its full id) if it runs in one
+    target: tuple[int, int, int, str] | tuple[int, int, int, str, str]
     deadline: float
     alert: str
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from exporter.devices.base import GpuDevice, GpuUnit
 from exporter.usage.counters import Cursor, GpuKey, JobInfo, JobKey, Streak, UsageState
-from exporter.usage.procs import CLOCK_TICKS, ProcSample
+from exporter.usage.procs import CLOCK_TICKS, ProcSample, Unattributed
 from gpuacct.allocation import RESERVATION_JOB
 from gpuacct.config import IdleSettings
 
@@ -73,10 +73,11 @@ def account_cpu(state: UsageState, procs: list[ProcSample], now: float) -> None:
     state.cursors = cursors
 
 
-def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample],
-                unbilled_pids: set[int]) -> list[GpuHolder]:
-    """GPU processes with their user and job; unbilled ones have user "" and pids NVML reports
-    but /proc no longer has (exited in between) are left out."""
+def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample], unbilled_pids: set[int],
+                unattributed: dict[int, Unattributed] | None = None) -> list[GpuHolder]:
+    """GPU processes with their user and job; unbilled ones have user "" (and the job
+    `unattributed-<container>` when their time is counted) and pids NVML reports but /proc
+    no longer has (exited in between) are left out."""
     by_pid = {p.pid: p for p in procs}
     holders = []
     for unit in units:
@@ -85,7 +86,8 @@ def gpu_holders(units: Iterable[GpuUnit], procs: list[ProcSample],
             if proc is not None:
                 user, job = proc.identity.user, proc.identity.job
             elif gp.pid in unbilled_pids:
-                user, job = "", f"pid-{gp.pid}"
+                who = (unattributed or {}).get(gp.pid)
+                user, job = "", who.job if who else f"pid-{gp.pid}"
             else:
                 continue
             holders.append(GpuHolder(unit, gp.pid, user, job, gp.used_memory_bytes, gp.sm_ratio))
@@ -102,8 +104,10 @@ def _busy(h: GpuHolder, unit_busy: dict[str, float | None] | None,
 
 def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, policy: str,
                 now: float, idle: IdleSettings | None = None,
-                unit_busy: dict[str, float | None] | None = None) -> set[GpuKey]:
+                unit_busy: dict[str, float | None] | None = None,
+                unattributed: dict[str, Unattributed] | None = None) -> set[GpuKey]:
     """Share each unit's `seconds` among its jobs; with `idle`, count what is idle-holding.
+    The shares of unattributed jobs (`unattributed`, by job) are counted apart.
     Returns the keys idle-holding now (`end_streaks` ends the others' streaks)."""
     by_unit: dict[str, list[GpuHolder]] = defaultdict(list)
     for holder in holders:
@@ -124,6 +128,10 @@ def account_gpu(state: UsageState, holders: list[GpuHolder], seconds: float, pol
                 share = used / total
             else:
                 share = 1.0 / len(memory)
+            nobody = (unattributed or {}).get(job) if not user else None
+            if nobody is not None:
+                state.add_unattributed((nobody.container, nobody.image, unit.label,
+                                        unit.model), seconds * share, now)
             if user:
                 key = (user, job, unit.label, unit.uuid, unit.model)
                 state.add_gpu(key, seconds * share, now)

@@ -14,10 +14,13 @@ Sample of the exposition (values abridged):
                                      job="sid-4242"} 4.2e+09
     gpuacct_gpu_temperature_celsius{gpu="0",gpu_uuid="GPU-.."} 55.0
     gpuacct_exporter_collector_success{collector="nvml"} 1.0
+    gpuacct_unattributed_gpu_seconds_total{node="gpu07",container="3f2a9c1b7d4e",
+                                           image="pytorch:24.01",gpu="0",gpu_model=".."} 42.0
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,12 +52,13 @@ _DEVICE_GAUGES = (
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self.snapshot = snapshot
+    def __init__(self, snapshot: Callable[[], Snapshot], node: str = "") -> None:
+        self.snapshot, self.node = snapshot, node or socket.gethostname()
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
         yield from self._jobs(snap)
+        yield self._unattributed(snap)
         yield from self._gpu_processes(snap)
         if snap.gpus is not None:
             yield from self._devices(snap.gpus.devices, snap.gpus.driver_version)
@@ -101,6 +105,16 @@ class SnapshotCollector(Collector):
         for user, n in snap.folded_jobs.items():
             folded.add_metric([user], n)
         yield from (gpu, idle, cpu, info, started, memory, procs, folded)
+
+    def _unattributed(self, snap: Snapshot) -> Metric:
+        nobody = CounterMetricFamily(
+            "gpuacct_unattributed_gpu_seconds", "GPU seconds of root, system users and "
+            "containers nobody could be found for (container \"\": not in a container).",
+            labels=["node", "container", "image", "gpu", "gpu_model"])
+        for (container, image, unit, model), c in sorted(snap.unattributed_seconds.items()):
+            nobody.add_metric([self.node, container, image, unit, model], c.value,
+                              created=c.created)
+        return nobody
 
     def _gpu_processes(self, snap: Snapshot) -> Iterator[Metric]:
         labels = [*GPU, "pid", *JOB]
@@ -178,7 +192,7 @@ class SnapshotCollector(Collector):
         yield build
 
 
-def build_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+def build_registry(snapshot: Callable[[], Snapshot], node: str = "") -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
+    registry.register(SnapshotCollector(snapshot, node))
     return registry

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 JobKey = tuple[str, str]  # user, job
 GpuKey = tuple[str, str, str, str, str]  # user, job, gpu, gpu_uuid, gpu_model
+UnattributedKey = tuple[str, str, str, str]  # container, image, gpu, gpu_model
 STATE_VERSION: Literal[1] = 1
 
 
@@ -77,6 +78,10 @@ class UsageState:
     # Who scrapes this exporter (a Prometheus replica's `scraper` parameter, else its
     # address) and when it last did: a finished job stays until each has seen its end.
     scrapers: dict[str, float] = field(default_factory=dict)
+    # GPU seconds of root and of containers nobody could be found for, and when each was
+    # last added to (it is forgotten as a finished job is).
+    unattributed: dict[UnattributedKey, Counter] = field(default_factory=dict)
+    unattributed_seen: dict[UnattributedKey, float] = field(default_factory=dict)
 
     def add_gpu(self, key: GpuKey, seconds: float, now: float) -> None:
         self.gpu.setdefault(key, Counter(0.0, now)).value += seconds
@@ -86,6 +91,10 @@ class UsageState:
 
     def add_cpu(self, key: JobKey, seconds: float, now: float) -> None:
         self.cpu.setdefault(key, Counter(0.0, now)).value += seconds
+
+    def add_unattributed(self, key: UnattributedKey, seconds: float, now: float) -> None:
+        self.unattributed.setdefault(key, Counter(0.0, now)).value += seconds
+        self.unattributed_seen[key] = now
 
     def scraped(self, scraper: str, at: float) -> None:
         # A new dict, not a change of the old: the state may be being saved meanwhile.
@@ -99,8 +108,14 @@ class UsageState:
         longest = retention if longest is None else max(longest, retention)
         self.scrapers = {s: t for s, t in self.scrapers.items() if now - t <= longest}
         last_scrape = min(self.scrapers.values(), default=now)
-        gone = {key for key, info in self.jobs.items() if now - info.last_seen > retention
-                and (last_scrape > info.last_seen + settle or now - info.last_seen > longest)}
+
+        def ended(last_seen: float) -> bool:
+            return now - last_seen > retention and (last_scrape > last_seen + settle
+                                                    or now - last_seen > longest)
+
+        gone = {key for key, info in self.jobs.items() if ended(info.last_seen)}
+        for unattributed in [k for k, seen in self.unattributed_seen.items() if ended(seen)]:
+            del self.unattributed[unattributed], self.unattributed_seen[unattributed]
         for key in gone:
             del self.jobs[key]
             self.cpu.pop(key, None)
@@ -119,7 +134,9 @@ class UsageState:
             cpu=[(*key, c.value, c.created) for key, c in self.cpu.items()],
             jobs=[(*key, cast(JobEntry, asdict(info))) for key, info in self.jobs.items()],
             cursors=[(*key, cast(CursorEntry, asdict(cur))) for key, cur in self.cursors.items()],
-            scrapers=self.scrapers)
+            scrapers=self.scrapers,
+            unattributed=[(*key, c.value, c.created, self.unattributed_seen.get(key, 0.0))
+                          for key, c in self.unattributed.items()])
 
     @classmethod
     def from_file(cls, data: CounterFile) -> UsageState:
@@ -131,7 +148,10 @@ class UsageState:
             jobs={(u, j): JobInfo(**info) for u, j, info in data.jobs},
             cursors={(pid, start): Cursor(**cur) for pid, start, cur in data.cursors},
             last_sample=data.last_sample, last_uptime=data.last_uptime, boot_id=data.boot_id,
-            scrapers=dict(data.scrapers))
+            scrapers=dict(data.scrapers),
+            unattributed={(c, i, g, m): Counter(v, t) for c, i, g, m, v, t, _ in data.unattributed},
+            unattributed_seen={(c, i, g, m): seen for c, i, g, m, _, _, seen
+                               in data.unattributed})
 
 
 class JobEntry(TypedDict):
@@ -169,6 +189,8 @@ class CounterFile(BaseModel):
     jobs: list[tuple[str, str, JobEntry]]
     cursors: list[tuple[int, int, CursorEntry]]
     scrapers: dict[str, float] = {}  # absent in files from before
+    # key, value, created, last seen; absent in files from before
+    unattributed: list[tuple[str, str, str, str, float, float, float]] = []
 
 
 def load_state(path: Path) -> UsageState | None:

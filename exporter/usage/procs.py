@@ -15,7 +15,9 @@ import os
 import pwd
 import time
 from dataclasses import dataclass
+from typing import cast
 
+from exporter.containers.owners import Container, ContainerOwners, NotYet
 from exporter.usage.jobs import SHELLS, bounded, container_id, env_job, job_name, parse_environ
 from exporter.usage.metadata import framework_from_argv, framework_from_maps, script_and_args, shown
 
@@ -41,6 +43,21 @@ class ProcIdentity:
     args: str = ""  # the script's arguments, secrets redacted, bounded
     cwd: str = ""
     framework: str = ""  # from the command line; the mapped libraries may say later
+    container: str = ""  # the full id of the container it runs in, whose owner `user` is
+
+
+@dataclass(frozen=True)
+class Unattributed:
+    """A process nobody is billed for whose GPU time is still counted: root's or another
+    system user's (container ""), or one in a container nobody could be found for."""
+
+    container: str = ""  # 12 hex
+    image: str = ""
+    id: str = ""  # the container's full id
+
+    @property
+    def job(self) -> str:
+        return f"unattributed-{self.container or 'host'}"
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,9 @@ class ProcSample:
     @property
     def key(self) -> tuple[int, int]:
         return (self.pid, self.start_ticks)
+
+
+Who = ProcIdentity | Unattributed | None
 
 
 class UserNames:
@@ -107,8 +127,10 @@ def real_uid(status: bytes) -> int:
 class ProcessTable:
     def __init__(self, min_uid: int, job_sources: list[str], job_env_vars: list[str],
                  proc_root: str = "/proc", max_id_length: int = 128,
-                 only_users: list[str] | None = None) -> None:
+                 only_users: list[str] | None = None,
+                 owners: ContainerOwners | None = None) -> None:
         self.min_uid = min_uid
+        self.owners = owners
         self.only = None if only_users is None else frozenset(only_users)
         self.job_sources = job_sources
         self.job_env_vars = job_env_vars
@@ -117,10 +139,10 @@ class ProcessTable:
         self.root = proc_root
         self.user_names = UserNames()
         # (pid, start) -> (what an exec changes, identity)
-        self._identities: dict[tuple[int, int], tuple[tuple[object, ...], ProcIdentity | None]]
-        self._identities = {}
+        self._identities: dict[tuple[int, int], tuple[tuple[object, ...], Who]] = {}
         # Alive but billed to nobody (root, system users): they still take a share of a GPU.
         self.unbilled_pids: set[int] = set()
+        self.unattributed: dict[int, Unattributed] = {}  # of those, the ones counted
         # (pid, start) -> the framework its maps showed ("" once no longer looked for), or
         # when to look again, the wait, and when to stop looking
         self._frameworks: dict[tuple[int, int], str | tuple[float, float, float]] = {}
@@ -129,7 +151,7 @@ class ProcessTable:
         """Every billable process now; those that vanish mid-read are simply absent."""
         samples = []
         seen = set()
-        self.unbilled_pids = set()
+        self.unbilled_pids, self.unattributed = set(), {}
         for entry in os.scandir(self.root):
             if not entry.name.isdigit():
                 continue
@@ -146,13 +168,18 @@ class ProcessTable:
                 if cached is not None and (f[0] == b"Z" or not any(map(int, f[45:49]))):
                     image = cached[0]
                 if cached is None or cached[0] != image:
-                    cached = (image, self._identify(pid, int(f[3]), comm))
-                    self._identities[key] = cached
+                    try:
+                        cached = (image, self._identify(pid, int(f[3]), comm))
+                        self._identities[key] = cached
+                    except NotYet as wait:  # its container's engine did not answer
+                        cached = (image, cast(Who, wait.meanwhile))  # asked again next cycle
                 identity = cached[1]
             except (OSError, ValueError, IndexError):
                 continue  # gone, or a /proc entry we cannot parse: not ours to bill
-            if identity is None:
+            if not isinstance(identity, ProcIdentity):
                 self.unbilled_pids.add(pid)
+                if identity is not None:
+                    self.unattributed[pid] = identity
                 continue
             samples.append(ProcSample(
                 pid=pid, start_ticks=start, ppid=int(f[1]),
@@ -191,18 +218,41 @@ class ProcessTable:
                                                                            until)
         return found
 
-    def _identify(self, pid: int, session: int, comm: str) -> ProcIdentity | None:
-        """None for processes nobody is billed for (below min_uid, kernel threads, users
-        not in only_users)."""
+    def _identify(self, pid: int, session: int, comm: str) -> Who:
+        """Unattributed for root's and system users' processes and for those in a container
+        nobody could be found for; None for the ones not ours at all (kernel threads, users
+        not in only_users). A process in a container is its owner's, whatever its uid; in an
+        unowned container, its uid's where that is a user's. Raises NotYet when the
+        container's engine could not be asked, with what to go by meanwhile."""
         base = f"{self.root}/{pid}"
         uid = real_uid(_read(f"{base}/status"))
-        if uid < self.min_uid or (self.only is not None and self.user_names(uid)
-                                  not in self.only):
+        try:
+            cgroup = _read(f"{base}/cgroup").decode(errors="replace")
+        except OSError:
+            cgroup = ""
+        try:
+            container = self.owners.of(cgroup, lambda: parse_environ(
+                _read(f"{base}/environ"))) if self.owners is not None and cgroup else None
+        except NotYet:
+            if uid < self.min_uid:
+                raise
+            raise NotYet(self._identify_as(pid, session, comm, uid, cgroup, None)) from None
+        if container is not None and container.owner is not None:
+            uid = container.owner.uid
+        elif uid < self.min_uid:
+            return Unattributed(container.short, container.image, container.id) \
+                if container is not None else Unattributed()
+        return self._identify_as(pid, session, comm, uid, cgroup, container)
+
+    def _identify_as(self, pid: int, session: int, comm: str, uid: int, cgroup: str,
+                     container: Container | None) -> ProcIdentity | None:
+        base = f"{self.root}/{pid}"
+        if self.only is not None and self.user_names(uid) not in self.only:
             return None
         argv = [a.decode(errors="replace") for a in _read(f"{base}/cmdline").split(b"\0") if a]
         job, source = None, "session"
         for kind in self.job_sources:
-            job = self._job_from(kind, base, session)
+            job = self._job_from(kind, base, session, cgroup)
             if job:
                 source = kind
                 break
@@ -223,15 +273,16 @@ class ProcessTable:
                             is_shell=comm in SHELLS,
                             script=bounded(script, self.max_id_length)[0] if script else "",
                             args=shown(args), cwd=shown([cwd]),
-                            framework=framework_from_argv(argv))
+                            framework=framework_from_argv(argv),
+                            container=container.id if container and container.owner else "")
 
-    def _job_from(self, kind: str, base: str, session: int) -> str | None:
+    def _job_from(self, kind: str, base: str, session: int, cgroup: str) -> str | None:
         """The job as one source sees it; an unreadable file means that source has no answer."""
         try:
             if kind == "env":
                 return env_job(parse_environ(_read(f"{base}/environ")), self.job_env_vars)
             if kind == "container":
-                return container_id(_read(f"{base}/cgroup").decode(errors="replace"))
+                return container_id(cgroup)
         except OSError:
             return None
         return f"sid-{session}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from exporter.containers.owners import ContainerOwners
 from exporter.devices.base import GpuReading
 from exporter.devices.node import Devices
 from exporter.usage.accounting import (
@@ -31,12 +32,13 @@ from exporter.usage.counters import (
     GpuKey,
     JobInfo,
     JobKey,
+    UnattributedKey,
     UsageState,
     load_state,
     save_state,
 )
 from exporter.usage.overflow import JobCap
-from exporter.usage.procs import ProcessTable, ProcSample, uptime_seconds
+from exporter.usage.procs import ProcessTable, ProcSample, Unattributed, uptime_seconds
 from gpuacct.config import ExporterSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class Snapshot:
     gpus: GpuReading | None = None
     xid_errors: dict[tuple[int, str, int], Counter] = field(default_factory=dict)
     collectors: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    unattributed_seconds: dict[UnattributedKey, Counter] = field(default_factory=dict)
+    # The GPU processes nobody is billed for whose time is counted, by pid (for the actuator).
+    unattributed: dict[int, Unattributed] = field(default_factory=dict)
 
 
 def _boot_id() -> str:
@@ -76,7 +81,8 @@ class Sampler:
         self.gpus = gpus
         self.table = ProcessTable(settings.min_uid, list(settings.job_sources),
                                   list(settings.job_env_vars), proc_root,
-                                  settings.max_job_id_length, settings.only_users)
+                                  settings.max_job_id_length, settings.only_users,
+                                  ContainerOwners(settings.containers, settings.min_uid))
         self.cap = JobCap(settings.max_jobs_per_user)
         self.proc_root = proc_root
         # No state yet: what runs now predates us and is only baselined.
@@ -125,7 +131,8 @@ class Sampler:
         collectors["proc"] = (True, time.perf_counter() - t)
 
         units = [u for d in (reading.devices if reading else ()) for u in d.units]
-        holders = gpu_holders(units, procs, self.table.unbilled_pids)
+        nobody = self.table.unattributed
+        holders = gpu_holders(units, procs, self.table.unbilled_pids, nobody)
         elapsed = mono - self._last_mono if self._last_mono is not None else 0.0
         self._last_mono = mono
 
@@ -138,7 +145,8 @@ class Sampler:
                 for u in d.units}
         idle = self.settings.idle
         idle_now = account_gpu(state, [h for h in holders if gpu_index(h.unit) not in reserved],
-                               elapsed, self.settings.gpu_share, now, idle, busy)
+                               elapsed, self.settings.gpu_share, now, idle, busy,
+                               {who.job: who for who in nobody.values()})
         update_jobs(state, procs, now, boot_time=now - uptime)
         idle_now |= account_reserved(state, reading.devices if reading else (), reserved,
                                      elapsed, now, idle, holders, busy)
@@ -181,6 +189,9 @@ class Sampler:
             xid_errors={k: Counter(c.value, c.created) for k, c in self._xids.items()},
             collectors=collectors,
             folded_jobs=self.cap.folded,
+            unattributed_seconds={k: Counter(c.value, c.created)
+                                  for k, c in state.unattributed.items()},
+            unattributed={h.pid: nobody[h.pid] for h in holders if h.pid in nobody},
         )
         return self.snapshot
 

@@ -142,11 +142,29 @@ def parse(line: bytes) -> Any:
         return {"detail": f"bad request: {problems}", "kind": "refused"}
 
 
-class UserSocketServer(socketserver.ThreadingUnixStreamServer):
+class UnixServer(socketserver.ThreadingUnixStreamServer):
+    """A thread per connection on a Unix socket of the node daemon's, closed (and its file
+    removed) when the daemon stops."""
+
     daemon_threads = True
     # Every user of a node may connect at once (a login burst, a script in a loop); the
     # default backlog of 5 would refuse the sixth with EAGAIN.
     request_queue_size = 128
+    path: Path
+    name = "socket"
+
+    def start(self, stop: threading.Event) -> None:
+        threading.Thread(target=self.serve_forever, name=self.name, daemon=True).start()
+        threading.Thread(target=self._close_on, args=(stop,), daemon=True).start()
+
+    def _close_on(self, stop: threading.Event) -> None:
+        stop.wait()
+        self.shutdown()
+        self.path.unlink(missing_ok=True)
+
+
+class UserSocketServer(UnixServer):
+    name = "user socket"
 
     def __init__(self, path: Path, forwarder: Forwarder) -> None:
         self.forwarder, self.path = forwarder, path
@@ -154,12 +172,3 @@ class UserSocketServer(socketserver.ThreadingUnixStreamServer):
         path.unlink(missing_ok=True)  # a socket left by a daemon that died
         super().__init__(str(path), _Handler)
         os.chmod(path, 0o666)  # everyone may ask; the kernel says who they are
-
-    def start(self, stop: threading.Event) -> None:
-        threading.Thread(target=self.serve_forever, name="user socket", daemon=True).start()
-        threading.Thread(target=self._close_on, args=(stop,), daemon=True).start()
-
-    def _close_on(self, stop: threading.Event) -> None:
-        stop.wait()
-        self.shutdown()
-        self.path.unlink(missing_ok=True)

@@ -38,7 +38,13 @@ from gpuacct.config.enforcer import (
     EnforcerSettings,
     PrioritySettings,
 )
-from gpuacct.config.exporter import ActuatorSettings, ExporterSettings, IdleSettings
+from gpuacct.config.exporter import (
+    ActuatorSettings,
+    ContainerSettings,
+    ExporterSettings,
+    IdleSettings,
+    UnattributedSettings,
+)
 from gpuacct.config.influxdb import InfluxSettings, InfluxV1Settings, InfluxV2Settings
 from gpuacct.config.loading import CONFIG_ENV, Settings, load_settings, settings_from_mapping
 from gpuacct.config.notifications import NoticeChannel, NotificationSettings
@@ -65,6 +71,7 @@ __all__ = [
     "BillingSettings",
     "ClientSettings",
     "ConfigError",
+    "ContainerSettings",
     "DcmiSettings",
     "EnforcerSettings",
     "ExporterSettings",
@@ -93,6 +100,7 @@ __all__ = [
     "ThresholdOverride",
     "Thresholds",
     "TlsClientSettings",
+    "UnattributedSettings",
     "UsageLimits",
     "Vendor",
     "WebAdministrator",

@@ -168,6 +168,10 @@ class BillingSettings(Section):
     # `accounts` without members), refuse (recorded on the "unassigned" account, blocked, and
     # the administrators alerted).
     unknown_users: Annotated[str, AfterValidator(_check_unknown_users)] = "open"
+    # GPU time of root and of containers no user was found for (the nodes'
+    # gpuacct_unattributed_gpu_seconds_total) is billed as this user's, on the job
+    # `unattributed-<container>`; null: counted and alerted on, billed to nobody.
+    unattributed_account: AccountName | None = None
 
     @model_validator(mode="after")
     def _accounts_agree(self) -> BillingSettings:

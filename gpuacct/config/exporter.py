@@ -78,6 +78,35 @@ class IdleSettings(Section):
     action_after_seconds: NonNegativeFloat = 1800.0
 
 
+class ContainerSettings(Section):
+    """Whose a container's processes are: a GPU process in a container runs as root, so its
+    user comes from the container (gpuacct.user, stamped by the proxy socket; then the
+    labels and environment variables named here; then a rootless engine's owning user)."""
+
+    # The node's Docker (or Podman) API, read for a container's labels and image, and asked
+    # to stop containers; null: no engine is asked.
+    docker_socket: Path | None = Path("/run/docker.sock")
+    user_labels: list[Annotated[str, Field(min_length=1, max_length=256)]] = []
+    user_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]] = []
+    # Where users reach Docker through gpuacct: the engine's API, with every container it
+    # creates labelled gpuacct.user=<the caller>. The engine's own socket stays root's.
+    proxy_socket: Path | None = None
+    proxy_group: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}\$?$")] = "docker"
+
+    @model_validator(mode="after")
+    def _proxy_needs_engine(self) -> ContainerSettings:
+        if self.proxy_socket is not None and self.docker_socket is None:
+            raise ValueError("proxy_socket passes requests on to docker_socket, which is null")
+        return self
+
+
+class UnattributedSettings(Section):
+    """GPU time of root and of containers nobody could be found for: counted always, billed to
+    billing.unattributed_account where that is set, and with `stop` its containers stopped."""
+
+    action: Literal["none", "stop"] = "none"
+
+
 class ExporterSettings(Section):
     listen_address: ListenAddress = "0.0.0.0:9835"
     interval_seconds: PositiveFloat = 5.0
@@ -106,6 +135,8 @@ class ExporterSettings(Section):
     devices: dict[str, Section] = Field(default_factory=dict, alias="@devices")
     idle: IdleSettings | None = IdleSettings()  # null: no idle-GPU counting
     actuator: ActuatorSettings = ActuatorSettings()
+    containers: ContainerSettings = ContainerSettings()
+    unattributed: UnattributedSettings = UnattributedSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

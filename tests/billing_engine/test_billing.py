@@ -3,12 +3,14 @@ real processes of real users; windows of 2 seconds."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from subprocess import Popen
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gpuacct.config import GpuPrice, PriceVersion
 from ledger import Ledger
@@ -242,3 +244,43 @@ def test_an_engine_back_after_another_billed_reads_the_cursors_again(
         truth = rig.wait_until_billed()
     assert truth[(carol.name, "handed-over", A100)][0] > 2
     check_ledger(rig)
+
+
+def test_gpu_time_nobody_is_found_for_is_billed_to_the_unattributed_account(
+        rig: Rig, processes: Processes, test_users: Users) -> None:
+    """Root's GPU process (outside any container: job unattributed-host) is counted by the
+    exporter as unattributed; with billing.unattributed_account, that account pays for it,
+    exactly, and root is never billed."""
+    alice = test_users["alice"]
+    root = subprocess.Popen(["sleep", "120"])
+    try:
+        with running(rig.engine(unattributed_account="lab-unattributed")):
+            job = start_job(rig, processes, alice, "a", gpu=0)
+            rig.gpus.put(1, root.pid)
+            time.sleep(5)
+            rig.gpus.remove(root.pid)
+            stop_job(rig, job)
+            time.sleep(1.0)  # the last samples reach the counters and Prometheus
+            counted = Decimal(0)
+            for family in text_string_to_metric_families(rig.exporter.scrape()):
+                counted += sum(Decimal(repr(s.value)) for s in family.samples
+                               if s.name == "gpuacct_unattributed_gpu_seconds_total"
+                               and s.labels["container"] == "" and s.labels["gpu"] == "1")
+            assert counted > 3
+
+            def billed() -> Decimal:
+                ledger = Ledger(rig.ledger_path)
+                try:
+                    return sum((Decimal(g) for g, in sql(ledger).execute(
+                        'SELECT gpu_seconds FROM usage_lines WHERE "user" = $1 AND job = $2 '
+                        "AND gpu_model = $3", ("lab-unattributed", "unattributed-host",
+                                               RTX3090))), Decimal(0))
+                finally:
+                    ledger.close()
+            wait_for(lambda: billed() == counted, timeout=30,
+                     what="the unattributed account to be billed what the exporter counted")
+    finally:
+        root.kill()
+        root.wait()
+    ledger = Ledger(rig.ledger_path)
+    assert "root" not in ledger.balances() and "lab-unattributed" in ledger.balances()

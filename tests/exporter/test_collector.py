@@ -54,11 +54,13 @@ def snapshot() -> Snapshot:
         xid_errors={(0, UUID0, 79): Counter(1.0, 1_763_799_000.0)},
         collectors={"nvml": (True, 0.004), "dcmi": (True, 0.003), "proc": (True, 0.02),
                     "state": (True, 0.001)},
+        unattributed_seconds={("3f2a9c1b7d4e", "pytorch:24.01", "3", ASCEND):
+                              Counter(42.0, 1_763_799_500.0)},
     )
 
 
 def test_values_through_the_registry() -> None:
-    registry = build_registry(snapshot)
+    registry = build_registry(snapshot, "gpu07")
     get = registry.get_sample_value
     job = {"user": "alice", "job": "sid-4242"}
     gpu_labels = {**job, "gpu": "0", "gpu_uuid": UUID0, "gpu_model": A100}
@@ -76,10 +78,13 @@ def test_values_through_the_registry() -> None:
     assert get("gpuacct_gpu_health", {"gpu": "3", "gpu_uuid": NPU3}) == 0
     assert get("gpuacct_gpu_temperature_limit_celsius", {"gpu": "0", "gpu_uuid": UUID0}) == 87
     assert get("gpuacct_job_start_time_seconds", job) == 1_763_789_990.0
+    assert get("gpuacct_unattributed_gpu_seconds_total", {
+        "node": "gpu07", "container": "3f2a9c1b7d4e", "image": "pytorch:24.01", "gpu": "3",
+        "gpu_model": ASCEND}) == 42.0
 
 
 def test_golden_exposition() -> None:
-    text = generate_latest(build_registry(snapshot)).decode()
+    text = generate_latest(build_registry(snapshot, "gpu07")).decode()
     if os.environ.get("GPUACCT_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()

@@ -1,0 +1,153 @@
+"""Containers billed to whoever started them, on a real Docker engine (tests.fixtures.docker):
+a test user runs a container through gpuacct's Docker socket; its process (root in the
+container) on a simulated GPU is billed to that user, and stopped when the user is blocked;
+a container started on the engine's own socket is counted unattributed and, with
+`exporter.unattributed.action: stop`, stopped; a caller setting gpuacct.user is refused."""
+
+from __future__ import annotations
+
+import grp
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.containers.owners import ContainerOwners, Owner
+from exporter.containers.proxy import Refused, stamp
+from gpuacct.config import ContainerSettings
+from tests.fixtures.docker import IMAGE, Dockerd, dockerd  # noqa: F401 (fixtures)
+from tests.fixtures.enforcement import Cluster, EnforcingNode, alert, notification, wait_until
+from tests.fixtures.gpus import device
+from tests.fixtures.users import UnixUser
+
+
+def value(node: EnforcingNode, name: str, /, **labels: str) -> float:
+    """The sum of the samples of `name` with these labels (0 when there are none)."""
+    return sum(s.value for family in text_string_to_metric_families(node.exporter.scrape())
+               for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.fixture
+def docker_group(test_users: dict[str, UnixUser]) -> Iterator[str]:
+    """A group of the test's own that may use gpuacct's Docker socket."""
+    name = f"gpuacct-dk{uuid.uuid4().hex[:6]}"
+    subprocess.run(["groupadd", name], check=True)
+    yield name
+    subprocess.run(["groupdel", name], check=False)
+
+
+@pytest.mark.integration
+@pytest.mark.root
+def test_containers_are_billed_and_stopped_as_their_users_are(
+        dockerd: Dockerd, docker_group: str, cluster: Cluster, shared_dir: Path,  # noqa: F811
+        test_users: dict[str, UnixUser]) -> None:
+    alice = test_users["alice"]
+    proxy = shared_dir / "docker.sock"
+    enforcer = cluster.enforcer([], allocator={"mode": "open"})
+    node = cluster.node("gpu01", enforcer_port=enforcer.port, pull_seconds=0.5,
+                        devices=[device(0), device(1), device(2)], device_gating="off",
+                        exporter={"containers": {"docker_socket": str(dockerd.socket),
+                                                 "user_labels": ["lab.owner"],
+                                                 "proxy_socket": str(proxy),
+                                                 "proxy_group": docker_group},
+                                  "unattributed": {"action": "stop"}})
+    wait_until(proxy.exists)
+    assert proxy.stat().st_mode & 0o777 == 0o660 and proxy.stat().st_gid == grp.getgrnam(
+        docker_group).gr_gid
+    home = shared_dir / alice.name
+    home.mkdir()
+    os.chown(home, alice.uid, alice.gid)
+    # Outside the group the socket is closed to her.
+    refused = dockerd.cli("ps", socket=proxy, check=False, user=alice, home=home)
+    assert refused.returncode != 0 and "permission denied" in refused.stderr.lower()
+    in_group: dict[str, Any] = {"user": alice, "home": home,
+                                "groups": [grp.getgrnam(docker_group).gr_gid]}
+
+    # She may not name who the container is billed to.
+    forged = dockerd.cli("run", "-d", "--network", "none", "--label", "gpuacct.user=bob",
+                         IMAGE, "true", socket=proxy, check=False, **in_group)
+    assert forged.returncode != 0 and "gpuacct.user is gpuacct's own" in forged.stderr
+
+    # Her container: its process runs as root, and is hers.
+    mine = dockerd.cli("run", "-d", "--network", "none", IMAGE, "sleep", "600",
+                       socket=proxy, **in_group).stdout.strip()
+    assert dockerd.cli("inspect", "-f", "{{index .Config.Labels \"gpuacct.user\"}}",
+                       mine).stdout.strip() == alice.name
+    pid = dockerd.pid(mine)
+    assert os.stat(f"/proc/{pid}").st_uid == 0
+    node.gpus.put(0, pid)
+    job = f"docker-{mine[:12]}"
+    wait_until(lambda: value(node, "gpuacct_job_gpu_seconds_total", user=alice.name,
+                             job=job, gpu="0") > 0.5, timeout=30)
+    assert value(node, "gpuacct_job_info", user=alice.name, job=job, source="container") == 1
+    assert value(node, "gpuacct_unattributed_gpu_seconds_total", gpu="0") == 0
+
+    # Root's container, on the engine's own socket: nobody's, counted, and stopped.
+    roots = dockerd.cli("run", "-d", "--network", "none", IMAGE, "sleep", "600").stdout.strip()
+    node.gpus.put(1, dockerd.pid(roots))
+    wait_until(lambda: value(node, "gpuacct_unattributed_gpu_seconds_total", node="gpu01",
+                             container=roots[:12], image=IMAGE, gpu="1") > 0, timeout=30)
+    # sleep is the container's init and ignores SIGTERM: SIGKILL after the grace (2 s).
+    wait_until(lambda: not dockerd.running(roots), timeout=30)
+    assert dockerd.running(mine)  # hers is not touched for it
+
+    # An orchestrator's container, on the engine's own socket, labelled with whose it is.
+    labelled = dockerd.cli("run", "-d", "--network", "none", "--label",
+                           f"lab.owner={alice.name}", IMAGE, "sleep", "600").stdout.strip()
+    node.gpus.put(2, dockerd.pid(labelled))
+    wait_until(lambda: value(node, "gpuacct_job_gpu_seconds_total", user=alice.name,
+                             job=f"docker-{labelled[:12]}", gpu="2") > 0, timeout=30)
+
+    # Blocked, her container is held as any work of hers (running work left alone); her
+    # balance exhausted, its process is stopped like any GPU process of hers: through the
+    # engine, since it runs as root.
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block")))
+    wait_until(lambda: node.hook(alice.name) is not None)
+    assert dockerd.running(mine)
+    enforcer.post_alerts(notification(alert(alice.name, "kill", "GpuacctBalanceExhaustedKillGpu")))
+    wait_until(lambda: not dockerd.running(mine) and not dockerd.running(labelled), timeout=30)
+
+    def audited(user: str, container: str) -> bool:
+        return any(a["user"] == user and a["action"] == "terminate" and a["result"] == "ok"
+                   and container[:12] in a["detail"] for a in enforcer.audit())
+    wait_until(lambda: audited(alice.name, mine) and audited("(unattributed)", roots),
+               timeout=30)
+
+
+def test_the_stamp_is_added_and_never_taken_from_the_caller() -> None:
+    assert stamp(b'{"Image": "x", "Labels": {"a": "b"}}', "alice") == \
+        b'{"Image": "x", "Labels": {"a": "b", "gpuacct.user": "alice"}}'
+    assert stamp(b'{"Image": "x", "Labels": null}', "alice").endswith(
+        b'"Labels": {"gpuacct.user": "alice"}}')
+    for body, status in ((b'{"Labels": {"gpuacct.user": "bob"}}', 403), (b"[1]", 400),
+                         (b"{nope", 400), (b'{"Labels": "x"}', 400)):
+        with pytest.raises(Refused) as refused:
+            stamp(body, "alice")
+        assert refused.value.status == status
+
+
+def test_whose_a_container_is_without_an_engine_to_ask(test_users: dict[str, UnixUser]) -> None:
+    """No engine (containerd, Kubernetes): the variables named in config, then a rootless
+    engine's owning user; never anyone below min_uid."""
+    alice, bob = test_users["alice"], test_users["bob"]
+    owners = ContainerOwners(ContainerSettings(docker_socket=None, user_env=["LAB_USER"]), 1000)
+    id = "ab" * 32
+    cgroup = (f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+              f"cri-containerd-{id}.scope\n")
+    assert owners.of("0::/user.slice/user-1000.slice/session-3.scope\n", dict) is None
+    found = owners.of(cgroup, lambda: {"LAB_USER": alice.name})
+    assert found is not None and found.owner == Owner(alice.uid, alice.name)
+    assert found.by == "$LAB_USER" and found.short == id[:12]
+    rootless = (f"0::/user.slice/user-{bob.uid}.slice/user@{bob.uid}.service/"
+                f"docker-{'cd' * 32}.scope\n")
+    found = owners.of(rootless, dict)
+    assert found is not None and found.owner == Owner(bob.uid, bob.name)
+    assert found.by == "rootless"
+    nobody = owners.of(f"0::/docker/{'ef' * 32}\n", lambda: {"LAB_USER": "root"})
+    assert nobody is not None and nobody.owner is None
