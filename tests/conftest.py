@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.docker import dockerd  # noqa: F401 (fixtures)
 from tests.fixtures.enforcement import cluster  # noqa: F401 (fixtures)
 from tests.fixtures.exporter import start_exporter  # noqa: F401 (fixtures)
 from tests.fixtures.gating import devices_group  # noqa: F401 (fixtures)

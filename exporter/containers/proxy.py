@@ -41,8 +41,20 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 64 << 10  # request line and headers
 MAX_CREATE = 4 << 20  # a container's JSON
 CHUNK = 64 << 10
+UPGRADE_WAIT = 30.0  # seconds the engine may take to answer an attach or exec start
 _CREATE = re.compile(r"^(?:/v[0-9]{1,3}\.[0-9]{1,3})?/containers/create(?:\?[^#]*)?$")
+_SWARM = re.compile(r"^(?:/v[0-9]{1,3}\.[0-9]{1,3})?/(?:swarm|services)/")
+_DOTS = re.compile(r"/\.\.?(?:/|$)")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _EXEC = re.compile(r"^(?:/v[0-9]{1,3}\.[0-9]{1,3})?/containers/([^/?]{1,256})/exec(?:\?.*)?$")
+
+
+class Switch(threading.Event):
+    """Set by the engine's first answer after an upgrading request: whether it switched
+    protocols (an earlier request's answer coming first counts as not: the connection is
+    closed rather than piped)."""
+
+    upgraded = False
 
 
 class Refused(Exception):
@@ -79,15 +91,30 @@ def read_head(reader: IO[bytes]) -> bytes | None:
 
 
 def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, target and headers; refused where the engine might read the request otherwise
+    than this proxy does (framing, or a path it would decode or clean into another): what
+    is passed on unread must be what was read."""
     lines = head.decode("latin-1").split("\r\n" if b"\r\n" in head else "\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3:
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise Refused(400, "a malformed request line")
+    path = parts[1].partition("?")[0]
+    if not path.startswith("/") or "%" in path or "//" in path or _DOTS.search(path):
+        raise Refused(400, "a request path that is encoded or not plain")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
+        if not line:
+            continue
+        if not sep or not _TOKEN.match(name):
+            raise Refused(400, "a malformed header")
+        name = name.lower()
+        if name in headers and name in ("content-length", "transfer-encoding"):
+            raise Refused(400, f"{name} given twice")
+        headers[name] = value.strip()
+    coding = headers.get("transfer-encoding")
+    if coding is not None and (coding.lower() != "chunked" or "content-length" in headers):
+        raise Refused(400, "a body framed other than by chunks or by its length alone")
     return parts[0], parts[1], headers
 
 
@@ -188,11 +215,13 @@ class _Handler(socketserver.BaseRequestHandler):
             client.sendall(_answer(502, f"the Docker engine is not reachable: {exc.strerror}"))
             return
         lock = threading.Lock()  # the engine's answers and our refusals, one at a time
-        pump = threading.Thread(target=self._pump, args=(upstream, client, lock), daemon=True)
+        switched = Switch()
+        pump = threading.Thread(target=self._pump, args=(upstream, client, lock, switched),
+                                daemon=True)
         pump.start()
         reader = client.makefile("rb")
         try:
-            self._requests(reader, upstream, client, lock, uid, user)
+            self._requests(reader, upstream, client, lock, switched, uid, user)
         except (OSError, ConnectionError):
             pass
         finally:
@@ -202,7 +231,7 @@ class _Handler(socketserver.BaseRequestHandler):
             upstream.close()
 
     def _requests(self, reader: io.BufferedReader, upstream: socket.socket, client: socket.socket,
-                  lock: threading.Lock, uid: int, user: str) -> None:
+                  lock: threading.Lock, switched: Switch, uid: int, user: str) -> None:
         while True:
             try:
                 head = read_head(reader)
@@ -214,6 +243,10 @@ class _Handler(socketserver.BaseRequestHandler):
                                                             user)))
                     log.info("container created for %s through the Docker socket", user)
                     continue
+                if method == "POST" and _SWARM.match(target):
+                    _body(reader, headers, MAX_CREATE)
+                    raise Refused(403, "swarm services are not offered through gpuacct's "
+                                       "socket: their containers would be nobody's")
                 exec_in = _EXEC.match(target) if method == "POST" else None
                 if exec_in and uid != 0:
                     try:
@@ -227,13 +260,19 @@ class _Handler(socketserver.BaseRequestHandler):
                 if refused.status in (400, 413):
                     return  # where the next request begins is not known
                 continue
+            upgrading = "upgrade" in headers.get("connection", "").lower()
+            if upgrading:
+                switched.clear()
             upstream.sendall(head)
-            if "chunked" in headers.get("transfer-encoding", "").lower():
+            if "transfer-encoding" in headers:
                 _read_chunked(reader, 0, upstream)
             else:
                 _copy_exactly(reader, upstream, _length(headers))
-            if "upgrade" in headers.get("connection", "").lower():
-                self._pipe(reader, upstream)  # attach, exec start: a stream from here on
+            if upgrading:
+                # A stream from here on (attach, exec start) only if the engine switched
+                # protocols: otherwise it reads what follows as requests, unseen by us.
+                if switched.wait(UPGRADE_WAIT) and switched.upgraded:
+                    self._pipe(reader, upstream)
                 return
 
     def _may_exec(self, container: str, user: str) -> None:
@@ -255,12 +294,16 @@ class _Handler(socketserver.BaseRequestHandler):
             upstream.sendall(data)
 
     @staticmethod
-    def _pump(upstream: socket.socket, client: socket.socket, lock: threading.Lock) -> None:
+    def _pump(upstream: socket.socket, client: socket.socket, lock: threading.Lock,
+              switched: Switch) -> None:
         try:
             while True:
                 data = upstream.recv(CHUNK)
                 if not data:
                     break
+                if not switched.is_set():  # the answer to an upgrade, or to one before it
+                    switched.upgraded = data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101"))
+                    switched.set()
                 with lock:
                     client.sendall(data)
         except OSError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from subprocess import Popen
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpuacct.config import GpuPrice, PriceVersion
 from ledger import Ledger
 from tests.billing_engine.conftest import WINDOW, Rig, running
+from tests.fixtures.docker import IMAGE, Dockerd
 from tests.fixtures.gpus import A100, RTX3090
 from tests.fixtures.ledger import forge, sql
 from tests.fixtures.servers import wait_for
@@ -247,34 +249,43 @@ def test_an_engine_back_after_another_billed_reads_the_cursors_again(
 
 
 def test_gpu_time_nobody_is_found_for_is_billed_to_the_unattributed_account(
-        rig: Rig, processes: Processes, test_users: Users) -> None:
-    """Root's GPU process (outside any container: job unattributed-host) is counted by the
-    exporter as unattributed; with billing.unattributed_account, that account pays for it,
-    exactly, and root is never billed."""
+        rig: Rig, processes: Processes, test_users: Users, dockerd: Dockerd) -> None:
+    """A container started on the Docker engine's own socket (its process root, nobody's: this
+    node's exporter has no engine to ask) and root's own GPU process are counted by the
+    exporter as unattributed; with billing.unattributed_account, that account pays for both,
+    exactly what was counted, and root is never billed."""
     alice = test_users["alice"]
+    container = dockerd.cli("run", "-d", "--network", "none", IMAGE, "sleep", "120"
+                            ).stdout.strip()
     root = subprocess.Popen(["sleep", "120"])
     try:
         with running(rig.engine(unattributed_account="lab-unattributed")):
             job = start_job(rig, processes, alice, "a", gpu=0)
+            rig.gpus.put(1, dockerd.pid(container))
             rig.gpus.put(1, root.pid)
             time.sleep(5)
             rig.gpus.remove(root.pid)
+            rig.gpus.remove(dockerd.pid(container))
             stop_job(rig, job)
             time.sleep(1.0)  # the last samples reach the counters and Prometheus
-            counted = Decimal(0)
+            counted: dict[str, Decimal] = defaultdict(Decimal)
             for family in text_string_to_metric_families(rig.exporter.scrape()):
-                counted += sum(Decimal(repr(s.value)) for s in family.samples
-                               if s.name == "gpuacct_unattributed_gpu_seconds_total"
-                               and s.labels["container"] == "" and s.labels["gpu"] == "1")
-            assert counted > 3
+                for s in family.samples:
+                    if s.name == "gpuacct_unattributed_gpu_seconds_total":
+                        counted[f"unattributed-{s.labels['container'] or 'host'}"] += Decimal(
+                            repr(s.value))
+            assert set(counted) == {"unattributed-host", f"unattributed-{container[:12]}"}
+            assert all(seconds > 1 for seconds in counted.values()), counted
 
-            def billed() -> Decimal:
+            def billed() -> dict[str, Decimal]:
                 ledger = Ledger(rig.ledger_path)
                 try:
-                    return sum((Decimal(g) for g, in sql(ledger).execute(
-                        'SELECT gpu_seconds FROM usage_lines WHERE "user" = $1 AND job = $2 '
-                        "AND gpu_model = $3", ("lab-unattributed", "unattributed-host",
-                                               RTX3090))), Decimal(0))
+                    lines: dict[str, Decimal] = defaultdict(Decimal)
+                    for job_id, seconds in sql(ledger).execute(
+                            'SELECT job, gpu_seconds FROM usage_lines WHERE "user" = $1 '
+                            "AND gpu_model = $2", ("lab-unattributed", RTX3090)):
+                        lines[job_id] += Decimal(seconds)
+                    return lines
                 finally:
                     ledger.close()
             wait_for(lambda: billed() == counted, timeout=30,
@@ -282,5 +293,6 @@ def test_gpu_time_nobody_is_found_for_is_billed_to_the_unattributed_account(
     finally:
         root.kill()
         root.wait()
+        dockerd.cli("rm", "-f", container, check=False)
     ledger = Ledger(rig.ledger_path)
     assert "root" not in ledger.balances() and "lab-unattributed" in ledger.balances()

@@ -6,9 +6,13 @@ a container started on the engine's own socket is counted unattributed and, with
 
 from __future__ import annotations
 
+import contextlib
 import grp
+import json
 import os
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.containers.owners import ContainerOwners, Owner
-from exporter.containers.proxy import Refused, stamp
+from exporter.containers.proxy import DockerProxy, Refused, stamp
 from gpuacct.config import ContainerSettings
-from tests.fixtures.docker import IMAGE, Dockerd, dockerd  # noqa: F401 (fixtures)
+from tests.fixtures.docker import IMAGE, Dockerd
 from tests.fixtures.enforcement import Cluster, EnforcingNode, alert, notification, wait_until
 from tests.fixtures.gpus import device
 from tests.fixtures.users import UnixUser
@@ -45,7 +49,7 @@ def docker_group(test_users: dict[str, UnixUser]) -> Iterator[str]:
 @pytest.mark.integration
 @pytest.mark.root
 def test_containers_are_billed_and_stopped_as_their_users_are(
-        dockerd: Dockerd, docker_group: str, cluster: Cluster, shared_dir: Path,  # noqa: F811
+        dockerd: Dockerd, docker_group: str, cluster: Cluster, shared_dir: Path,
         test_users: dict[str, UnixUser]) -> None:
     alice = test_users["alice"]
     proxy = shared_dir / "docker.sock"
@@ -151,3 +155,57 @@ def test_whose_a_container_is_without_an_engine_to_ask(test_users: dict[str, Uni
     assert found.by == "rootless"
     nobody = owners.of(f"0::/docker/{'ef' * 32}\n", lambda: {"LAB_USER": "root"})
     assert nobody is not None and nobody.owner is None
+
+
+def _exchange(path: Path, raw: bytes, wait: float = 1.0) -> bytes:
+    """Send `raw` as it is, and read what comes back until the proxy closes or is quiet."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.sendall(raw)
+        s.settimeout(wait)
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while data := s.recv(65536):
+                got += data
+        return got
+
+
+def _create(labels: dict[str, str]) -> bytes:
+    body = json.dumps({"Image": IMAGE, "Cmd": ["true"], "Labels": labels}).encode()
+    return (b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.integration
+@pytest.mark.root
+def test_the_proxy_passes_on_only_what_it_read(dockerd: Dockerd,
+                                               tmp_path: Path) -> None:
+    """Requests the engine could read otherwise than the proxy (an encoded path, doubled or
+    mixed framing) are refused, and what follows an attach the engine did not switch is
+    never passed on: no container is created past the stamp."""
+    path = tmp_path / "docker.sock"
+    stop = threading.Event()
+    DockerProxy(path, dockerd.socket, "root").start(stop)
+    try:
+        before = set(dockerd.cli("ps", "-aq").stdout.split())
+        forged = _create({"gpuacct.user": "bob"})
+        encoded = forged.replace(b"/containers/create", b"/containers/%63reate")
+        assert b"encoded or not plain" in _exchange(path, encoded)
+        doubled = forged.replace(b"Content-Length:", b"Transfer-Encoding: chunked\r\n"
+                                 b"Content-Length:")
+        assert b"framed other than" in _exchange(path, doubled)
+        assert b"swarm services" in _exchange(
+            path, b"POST /v1.41/services/create HTTP/1.1\r\nHost: d\r\nContent-Length: 2"
+                  b"\r\n\r\n{}")
+        answer = _exchange(path, b"POST /containers/nope/attach?stream=1 HTTP/1.1\r\n"
+                                 b"Host: d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                                 b"Content-Length: 0\r\n\r\n" + forged, wait=3.0)
+        assert answer.startswith(b"HTTP/1.1 404") and answer.count(b"HTTP/1.1") == 1
+        assert set(dockerd.cli("ps", "-aq").stdout.split()) == before
+        made = _exchange(path, _create({"lab": "x"}))
+        assert made.startswith(b"HTTP/1.1 201"), made
+        id = json.loads(made.partition(b"\r\n\r\n")[2])["Id"]
+        assert dockerd.cli("inspect", "-f", "{{json .Config.Labels}}", id).stdout.strip() == \
+            '{"gpuacct.user":"root","lab":"x"}'
+    finally:
+        stop.set()

@@ -208,12 +208,14 @@ def _choices() -> list[tuple[str, str, str]]:
         if match is None or line.lstrip().startswith("#"):
             continue
         indent, key, _, gap, comment = match.groups()
+        parent = next(m[1] for above in reversed(example[:n])
+                      if (m := re.match(rf"^{indent[:-2]}(\w+):", above)))
         for choice in comment.split("|"):
             listed = choice.split()[0]
             for written in dict.fromkeys((listed, listed.strip('"'))):
                 changed = [*example[:n], f"{indent}{key}: {written}{gap}{comment}",
                            *example[n + 1:]]
-                found.append((key, written, "\n".join(changed)))
+                found.append((f"{parent}.{key}", written, "\n".join(changed)))
     return found
 
 
@@ -223,19 +225,21 @@ def test_every_commented_choice_of_the_example_loads(tmp_path: Path, key: str, c
                                                      text: str) -> None:
     """Bare `off` is a YAML boolean; a key that takes "off" takes it too."""
     settings = load_settings(write(tmp_path, text))
-    values = {"gpu_share": settings.exporter.gpu_share,
-              "backend": settings.exporter.device("nvml", NvmlSettings).backend,
-              "cpu_limiter": settings.exporter.actuator.cpu_limiter,
-              "device_gating": settings.exporter.actuator.device_gating,
-              "mode": settings.allocator.mode,
-              "action": settings.exporter.idle.action if settings.exporter.idle else None}
+    values = {"exporter.gpu_share": settings.exporter.gpu_share,
+              "nvml.backend": settings.exporter.device("nvml", NvmlSettings).backend,
+              "actuator.cpu_limiter": settings.exporter.actuator.cpu_limiter,
+              "actuator.device_gating": settings.exporter.actuator.device_gating,
+              "allocator.mode": settings.allocator.mode,
+              "idle.action": settings.exporter.idle.action if settings.exporter.idle else None,
+              "unattributed.action": settings.exporter.unattributed.action}
     assert values[key] == choice.strip('"')
 
 
 def test_the_example_lists_the_off_choices_quoted_and_they_load_bare_too() -> None:
     choices = {(k, c) for k, c, _ in _choices()}
-    assert choices >= {("backend", '"off"'), ("backend", "off"), ("cpu_limiter", '"off"'),
-                       ("cpu_limiter", "off")}
+    assert choices >= {("nvml.backend", '"off"'), ("nvml.backend", "off"),
+                       ("actuator.cpu_limiter", '"off"'), ("actuator.cpu_limiter", "off"),
+                       ("unattributed.action", "stop")}
 
 
 @pytest.mark.parametrize("text, key", [
