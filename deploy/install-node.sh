@@ -146,6 +146,12 @@ ln -sfn /opt/gpuacct/bin/gpuacct-balance "$root/usr/local/bin/gpuacct-balance"
 ln -sfn /opt/gpuacct/bin/gpuacct "$root/usr/local/bin/gpuacct"
 "$opt/bin/gpuacct-balance" --print-hook >"$root/etc/profile.d/gpuacct.sh"
 chmod 0644 "$root/etc/profile.d/gpuacct.sh"
+# The PAM session hook (not enabled: add its line to /etc/pam.d/sshd, docs/enforcement.md).
+mkdir -p "$root/usr/local/lib/gpuacct"
+{ echo "#!/usr/bin/python3 -I"; cat "$("$opt/bin/python" -c \
+    'import exporter.users.pam_session as m; print(m.__file__)')"; } \
+    >"$root/usr/local/lib/gpuacct/pam-session"
+chmod 0755 "$root/usr/local/lib/gpuacct/pam-session"
 unit=$self/systemd/gpuacct-exporter.service  # in a checkout; in a bundle, beside this script
 [ -e "$unit" ] || unit=$self/gpuacct-exporter.service
 install -m 0644 "$unit" "$root/etc/systemd/system/gpuacct-exporter.service"

@@ -36,7 +36,7 @@ from exporter.enforce.plan import (
     plan_policy,
 )
 from exporter.enforce.reports import Reports
-from exporter.enforce.signals import Signaller, Target, tell_user
+from exporter.enforce.signals import Signaller, Target, read_identity, tell_user
 from exporter.enforce.state import ActuatorState, StateFile, Stopping
 from exporter.enforce.throttle import CpuLimiter, LimitError
 from exporter.usage.accounting import gpu_index
@@ -192,6 +192,31 @@ class Actuator:
             self._unattributed_stops[id] = (now if sent is None else sent, sent is not None)
         for id in self._unattributed_stops.keys() - on_gpu.keys():
             del self._unattributed_stops[id]
+
+    def place_session(self, user: str, pid: int) -> str:
+        """A new login's session process held to the user's GPU device gating now, before
+        its first command (the PAM hook asks): what was done, in words."""
+        uid = self._uid_of(user)
+        if uid is None:
+            return f"{user} has no uid here"
+        refused = self.signaller.refusal(uid)
+        if refused:
+            return f"not held: {refused}"
+        if self.gate is None or self.settings.dry_run:
+            return f"not held: GPU device gating is {self.gating}" if self.gate is None \
+                else "not held: dry run"
+        started = read_identity(pid)
+        if started is None:
+            return f"not held: pid {pid} is gone"
+        with self.lock:
+            closed = denied(self.state, user, {d.index for d in self.gate.devices},
+                            self._clock())
+            try:
+                self.gate.apply(uid, closed, [(pid, started[0])])
+            except GateError as exc:
+                log.warning("cannot hold %s's new session: %s", user, exc)
+                return f"not held: {exc}"
+        return f"{len(closed)} GPUs closed" if closed else "nothing closed"
 
     def _carry_out(self, plan: Plan) -> None:
         self.state = plan.state

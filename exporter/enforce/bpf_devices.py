@@ -14,8 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 SYSCALL = {"x86_64": 321, "aarch64": 280}  # bpf()'s number
-PROG_LOAD, PROG_ATTACH = 5, 8
+PROG_LOAD, PROG_ATTACH, PROG_DETACH = 5, 8, 9
+PROG_GET_FD_BY_ID, OBJ_GET_INFO, PROG_QUERY = 13, 15, 16
 PROG_TYPE_CGROUP_DEVICE, CGROUP_DEVICE = 15, 6
+F_ALLOW_MULTI = 2  # beside the programs others attach (systemd's DeviceAllow=)
+MAX_PROGRAMS = 64  # the kernel allows at most 64 programs per cgroup and attach type
 DEVCG_DEV_CHAR = 2
 NAME = b"gpuacct_gpus"
 ATTR_SIZE = 128  # the kernel wants the rest of union bpf_attr zeroed
@@ -50,11 +53,12 @@ def program(closed: Iterable[tuple[int, int]]) -> bytes:
     return b"".join(code)
 
 
-def _bpf(command: int, attr: bytes, what: str) -> int:
+def _bpf(command: int, attr: bytes | ctypes.Array[ctypes.c_char], what: str) -> int:
+    """bpf(command, attr); a buffer given as `attr` holds what the kernel wrote back."""
     number = SYSCALL.get(platform.machine())
     if number is None:
         raise BpfError(f"{what}: bpf() has no known number on {platform.machine()}")
-    buffer = ctypes.create_string_buffer(attr, ATTR_SIZE)
+    buffer = ctypes.create_string_buffer(attr, ATTR_SIZE) if isinstance(attr, bytes) else attr
     result = int(_libc.syscall(number, command, buffer, ATTR_SIZE))
     if result < 0:
         raise BpfError(f"{what}: {os.strerror(ctypes.get_errno())}")
@@ -84,6 +88,62 @@ def attach(group: Path, code: bytes) -> None:
     finally:
         os.close(target)
         os.close(fd)
+
+
+def attach_beside(group: Path, code: bytes | None) -> None:
+    """The program attached to `group` beside the programs others put there (a systemd
+    slice's), in place of ours before it: the new one first, so the GPUs it closes are
+    never open meanwhile. None: ours only taken away."""
+    fd = load(code) if code is not None else -1
+    try:
+        target = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        raise BpfError(f"cannot open {group}: {exc.strerror}") from None
+    old = []
+    try:
+        old = _ours(target, group)
+        if fd >= 0:
+            _bpf(PROG_ATTACH, struct.pack("<IIII", target, fd, CGROUP_DEVICE, F_ALLOW_MULTI),
+                 f"attaching the device program to {group}")
+        for previous in old:
+            _bpf(PROG_DETACH, struct.pack("<IIII", target, previous, CGROUP_DEVICE, 0),
+                 f"detaching the device program before from {group}")
+    finally:
+        for descriptor in (target, fd, *old):
+            if descriptor >= 0:
+                os.close(descriptor)
+
+
+def _ours(target: int, group: Path) -> list[int]:
+    """Descriptors of our programs attached to the cgroup (by their name)."""
+    ids = (ctypes.c_uint32 * MAX_PROGRAMS)()
+    query = ctypes.create_string_buffer(struct.pack(
+        "<IIIIQI", target, CGROUP_DEVICE, 0, 0, ctypes.addressof(ids), MAX_PROGRAMS), ATTR_SIZE)
+    _bpf(PROG_QUERY, query, f"listing the device programs of {group}")
+    count = struct.unpack_from("<I", query, 24)[0]
+    found: list[int] = []
+    try:
+        for id in ids[:count]:
+            fd = _bpf(PROG_GET_FD_BY_ID, struct.pack("<III", id, 0, 0),
+                      "opening a device program")
+            info = ctypes.create_string_buffer(80)  # struct bpf_prog_info up to its name
+            try:
+                _bpf(OBJ_GET_INFO, struct.pack("<IIQ", fd, len(info), ctypes.addressof(info)),
+                     "reading a device program's name")
+            except BpfError:
+                os.close(fd)
+                raise
+            if info.raw[64:80].rstrip(b"\0") == NAME:
+                found.append(fd)
+            else:
+                os.close(fd)
+    except BpfError:
+        for fd in found:
+            os.close(fd)
+        raise
+    return found
 
 
 def available() -> str | None:

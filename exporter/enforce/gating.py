@@ -14,6 +14,7 @@ attaches a cgroup v2 device program that refuses them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -113,7 +114,11 @@ class _GroupGate:
     def _close(self, group: Path, closed: frozenset[int]) -> None:
         raise NotImplementedError
 
+    def _apply_slice(self, uid: int, closed: frozenset[int]) -> None:
+        """The user's systemd slice held too, where the mechanism can (cgroup v2)."""
+
     def apply(self, uid: int, closed: frozenset[int], procs: Sequence[ProcKey]) -> None:
+        self._apply_slice(uid, closed)
         if not closed and uid not in self._closed:
             return  # never closed anything to this user: nothing to open
         group = self.root / self.group / f"user-{uid}"
@@ -162,20 +167,56 @@ class DevicesV1Gate(_GroupGate):
 
 class DevicesBpfGate(_GroupGate):
     """cgroup v2, mounted at `root`: a device program on the user's group that refuses the
-    closed GPUs' nodes (attached in place of the one before)."""
+    closed GPUs' nodes (attached in place of the one before). Where systemd keeps the user's
+    processes in `<slices>/user-<uid>.slice` (a login's session scopes are below it), the
+    same program goes on that slice too, beside systemd's own programs; a slice made anew (the
+    user logged out and in again) is held again."""
 
     name, controller = "cgroup2", None
 
+    def __init__(self, root: Path, group: str, devices: Sequence[GpuDevice],
+                 proc_root: str = "/proc", slices: str | None = None) -> None:
+        super().__init__(root, group, devices, proc_root)
+        self.slices = root / slices if slices else None
+        # uid -> (the slice's inode, what is closed on it; None: unknown, an earlier run's)
+        self._on_slices: dict[int, tuple[int, frozenset[int] | None]] = {}
+        for found in self.slices.glob("user-*.slice") if self.slices else ():
+            uid = found.name.removeprefix("user-").removesuffix(".slice")
+            with contextlib.suppress(OSError):
+                if uid.isdigit():
+                    self._on_slices[int(uid)] = (found.stat().st_ino, None)
+
+    def _refusing(self, closed: frozenset[int]) -> bytes:
+        return bpf_devices.program([(d.major, d.minor) for d in self.devices
+                                    if d.index in closed])
+
     def _close(self, group: Path, closed: frozenset[int]) -> None:
-        refused = [(d.major, d.minor) for d in self.devices if d.index in closed]
         try:
-            bpf_devices.attach(group, bpf_devices.program(refused))
+            bpf_devices.attach(group, self._refusing(closed))
         except bpf_devices.BpfError as exc:
             raise GateError(str(exc)) from None
 
+    def _apply_slice(self, uid: int, closed: frozenset[int]) -> None:
+        if self.slices is None:
+            return
+        user_slice = self.slices / f"user-{uid}.slice"
+        try:
+            inode = user_slice.stat().st_ino
+        except OSError:
+            self._on_slices.pop(uid, None)  # no login now: nothing there to hold
+            return
+        known, held = self._on_slices.get(uid, (inode, frozenset()))
+        if known == inode and held == closed:
+            return
+        try:
+            bpf_devices.attach_beside(user_slice, self._refusing(closed) if closed else None)
+        except bpf_devices.BpfError as exc:
+            raise GateError(str(exc)) from None
+        self._on_slices[uid] = (inode, closed)
 
-def open_gate(choice: str, cgroup_root: Path, device_root: Path,
-              group: str) -> tuple[DeviceGate | None, str]:
+
+def open_gate(choice: str, cgroup_root: Path, device_root: Path, group: str,
+              slices: str | None = None) -> tuple[DeviceGate | None, str]:
     """The gate `choice` (auto, cgroup1, cgroup2, off) asks for and this node allows, or
     None, with the mechanism's name as `/metrics` says it, or why there is none. auto: the v1
     devices controller where it is mounted, else cgroup v2's device programs."""
@@ -192,7 +233,7 @@ def open_gate(choice: str, cgroup_root: Path, device_root: Path,
     if choice in ("auto", "cgroup2") and (v2 / "cgroup.procs").exists():
         refused = bpf_devices.available()
         if refused is None:
-            return DevicesBpfGate(v2, group, devices), "cgroup2"
+            return DevicesBpfGate(v2, group, devices, slices=slices), "cgroup2"
         return None, f"none: {refused}"
     if choice == "cgroup1":
         return None, f"none: no cgroup v1 devices controller at {v1}"

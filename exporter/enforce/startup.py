@@ -87,7 +87,8 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
     identity = NodeIdentity(node, [k.encode() for k in values(settings.auth.node_key)],
                             settings.auth.max_clock_skew_seconds)
     gate, gating = open_gate(actuator_settings.device_gating, actuator_settings.cgroup_root,
-                             actuator_settings.device_root, actuator_settings.cgroup_group)
+                             actuator_settings.device_root, actuator_settings.cgroup_group,
+                             actuator_settings.user_slices)
     actuator = Actuator(actuator_settings, node, signaller, limiter, latest, gate=gate,
                         gating=gating)
     idle = settings.exporter.idle
@@ -102,7 +103,8 @@ def start_enforcement(settings: Settings, latest: Callable[[], Snapshot],
         if actuator_settings.user_socket is not None:
             forwarder = Forwarder(identity, url, lambda: node_gpus(latest()), tls=tls)
             try:
-                user_socket = UserSocketServer(actuator_settings.user_socket, forwarder)
+                user_socket = UserSocketServer(actuator_settings.user_socket, forwarder,
+                                               actuator.place_session)
             except OSError as exc:
                 log.warning("no gpuacct user commands here: cannot listen on %s: %s",
                             actuator_settings.user_socket, exc.strerror)

@@ -6,6 +6,10 @@ and forwards the ask to the control plane signed with the node key (gpuacct.allo
 
 One JSON line in, one JSON line out: `{"answer": ...}` (a gpuacct.allocation.Answer), or
 `{"detail": "...", "kind": "refused" | "unreachable"}`.
+
+Root alone may also ask for a new login's session to be held to its user's GPU device gating
+before its first command (`{"op": "session", "user": ..., "pid": ...}`, from the PAM hook),
+answered on the node: `{"placed": "..."}`.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gpuacct import http
 from gpuacct.allocation import (
@@ -46,7 +50,20 @@ from gpuacct.signing import NodeIdentity
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 << 10
-ASK: TypeAdapter[Any] = TypeAdapter(Ask)
+
+
+class Session(BaseModel):
+    """A login's session process (`pid`, root's until it starts the user's shell), to be held
+    as `user`'s work is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["session"]
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    pid: Annotated[int, Field(ge=1, le=1 << 22)]
+
+
+ASK: TypeAdapter[Any] = TypeAdapter(Annotated[Ask | Session, Field(discriminator="op")])
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -109,7 +126,11 @@ class _Handler(socketserver.StreamRequestHandler):
         if isinstance(ask, Hold):
             self._hold(uid, ask)
             return
-        reply = ask if isinstance(ask, dict) else self.server.forwarder.forward(uid, ask)
+        if isinstance(ask, Session):
+            reply = {"placed": self.server.place(ask.user, ask.pid)} if uid == 0 \
+                else {"detail": "only root (the PAM hook) places sessions", "kind": "refused"}
+        else:
+            reply = ask if isinstance(ask, dict) else self.server.forwarder.forward(uid, ask)
         self.wfile.write(json.dumps(reply).encode() + b"\n")
 
     def _hold(self, uid: int, held: Hold) -> None:
@@ -166,8 +187,9 @@ class UnixServer(socketserver.ThreadingUnixStreamServer):
 class UserSocketServer(UnixServer):
     name = "user socket"
 
-    def __init__(self, path: Path, forwarder: Forwarder) -> None:
-        self.forwarder, self.path = forwarder, path
+    def __init__(self, path: Path, forwarder: Forwarder,
+                 place: Callable[[str, int], str] = lambda user, pid: "no gating here") -> None:
+        self.forwarder, self.path, self.place = forwarder, path, place
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a socket left by a daemon that died
         super().__init__(str(path), _Handler)

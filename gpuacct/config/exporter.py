@@ -57,6 +57,10 @@ class ActuatorSettings(Section):
     device_root: Path = Path("/dev")  # where the GPUs' device nodes are
     # Our groups' parent under each cgroup controller: one folder name.
     cgroup_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")] = "gpuacct"
+    # Where systemd keeps each login's user-<uid>.slice in cgroup v2 (gated there too).
+    user_slices: Annotated[str, Field(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}){0,3}$"
+    )] = "user.slice"
     hook_dir: Path = Path("/run/gpuacct/users")  # one file per user for the login hook
     # Where users' `gpuacct` commands reach this daemon (who asks is read from the socket).
     user_socket: Path | None = Path("/run/gpuacct/user.sock")

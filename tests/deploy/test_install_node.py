@@ -91,6 +91,12 @@ def test_install_node_into_a_scratch_root(tmp_path: Path) -> None:
     printed = subprocess.run([str(bin_dir / "gpuacct-balance"), "--print-hook"],
                              capture_output=True, text=True, timeout=60).stdout
     assert hook.read_text() == printed and "--greeting" in printed
+    # The PAM session hook, ready for its line in /etc/pam.d: it runs as it is, and a call
+    # outside a session (no PAM_TYPE) does nothing.
+    pam_hook = root / "usr" / "local" / "lib" / "gpuacct" / "pam-session"
+    assert pam_hook.read_text().startswith("#!/usr/bin/python3 -I\n")
+    assert pam_hook.stat().st_mode & 0o777 == 0o755
+    assert subprocess.run([str(pam_hook)], capture_output=True, timeout=30).returncode == 0
     for command in ("gpuacct-balance", "gpuacct"):
         assert (root / "usr" / "local" / "bin" / command).readlink() == Path(
             f"/opt/gpuacct/bin/{command}")

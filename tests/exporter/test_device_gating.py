@@ -7,17 +7,43 @@ survive."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
+from exporter.enforce import bpf_devices
 from exporter.enforce.gating import DevicesV1Gate, GpuDevice, denied, gpu_devices, open_gate
 from exporter.enforce.state import ActuatorState, Applied
+from exporter.users import pam_session
 from gpuacct.policy import ReservedGpu
-from tests.fixtures.enforcement import Cluster, alert, notification, wait_until
-from tests.fixtures.gating import BPF_REFUSED, CONTROLS, GPUS, HAS_DEVICES_V1, make_devices
+from tests.fixtures.enforcement import (
+    Cluster,
+    Enforcer,
+    EnforcingNode,
+    alert,
+    notification,
+    wait_until,
+)
+from tests.fixtures.gating import (
+    BPF_REFUSED,
+    CONTROLS,
+    GPUS,
+    HAS_DEVICES_V1,
+    V2,
+    make_devices,
+    remove_tree,
+)
 from tests.fixtures.gpus import device
 from tests.fixtures.users import Processes, UnixUser
 
@@ -76,6 +102,19 @@ MECHANISMS = [
 ]
 
 
+def gated(cluster: Cluster, shared_dir: Path, mechanism: str, group: str,
+          **actuator: Any) -> tuple[Enforcer, EnforcingNode, Path]:
+    """An enforcer, and a node of four GPUs whose device nodes are made under `shared_dir`,
+    gated by `mechanism` in the test's own `group`."""
+    root = shared_dir / "dev"
+    make_devices(root)
+    enforcer = cluster.enforcer([], allocator={"mode": "open"})
+    node = cluster.node("gpu01", enforcer_port=enforcer.port, pull_seconds=0.5,
+                        devices=[device(i) for i in range(4)], device_gating=mechanism,
+                        device_root=str(root), cgroup_group=group, **actuator)
+    return enforcer, node, root
+
+
 @pytest.mark.integration
 @pytest.mark.root
 @pytest.mark.parametrize("mechanism", MECHANISMS)
@@ -83,12 +122,7 @@ def test_a_blocked_or_another_users_gpu_is_closed_at_open(
         mechanism: str, devices_group: str, cluster: Cluster, shared_dir: Path,
         processes: Processes, test_users: dict[str, UnixUser]) -> None:
     alice, bob = test_users["alice"], test_users["bob"]
-    root = shared_dir / "dev"
-    make_devices(root)
-    enforcer = cluster.enforcer([], allocator={"mode": "open"})
-    node = cluster.node("gpu01", enforcer_port=enforcer.port, pull_seconds=0.5,
-                        devices=[device(i) for i in range(4)], device_gating=mechanism,
-                        device_root=str(root), cgroup_group=devices_group)
+    enforcer, node, root = gated(cluster, shared_dir, mechanism, devices_group)
     outs = {}
     for user in (alice, bob):
         (shared_dir / user.name).mkdir()
@@ -181,3 +215,156 @@ def test_a_gate_writes_only_what_changed(tmp_path: Path) -> None:
     again = DevicesV1Gate(tmp_path, "g", gate.devices, str(proc))
     again.apply(1001, frozenset(), [(10, 1)])
     assert (group / "devices.allow").read_text() == "c 195:1 rwm"
+
+
+# Tries each node once and prints what came back (an errno's name, or ok).
+ONCE = """\
+import errno, json, os, sys
+seen = {}
+for name in sys.argv[2:]:
+    try:
+        os.close(os.open(os.path.join(sys.argv[1], name), os.O_RDWR))
+        seen[name] = "ok"
+    except OSError as exc:
+        seen[name] = errno.errorcode[exc.errno]
+print(json.dumps(seen))
+"""
+
+# A login as PAM makes one: the stack of service sys.argv[1] opened for the user, then the
+# user's first command (ONCE) started from the session's process, as sshd does.
+LOGIN = """\
+import os, sys, pam
+service, user, uid, gid, root, *names = sys.argv[1:]
+session = pam.pam()
+assert session.authenticate(user, "", service=service, call_end=False), session.reason
+assert session.open_session() == 0, session.reason
+child = os.fork()
+if child == 0:
+    os.setgroups([])
+    os.setgid(int(gid))
+    os.setuid(int(uid))
+    os.execv("/usr/bin/python3", ["/usr/bin/python3", "-c", ONCE, root, *names])
+os.waitpid(child, 0)
+session.close_session()
+session.end()
+"""
+
+
+@pytest.fixture
+def pam_service(shared_dir: Path) -> Iterator[str]:
+    """A PAM service of the test's own whose session stack runs gpuacct's hook, asking the
+    daemon at `shared_dir`/user.sock."""
+    name = f"gpuacct-test-{uuid.uuid4().hex[:8]}"
+    hook = Path(pam_session.__file__)
+    (Path("/etc/pam.d") / name).write_text(
+        "auth required pam_permit.so\naccount required pam_permit.so\n"
+        f"session required pam_exec.so quiet /usr/bin/python3 -I {hook} "
+        f"{shared_dir / 'user.sock'}\n")
+    yield name
+    (Path("/etc/pam.d") / name).unlink()
+
+
+@pytest.mark.integration
+@pytest.mark.root
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_a_login_is_held_from_its_first_command(
+        mechanism: str, devices_group: str, cluster: Cluster, shared_dir: Path,
+        pam_service: str, test_users: dict[str, UnixUser]) -> None:
+    """The PAM hook has the daemon hold the new session before the user's first command: a
+    blocked user's very first open() of a GPU is refused."""
+    alice = test_users["alice"]
+    enforcer, node, root = gated(cluster, shared_dir, mechanism, devices_group,
+                                 user_socket=str(shared_dir / "user.sock"))
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block")))
+    wait_until(lambda: node.hook(alice.name) is not None)
+
+    def first_command() -> dict[str, str]:
+        done = subprocess.run([sys.executable, "-c", f"ONCE = {ONCE!r}\n{LOGIN}", pam_service,
+                               alice.name, str(alice.uid), str(alice.gid), str(root), *GPUS,
+                               *CONTROLS], capture_output=True, text=True, timeout=60,
+                              check=True)
+        seen: dict[str, str] = json.loads(done.stdout)
+        return seen
+
+    assert first_command() == {**dict.fromkeys(GPUS, "EPERM"), **dict.fromkeys(CONTROLS,
+                                                                                "ENXIO")}
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block", status="resolved")))
+    wait_until(lambda: node.hook(alice.name) is None)
+    assert first_command() == {**{name: "ENXIO" for name in (*GPUS, *CONTROLS)},
+                               "nvidia1": "ok"}
+    # Only root may have a session held (a user could otherwise move others' processes).
+    asked = subprocess.run(
+        ["/usr/bin/python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); "
+         "s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()); "
+         "print(s.makefile().readline())", str(shared_dir / "user.sock"),
+         json.dumps({"op": "session", "user": alice.name, "pid": 1}) + "\n"],
+        user=alice.uid, group=alice.gid, extra_groups=[], capture_output=True, text=True,
+        timeout=30, check=True)
+    assert json.loads(asked.stdout)["kind"] == "refused"
+
+
+@pytest.mark.integration
+@pytest.mark.root
+@pytest.mark.skipif(BPF_REFUSED is not None, reason=f"no cgroup v2 device programs: {BPF_REFUSED}")
+def test_a_systemd_user_slice_is_held_beside_systemds_own_programs(
+        devices_group: str, cluster: Cluster, shared_dir: Path, processes: Processes,
+        test_users: dict[str, UnixUser]) -> None:
+    """Where systemd keeps a login in user-<uid>.slice/session-N.scope (cgroup v2), the slice
+    itself is held, beside the device program systemd put there (here: one refusing
+    renderD128, named as systemd's are), which gpuacct never takes away; a slice made anew
+    at the next login is held again."""
+    alice = test_users["alice"]
+    slices = V2 / devices_group / "slices"
+    enforcer, node, root = gated(cluster, shared_dir, "cgroup2", devices_group,
+                                 user_slices=f"{devices_group}/slices")
+    out = shared_dir / alice.name / "seen.json"
+    (shared_dir / alice.name).mkdir()
+    os.chown(shared_dir / alice.name, alice.uid, alice.gid)
+
+    def login() -> None:
+        """As pam_systemd: the slice and the session's scope, systemd's program on the
+        slice, then the user's first process in the scope."""
+        scope = slices / f"user-{alice.uid}.slice" / "session-1.scope"
+        scope.mkdir(parents=True)
+        systemds_own(scope.parent)
+        proc = processes.run(alice, ["/bin/sh", "-c", "kill -STOP $$; exec /usr/bin/python3 "
+                                                      f"-c '{PROBE}' {root} {out} "
+                                     + " ".join((*GPUS, *CONTROLS))])
+        wait_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED)
+        (scope / "cgroup.procs").write_text(str(proc.pid))
+        os.kill(proc.pid, signal.SIGCONT)
+
+    login()
+    wait_until(lambda: seen(out) == closed("dri/renderD128"))
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block")))
+    wait_until(lambda: seen(out) == closed(*GPUS))
+    assert (V2 / devices_group / f"user-{alice.uid}" / "cgroup.procs").read_text() == ""
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block", status="resolved")))
+    wait_until(lambda: seen(out) == closed("dri/renderD128"))  # systemd's stays
+
+    # She logs out (systemd removes the slice), is blocked, and logs in again.
+    processes.stop_all()
+    remove_tree(slices / f"user-{alice.uid}.slice")
+    out.unlink()
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block2")))
+    wait_until(lambda: node.hook(alice.name) is not None)
+    login()
+    wait_until(lambda: seen(out) == closed(*GPUS))
+
+
+def systemds_own(group: Path) -> None:
+    """A device program as systemd attaches one (beside others), refusing renderD128."""
+    code = bpf_devices.program([GPUS["dri/renderD128"]])
+    insns, license_ = ctypes.create_string_buffer(code), ctypes.create_string_buffer(b"GPL")
+    fd = bpf_devices._bpf(bpf_devices.PROG_LOAD, struct.pack(
+        "<IIQQIIQII16s", bpf_devices.PROG_TYPE_CGROUP_DEVICE, len(code) // 8,
+        ctypes.addressof(insns), ctypes.addressof(license_), 0, 0, 0, 0, 0, b"sd_devices"),
+        "loading systemd's stand-in")
+    target = os.open(group, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        bpf_devices._bpf(bpf_devices.PROG_ATTACH, struct.pack(
+            "<IIII", target, fd, bpf_devices.CGROUP_DEVICE, bpf_devices.F_ALLOW_MULTI),
+            "attaching systemd's stand-in")
+    finally:
+        os.close(target)
+        os.close(fd)
