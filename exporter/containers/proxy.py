@@ -171,16 +171,21 @@ def _length(headers: dict[str, str]) -> int:
 
 
 def stamp(body: bytes, user: str) -> bytes:
-    """The container's JSON with gpuacct.user set to `user`; refused if it set it."""
+    """The container's JSON with gpuacct.user set to `user`; refused if it set it. The engine
+    (Go) matches keys regardless of case, and merges every spelling of Labels in order: all
+    of them are read here, and one Labels, stamped, is written last."""
     try:
         config: Any = json.loads(body or b"{}")
     except ValueError:
         raise Refused(400, "the container's configuration is not JSON") from None
     if not isinstance(config, dict):
         raise Refused(400, "the container's configuration is not a JSON object")
-    labels = config.get("Labels") or {}
-    if not isinstance(labels, dict):
-        raise Refused(400, "Labels is not an object")
+    labels: dict[str, Any] = {}
+    for key in [k for k in config if k.lower() == "labels"]:
+        given = config.pop(key) or {}
+        if not isinstance(given, dict):
+            raise Refused(400, f"{key} is not an object")
+        labels.update(given)
     if STAMP in labels:
         raise Refused(403, f"the label {STAMP} is gpuacct's own: it names who created the "
                            "container, and gpuacct sets it")

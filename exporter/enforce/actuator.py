@@ -8,6 +8,7 @@ restarts (`StateFile`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import pwd
 import signal
@@ -66,7 +67,7 @@ class Actuator:
         self.settings, self.node = settings, node
         self.signaller, self.limiter = signaller, limiter
         self.gate, self.gating = gate, gating  # gating: the mechanism, or why there is none
-        self._gate_failed: dict[int, str] = {}  # uid -> the last failure, said once
+        self._gate_failed: dict[str, str] = {}  # what -> the last failure, said once
         self._latest, self._tell, self._clock, self._uid_of = latest, tell, clock, uid_of
         self.lock = threading.RLock()  # the state: apply, cycle and the collector
         self.store = StateFile(settings.state_file)
@@ -151,26 +152,42 @@ class Actuator:
 
     def _close_devices(self, snapshot: Snapshot) -> None:
         """Each user's GPU device nodes closed or opened as the state says, and the user's
-        processes running now held to it; never root, system or protected users."""
-        if self.gate is None or self.settings.dry_run:
+        processes running now held to it, in the user's group or in the group of the user's
+        container; never root, system or protected users."""
+        gate = self.gate
+        if gate is None or self.settings.dry_run:
             return
         procs: dict[int, list[ProcSample]] = defaultdict(list)
+        contained: dict[str, ProcSample] = {}  # a container's processes share its group
         for p in snapshot.procs:
-            procs[p.identity.uid].append(p)
-        gpus = {d.index for d in self.gate.devices}
-        now = self._clock()
-        for uid, mine in sorted(procs.items()):
-            if self.signaller.refusal(uid):
-                continue
-            closed = denied(self.state, mine[0].identity.user, gpus, now)
-            try:
-                self.gate.apply(uid, closed, [p.key for p in mine])
-            except GateError as exc:
-                if self._gate_failed.get(uid) != str(exc):
-                    log.warning("cannot gate uid %d's GPU devices: %s", uid, exc)
-                self._gate_failed[uid] = str(exc)
+            if p.identity.container:
+                contained.setdefault(p.identity.container, p)
             else:
-                self._gate_failed.pop(uid, None)
+                procs[p.identity.uid].append(p)
+        gpus = {d.index for d in gate.devices}
+        now = self._clock()
+        for id, p in sorted(contained.items()):
+            if self.signaller.refusal(p.identity.uid) is None:
+                closed = denied(self.state, p.identity.user, gpus, now)
+                self._gate(f"container {id[:12]} of {p.identity.user}",
+                           functools.partial(gate.apply_container, id, p.pid, closed))
+        gate.forget_containers(set(contained))
+        for uid, mine in sorted(procs.items()):
+            if self.signaller.refusal(uid) is None:
+                closed = denied(self.state, mine[0].identity.user, gpus, now)
+                self._gate(f"uid {uid}",
+                           functools.partial(gate.apply, uid, closed, [p.key for p in mine]))
+
+    def _gate(self, what: str, apply: Callable[[], None]) -> None:
+        """One gating step; a failure logged once until it changes or passes."""
+        try:
+            apply()
+        except GateError as exc:
+            if self._gate_failed.get(what) != str(exc):
+                log.warning("cannot gate the GPU devices of %s: %s", what, exc)
+            self._gate_failed[what] = str(exc)
+        else:
+            self._gate_failed.pop(what, None)
 
     def _stop_unattributed(self, snapshot: Snapshot) -> None:
         """With exporter.unattributed.action stop: each container on a GPU that nobody could be

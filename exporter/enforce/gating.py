@@ -85,6 +85,18 @@ def denied(state: ActuatorState, user: str, gpus: Iterable[int], now: float) -> 
                      if (holders[i] != user if i in holders else state.mode == "strict"))
 
 
+def allows(listed: str, device: GpuDevice) -> bool:
+    """Whether a v1 devices.list (`a *:* rwm`, `c 195:* rw`...) lets the device be opened."""
+    for line in listed.splitlines():
+        kind, _, rest = line.partition(" ")
+        numbers, _, access = rest.partition(" ")
+        major, _, minor = numbers.partition(":")
+        if (kind in ("a", "c") and major in ("*", str(device.major))
+                and minor in ("*", str(device.minor)) and access.strip("m")):
+            return True
+    return False
+
+
 class DeviceGate(Protocol):
     name: str
     devices: Sequence[GpuDevice]
@@ -92,6 +104,13 @@ class DeviceGate(Protocol):
     def apply(self, uid: int, closed: frozenset[int], procs: Sequence[ProcKey]) -> None:
         """Close these GPUs to the uid's processes (`procs`, the ones running now) and open
         the others; raises GateError."""
+
+    def apply_container(self, container: str, pid: int, closed: frozenset[int]) -> None:
+        """Close these GPUs in the group of a user's container (`pid` runs in it), never
+        opening what its engine did not give it; raises GateError."""
+
+    def forget_containers(self, live: set[str]) -> None:
+        """Forget the containers no longer among `live`."""
 
 
 class _GroupGate:
@@ -110,9 +129,34 @@ class _GroupGate:
             int(g.name.removeprefix("user-")): None for g in (root / group).glob("user-*")
             if g.name.removeprefix("user-").isdigit()}
         self._moved: dict[int, set[ProcKey]] = {}
+        # container id -> its group, what is closed in it, what we denied there for that
+        self._containers: dict[str, tuple[Path, frozenset[int], frozenset[int]]] = {}
 
     def _close(self, group: Path, closed: frozenset[int]) -> None:
         raise NotImplementedError
+
+    def _close_container(self, group: Path, closed: frozenset[int],
+                         denied: frozenset[int]) -> frozenset[int]:
+        """Close `closed` in a container's group where `denied` is what we denied there
+        before: what we deny there now."""
+        raise NotImplementedError
+
+    def apply_container(self, container: str, pid: int, closed: frozenset[int]) -> None:
+        known = self._containers.get(container)
+        if known is not None and known[1] == closed:
+            return
+        if known is None:
+            where = group_of(pid, self.controller, self.proc_root)
+            if where is None:
+                return  # gone meanwhile
+            known = (self.root / where.lstrip("/"), frozenset(), frozenset())
+        group = known[0]
+        self._containers[container] = (group, closed,
+                                       self._close_container(group, closed, known[2]))
+
+    def forget_containers(self, live: set[str]) -> None:
+        for container in self._containers.keys() - live:
+            del self._containers[container]
 
     def _apply_slice(self, uid: int, closed: frozenset[int]) -> None:
         """The user's systemd slice held too, where the mechanism can (cgroup v2)."""
@@ -164,6 +208,24 @@ class DevicesV1Gate(_GroupGate):
             kind = "deny" if device.index in closed else "allow"
             write(group / f"devices.{kind}", device.rule, GateError)
 
+    def _close_container(self, group: Path, closed: frozenset[int],
+                         denied: frozenset[int]) -> frozenset[int]:
+        """Deny what is newly closed, of what the engine let the container open; allow again
+        only what we denied: a GPU the container was never given stays shut."""
+        try:
+            listed = (group / "devices.list").read_text()
+        except OSError as exc:
+            raise GateError(f"cannot read {group / 'devices.list'}: {exc.strerror}") from None
+        now = set(denied)
+        for device in self.devices:
+            if device.index in closed and device.index not in now and allows(listed, device):
+                write(group / "devices.deny", device.rule, GateError)
+                now.add(device.index)
+            elif device.index in now and device.index not in closed:
+                write(group / "devices.allow", device.rule, GateError)
+                now.discard(device.index)
+        return frozenset(now)
+
 
 class DevicesBpfGate(_GroupGate):
     """cgroup v2, mounted at `root`: a device program on the user's group that refuses the
@@ -195,6 +257,15 @@ class DevicesBpfGate(_GroupGate):
             bpf_devices.attach(group, self._refusing(closed))
         except bpf_devices.BpfError as exc:
             raise GateError(str(exc)) from None
+
+    def _close_container(self, group: Path, closed: frozenset[int],
+                         denied: frozenset[int]) -> frozenset[int]:
+        """Beside the engine's own program (runc's): ours only ever refuses more."""
+        try:
+            bpf_devices.attach_beside(group, self._refusing(closed) if closed else None)
+        except bpf_devices.BpfError as exc:
+            raise GateError(str(exc)) from None
+        return closed
 
     def _apply_slice(self, uid: int, closed: frozenset[int]) -> None:
         if self.slices is None:

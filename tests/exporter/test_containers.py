@@ -26,6 +26,7 @@ from exporter.containers.proxy import DockerProxy, Refused, stamp
 from gpuacct.config import ContainerSettings
 from tests.fixtures.docker import IMAGE, Dockerd
 from tests.fixtures.enforcement import Cluster, EnforcingNode, alert, notification, wait_until
+from tests.fixtures.gating import make_devices
 from tests.fixtures.gpus import device
 from tests.fixtures.users import UnixUser
 
@@ -48,14 +49,17 @@ def docker_group(test_users: dict[str, UnixUser]) -> Iterator[str]:
 
 @pytest.mark.integration
 @pytest.mark.root
-def test_containers_are_billed_and_stopped_as_their_users_are(
-        dockerd: Dockerd, docker_group: str, cluster: Cluster, shared_dir: Path,
-        test_users: dict[str, UnixUser]) -> None:
+def test_containers_are_billed_gated_and_stopped_as_their_users_are(
+        devices_group: str, dockerd: Dockerd, docker_group: str, cluster: Cluster,
+        shared_dir: Path, test_users: dict[str, UnixUser]) -> None:
     alice = test_users["alice"]
     proxy = shared_dir / "docker.sock"
+    dev = shared_dir / "dev"
+    make_devices(dev)
     enforcer = cluster.enforcer([], allocator={"mode": "open"})
     node = cluster.node("gpu01", enforcer_port=enforcer.port, pull_seconds=0.5,
-                        devices=[device(0), device(1), device(2)], device_gating="off",
+                        devices=[device(0), device(1), device(2)], device_gating="auto",
+                        device_root=str(dev), cgroup_group=devices_group,
                         exporter={"containers": {"docker_socket": str(dockerd.socket),
                                                  "user_labels": ["lab.owner"],
                                                  "proxy_socket": str(proxy),
@@ -78,8 +82,9 @@ def test_containers_are_billed_and_stopped_as_their_users_are(
                          IMAGE, "true", socket=proxy, check=False, **in_group)
     assert forged.returncode != 0 and "gpuacct.user is gpuacct's own" in forged.stderr
 
-    # Her container: its process runs as root, and is hers.
-    mine = dockerd.cli("run", "-d", "--network", "none", IMAGE, "sleep", "600",
+    # Her container (given GPU 0's device node): its process runs as root, and is hers.
+    mine = dockerd.cli("run", "-d", "--network", "none", "--device",
+                       f"{dev / 'nvidia0'}:/dev/nvidia0", IMAGE, "sleep", "600",
                        socket=proxy, **in_group).stdout.strip()
     assert dockerd.cli("inspect", "-f", "{{index .Config.Labels \"gpuacct.user\"}}",
                        mine).stdout.strip() == alice.name
@@ -108,12 +113,20 @@ def test_containers_are_billed_and_stopped_as_their_users_are(
     wait_until(lambda: value(node, "gpuacct_job_gpu_seconds_total", user=alice.name,
                              job=f"docker-{labelled[:12]}", gpu="2") > 0, timeout=30)
 
-    # Blocked, her container is held as any work of hers (running work left alone); her
-    # balance exhausted, its process is stopped like any GPU process of hers: through the
-    # engine, since it runs as root.
+    # Blocked, her container is held as any work of hers: running work left alone, its
+    # GPU closed to whatever starts in it; open again when the block lifts. Her balance
+    # exhausted, its process is stopped like any GPU process of hers: through the engine,
+    # since it runs as root.
+    def opening() -> str:
+        """What opening GPU 0's node in her container says (no driver: ENXIO past it)."""
+        return dockerd.cli("exec", mine, "cat", "/dev/nvidia0", check=False).stderr
+
+    assert "No such device or address" in opening()
     enforcer.post_alerts(notification(alert(alice.name, "block", "Block")))
-    wait_until(lambda: node.hook(alice.name) is not None)
+    wait_until(lambda: "Operation not permitted" in opening(), timeout=30)
     assert dockerd.running(mine)
+    enforcer.post_alerts(notification(alert(alice.name, "block", "Block", status="resolved")))
+    wait_until(lambda: "No such device or address" in opening(), timeout=30)
     enforcer.post_alerts(notification(alert(alice.name, "kill", "GpuacctBalanceExhaustedKillGpu")))
     wait_until(lambda: not dockerd.running(mine) and not dockerd.running(labelled), timeout=30)
 
@@ -129,7 +142,11 @@ def test_the_stamp_is_added_and_never_taken_from_the_caller() -> None:
         b'{"Image": "x", "Labels": {"a": "b", "gpuacct.user": "alice"}}'
     assert stamp(b'{"Image": "x", "Labels": null}', "alice").endswith(
         b'"Labels": {"gpuacct.user": "alice"}}')
+    # Go reads `labels` as Labels, the later spelling's entries over the earlier's.
+    assert json.loads(stamp(b'{"Labels": {"a": "b"}, "LABELS": {"c": "d"}}', "alice")) == {
+        "Labels": {"a": "b", "c": "d", "gpuacct.user": "alice"}}
     for body, status in ((b'{"Labels": {"gpuacct.user": "bob"}}', 403), (b"[1]", 400),
+                         (b'{"Labels": {}, "labels": {"gpuacct.user": "bob"}}', 403),
                          (b"{nope", 400), (b'{"Labels": "x"}', 400)):
         with pytest.raises(Refused) as refused:
             stamp(body, "alice")
@@ -170,8 +187,8 @@ def _exchange(path: Path, raw: bytes, wait: float = 1.0) -> bytes:
         return got
 
 
-def _create(labels: dict[str, str]) -> bytes:
-    body = json.dumps({"Image": IMAGE, "Cmd": ["true"], "Labels": labels}).encode()
+def _create(labels: dict[str, str], body: bytes = b"") -> bytes:
+    body = body or json.dumps({"Image": IMAGE, "Cmd": ["true"], "Labels": labels}).encode()
     return (b"POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
@@ -189,6 +206,10 @@ def test_the_proxy_passes_on_only_what_it_read(dockerd: Dockerd,
     try:
         before = set(dockerd.cli("ps", "-aq").stdout.split())
         forged = _create({"gpuacct.user": "bob"})
+        # The engine reads LABELS as Labels (Go matches keys regardless of case).
+        spelled = _create({}, json.dumps({"Image": IMAGE, "Cmd": ["true"], "Labels": {},
+                                          "LABELS": {"gpuacct.user": "bob"}}).encode())
+        assert b"gpuacct's own" in _exchange(path, spelled)
         encoded = forged.replace(b"/containers/create", b"/containers/%63reate")
         assert b"encoded or not plain" in _exchange(path, encoded)
         doubled = forged.replace(b"Content-Length:", b"Transfer-Encoding: chunked\r\n"

@@ -23,7 +23,14 @@ import psutil
 import pytest
 
 from exporter.enforce import bpf_devices
-from exporter.enforce.gating import DevicesV1Gate, GpuDevice, denied, gpu_devices, open_gate
+from exporter.enforce.gating import (
+    DevicesV1Gate,
+    GpuDevice,
+    allows,
+    denied,
+    gpu_devices,
+    open_gate,
+)
 from exporter.enforce.state import ActuatorState, Applied
 from exporter.users import pam_session
 from gpuacct.policy import ReservedGpu
@@ -368,3 +375,33 @@ def systemds_own(group: Path) -> None:
     finally:
         os.close(target)
         os.close(fd)
+
+
+def test_a_containers_group_is_closed_and_opened_only_as_far_as_its_engine_gave(
+        tmp_path: Path) -> None:
+    """Against folders standing in for the controller and /proc: in a container's own group
+    (the engine's) only GPUs the engine let it open are denied, and only those are allowed
+    again: a GPU it was never given stays shut."""
+    proc = tmp_path / "proc"
+    (proc / "10").mkdir(parents=True)
+    (proc / "10" / "cgroup").write_text("5:devices:/docker/abc\n0::/\n")
+    group = tmp_path / "docker" / "abc"
+    group.mkdir(parents=True)
+    (group / "devices.list").write_text("c 1:3 rwm\nc 195:0 rwm\nc 136:* rwm\n")
+    gate = DevicesV1Gate(tmp_path, "g", [GpuDevice(0, Path("nvidia0"), 195, 0),
+                                        GpuDevice(1, Path("nvidia1"), 195, 1)], str(proc))
+    gate.apply_container("abc", 10, frozenset({0, 1}))
+    assert (group / "devices.deny").read_text() == "c 195:0 rwm"
+    (group / "devices.deny").unlink()
+    gate.apply_container("abc", 10, frozenset({0, 1}))  # as it was: nothing written
+    assert not (group / "devices.deny").exists()
+    gate.apply_container("abc", 10, frozenset())
+    assert (group / "devices.allow").read_text() == "c 195:0 rwm"
+    assert not (tmp_path / "g").exists()  # its processes were never moved anywhere
+
+
+@pytest.mark.parametrize("listed, allowed", [
+    ("a *:* rwm\n", True), ("c 195:* rw\n", True), ("c 195:0 m\n", False),
+    ("c 195:1 rwm\nb 195:0 rwm\n", False), ("c *:0 r\n", True), ("", False)])
+def test_what_a_devices_list_lets_open(listed: str, allowed: bool) -> None:
+    assert allows(listed, GpuDevice(0, Path("nvidia0"), 195, 0)) is allowed
