@@ -58,6 +58,9 @@ class GpuDevice:
     # critical edge temperature): the hot alert's limit, else the rules' default per vendor.
     temperature_limit_celsius: float | None = None
     power_watts: float | None = None
+    # The device's own energy counter (NVML's total energy since the driver loaded); None:
+    # the exporter sums power over time instead.
+    energy_joules_total: float | None = None
     ecc_corrected_total: int | None = None
     ecc_uncorrected_total: int | None = None
     # The device's own verdict where it gives one: 0 healthy; DCMI: 1 minor, 2 major, 3 critical.

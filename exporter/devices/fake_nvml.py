@@ -10,6 +10,7 @@ raises pynvml's own error classes exactly where the real library would:
         "memory_total": 85899345920, "memory_used": 1073741824,
         "utilization": 40, "memory_utilization": 20,      # percent
         "temperature": 55, "temperature_limit": 87, "power_mw": 210000,
+        "energy_mj": 123456789,     # optional: else the power drawn since the fake began
         "ecc": {"corrected": 0, "uncorrected": 0},
         "lost": false,                                    # every call: NVMLError_GpuIsLost
         "errors": {"nvmlDeviceGetPowerUsage": "NOT_SUPPORTED"},
@@ -74,6 +75,7 @@ class FakeNvml:
         self._delivered_xids: dict[int, int] = {}
         self._pending_events: list[SimpleNamespace] = []
         self._lock = threading.Lock()
+        self._energy: dict[int, tuple[float, float]] = {}  # index -> (mJ, when) of the power
 
     # -- library and system
     def nvmlInit(self) -> None:
@@ -147,6 +149,20 @@ class FakeNvml:
 
     def nvmlDeviceGetPowerUsage(self, handle: Handle) -> int:
         return int(self._value(handle, "nvmlDeviceGetPowerUsage", "power_mw"))
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Handle) -> int:
+        """mJ since the driver loaded: as given, else the power (as given at each call)
+        summed over time since the fake began, as a real GPU's counter grows."""
+        device = self._device(handle, "nvmlDeviceGetTotalEnergyConsumption")
+        if "energy_mj" in device:
+            return int(device["energy_mj"])
+        power = self._value(handle, "nvmlDeviceGetTotalEnergyConsumption", "power_mw")
+        now = time.monotonic()
+        with self._lock:
+            total, since = self._energy.get(handle[0], (0.0, now))
+            total += float(power) * (now - since)
+            self._energy[handle[0]] = (total, now)
+        return int(total)
 
     def nvmlDeviceGetTotalEccErrors(self, handle: Handle, kind: int, _counter: int) -> int:
         ecc = self._value(handle, "nvmlDeviceGetTotalEccErrors", "ecc")

@@ -150,6 +150,8 @@ class NvmlBackend:
                                 lib.nvmlDeviceGetTemperatureThreshold, handle,
                                 pynvml.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
             power_mw = self._gauge(index, "power", lib.nvmlDeviceGetPowerUsage, handle)
+            energy_mj = self._gauge(index, "energy", lib.nvmlDeviceGetTotalEnergyConsumption,
+                                    handle)
             ecc = [
                 self._gauge(index, f"{name} ECC errors", lib.nvmlDeviceGetTotalEccErrors,
                             handle, kind, pynvml.NVML_VOLATILE_ECC)
@@ -175,6 +177,7 @@ class NvmlBackend:
             temperature_celsius=float(temp) if temp is not None else None,
             temperature_limit_celsius=float(limit) if limit else None,
             power_watts=power_mw / 1000 if power_mw is not None else None,
+            energy_joules_total=energy_mj / 1000 if energy_mj is not None else None,
             ecc_corrected_total=ecc[0],
             ecc_uncorrected_total=ecc[1],
             xid_errors=tuple(xids),

@@ -196,6 +196,46 @@ def account_reserved(state: UsageState, devices: Iterable[GpuDevice], reserved: 
     return idle_keys
 
 
+def account_energy(state: UsageState, devices: Iterable[GpuDevice], holders: list[GpuHolder],
+                   reserved: Reserved, seconds: float, now: float,
+                   counters: dict[str, float]) -> None:
+    """Each GPU's energy since the last cycle (its own counter's growth, else its power times
+    the seconds) shared among the jobs on it in proportion to their processes' SM activity,
+    equally where that is not known; a reserved GPU's goes to its holder's reservation. The
+    shares of processes nobody is billed for are left out. `counters`: each GPU's last
+    counter reading, by uuid (updated)."""
+    on: dict[int, list[GpuHolder]] = defaultdict(list)
+    for h in holders:
+        on[gpu_index(h.unit)].append(h)
+    for d in devices:
+        if d.lost:
+            continue
+        joules = None
+        if d.energy_joules_total is not None:
+            before = counters.get(d.uuid)
+            counters[d.uuid] = d.energy_joules_total
+            if before is not None and d.energy_joules_total >= before:
+                joules = d.energy_joules_total - before
+        if joules is None and d.power_watts is not None:  # no counter, or it began again
+            joules = d.power_watts * seconds
+        if not joules:
+            continue
+        if d.index in reserved:
+            user, id = reserved[d.index]
+            state.add_energy((user, RESERVATION_JOB.format(id=id), str(d.index), d.uuid,
+                              d.model), joules, now)
+            continue
+        mine = on.get(d.index, [])
+        weights = [h.sm_ratio or 0.0 for h in mine]
+        if any(h.sm_ratio is None for h in mine) or not sum(weights):
+            weights = [1.0] * len(mine)
+        total = sum(weights)
+        for h, weight in zip(mine, weights, strict=True):
+            if h.user and weight:
+                state.add_energy((h.user, h.job, h.unit.label, h.unit.uuid, h.unit.model),
+                                 joules * weight / total, now)
+
+
 def update_jobs(state: UsageState, procs: list[ProcSample], now: float,
                 boot_time: float) -> None:
     """Describe each live job by its earliest non-shell process (name, script, arguments,

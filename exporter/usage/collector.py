@@ -77,6 +77,12 @@ class SnapshotCollector(Collector):
             "that lasted exporter.idle.after_seconds.", labels=[*JOB, *GPU, "gpu_model"])
         for (user, job, unit, uuid, model), c in sorted(snap.gpu_idle_seconds.items()):
             idle.add_metric([user, job, unit, uuid, model], c.value, created=c.created)
+        energy = CounterMetricFamily(
+            "gpuacct_job_gpu_energy_joules", "A job's share of a GPU's energy (the GPU's own "
+            "counter, else its power over time), by its processes' SM activity.",
+            labels=[*JOB, *GPU, "gpu_model"])
+        for (user, job, unit, uuid, model), c in sorted(snap.gpu_energy_joules.items()):
+            energy.add_metric([user, job, unit, uuid, model], c.value, created=c.created)
         cpu = CounterMetricFamily(
             "gpuacct_job_cpu_seconds", "User and system CPU seconds of a job's processes.",
             labels=JOB)
@@ -104,7 +110,7 @@ class SnapshotCollector(Collector):
             "exporter.max_jobs_per_user.", labels=["user"])
         for user, n in snap.folded_jobs.items():
             folded.add_metric([user], n)
-        yield from (gpu, idle, cpu, info, started, memory, procs, folded)
+        yield from (gpu, idle, energy, cpu, info, started, memory, procs, folded)
 
     def _unattributed(self, snap: Snapshot) -> Metric:
         nobody = CounterMetricFamily(

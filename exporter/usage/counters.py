@@ -66,6 +66,7 @@ class Streak:
 class UsageState:
     gpu: dict[GpuKey, Counter] = field(default_factory=dict)
     idle: dict[GpuKey, Counter] = field(default_factory=dict)  # a subset of `gpu`
+    energy: dict[GpuKey, Counter] = field(default_factory=dict)  # joules, per job and GPU
     streaks: dict[GpuKey, Streak] = field(default_factory=dict)
     cpu: dict[JobKey, Counter] = field(default_factory=dict)
     jobs: dict[JobKey, JobInfo] = field(default_factory=dict)
@@ -88,6 +89,9 @@ class UsageState:
 
     def add_idle(self, key: GpuKey, seconds: float, now: float) -> None:
         self.idle.setdefault(key, Counter(0.0, now)).value += seconds
+
+    def add_energy(self, key: GpuKey, joules: float, now: float) -> None:
+        self.energy.setdefault(key, Counter(0.0, now)).value += joules
 
     def add_cpu(self, key: JobKey, seconds: float, now: float) -> None:
         self.cpu.setdefault(key, Counter(0.0, now)).value += seconds
@@ -119,7 +123,7 @@ class UsageState:
         for key in gone:
             del self.jobs[key]
             self.cpu.pop(key, None)
-        for table in (self.gpu, self.idle, self.streaks):
+        for table in (self.gpu, self.idle, self.streaks, self.energy):
             for gpu_key in [k for k in table if k[:2] in gone]:
                 del table[gpu_key]
 
@@ -130,6 +134,7 @@ class UsageState:
             boot_id=self.boot_id,
             gpu=[(*key, c.value, c.created) for key, c in self.gpu.items()],
             idle=[(*key, c.value, c.created) for key, c in self.idle.items()],
+            energy=[(*key, c.value, c.created) for key, c in self.energy.items()],
             streaks=[(*key, s.since, s.pending) for key, s in self.streaks.items()],
             cpu=[(*key, c.value, c.created) for key, c in self.cpu.items()],
             jobs=[(*key, cast(JobEntry, asdict(info))) for key, info in self.jobs.items()],
@@ -143,6 +148,7 @@ class UsageState:
         return cls(
             gpu={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data.gpu},
             idle={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data.idle},
+            energy={(u, j, g, uu, m): Counter(v, c) for u, j, g, uu, m, v, c in data.energy},
             streaks={(u, j, g, uu, m): Streak(s, p) for u, j, g, uu, m, s, p in data.streaks},
             cpu={(u, j): Counter(v, c) for u, j, v, c in data.cpu},
             jobs={(u, j): JobInfo(**info) for u, j, info in data.jobs},
@@ -184,6 +190,7 @@ class CounterFile(BaseModel):
     boot_id: str
     gpu: list[tuple[str, str, str, str, str, float, float]]  # key, value, created
     idle: list[tuple[str, str, str, str, str, float, float]] = []  # key, value, created
+    energy: list[tuple[str, str, str, str, str, float, float]] = []  # absent in files before
     streaks: list[tuple[str, str, str, str, str, float, float]] = []  # key, since, pending
     cpu: list[tuple[str, str, float, float]]
     jobs: list[tuple[str, str, JobEntry]]

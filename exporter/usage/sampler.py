@@ -20,6 +20,7 @@ from exporter.usage.accounting import (
     GpuHolder,
     Reserved,
     account_cpu,
+    account_energy,
     account_gpu,
     account_reserved,
     end_streaks,
@@ -50,6 +51,7 @@ class Snapshot:
     duration_seconds: float = 0.0
     gpu_seconds: dict[GpuKey, Counter] = field(default_factory=dict)
     gpu_idle_seconds: dict[GpuKey, Counter] = field(default_factory=dict)  # within gpu_seconds
+    gpu_energy_joules: dict[GpuKey, Counter] = field(default_factory=dict)
     # Since when each job is idle-holding a GPU: its streak's start plus idle.after_seconds.
     idle_since: dict[GpuKey, float] = field(default_factory=dict)
     cpu_seconds: dict[JobKey, Counter] = field(default_factory=dict)
@@ -97,6 +99,7 @@ class Sampler:
         self.snapshot = Snapshot()
         self._last_mono: float | None = None
         self._xids: dict[tuple[int, str, int], Counter] = {}
+        self._energy_counters: dict[str, float] = {}  # each GPU's last energy reading
         self._scrapes_lock = threading.Lock()
         # The GPUs of this node reserved now, and for whom (set by the node's actuator).
         self.reserved: Callable[[], Reserved] = dict
@@ -150,6 +153,8 @@ class Sampler:
         update_jobs(state, procs, now, boot_time=now - uptime)
         idle_now |= account_reserved(state, reading.devices if reading else (), reserved,
                                      elapsed, now, idle, holders, busy)
+        account_energy(state, reading.devices if reading else (), holders, reserved, elapsed,
+                       now, self._energy_counters)
         end_streaks(state, idle_now)
         with self._scrapes_lock:
             state.expire(now, self.settings.retention_seconds,
@@ -176,6 +181,7 @@ class Sampler:
             duration_seconds=time.perf_counter() - started,
             gpu_seconds={k: Counter(c.value, c.created) for k, c in state.gpu.items()},
             gpu_idle_seconds={k: Counter(c.value, c.created) for k, c in state.idle.items()},
+            gpu_energy_joules={k: Counter(c.value, c.created) for k, c in state.energy.items()},
             idle_since={k: s.since + self.settings.idle.after_seconds
                         for k, s in state.streaks.items() if self.settings.idle
                         and now - s.since >= self.settings.idle.after_seconds},

@@ -26,6 +26,8 @@ def snapshot() -> Snapshot:
         taken_at=1_763_800_000.0,
         duration_seconds=0.025,
         gpu_seconds={("alice", "sid-4242", "0", UUID0, A100): Counter(125.5, 1_763_790_000.0)},
+        gpu_energy_joules={("alice", "sid-4242", "0", UUID0, A100):
+                           Counter(26_417.75, 1_763_790_000.0)},
         cpu_seconds={("alice", "sid-4242"): Counter(311.42, 1_763_790_000.0),
                      ("bob", "exp7"): Counter(2.0, 1_763_795_000.0)},
         jobs={("alice", "sid-4242"): JobInfo("train.py", "session", 1_763_800_000.0,
@@ -67,6 +69,7 @@ def test_values_through_the_registry() -> None:
     assert get("gpuacct_job_gpu_seconds_total", gpu_labels) == 125.5
     assert get("gpuacct_job_gpu_seconds_created", gpu_labels) == 1_763_790_000.0
     assert get("gpuacct_job_cpu_seconds_total", job) == 311.42
+    assert get("gpuacct_job_gpu_energy_joules_total", gpu_labels) == 26_417.75
     assert get("gpuacct_gpu_up", {"gpu": "1", "gpu_uuid": "GPU-lost"}) == 0
     assert get("gpuacct_gpu_power_watts", {"gpu": "2", "gpu_uuid": "GPU-bare"}) is None
     assert get("gpuacct_gpu_info", {"gpu": "2", "gpu_uuid": "GPU-bare", "gpu_model": "Tesla K80",
