@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.containers.docker_api import DockerApi, DockerUnavailable
+from exporter.usage.jobs import container_of
 from gpuacct.config import ContainerSettings
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,8 @@ STAMP = "gpuacct.user"  # the label gpuacct's Docker socket puts on every contai
 RETRY_SECONDS = 30.0  # an engine that did not answer is asked again after this
 MAX_REMEMBERED = 4096  # containers whose facts are kept (a container's labels never change)
 
-# The runtime and the full id, from /proc/<pid>/cgroup (v1 and v2, with or without systemd).
-_CONTAINER = re.compile(r"(?:/docker/|docker-|libpod-|/libpod/|cri-containerd-|/containerd/"
-                        r"|crio-|kubepods[^\n]*?/)([0-9a-f]{64})")
 _ROOTLESS = re.compile(r"/user@([0-9]{1,10})\.service/")
-_DOCKER_API = ("/docker/", "docker-", "libpod-", "/libpod/")  # engines that answer its API
+_DOCKER_API = ("docker", "podman")  # runtimes whose engine answers Docker's API
 
 
 @dataclass(frozen=True)
@@ -90,14 +88,14 @@ class ContainerOwners:
     def of(self, cgroup: str, environ: Callable[[], dict[str, str]]) -> Container | None:
         """The container a process with this /proc/<pid>/cgroup text is in, None when it is
         in none; `environ` reads the process's environment. Raises NotYet."""
-        match = _CONTAINER.search(cgroup)
-        if match is None:
+        inside = container_of(cgroup)
+        if inside is None:
             return None
-        id = match.group(1)
+        runtime, id = inside
         known = self._known.get(id)
         if known is not None:
             return known
-        engine = any(marker in cgroup for marker in _DOCKER_API)
+        engine = runtime in _DOCKER_API
         labels, image = self._labels(id) if engine else ({}, "")
         owner, by = self._owner(labels, environ)
         if owner is None:

@@ -38,13 +38,19 @@ def bounded(value: str, limit: int) -> tuple[str, bool]:
     return f"{clean[:limit - len(digest) - 1]}~{digest}", True
 
 
-def container_id(cgroup_text: str) -> str | None:
-    """`<runtime>-<12 hex>` for a process inside a container, else None."""
+def container_of(cgroup_text: str) -> tuple[str, str] | None:
+    """(runtime, full 64-hex id) for a process inside a container, else None."""
     for pattern, runtime in _CONTAINER_PATTERNS:
         match = pattern.search(cgroup_text)
         if match:
-            return f"{runtime}-{match.group(1)[:12]}"
+            return runtime, match.group(1)
     return None
+
+
+def container_id(cgroup_text: str) -> str | None:
+    """`<runtime>-<12 hex>` for a process inside a container, else None."""
+    found = container_of(cgroup_text)
+    return f"{found[0]}-{found[1][:12]}" if found else None
 
 
 def env_job(environ: dict[str, str], names: Sequence[str]) -> str | None:
